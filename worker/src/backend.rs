@@ -1,0 +1,31 @@
+//! Backend selection by cargo feature: `cuda` > `wgpu` > `flex` > `ndarray` (the default).
+
+#[cfg(feature = "cuda")]
+pub type Backend = burn::backend::Cuda;
+#[cfg(all(feature = "wgpu", not(feature = "cuda")))]
+pub type Backend = burn::backend::Wgpu;
+#[cfg(all(feature = "flex", not(any(feature = "cuda", feature = "wgpu"))))]
+pub type Backend = burn::backend::Flex;
+#[cfg(all(feature = "ndarray", not(any(feature = "cuda", feature = "wgpu", feature = "flex"))))]
+pub type Backend = burn::backend::NdArray<f32>;
+
+#[cfg(not(any(feature = "cuda", feature = "wgpu", feature = "flex", feature = "ndarray")))]
+compile_error!("enable one backend feature: ndarray (default), flex, wgpu or cuda");
+
+/// The device the worker runs on.
+pub fn device() -> burn::tensor::Device<Backend> {
+    Default::default()
+}
+
+/// A short name of the compiled backend, for logs and benchmarks.
+pub fn name() -> &'static str {
+    if cfg!(feature = "cuda") {
+        "cuda"
+    } else if cfg!(feature = "wgpu") {
+        "wgpu"
+    } else if cfg!(feature = "flex") {
+        "flex"
+    } else {
+        "ndarray"
+    }
+}

@@ -1,0 +1,150 @@
+//! CLIP vision transformer (`CLIPVisionModel`): patch embedding, CLS token, learned positions,
+//! `pre_layrnorm`, pre-norm encoder layers with quick_gelu. LLaVA reads `hidden_states[-2]`
+//! without the CLS token, so [`ClipVision::forward`] can stop early.
+
+use anyhow::Result;
+use burn::module::Module;
+use burn::nn::conv::Conv2d;
+use burn::nn::{LayerNorm, Linear};
+use burn::tensor::activation::{sigmoid, softmax};
+use burn::tensor::{backend::Backend, Tensor};
+
+pub use htc_shared::config::ClipVisionConfig as Config;
+
+use crate::weights::Loader;
+
+#[derive(Module, Debug)]
+pub struct Attention<B: Backend> {
+    q_proj: Linear<B>,
+    k_proj: Linear<B>,
+    v_proj: Linear<B>,
+    out_proj: Linear<B>,
+    heads: usize,
+}
+
+impl<B: Backend> Attention<B> {
+    fn load(vb: &Loader<B>, c: &Config) -> Result<Self> {
+        let d = c.hidden_size;
+        Ok(Self {
+            q_proj: vb.linear("q_proj", d, d, true)?,
+            k_proj: vb.linear("k_proj", d, d, true)?,
+            v_proj: vb.linear("v_proj", d, d, true)?,
+            out_proj: vb.linear("out_proj", d, d, true)?,
+            heads: c.num_attention_heads,
+        })
+    }
+
+    fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [b, n, d] = x.dims();
+        let hd = d / self.heads;
+        let split = |t: Tensor<B, 3>| t.reshape([b, n, self.heads, hd]).swap_dims(1, 2);
+        let q = split(self.q_proj.forward(x.clone())) * (hd as f64).powf(-0.5);
+        let k = split(self.k_proj.forward(x.clone()));
+        let v = split(self.v_proj.forward(x));
+        let attn = softmax(q.matmul(k.swap_dims(2, 3)), 3);
+        let out = attn.matmul(v).swap_dims(1, 2).reshape([b, n, d]);
+        self.out_proj.forward(out)
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct EncoderLayer<B: Backend> {
+    self_attn: Attention<B>,
+    layer_norm1: LayerNorm<B>,
+    fc1: Linear<B>,
+    fc2: Linear<B>,
+    layer_norm2: LayerNorm<B>,
+}
+
+fn quick_gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    x.clone() * sigmoid(x * 1.702)
+}
+
+impl<B: Backend> EncoderLayer<B> {
+    fn load(vb: &Loader<B>, c: &Config) -> Result<Self> {
+        let (d, eps) = (c.hidden_size, c.layer_norm_eps);
+        Ok(Self {
+            self_attn: Attention::load(&vb.pp("self_attn"), c)?,
+            layer_norm1: vb.layer_norm("layer_norm1", d, eps)?,
+            fc1: vb.pp("mlp").linear("fc1", d, c.intermediate_size, true)?,
+            fc2: vb.pp("mlp").linear("fc2", c.intermediate_size, d, true)?,
+            layer_norm2: vb.layer_norm("layer_norm2", d, eps)?,
+        })
+    }
+
+    fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let x = x.clone() + self.self_attn.forward(self.layer_norm1.forward(x));
+        let h = self.fc2.forward(quick_gelu(self.fc1.forward(self.layer_norm2.forward(x.clone()))));
+        x + h
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct ClipVision<B: Backend> {
+    patch_embedding: Conv2d<B>,
+    class_embedding: Tensor<B, 1>,
+    position_embedding: Tensor<B, 2>,
+    pre_layrnorm: LayerNorm<B>,
+    layers: Vec<EncoderLayer<B>>,
+    patch: usize,
+}
+
+impl<B: Backend> ClipVision<B> {
+    /// Loads from `vb`, which points at the `vision_model` level. Keys with or without the
+    /// `vision_model.` segment are both accepted.
+    pub fn load(vb: &Loader<B>, c: &Config) -> Result<Self> {
+        let vb = if vb.contains("vision_model.embeddings.patch_embedding.weight") { vb.pp("vision_model") } else { vb.pp("") };
+        let d = c.hidden_size;
+        let emb = vb.pp("embeddings");
+        let n_pos = c.num_patches() + 1;
+        let layers = (0..c.num_hidden_layers)
+            .map(|i| EncoderLayer::load(&vb.pp(format!("encoder.layers.{i}")), c))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            patch_embedding: emb.conv2d("patch_embedding", c.num_channels, d, c.patch_size, c.patch_size, false)?,
+            class_embedding: emb.tensor("class_embedding", [d])?,
+            position_embedding: emb.pp("position_embedding").tensor("weight", [n_pos, d])?,
+            pre_layrnorm: vb.layer_norm("pre_layrnorm", d, c.layer_norm_eps)?,
+            layers,
+            patch: c.patch_size,
+        })
+    }
+
+    /// Returns hidden states `[emb, layer_1, ..., layer_n]` for `n = upto` layers (all when
+    /// `None`), each `[batch, 1 + patches, hidden]`, like transformers' `hidden_states`.
+    pub fn forward(&self, pixels: Tensor<B, 4>, upto: Option<usize>) -> Vec<Tensor<B, 3>> {
+        let [b, _, _, _] = pixels.dims();
+        let x = self.patch_embedding.forward(pixels); // [b, d, h, w]
+        let [_, d, h, w] = x.dims();
+        debug_assert_eq!(h, w);
+        let _ = self.patch;
+        let x = x.reshape([b, d, h * w]).swap_dims(1, 2);
+        let cls = self.class_embedding.clone().reshape([1, 1, d]).expand([b, 1, d]);
+        let x = Tensor::cat(vec![cls, x], 1) + self.position_embedding.clone().unsqueeze::<3>();
+        let mut x = self.pre_layrnorm.forward(x);
+        let n = upto.unwrap_or(self.layers.len()).min(self.layers.len());
+        let mut states = Vec::with_capacity(n + 1);
+        states.push(x.clone());
+        for layer in &self.layers[..n] {
+            x = layer.forward(x);
+            states.push(x.clone());
+        }
+        states
+    }
+
+    /// LLaVA's image features: `hidden_states[select_layer]` with the CLS token dropped,
+    /// `[batch, patches, hidden]`. `select_layer` is negative from the end, as in HF.
+    pub fn patch_features(&self, pixels: Tensor<B, 4>, select_layer: i64) -> Tensor<B, 3> {
+        let total = self.layers.len() as i64 + 1;
+        let idx = if select_layer < 0 { total + select_layer } else { select_layer };
+        let idx = idx.clamp(0, total - 1) as usize;
+        let mut states = self.forward(pixels, Some(idx));
+        let x = states.pop().expect("at least the embedding state");
+        let [b, n, d] = x.dims();
+        x.slice([0..b, 1..n, 0..d])
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+}

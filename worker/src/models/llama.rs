@@ -1,0 +1,291 @@
+//! LLaMA decoder (`LlamaForCausalLM`): RMSNorm, rotate-half RoPE at explicit positions,
+//! grouped-query attention with an arbitrary additive `(query, key)` mask, SwiGLU MLP and a
+//! per-layer KV cache for decoding.
+
+use anyhow::Result;
+use burn::module::Module;
+use burn::nn::{Embedding, Linear, RmsNorm};
+use burn::tensor::activation::{silu, softmax};
+use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+
+pub use htc_shared::config::LlamaConfig as Config;
+
+use crate::weights::Loader;
+
+/// Rotary position tables, computed as transformers does (f32 `inv_freq`, `cat(freqs, freqs)`).
+#[derive(Debug, Clone)]
+pub struct Rope {
+    inv_freq: Vec<f32>,
+}
+
+impl Rope {
+    pub fn new(head_dim: usize, theta: f64) -> Self {
+        let inv_freq = (0..head_dim / 2)
+            .map(|i| 1.0f32 / (theta as f32).powf((2 * i) as f32 / head_dim as f32))
+            .collect();
+        Self { inv_freq }
+    }
+
+    /// `(cos, sin)`, each `[positions.len(), head_dim]`.
+    pub fn tables<B: Backend>(&self, positions: &[usize], device: &B::Device) -> (Tensor<B, 2>, Tensor<B, 2>) {
+        let hd = self.inv_freq.len() * 2;
+        let mut cos = Vec::with_capacity(positions.len() * hd);
+        let mut sin = Vec::with_capacity(positions.len() * hd);
+        for &p in positions {
+            for _ in 0..2 {
+                for &f in &self.inv_freq {
+                    let a = p as f32 * f;
+                    cos.push(a.cos());
+                    sin.push(a.sin());
+                }
+            }
+        }
+        let shape = [positions.len(), hd];
+        (
+            Tensor::from_data(TensorData::new(cos, shape), device),
+            Tensor::from_data(TensorData::new(sin, shape), device),
+        )
+    }
+}
+
+/// `x * cos + rotate_half(x) * sin` for `x: [b, heads, t, hd]`.
+fn apply_rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 2>, sin: &Tensor<B, 2>) -> Tensor<B, 4> {
+    let [b, h, t, hd] = x.dims();
+    let x1 = x.clone().slice([0..b, 0..h, 0..t, 0..hd / 2]);
+    let x2 = x.clone().slice([0..b, 0..h, 0..t, hd / 2..hd]);
+    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+    x * cos.clone().unsqueeze::<4>() + rotated * sin.clone().unsqueeze::<4>()
+}
+
+/// Per-layer keys and values (before the GQA head repeat), `[b, kv_heads, seq, hd]`.
+#[derive(Debug, Clone)]
+pub struct KvCache<B: Backend> {
+    pub layers: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+}
+
+impl<B: Backend> KvCache<B> {
+    pub fn new(num_layers: usize) -> Self {
+        Self { layers: vec![None; num_layers] }
+    }
+
+    /// Number of cached key positions.
+    pub fn seq_len(&self) -> usize {
+        self.layers.first().and_then(|l| l.as_ref()).map(|(k, _)| k.dims()[2]).unwrap_or(0)
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Attention<B: Backend> {
+    q_proj: Linear<B>,
+    k_proj: Linear<B>,
+    v_proj: Linear<B>,
+    o_proj: Linear<B>,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+}
+
+impl<B: Backend> Attention<B> {
+    fn load(vb: &Loader<B>, c: &Config) -> Result<Self> {
+        let (d, hd) = (c.hidden_size, c.head_dim);
+        let bias = c.attention_bias;
+        Ok(Self {
+            q_proj: vb.linear("q_proj", d, c.num_attention_heads * hd, bias)?,
+            k_proj: vb.linear("k_proj", d, c.num_key_value_heads * hd, bias)?,
+            v_proj: vb.linear("v_proj", d, c.num_key_value_heads * hd, bias)?,
+            o_proj: vb.linear("o_proj", c.num_attention_heads * hd, d, bias)?,
+            heads: c.num_attention_heads,
+            kv_heads: c.num_key_value_heads,
+            head_dim: hd,
+        })
+    }
+
+    fn repeat_kv(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let rep = self.heads / self.kv_heads;
+        if rep == 1 {
+            return x;
+        }
+        let [b, kvh, s, hd] = x.dims();
+        x.unsqueeze_dim::<5>(2).expand([b, kvh, rep, s, hd]).reshape([b, kvh * rep, s, hd])
+    }
+
+    /// `x: [b, t, d]`; `mask: [t, past + t]` additive; returns the output and, when asked,
+    /// the attention probabilities `[b, heads, t, past + t]`.
+    fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        rope: (&Tensor<B, 2>, &Tensor<B, 2>),
+        mask: Option<&Tensor<B, 2>>,
+        cache: &mut Option<(Tensor<B, 4>, Tensor<B, 4>)>,
+    ) -> (Tensor<B, 3>, Tensor<B, 4>) {
+        let [b, t, _] = x.dims();
+        let hd = self.head_dim;
+        let q = self.q_proj.forward(x.clone()).reshape([b, t, self.heads, hd]).swap_dims(1, 2);
+        let k = self.k_proj.forward(x.clone()).reshape([b, t, self.kv_heads, hd]).swap_dims(1, 2);
+        let v = self.v_proj.forward(x).reshape([b, t, self.kv_heads, hd]).swap_dims(1, 2);
+        let q = apply_rope(q, rope.0, rope.1);
+        let k = apply_rope(k, rope.0, rope.1);
+        let (k, v) = match cache.take() {
+            Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
+            None => (k, v),
+        };
+        *cache = Some((k.clone(), v.clone()));
+        let (k, v) = (self.repeat_kv(k), self.repeat_kv(v));
+        let mut scores = q.matmul(k.swap_dims(2, 3)) * (hd as f64).powf(-0.5);
+        if let Some(m) = mask {
+            scores = scores + m.clone().unsqueeze::<4>();
+        }
+        let probs = softmax(scores, 3);
+        let out = probs.clone().matmul(v).swap_dims(1, 2).reshape([b, t, self.heads * hd]);
+        (self.o_proj.forward(out), probs)
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Mlp<B: Backend> {
+    gate_proj: Linear<B>,
+    up_proj: Linear<B>,
+    down_proj: Linear<B>,
+}
+
+impl<B: Backend> Mlp<B> {
+    fn load(vb: &Loader<B>, c: &Config) -> Result<Self> {
+        let (d, i, bias) = (c.hidden_size, c.intermediate_size, c.mlp_bias);
+        Ok(Self {
+            gate_proj: vb.linear("gate_proj", d, i, bias)?,
+            up_proj: vb.linear("up_proj", d, i, bias)?,
+            down_proj: vb.linear("down_proj", i, d, bias)?,
+        })
+    }
+
+    fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.down_proj.forward(silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x))
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct DecoderLayer<B: Backend> {
+    self_attn: Attention<B>,
+    mlp: Mlp<B>,
+    input_layernorm: RmsNorm<B>,
+    post_attention_layernorm: RmsNorm<B>,
+}
+
+impl<B: Backend> DecoderLayer<B> {
+    fn load(vb: &Loader<B>, c: &Config) -> Result<Self> {
+        Ok(Self {
+            self_attn: Attention::load(&vb.pp("self_attn"), c)?,
+            mlp: Mlp::load(&vb.pp("mlp"), c)?,
+            input_layernorm: vb.rms_norm("input_layernorm", c.hidden_size, c.rms_norm_eps)?,
+            post_attention_layernorm: vb.rms_norm("post_attention_layernorm", c.hidden_size, c.rms_norm_eps)?,
+        })
+    }
+}
+
+/// Options for one forward pass.
+pub struct Step<'a, B: Backend> {
+    /// Absolute RoPE position of each input token.
+    pub positions: &'a [usize],
+    /// Additive mask `[t, cached + t]`; `None` means causal.
+    pub mask: Option<Tensor<B, 2>>,
+    /// Collect head-averaged attention probabilities of every layer.
+    pub want_attention: bool,
+}
+
+/// The output of [`Llama::forward`].
+pub struct Output<B: Backend> {
+    /// Final hidden states after the last norm, `[b, t, d]`.
+    pub hidden: Tensor<B, 3>,
+    /// Per layer, head-averaged attention `[b, t, cached + t]` (empty unless asked).
+    pub attention: Vec<Tensor<B, 3>>,
+}
+
+#[derive(Module, Debug)]
+pub struct Llama<B: Backend> {
+    embed_tokens: Embedding<B>,
+    layers: Vec<DecoderLayer<B>>,
+    norm: RmsNorm<B>,
+    lm_head: Option<Linear<B>>,
+    #[module(skip)]
+    rope: Rope,
+    #[module(skip)]
+    config: Config,
+}
+
+impl<B: Backend> Llama<B> {
+    /// `model` points at the `model.*` level; `lm_head` at the head's own prefix (ignored with
+    /// tied embeddings or when the checkpoint has no head and ties implicitly).
+    pub fn load(model: &Loader<B>, lm_head: &Loader<B>, c: &Config) -> Result<Self> {
+        let layers = (0..c.num_hidden_layers)
+            .map(|i| DecoderLayer::load(&model.pp(format!("layers.{i}")), c))
+            .collect::<Result<Vec<_>>>()?;
+        let lm_head = if c.tie_word_embeddings && !lm_head.contains("weight") {
+            None
+        } else {
+            Some(lm_head.linear("", c.hidden_size, c.vocab_size, false)?)
+        };
+        Ok(Self {
+            embed_tokens: model.embedding("embed_tokens", c.vocab_size, c.hidden_size)?,
+            layers,
+            norm: model.rms_norm("norm", c.hidden_size, c.rms_norm_eps)?,
+            lm_head,
+            rope: Rope::new(c.head_dim, c.rope_theta),
+            config: c.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn device(&self) -> B::Device {
+        self.embed_tokens.weight.device()
+    }
+
+    pub fn new_cache(&self) -> KvCache<B> {
+        KvCache::new(self.layers.len())
+    }
+
+    /// Token embeddings `[1, t, d]`.
+    pub fn embed(&self, ids: &[u32]) -> Tensor<B, 3> {
+        let data = TensorData::new(ids.iter().map(|&i| i as i64).collect::<Vec<_>>(), [1, ids.len()]);
+        self.embed_tokens.forward(Tensor::<B, 2, Int>::from_data(data, &self.device()))
+    }
+
+    /// Runs the decoder over `embeds: [b, t, d]`, appending to `cache`.
+    pub fn forward(&self, embeds: Tensor<B, 3>, step: Step<'_, B>, cache: &mut KvCache<B>) -> Output<B> {
+        let device = embeds.device();
+        let [_, t, _] = embeds.dims();
+        let past = cache.seq_len();
+        let (cos, sin) = self.rope.tables::<B>(step.positions, &device);
+        let mask = step.mask.or_else(|| (t > 1).then(|| causal_mask::<B>(t, past, &device)));
+        let mut x = embeds;
+        let mut attention = Vec::new();
+        for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            let (h, probs) = layer.self_attn.forward(layer.input_layernorm.forward(x.clone()), (&cos, &sin), mask.as_ref(), kv);
+            if step.want_attention {
+                attention.push(probs.mean_dim(1).squeeze_dim::<3>(1));
+            }
+            x = x + h;
+            x = x.clone() + layer.mlp.forward(layer.post_attention_layernorm.forward(x));
+        }
+        Output { hidden: self.norm.forward(x), attention }
+    }
+
+    /// Logits `[b, t, vocab]` from final hidden states.
+    pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+        match &self.lm_head {
+            Some(head) => head.forward(hidden),
+            None => hidden.matmul(self.embed_tokens.weight.val().transpose().unsqueeze::<3>()),
+        }
+    }
+}
+
+/// The additive causal mask `[t, past + t]` for queries at positions `past..past + t`.
+pub fn causal_mask<B: Backend>(t: usize, past: usize, device: &B::Device) -> Tensor<B, 2> {
+    let s = past + t;
+    let data: Vec<f32> = (0..t)
+        .flat_map(|i| (0..s).map(move |j| if j <= past + i { 0.0 } else { f32::MIN }))
+        .collect();
+    Tensor::from_data(TensorData::new(data, [t, s]), device)
+}

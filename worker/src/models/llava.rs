@@ -1,0 +1,268 @@
+//! LLaVA-1.5 (vanilla path): CLIP patch features from `hidden_states[select_layer]`, a
+//! `linear` or `mlp2x_gelu` projector, and the projected features spliced into the LLaMA input
+//! embeddings at the image token. Loads llava-hf (`LlavaForConditionalGeneration`, hub and
+//! transformers-5 key layouts) and original liuhaotian (`LlavaLlamaForCausalLM`) snapshots.
+
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context, Result};
+use burn::module::Module;
+use burn::nn::Linear;
+use burn::tensor::activation::gelu;
+use burn::tensor::{backend::Backend, Tensor};
+use serde_json::Value;
+
+use super::clip::{self, ClipVision};
+use super::llama::{self, Llama};
+use crate::weights::Loader;
+
+/// liuhaotian's `IMAGE_TOKEN_INDEX`: the placeholder id `tokenizer_image_token` inserts.
+pub const LIUHAOTIAN_IMAGE_TOKEN: i64 = -200;
+
+/// The multimodal projector: `linear`, or `mlp2x_gelu` (`Linear → GELU (erf) → Linear`).
+#[derive(Module, Debug)]
+pub struct Projector<B: Backend> {
+    linear_1: Linear<B>,
+    linear_2: Option<Linear<B>>,
+}
+
+impl<B: Backend> Projector<B> {
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let x = self.linear_1.forward(x);
+        match &self.linear_2 {
+            Some(l2) => l2.forward(gelu(x)),
+            None => x,
+        }
+    }
+}
+
+/// Which checkpoint layout a LLaVA snapshot uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    LlavaHf,
+    Liuhaotian,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub layout: Layout,
+    pub text: llama::Config,
+    pub vision: clip::Config,
+    pub image_token_id: i64,
+    pub select_layer: i64,
+    pub projector_mlp: bool,
+}
+
+impl Config {
+    /// Reads a LLaVA `config.json`; for liuhaotian snapshots the vision config comes from the
+    /// local snapshot named by `mm_vision_tower` (relative to `dir` or absolute), or the
+    /// built-in CLIP ViT-L/14-336 config when it names `openai/clip-vit-large-patch14-336`.
+    pub fn from_json(v: &Value, dir: &Path) -> Result<Self> {
+        if v.get("text_config").is_some() || v.get("vision_config").is_some() {
+            let empty = Value::Object(Default::default());
+            let text = llama::Config::from_json(v.get("text_config").unwrap_or(&empty))?;
+            let vision = match v.get("vision_config") {
+                Some(vc) => clip::Config::from_json(vc)?,
+                None => clip::Config::vit_large_patch14_336(),
+            };
+            let image_token_id = v
+                .get("image_token_index")
+                .or_else(|| v.get("image_token_id"))
+                .and_then(Value::as_i64)
+                .unwrap_or(32000);
+            let select_layer = v.get("vision_feature_layer").and_then(Value::as_i64).unwrap_or(-2);
+            let strategy = v.get("vision_feature_select_strategy").and_then(Value::as_str).unwrap_or("default");
+            if strategy != "default" {
+                bail!("unsupported vision_feature_select_strategy `{strategy}` (only `default`, CLS dropped)");
+            }
+            let act = v.get("projector_hidden_act").and_then(Value::as_str).unwrap_or("gelu");
+            if act != "gelu" {
+                bail!("unsupported projector_hidden_act `{act}`");
+            }
+            Ok(Self { layout: Layout::LlavaHf, text, vision, image_token_id, select_layer, projector_mlp: true })
+        } else {
+            let text = llama::Config::from_json(v)?;
+            let tower = v.get("mm_vision_tower").or_else(|| v.get("vision_tower")).and_then(Value::as_str).unwrap_or("");
+            let local = [dir.join(tower), Path::new(tower).to_path_buf()];
+            let vision = if let Some(cfg) = local.iter().map(|p| p.join("config.json")).find(|p| p.is_file()) {
+                let raw = std::fs::read(&cfg).with_context(|| format!("cannot read {}", cfg.display()))?;
+                clip::Config::from_json(&serde_json::from_slice(&raw).with_context(|| format!("{} is not valid JSON", cfg.display()))?)?
+            } else if tower.ends_with("clip-vit-large-patch14-336") {
+                clip::Config::vit_large_patch14_336()
+            } else {
+                bail!("cannot find the vision tower `{tower}`: give a local CLIP snapshot directory in mm_vision_tower");
+            };
+            let feature = v.get("mm_vision_select_feature").and_then(Value::as_str).unwrap_or("patch");
+            if feature != "patch" {
+                bail!("unsupported mm_vision_select_feature `{feature}` (only `patch`)");
+            }
+            let proj = v.get("mm_projector_type").and_then(Value::as_str).unwrap_or("linear");
+            let projector_mlp = match proj {
+                "linear" => false,
+                "mlp2x_gelu" => true,
+                other => bail!("unsupported mm_projector_type `{other}` (expected linear or mlp2x_gelu)"),
+            };
+            Ok(Self {
+                layout: Layout::Liuhaotian,
+                text,
+                vision,
+                image_token_id: LIUHAOTIAN_IMAGE_TOKEN,
+                select_layer: v.get("mm_vision_select_layer").and_then(Value::as_i64).unwrap_or(-2),
+                projector_mlp,
+            })
+        }
+    }
+
+    pub fn num_image_tokens(&self) -> usize {
+        self.vision.num_patches()
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Llava<B: Backend> {
+    pub vision: ClipVision<B>,
+    pub projector: Projector<B>,
+    pub llm: Llama<B>,
+    select_layer: i64,
+}
+
+/// The first prefix under which `probe` exists.
+fn find_prefix<B: Backend>(vb: &Loader<B>, candidates: &[&str], probe: &str) -> Result<String> {
+    candidates
+        .iter()
+        .find(|p| vb.pp(**p).contains(probe))
+        .map(|p| p.to_string())
+        .ok_or_else(|| anyhow!("checkpoint has no `{probe}` under any of {candidates:?}"))
+}
+
+impl<B: Backend> Llava<B> {
+    pub fn load(vb: &Loader<B>, c: &Config) -> Result<Self> {
+        let (vd, td) = (c.vision.hidden_size, c.text.hidden_size);
+        let (vision_p, proj_p, lm_p, head_p) = match c.layout {
+            Layout::LlavaHf => (
+                find_prefix(vb, &["vision_tower", "model.vision_tower"], "vision_model.embeddings.patch_embedding.weight")
+                    .or_else(|_| find_prefix(vb, &["vision_tower", "model.vision_tower"], "embeddings.patch_embedding.weight"))?,
+                find_prefix(vb, &["multi_modal_projector", "model.multi_modal_projector"], "linear_1.weight")?,
+                find_prefix(vb, &["language_model.model", "model.language_model"], "embed_tokens.weight")?,
+                if vb.contains("language_model.lm_head.weight") { "language_model.lm_head" } else { "lm_head" }.to_string(),
+            ),
+            Layout::Liuhaotian => (
+                "model.vision_tower.vision_tower".to_string(),
+                "model.mm_projector".to_string(),
+                "model".to_string(),
+                "lm_head".to_string(),
+            ),
+        };
+        let vis = vb.pp(&vision_p);
+        if !vis.contains("vision_model.embeddings.patch_embedding.weight") && !vis.contains("embeddings.patch_embedding.weight") {
+            bail!("the checkpoint has no vision tower weights under `{vision_p}` (liuhaotian snapshots need the CLIP weights merged in)");
+        }
+        let vision = ClipVision::load(&vis, &c.vision)?;
+        let p = vb.pp(&proj_p);
+        let projector = match (c.layout, c.projector_mlp) {
+            (Layout::LlavaHf, _) => Projector { linear_1: p.linear("linear_1", vd, td, true)?, linear_2: Some(p.linear("linear_2", td, td, true)?) },
+            (Layout::Liuhaotian, true) => Projector { linear_1: p.linear("0", vd, td, true)?, linear_2: Some(p.linear("2", td, td, true)?) },
+            (Layout::Liuhaotian, false) => Projector { linear_1: p.linear("", vd, td, true)?, linear_2: None },
+        };
+        let llm = Llama::load(&vb.pp(&lm_p), &vb.pp(&head_p), &c.text)?;
+        Ok(Self { vision, projector, llm, select_layer: c.select_layer })
+    }
+
+    /// Projected image features `[b, patches, d_model]` from CLIP pixel values `[b, 3, h, w]`.
+    pub fn image_features(&self, pixels: Tensor<B, 4>) -> Tensor<B, 3> {
+        self.projector.forward(self.vision.patch_features(pixels, self.select_layer))
+    }
+
+    /// Input embeddings `[1, t, d]` for `ids` (already expanded), with the rows at `marker`
+    /// replaced by `features` `[1, n, d]` in order.
+    pub fn splice(&self, ids: &[i64], marker: i64, features: Option<Tensor<B, 3>>) -> Result<Tensor<B, 3>> {
+        let mut parts = Vec::new();
+        let mut text: Vec<u32> = Vec::new();
+        let mut used = 0usize;
+        let n_feat = features.as_ref().map(|f| f.dims()[1]).unwrap_or(0);
+        let mut i = 0;
+        while i < ids.len() {
+            if ids[i] == marker {
+                let f = features.as_ref().ok_or_else(|| anyhow!("the prompt has an image token but no image was given"))?;
+                if !text.is_empty() {
+                    parts.push(self.llm.embed(&text));
+                    text.clear();
+                }
+                let start = i;
+                while i < ids.len() && ids[i] == marker {
+                    i += 1;
+                }
+                let n = i - start;
+                if used + n > n_feat {
+                    bail!("the prompt has more image positions than image features ({n_feat})");
+                }
+                let [_, _, d] = f.dims();
+                parts.push(f.clone().slice([0..1, used..used + n, 0..d]));
+                used += n;
+            } else {
+                let id = u32::try_from(ids[i]).map_err(|_| anyhow!("token id {} is out of range", ids[i]))?;
+                if id as usize >= self.llm.config().vocab_size {
+                    bail!("token id {id} is out of range for a vocabulary of {}", self.llm.config().vocab_size);
+                }
+                text.push(id);
+                i += 1;
+            }
+        }
+        if !text.is_empty() {
+            parts.push(self.llm.embed(&text));
+        }
+        if features.is_some() && used != n_feat {
+            bail!("the prompt has {used} image positions but the image gives {n_feat} features");
+        }
+        if parts.is_empty() {
+            bail!("empty prompt");
+        }
+        Ok(Tensor::cat(parts, 1))
+    }
+}
+
+/// Expands the image placeholder: a single `marker` becomes `n` markers; a run of exactly `n`
+/// (llava-hf's pre-expanded form) is kept; any other run length is an error.
+pub fn expand_image_tokens(ids: &[i64], marker: i64, n: usize) -> Result<Vec<i64>> {
+    let mut out = Vec::with_capacity(ids.len() + n);
+    let mut i = 0;
+    let mut runs = 0;
+    while i < ids.len() {
+        if ids[i] == marker {
+            let start = i;
+            while i < ids.len() && ids[i] == marker {
+                i += 1;
+            }
+            let len = i - start;
+            runs += 1;
+            match len {
+                1 => out.extend(std::iter::repeat_n(marker, n)),
+                l if l == n => out.extend(std::iter::repeat_n(marker, n)),
+                l => bail!("the prompt has a run of {l} image tokens; expected 1 or {n}"),
+            }
+        } else {
+            out.push(ids[i]);
+            i += 1;
+        }
+    }
+    if runs > 1 {
+        bail!("the prompt has {runs} image placeholders; exactly one image per prompt is supported");
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expansion_rules() {
+        assert_eq!(expand_image_tokens(&[1, 9, 5], 9, 3).unwrap(), vec![1, 9, 9, 9, 5]);
+        assert_eq!(expand_image_tokens(&[1, 9, 9, 9, 5], 9, 3).unwrap(), vec![1, 9, 9, 9, 5]);
+        assert_eq!(expand_image_tokens(&[1, 5], 9, 3).unwrap(), vec![1, 5]);
+        let e = expand_image_tokens(&[1, 9, 9, 5], 9, 3).unwrap_err();
+        assert!(e.to_string().contains("run of 2"), "{e}");
+        let e = expand_image_tokens(&[9, 1, 9], 9, 3).unwrap_err();
+        assert!(e.to_string().contains("2 image placeholders"), "{e}");
+    }
+}

@@ -1,0 +1,5 @@
+//! Model definitions, one file each, generic over the burn backend.
+
+pub mod clip;
+pub mod llama;
+pub mod llava;

@@ -1,0 +1,161 @@
+//! Opening a model from disk: an HF snapshot directory (llava-hf, liuhaotian LLaVA or plain
+//! LLaMA) or a LLaMA `.gguf` file, with its tokenizer, chat template and image preprocessing.
+
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context, Result};
+use burn::tensor::backend::Backend;
+use serde_json::Value;
+
+use htc_shared::preprocess::ClipPreprocess;
+
+use crate::chat::{Template, TextTokenizer};
+use crate::models::llama::{self, Llama};
+use crate::models::llava::{self, Llava};
+use crate::weights::{Loader, WeightSource};
+
+/// A loaded model of any supported architecture.
+pub enum AnyModel<B: Backend> {
+    Llama(Llama<B>),
+    Llava { model: Llava<B>, config: llava::Config, preprocess: ClipPreprocess },
+}
+
+impl<B: Backend> AnyModel<B> {
+    pub fn llm(&self) -> &Llama<B> {
+        match self {
+            AnyModel::Llama(m) => m,
+            AnyModel::Llava { model, .. } => &model.llm,
+        }
+    }
+
+    pub fn architecture(&self) -> &'static str {
+        match self {
+            AnyModel::Llama(_) => "llama",
+            AnyModel::Llava { config, .. } => match config.layout {
+                llava::Layout::LlavaHf => "llava-hf",
+                llava::Layout::Liuhaotian => "llava-liuhaotian",
+            },
+        }
+    }
+}
+
+/// A model plus its text side.
+pub struct Snapshot<B: Backend> {
+    pub model: AnyModel<B>,
+    pub tokenizer: Option<TextTokenizer>,
+}
+
+fn read_json(path: &Path) -> Result<Value> {
+    let raw = std::fs::read(path).with_context(|| format!("missing {}", path.display()))?;
+    serde_json::from_slice(&raw).with_context(|| format!("{} is not valid JSON", path.display()))
+}
+
+fn eos_ids(cfg: &llama::Config, tok: &tokenizers::Tokenizer) -> Vec<u32> {
+    let mut ids = cfg.eos_token_ids.clone();
+    for s in ["</s>", "<|im_end|>", "<|endoftext|>", "<|eot_id|>"] {
+        if let Some(i) = tok.token_to_id(s) {
+            if !ids.contains(&i) && s != "<|endoftext|>" {
+                ids.push(i);
+            }
+        }
+    }
+    ids
+}
+
+impl<B: Backend> Snapshot<B> {
+    pub fn open(path: &Path, device: &B::Device) -> Result<Self> {
+        if !path.exists() {
+            bail!("model path {} does not exist", path.display());
+        }
+        if path.is_file() {
+            if path.extension().is_some_and(|e| e == "gguf") {
+                return Self::open_gguf(path, device);
+            }
+            bail!("{} is a file; expected a snapshot directory or a .gguf file", path.display());
+        }
+        let cfg_path = path.join("config.json");
+        if !cfg_path.is_file() {
+            bail!("missing config.json in {}", path.display());
+        }
+        let cfg = read_json(&cfg_path)?;
+        let model_type = cfg.get("model_type").and_then(Value::as_str).unwrap_or("");
+        let archs: Vec<&str> = cfg
+            .get("architectures")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let is_llava = model_type == "llava" || archs.iter().any(|a| a.starts_with("Llava"));
+        let is_llama = model_type == "llama" || archs.contains(&"LlamaForCausalLM");
+        let src = WeightSource::open_dir(path)?;
+        let vb = Loader::<B>::new(&src, device);
+        let tok_path = path.join("tokenizer.json");
+        let tok = if tok_path.is_file() { Some(TextTokenizer::from_file(&tok_path)?) } else { None };
+        let (model, template, text_cfg) = if is_llava {
+            let config = llava::Config::from_json(&cfg, path)?;
+            let model = Llava::load(&vb, &config).context("loading the LLaVA weights")?;
+            let pp_path = path.join("preprocessor_config.json");
+            let mut preprocess = ClipPreprocess::llava(config.vision.image_size as u32);
+            if pp_path.is_file() {
+                preprocess = preprocess.with_json(&read_json(&pp_path)?)?;
+            }
+            let text = config.text.clone();
+            (AnyModel::Llava { model, config, preprocess }, Template::VicunaV1, text)
+        } else if is_llama {
+            let config = llama::Config::from_json(&cfg)?;
+            let prefix = if src.contains("model.embed_tokens.weight") { "model" } else { "" };
+            let model = Llama::load(&vb.pp(prefix), &vb.pp("lm_head"), &config).context("loading the LLaMA weights")?;
+            (AnyModel::Llama(model), jinja_template(path)?, config)
+        } else {
+            let name = archs.first().copied().unwrap_or(model_type);
+            bail!("unknown architecture `{name}` in {} (supported: llama, llava)", cfg_path.display());
+        };
+        let tokenizer = tok.map(|inner| TextTokenizer { eos_ids: eos_ids(&text_cfg, &inner), inner, template });
+        Ok(Self { model, tokenizer })
+    }
+
+    fn open_gguf(path: &Path, device: &B::Device) -> Result<Self> {
+        let src = WeightSource::open_gguf(path)?;
+        let g = src.gguf().expect("gguf source");
+        let config = g.llama_config()?;
+        let (doc, _add_bos) = g.tokenizer_json()?;
+        let inner = TextTokenizer::from_json(&doc)?;
+        let template = g.chat_template().map(Template::Jinja).unwrap_or(Template::Plain);
+        let vb = Loader::<B>::new(&src, device);
+        let model = Llama::load(&vb.pp("model"), &vb.pp("lm_head"), &config).context("loading the GGUF weights")?;
+        let tokenizer = TextTokenizer { eos_ids: eos_ids(&config, &inner), inner, template };
+        Ok(Self { model: AnyModel::Llama(model), tokenizer: Some(tokenizer) })
+    }
+
+    /// The image placeholder id, for models that take images.
+    pub fn image_marker(&self) -> Option<i64> {
+        match &self.model {
+            AnyModel::Llava { config, .. } => Some(config.image_token_id),
+            AnyModel::Llama(_) => None,
+        }
+    }
+}
+
+/// The chat template of a plain snapshot: `chat_template.jinja`, or `chat_template` in
+/// `tokenizer_config.json`; none means the prompt is used as given.
+fn jinja_template(dir: &Path) -> Result<Template> {
+    let file = dir.join("chat_template.jinja");
+    if file.is_file() {
+        return Ok(Template::Jinja(std::fs::read_to_string(&file)?));
+    }
+    let tc = dir.join("tokenizer_config.json");
+    if tc.is_file() {
+        if let Some(t) = read_json(&tc)?.get("chat_template").and_then(Value::as_str) {
+            return Ok(Template::Jinja(t.to_string()));
+        }
+    }
+    Ok(Template::Plain)
+}
+
+/// Parses `--prompt-ids` (`1,2,3`; image placeholders may be negative).
+pub fn parse_ids(s: &str) -> Result<Vec<i64>> {
+    s.split(',')
+        .map(|x| x.trim())
+        .filter(|x| !x.is_empty())
+        .map(|x| x.parse::<i64>().map_err(|_| anyhow!("`{x}` in --prompt-ids is not an integer")))
+        .collect()
+}

@@ -1,0 +1,142 @@
+//! Numerical parity with HF transformers on the committed fixtures
+//! (`scripts/make_fixtures.py`). Tolerance everywhere: f32, max abs error <= 1e-4 x the
+//! output scale (max |reference|, at least 1).
+
+mod common;
+
+use burn::tensor::{Tensor, TensorData};
+use common::{assert_close, fixtures, to_vec, Expected};
+use htc_worker::backend::{self, Backend};
+use htc_worker::models::clip::{ClipVision, Config as ClipConfig};
+use htc_worker::models::llama::{Llama, Step};
+use htc_worker::snapshot::{AnyModel, Snapshot};
+use htc_worker::weights::{Loader, WeightSource};
+
+const TOL: f32 = 1e-4;
+
+fn json(rel: &str) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(fixtures().join(rel)).unwrap()).unwrap()
+}
+
+#[test]
+fn clip_hidden_states_match_every_layer() {
+    let device = backend::device();
+    let cfg = ClipConfig::from_json(&json("clip-tiny/config.json")).unwrap();
+    let src = WeightSource::open_dir(&fixtures().join("clip-tiny")).unwrap();
+    let clip = ClipVision::<Backend>::load(&Loader::new(&src, &device), &cfg).unwrap();
+    let exp = Expected::open("clip-tiny/expected.safetensors");
+    let (ps, pixels) = exp.f32("pixel_values");
+    let (hs_shape, hs) = exp.f32("hidden_states");
+    let pixels = Tensor::<Backend, 4>::from_data(TensorData::new(pixels, [ps[0], ps[1], ps[2], ps[3]]), &device);
+    let states = clip.forward(pixels, None);
+    assert_eq!(states.len(), hs_shape[0], "number of hidden states");
+    let per = hs.len() / hs_shape[0];
+    for (i, s) in states.into_iter().enumerate() {
+        assert_close(&format!("CLIP hidden_states[{i}]"), &to_vec(s), &hs[i * per..(i + 1) * per], TOL);
+    }
+}
+
+fn tiny_llama() -> (Llama<Backend>, Expected) {
+    let device = backend::device();
+    let snap = Snapshot::<Backend>::open(&fixtures().join("llama-tiny"), &device).unwrap();
+    let AnyModel::Llama(m) = snap.model else { panic!("llama-tiny must load as llama") };
+    (m, Expected::open("llama-tiny/expected.safetensors"))
+}
+
+fn ids_u32(v: &[i64]) -> Vec<u32> {
+    v.iter().map(|&x| x as u32).collect()
+}
+
+#[test]
+fn llama_causal_and_custom_mask_logits_match() {
+    let (m, exp) = tiny_llama();
+    let device = backend::device();
+    let ids = ids_u32(&exp.i64("input_ids"));
+    let pos: Vec<usize> = (0..ids.len()).collect();
+    let out = m.forward(m.embed(&ids), Step { positions: &pos, mask: None, want_attention: false }, &mut m.new_cache());
+    assert_close("causal logits", &to_vec(m.logits(out.hidden)), &exp.f32("causal_logits").1, TOL);
+
+    let (ms, mask) = exp.f32("custom_mask");
+    let mask = Tensor::<Backend, 2>::from_data(TensorData::new(mask, [ms[0], ms[1]]), &device);
+    let out = m.forward(m.embed(&ids), Step { positions: &pos, mask: Some(mask), want_attention: false }, &mut m.new_cache());
+    let got = to_vec(m.logits(out.hidden));
+    assert_close("custom-mask logits", &got, &exp.f32("custom_logits").1, TOL);
+    // The custom mask must actually change the result.
+    let causal = exp.f32("causal_logits").1;
+    assert!(got.iter().zip(&causal).any(|(a, b)| (a - b).abs() > 1e-2));
+}
+
+#[test]
+fn kv_cache_decoding_equals_full_recompute() {
+    let (m, exp) = tiny_llama();
+    let ids = ids_u32(&exp.i64("input_ids"));
+    let t = ids.len();
+    // Full recompute of all t positions.
+    let pos: Vec<usize> = (0..t).collect();
+    let full = to_vec(m.logits(m.forward(m.embed(&ids), Step { positions: &pos, mask: None, want_attention: false }, &mut m.new_cache()).hidden));
+    // Prefill 5, then one token at a time through the cache.
+    let mut cache = m.new_cache();
+    let p0: Vec<usize> = (0..5).collect();
+    let mut got = to_vec(m.logits(m.forward(m.embed(&ids[..5]), Step { positions: &p0, mask: None, want_attention: false }, &mut cache).hidden));
+    for i in 5..t {
+        let o = m.forward(m.embed(&ids[i..i + 1]), Step { positions: &[i], mask: None, want_attention: false }, &mut cache);
+        got.extend(to_vec(m.logits(o.hidden)));
+    }
+    assert_eq!(cache.seq_len(), t);
+    assert_close("cached decode vs recompute", &got, &full, 1e-5);
+}
+
+#[test]
+fn llama_greedy_generation_matches_hf_generate() {
+    let (m, exp) = tiny_llama();
+    let ids = ids_u32(&exp.i64("input_ids"));
+    let want = ids_u32(&exp.i64("greedy_ids"));
+    let g = htc_worker::generate::generate(&m, m.embed(&ids), &[], &htc_worker::generate::Sampling::greedy(want.len()), false, |_| std::ops::ControlFlow::Continue(())).unwrap();
+    assert_eq!(g.ids, want);
+}
+
+fn llava_logits(dir: &str, ids_name: &str) -> Vec<f32> {
+    let device = backend::device();
+    let snap = Snapshot::<Backend>::open(&fixtures().join(dir), &device).unwrap();
+    let AnyModel::Llava { model, config, .. } = &snap.model else { panic!("{dir} must load as llava") };
+    let exp = Expected::open("llava-expected.safetensors");
+    let (ps, pixels) = exp.f32("pixel_values");
+    let pixels = Tensor::<Backend, 4>::from_data(TensorData::new(pixels, [ps[0], ps[1], ps[2], ps[3]]), &device);
+    let ids = htc_worker::models::llava::expand_image_tokens(&exp.i64(ids_name), config.image_token_id, config.num_image_tokens()).unwrap();
+    let embeds = model.splice(&ids, config.image_token_id, Some(model.image_features(pixels))).unwrap();
+    let pos: Vec<usize> = (0..ids.len()).collect();
+    let out = model.llm.forward(embeds, Step { positions: &pos, mask: None, want_attention: false }, &mut model.llm.new_cache());
+    to_vec(model.llm.logits(out.hidden))
+}
+
+#[test]
+fn llava_hf_logits_match_end_to_end() {
+    let want = Expected::open("llava-expected.safetensors").f32("logits").1;
+    assert_close("llava-hf (one image token)", &llava_logits("llava-hf-tiny", "input_ids_one"), &want, TOL);
+    assert_close("llava-hf (pre-expanded)", &llava_logits("llava-hf-tiny", "input_ids_expanded"), &want, TOL);
+}
+
+#[test]
+fn liuhaotian_snapshot_matches_the_same_reference() {
+    let want = Expected::open("llava-expected.safetensors").f32("logits").1;
+    assert_close("liuhaotian layout", &llava_logits("llava-liuhaotian-tiny", "input_ids_liuhaotian"), &want, TOL);
+}
+
+#[test]
+fn preprocessing_matches_clip_image_processor() {
+    use htc_shared::preprocess::{decode_image, ClipPreprocess, DecodeLimits};
+    let bytes = std::fs::read(fixtures().join("images/gradient-45x30.png")).unwrap();
+    let img = decode_image(&bytes, DecodeLimits::default()).unwrap();
+    let got = ClipPreprocess::llava(336).apply(&img);
+    let (shape, want) = Expected::open("images/gradient-45x30.clip336.safetensors").f32("pixel_values");
+    assert_eq!(shape, vec![3, 336, 336]);
+    // PIL and the image crate both resample bicubically (a = -0.5) and round to u8, with
+    // different fixed-point arithmetic: allow one u8 step (1/255/std ~ 0.0152) per pixel and
+    // require the mean error to be far below it.
+    let step = 1.0 / 255.0 / htc_shared::preprocess::CLIP_STD[1] * 1.01;
+    let max = got.iter().zip(&want).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+    let mean = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).sum::<f32>() / got.len() as f32;
+    eprintln!("preprocess: max {max:.4}, mean {mean:.5}, one u8 step {step:.4}");
+    assert!(max <= step, "max error {max} exceeds one u8 step {step}");
+    assert!(mean <= step / 10.0, "mean error {mean} too large");
+}
