@@ -227,7 +227,7 @@ mod tests {
 
     #[test]
     fn clip_reads_nested_vision_config() {
-        let c = ClipVisionConfig::from_json(&json!({"vision_config": {"hidden_size": 1024, "image_size": 336, "patch_size": 14}}))
+        let c = ClipVisionConfig::from_json(&json!({"vision_config": {"hidden_size": 1024, "num_attention_heads": 16, "image_size": 336, "patch_size": 14}}))
             .unwrap();
         assert_eq!(c.hidden_size, 1024);
         assert_eq!(c.num_patches(), 576);

@@ -86,6 +86,10 @@ impl<B: Backend> Snapshot<B> {
             .unwrap_or_default();
         let is_llava = model_type == "llava" || archs.iter().any(|a| a.starts_with("Llava"));
         let is_llama = model_type == "llama" || archs.contains(&"LlamaForCausalLM");
+        if !is_llava && !is_llama {
+            let name = archs.first().copied().unwrap_or(model_type);
+            bail!("unknown architecture `{name}` in {} (supported: llama, llava)", cfg_path.display());
+        }
         let src = WeightSource::open_dir(path)?;
         let vb = Loader::<B>::new(&src, device);
         let tok_path = path.join("tokenizer.json");
@@ -100,14 +104,11 @@ impl<B: Backend> Snapshot<B> {
             }
             let text = config.text.clone();
             (AnyModel::Llava { model, config, preprocess }, Template::VicunaV1, text)
-        } else if is_llama {
+        } else {
             let config = llama::Config::from_json(&cfg)?;
             let prefix = if src.contains("model.embed_tokens.weight") { "model" } else { "" };
             let model = Llama::load(&vb.pp(prefix), &vb.pp("lm_head"), &config).context("loading the LLaMA weights")?;
             (AnyModel::Llama(model), jinja_template(path)?, config)
-        } else {
-            let name = archs.first().copied().unwrap_or(model_type);
-            bail!("unknown architecture `{name}` in {} (supported: llama, llava)", cfg_path.display());
         };
         let tokenizer = tok.map(|inner| TextTokenizer { eos_ids: eos_ids(&text_cfg, &inner), inner, template });
         Ok(Self { model, tokenizer })

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Builds the web UI into dist/ with trunk, offline. On machines where rustup has no wasm32
+# std, uses Debian's rustc-web and rebuilds std (-Zbuild-std), scoped to this build only.
+set -euo pipefail
+source "$(dirname "$0")/env.sh"
+cd "$HTC_ROOT"
+if [ -f "$WASM_FALLBACK_MARKER" ]; then
+  log "trunk build (Debian rustc-web, -Zbuild-std)"
+  CARGO_TARGET_DIR="$CARGO_TARGET_DIR/wasm-fallback" PATH="/usr/bin:$PATH" RUSTC_BOOTSTRAP=1 \
+    CARGO_UNSTABLE_BUILD_STD=std,panic_abort trunk build "$@"
+  # The std build needs the shared crate to compile for wasm too.
+  CARGO_TARGET_DIR="$CARGO_TARGET_DIR/wasm-fallback" PATH="/usr/bin:$PATH" RUSTC_BOOTSTRAP=1 \
+    CARGO_UNSTABLE_BUILD_STD=std,panic_abort cargo build --quiet -p htc-shared --target wasm32-unknown-unknown
+else
+  log "trunk build"
+  trunk build "$@"
+  cargo build --quiet -p htc-shared --target wasm32-unknown-unknown
+fi
+ls -l dist/*.wasm >&2

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Installs everything the build and the tests need, idempotently and offline-safe (crates.io,
+# npm, PyPI and Debian only): Chromium + chromedriver, the wasm32 target (rustup, else Debian's
+# rustc-web with -Zbuild-std), wasm-bindgen-cli pinned to Cargo.lock, trunk, and wasm-opt.
+set -euo pipefail
+source "$(dirname "$0")/env.sh"
+mkdir -p "$HTC_ROOT/.cache"
+
+apt_install() {
+  local missing=()
+  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "apt-get install ${missing[*]}"
+    as_root apt-get update -qq || true
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+}
+
+# 1. Browser for the UI tests.
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  apt_install chromium chromium-driver
+fi
+
+# 2. The wasm32 target: rustup first, Debian's rustc-web + build-std as the fallback.
+wasm_std_present() { [ -d "$(rustc --print sysroot)/lib/rustlib/wasm32-unknown-unknown/lib" ]; }
+if [ "${HTC_FORCE_WASM_FALLBACK:-0}" != 1 ] && { wasm_std_present || rustup target add wasm32-unknown-unknown >&2 && wasm_std_present; }; then
+  rm -f "$WASM_FALLBACK_MARKER"
+else
+  log "wasm32 std unavailable from rustup: using Debian rustc-web with -Zbuild-std"
+  apt_install rustc-web cargo-web rust-web-src lld-22
+  touch "$WASM_FALLBACK_MARKER"
+fi
+
+# 3. Host tools, pinned. Skipped when the installed version already matches.
+if [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$WASM_BINDGEN_VERSION" ]; then
+  log "cargo install wasm-bindgen-cli $WASM_BINDGEN_VERSION"
+  cargo install wasm-bindgen-cli --version "$WASM_BINDGEN_VERSION" --quiet
+fi
+if [ "$(trunk --version 2>/dev/null | awk '{print $2}')" != "$TRUNK_VERSION" ]; then
+  log "cargo install trunk $TRUNK_VERSION (slow, once per machine)"
+  cargo install trunk --version "$TRUNK_VERSION" --locked --ignore-rust-version --quiet
+fi
+if [ "$("$HTC_ROOT/node_modules/.bin/wasm-opt" --version 2>/dev/null | awk '{print $3}')" != 132 ]; then
+  log "npm ci (binaryen 132 for wasm-opt)"
+  (cd "$HTC_ROOT" && npm ci --silent --no-audit --no-fund)
+fi
+
+# 4. Crates for offline trunk builds.
+(cd "$HTC_ROOT" && cargo fetch --quiet)
+log "setup complete"

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# README command 2: installs what is missing, then runs every test: native unit, parity and
+# CLI tests (including the real SmolLM2-135M weights), the wasm build, and the headless
+# Chromium smoke test. Ends with an "N passed, N failed" line.
+set -uo pipefail
+source "$(dirname "$0")/env.sh"
+cd "$HTC_ROOT"
+"$HTC_ROOT/scripts/setup.sh" || { echo "setup failed"; exit 1; }
+logf=$(mktemp)
+status=0
+
+log "native tests"
+cargo test --workspace --exclude htc-web --no-fail-fast 2>&1 | tee -a "$logf" || status=1
+
+log "wasm build (web UI + shared crate)"
+if "$HTC_ROOT/scripts/build-web.sh" 2>&1 | tee -a "$logf"; then
+  echo "test result: ok. 1 passed; 0 failed; (wasm build)" | tee -a "$logf"
+else
+  echo "test result: FAILED. 0 passed; 1 failed; (wasm build)" | tee -a "$logf"; status=1
+fi
+
+log "browser smoke test (headless Chromium)"
+cargo test --test browser -- --ignored 2>&1 | tee -a "$logf" || status=1
+
+sum() { grep -E '^test result:' "$logf" | sed -E "s/.* ([0-9]+) $1.*/\\1/" | awk '{s+=$1} END {print s+0}'; }
+passed=$(sum passed)
+failed=$(sum failed)
+skipped=$(grep -c '^SKIPPED' "$logf" || true)
+rm -f "$logf"
+echo
+echo "${passed:-0} passed, ${failed:-0} failed${skipped:+ ($skipped skipped notices)}"
+[ "$status" = 0 ] && [ "${failed:-0}" = 0 ]

@@ -1,0 +1,111 @@
+//! The `htc ask` contract: prompt ids with image expansion, logits dumps, id output for
+//! tokenizer-less snapshots, and one clear error line for each kind of bad input.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::{assert_close, fixtures, Expected};
+
+fn htc(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_htc")).args(args).env("HTC_LOG", "warn").output().unwrap()
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("htc-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d.join(name)
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn ids_arg(v: &[i64]) -> String {
+    v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",")
+}
+
+/// Exits non-zero with exactly one `error:` line containing `needle`.
+fn assert_fails(out: &Output, needle: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected failure, got success: {err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one error line, got: {err}");
+    assert!(lines[0].starts_with("error: ") && lines[0].contains(needle), "expected `{needle}` in: {err}");
+}
+
+#[test]
+fn dump_logits_matches_transformers_for_both_llava_layouts() {
+    let exp = Expected::open("llava-expected.safetensors");
+    let want = exp.f32("logits").1;
+    let pv = fixtures().join("llava-expected.safetensors");
+    for (dir, ids) in [
+        ("llava-hf-tiny", "input_ids_one"),
+        ("llava-hf-tiny", "input_ids_expanded"),
+        ("llava-liuhaotian-tiny", "input_ids_liuhaotian"),
+    ] {
+        let dump = tmp(&format!("{dir}-{ids}.safetensors"));
+        let model = fixtures().join(dir);
+        let out = htc(&["ask", "--model", s(&model), "--pixel-values", s(&pv), "--prompt-ids", &ids_arg(&exp.i64(ids)), "--greedy", "--max-new-tokens", "8", "--dump-logits", s(&dump)]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let got = Expected::open(dump.to_str().unwrap());
+        let (shape, logits) = got.f32("logits");
+        assert_eq!(shape, vec![29, 128], "prefill after expansion x vocab");
+        assert_close(&format!("{dir} {ids} dumped logits"), &logits, &want, 1e-4);
+        // No tokenizer in the fixture: the generated ids are printed on one line.
+        let printed: Vec<i64> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(|x| x.parse().unwrap()).collect();
+        assert_eq!(printed, exp.i64("greedy_ids"), "{dir} greedy ids vs transformers");
+    }
+}
+
+#[test]
+fn bad_inputs_fail_with_one_clear_line() {
+    let llava = fixtures().join("llava-hf-tiny");
+    let pv = fixtures().join("llava-expected.safetensors");
+    // Missing model directory.
+    assert_fails(&htc(&["ask", "--model", "/nonexistent/model", "--prompt-ids", "1,2"]), "does not exist");
+    // Directory without config.json.
+    let empty = tmp("empty-model");
+    std::fs::create_dir_all(&empty).unwrap();
+    assert_fails(&htc(&["ask", "--model", s(&empty), "--prompt-ids", "1,2"]), "missing config.json");
+    // Unknown architecture.
+    let odd = tmp("odd-model");
+    std::fs::create_dir_all(&odd).unwrap();
+    std::fs::write(odd.join("config.json"), r#"{"architectures": ["MambaForCausalLM"], "model_type": "mamba"}"#).unwrap();
+    assert_fails(&htc(&["ask", "--model", s(&odd), "--prompt-ids", "1,2"]), "unknown architecture `MambaForCausalLM`");
+    // Shape mismatch between config and weights.
+    let wrong = tmp("wrong-shape");
+    std::fs::create_dir_all(&wrong).unwrap();
+    std::fs::copy(llava.join("model.safetensors"), wrong.join("model.safetensors")).unwrap();
+    let cfg = std::fs::read_to_string(llava.join("config.json")).unwrap().replace("\"intermediate_size\": 96", "\"intermediate_size\": 100");
+    std::fs::write(wrong.join("config.json"), cfg).unwrap();
+    assert_fails(&htc(&["ask", "--model", s(&wrong), "--prompt-ids", "1,2"]), "shape mismatch");
+    // Corrupt image.
+    let bad = tmp("corrupt.png");
+    std::fs::write(&bad, b"\x89PNG\r\n\x1a\nthis is not really a png").unwrap();
+    assert_fails(&htc(&["ask", "--model", s(&llava), "--image", s(&bad), "--prompt-ids", "1,120,5"]), "corrupt");
+    // Image token without an image, and out-of-range ids.
+    assert_fails(&htc(&["ask", "--model", s(&llava), "--prompt-ids", "1,120,5"]), "no image was given");
+    assert_fails(&htc(&["ask", "--model", s(&llava), "--pixel-values", s(&pv), "--prompt-ids", "1,120,5000"]), "out of range");
+    // A text prompt needs a tokenizer.
+    assert_fails(&htc(&["ask", "--model", s(&llava), "--prompt", "hi"]), "no tokenizer.json");
+    // Pixel values of the wrong size.
+    let clip_pv = fixtures().join("images/gradient-45x30.clip336.safetensors");
+    assert_fails(&htc(&["ask", "--model", s(&llava), "--pixel-values", s(&clip_pv), "--prompt-ids", "1,120,5"]), "expects [1, 3, 16, 16]");
+    // Not a GGUF file.
+    let fake = tmp("fake.gguf");
+    std::fs::write(&fake, b"not gguf at all").unwrap();
+    assert_fails(&htc(&["ask", "--model", s(&fake), "--prompt-ids", "1"]), "bad magic");
+}
+
+#[test]
+fn image_files_run_through_the_preprocessor() {
+    let llava = fixtures().join("llava-hf-tiny");
+    let img = fixtures().join("images/gradient-45x30.png");
+    let out = htc(&["ask", "--model", s(&llava), "--image", s(&img), "--prompt-ids", "1,5,120,7", "--max-new-tokens", "3", "--greedy"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ids: Vec<u32> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(|x| x.parse().unwrap()).collect();
+    assert_eq!(ids.len(), 3);
+    assert!(ids.iter().all(|&i| i < 128));
+}
