@@ -1,16 +1,20 @@
-//! Backend selection by cargo feature: `cuda` > `wgpu` > `flex` > `ndarray` (the default).
+//! Backend selection by cargo feature: `cuda` > `wgpu` > `candle` > `flex` > `ndarray` (the
+//! default).
 
 #[cfg(feature = "cuda")]
 pub type Backend = burn::backend::Cuda;
 #[cfg(all(feature = "wgpu", not(feature = "cuda")))]
 pub type Backend = burn::backend::Wgpu;
-#[cfg(all(feature = "flex", not(any(feature = "cuda", feature = "wgpu"))))]
+#[cfg(all(feature = "candle", not(any(feature = "cuda", feature = "wgpu"))))]
+#[allow(deprecated)] // burn-candle is deprecated upstream after 0.21; measured fastest here.
+pub type Backend = burn::backend::Candle<f32>;
+#[cfg(all(feature = "flex", not(any(feature = "cuda", feature = "wgpu", feature = "candle"))))]
 pub type Backend = burn::backend::Flex;
-#[cfg(all(feature = "ndarray", not(any(feature = "cuda", feature = "wgpu", feature = "flex"))))]
+#[cfg(all(feature = "ndarray", not(any(feature = "cuda", feature = "wgpu", feature = "candle", feature = "flex"))))]
 pub type Backend = burn::backend::NdArray<f32>;
 
-#[cfg(not(any(feature = "cuda", feature = "wgpu", feature = "flex", feature = "ndarray")))]
-compile_error!("enable one backend feature: ndarray (default), flex, wgpu or cuda");
+#[cfg(not(any(feature = "cuda", feature = "wgpu", feature = "candle", feature = "flex", feature = "ndarray")))]
+compile_error!("enable one backend feature: ndarray (default), candle, flex, wgpu or cuda");
 
 /// The device the worker runs on.
 pub fn device() -> burn::tensor::Device<Backend> {
@@ -23,6 +27,8 @@ pub fn name() -> &'static str {
         "cuda"
     } else if cfg!(feature = "wgpu") {
         "wgpu"
+    } else if cfg!(feature = "candle") {
+        "candle"
     } else if cfg!(feature = "flex") {
         "flex"
     } else {

@@ -61,5 +61,27 @@ pub fn run(args: BenchArgs) -> Result<()> {
         pos += 1;
     });
     println!("SmolLM2-width decoder, 4 layers, one cached decode step + logits: {:.2} ms", s * 1e3);
+    let h = Tensor::<Backend, 3>::random([1, 1, cfg.hidden_size], Distribution::Default, &device);
+    let s = time(args.reps, || {
+        let _ = llm.logits(h.clone()).into_data();
+    });
+    println!("lm_head alone (576 -> 32000, one token): {:.2} ms", s * 1e3);
+    let w = Tensor::<Backend, 2>::random([cfg.hidden_size, 32000], Distribution::Default, &device);
+    let x = Tensor::<Backend, 2>::random([1, cfg.hidden_size], Distribution::Default, &device);
+    let s = time(args.reps, || {
+        let _ = x.clone().matmul(w.clone()).into_data();
+    });
+    println!("2D matvec 1x576 * 576x32000: {:.2} ms", s * 1e3);
+    let x8 = Tensor::<Backend, 2>::random([8, cfg.hidden_size], Distribution::Default, &device);
+    let s = time(args.reps, || {
+        let _ = x8.clone().matmul(w.clone()).into_data();
+    });
+    println!("2D matmul 8x576 * 576x32000: {:.2} ms", s * 1e3);
+    let s = time(args.reps, || {
+        let p = [pos];
+        let o = llm.forward(llm.embed(&[5]), Step { positions: &p, mask: None, want_attention: false }, &mut llm.new_cache());
+        let _ = o.hidden.into_data();
+    });
+    println!("decoder alone, one token, empty cache: {:.2} ms", s * 1e3);
     Ok(())
 }

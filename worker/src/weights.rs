@@ -198,11 +198,19 @@ impl<'a, B: Backend> Loader<'a, B> {
         Ok(Tensor::from_data(TensorData::new(t.data, shape), &self.device))
     }
 
-    /// `nn.Linear` with HF `[out, in]` storage.
+    /// `nn.Linear` from HF `[out, in]` storage. The weight is transposed on the host into a
+    /// contiguous `[in, out]` tensor, so no backend copies a strided view at every call.
     pub fn linear(&self, name: &str, d_in: usize, d_out: usize, bias: bool) -> Result<Linear<B>> {
         let l = self.pp(name);
-        let w: Tensor<B, 2> = l.tensor("weight", [d_out, d_in])?;
-        linear_from(w, if bias { Some(l.tensor("bias", [d_out])?) } else { None })
+        let w = l.host("weight", &[d_out, d_in])?;
+        let b = if bias { Some(l.tensor("bias", [d_out])?) } else { None };
+        Ok(linear_from_host(w, b, &self.device))
+    }
+
+    /// A bias-free `Linear` `d → vocab` from a `[vocab, d]` embedding matrix (tied heads).
+    pub fn linear_from_embedding(&self, name: &str, vocab: usize, d: usize) -> Result<Linear<B>> {
+        let w = self.pp(name).host("weight", &[vocab, d])?;
+        Ok(linear_from_host(w, None, &self.device))
     }
 
     pub fn layer_norm(&self, name: &str, d: usize, eps: f64) -> Result<LayerNorm<B>> {
@@ -237,14 +245,19 @@ impl<'a, B: Backend> Loader<'a, B> {
     }
 }
 
-/// A burn `Linear` from an HF weight `[out, in]` and an optional bias.
-pub fn linear_from<B: Backend>(w: Tensor<B, 2>, b: Option<Tensor<B, 1>>) -> Result<Linear<B>> {
-    let [d_out, d_in] = w.dims();
-    let device = w.device();
-    let mut l = LinearConfig::new(d_in, d_out).with_bias(b.is_some()).init(&device);
-    l.weight = Param::from_tensor(w.transpose());
+/// A burn `Linear` from an HF weight `[out, in]` on the host and an optional bias.
+pub fn linear_from_host<B: Backend>(w: HostTensor, b: Option<Tensor<B, 1>>, device: &B::Device) -> Linear<B> {
+    let (d_out, d_in) = (w.shape[0], w.shape[1]);
+    let mut t = vec![0f32; w.data.len()];
+    for o in 0..d_out {
+        for i in 0..d_in {
+            t[i * d_out + o] = w.data[o * d_in + i];
+        }
+    }
+    let mut l = LinearConfig::new(d_in, d_out).with_bias(b.is_some()).init(device);
+    l.weight = Param::from_tensor(Tensor::from_data(TensorData::new(t, [d_in, d_out]), device));
     l.bias = b.map(Param::from_tensor);
-    Ok(l)
+    l
 }
 
 /// GGUF → HF name mapping for LLaMA tensors, with q/k un-permuted.

@@ -205,7 +205,8 @@ pub struct Llama<B: Backend> {
     embed_tokens: Embedding<B>,
     layers: Vec<DecoderLayer<B>>,
     norm: RmsNorm<B>,
-    lm_head: Option<Linear<B>>,
+    /// The output head; tied checkpoints get a copy of the embedding matrix, transposed.
+    lm_head: Linear<B>,
     #[module(skip)]
     rope: Rope,
     #[module(skip)]
@@ -220,9 +221,9 @@ impl<B: Backend> Llama<B> {
             .map(|i| DecoderLayer::load(&model.pp(format!("layers.{i}")), c))
             .collect::<Result<Vec<_>>>()?;
         let lm_head = if c.tie_word_embeddings && !lm_head.contains("weight") {
-            None
+            model.linear_from_embedding("embed_tokens", c.vocab_size, c.hidden_size)?
         } else {
-            Some(lm_head.linear("", c.hidden_size, c.vocab_size, false)?)
+            lm_head.linear("", c.hidden_size, c.vocab_size, false)?
         };
         Ok(Self {
             embed_tokens: model.embedding("embed_tokens", c.vocab_size, c.hidden_size)?,
@@ -274,10 +275,7 @@ impl<B: Backend> Llama<B> {
 
     /// Logits `[b, t, vocab]` from final hidden states.
     pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
-        match &self.lm_head {
-            Some(head) => head.forward(hidden),
-            None => hidden.matmul(self.embed_tokens.weight.val().transpose().unsqueeze::<3>()),
-        }
+        self.lm_head.forward(hidden)
     }
 }
 

@@ -8,7 +8,6 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context, Result};
 use burn::module::Module;
 use burn::nn::Linear;
-use burn::tensor::activation::gelu;
 use burn::tensor::{backend::Backend, Tensor};
 use serde_json::Value;
 
@@ -26,11 +25,17 @@ pub struct Projector<B: Backend> {
     linear_2: Option<Linear<B>>,
 }
 
+/// Exact (erf) GELU, as `nn.GELU()`. Written out because backends differ: burn-candle's
+/// `gelu` is the tanh approximation.
+fn gelu_erf<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    x.clone() * ((x / std::f64::consts::SQRT_2).erf() + 1.0) * 0.5
+}
+
 impl<B: Backend> Projector<B> {
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let x = self.linear_1.forward(x);
         match &self.linear_2 {
-            Some(l2) => l2.forward(gelu(x)),
+            Some(l2) => l2.forward(gelu_erf(x)),
             None => x,
         }
     }
