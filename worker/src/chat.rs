@@ -83,13 +83,13 @@ impl TextTokenizer {
             (Some(_), Some(_)) | (None, _) => Ok(self.encode(text, add_special)?.into_iter().map(i64::from).collect()),
             (Some(m), None) => {
                 let mut out: Vec<i64> = Vec::new();
-                let bos = self.inner.get_post_processor().is_some() || add_special;
                 for (i, chunk) in text.split("<image>").enumerate() {
                     if i > 0 {
                         out.push(m);
                     }
                     let mut ids = self.encode(chunk, add_special)?;
-                    if i > 0 && bos && !ids.is_empty() && self.is_bos(ids[0]) {
+                    // Later chunks drop the BOS their own encoding added.
+                    if i > 0 && ids.first().is_some_and(|&t| self.is_bos(t)) {
                         ids.remove(0);
                     }
                     out.extend(ids.into_iter().map(i64::from));

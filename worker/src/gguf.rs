@@ -285,8 +285,9 @@ impl GgufFile {
 
     /// Builds a `tokenizer.json` document from the embedded byte-level BPE vocabulary, in the
     /// same shape transformers builds from GGUF (`GPT2Tokenizer`: byte-level pre-tokenizer and
-    /// decoder, control tokens added as special tokens).
-    pub fn tokenizer_json(&self) -> Result<(Value, bool)> {
+    /// decoder, control tokens added as special tokens, BOS prepended when
+    /// `tokenizer.ggml.add_bos_token` says so).
+    pub fn tokenizer_json(&self) -> Result<Value> {
         let model = self.meta_str("tokenizer.ggml.model").unwrap_or("");
         if model != "gpt2" {
             bail!("unsupported GGUF tokenizer `{model}` (only byte-level BPE, `gpt2`, is supported)");
@@ -355,7 +356,7 @@ impl GgufFile {
                       "end_of_word_suffix": "", "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
                       "vocab": vocab, "merges": merges}
         });
-        Ok((doc, add_bos))
+        Ok(doc)
     }
 }
 

@@ -51,10 +51,11 @@ fn read_json(path: &Path) -> Result<Value> {
 }
 
 fn eos_ids(cfg: &llama::Config, tok: &tokenizers::Tokenizer) -> Vec<u32> {
+    // The config's EOS ids plus the end-of-turn tokens of common chat templates.
     let mut ids = cfg.eos_token_ids.clone();
-    for s in ["</s>", "<|im_end|>", "<|endoftext|>", "<|eot_id|>"] {
+    for s in ["</s>", "<|im_end|>", "<|eot_id|>"] {
         if let Some(i) = tok.token_to_id(s) {
-            if !ids.contains(&i) && s != "<|endoftext|>" {
+            if !ids.contains(&i) {
                 ids.push(i);
             }
         }
@@ -118,7 +119,7 @@ impl<B: Backend> Snapshot<B> {
         let src = WeightSource::open_gguf(path)?;
         let g = src.gguf().expect("gguf source");
         let config = g.llama_config()?;
-        let (doc, _add_bos) = g.tokenizer_json()?;
+        let doc = g.tokenizer_json()?;
         let inner = TextTokenizer::from_json(&doc)?;
         let template = g.chat_template().map(Template::Jinja).unwrap_or(Template::Plain);
         let vb = Loader::<B>::new(&src, device);

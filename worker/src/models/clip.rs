@@ -86,7 +86,6 @@ pub struct ClipVision<B: Backend> {
     position_embedding: Tensor<B, 2>,
     pre_layrnorm: LayerNorm<B>,
     layers: Vec<EncoderLayer<B>>,
-    patch: usize,
 }
 
 impl<B: Backend> ClipVision<B> {
@@ -106,7 +105,6 @@ impl<B: Backend> ClipVision<B> {
             position_embedding: emb.pp("position_embedding").tensor("weight", [n_pos, d])?,
             pre_layrnorm: vb.layer_norm("pre_layrnorm", d, c.layer_norm_eps)?,
             layers,
-            patch: c.patch_size,
         })
     }
 
@@ -116,8 +114,6 @@ impl<B: Backend> ClipVision<B> {
         let [b, _, _, _] = pixels.dims();
         let x = self.patch_embedding.forward(pixels); // [b, d, h, w]
         let [_, d, h, w] = x.dims();
-        debug_assert_eq!(h, w);
-        let _ = self.patch;
         let x = x.reshape([b, d, h * w]).swap_dims(1, 2);
         let cls = self.class_embedding.clone().reshape([1, 1, d]).expand([b, 1, d]);
         let x = Tensor::cat(vec![cls, x], 1) + self.position_embedding.clone().unsqueeze::<3>();
