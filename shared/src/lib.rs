@@ -2,10 +2,12 @@
 //!
 //! - [`config`]: model configs parsed from HF `config.json` with transformers' defaults.
 //! - [`preprocess`]: image decoding with limits and the LLaVA/CLIP preprocessing pipeline.
+//! - [`mask`]: the disentanglement attention mask over the hybrid sequence.
 //!
 //! This crate builds for `wasm32-unknown-unknown`; it has no native-only dependencies.
 
 pub mod config;
+pub mod mask;
 pub mod preprocess;
 
 /// Errors that name the problem in one line.
