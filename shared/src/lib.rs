@@ -3,12 +3,17 @@
 //! - [`config`]: model configs parsed from HF `config.json` with transformers' defaults.
 //! - [`preprocess`]: image decoding with limits and the LLaVA/CLIP preprocessing pipeline.
 //! - [`mask`]: the disentanglement attention mask over the hybrid sequence.
+//! - [`mgvq`]: the MGVQ encoder and multi-group quantiser.
+//! - [`weights`]: building burn modules from named tensors ([`weights::Loader`]).
 //!
-//! This crate builds for `wasm32-unknown-unknown`; it has no native-only dependencies.
+//! Model code here is generic over the burn `Backend`. This crate builds for
+//! `wasm32-unknown-unknown`; it has no native-only dependencies.
 
 pub mod config;
 pub mod mask;
+pub mod mgvq;
 pub mod preprocess;
+pub mod weights;
 
 /// Errors that name the problem in one line.
 #[derive(Debug, thiserror::Error)]

@@ -1,19 +1,16 @@
-//! Weight sources: HF safetensors snapshots (single file or sharded with an index) and GGUF
-//! files, read as f32 and turned into burn tensors and modules with HF layouts.
+//! Weight sources: HF safetensors snapshots (single file or sharded with an index), GGUF files
+//! and in-memory tensors, read as f32. Modules are built from them with the shared [`Loader`].
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
-use burn::module::Param;
-use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
-use burn::tensor::{backend::Backend, Tensor, TensorData};
 use half::{bf16, f16};
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::gguf::{self, GgufFile};
+pub use htc_shared::weights::{linear_from_host, HostTensor, Loader, TensorSource};
 
 pub struct SafetensorsFile {
     path: PathBuf,
@@ -26,13 +23,6 @@ pub enum WeightSource {
     Gguf(Box<GgufFile>),
     /// Tensors held in memory (random demo models, benchmarks).
     Memory(HashMap<String, HostTensor>),
-}
-
-/// A tensor read as f32, row-major.
-#[derive(Debug, Clone)]
-pub struct HostTensor {
-    pub shape: Vec<usize>,
-    pub data: Vec<f32>,
 }
 
 impl WeightSource {
@@ -135,129 +125,12 @@ impl WeightSource {
         }
     }
 
-    /// Reads a tensor and checks its shape.
-    pub fn read_shaped(&self, name: &str, shape: &[usize]) -> Result<HostTensor> {
-        let t = self.read(name)?;
-        if t.shape != shape {
-            bail!("shape mismatch for `{name}`: checkpoint has {:?}, the config expects {:?}", t.shape, shape);
-        }
-        Ok(t)
-    }
-
     pub fn gguf(&self) -> Option<&GgufFile> {
         match self {
             WeightSource::Gguf(g) => Some(g),
             _ => None,
         }
     }
-}
-
-/// Builds modules from a [`WeightSource`] under a key prefix, like candle's `VarBuilder`.
-pub struct Loader<'a, B: Backend> {
-    pub src: &'a WeightSource,
-    prefix: String,
-    pub device: B::Device,
-}
-
-impl<'a, B: Backend> Loader<'a, B> {
-    pub fn new(src: &'a WeightSource, device: &B::Device) -> Self {
-        Self { src, prefix: String::new(), device: device.clone() }
-    }
-
-    /// A loader whose keys are prefixed by `p.` (an empty `p` keeps the prefix).
-    pub fn pp(&self, p: impl AsRef<str>) -> Self {
-        let p = p.as_ref();
-        let prefix = if p.is_empty() {
-            self.prefix.clone()
-        } else if self.prefix.is_empty() {
-            p.to_string()
-        } else {
-            format!("{}.{}", self.prefix, p)
-        };
-        Self { src: self.src, prefix, device: self.device.clone() }
-    }
-
-    pub fn key(&self, name: &str) -> String {
-        if self.prefix.is_empty() {
-            name.to_string()
-        } else {
-            format!("{}.{}", self.prefix, name)
-        }
-    }
-
-    pub fn contains(&self, name: &str) -> bool {
-        self.src.contains(&self.key(name))
-    }
-
-    pub fn host(&self, name: &str, shape: &[usize]) -> Result<HostTensor> {
-        self.src.read_shaped(&self.key(name), shape)
-    }
-
-    pub fn tensor<const D: usize>(&self, name: &str, shape: [usize; D]) -> Result<Tensor<B, D>> {
-        let t = self.host(name, &shape)?;
-        Ok(Tensor::from_data(TensorData::new(t.data, shape), &self.device))
-    }
-
-    /// `nn.Linear` from HF `[out, in]` storage. The weight is transposed on the host into a
-    /// contiguous `[in, out]` tensor, so no backend copies a strided view at every call.
-    pub fn linear(&self, name: &str, d_in: usize, d_out: usize, bias: bool) -> Result<Linear<B>> {
-        let l = self.pp(name);
-        let w = l.host("weight", &[d_out, d_in])?;
-        let b = if bias { Some(l.tensor("bias", [d_out])?) } else { None };
-        Ok(linear_from_host(w, b, &self.device))
-    }
-
-    /// A bias-free `Linear` `d → vocab` from a `[vocab, d]` embedding matrix (tied heads).
-    pub fn linear_from_embedding(&self, name: &str, vocab: usize, d: usize) -> Result<Linear<B>> {
-        let w = self.pp(name).host("weight", &[vocab, d])?;
-        Ok(linear_from_host(w, None, &self.device))
-    }
-
-    pub fn layer_norm(&self, name: &str, d: usize, eps: f64) -> Result<LayerNorm<B>> {
-        let l = self.pp(name);
-        let mut ln = LayerNormConfig::new(d).with_epsilon(eps).init(&self.device);
-        ln.gamma = Param::from_tensor(l.tensor("weight", [d])?);
-        ln.beta = Some(Param::from_tensor(l.tensor("bias", [d])?));
-        Ok(ln)
-    }
-
-    pub fn rms_norm(&self, name: &str, d: usize, eps: f64) -> Result<RmsNorm<B>> {
-        let mut n = RmsNormConfig::new(d).with_epsilon(eps).init(&self.device);
-        n.gamma = Param::from_tensor(self.pp(name).tensor("weight", [d])?);
-        Ok(n)
-    }
-
-    pub fn embedding(&self, name: &str, n: usize, d: usize) -> Result<Embedding<B>> {
-        let mut e = EmbeddingConfig::new(n, d).init(&self.device);
-        e.weight = Param::from_tensor(self.pp(name).tensor("weight", [n, d])?);
-        Ok(e)
-    }
-
-    /// A square-kernel `nn.Conv2d` with PyTorch `[out, in, k, k]` storage.
-    pub fn conv2d(&self, name: &str, c_in: usize, c_out: usize, k: usize, stride: usize, bias: bool) -> Result<Conv2d<B>> {
-        let l = self.pp(name);
-        let mut conv = Conv2dConfig::new([c_in, c_out], [k, k]).with_stride([stride, stride]).with_bias(bias).init(&self.device);
-        conv.weight = Param::from_tensor(l.tensor("weight", [c_out, c_in, k, k])?);
-        if bias {
-            conv.bias = Some(Param::from_tensor(l.tensor("bias", [c_out])?));
-        }
-        Ok(conv)
-    }
-}
-
-/// A burn `Linear` from an HF weight `[out, in]` on the host and an optional bias.
-pub fn linear_from_host<B: Backend>(w: HostTensor, b: Option<Tensor<B, 1>>, device: &B::Device) -> Linear<B> {
-    let (d_out, d_in) = (w.shape[0], w.shape[1]);
-    let mut t = vec![0f32; w.data.len()];
-    for o in 0..d_out {
-        for i in 0..d_in {
-            t[i * d_out + o] = w.data[o * d_in + i];
-        }
-    }
-    let mut l = LinearConfig::new(d_in, d_out).with_bias(b.is_some()).init(device);
-    l.weight = Param::from_tensor(Tensor::from_data(TensorData::new(t, [d_in, d_out]), device));
-    l.bias = b.map(Param::from_tensor);
-    l
 }
 
 /// GGUF → HF name mapping for LLaMA tensors, with q/k un-permuted.
@@ -320,5 +193,14 @@ mod tests {
         std::fs::create_dir_all(&d).unwrap();
         let e = WeightSource::open_dir(&d).err().unwrap();
         assert!(e.to_string().contains("no model weights"), "{e}");
+    }
+}
+
+impl TensorSource for WeightSource {
+    fn contains(&self, name: &str) -> bool {
+        WeightSource::contains(self, name)
+    }
+    fn read(&self, name: &str) -> Result<HostTensor> {
+        WeightSource::read(self, name)
     }
 }

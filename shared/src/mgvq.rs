@@ -1,0 +1,430 @@
+//! MGVQ tokenizer, encoder side: the DC-AE/EfficientViT-style encoder (project_in conv +
+//! pixel-unshuffle, ResBlocks with TritonRMSNorm2d, residual pixel-unshuffle downsampling with
+//! channel-averaging shortcuts, EViT_GLU blocks of LiteMLA linear attention and GLUMBConv,
+//! project_out with its averaging shortcut), then `quant_conv` and multi-group quantisation:
+//! G groups, each with its own slice of the codebook, L2-normalised vectors and codes.
+//!
+//! Loads the official key names (`encoder.*`, `quant_conv.*`, `quantize.embedding.weight`);
+//! `scripts/convert_mgvq.py` turns the official `.pt` files into safetensors.
+
+use anyhow::{bail, Result};
+use burn::module::Module;
+use burn::nn::conv::Conv2d;
+use burn::tensor::activation::{relu, silu};
+use burn::tensor::{backend::Backend, Int, Tensor};
+use image::{imageops::FilterType, RgbImage};
+use serde::{Deserialize, Serialize};
+
+use crate::preprocess::{expand_to_square, CLIP_MEAN};
+use crate::weights::Loader;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BlockType {
+    ResBlock,
+    #[serde(rename = "EViT_GLU")]
+    EvitGlu,
+}
+
+/// Encoder and quantiser settings (names follow the official `mgvq_f16c32` function).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Config {
+    pub width_list: Vec<usize>,
+    pub depth_list: Vec<usize>,
+    pub block_type: Vec<BlockType>,
+    pub latent_channels: usize,
+    /// Quantiser groups G; each owns `codebook_size / G` codes of `latent_channels / G` dims.
+    pub groups: usize,
+    /// Total codes over all groups.
+    pub codebook_size: usize,
+    /// Input side in pixels (a multiple of the downsampling factor).
+    pub image_size: usize,
+    #[serde(default = "default_attention_dim")]
+    pub attention_dim: usize,
+    #[serde(default = "default_expand")]
+    pub expand_ratio: usize,
+    #[serde(default = "default_eps")]
+    pub norm_eps: f64,
+}
+
+fn default_attention_dim() -> usize {
+    32
+}
+fn default_expand() -> usize {
+    4
+}
+fn default_eps() -> f64 {
+    1e-5
+}
+
+impl Config {
+    /// `mgvq_f16c32_g8` at 336 px: 21×21 latents, 8 groups × 2048 codes (the HTC setting).
+    pub fn f16c32_g8() -> Self {
+        use BlockType::*;
+        Self {
+            width_list: vec![128, 256, 512, 512, 1024],
+            depth_list: vec![0, 4, 8, 2, 2],
+            block_type: vec![ResBlock, ResBlock, ResBlock, EvitGlu, EvitGlu],
+            latent_channels: 32,
+            groups: 8,
+            codebook_size: 16384,
+            image_size: 336,
+            attention_dim: 32,
+            expand_ratio: 4,
+            norm_eps: 1e-5,
+        }
+    }
+
+    /// Parses and validates a config (`mgvq` section or standalone JSON).
+    pub fn from_json(v: &serde_json::Value) -> Result<Self> {
+        let c: Self = serde_json::from_value(v.clone()).map_err(|e| anyhow::anyhow!("invalid MGVQ config: {e}"))?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let n = self.width_list.len();
+        if n < 2 || self.depth_list.len() != n || self.block_type.len() != n {
+            bail!("MGVQ config: width_list, depth_list and block_type must have the same length (at least 2)");
+        }
+        if self.groups == 0 || self.latent_channels % self.groups != 0 || self.codebook_size % self.groups != 0 {
+            bail!("MGVQ config: latent_channels and codebook_size must be multiples of groups");
+        }
+        if self.codebook_size / self.groups > u16::MAX as usize + 1 {
+            bail!("MGVQ config: more than 65536 codes per group");
+        }
+        for (i, (&w, t)) in self.width_list.iter().zip(&self.block_type).enumerate() {
+            if *t == BlockType::EvitGlu && w % self.attention_dim != 0 {
+                bail!("MGVQ config: stage {i} width {w} is not a multiple of attention_dim {}", self.attention_dim);
+            }
+        }
+        if self.image_size == 0 || self.image_size % self.downsample_factor() != 0 {
+            bail!("MGVQ config: image_size {} is not a multiple of the downsampling factor {}", self.image_size, self.downsample_factor());
+        }
+        Ok(())
+    }
+
+    /// Total spatial downsampling of the encoder.
+    pub fn downsample_factor(&self) -> usize {
+        let mut f = if self.depth_list[0] == 0 { 2 } else { 1 };
+        let last = self.width_list.len() - 1;
+        for (i, &d) in self.depth_list.iter().enumerate() {
+            if i < last && d > 0 {
+                f *= 2;
+            }
+        }
+        f
+    }
+
+    /// Latent side: 21 for f16 at 336 px.
+    pub fn latent_side(&self) -> usize {
+        self.image_size / self.downsample_factor()
+    }
+
+    /// Length of the flattened quantised features `q` (14112 for f16c32 at 336 px).
+    pub fn q_len(&self) -> usize {
+        self.latent_channels * self.latent_side().pow(2)
+    }
+
+    pub fn codes_per_group(&self) -> usize {
+        self.codebook_size / self.groups
+    }
+
+    pub fn group_dim(&self) -> usize {
+        self.latent_channels / self.groups
+    }
+}
+
+/// `TritonRMSNorm2d`: RMS over channels at each pixel, then an affine map (weight and bias).
+#[derive(Module, Debug)]
+pub struct RmsNorm2d<B: Backend> {
+    weight: Tensor<B, 1>,
+    bias: Tensor<B, 1>,
+    eps: f64,
+}
+
+impl<B: Backend> RmsNorm2d<B> {
+    fn load(vb: &Loader<B>, c: usize, eps: f64) -> Result<Self> {
+        Ok(Self { weight: vb.tensor("weight", [c])?, bias: vb.tensor("bias", [c])?, eps })
+    }
+
+    fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let [_, c, _, _] = x.dims();
+        let rms = (x.clone().powi_scalar(2).mean_dim(1) + self.eps).sqrt();
+        x / rms * self.weight.clone().reshape([1, c, 1, 1]) + self.bias.clone().reshape([1, c, 1, 1])
+    }
+}
+
+/// PyTorch's `pixel_unshuffle(x, 2)`: channel `c*4 + i*2 + j` holds offset `(i, j)`.
+pub fn pixel_unshuffle<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let [b, c, h, w] = x.dims();
+    x.reshape([b, c, h / 2, 2, w / 2, 2]).permute([0, 1, 3, 5, 2, 4]).reshape([b, c * 4, h / 2, w / 2])
+}
+
+/// Mean over consecutive groups of channels, `c_in → c_out`.
+pub fn channel_average<B: Backend>(x: Tensor<B, 4>, c_out: usize) -> Tensor<B, 4> {
+    let [b, c, h, w] = x.dims();
+    x.reshape([b, c_out, c / c_out, h, w]).mean_dim(2).reshape([b, c_out, h, w])
+}
+
+/// `ResidualBlock(ResBlock)`: `x + norm(conv2(silu(conv1(x))))`.
+#[derive(Module, Debug)]
+pub struct ResBlock<B: Backend> {
+    conv1: Conv2d<B>,
+    conv2: Conv2d<B>,
+    norm: RmsNorm2d<B>,
+}
+
+impl<B: Backend> ResBlock<B> {
+    fn load(vb: &Loader<B>, c: usize, eps: f64) -> Result<Self> {
+        let m = vb.pp("main");
+        Ok(Self {
+            conv1: m.conv2d_padded("conv1.conv", c, c, 3, 1, 1, 1, true)?,
+            conv2: m.conv2d_padded("conv2.conv", c, c, 3, 1, 1, 1, false)?,
+            norm: RmsNorm2d::load(&m.pp("conv2.norm"), c, eps)?,
+        })
+    }
+
+    fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let y = self.norm.forward(self.conv2.forward(silu(self.conv1.forward(x.clone()))));
+        x + y
+    }
+}
+
+/// Residual downsampling: `pixel_unshuffle(conv(x)) + channel_average(pixel_unshuffle(x))`.
+#[derive(Module, Debug)]
+pub struct Downsample<B: Backend> {
+    conv: Conv2d<B>,
+    c_out: usize,
+}
+
+impl<B: Backend> Downsample<B> {
+    fn load(vb: &Loader<B>, c_in: usize, c_out: usize) -> Result<Self> {
+        Ok(Self { conv: vb.pp("main").conv2d_padded("conv.conv", c_in, c_out / 4, 3, 1, 1, 1, true)?, c_out })
+    }
+
+    fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        pixel_unshuffle(self.conv.forward(x.clone())) + channel_average(pixel_unshuffle(x), self.c_out)
+    }
+}
+
+/// `EfficientViTBlock` with LiteMLA (ReLU linear attention, f32) and GLUMBConv, each residual.
+#[derive(Module, Debug)]
+pub struct EvitGlu<B: Backend> {
+    qkv: Conv2d<B>,
+    proj: Conv2d<B>,
+    proj_norm: RmsNorm2d<B>,
+    inverted_conv: Conv2d<B>,
+    depth_conv: Conv2d<B>,
+    point_conv: Conv2d<B>,
+    point_norm: RmsNorm2d<B>,
+    dim: usize,
+}
+
+impl<B: Backend> EvitGlu<B> {
+    fn load(vb: &Loader<B>, c: usize, cfg: &Config) -> Result<Self> {
+        let ctx = vb.pp("context_module.main");
+        let local = vb.pp("local_module.main");
+        let mid = c * cfg.expand_ratio;
+        Ok(Self {
+            qkv: ctx.conv2d("qkv.conv", c, 3 * c, 1, 1, false)?,
+            proj: ctx.conv2d("proj.conv", c, c, 1, 1, false)?,
+            proj_norm: RmsNorm2d::load(&ctx.pp("proj.norm"), c, cfg.norm_eps)?,
+            inverted_conv: local.conv2d("inverted_conv.conv", c, 2 * mid, 1, 1, true)?,
+            depth_conv: local.conv2d_padded("depth_conv.conv", 2 * mid, 2 * mid, 3, 1, 1, 2 * mid, true)?,
+            point_conv: local.conv2d("point_conv.conv", mid, c, 1, 1, false)?,
+            point_norm: RmsNorm2d::load(&local.pp("point_conv.norm"), c, cfg.norm_eps)?,
+            dim: cfg.attention_dim,
+        })
+    }
+
+    fn lite_mla(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let [b, c, h, w] = x.dims();
+        let d = self.dim;
+        let heads = c / d;
+        let qkv = self.qkv.forward(x).reshape([b, heads, 3 * d, h * w]);
+        let q = relu(qkv.clone().slice([0..b, 0..heads, 0..d, 0..h * w]));
+        let k = relu(qkv.clone().slice([0..b, 0..heads, d..2 * d, 0..h * w]));
+        let v = qkv.slice([0..b, 0..heads, 2 * d..3 * d, 0..h * w]);
+        let ones = Tensor::<B, 4>::ones([b, heads, 1, h * w], &v.device());
+        let v = Tensor::cat(vec![v, ones], 2); // [b, heads, d + 1, hw]
+        let out = v.matmul(k.swap_dims(2, 3)).matmul(q); // [b, heads, d + 1, hw]
+        let num = out.clone().slice([0..b, 0..heads, 0..d, 0..h * w]);
+        let den = out.slice([0..b, 0..heads, d..d + 1, 0..h * w]) + 1e-15;
+        let out = (num / den).reshape([b, c, h, w]);
+        self.proj_norm.forward(self.proj.forward(out))
+    }
+
+    fn glu_mbconv(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let y = self.depth_conv.forward(silu(self.inverted_conv.forward(x)));
+        let [b, c2, h, w] = y.dims();
+        let half = c2 / 2;
+        let gate = silu(y.clone().slice([0..b, half..c2, 0..h, 0..w]));
+        let y = y.slice([0..b, 0..half, 0..h, 0..w]) * gate;
+        self.point_norm.forward(self.point_conv.forward(y))
+    }
+
+    fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let x = x.clone() + self.lite_mla(x);
+        x.clone() + self.glu_mbconv(x)
+    }
+}
+
+#[derive(Module, Debug)]
+pub enum Block<B: Backend> {
+    Res(ResBlock<B>),
+    Evit(EvitGlu<B>),
+    Down(Downsample<B>),
+}
+
+impl<B: Backend> Block<B> {
+    fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        match self {
+            Block::Res(b) => b.forward(x),
+            Block::Evit(b) => b.forward(x),
+            Block::Down(b) => b.forward(x),
+        }
+    }
+}
+
+/// The result of [`Mgvq::encode`].
+pub struct Encoded<B: Backend> {
+    /// The latent after `quant_conv`, `[b, C, h, w]`.
+    pub latent: Tensor<B, 4>,
+    /// Quantised features `[b, C, h, w]`: per group, the unit-norm code vector.
+    pub q: Tensor<B, 4>,
+    /// Per position (row-major over `h, w`, then batch) and group, the code index within the
+    /// group's slice of the codebook: `[b * h * w][G]`.
+    pub codes: Vec<Vec<u16>>,
+}
+
+#[derive(Module, Debug)]
+pub struct Mgvq<B: Backend> {
+    project_in: Conv2d<B>,
+    unshuffle_in: bool,
+    blocks: Vec<Block<B>>,
+    project_out: Conv2d<B>,
+    quant_conv: Conv2d<B>,
+    /// L2-normalised codebook `[codebook_size, group_dim]`.
+    codebook: Tensor<B, 2>,
+    #[module(skip)]
+    config: Config,
+}
+
+impl<B: Backend> Mgvq<B> {
+    pub fn load(vb: &Loader<B>, c: &Config) -> Result<Self> {
+        c.validate()?;
+        let (w, d, t) = (&c.width_list, &c.depth_list, &c.block_type);
+        let e = vb.pp("encoder");
+        let unshuffle_in = d[0] == 0;
+        let first = if unshuffle_in { w[1] } else { w[0] };
+        let project_in = e.conv2d_padded("project_in.conv.conv", 3, if unshuffle_in { first / 4 } else { first }, 3, 1, 1, 1, true)?;
+        let mut blocks = Vec::new();
+        for s in 0..w.len() {
+            for i in 0..d[s] {
+                let p = e.pp(format!("stages.{s}.op_list.{i}"));
+                blocks.push(match t[s] {
+                    BlockType::ResBlock => Block::Res(ResBlock::load(&p, w[s], c.norm_eps)?),
+                    BlockType::EvitGlu => Block::Evit(EvitGlu::load(&p, w[s], c)?),
+                });
+            }
+            if s + 1 < w.len() && d[s] > 0 {
+                blocks.push(Block::Down(Downsample::load(&e.pp(format!("stages.{s}.op_list.{}", d[s])), w[s], w[s + 1])?));
+            }
+        }
+        let last = *w.last().expect("validated");
+        let lc = c.latent_channels;
+        let project_out = e.conv2d_padded("project_out.main.op_list.0.conv", last, lc, 3, 1, 1, 1, true)?;
+        let quant_conv = vb.conv2d_padded("quant_conv", lc, lc, 1, 1, 0, c.groups, true)?;
+        let cb: Tensor<B, 2> = vb.pp("quantize.embedding").tensor("weight", [c.codebook_size, c.group_dim()])?;
+        Ok(Self { project_in, unshuffle_in, blocks, project_out, quant_conv, codebook: l2_normalize(cb), config: c.clone() })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Encodes pixels in [-1, 1], `[b, 3, s, s]`, to the latent, `q` and the codes.
+    pub fn encode(&self, pixels: Tensor<B, 4>) -> Result<Encoded<B>> {
+        let mut h = self.project_in.forward(pixels);
+        if self.unshuffle_in {
+            h = pixel_unshuffle(h);
+        }
+        for b in &self.blocks {
+            h = b.forward(h);
+        }
+        let lc = self.config.latent_channels;
+        let h = self.project_out.forward(h.clone()) + channel_average(h, lc);
+        let latent = self.quant_conv.forward(h);
+        let [b, _, hh, ww] = latent.dims();
+        let (g, gd, per) = (self.config.groups, self.config.group_dim(), self.config.codes_per_group());
+        let n = b * hh * ww;
+        let mut codes = vec![vec![0u16; g]; n];
+        let mut qs = Vec::with_capacity(g);
+        for i in 0..g {
+            let zi = latent.clone().slice([0..b, i * gd..(i + 1) * gd, 0..hh, 0..ww]).permute([0, 2, 3, 1]).reshape([n, gd]);
+            let zi = l2_normalize(zi);
+            let ei = self.codebook.clone().slice([i * per..(i + 1) * per, 0..gd]);
+            // argmax of -|z|^2 - |e|^2 + 2 z.e, as the reference computes it.
+            let score = zi.clone().matmul(ei.clone().transpose()) * 2.0
+                - zi.powi_scalar(2).sum_dim(1)
+                - ei.clone().powi_scalar(2).sum_dim(1).transpose();
+            let idx: Tensor<B, 1, Int> = score.argmax(1).reshape([n]);
+            let host = idx.clone().into_data().convert::<i64>().to_vec::<i64>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            for (row, &c) in codes.iter_mut().zip(&host) {
+                row[i] = c as u16;
+            }
+            qs.push(ei.select(0, idx).reshape([b, hh, ww, gd]).permute([0, 3, 1, 2]));
+        }
+        Ok(Encoded { latent, q: Tensor::cat(qs, 1), codes })
+    }
+}
+
+/// Rows divided by their L2 norm (clamped at 1e-12, as `F.normalize`).
+fn l2_normalize<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 2> {
+    let norm = x.clone().powi_scalar(2).sum_dim(1).sqrt().clamp_min(1e-12);
+    x / norm
+}
+
+/// MGVQ's input pipeline: pad to a square with the CLIP mean colour (as for the vision tower),
+/// bicubic resize to `size`, then `(x / 255 - 0.5) * 2`. Returns CHW f32 `[3, size, size]`.
+pub fn preprocess(img: &RgbImage, size: u32) -> Vec<f32> {
+    let fill = image::Rgb(CLIP_MEAN.map(|m| (m * 255.0) as u8));
+    let sq = expand_to_square(img, fill);
+    let r = image::imageops::resize(&sq, size, size, FilterType::CatmullRom);
+    let plane = (size * size) as usize;
+    let mut out = vec![0f32; 3 * plane];
+    for (i, px) in r.pixels().enumerate() {
+        for c in 0..3 {
+            out[c * plane + i] = (px.0[c] as f32 / 255.0 - 0.5) * 2.0;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn f16_config_matches_the_paper() {
+        let c = Config::f16c32_g8();
+        c.validate().unwrap();
+        assert_eq!(c.downsample_factor(), 16);
+        assert_eq!(c.latent_side(), 21);
+        assert_eq!(c.q_len(), 14112);
+        assert_eq!(c.codes_per_group(), 2048);
+        assert_eq!(c.group_dim(), 4);
+    }
+
+    #[test]
+    fn bad_configs_are_refused() {
+        let mut c = Config::f16c32_g8();
+        c.groups = 5;
+        assert!(c.validate().unwrap_err().to_string().contains("multiples of groups"));
+        let mut c = Config::f16c32_g8();
+        c.image_size = 330;
+        assert!(c.validate().unwrap_err().to_string().contains("downsampling factor 16"));
+        let e = Config::from_json(&serde_json::json!({"width_list": [1]})).unwrap_err();
+        assert!(e.to_string().contains("invalid MGVQ config"), "{e}");
+    }
+}
