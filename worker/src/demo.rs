@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use rand_distr::StandardNormal;
 
-use htc_shared::config::{ClipVisionConfig, LlamaConfig};
+use htc_shared::config::{ClipVisionConfig, HtcConfig, LlamaConfig};
+use htc_shared::mgvq::{self, BlockType};
 
 use crate::models::llava::{Config, Layout};
 use crate::weights::{HostTensor, WeightSource};
@@ -110,4 +111,61 @@ fn random_llama_into(g: &mut Gen, t: &LlamaConfig, lm: &str, head: &str) {
     if !t.tie_word_embeddings {
         g.linear(head, d, t.vocab_size, false);
     }
+}
+
+/// Random weights for the HTC parts (`htc.*`, and `mgvq.*` when the mode uses MGVQ), added to
+/// a random LLaVA of `llava`.
+pub fn random_htc(llava: &Config, htc: &HtcConfig, seed: u64) -> WeightSource {
+    let WeightSource::Memory(map) = random_llava(llava, seed) else { unreachable!("random_llava is in memory") };
+    let mut g = Gen { rng: StdRng::seed_from_u64(seed.wrapping_add(1)), map };
+    let d = llava.text.hidden_size;
+    g.put("htc.voco_embeddings".into(), vec![htc.n_voco, d], 1.0, 0.0);
+    if let (true, Some(m)) = (htc.uses_discrete(), &htc.mgvq) {
+        random_mgvq_into(&mut g, m, "mgvq");
+        g.linear("htc.discrete_projector.linear_1", m.q_len(), htc.discrete_hidden, true);
+        g.linear("htc.discrete_projector.linear_2", htc.discrete_hidden, htc.n_discrete * d, true);
+    }
+    WeightSource::Memory(g.map)
+}
+
+fn random_mgvq_into(g: &mut Gen, c: &mgvq::Config, p: &str) {
+    let conv = |g: &mut Gen, name: String, cin: usize, cout: usize, k: usize, bias: bool, groups: usize| {
+        g.put(format!("{name}.weight"), vec![cout, cin / groups, k, k], 1.0 / ((cin / groups * k * k) as f32).sqrt(), 0.0);
+        if bias {
+            g.put(format!("{name}.bias"), vec![cout], 0.1, 0.0);
+        }
+    };
+    let (w, dl) = (&c.width_list, &c.depth_list);
+    let e = format!("{p}.encoder");
+    let first = if dl[0] == 0 { w[1] / 4 } else { w[0] };
+    conv(g, format!("{e}.project_in.conv.conv"), 3, first, 3, true, 1);
+    for s in 0..w.len() {
+        for b in 0..dl[s] {
+            let q = format!("{e}.stages.{s}.op_list.{b}");
+            match c.block_type[s] {
+                BlockType::ResBlock => {
+                    conv(g, format!("{q}.main.conv1.conv"), w[s], w[s], 3, true, 1);
+                    conv(g, format!("{q}.main.conv2.conv"), w[s], w[s], 3, false, 1);
+                    g.norm(&format!("{q}.main.conv2.norm"), w[s], true);
+                }
+                BlockType::EvitGlu => {
+                    let mid = w[s] * c.expand_ratio;
+                    conv(g, format!("{q}.context_module.main.qkv.conv"), w[s], 3 * w[s], 1, false, 1);
+                    conv(g, format!("{q}.context_module.main.proj.conv"), w[s], w[s], 1, false, 1);
+                    g.norm(&format!("{q}.context_module.main.proj.norm"), w[s], true);
+                    conv(g, format!("{q}.local_module.main.inverted_conv.conv"), w[s], 2 * mid, 1, true, 1);
+                    conv(g, format!("{q}.local_module.main.depth_conv.conv"), 2 * mid, 2 * mid, 3, true, 2 * mid);
+                    conv(g, format!("{q}.local_module.main.point_conv.conv"), mid, w[s], 1, false, 1);
+                    g.norm(&format!("{q}.local_module.main.point_conv.norm"), w[s], true);
+                }
+            }
+        }
+        if s + 1 < w.len() && dl[s] > 0 {
+            conv(g, format!("{e}.stages.{s}.op_list.{}.main.conv.conv", dl[s]), w[s], w[s + 1] / 4, 3, true, 1);
+        }
+    }
+    let lc = c.latent_channels;
+    conv(g, format!("{e}.project_out.main.op_list.0.conv"), *w.last().expect("validated"), lc, 3, true, 1);
+    conv(g, format!("{p}.quant_conv"), lc, lc, 1, true, c.groups);
+    g.put(format!("{p}.quantize.embedding.weight"), vec![c.codebook_size, c.group_dim()], 1.0, 0.0);
 }

@@ -7,7 +7,7 @@ use anyhow::Result;
 use burn::tensor::{backend::Backend, Tensor};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
-use crate::models::llama::{Llama, Step};
+use crate::models::llama::{KvCache, Llama, Step};
 
 /// How the next token is chosen.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -99,12 +99,35 @@ pub fn generate<B: Backend>(
     stop_ids: &[u32],
     s: &Sampling,
     want_prefill_logits: bool,
+    on_token: impl FnMut(u32) -> ControlFlow<()>,
+) -> Result<Generation> {
+    let prompt = Prompt { cache: llm.new_cache(), embeds, first_position: 0, mask: None };
+    generate_from(llm, prompt, stop_ids, s, want_prefill_logits, on_token)
+}
+
+/// A prompt to continue: what is already cached, the new input embeddings, the RoPE position
+/// of the first of them, and their additive mask over `cached + new` keys (`None`: causal).
+pub struct Prompt<B: Backend> {
+    pub cache: KvCache<B>,
+    pub embeds: Tensor<B, 3>,
+    pub first_position: usize,
+    pub mask: Option<Tensor<B, 2>>,
+}
+
+/// Like [`generate`], continuing from a cache (a compressed image, for instance). Every
+/// generated token sees all cached keys plus the prompt and earlier generated tokens.
+pub fn generate_from<B: Backend>(
+    llm: &Llama<B>,
+    prompt: Prompt<B>,
+    stop_ids: &[u32],
+    s: &Sampling,
+    want_prefill_logits: bool,
     mut on_token: impl FnMut(u32) -> ControlFlow<()>,
 ) -> Result<Generation> {
+    let Prompt { mut cache, embeds, first_position, mask } = prompt;
     let [_, t, _] = embeds.dims();
-    let mut cache = llm.new_cache();
-    let positions: Vec<usize> = (0..t).collect();
-    let out = llm.forward(embeds, Step { positions: &positions, mask: None, want_attention: false }, &mut cache);
+    let positions: Vec<usize> = (first_position..first_position + t).collect();
+    let out = llm.forward(embeds, Step { positions: &positions, mask, want_attention: false }, &mut cache);
     let mut rng = StdRng::seed_from_u64(s.seed);
     let (mut next_logits, prefill_logits) = if want_prefill_logits {
         let all = llm.logits(out.hidden);
@@ -127,7 +150,7 @@ pub fn generate<B: Backend>(
         if on_token(id).is_break() || i + 1 == s.max_new_tokens {
             break;
         }
-        let pos = [t + i];
+        let pos = [first_position + t + i];
         let o = llm.forward(llm.embed(&[id]), Step { positions: &pos, mask: None, want_attention: false }, &mut cache);
         next_logits = last_row(llm.logits(o.hidden))?;
     }

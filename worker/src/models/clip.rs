@@ -140,6 +140,10 @@ impl<B: Backend> ClipVision<B> {
         x.slice([0..b, 1..n, 0..d])
     }
 
+    pub fn num_patches(&self) -> usize {
+        self.position_embedding.dims()[0] - 1
+    }
+
     pub fn num_layers(&self) -> usize {
         self.layers.len()
     }

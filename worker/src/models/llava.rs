@@ -27,7 +27,7 @@ pub struct Projector<B: Backend> {
 
 /// Exact (erf) GELU, as `nn.GELU()`. Written out because backends differ: burn-candle's
 /// `gelu` is the tanh approximation.
-fn gelu_erf<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+pub fn gelu_erf<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     x.clone() * ((x / std::f64::consts::SQRT_2).erf() + 1.0) * 0.5
 }
 
@@ -171,6 +171,11 @@ impl<B: Backend> Llava<B> {
         };
         let llm = Llama::load(&vb.pp(&lm_p), &vb.pp(&head_p), &c.text)?;
         Ok(Self { vision, projector, llm, select_layer: c.select_layer })
+    }
+
+    /// Image tokens per image (CLIP patches).
+    pub fn vision_tokens(&self) -> usize {
+        self.vision.num_patches()
     }
 
     /// Projected image features `[b, patches, d_model]` from CLIP pixel values `[b, 3, h, w]`.

@@ -1,0 +1,264 @@
+//! HTC-VLM: the hybrid sequence `[BOS][v_d × N_d][V × 576][<voco> × k][text …]` under the
+//! disentanglement mask, with compress-once / ask-many.
+//!
+//! - `V`: CLIP patch features through the continuous projector P_v (the LLaVA path);
+//! - `v_d`: MGVQ's quantised features `q`, flattened channel-first, through the discrete
+//!   projector P_d (`q_len → hidden → N_d · d_model`, GELU after each layer, Eq. 4), reshaped
+//!   into N_d anchor tokens;
+//! - `<voco>`: k trainable embeddings.
+//!
+//! [`Htc::compress`] runs the prefix once and keeps, per layer, only the K/V of the positions
+//! text may see (BOS and the `<voco>` tokens) with their original RoPE positions, plus the
+//! head-averaged attention of `<voco>` over `[v_d; V]`. Answering runs only the text.
+
+use anyhow::{bail, Result};
+use burn::module::Module;
+use burn::nn::Linear;
+use burn::tensor::{backend::Backend, Tensor, TensorData};
+
+use htc_shared::config::{HtcConfig, HtcMode};
+use htc_shared::mask::MaskLayout;
+use htc_shared::mgvq::Mgvq;
+
+use super::llama::{KvCache, Step};
+use super::llava::{gelu_erf, Llava};
+use crate::generate::Prompt;
+use crate::weights::Loader;
+
+/// P_d: `q_len → hidden → N_d · d_model` with GELU after each layer.
+#[derive(Module, Debug)]
+pub struct DiscreteProjector<B: Backend> {
+    linear_1: Linear<B>,
+    linear_2: Linear<B>,
+    n_tokens: usize,
+}
+
+impl<B: Backend> DiscreteProjector<B> {
+    pub fn load(vb: &Loader<B>, q_len: usize, hidden: usize, n_tokens: usize, d_model: usize) -> Result<Self> {
+        Ok(Self {
+            linear_1: vb.linear("linear_1", q_len, hidden, true)?,
+            linear_2: vb.linear("linear_2", hidden, n_tokens * d_model, true)?,
+            n_tokens,
+        })
+    }
+
+    /// `q: [b, C, h, w]` → anchors `[b, N_d, d_model]`.
+    pub fn forward(&self, q: Tensor<B, 4>) -> Tensor<B, 3> {
+        let [b, c, h, w] = q.dims();
+        let x = gelu_erf(self.linear_1.forward(q.reshape([b, c * h * w])));
+        let x = gelu_erf(self.linear_2.forward(x));
+        let [_, nd] = x.dims();
+        x.reshape([b, self.n_tokens, nd / self.n_tokens])
+    }
+}
+
+/// An image compressed for answering: per layer, K/V `[1, kv_heads, kept, hd]` of the kept
+/// positions, the next free RoPE position, and the `<voco>` attention maps.
+#[derive(Debug, Clone)]
+pub struct CompressedImage<B: Backend> {
+    pub cache: KvCache<B>,
+    /// RoPE positions of the kept keys (BOS and the `<voco>` tokens).
+    pub kept_positions: Vec<usize>,
+    /// The position the first text token takes.
+    pub next_position: usize,
+    /// The sequence layout with no text yet.
+    pub layout: MaskLayout,
+    /// Per layer, per `<voco>` token, head-averaged attention over `[v_d; V]`.
+    pub voco_attention: Vec<Vec<Vec<f32>>>,
+}
+
+#[derive(Module, Debug)]
+pub struct Htc<B: Backend> {
+    pub llava: Llava<B>,
+    pub mgvq: Option<Mgvq<B>>,
+    pub discrete: Option<DiscreteProjector<B>>,
+    /// The `<voco>` embeddings `[k, d_model]`.
+    pub voco: Tensor<B, 2>,
+    #[module(skip)]
+    pub config: HtcConfig,
+}
+
+/// The image inputs: CLIP pixel values and MGVQ pixel values (in [-1, 1]).
+pub struct ImageInputs<B: Backend> {
+    pub clip: Tensor<B, 4>,
+    pub mgvq: Option<Tensor<B, 4>>,
+}
+
+impl<B: Backend> Htc<B> {
+    /// Loads the HTC parts under `htc.*` and `mgvq.*` next to an already loaded LLaVA.
+    pub fn load(vb: &Loader<B>, llava: Llava<B>, config: &HtcConfig) -> Result<Self> {
+        config.validate()?;
+        let d = llava.llm.config().hidden_size;
+        let (mgvq, discrete) = if config.uses_discrete() {
+            let mc = config.mgvq.as_ref().expect("validated");
+            let m = Mgvq::load(&vb.pp("mgvq"), mc)?;
+            let p = DiscreteProjector::load(&vb.pp("htc.discrete_projector"), mc.q_len(), config.discrete_hidden, config.n_discrete, d)?;
+            (Some(m), Some(p))
+        } else {
+            (None, None)
+        };
+        let voco = vb.pp("htc").tensor("voco_embeddings", [config.n_voco, d])?;
+        Ok(Self { llava, mgvq, discrete, voco, config: config.clone() })
+    }
+
+    fn d_model(&self) -> usize {
+        self.llava.llm.config().hidden_size
+    }
+
+    fn n_visual(&self) -> usize {
+        match self.config.mode {
+            HtcMode::Discrete => 0,
+            HtcMode::Avgpool => self.config.n_voco,
+            _ => self.llava.vision_tokens(),
+        }
+    }
+
+    /// The sequence layout for `n_text` text tokens. `none` and `avgpool` have no bottleneck:
+    /// their visual tokens are plain causal context.
+    pub fn layout(&self, n_text: usize) -> MaskLayout {
+        let c = &self.config;
+        MaskLayout {
+            bos: true,
+            n_discrete: if c.uses_discrete() { c.n_discrete } else { 0 },
+            n_visual: self.n_visual(),
+            n_voco: if matches!(c.mode, HtcMode::None | HtcMode::Avgpool) { 0 } else { c.n_voco },
+            n_text,
+        }
+    }
+
+    fn bottleneck(&self) -> bool {
+        !matches!(self.config.mode, HtcMode::None | HtcMode::Avgpool)
+    }
+
+    /// Embeddings of `[BOS][v_d][V][<voco>]` (`[1, prefix, d]`).
+    pub fn prefix_embeds(&self, img: &ImageInputs<B>) -> Result<Tensor<B, 3>> {
+        let llm = &self.llava.llm;
+        let bos = llm.config().bos_token_id.unwrap_or(1);
+        let mut parts = vec![llm.embed(&[bos])];
+        if let (Some(m), Some(p)) = (&self.mgvq, &self.discrete) {
+            let Some(px) = &img.mgvq else { bail!("mode {:?} needs MGVQ pixel values", self.config.mode) };
+            parts.push(p.forward(m.encode(px.clone())?.q));
+        }
+        if self.config.uses_continuous() {
+            let v = self.llava.image_features(img.clip.clone());
+            let v = if self.config.mode == HtcMode::Avgpool { avg_pool_tokens(v, self.config.n_voco) } else { v };
+            parts.push(v);
+        }
+        if self.bottleneck() {
+            parts.push(self.voco.clone().unsqueeze::<3>());
+        }
+        Ok(Tensor::cat(parts, 1))
+    }
+
+    /// The additive mask `[len, len]` of a layout, on the model's device.
+    fn mask(&self, layout: &MaskLayout) -> Tensor<B, 2> {
+        let n = layout.len();
+        let m = if self.bottleneck() {
+            layout.additive(self.config.topology)
+        } else {
+            (0..n).flat_map(|q| (0..n).map(move |k| if k <= q { 0.0 } else { htc_shared::mask::BLOCKED })).collect()
+        };
+        Tensor::from_data(TensorData::new(m, [n, n]), &self.llava.llm.device())
+    }
+
+    /// Runs the prefix once and keeps what text may see.
+    pub fn compress(&self, img: &ImageInputs<B>) -> Result<CompressedImage<B>> {
+        let llm = &self.llava.llm;
+        let layout = self.layout(0);
+        let embeds = self.prefix_embeds(img)?;
+        let n = layout.len();
+        let positions: Vec<usize> = (0..n).collect();
+        let mut cache = llm.new_cache();
+        let out = llm.forward(embeds, Step { positions: &positions, mask: Some(self.mask(&layout)), want_attention: true }, &mut cache);
+        let kept: Vec<usize> = if self.bottleneck() { layout.text_rows_over_kept(self.config.topology).0 } else { positions.clone() };
+        // Gather the kept positions as contiguous runs (some backends cannot index-select
+        // strided tensors).
+        let mut runs: Vec<std::ops::Range<usize>> = Vec::new();
+        for &i in &kept {
+            match runs.last_mut() {
+                Some(r) if r.end == i => r.end += 1,
+                _ => runs.push(i..i + 1),
+            }
+        }
+        let gather = |t: Tensor<B, 4>| {
+            let [b, h, _, d] = t.dims();
+            Tensor::cat(runs.iter().map(|r| t.clone().slice([0..b, 0..h, r.clone(), 0..d])).collect(), 2)
+        };
+        for layer in cache.layers.iter_mut() {
+            if let Some((k, v)) = layer.take() {
+                *layer = Some((gather(k), gather(v)));
+            }
+        }
+        let (vis0, vis1) = (layout.bos as usize, layout.voco_start());
+        let mut voco_attention = Vec::with_capacity(out.attention.len());
+        for a in out.attention {
+            let rows = a.slice([0..1, layout.voco_start()..layout.text_start(), vis0..vis1]);
+            let flat = rows.into_data().to_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            voco_attention.push(flat.chunks(vis1 - vis0).map(<[f32]>::to_vec).collect());
+        }
+        Ok(CompressedImage { cache, kept_positions: kept, next_position: n, layout, voco_attention })
+    }
+
+    /// The prompt that answers `text_ids` against a compressed image.
+    pub fn answer_prompt(&self, c: &CompressedImage<B>, text_ids: &[u32]) -> Result<Prompt<B>> {
+        if text_ids.is_empty() {
+            bail!("empty question");
+        }
+        let llm = &self.llava.llm;
+        let vocab = llm.config().vocab_size;
+        if let Some(&bad) = text_ids.iter().find(|&&i| i as usize >= vocab) {
+            bail!("token id {bad} is out of range for a vocabulary of {vocab}");
+        }
+        let t = text_ids.len();
+        let kept = c.kept_positions.len();
+        let mask = if self.bottleneck() {
+            let layout = MaskLayout { n_text: t, ..c.layout };
+            layout.text_rows_over_kept(self.config.topology).1
+        } else {
+            (0..t).flat_map(|q| (0..kept + t).map(move |k| if k <= kept + q { 0.0 } else { htc_shared::mask::BLOCKED })).collect()
+        };
+        Ok(Prompt {
+            cache: c.cache.clone(),
+            embeds: llm.embed(text_ids),
+            first_position: c.next_position,
+            mask: Some(Tensor::from_data(TensorData::new(mask, [t, kept + t]), &llm.device())),
+        })
+    }
+
+    /// One full forward of the whole sequence under the mask; returns the text logits
+    /// `[1, n_text, vocab]`. The reference that compress-then-answer must equal.
+    pub fn full_text_logits(&self, img: &ImageInputs<B>, text_ids: &[u32]) -> Result<Tensor<B, 3>> {
+        let llm = &self.llava.llm;
+        let layout = self.layout(text_ids.len());
+        let embeds = Tensor::cat(vec![self.prefix_embeds(img)?, llm.embed(text_ids)], 1);
+        let positions: Vec<usize> = (0..layout.len()).collect();
+        let out = llm.forward(embeds, Step { positions: &positions, mask: Some(self.mask(&layout)), want_attention: false }, &mut llm.new_cache());
+        let [_, n, d] = out.hidden.dims();
+        Ok(llm.logits(out.hidden.slice([0..1, layout.text_start()..n, 0..d])))
+    }
+
+    /// Text logits `[1, n_text, vocab]` from a compressed image.
+    pub fn answer_logits(&self, c: &CompressedImage<B>, text_ids: &[u32]) -> Result<Tensor<B, 3>> {
+        let p = self.answer_prompt(c, text_ids)?;
+        let positions: Vec<usize> = (p.first_position..p.first_position + text_ids.len()).collect();
+        let mut cache = p.cache;
+        let out = self.llava.llm.forward(p.embeds, Step { positions: &positions, mask: p.mask, want_attention: false }, &mut cache);
+        Ok(self.llava.llm.logits(out.hidden))
+    }
+
+    pub fn d(&self) -> usize {
+        self.d_model()
+    }
+}
+
+/// Average-pools `[b, n, d]` patch tokens into `k` tokens of consecutive patches.
+fn avg_pool_tokens<B: Backend>(v: Tensor<B, 3>, k: usize) -> Tensor<B, 3> {
+    let [b, n, d] = v.dims();
+    let parts: Vec<Tensor<B, 3>> = (0..k)
+        .map(|i| {
+            let (s, e) = (i * n / k, ((i + 1) * n / k).max(i * n / k + 1).min(n));
+            v.clone().slice([0..b, s..e, 0..d]).mean_dim(1)
+        })
+        .collect();
+    Tensor::cat(parts, 1)
+}

@@ -1,0 +1,134 @@
+//! The hybrid model: compress-once/ask-many equals one full forward under the mask (1e-5 of
+//! the logit scale), and the `<voco>` bottleneck is the only path from the image to the text.
+
+mod common;
+
+use burn::tensor::{Distribution, Tensor, TensorData};
+use common::{assert_close, to_vec};
+use htc_shared::config::{ClipVisionConfig, HtcConfig, HtcMode, LlamaConfig, ProjectorKind};
+use htc_shared::mask::{Topology, BLOCKED};
+use htc_worker::backend::{self, Backend};
+use htc_worker::models::htc::{Htc, ImageInputs};
+use htc_worker::models::llama::Step;
+use htc_worker::models::llava::{self, Layout, Llava};
+use htc_worker::weights::Loader;
+
+fn llava_config() -> llava::Config {
+    let vision = ClipVisionConfig { hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2, num_attention_heads: 4, num_channels: 3, image_size: 28, patch_size: 7, layer_norm_eps: 1e-5 };
+    let text = LlamaConfig::from_json(&serde_json::json!({"vocab_size": 96, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-5})).unwrap();
+    llava::Config { layout: Layout::LlavaHf, text, vision, image_token_id: 95, select_layer: -2, projector_mlp: true }
+}
+
+fn htc_config(mode: HtcMode, topology: Topology, n_voco: usize) -> HtcConfig {
+    let mgvq = serde_json::from_slice(&std::fs::read(common::fixtures().join("mgvq-tiny/config.json")).unwrap()).unwrap();
+    HtcConfig { mode, n_discrete: 4, n_voco, topology, continuous_projector: ProjectorKind::Mlp2xGelu, discrete_hidden: 48, mgvq: Some(mgvq) }
+}
+
+fn model(mode: HtcMode, topology: Topology, n_voco: usize) -> Htc<Backend> {
+    let (lc, hc) = (llava_config(), htc_config(mode, topology, n_voco));
+    let src = htc_worker::demo::random_htc(&lc, &hc, 7);
+    let vb = Loader::new(&src, &backend::device());
+    Htc::load(&vb, Llava::load(&vb, &lc).unwrap(), &hc).unwrap()
+}
+
+fn image(seed: u64) -> ImageInputs<Backend> {
+    let d = backend::device();
+    <Backend as burn::tensor::backend::Backend>::seed(&d, seed);
+    ImageInputs {
+        clip: Tensor::random([1, 3, 28, 28], Distribution::Normal(0.0, 1.0), &d),
+        mgvq: Some(Tensor::random([1, 3, 64, 64], Distribution::Uniform(-1.0, 1.0), &d)),
+    }
+}
+
+const TEXT: [u32; 6] = [5, 17, 42, 8, 77, 3];
+
+#[test]
+fn compress_then_answer_equals_one_full_forward() {
+    let cases = [
+        (HtcMode::Htc, Topology::Star, 1),
+        (HtcMode::Htc, Topology::Causal, 1),
+        (HtcMode::Htc, Topology::Full, 2),
+        (HtcMode::Voco, Topology::Star, 1),
+        (HtcMode::Discrete, Topology::Star, 1),
+        (HtcMode::None, Topology::Star, 1),
+        (HtcMode::Avgpool, Topology::Star, 2),
+    ];
+    for (mode, topo, k) in cases {
+        let m = model(mode, topo, k);
+        let img = image(1);
+        let full = to_vec(m.full_text_logits(&img, &TEXT).unwrap());
+        let c = m.compress(&img).unwrap();
+        let cached = to_vec(m.answer_logits(&c, &TEXT).unwrap());
+        assert_close(&format!("{mode:?}/{topo:?}/k={k} compressed vs full"), &cached, &full, 1e-5);
+        // Ask many: a second question against the same compressed image.
+        let again = to_vec(m.answer_logits(&c, &TEXT[..3]).unwrap());
+        assert_close(&format!("{mode:?} second question"), &again, &full[..3 * 96], 1e-5);
+        if matches!(mode, HtcMode::Htc | HtcMode::Voco | HtcMode::Discrete) {
+            assert_eq!(c.kept_positions.len(), 1 + k, "{mode:?}: BOS and the voco tokens are kept");
+        }
+    }
+}
+
+#[test]
+fn compressed_cache_keeps_only_bos_and_voco_with_original_positions() {
+    let m = model(HtcMode::Htc, Topology::Star, 1);
+    let c = m.compress(&image(1)).unwrap();
+    // [BOS][4 anchors][16 patches][voco]: positions 0 and 21 are kept; text starts at 22.
+    assert_eq!(c.kept_positions, vec![0, 21]);
+    assert_eq!(c.next_position, 22);
+    assert_eq!(c.cache.seq_len(), 2);
+    assert_eq!(c.voco_attention.len(), 2, "one map per layer");
+    let map = &c.voco_attention[0][0];
+    assert_eq!(map.len(), 4 + 16, "over [v_d; V]");
+    let s: f32 = map.iter().sum();
+    assert!(s > 0.0 && s < 1.0, "voco also attends to BOS and itself: {s}");
+}
+
+/// Text logits for `img` with the mask's `<voco>` rows optionally cut off from `[v_d; V]`.
+fn text_logits(m: &Htc<Backend>, img: &ImageInputs<Backend>, block_voco: bool) -> Vec<f32> {
+    let llm = &m.llava.llm;
+    let layout = m.layout(TEXT.len());
+    let n = layout.len();
+    let mut mask = layout.additive(m.config.topology);
+    if block_voco {
+        for q in layout.voco_start()..layout.text_start() {
+            for k in 1..layout.voco_start() {
+                mask[q * n + k] = BLOCKED;
+            }
+        }
+    }
+    let embeds = Tensor::cat(vec![m.prefix_embeds(img).unwrap(), llm.embed(&TEXT)], 1);
+    let pos: Vec<usize> = (0..n).collect();
+    let mask = Tensor::from_data(TensorData::new(mask, [n, n]), &llm.device());
+    let out = llm.forward(embeds, Step { positions: &pos, mask: Some(mask), want_attention: false }, &mut llm.new_cache());
+    let [_, _, d] = out.hidden.dims();
+    to_vec(llm.logits(out.hidden.slice([0..1, layout.text_start()..n, 0..d])))
+}
+
+#[test]
+fn the_image_reaches_text_only_through_voco() {
+    let m = model(HtcMode::Htc, Topology::Star, 1);
+    let (a, b) = (image(1), image(2));
+    let blocked_a = text_logits(&m, &a, true);
+    let blocked_b = text_logits(&m, &b, true);
+    assert_eq!(blocked_a, blocked_b, "with the voco row blocked, the image must not reach the text");
+    let open_a = text_logits(&m, &a, false);
+    let open_b = text_logits(&m, &b, false);
+    let diff = open_a.iter().zip(&open_b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    assert!(diff > 1e-3, "with the voco row open, a different image must change the text logits ({diff})");
+}
+
+#[test]
+fn discrete_modes_need_mgvq_pixels_and_a_config() {
+    let m = model(HtcMode::Htc, Topology::Star, 1);
+    let mut img = image(1);
+    img.mgvq = None;
+    let e = m.compress(&img).err().unwrap();
+    assert!(e.to_string().contains("needs MGVQ pixel values"), "{e}");
+    let mut c = htc_config(HtcMode::Htc, Topology::Star, 1);
+    c.n_discrete = 3;
+    assert!(c.validate().unwrap_err().to_string().contains("n_discrete must be 1, 2, 4 or 8"));
+    c.n_discrete = 4;
+    c.mgvq = None;
+    assert!(c.validate().unwrap_err().to_string().contains("needs an `mgvq` config"));
+}
