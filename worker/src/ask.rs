@@ -11,7 +11,8 @@ use burn::tensor::{backend::Backend, Tensor, TensorData};
 use htc_shared::preprocess::{decode_image, DecodeLimits};
 
 use crate::chat::{StreamDecoder, Template};
-use crate::generate::{generate, Generation, Sampling};
+use crate::generate::{generate_from, Generation, Prompt, Sampling};
+use crate::models::htc::{CompressedImage, Htc, ImageInputs};
 use crate::models::llava::expand_image_tokens;
 use crate::snapshot::{AnyModel, Snapshot};
 
@@ -37,12 +38,54 @@ pub struct AskRequest {
     pub sampling: Sampling,
     pub no_template: bool,
     pub dump_logits: Option<PathBuf>,
+    /// HTC models: write the `<voco>` attention over `[v_d; V]` here as JSON.
+    pub attention: Option<PathBuf>,
 }
 
-/// Loads pixel values `[1, 3, size, size]` for a LLaVA model.
+/// Both image inputs of an HTC model: CLIP pixels, and MGVQ pixels when the mode uses MGVQ
+/// (which needs the image file itself).
+pub fn htc_inputs<B: Backend>(snap: &Snapshot<B>, input: &ImageInput, device: &B::Device) -> Result<ImageInputs<B>> {
+    let AnyModel::Htc { model, .. } = &snap.model else { bail!("not an HTC model") };
+    let clip = load_pixels(snap, input, device)?;
+    let mgvq = match (&model.config.mgvq, model.config.uses_discrete(), input) {
+        (Some(mc), true, ImageInput::File(p)) => {
+            let bytes = std::fs::read(p).with_context(|| format!("cannot read image {}", p.display()))?;
+            let img = decode_image(&bytes, DecodeLimits::default()).with_context(|| format!("{}", p.display()))?;
+            let s = mc.image_size;
+            Some(Tensor::from_data(TensorData::new(htc_shared::mgvq::preprocess(&img, s as u32), [1, 3, s, s]), device))
+        }
+        (_, true, ImageInput::PixelValues(_)) => bail!("mode {:?} runs MGVQ on the image itself: pass --image instead of --pixel-values", model.config.mode),
+        _ => None,
+    };
+    Ok(ImageInputs { clip, mgvq })
+}
+
+/// The `<voco>` attention maps as JSON: `layers[l][v]` lists the head-averaged attention of
+/// `<voco>` token `v` over the `n_discrete` anchors followed by the `n_visual` patches.
+pub fn attention_json<B: Backend>(m: &Htc<B>, c: &CompressedImage<B>) -> serde_json::Value {
+    let n = c.voco_attention.len().max(1) as f32;
+    let mean: Vec<Vec<f32>> = (0..c.layout.n_voco)
+        .map(|v| {
+            let w = c.voco_attention.first().map(|l| l[v].len()).unwrap_or(0);
+            (0..w).map(|j| c.voco_attention.iter().map(|l| l[v][j]).sum::<f32>() / n).collect()
+        })
+        .collect();
+    serde_json::json!({
+        "mode": m.config.mode,
+        "topology": m.config.topology,
+        "n_discrete": c.layout.n_discrete,
+        "n_visual": c.layout.n_visual,
+        "n_voco": c.layout.n_voco,
+        "layers": c.voco_attention,
+        "mean_over_layers": mean,
+    })
+}
+
+/// Loads CLIP pixel values `[1, 3, size, size]` for a LLaVA or HTC model.
 pub fn load_pixels<B: Backend>(snap: &Snapshot<B>, input: &ImageInput, device: &B::Device) -> Result<Tensor<B, 4>> {
-    let AnyModel::Llava { config, preprocess, .. } = &snap.model else {
-        bail!("this model ({}) takes no images", snap.model.architecture());
+    let (config, preprocess) = match &snap.model {
+        AnyModel::Llava { config, preprocess, .. } | AnyModel::Htc { config, preprocess, .. } => (config, preprocess),
+        AnyModel::Llama(_) => bail!("this model ({}) takes no images", snap.model.architecture()),
     };
     let size = config.vision.image_size;
     match input {
@@ -100,8 +143,12 @@ pub fn prompt_ids<B: Backend>(snap: &Snapshot<B>, prompt: &PromptInput, image: b
 /// otherwise the generated ids on one line separated by spaces.
 pub fn ask<B: Backend>(snap: &Snapshot<B>, req: &AskRequest, device: &B::Device, out: &mut dyn Write) -> Result<Generation> {
     let llm = snap.model.llm();
+    if let AnyModel::Htc { model, .. } = &snap.model {
+        return ask_htc(snap, model, req, device, out);
+    }
     let ids = prompt_ids(snap, &req.prompt, req.image.is_some(), req.no_template)?;
     let embeds = match &snap.model {
+        AnyModel::Htc { .. } => unreachable!("handled above"),
         AnyModel::Llava { model, config, .. } => {
             let marker = config.image_token_id;
             let ids = expand_image_tokens(&ids, marker, config.num_image_tokens())?;
@@ -129,13 +176,40 @@ pub fn ask<B: Backend>(snap: &Snapshot<B>, req: &AskRequest, device: &B::Device,
             m.embed(&ids)
         }
     };
+    stream_answer(snap, Prompt { cache: llm.new_cache(), embeds, first_position: 0, mask: None }, req, out)
+}
+
+/// Compress once, then answer the text against the compressed image.
+fn ask_htc<B: Backend>(snap: &Snapshot<B>, model: &Htc<B>, req: &AskRequest, device: &B::Device, out: &mut dyn Write) -> Result<Generation> {
+    let image = req.image.as_ref().ok_or_else(|| anyhow!("this HTC model needs an image (--image)"))?;
+    let ids: Vec<i64> = match &req.prompt {
+        PromptInput::Ids(ids) => ids.clone(),
+        PromptInput::Text(text) => {
+            let tok = snap.tokenizer.as_ref().ok_or_else(|| anyhow!("the model has no tokenizer.json; pass --prompt-ids"))?;
+            // BOS and the image are in the compressed prefix: the text carries no specials.
+            let rendered = if req.no_template { text.clone() } else { tok.template.render(text, false, "", "")? };
+            tok.encode(&rendered, false)?.into_iter().map(i64::from).collect()
+        }
+    };
+    let ids: Vec<u32> = ids.iter().map(|&i| u32::try_from(i).map_err(|_| anyhow!("token id {i} is out of range"))).collect::<Result<_>>()?;
+    let compressed = model.compress(&htc_inputs(snap, image, device)?)?;
+    if let Some(path) = &req.attention {
+        let doc = attention_json(model, &compressed);
+        std::fs::write(path, serde_json::to_vec_pretty(&doc)?).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    stream_answer(snap, model.answer_prompt(&compressed, &ids)?, req, out)
+}
+
+/// Generates from `prompt` and streams the answer: text with a tokenizer, else ids.
+fn stream_answer<B: Backend>(snap: &Snapshot<B>, prompt: Prompt<B>, req: &AskRequest, out: &mut dyn Write) -> Result<Generation> {
+    let llm = snap.model.llm();
     let stop: Vec<u32> = match &snap.tokenizer {
         Some(t) => t.eos_ids.clone(),
         None => llm.config().eos_token_ids.clone(),
     };
     let mut decoder = StreamDecoder::new();
     let mut io_err = None;
-    let gen = generate(llm, embeds, &stop, &req.sampling, req.dump_logits.is_some(), |id| {
+    let gen = generate_from(llm, prompt, &stop, &req.sampling, req.dump_logits.is_some(), |id| {
         let r = match &snap.tokenizer {
             Some(t) => decoder.push(&t.inner, id).and_then(|d| {
                 if let Some(d) = d {

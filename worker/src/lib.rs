@@ -4,6 +4,7 @@
 //! - [`weights`] and [`gguf`]: safetensors snapshots and GGUF files as weight sources.
 //! - [`snapshot`]: opening any supported model directory or file.
 //! - [`chat`], [`generate`], [`ask`]: prompts, decoding and streaming answers.
+//! - [`init`]: `htc init`, untrained HTC checkpoints from LLaVA + MGVQ.
 //! - [`serve`]: the HTTP server for the web UI; [`bench`]: backend measurements.
 //! - [`backend`]: the burn backend chosen by cargo feature.
 
@@ -14,6 +15,7 @@ pub mod chat;
 pub mod demo;
 pub mod generate;
 pub mod gguf;
+pub mod init;
 pub mod models;
 pub mod serve;
 pub mod snapshot;

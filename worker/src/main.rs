@@ -54,7 +54,12 @@ enum Cmd {
         /// Write the prefill logits (f32 [prefill_len, vocab]) to this safetensors file.
         #[arg(long)]
         dump_logits: Option<PathBuf>,
+        /// HTC models: write the <voco> attention over [v_d; V] (per layer, head-averaged) as JSON.
+        #[arg(long)]
+        attention: Option<PathBuf>,
     },
+    /// Build an untrained HTC checkpoint from a LLaVA-1.5 snapshot and MGVQ weights.
+    Init(htc_worker::init::InitArgs),
     /// Serve the web UI, /healthz and the model card on a local address.
     Serve(htc_worker::serve::ServeArgs),
     /// Measure the compiled backend on matmuls and a decoder forward pass.
@@ -63,7 +68,7 @@ enum Cmd {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Ask { model, image, pixel_values, prompt, prompt_ids, max_new_tokens, greedy, temperature, top_p, seed, no_template, dump_logits } => {
+        Cmd::Ask { model, image, pixel_values, prompt, prompt_ids, max_new_tokens, greedy, temperature, top_p, seed, no_template, dump_logits, attention } => {
             let device = backend::device();
             let snap = Snapshot::<Backend>::open(&model, &device)?;
             let prompt = match (prompt, prompt_ids) {
@@ -76,13 +81,14 @@ fn run(cli: Cli) -> Result<()> {
             }
             let temperature = if greedy { 0.0 } else { temperature };
             let image = image.map(ImageInput::File).or(pixel_values.map(ImageInput::PixelValues));
-            let req = AskRequest { image, prompt, sampling: Sampling { max_new_tokens, temperature, top_p, seed }, no_template, dump_logits };
+            let req = AskRequest { image, prompt, sampling: Sampling { max_new_tokens, temperature, top_p, seed }, no_template, dump_logits, attention };
             let stdout = std::io::stdout();
             let mut lock = stdout.lock();
             ask(&snap, &req, &device, &mut lock)?;
             Ok(())
         }
         Cmd::Serve(args) => htc_worker::serve::run(args),
+        Cmd::Init(args) => htc_worker::init::run(args),
         Cmd::Bench(args) => htc_worker::bench::run(args).context("bench"),
     }
 }

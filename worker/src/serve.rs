@@ -46,6 +46,7 @@ fn card(model: &AnyModel<Backend>, name: String, random_init: bool) -> ModelCard
     let c = model.llm().config();
     let (image_size, image_tokens) = match model {
         AnyModel::Llava { config, .. } => (Some(config.vision.image_size), Some(config.num_image_tokens())),
+        AnyModel::Htc { config, model, .. } => (Some(config.vision.image_size), Some(model.layout(0).n_voco)),
         AnyModel::Llama(_) => (None, None),
     };
     ModelCard {

@@ -7,9 +7,11 @@ use anyhow::{anyhow, bail, Context, Result};
 use burn::tensor::backend::Backend;
 use serde_json::Value;
 
+use htc_shared::config::HtcConfig;
 use htc_shared::preprocess::ClipPreprocess;
 
 use crate::chat::{Template, TextTokenizer};
+use crate::models::htc::Htc;
 use crate::models::llama::{self, Llama};
 use crate::models::llava::{self, Llava};
 use crate::weights::{Loader, WeightSource};
@@ -18,6 +20,8 @@ use crate::weights::{Loader, WeightSource};
 pub enum AnyModel<B: Backend> {
     Llama(Llama<B>),
     Llava { model: Llava<B>, config: llava::Config, preprocess: ClipPreprocess },
+    /// A LLaVA with the HTC parts (config.json has an `htc` section).
+    Htc { model: Htc<B>, config: llava::Config, preprocess: ClipPreprocess },
 }
 
 impl<B: Backend> AnyModel<B> {
@@ -25,12 +29,14 @@ impl<B: Backend> AnyModel<B> {
         match self {
             AnyModel::Llama(m) => m,
             AnyModel::Llava { model, .. } => &model.llm,
+            AnyModel::Htc { model, .. } => &model.llava.llm,
         }
     }
 
     pub fn architecture(&self) -> &'static str {
         match self {
             AnyModel::Llama(_) => "llama",
+            AnyModel::Htc { .. } => "htc",
             AnyModel::Llava { config, .. } => match config.layout {
                 llava::Layout::LlavaHf => "llava-hf",
                 llava::Layout::Liuhaotian => "llava-liuhaotian",
@@ -96,7 +102,10 @@ impl<B: Backend> Snapshot<B> {
         let tok_path = path.join("tokenizer.json");
         let tok = if tok_path.is_file() { Some(TextTokenizer::from_file(&tok_path)?) } else { None };
         let (model, template, text_cfg) = if is_llava {
-            let config = llava::Config::from_json(&cfg, path)?;
+            let mut config = llava::Config::from_json(&cfg, path)?;
+            if let Some(kind) = cfg.get("htc").and_then(|h| h.get("continuous_projector")).and_then(Value::as_str) {
+                config.projector_mlp = kind != "linear";
+            }
             let model = Llava::load(&vb, &config).context("loading the LLaVA weights")?;
             let pp_path = path.join("preprocessor_config.json");
             let mut preprocess = ClipPreprocess::llava(config.vision.image_size as u32);
@@ -104,7 +113,14 @@ impl<B: Backend> Snapshot<B> {
                 preprocess = preprocess.with_json(&read_json(&pp_path)?)?;
             }
             let text = config.text.clone();
-            (AnyModel::Llava { model, config, preprocess }, Template::VicunaV1, text)
+            match cfg.get("htc") {
+                Some(h) => {
+                    let hc = HtcConfig::from_json(h)?;
+                    let model = Htc::load(&vb, model, &hc).context("loading the HTC weights")?;
+                    (AnyModel::Htc { model, config, preprocess }, Template::VicunaV1, text)
+                }
+                None => (AnyModel::Llava { model, config, preprocess }, Template::VicunaV1, text),
+            }
         } else {
             let config = llama::Config::from_json(&cfg)?;
             let prefix = if src.contains("model.embed_tokens.weight") { "model" } else { "" };
@@ -132,7 +148,7 @@ impl<B: Backend> Snapshot<B> {
     pub fn image_marker(&self) -> Option<i64> {
         match &self.model {
             AnyModel::Llava { config, .. } => Some(config.image_token_id),
-            AnyModel::Llama(_) => None,
+            AnyModel::Llama(_) | AnyModel::Htc { .. } => None,
         }
     }
 }

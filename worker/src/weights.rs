@@ -95,6 +95,18 @@ impl WeightSource {
         }
     }
 
+    /// A tensor's shape, without reading its data where the format allows.
+    pub fn shape(&self, name: &str) -> Result<Vec<usize>> {
+        match self {
+            WeightSource::Safetensors { files, index } => {
+                let fi = *index.get(name).ok_or_else(|| anyhow!("missing tensor `{name}` in the checkpoint"))?;
+                let st = SafeTensors::deserialize(&files[fi].mmap).map_err(|e| anyhow!("{}: {e}", files[fi].path.display()))?;
+                Ok(st.tensor(name).map_err(|e| anyhow!("{e}"))?.shape().to_vec())
+            }
+            _ => Ok(self.read(name)?.shape),
+        }
+    }
+
     /// Reads a tensor as f32.
     pub fn read(&self, name: &str) -> Result<HostTensor> {
         match self {

@@ -165,7 +165,8 @@ impl<B: Backend> Llava<B> {
         let vision = ClipVision::load(&vis, &c.vision)?;
         let p = vb.pp(&proj_p);
         let projector = match (c.layout, c.projector_mlp) {
-            (Layout::LlavaHf, _) => Projector { linear_1: p.linear("linear_1", vd, td, true)?, linear_2: Some(p.linear("linear_2", td, td, true)?) },
+            (Layout::LlavaHf, true) => Projector { linear_1: p.linear("linear_1", vd, td, true)?, linear_2: Some(p.linear("linear_2", td, td, true)?) },
+            (Layout::LlavaHf, false) => Projector { linear_1: p.linear("linear_1", vd, td, true)?, linear_2: None },
             (Layout::Liuhaotian, true) => Projector { linear_1: p.linear("0", vd, td, true)?, linear_2: Some(p.linear("2", td, td, true)?) },
             (Layout::Liuhaotian, false) => Projector { linear_1: p.linear("", vd, td, true)?, linear_2: None },
         };

@@ -1,0 +1,233 @@
+//! `htc init`: builds an untrained HTC checkpoint from a LLaVA-1.5 snapshot (either layout)
+//! and an MGVQ checkpoint (safetensors; see `scripts/convert_mgvq.py`). The output is an
+//! HF-style directory: config.json (llava-hf fields plus an `htc` section), model.safetensors
+//! in the llava-hf hub layout with `htc.*` and `mgvq.*` added, and the tokenizer files.
+//!
+//! New parameters: P_d with PyTorch's default `nn.Linear` init (U(±1/√fan_in)), and the
+//! `<voco>` embeddings set to the mean of the input embeddings (transformers'
+//! `resize_token_embeddings` default). The LLaVA projector is reused as P_v.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use half::f16;
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use serde_json::{json, Value};
+
+use htc_shared::config::{HtcConfig, HtcMode, ProjectorKind};
+use htc_shared::mask::Topology;
+use htc_shared::mgvq::{self, Mgvq};
+
+use crate::models::llava::{self, Layout};
+use crate::weights::{HostTensor, Loader, WeightSource};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct InitArgs {
+    /// LLaVA-1.5 snapshot directory (llava-hf or liuhaotian layout).
+    #[arg(long)]
+    pub llava: PathBuf,
+    /// MGVQ weights (safetensors with `encoder.*`, `quant_conv.*`, `quantize.embedding.weight`).
+    #[arg(long)]
+    pub mgvq: PathBuf,
+    /// MGVQ config: `f16c32_g8` (the paper's) or a JSON file.
+    #[arg(long, default_value = "f16c32_g8")]
+    pub mgvq_config: String,
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value = "htc")]
+    pub mode: String,
+    #[arg(long, default_value_t = 4)]
+    pub n_discrete: usize,
+    #[arg(long, default_value_t = 1)]
+    pub n_voco: usize,
+    #[arg(long, default_value = "star")]
+    pub topology: String,
+    #[arg(long, default_value_t = 8192)]
+    pub discrete_hidden: usize,
+    /// Storage dtype of model.safetensors: f16 or f32.
+    #[arg(long, default_value = "f16")]
+    pub dtype: String,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// Maps a LLaVA tensor name of any supported layout to the llava-hf hub layout.
+fn hub_name(layout: Layout, name: &str) -> Option<String> {
+    let map = |prefixes: &[(&str, &str)]| {
+        prefixes.iter().find_map(|(from, to)| name.strip_prefix(from).map(|rest| format!("{to}{rest}")))
+    };
+    match layout {
+        Layout::Liuhaotian => map(&[
+            ("model.vision_tower.vision_tower.", "vision_tower."),
+            ("model.mm_projector.0.", "multi_modal_projector.linear_1."),
+            ("model.mm_projector.2.", "multi_modal_projector.linear_2."),
+            ("model.mm_projector.", "multi_modal_projector.linear_1."),
+            ("model.", "language_model.model."),
+            ("lm_head.", "language_model.lm_head."),
+        ]),
+        Layout::LlavaHf => map(&[
+            ("model.vision_tower.", "vision_tower."),
+            ("model.multi_modal_projector.", "multi_modal_projector."),
+            ("model.language_model.", "language_model.model."),
+            ("lm_head.", "language_model.lm_head."),
+            ("vision_tower.", "vision_tower."),
+            ("multi_modal_projector.", "multi_modal_projector."),
+            ("language_model.", "language_model."),
+        ]),
+    }
+    .map(|n| if n.starts_with("vision_tower.") && !n.starts_with("vision_tower.vision_model.") { n.replacen("vision_tower.", "vision_tower.vision_model.", 1) } else { n })
+}
+
+/// A tensor to write: name, shape, and how to read its data when its turn comes.
+type Entry<'a> = (String, Vec<usize>, Box<dyn Fn() -> Result<Vec<f32>> + 'a>);
+
+/// Streams tensors into a safetensors file, one tensor in memory at a time.
+fn write_safetensors(path: &Path, entries: Vec<Entry<'_>>, half: bool) -> Result<()> {
+    let elem = if half { 2 } else { 4 };
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), json!({"format": "pt"}));
+    let mut offset = 0usize;
+    for (name, shape, _) in &entries {
+        let n: usize = shape.iter().product::<usize>() * elem;
+        header.insert(name.clone(), json!({"dtype": if half { "F16" } else { "F32" }, "shape": shape, "data_offsets": [offset, offset + n]}));
+        offset += n;
+    }
+    let mut h = serde_json::to_vec(&header)?;
+    while h.len() % 8 != 0 {
+        h.push(b' ');
+    }
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?);
+    f.write_all(&(h.len() as u64).to_le_bytes())?;
+    f.write_all(&h)?;
+    for (name, shape, read) in &entries {
+        let data = read()?;
+        if data.len() != shape.iter().product::<usize>() {
+            bail!("tensor `{name}` has {} values for shape {shape:?}", data.len());
+        }
+        if half {
+            for x in data {
+                f.write_all(&f16::from_f32(x).to_le_bytes())?;
+            }
+        } else {
+            for x in data {
+                f.write_all(&x.to_le_bytes())?;
+            }
+        }
+    }
+    f.flush()?;
+    Ok(())
+}
+
+pub fn run(a: InitArgs) -> Result<()> {
+    let half = match a.dtype.as_str() {
+        "f16" => true,
+        "f32" => false,
+        other => bail!("--dtype must be f16 or f32, got `{other}`"),
+    };
+    let mode: HtcMode = serde_json::from_value(json!(a.mode)).map_err(|_| anyhow::anyhow!("unknown --mode `{}` (none, voco, htc, discrete, avgpool)", a.mode))?;
+    let topology: Topology = a.topology.parse()?;
+    let mgvq_cfg = if a.mgvq_config == "f16c32_g8" {
+        mgvq::Config::f16c32_g8()
+    } else {
+        let raw = std::fs::read(&a.mgvq_config).with_context(|| format!("cannot read MGVQ config {}", a.mgvq_config))?;
+        mgvq::Config::from_json(&serde_json::from_slice(&raw).with_context(|| format!("{} is not valid JSON", a.mgvq_config))?)?
+    };
+    let raw = std::fs::read(a.llava.join("config.json")).with_context(|| format!("missing config.json in {}", a.llava.display()))?;
+    let src_cfg: Value = serde_json::from_slice(&raw).context("LLaVA config.json is not valid JSON")?;
+    let lc = llava::Config::from_json(&src_cfg, &a.llava)?;
+    let htc = HtcConfig {
+        mode,
+        n_discrete: a.n_discrete,
+        n_voco: a.n_voco,
+        topology,
+        continuous_projector: if lc.projector_mlp { ProjectorKind::Mlp2xGelu } else { ProjectorKind::Linear },
+        discrete_hidden: a.discrete_hidden,
+        mgvq: Some(mgvq_cfg.clone()),
+    };
+    htc.validate()?;
+    let src = WeightSource::open_dir(&a.llava)?;
+    let mg = WeightSource::open_files(&[a.mgvq.clone()])?;
+    // Fail early, naming the problem, if the MGVQ file does not fit its config.
+    let dev = crate::backend::device();
+    Mgvq::<crate::backend::Backend>::load(&Loader::new(&mg, &dev), &mgvq_cfg).context("the MGVQ weights do not match the MGVQ config")?;
+
+    let d = lc.text.hidden_size;
+    let mut entries: Vec<Entry<'_>> = Vec::new();
+    let mut names = src.names();
+    names.sort();
+    for n in names {
+        let Some(hub) = hub_name(lc.layout, &n) else { continue };
+        let shape = src.shape(&n)?;
+        let src = &src;
+        entries.push((hub, shape, Box::new(move || Ok(src.read(&n)?.data))));
+    }
+    let mut mg_names = mg.names();
+    mg_names.sort();
+    for n in mg_names.into_iter().filter(|n| n.starts_with("encoder.") || n.starts_with("quant_conv.") || n == "quantize.embedding.weight") {
+        let shape = mg.shape(&n)?;
+        let mg = &mg;
+        entries.push((format!("mgvq.{n}"), shape, Box::new(move || Ok(mg.read(&n)?.data))));
+    }
+    let mut rng = StdRng::seed_from_u64(a.seed);
+    let mut uniform = |n: usize, fan_in: usize| -> Vec<f32> {
+        let b = 1.0 / (fan_in as f32).sqrt();
+        (0..n).map(|_| rng.random_range(-b..b)).collect()
+    };
+    if htc.uses_discrete() {
+        let (q, hdim, out) = (mgvq_cfg.q_len(), a.discrete_hidden, a.n_discrete * d);
+        let (w1, b1, w2, b2) = (uniform(hdim * q, q), uniform(hdim, q), uniform(out * hdim, hdim), uniform(out, hdim));
+        for (name, shape, data) in [
+            ("htc.discrete_projector.linear_1.weight", vec![hdim, q], w1),
+            ("htc.discrete_projector.linear_1.bias", vec![hdim], b1),
+            ("htc.discrete_projector.linear_2.weight", vec![out, hdim], w2),
+            ("htc.discrete_projector.linear_2.bias", vec![out], b2),
+        ] {
+            entries.push((name.into(), shape, Box::new(move || Ok(data.clone()))));
+        }
+    }
+    let emb_name = src.names().into_iter().find(|n| n.ends_with("embed_tokens.weight")).context("the LLaVA checkpoint has no embed_tokens")?;
+    let emb: HostTensor = src.read(&emb_name)?;
+    let rows = emb.shape[0];
+    let mean: Vec<f32> = (0..d).map(|j| (0..rows).map(|r| emb.data[r * d + j] as f64).sum::<f64>() as f32 / rows as f32).collect();
+    let voco: Vec<f32> = (0..a.n_voco).flat_map(|_| mean.clone()).collect();
+    entries.push(("htc.voco_embeddings".into(), vec![a.n_voco, d], Box::new(move || Ok(voco.clone()))));
+    drop(emb);
+
+    std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
+    write_safetensors(&a.out.join("model.safetensors"), entries, half)?;
+    let t = &lc.text;
+    let v = &lc.vision;
+    let config = json!({
+        "architectures": ["LlavaForConditionalGeneration"],
+        "model_type": "llava",
+        "image_token_index": if lc.layout == Layout::LlavaHf { lc.image_token_id } else { 32000 },
+        "projector_hidden_act": "gelu",
+        "vision_feature_layer": lc.select_layer,
+        "vision_feature_select_strategy": "default",
+        "text_config": {
+            "model_type": "llama", "vocab_size": t.vocab_size, "hidden_size": t.hidden_size,
+            "intermediate_size": t.intermediate_size, "num_hidden_layers": t.num_hidden_layers,
+            "num_attention_heads": t.num_attention_heads, "num_key_value_heads": t.num_key_value_heads,
+            "head_dim": t.head_dim, "max_position_embeddings": t.max_position_embeddings,
+            "rms_norm_eps": t.rms_norm_eps, "rope_theta": t.rope_theta,
+            "tie_word_embeddings": t.tie_word_embeddings, "bos_token_id": t.bos_token_id, "eos_token_id": t.eos_token_ids,
+        },
+        "vision_config": {
+            "model_type": "clip_vision_model", "hidden_size": v.hidden_size, "intermediate_size": v.intermediate_size,
+            "num_hidden_layers": v.num_hidden_layers, "num_attention_heads": v.num_attention_heads,
+            "num_channels": v.num_channels, "image_size": v.image_size, "patch_size": v.patch_size,
+            "layer_norm_eps": v.layer_norm_eps,
+        },
+        "htc": htc,
+    });
+    std::fs::write(a.out.join("config.json"), serde_json::to_vec_pretty(&config)?)?;
+    for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "preprocessor_config.json"] {
+        let p = a.llava.join(f);
+        if p.is_file() {
+            std::fs::copy(&p, a.out.join(f)).with_context(|| format!("cannot copy {}", p.display()))?;
+        }
+    }
+    tracing::info!(out = %a.out.display(), ?mode, "wrote an untrained HTC checkpoint");
+    Ok(())
+}
