@@ -15,6 +15,10 @@ pub struct BenchArgs {
     /// Timed repetitions per measurement (after one warm-up).
     #[arg(long, default_value_t = 5)]
     pub reps: usize,
+    /// Which figures: `backend` (matmuls, decoder), `htc` (compress / answer / cached answer),
+    /// or `all`.
+    #[arg(long, default_value = "all")]
+    pub suite: String,
 }
 
 fn time<F: FnMut()>(reps: usize, mut f: F) -> f64 {
@@ -27,8 +31,69 @@ fn time<F: FnMut()>(reps: usize, mut f: F) -> f64 {
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
-    let device = backend::device();
     println!("backend: {}", backend::name());
+    match args.suite.as_str() {
+        "backend" => backend_suite(&args),
+        "htc" => htc_suite(&args),
+        "all" => backend_suite(&args).and_then(|_| htc_suite(&args)),
+        other => anyhow::bail!("unknown --suite `{other}` (backend, htc, all)"),
+    }
+}
+
+/// Compress, answer without the cache (one full forward of prefix + question) and answer
+/// from the compressed cache, for a tiny HTC model and a 7B-width one with few layers.
+fn htc_suite(args: &BenchArgs) -> Result<()> {
+    use htc_shared::config::{ClipVisionConfig, HtcConfig, HtcMode, ProjectorKind};
+    use htc_shared::mask::Topology;
+    use crate::models::htc::{Htc, ImageInputs};
+    use crate::models::llava::{self, Layout, Llava};
+
+    let device = backend::device();
+    let question: Vec<u32> = (0..32).map(|i| 10 + i).collect();
+    let shapes = [
+        ("tiny (CLIP 64w/2L @336, LLM 128w/2L, MGVQ f16 widths/8, 1 block per stage)", 64usize, 2usize, 128usize, 256usize, 2usize, 8usize, 512usize),
+        ("7B-width (CLIP 1024w/2L @336, LLM 4096w/2L, MGVQ f16 widths, 1 block per stage)", 1024, 2, 4096, 11008, 2, 1, 8192),
+    ];
+    for (name, vw, vl, d, inter, layers, mgvq_div, hidden) in shapes {
+        let vision = ClipVisionConfig { hidden_size: vw, intermediate_size: 4 * vw, num_hidden_layers: vl, num_attention_heads: vw / 64, num_channels: 3, image_size: 336, patch_size: 14, layer_norm_eps: 1e-5 };
+        let text = htc_shared::config::LlamaConfig::from_json(&serde_json::json!({
+            "vocab_size": 32000, "hidden_size": d, "intermediate_size": inter, "num_hidden_layers": layers,
+            "num_attention_heads": d / 128, "num_key_value_heads": d / 128, "rms_norm_eps": 1e-5
+        }))?;
+        let lc = llava::Config { layout: Layout::LlavaHf, text, vision, image_token_id: 31999, select_layer: -2, projector_mlp: true };
+        let mut mc = htc_shared::mgvq::Config::f16c32_g8();
+        mc.width_list = mc.width_list.iter().map(|w| (w / mgvq_div).max(32)).collect();
+        mc.depth_list = vec![0, 1, 1, 1, 1];
+        let hc = HtcConfig { mode: HtcMode::Htc, n_discrete: 4, n_voco: 1, topology: Topology::Star, continuous_projector: ProjectorKind::Mlp2xGelu, discrete_hidden: hidden, mgvq: Some(mc.clone()) };
+        let src = crate::demo::random_htc(&lc, &hc, 0);
+        let vb = Loader::<Backend>::new(&src, &device);
+        let model = Htc::load(&vb, Llava::load(&vb, &lc)?, &hc)?;
+        drop(src);
+        let img = ImageInputs {
+            clip: Tensor::random([1, 3, 336, 336], Distribution::Normal(0.0, 1.0), &device),
+            mgvq: Some(Tensor::random([1, 3, 336, 336], Distribution::Uniform(-1.0, 1.0), &device)),
+        };
+        let reps = args.reps.min(3);
+        println!("HTC {name}");
+        let compress = time(reps, || {
+            let _ = model.compress(&img).expect("compress");
+        });
+        let c = model.compress(&img)?;
+        let full = time(reps, || {
+            let _ = model.full_text_logits(&img, &question).expect("full").into_data();
+        });
+        let cached = time(reps, || {
+            let _ = model.answer_logits(&c, &question).expect("answer").into_data();
+        });
+        println!("  compress (CLIP + MGVQ + 582-token prefix): {:.1} ms", compress * 1e3);
+        println!("  answer 32 tokens, full sequence (no cache): {:.1} ms", full * 1e3);
+        println!("  answer 32 tokens from the compressed image: {:.1} ms  ({:.1}x faster than the full sequence)", cached * 1e3, full / cached);
+    }
+    Ok(())
+}
+
+fn backend_suite(args: &BenchArgs) -> Result<()> {
+    let device = backend::device();
     for n in [256usize, 512, 1024] {
         let a = Tensor::<Backend, 2>::random([n, n], Distribution::Default, &device);
         let b = Tensor::<Backend, 2>::random([n, n], Distribution::Default, &device);
