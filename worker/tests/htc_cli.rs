@@ -4,23 +4,13 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-use common::fixtures;
+use common::{fixtures, htc, s};
 use htc_worker::weights::WeightSource;
 
-fn htc(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_htc")).args(args).env("HTC_LOG", "warn").output().unwrap()
-}
-
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("htc-init-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d.join(name)
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
+    common::tmp("init", name)
 }
 
 fn init(llava: &str, mode: &str, out: &Path, extra: &[&str]) -> Output {

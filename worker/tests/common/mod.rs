@@ -7,6 +7,22 @@ use burn::tensor::Tensor;
 use htc_worker::backend::Backend;
 use safetensors::{Dtype, SafeTensors};
 
+/// Runs the `htc` binary with quiet logs.
+pub fn htc(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_htc")).args(args).env("HTC_LOG", "warn").output().unwrap()
+}
+
+/// A path in this test process's scratch directory (`group` keeps test files apart).
+pub fn tmp(group: &str, name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("htc-{group}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d.join(name)
+}
+
+pub fn s(p: &std::path::Path) -> &str {
+    p.to_str().unwrap()
+}
+
 pub fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures")
 }
