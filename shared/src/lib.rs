@@ -4,6 +4,7 @@
 //! - [`preprocess`]: image decoding with limits and the LLaVA/CLIP preprocessing pipeline.
 //! - [`mask`]: the disentanglement attention mask over the hybrid sequence.
 //! - [`mgvq`]: the MGVQ encoder and multi-group quantiser.
+//! - [`protocol`]: the worker's WebSocket protocol (messages, binary frames, validation).
 //! - [`weights`]: building burn modules from named tensors ([`weights::Loader`]).
 //!
 //! Model code here is generic over the burn `Backend`. This crate builds for
@@ -13,6 +14,7 @@ pub mod config;
 pub mod mask;
 pub mod mgvq;
 pub mod preprocess;
+pub mod protocol;
 pub mod weights;
 
 /// Errors that name the problem in one line.

@@ -1,0 +1,320 @@
+//! The worker's WebSocket protocol (version [`PROTOCOL_VERSION`]), spoken at `/ws`.
+//!
+//! JSON **text frames** carry control messages, tagged by `"type"`. **Binary frames** carry
+//! bulk data, each with a 5-byte header: one kind byte ([`BinaryKind`]) and the request id as
+//! a little-endian `u32`, then the payload.
+//!
+//! A client:
+//! 1. sends `hello` with the version it speaks; the server answers `ready` with its model card
+//!    (mode, N_d, k, sizes, the MGVQ config so a browser can check its own encoder);
+//! 2. sends `image` (an id it chooses, the byte length, optionally the MGVQ codes' shape and
+//!    the mask layout it built), then the image bytes as a binary frame of kind 1 with the same
+//!    request id, and, if it announced codes, a binary frame of kind 2 with `h*w*G` little-endian
+//!    `u16` codes (row-major over positions, then groups);
+//! 3. sends `ask` (its request id, the image id, the question, sampling), and receives
+//!    `token` frames, then `attention` (HTC models), then `done` with timings;
+//! 4. may send `cancel` with a request id at any time.
+//!
+//! Any problem is answered with `error` (a stable `code`, a human message, and the request id
+//! when there is one); the connection stays open.
+//!
+//! An example exchange (`>` client, `<` server):
+//!
+//! ```text
+//! > {"type":"hello","version":1,"capabilities":["mgvq-codes"]}
+//! < {"type":"ready","version":1,"model":{"name":"htc-demo-random","mode":"htc",...}}
+//! > {"type":"image","request_id":1,"image_id":"cat","byte_len":48213}
+//! > [binary: 01 | 01 00 00 00 | 48213 bytes of PNG]
+//! > {"type":"ask","request_id":2,"image_id":"cat","question":"What is this?","max_new_tokens":32}
+//! < {"type":"token","request_id":2,"id":450,"text":"A"}
+//! < {"type":"token","request_id":2,"id":6635,"text":" cat"}
+//! < {"type":"attention","request_id":2,"n_discrete":4,"n_visual":576,"layers":[[0.02,...],...]}
+//! < {"type":"done","request_id":2,"cached":false,"tokens":2,"timings":{"preprocess_ms":12.0,...}}
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+use crate::mask::MaskLayout;
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Bytes before the payload of a binary frame.
+pub const BINARY_HEADER_LEN: usize = 5;
+
+/// What a binary frame carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BinaryKind {
+    /// Encoded image bytes (PNG, JPEG, WebP, GIF, BMP).
+    ImageBytes = 1,
+    /// MGVQ codes, little-endian `u16`, `[h*w][G]`.
+    Codes = 2,
+}
+
+/// The shape of client-computed MGVQ codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CodesShape {
+    /// Latent positions, `h * w`.
+    pub positions: usize,
+    pub groups: usize,
+}
+
+/// Client → server control messages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientMessage {
+    Hello {
+        version: u32,
+        #[serde(default)]
+        capabilities: Vec<String>,
+    },
+    Image {
+        request_id: u32,
+        image_id: String,
+        byte_len: usize,
+        #[serde(default)]
+        codes: Option<CodesShape>,
+        #[serde(default)]
+        mask_layout: Option<MaskLayout>,
+    },
+    Ask {
+        request_id: u32,
+        image_id: String,
+        /// The question, for models with a tokenizer.
+        #[serde(default)]
+        question: Option<String>,
+        /// Raw question token ids, for models without one.
+        #[serde(default)]
+        prompt_ids: Option<Vec<u32>>,
+        #[serde(default = "default_max_new_tokens")]
+        max_new_tokens: usize,
+        #[serde(default)]
+        temperature: f32,
+        #[serde(default = "default_top_p")]
+        top_p: f32,
+        #[serde(default)]
+        seed: u64,
+    },
+    Cancel {
+        request_id: u32,
+    },
+}
+
+fn default_max_new_tokens() -> usize {
+    128
+}
+fn default_top_p() -> f32 {
+    1.0
+}
+
+/// Wall-clock figures of one answer, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Timings {
+    pub preprocess_ms: f64,
+    pub compress_ms: f64,
+    pub first_token_ms: f64,
+    pub total_ms: f64,
+    pub tokens_per_s: f64,
+}
+
+/// What the server says about its model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelCard {
+    pub name: String,
+    pub architecture: String,
+    pub random_init: bool,
+    pub backend: String,
+    pub mode: Option<crate::config::HtcMode>,
+    pub n_discrete: usize,
+    pub n_voco: usize,
+    pub image_size: usize,
+    pub image_tokens: usize,
+    pub hidden_size: usize,
+    pub layers: usize,
+    pub vocab_size: usize,
+    pub has_tokenizer: bool,
+    /// The MGVQ config, so a browser can check its own encoder against it.
+    pub mgvq: Option<crate::mgvq::Config>,
+    pub codebook_size: Option<usize>,
+}
+
+/// Server → client messages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    Ready {
+        version: u32,
+        model: ModelCard,
+    },
+    Token {
+        request_id: u32,
+        id: u32,
+        /// The text this token completes (empty when the model has no tokenizer or the token
+        /// ends inside a multi-byte character).
+        text: String,
+    },
+    Attention {
+        request_id: u32,
+        n_discrete: usize,
+        n_visual: usize,
+        /// Per layer, head-averaged attention of the first `<voco>` over `[v_d; V]`.
+        layers: Vec<Vec<f32>>,
+    },
+    Done {
+        request_id: u32,
+        /// The image came from the compressed-image cache (no ViT, MGVQ or compression ran).
+        cached: bool,
+        tokens: usize,
+        cancelled: bool,
+        timings: Timings,
+    },
+    Error {
+        request_id: Option<u32>,
+        code: ErrorCode,
+        message: String,
+    },
+}
+
+/// Stable error codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    BadJson,
+    UnknownMessage,
+    WrongVersion,
+    NotReady,
+    BadFrame,
+    FrameTooLarge,
+    UnknownImage,
+    BadImage,
+    BadCodes,
+    CodesMismatch,
+    BadRequest,
+    Busy,
+    Internal,
+}
+
+/// A decoded binary frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BinaryFrame<'a> {
+    pub kind: BinaryKind,
+    pub request_id: u32,
+    pub payload: &'a [u8],
+}
+
+/// Why a frame or message was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl DecodeError {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
+}
+
+/// Builds a binary frame.
+pub fn encode_binary(kind: BinaryKind, request_id: u32, payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(BINARY_HEADER_LEN + payload.len());
+    v.push(kind as u8);
+    v.extend_from_slice(&request_id.to_le_bytes());
+    v.extend_from_slice(payload);
+    v
+}
+
+/// Decodes a binary frame's header.
+pub fn decode_binary(frame: &[u8]) -> Result<BinaryFrame<'_>, DecodeError> {
+    if frame.len() < BINARY_HEADER_LEN {
+        return Err(DecodeError::new(ErrorCode::BadFrame, format!("binary frame of {} bytes is shorter than its 5-byte header", frame.len())));
+    }
+    let kind = match frame[0] {
+        1 => BinaryKind::ImageBytes,
+        2 => BinaryKind::Codes,
+        k => return Err(DecodeError::new(ErrorCode::BadFrame, format!("unknown binary frame kind {k} (expected 1 image bytes or 2 codes)"))),
+    };
+    let request_id = u32::from_le_bytes([frame[1], frame[2], frame[3], frame[4]]);
+    Ok(BinaryFrame { kind, request_id, payload: &frame[BINARY_HEADER_LEN..] })
+}
+
+/// Parses a text frame into a client message, naming the problem when it is not one.
+pub fn decode_client(text: &str) -> Result<ClientMessage, DecodeError> {
+    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| DecodeError::new(ErrorCode::BadJson, format!("malformed JSON: {e}")))?;
+    let ty = v.get("type").and_then(|t| t.as_str()).map(str::to_owned).ok_or_else(|| DecodeError::new(ErrorCode::UnknownMessage, "message has no string `type`"))?;
+    if !matches!(ty.as_str(), "hello" | "image" | "ask" | "cancel") {
+        return Err(DecodeError::new(ErrorCode::UnknownMessage, format!("unknown message type `{ty}` (expected hello, image, ask or cancel)")));
+    }
+    serde_json::from_value(v).map_err(|e| DecodeError::new(ErrorCode::BadRequest, format!("invalid `{ty}` message: {e}")))
+}
+
+/// Decodes `[h*w][G]` little-endian `u16` codes, checking shape and range.
+pub fn decode_codes(payload: &[u8], shape: CodesShape, codes_per_group: usize) -> Result<Vec<Vec<u16>>, DecodeError> {
+    let want = shape.positions * shape.groups * 2;
+    if payload.len() != want {
+        return Err(DecodeError::new(ErrorCode::BadCodes, format!("codes frame has {} bytes; {}x{} u16 codes need {want}", payload.len(), shape.positions, shape.groups)));
+    }
+    let flat: Vec<u16> = payload.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
+    if let Some((i, c)) = flat.iter().enumerate().find(|(_, &c)| c as usize >= codes_per_group) {
+        return Err(DecodeError::new(ErrorCode::BadCodes, format!("code {c} at position {} group {} is out of range (codebook has {codes_per_group} codes per group)", i / shape.groups.max(1), i % shape.groups.max(1))));
+    }
+    Ok(flat.chunks(shape.groups.max(1)).map(<[u16]>::to_vec).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn binary_frames_round_trip() {
+        let f = encode_binary(BinaryKind::Codes, 0xDEADBEEF, &[1, 2, 3]);
+        let d = decode_binary(&f).unwrap();
+        assert_eq!((d.kind, d.request_id, d.payload), (BinaryKind::Codes, 0xDEADBEEF, &[1u8, 2, 3][..]));
+        assert_eq!(decode_binary(&[1, 0]).unwrap_err().code, ErrorCode::BadFrame);
+        assert!(decode_binary(&[9, 0, 0, 0, 0]).unwrap_err().message.contains("unknown binary frame kind 9"));
+    }
+
+    #[test]
+    fn client_messages_parse_and_bad_ones_are_named() {
+        let m = decode_client(r#"{"type":"ask","request_id":3,"image_id":"a","question":"hi"}"#).unwrap();
+        assert!(matches!(m, ClientMessage::Ask { request_id: 3, max_new_tokens: 128, .. }));
+        assert_eq!(decode_client("{nope").unwrap_err().code, ErrorCode::BadJson);
+        let e = decode_client(r#"{"type":"dance"}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::UnknownMessage);
+        assert!(e.message.contains("`dance`"));
+        let e = decode_client(r#"{"type":"ask","request_id":"x"}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn codes_are_checked_for_shape_and_range() {
+        let shape = CodesShape { positions: 2, groups: 2 };
+        let ok: Vec<u8> = [1u16, 2, 3, 4].iter().flat_map(|c| c.to_le_bytes()).collect();
+        assert_eq!(decode_codes(&ok, shape, 8).unwrap(), vec![vec![1, 2], vec![3, 4]]);
+        assert_eq!(decode_codes(&ok[..6], shape, 8).unwrap_err().code, ErrorCode::BadCodes);
+        let e = decode_codes(&ok, shape, 4).unwrap_err();
+        assert!(e.message.contains("code 4 at position 1 group 1 is out of range"), "{}", e.message);
+    }
+
+    proptest! {
+        // The decoders are total: arbitrary input gives a value or an error, never a panic.
+        #[test]
+        fn decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..64), text in ".{0,80}", groups in 0usize..4, pos in 0usize..4) {
+            let _ = decode_binary(&bytes);
+            let _ = decode_client(&text);
+            let _ = decode_client(&String::from_utf8_lossy(&bytes));
+            let _ = decode_codes(&bytes, CodesShape { positions: pos, groups }, 3);
+        }
+
+        #[test]
+        fn json_shaped_garbage_is_refused_cleanly(ty in "[a-z]{0,8}", id in any::<i64>(), extra in "[a-z]{1,6}") {
+            let s = format!(r#"{{"type":"{ty}","request_id":{id},"{extra}":1}}"#);
+            match decode_client(&s) {
+                Ok(ClientMessage::Cancel { request_id }) => prop_assert_eq!(request_id as i64, id),
+                Ok(_) => {}
+                Err(e) => prop_assert!(!e.message.is_empty()),
+            }
+        }
+    }
+}
