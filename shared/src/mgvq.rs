@@ -379,6 +379,24 @@ impl<B: Backend> Mgvq<B> {
     }
 }
 
+impl<B: Backend> Mgvq<B> {
+    /// Quantised features `[1, C, h, w]` from codes `[h*w][G]` (indices within each group),
+    /// e.g. codes a browser computed. The caller validates shape and range.
+    pub fn q_from_codes(&self, codes: &[Vec<u16>]) -> Tensor<B, 4> {
+        let (g, gd, per) = (self.config.groups, self.config.group_dim(), self.config.codes_per_group());
+        let side = self.config.latent_side();
+        let device = self.codebook.device();
+        let qs = (0..g)
+            .map(|i| {
+                let idx: Vec<i64> = codes.iter().map(|row| (i * per + row[i] as usize) as i64).collect();
+                let idx = Tensor::<B, 1, Int>::from_data(burn::tensor::TensorData::new(idx, [codes.len()]), &device);
+                self.codebook.clone().select(0, idx).reshape([1, side, side, gd]).permute([0, 3, 1, 2])
+            })
+            .collect();
+        Tensor::cat(qs, 1)
+    }
+}
+
 /// Rows divided by their L2 norm (clamped at 1e-12, as `F.normalize`).
 fn l2_normalize<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 2> {
     let norm = x.clone().powi_scalar(2).sum_dim(1).sqrt().clamp_min(1e-12);

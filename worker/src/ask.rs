@@ -57,7 +57,7 @@ pub fn htc_inputs<B: Backend>(snap: &Snapshot<B>, input: &ImageInput, device: &B
         (_, true, ImageInput::PixelValues(_)) => bail!("mode {:?} runs MGVQ on the image itself: pass --image instead of --pixel-values", model.config.mode),
         _ => None,
     };
-    Ok(ImageInputs { clip, mgvq })
+    Ok(ImageInputs { clip, mgvq, codes: None })
 }
 
 /// The `<voco>` attention maps as JSON: `layers[l][v]` lists the head-averaged attention of

@@ -72,6 +72,7 @@ fn htc_suite(args: &BenchArgs) -> Result<()> {
         let img = ImageInputs {
             clip: Tensor::random([1, 3, 336, 336], Distribution::Normal(0.0, 1.0), &device),
             mgvq: Some(Tensor::random([1, 3, 336, 336], Distribution::Uniform(-1.0, 1.0), &device)),
+            codes: None,
         };
         let reps = args.reps.min(3);
         println!("HTC {name}");

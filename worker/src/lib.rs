@@ -13,6 +13,7 @@ pub mod backend;
 pub mod bench;
 pub mod chat;
 pub mod demo;
+pub mod engine;
 pub mod generate;
 pub mod gguf;
 pub mod init;

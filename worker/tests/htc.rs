@@ -37,6 +37,7 @@ fn image(seed: u64) -> ImageInputs<Backend> {
     ImageInputs {
         clip: Tensor::random([1, 3, 28, 28], Distribution::Normal(0.0, 1.0), &d),
         mgvq: Some(Tensor::random([1, 3, 64, 64], Distribution::Uniform(-1.0, 1.0), &d)),
+        codes: None,
     }
 }
 

@@ -25,12 +25,14 @@ fn mgvq_latent_q_and_codes_match_the_reference() {
     let px = Tensor::<Backend, 4>::from_data(TensorData::new(px, [s[0], s[1], s[2], s[3]]), &backend::device());
     let enc = m.encode(px).unwrap();
     assert_close("MGVQ latent (after quant_conv)", &to_vec(enc.latent), &exp.f32("latent").1, 1e-4);
-    assert_close("MGVQ q", &to_vec(enc.q), &exp.f32("q").1, 1e-4);
+    assert_close("MGVQ q", &to_vec(enc.q.clone()), &exp.f32("q").1, 1e-4);
     let want = exp.i64("codes");
     let got: Vec<i64> = enc.codes.iter().flatten().map(|&c| c as i64).collect();
     assert_eq!(got, want, "codes [h*w, G]");
     // Every group uses its own slice: indices stay below codes_per_group.
     assert!(enc.codes.iter().flatten().all(|&c| (c as usize) < m.config().codes_per_group()));
+    // Codes computed elsewhere (a browser) give back the same q.
+    assert_eq!(to_vec(m.q_from_codes(&enc.codes)), to_vec(enc.q.clone()));
 }
 
 #[test]

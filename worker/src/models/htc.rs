@@ -78,10 +78,12 @@ pub struct Htc<B: Backend> {
     pub config: HtcConfig,
 }
 
-/// The image inputs: CLIP pixel values and MGVQ pixel values (in [-1, 1]).
+/// The image inputs: CLIP pixel values, MGVQ pixel values (in [-1, 1]), and, when trusted,
+/// MGVQ codes computed elsewhere (they replace running the MGVQ encoder).
 pub struct ImageInputs<B: Backend> {
     pub clip: Tensor<B, 4>,
     pub mgvq: Option<Tensor<B, 4>>,
+    pub codes: Option<Vec<Vec<u16>>>,
 }
 
 impl<B: Backend> Htc<B> {
@@ -99,6 +101,22 @@ impl<B: Backend> Htc<B> {
         };
         let voco = vb.pp("htc").tensor("voco_embeddings", [config.n_voco, d])?;
         Ok(Self { llava, mgvq, discrete, voco, config: config.clone() })
+    }
+
+    /// Serves a vanilla LLaVA through the same interface, as mode `none`.
+    pub fn from_llava(llava: Llava<B>) -> Self {
+        let d = llava.llm.config().hidden_size;
+        let voco = Tensor::zeros([1, d], &llava.llm.device());
+        let config = HtcConfig {
+            mode: HtcMode::None,
+            n_discrete: 0,
+            n_voco: 1,
+            topology: htc_shared::mask::Topology::Causal,
+            continuous_projector: htc_shared::config::ProjectorKind::Mlp2xGelu,
+            discrete_hidden: 0,
+            mgvq: None,
+        };
+        Self { llava, mgvq: None, discrete: None, voco, config }
     }
 
     fn d_model(&self) -> usize {
@@ -136,8 +154,12 @@ impl<B: Backend> Htc<B> {
         let bos = llm.config().bos_token_id.unwrap_or(1);
         let mut parts = vec![llm.embed(&[bos])];
         if let (Some(m), Some(p)) = (&self.mgvq, &self.discrete) {
-            let Some(px) = &img.mgvq else { bail!("mode {:?} needs MGVQ pixel values", self.config.mode) };
-            parts.push(p.forward(m.encode(px.clone())?.q));
+            let q = match (&img.codes, &img.mgvq) {
+                (Some(codes), _) => m.q_from_codes(codes),
+                (None, Some(px)) => m.encode(px.clone())?.q,
+                (None, None) => bail!("mode {:?} needs MGVQ pixel values", self.config.mode),
+            };
+            parts.push(p.forward(q));
         }
         if self.config.uses_continuous() {
             let v = self.llava.image_features(img.clip.clone());

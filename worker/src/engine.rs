@@ -1,0 +1,304 @@
+//! The inference engine behind the server: one model instance on its own thread, a bounded
+//! job queue, and an LRU of compressed images keyed by a content hash of (image bytes,
+//! model id). A follow-up question on a cached image skips the ViT, MGVQ and compression.
+
+use std::num::NonZeroUsize;
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context, Result};
+use burn::tensor::{Tensor, TensorData};
+use image::RgbImage;
+use lru::LruCache;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc::UnboundedSender;
+
+use htc_shared::config::{ClipVisionConfig, HtcConfig, HtcMode, LlamaConfig, ProjectorKind};
+use htc_shared::mask::Topology;
+use htc_shared::preprocess::ClipPreprocess;
+use htc_shared::protocol::{ErrorCode, ModelCard, ServerMessage, Timings};
+
+use crate::backend::{self, Backend};
+use crate::chat::{StreamDecoder, TextTokenizer};
+use crate::generate::{generate_from, Sampling};
+use crate::models::htc::{CompressedImage, Htc, ImageInputs};
+use crate::models::llava::{self, Layout, Llava};
+use crate::snapshot::{AnyModel, Snapshot};
+use crate::weights::Loader;
+
+/// How the engine is set up.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// A model directory; `None` gives the randomly initialised HTC demo model.
+    pub model: Option<PathBuf>,
+    /// Jobs waiting for the model; more are answered `busy`.
+    pub queue: usize,
+    /// Compressed images kept.
+    pub cache_capacity: usize,
+    /// Use client MGVQ codes without recomputing them.
+    pub trust_client_codes: bool,
+}
+
+/// An uploaded image, decoded and hashed.
+#[derive(Clone)]
+pub struct ImageData {
+    pub image: Arc<RgbImage>,
+    /// Client MGVQ codes `[h*w][G]`, already checked for shape and range.
+    pub codes: Option<Arc<Vec<Vec<u16>>>>,
+    /// SHA-256 of (model id, image bytes).
+    pub key: [u8; 32],
+}
+
+/// The question of an `ask`.
+#[derive(Debug, Clone)]
+pub enum Question {
+    Text(String),
+    Ids(Vec<u32>),
+}
+
+/// One question to answer.
+pub struct Job {
+    pub request_id: u32,
+    pub image: ImageData,
+    pub question: Question,
+    pub sampling: Sampling,
+    pub cancel: Arc<AtomicBool>,
+    pub reply: UnboundedSender<ServerMessage>,
+}
+
+/// A handle to the engine thread.
+#[derive(Clone)]
+pub struct Engine {
+    tx: SyncSender<Job>,
+    pub card: ModelCard,
+}
+
+impl Engine {
+    /// Starts the engine thread, loads the model there, and returns once it is ready.
+    pub fn start(cfg: EngineConfig) -> Result<Self> {
+        let (tx, rx) = sync_channel::<Job>(cfg.queue.max(1));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<ModelCard>>();
+        std::thread::Builder::new()
+            .name("htc-engine".into())
+            .spawn(move || {
+                let state = match EngineState::load(&cfg) {
+                    Ok(s) => {
+                        let _ = ready_tx.send(Ok(s.card.clone()));
+                        s
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let mut state = state;
+                for job in rx {
+                    let (id, reply) = (job.request_id, job.reply.clone());
+                    if let Err(e) = state.run(job) {
+                        let _ = reply.send(ServerMessage::Error { request_id: Some(id), code: code_of(&e), message: format!("{e:#}") });
+                    }
+                }
+            })?;
+        let card = ready_rx.recv().map_err(|_| anyhow!("the engine thread stopped while loading"))??;
+        Ok(Self { tx, card })
+    }
+
+    /// Queues a job, or gives it back when the queue is full.
+    pub fn submit(&self, job: Job) -> std::result::Result<(), Job> {
+        match self.tx.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(j)) | Err(TrySendError::Disconnected(j)) => Err(j),
+        }
+    }
+
+    /// The cache key of an image for this model.
+    pub fn image_key(&self, bytes: &[u8]) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(self.card.name.as_bytes());
+        h.update([0u8]);
+        h.update(bytes);
+        h.finalize().into()
+    }
+}
+
+/// Errors the engine raises with a protocol code.
+#[derive(Debug)]
+struct Coded(ErrorCode, String);
+impl std::fmt::Display for Coded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.1)
+    }
+}
+impl std::error::Error for Coded {}
+
+fn code_of(e: &anyhow::Error) -> ErrorCode {
+    e.downcast_ref::<Coded>().map(|c| c.0).unwrap_or(ErrorCode::Internal)
+}
+
+struct EngineState {
+    model: Htc<Backend>,
+    preprocess: ClipPreprocess,
+    tokenizer: Option<TextTokenizer>,
+    cache: LruCache<[u8; 32], Arc<CompressedImage<Backend>>>,
+    trust_client_codes: bool,
+    card: ModelCard,
+}
+
+/// The demo model: LLaVA-shaped (CLIP at 336 px with 576 patches) with MGVQ f16c32_g8's
+/// geometry at reduced width, random weights, mode `htc`.
+pub fn demo_configs() -> (llava::Config, HtcConfig) {
+    let vision = ClipVisionConfig { hidden_size: 64, intermediate_size: 128, num_hidden_layers: 2, num_attention_heads: 4, num_channels: 3, image_size: 336, patch_size: 14, layer_norm_eps: 1e-5 };
+    let text = LlamaConfig::from_json(&serde_json::json!({
+        "vocab_size": 512, "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 2048, "rms_norm_eps": 1e-5
+    }))
+    .expect("valid demo config");
+    let mut mgvq = htc_shared::mgvq::Config::f16c32_g8();
+    mgvq.width_list = vec![32, 32, 64, 64, 128];
+    mgvq.depth_list = vec![0, 1, 1, 1, 1];
+    let l = llava::Config { layout: Layout::LlavaHf, text, vision, image_token_id: 511, select_layer: -2, projector_mlp: true };
+    let h = HtcConfig { mode: HtcMode::Htc, n_discrete: 4, n_voco: 1, topology: Topology::Star, continuous_projector: ProjectorKind::Mlp2xGelu, discrete_hidden: 256, mgvq: Some(mgvq) };
+    (l, h)
+}
+
+impl EngineState {
+    fn load(cfg: &EngineConfig) -> Result<Self> {
+        let device = backend::device();
+        let (model, preprocess, tokenizer, name, random) = match &cfg.model {
+            None => {
+                tracing::info!("no --model given: using the randomly initialised HTC demo model");
+                let (l, h) = demo_configs();
+                let src = crate::demo::random_htc(&l, &h, 0);
+                let vb = Loader::<Backend>::new(&src, &device);
+                let m = Htc::load(&vb, Llava::load(&vb, &l)?, &h)?;
+                (m, ClipPreprocess::llava(336), None, "htc-demo-random".to_string(), true)
+            }
+            Some(p) => {
+                tracing::info!(model = %p.display(), "loading model");
+                let snap = Snapshot::<Backend>::open(p, &device)?;
+                let (m, pre) = match snap.model {
+                    AnyModel::Htc { model, preprocess, .. } => (model, preprocess),
+                    AnyModel::Llava { model, preprocess, .. } => (Htc::from_llava(model), preprocess),
+                    AnyModel::Llama(_) => bail!("the server needs an image model (LLaVA or HTC); {} is a plain LLaMA", p.display()),
+                };
+                (m, pre, snap.tokenizer, p.display().to_string(), false)
+            }
+        };
+        let c = model.llava.llm.config();
+        let layout = model.layout(0);
+        let card = ModelCard {
+            name,
+            architecture: if model.config.mode == HtcMode::None { "llava".into() } else { "htc".into() },
+            random_init: random,
+            backend: backend::name().into(),
+            mode: Some(model.config.mode),
+            n_discrete: layout.n_discrete,
+            n_voco: layout.n_voco,
+            image_size: preprocess.crop.0 as usize,
+            image_tokens: layout.n_visual,
+            hidden_size: c.hidden_size,
+            layers: c.num_hidden_layers,
+            vocab_size: c.vocab_size,
+            has_tokenizer: tokenizer.is_some(),
+            codebook_size: model.config.mgvq.as_ref().map(|m| m.codebook_size),
+            mgvq: model.config.mgvq.clone(),
+        };
+        let cap = NonZeroUsize::new(cfg.cache_capacity.max(1)).expect("max(1)");
+        Ok(Self { model, preprocess, tokenizer, cache: LruCache::new(cap), trust_client_codes: cfg.trust_client_codes, card })
+    }
+
+    fn compress(&mut self, img: &ImageData, timings: &mut Timings) -> Result<Arc<CompressedImage<Backend>>> {
+        let device = backend::device();
+        let t = Instant::now();
+        let s = self.preprocess.crop.0 as usize;
+        let clip = Tensor::<Backend, 4>::from_data(TensorData::new(self.preprocess.apply(&img.image), [1, 3, s, s]), &device);
+        let mgvq = match (&self.model.config.mgvq, self.model.config.uses_discrete()) {
+            (Some(mc), true) => {
+                let m = mc.image_size;
+                Some(Tensor::<Backend, 4>::from_data(TensorData::new(htc_shared::mgvq::preprocess(&img.image, m as u32), [1, 3, m, m]), &device))
+            }
+            _ => None,
+        };
+        timings.preprocess_ms = t.elapsed().as_secs_f64() * 1e3;
+        let t = Instant::now();
+        let mut inputs = ImageInputs { clip, mgvq, codes: None };
+        if let (Some(client), Some(m)) = (&img.codes, &self.model.mgvq) {
+            if self.trust_client_codes {
+                inputs.codes = Some(client.as_ref().clone());
+            } else {
+                let px = inputs.mgvq.clone().ok_or_else(|| anyhow!("no MGVQ input"))?;
+                let ours = m.encode(px)?.codes;
+                let differ = ours.iter().zip(client.iter()).filter(|(a, b)| a != b).count();
+                if ours.len() != client.len() || differ > 0 {
+                    return Err(Coded(ErrorCode::CodesMismatch, format!("client MGVQ codes differ from the worker's at {differ} of {} positions (start the worker with --trust-client-codes to use them anyway)", ours.len())).into());
+                }
+            }
+        }
+        let c = Arc::new(self.model.compress(&inputs)?);
+        timings.compress_ms = t.elapsed().as_secs_f64() * 1e3;
+        self.cache.put(img.key, c.clone());
+        Ok(c)
+    }
+
+    fn run(&mut self, job: Job) -> Result<()> {
+        let start = Instant::now();
+        let mut timings = Timings::default();
+        if job.cancel.load(Ordering::Relaxed) {
+            let _ = job.reply.send(ServerMessage::Done { request_id: job.request_id, cached: false, tokens: 0, cancelled: true, timings });
+            return Ok(());
+        }
+        let ids: Vec<u32> = match &job.question {
+            Question::Ids(ids) => ids.clone(),
+            Question::Text(q) => {
+                let tok = self.tokenizer.as_ref().ok_or_else(|| Coded(ErrorCode::BadRequest, "this model has no tokenizer; send `prompt_ids` instead of `question`".into()))?;
+                let rendered = tok.template.render(q, false, "", "")?;
+                tok.encode(&rendered, false)?
+            }
+        };
+        let vocab = self.model.llava.llm.config().vocab_size;
+        if ids.is_empty() || ids.iter().any(|&i| i as usize >= vocab) {
+            bail!(Coded(ErrorCode::BadRequest, format!("the question must be 1 or more token ids below {vocab}")));
+        }
+        let (compressed, cached) = match self.cache.get(&job.image.key) {
+            Some(c) => (c.clone(), true),
+            None => (self.compress(&job.image, &mut timings).context("compressing the image")?, false),
+        };
+        let prompt = self.model.answer_prompt(&compressed, &ids)?;
+        let llm = &self.model.llava.llm;
+        let stop = match &self.tokenizer {
+            Some(t) => t.eos_ids.clone(),
+            None => llm.config().eos_token_ids.clone(),
+        };
+        let mut decoder = StreamDecoder::new();
+        let mut first: Option<f64> = None;
+        let mut n = 0usize;
+        let tok = self.tokenizer.as_ref().map(|t| &t.inner);
+        let gen_start = Instant::now();
+        generate_from(llm, prompt, &stop, &job.sampling, false, |id| {
+            first.get_or_insert_with(|| start.elapsed().as_secs_f64() * 1e3);
+            n += 1;
+            let text = tok.and_then(|t| decoder.push(t, id).ok().flatten()).unwrap_or_default();
+            let _ = job.reply.send(ServerMessage::Token { request_id: job.request_id, id, text });
+            if job.cancel.load(Ordering::Relaxed) {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })?;
+        let cancelled = job.cancel.load(Ordering::Relaxed);
+        if compressed.layout.n_voco > 0 && !cancelled {
+            let layers = compressed.voco_attention.iter().map(|l| l[0].clone()).collect();
+            let _ = job.reply.send(ServerMessage::Attention { request_id: job.request_id, n_discrete: compressed.layout.n_discrete, n_visual: compressed.layout.n_visual, layers });
+        }
+        timings.first_token_ms = first.unwrap_or(0.0);
+        timings.total_ms = start.elapsed().as_secs_f64() * 1e3;
+        let gen_s = gen_start.elapsed().as_secs_f64();
+        timings.tokens_per_s = if gen_s > 0.0 { n as f64 / gen_s } else { 0.0 };
+        let _ = job.reply.send(ServerMessage::Done { request_id: job.request_id, cached, tokens: n, cancelled, timings });
+        Ok(())
+    }
+}

@@ -1,0 +1,218 @@
+//! The WebSocket server on loopback with a real tokio-tungstenite client and the demo HTC
+//! model: a full exchange, a cached follow-up, cancel, busy, auth and Origin refusal, and an
+//! error frame for each kind of bad input, with the connection and the server staying up.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use htc_shared::protocol::{encode_binary, BinaryKind, ErrorCode, ServerMessage};
+use htc_worker::serve::{serve_on, App, ServeArgs};
+use serde_json::json;
+use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn start(tweak: impl FnOnce(&mut ServeArgs)) -> std::net::SocketAddr {
+    let mut args = ServeArgs::local(std::env::temp_dir());
+    tweak(&mut args);
+    let app = tokio::task::spawn_blocking(move || App::new(args)).await.unwrap().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { serve_on(listener, app, std::future::pending()).await.unwrap() });
+    addr
+}
+
+async fn connect(addr: std::net::SocketAddr, headers: &[(&str, &str)], query: &str) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+    let mut req = format!("ws://{addr}/ws{query}").into_client_request().unwrap();
+    for (k, v) in headers {
+        let name = tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap();
+        req.headers_mut().insert(name, v.parse().unwrap());
+    }
+    tokio_tungstenite::connect_async(req).await.map(|(ws, _)| ws)
+}
+
+async fn send(ws: &mut Ws, v: serde_json::Value) {
+    ws.send(Message::Text(v.to_string().into())).await.unwrap();
+}
+
+async fn recv(ws: &mut Ws) -> ServerMessage {
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(120), ws.next()).await.expect("server answers").expect("open").unwrap();
+        if let Message::Text(t) = m {
+            return serde_json::from_str(t.as_str()).unwrap();
+        }
+    }
+}
+
+async fn hello(ws: &mut Ws) {
+    send(ws, json!({"type": "hello", "version": 1})).await;
+    assert!(matches!(recv(ws).await, ServerMessage::Ready { version: 1, .. }));
+}
+
+fn png() -> Vec<u8> {
+    std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/images/gradient-45x30.png")).unwrap()
+}
+
+async fn upload(ws: &mut Ws, rid: u32, id: &str, bytes: &[u8]) {
+    send(ws, json!({"type": "image", "request_id": rid, "image_id": id, "byte_len": bytes.len()})).await;
+    ws.send(Message::Binary(encode_binary(BinaryKind::ImageBytes, rid, bytes).into())).await.unwrap();
+}
+
+/// Collects an answer: token ids, whether attention came, and the `done` message.
+async fn answer(ws: &mut Ws, rid: u32) -> (Vec<u32>, Option<usize>, ServerMessage) {
+    let mut ids = vec![];
+    let mut attention = None;
+    loop {
+        match recv(ws).await {
+            ServerMessage::Token { request_id, id, .. } if request_id == rid => ids.push(id),
+            ServerMessage::Attention { request_id, layers, n_discrete, n_visual } if request_id == rid => {
+                assert_eq!(layers[0].len(), n_discrete + n_visual);
+                attention = Some(layers.len());
+            }
+            m @ ServerMessage::Done { request_id, .. } if request_id == rid => return (ids, attention, m),
+            m @ ServerMessage::Error { .. } => panic!("unexpected error {m:?}"),
+            _ => {}
+        }
+    }
+}
+
+async fn expect_error(ws: &mut Ws, code: ErrorCode, needle: &str) {
+    match recv(ws).await {
+        ServerMessage::Error { code: c, message, .. } => {
+            assert_eq!(c, code, "{message}");
+            assert!(message.contains(needle), "`{needle}` not in `{message}`");
+        }
+        other => panic!("expected {code:?}, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_exchange_then_a_cached_follow_up() {
+    let addr = start(|_| {}).await;
+    let mut ws = connect(addr, &[], "").await.unwrap();
+    hello(&mut ws).await;
+    upload(&mut ws, 1, "img", &png()).await;
+    send(&mut ws, json!({"type": "ask", "request_id": 2, "image_id": "img", "prompt_ids": [5, 6, 7], "max_new_tokens": 6})).await;
+    let (first, att, done) = answer(&mut ws, 2).await;
+    assert_eq!(att, Some(2), "one attention row per layer");
+    let ServerMessage::Done { cached, tokens, timings, .. } = done else { unreachable!() };
+    assert!(!cached);
+    assert_eq!(tokens, first.len());
+    assert!(timings.compress_ms > 0.0 && timings.total_ms >= timings.first_token_ms);
+    // Same image again: no ViT, MGVQ or compression, and the same greedy answer.
+    send(&mut ws, json!({"type": "ask", "request_id": 3, "image_id": "img", "prompt_ids": [5, 6, 7], "max_new_tokens": 6})).await;
+    let (second, _, done) = answer(&mut ws, 3).await;
+    let ServerMessage::Done { cached, timings, .. } = done else { unreachable!() };
+    assert!(cached, "follow-up must hit the compressed-image cache");
+    assert_eq!(timings.compress_ms, 0.0);
+    assert_eq!(first, second);
+    // The same bytes under another id, on another connection, also hit the cache.
+    let mut ws2 = connect(addr, &[], "").await.unwrap();
+    hello(&mut ws2).await;
+    upload(&mut ws2, 1, "again", &png()).await;
+    send(&mut ws2, json!({"type": "ask", "request_id": 9, "image_id": "again", "prompt_ids": [5, 6, 7], "max_new_tokens": 6})).await;
+    let (third, _, done) = answer(&mut ws2, 9).await;
+    assert!(matches!(done, ServerMessage::Done { cached: true, .. }));
+    assert_eq!(third, first);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_an_answer_and_a_full_queue_says_busy() {
+    let addr = start(|a| {
+        a.queue = 1;
+        a.max_inflight_per_connection = 8;
+    })
+    .await;
+    let mut ws = connect(addr, &[], "").await.unwrap();
+    hello(&mut ws).await;
+    upload(&mut ws, 1, "img", &png()).await;
+    for rid in 10..14 {
+        send(&mut ws, json!({"type": "ask", "request_id": rid, "image_id": "img", "prompt_ids": [5], "max_new_tokens": 4000})).await;
+    }
+    send(&mut ws, json!({"type": "cancel", "request_id": 10})).await;
+    send(&mut ws, json!({"type": "cancel", "request_id": 11})).await;
+    let (mut busy, mut done) = (0, vec![]);
+    while done.len() + busy < 4 {
+        match recv(&mut ws).await {
+            ServerMessage::Error { code: ErrorCode::Busy, .. } => busy += 1,
+            ServerMessage::Done { request_id, tokens, cancelled, .. } => {
+                assert!(cancelled && tokens < 4000, "request {request_id} ran {tokens} tokens");
+                done.push(request_id);
+            }
+            _ => {}
+        }
+    }
+    assert!(busy >= 1, "a queue of 1 behind a running answer must refuse some of 4 questions");
+    assert!(done.contains(&10));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_and_origin_are_checked_at_the_handshake() {
+    let addr = start(|a| {
+        a.auth_token = Some("s3cret".into());
+        a.allow_origins = vec!["https://good.example".into()];
+    })
+    .await;
+    let e = connect(addr, &[], "").await.unwrap_err();
+    assert!(e.to_string().contains("401"), "{e}");
+    let e = connect(addr, &[("Authorization", "Bearer wrong")], "").await.unwrap_err();
+    assert!(e.to_string().contains("401"), "{e}");
+    let e = connect(addr, &[("Authorization", "Bearer s3cret"), ("Origin", "https://evil.example")], "").await.unwrap_err();
+    assert!(e.to_string().contains("403"), "{e}");
+    let mut ws = connect(addr, &[("Origin", "https://good.example")], "?token=s3cret").await.unwrap();
+    hello(&mut ws).await;
+    let mut ws = connect(addr, &[("Authorization", "Bearer s3cret")], "").await.unwrap();
+    hello(&mut ws).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bad_input_gets_an_error_frame_and_the_connection_stays_up() {
+    let addr = start(|a| a.max_frame_bytes = 64 * 1024).await;
+    let mut ws = connect(addr, &[], "").await.unwrap();
+    ws.send(Message::Text("{not json".into())).await.unwrap();
+    expect_error(&mut ws, ErrorCode::BadJson, "malformed JSON").await;
+    send(&mut ws, json!({"type": "ask", "request_id": 1, "image_id": "x", "prompt_ids": [1]})).await;
+    expect_error(&mut ws, ErrorCode::NotReady, "hello").await;
+    send(&mut ws, json!({"type": "hello", "version": 99})).await;
+    expect_error(&mut ws, ErrorCode::WrongVersion, "version 99").await;
+    hello(&mut ws).await;
+    send(&mut ws, json!({"type": "teleport"})).await;
+    expect_error(&mut ws, ErrorCode::UnknownMessage, "teleport").await;
+    send(&mut ws, json!({"type": "ask", "request_id": 2, "image_id": "nope", "prompt_ids": [1]})).await;
+    expect_error(&mut ws, ErrorCode::UnknownImage, "nope").await;
+    upload(&mut ws, 3, "bad", b"\x89PNG\r\n\x1a\nnot a png at all").await;
+    expect_error(&mut ws, ErrorCode::BadImage, "corrupt").await;
+    // Codes: wrong shape, then out of range.
+    send(&mut ws, json!({"type": "image", "request_id": 4, "image_id": "c", "byte_len": 10, "codes": {"positions": 3, "groups": 8}})).await;
+    expect_error(&mut ws, ErrorCode::BadCodes, "does not match").await;
+    let p = png();
+    send(&mut ws, json!({"type": "image", "request_id": 5, "image_id": "c", "byte_len": p.len(), "codes": {"positions": 441, "groups": 8}})).await;
+    ws.send(Message::Binary(encode_binary(BinaryKind::ImageBytes, 5, &p).into())).await.unwrap();
+    let codes: Vec<u8> = (0..441 * 8).flat_map(|i| if i == 17 { 5000u16 } else { 0 }.to_le_bytes()).collect();
+    ws.send(Message::Binary(encode_binary(BinaryKind::Codes, 5, &codes).into())).await.unwrap();
+    expect_error(&mut ws, ErrorCode::BadCodes, "out of range").await;
+    // In-range codes that are not the image's: the worker recomputes and refuses them.
+    send(&mut ws, json!({"type": "image", "request_id": 6, "image_id": "c", "byte_len": p.len(), "codes": {"positions": 441, "groups": 8}})).await;
+    ws.send(Message::Binary(encode_binary(BinaryKind::ImageBytes, 6, &p).into())).await.unwrap();
+    ws.send(Message::Binary(encode_binary(BinaryKind::Codes, 6, &vec![0u8; 441 * 8 * 2]).into())).await.unwrap();
+    send(&mut ws, json!({"type": "ask", "request_id": 7, "image_id": "c", "prompt_ids": [1], "max_new_tokens": 2})).await;
+    expect_error(&mut ws, ErrorCode::CodesMismatch, "differ").await;
+    // Oversized frame, bad binary header, a question without a tokenizer, bad sampling.
+    ws.send(Message::Binary(vec![1u8; 100 * 1024].into())).await.unwrap();
+    expect_error(&mut ws, ErrorCode::FrameTooLarge, "exceeds the limit").await;
+    ws.send(Message::Binary(vec![7u8, 0, 0].into())).await.unwrap();
+    expect_error(&mut ws, ErrorCode::BadFrame, "shorter than its 5-byte header").await;
+    upload(&mut ws, 8, "ok", &p).await;
+    send(&mut ws, json!({"type": "ask", "request_id": 9, "image_id": "ok", "question": "what is it?"})).await;
+    expect_error(&mut ws, ErrorCode::BadRequest, "no tokenizer").await;
+    send(&mut ws, json!({"type": "ask", "request_id": 10, "image_id": "ok", "prompt_ids": [1], "top_p": 0.0})).await;
+    expect_error(&mut ws, ErrorCode::BadRequest, "top_p").await;
+    send(&mut ws, json!({"type": "ask", "request_id": 11, "image_id": "ok", "prompt_ids": [100000]})).await;
+    expect_error(&mut ws, ErrorCode::BadRequest, "token ids below").await;
+    // Still up: the same connection answers, and so does a new one.
+    send(&mut ws, json!({"type": "ask", "request_id": 12, "image_id": "ok", "prompt_ids": [5], "max_new_tokens": 2})).await;
+    let (ids, _, _) = answer(&mut ws, 12).await;
+    assert_eq!(ids.len(), 2);
+    let mut ws2 = connect(addr, &[], "").await.unwrap();
+    hello(&mut ws2).await;
+}
