@@ -22,6 +22,13 @@ cargo test --workspace --exclude htc-web --no-fail-fast 2>&1 | tee -a "$logf" ||
 log "model parity and CLI tests on the ndarray backend too (model code is backend-generic)"
 cargo test -p htc-worker --no-default-features --features ndarray --test parity --test cli --test mgvq 2>--test parity --test cli 2>&11 | tee -a "$logf" || status=1
 
+log "load test: 32 clients x 10 questions on loopback (checks answers; figures are indicative in the dev profile)"
+if cargo bench -p htc-worker --bench load --profile dev 2>&1 | tee -a "$logf"; then
+  echo "test result: ok. 1 passed; 0 failed; (load test)" | tee -a "$logf"
+else
+  echo "test result: FAILED. 0 passed; 1 failed; (load test)" | tee -a "$logf"; status=1
+fi
+
 log "wasm build (web UI + shared crate)"
 if "$HTC_ROOT/scripts/build-web.sh" 2>&1 | tee -a "$logf"; then
   echo "test result: ok. 1 passed; 0 failed; (wasm build)" | tee -a "$logf"

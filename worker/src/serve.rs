@@ -389,7 +389,14 @@ impl Conn {
 
 /// Starts the server on `listener` until `shutdown` resolves, then drains.
 pub async fn serve_on(listener: tokio::net::TcpListener, app: App, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<()> {
+    use axum::serve::ListenerExt;
     let drain = app.clone();
+    // Tokens are small frames: without TCP_NODELAY, Nagle and delayed ACKs add ~40 ms each.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!("cannot set TCP_NODELAY: {e}");
+        }
+    });
     axum::serve(listener, router(app))
         .with_graceful_shutdown(async move {
             shutdown.await;

@@ -1,0 +1,102 @@
+//! Bounded load test: 32 concurrent WebSocket clients × 10 questions each against one worker
+//! (demo HTC model, loopback). Checks that every answer arrives and that greedy answers equal
+//! the single-client answers, then prints latency percentiles and throughput.
+//!
+//! Run: `cargo bench -p htc-worker --bench load` (scripts/test.sh runs it with the dev
+//! profile, for its checks).
+
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use htc_shared::protocol::{encode_binary, BinaryKind, ServerMessage};
+use htc_worker::serve::{serve_on, App, ServeArgs};
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+const CLIENTS: usize = 32;
+const QUESTIONS: usize = 10;
+const TOKENS: usize = 8;
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn next(ws: &mut Ws) -> ServerMessage {
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(300), ws.next()).await.expect("answer in time").expect("open").expect("frame");
+        if let Message::Text(t) = m {
+            return serde_json::from_str(t.as_str()).expect("server JSON");
+        }
+    }
+}
+
+/// One client: hello, upload, then `QUESTIONS` questions in turn; returns answers and latencies.
+async fn client(addr: std::net::SocketAddr, png: Vec<u8>, questions: Vec<Vec<u32>>) -> (Vec<Vec<u32>>, Vec<Duration>) {
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(format!("ws://{addr}/ws"), None, true).await.expect("connect");
+    ws.send(Message::Text(json!({"type": "hello", "version": 1}).to_string().into())).await.unwrap();
+    assert!(matches!(next(&mut ws).await, ServerMessage::Ready { .. }));
+    ws.send(Message::Text(json!({"type": "image", "request_id": 0, "image_id": "img", "byte_len": png.len()}).to_string().into())).await.unwrap();
+    ws.send(Message::Binary(encode_binary(BinaryKind::ImageBytes, 0, &png).into())).await.unwrap();
+    let (mut answers, mut lat) = (vec![], vec![]);
+    for (i, q) in questions.into_iter().enumerate() {
+        let rid = i as u32 + 1;
+        let t = Instant::now();
+        loop {
+            ws.send(Message::Text(json!({"type": "ask", "request_id": rid, "image_id": "img", "prompt_ids": q, "max_new_tokens": TOKENS}).to_string().into())).await.unwrap();
+            let mut ids = vec![];
+            let busy = loop {
+                match next(&mut ws).await {
+                    ServerMessage::Token { id, .. } => ids.push(id),
+                    ServerMessage::Done { .. } => break false,
+                    ServerMessage::Error { code: htc_shared::protocol::ErrorCode::Busy, .. } => break true,
+                    ServerMessage::Error { message, .. } => panic!("error: {message}"),
+                    _ => {}
+                }
+            };
+            if !busy {
+                answers.push(ids);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await; // back off and retry
+        }
+        lat.push(t.elapsed());
+    }
+    (answers, lat)
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut args = ServeArgs::local(std::env::temp_dir());
+        args.queue = 64;
+        let app = tokio::task::spawn_blocking(move || App::new(args)).await.unwrap().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { serve_on(listener, app, std::future::pending()).await.unwrap() });
+        let png = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/images/gradient-45x30.png")).unwrap();
+        let questions: Vec<Vec<u32>> = (0..QUESTIONS as u32).map(|i| vec![5 + i, 40 + 3 * i, 7]).collect();
+
+        // Reference: one client alone (this also compresses and caches the image).
+        let (reference, single) = client(addr, png.clone(), questions.clone()).await;
+        let t = Instant::now();
+        let handles: Vec<_> = (0..CLIENTS).map(|_| tokio::spawn(client(addr, png.clone(), questions.clone()))).collect();
+        let mut lat = vec![];
+        let mut answers = 0;
+        for h in handles {
+            let (a, l) = h.await.expect("client finished");
+            assert_eq!(a, reference, "a concurrent greedy answer differs from the single-client answer");
+            answers += a.len();
+            lat.extend(l);
+        }
+        let wall = t.elapsed();
+        assert_eq!(answers, CLIENTS * QUESTIONS, "answers lost");
+        lat.sort();
+        let pct = |p: f64| lat[((lat.len() as f64 * p).ceil() as usize).saturating_sub(1).min(lat.len() - 1)];
+        // The first single-client question also compressed the image; the rest hit the cache.
+        let mut warm: Vec<Duration> = single[1..].to_vec();
+        warm.sort();
+        let single_p50 = warm[warm.len() / 2];
+        println!("load: {CLIENTS} clients x {QUESTIONS} questions x {TOKENS} tokens, all {answers} answers equal the single-client answers");
+        println!("  single client, cached image: p50 {:.1} ms (first question, with compression: {:.1} ms)", single_p50.as_secs_f64() * 1e3, single[0].as_secs_f64() * 1e3);
+        println!("  concurrent: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms", pct(0.50).as_secs_f64() * 1e3, pct(0.99).as_secs_f64() * 1e3, lat.last().unwrap().as_secs_f64() * 1e3);
+        println!("  throughput: {:.1} answers/s over {:.2} s ({:.1}x the single-client rate)", answers as f64 / wall.as_secs_f64(), wall.as_secs_f64(), (answers as f64 / wall.as_secs_f64()) * single_p50.as_secs_f64());
+    });
+}
