@@ -30,6 +30,49 @@ use crate::models::llava::{self, Layout, Llava};
 use crate::snapshot::{AnyModel, Snapshot};
 use crate::weights::Loader;
 
+/// Prometheus metrics of the engine and the server (`/metrics`).
+pub struct Metrics {
+    pub registry: prometheus::Registry,
+    pub questions: prometheus::IntCounter,
+    pub cache_hits: prometheus::IntCounter,
+    pub compressions: prometheus::IntCounter,
+    pub tokens: prometheus::IntCounter,
+    pub errors: prometheus::IntCounterVec,
+    pub connections: prometheus::IntGauge,
+    pub answer_seconds: prometheus::Histogram,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self> {
+        use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+        let registry = Registry::new();
+        let questions = IntCounter::new("htc_questions_total", "Questions accepted into the queue")?;
+        let cache_hits = IntCounter::new("htc_cache_hits_total", "Questions answered from a cached compressed image")?;
+        let compressions = IntCounter::new("htc_compressions_total", "Images compressed (ViT, MGVQ and the voco prefix)")?;
+        let tokens = IntCounter::new("htc_generated_tokens_total", "Tokens generated")?;
+        let errors = IntCounterVec::new(Opts::new("htc_errors_total", "Error frames sent, by code"), &["code"])?;
+        let connections = IntGauge::new("htc_open_connections", "Open WebSocket connections")?;
+        let answer_seconds = Histogram::with_opts(HistogramOpts::new("htc_answer_seconds", "Wall time of an answer, queue excluded"))?;
+        for c in [&questions, &cache_hits, &compressions, &tokens] {
+            registry.register(Box::new(c.clone()))?;
+        }
+        registry.register(Box::new(errors.clone()))?;
+        registry.register(Box::new(connections.clone()))?;
+        registry.register(Box::new(answer_seconds.clone()))?;
+        Ok(Self { registry, questions, cache_hits, compressions, tokens, errors, connections, answer_seconds })
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = String::new();
+        let enc = prometheus::TextEncoder::new();
+        if let Err(e) = enc.encode_utf8(&self.registry.gather(), &mut buf) {
+            tracing::warn!("cannot encode metrics: {e}");
+        }
+        buf
+    }
+}
+
 /// How the engine is set up.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -75,17 +118,20 @@ pub struct Job {
 pub struct Engine {
     tx: SyncSender<Job>,
     pub card: ModelCard,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Engine {
     /// Starts the engine thread, loads the model there, and returns once it is ready.
     pub fn start(cfg: EngineConfig) -> Result<Self> {
         let (tx, rx) = sync_channel::<Job>(cfg.queue.max(1));
+        let metrics = Arc::new(Metrics::new()?);
+        let m = metrics.clone();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<ModelCard>>();
         std::thread::Builder::new()
             .name("htc-engine".into())
             .spawn(move || {
-                let state = match EngineState::load(&cfg) {
+                let state = match EngineState::load(&cfg, m) {
                     Ok(s) => {
                         let _ = ready_tx.send(Ok(s.card.clone()));
                         s
@@ -99,18 +145,23 @@ impl Engine {
                 for job in rx {
                     let (id, reply) = (job.request_id, job.reply.clone());
                     if let Err(e) = state.run(job) {
-                        let _ = reply.send(ServerMessage::Error { request_id: Some(id), code: code_of(&e), message: format!("{e:#}") });
+                        let code = code_of(&e);
+                        state.metrics.errors.with_label_values(&[&format!("{code:?}")]).inc();
+                        let _ = reply.send(ServerMessage::Error { request_id: Some(id), code, message: format!("{e:#}") });
                     }
                 }
             })?;
         let card = ready_rx.recv().map_err(|_| anyhow!("the engine thread stopped while loading"))??;
-        Ok(Self { tx, card })
+        Ok(Self { tx, card, metrics })
     }
 
     /// Queues a job, or gives it back when the queue is full.
     pub fn submit(&self, job: Job) -> std::result::Result<(), Job> {
         match self.tx.try_send(job) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.metrics.questions.inc();
+                Ok(())
+            }
             Err(TrySendError::Full(j)) | Err(TrySendError::Disconnected(j)) => Err(j),
         }
     }
@@ -146,6 +197,7 @@ struct EngineState {
     cache: LruCache<[u8; 32], Arc<CompressedImage<Backend>>>,
     trust_client_codes: bool,
     card: ModelCard,
+    metrics: Arc<Metrics>,
 }
 
 /// The demo model: LLaVA-shaped (CLIP at 336 px with 576 patches) with MGVQ f16c32_g8's
@@ -166,7 +218,7 @@ pub fn demo_configs() -> (llava::Config, HtcConfig) {
 }
 
 impl EngineState {
-    fn load(cfg: &EngineConfig) -> Result<Self> {
+    fn load(cfg: &EngineConfig, metrics: Arc<Metrics>) -> Result<Self> {
         let device = backend::device();
         let (model, preprocess, tokenizer, name, random) = match &cfg.model {
             None => {
@@ -208,7 +260,7 @@ impl EngineState {
             mgvq: model.config.mgvq.clone(),
         };
         let cap = NonZeroUsize::new(cfg.cache_capacity.max(1)).expect("max(1)");
-        Ok(Self { model, preprocess, tokenizer, cache: LruCache::new(cap), trust_client_codes: cfg.trust_client_codes, card })
+        Ok(Self { model, preprocess, tokenizer, cache: LruCache::new(cap), trust_client_codes: cfg.trust_client_codes, card, metrics })
     }
 
     fn compress(&mut self, img: &ImageData, timings: &mut Timings) -> Result<Arc<CompressedImage<Backend>>> {
@@ -239,6 +291,7 @@ impl EngineState {
             }
         }
         let c = Arc::new(self.model.compress(&inputs)?);
+        self.metrics.compressions.inc();
         timings.compress_ms = t.elapsed().as_secs_f64() * 1e3;
         self.cache.put(img.key, c.clone());
         Ok(c)
@@ -264,7 +317,10 @@ impl EngineState {
             bail!(Coded(ErrorCode::BadRequest, format!("the question must be 1 or more token ids below {vocab}")));
         }
         let (compressed, cached) = match self.cache.get(&job.image.key) {
-            Some(c) => (c.clone(), true),
+            Some(c) => {
+                self.metrics.cache_hits.inc();
+                (c.clone(), true)
+            }
             None => (self.compress(&job.image, &mut timings).context("compressing the image")?, false),
         };
         let prompt = self.model.answer_prompt(&compressed, &ids)?;
@@ -298,6 +354,8 @@ impl EngineState {
         timings.total_ms = start.elapsed().as_secs_f64() * 1e3;
         let gen_s = gen_start.elapsed().as_secs_f64();
         timings.tokens_per_s = if gen_s > 0.0 { n as f64 / gen_s } else { 0.0 };
+        self.metrics.tokens.inc_by(n as u64);
+        self.metrics.answer_seconds.observe(start.elapsed().as_secs_f64());
         let _ = job.reply.send(ServerMessage::Done { request_id: job.request_id, cached, tokens: n, cancelled, timings });
         Ok(())
     }

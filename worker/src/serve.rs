@@ -1,6 +1,7 @@
 //! `htc serve`: one port for the WebSocket protocol (`/ws`, see `htc_shared::protocol`), the
-//! built web app (static files), `/healthz` and `/api/model` (the model card). Bearer-token
-//! auth and an Origin allowlist are checked at the WebSocket handshake and on `/api`.
+//! built web app (static files), `/healthz`, `/api/model` (the model card) and Prometheus
+//! `/metrics`. Bearer-token auth and an Origin allowlist are checked at the WebSocket
+//! handshake; the token also guards `/api` and `/metrics`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -139,6 +140,7 @@ pub fn router(app: App) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/api/model", get(model_card))
+        .route("/metrics", get(metrics))
         .route("/ws", get(ws_upgrade))
         .fallback_service(ServeDir::new(static_dir).fallback(ServeFile::new(index)))
         .with_state(app)
@@ -149,6 +151,13 @@ async fn model_card(State(app): State<App>, headers: HeaderMap, Query(q): Query<
         return (StatusCode::UNAUTHORIZED, "missing or wrong bearer token").into_response();
     }
     Json(app.engine.card.clone()).into_response()
+}
+
+async fn metrics(State(app): State<App>, headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Response {
+    if !authorized(&app.args, &headers, &q) {
+        return (StatusCode::UNAUTHORIZED, "missing or wrong bearer token").into_response();
+    }
+    ([("content-type", "text/plain; version=0.0.4")], app.engine.metrics.render()).into_response()
 }
 
 async fn ws_upgrade(ws: WebSocketUpgrade, State(app): State<App>, headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Response {
@@ -181,6 +190,7 @@ fn err(request_id: Option<u32>, code: ErrorCode, message: impl Into<String>) -> 
 }
 
 async fn connection(socket: WebSocket, app: App) {
+    app.engine.metrics.connections.inc();
     let (mut sink, mut stream) = socket.split();
     let (tx, mut rx) = mpsc::unbounded_channel::<ServerMessage>();
     let inflight: Inflight = Arc::default();
@@ -231,6 +241,7 @@ async fn connection(socket: WebSocket, app: App) {
     drop(state);
     drop(tx);
     let _ = writer.await;
+    app.engine.metrics.connections.dec();
 }
 
 struct Conn {
@@ -246,6 +257,9 @@ const MAX_IMAGES_PER_CONNECTION: usize = 32;
 
 impl Conn {
     fn send(&self, m: ServerMessage) {
+        if let ServerMessage::Error { code, .. } = &m {
+            self.app.engine.metrics.errors.with_label_values(&[&format!("{code:?}")]).inc();
+        }
         let _ = self.tx.send(m);
     }
 

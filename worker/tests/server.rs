@@ -110,6 +110,9 @@ async fn full_exchange_then_a_cached_follow_up() {
     let mut ws2 = connect(addr, &[], "").await.unwrap();
     hello(&mut ws2).await;
     upload(&mut ws2, 1, "again", &png()).await;
+    let m = http_get(addr, "/metrics").await;
+    assert!(m.contains("htc_cache_hits_total 1") && m.contains("htc_compressions_total 1"), "{m}");
+    assert!(m.contains("htc_open_connections 2"), "{m}");
     send(&mut ws2, json!({"type": "ask", "request_id": 9, "image_id": "again", "prompt_ids": [5, 6, 7], "max_new_tokens": 6})).await;
     let (third, _, done) = answer(&mut ws2, 9).await;
     assert!(matches!(done, ServerMessage::Done { cached: true, .. }));
@@ -215,4 +218,49 @@ async fn every_bad_input_gets_an_error_frame_and_the_connection_stays_up() {
     assert_eq!(ids.len(), 2);
     let mut ws2 = connect(addr, &[], "").await.unwrap();
     hello(&mut ws2).await;
+}
+
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.unwrap();
+    buf
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_in_flight_answers_then_closes() {
+    let args = ServeArgs::local(std::env::temp_dir());
+    let app = tokio::task::spawn_blocking(move || App::new(args)).await.unwrap().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move { serve_on(listener, app, async { stop_rx.await.ok(); }).await });
+    let mut ws = connect(addr, &[], "").await.unwrap();
+    hello(&mut ws).await;
+    upload(&mut ws, 1, "img", &png()).await;
+    send(&mut ws, json!({"type": "ask", "request_id": 2, "image_id": "img", "prompt_ids": [5], "max_new_tokens": 300})).await;
+    // Wait for the first token, then ask the server to stop.
+    loop {
+        if let ServerMessage::Token { .. } = recv(&mut ws).await {
+            break;
+        }
+    }
+    stop_tx.send(()).unwrap();
+    let mut tokens = 1;
+    let done = loop {
+        match recv(&mut ws).await {
+            ServerMessage::Token { .. } => tokens += 1,
+            m @ ServerMessage::Done { .. } => break m,
+            _ => {}
+        }
+    };
+    let ServerMessage::Done { cancelled, tokens: n, .. } = done else { unreachable!() };
+    assert!(!cancelled, "shutdown must drain, not cancel");
+    assert_eq!(n, tokens);
+    // The drained connection closes and the server exits.
+    let rest = tokio::time::timeout(Duration::from_secs(30), async { while let Some(Ok(m)) = ws.next().await { if m.is_close() { break; } } }).await;
+    assert!(rest.is_ok(), "connection closes after draining");
+    tokio::time::timeout(Duration::from_secs(30), server).await.expect("server exits").unwrap().unwrap();
 }
