@@ -18,6 +18,7 @@ pub mod generate;
 pub mod gguf;
 pub mod init;
 pub mod models;
+pub mod openai;
 pub mod serve;
 pub mod snapshot;
 pub mod weights;

@@ -1,7 +1,8 @@
 //! `htc serve`: one port for the WebSocket protocol (`/ws`, see `htc_shared::protocol`), the
 //! built web app (static files), `/healthz`, `/api/model` (the model card) and Prometheus
-//! `/metrics`. Bearer-token auth and an Origin allowlist are checked at the WebSocket
-//! handshake; the token also guards `/api` and `/metrics`.
+//! `/metrics`, and an OpenAI-compatible `POST /v1/chat/completions` ([`crate::openai`]).
+//! Bearer-token auth and an Origin allowlist are checked at the WebSocket
+//! handshake; the token also guards `/api`, `/metrics` and `/v1`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -94,8 +95,8 @@ impl ServeArgs {
 /// Shared server state.
 #[derive(Clone)]
 pub struct App {
-    engine: Engine,
-    args: Arc<ServeArgs>,
+    pub(crate) engine: Engine,
+    pub(crate) args: Arc<ServeArgs>,
     shutdown: Arc<Notify>,
     shutting_down: Arc<AtomicBool>,
 }
@@ -118,7 +119,7 @@ impl App {
     }
 }
 
-fn authorized(args: &ServeArgs, headers: &HeaderMap, query: &HashMap<String, String>) -> bool {
+pub(crate) fn authorized(args: &ServeArgs, headers: &HeaderMap, query: &HashMap<String, String>) -> bool {
     let Some(want) = &args.auth_token else { return true };
     let header = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
     header == Some(want.as_str()) || query.get("token") == Some(want)
@@ -141,6 +142,7 @@ pub fn router(app: App) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/api/model", get(model_card))
         .route("/metrics", get(metrics))
+        .route("/v1/chat/completions", axum::routing::post(crate::openai::chat_completions))
         .route("/ws", get(ws_upgrade))
         .fallback_service(ServeDir::new(static_dir).fallback(ServeFile::new(index)))
         .with_state(app)

@@ -1,0 +1,206 @@
+//! OpenAI-compatible `POST /v1/chat/completions`, so existing clients and SDKs work unchanged:
+//! the last user message's text is the question and its first `image_url` part (a `data:` URL)
+//! the image; `stream: true` answers with server-sent events. Questions go through the same
+//! engine queue and compressed-image cache as the WebSocket protocol.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use htc_shared::preprocess::{decode_image, DecodeLimits};
+use htc_shared::protocol::{ErrorCode, ServerMessage};
+
+use crate::engine::{ImageData, Job, Question};
+use crate::generate::Sampling;
+use crate::serve::{authorized, App};
+
+#[derive(Debug, Deserialize)]
+pub struct ChatRequest {
+    #[serde(default)]
+    pub model: Option<String>,
+    pub messages: Vec<ChatMessage>,
+    #[serde(default)]
+    pub stream: bool,
+    #[serde(default, alias = "max_completion_tokens")]
+    pub max_tokens: Option<usize>,
+    #[serde(default)]
+    pub temperature: Option<f32>,
+    #[serde(default)]
+    pub top_p: Option<f32>,
+    #[serde(default)]
+    pub seed: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: Value,
+}
+
+fn error(status: StatusCode, kind: &str, message: impl Into<String>) -> Response {
+    (status, Json(json!({"error": {"message": message.into(), "type": kind}}))).into_response()
+}
+
+/// The question text and the image bytes of the last user message.
+fn question_and_image(req: &ChatRequest) -> Result<(String, Vec<u8>), String> {
+    let user = req.messages.iter().rev().find(|m| m.role == "user").ok_or("no user message")?;
+    let mut text = String::new();
+    let mut image = None;
+    match &user.content {
+        Value::String(s) => text.push_str(s),
+        Value::Array(parts) => {
+            for p in parts {
+                match p.get("type").and_then(Value::as_str) {
+                    Some("text") => text.push_str(p.get("text").and_then(Value::as_str).unwrap_or("")),
+                    Some("image_url") if image.is_none() => {
+                        let url = p.pointer("/image_url/url").and_then(Value::as_str).ok_or("image_url part without image_url.url")?;
+                        let b64 = url
+                            .strip_prefix("data:")
+                            .and_then(|r| r.split_once(";base64,"))
+                            .map(|(_, d)| d)
+                            .ok_or("only base64 `data:` image URLs are supported (the worker fetches nothing)")?;
+                        image = Some(base64::engine::general_purpose::STANDARD.decode(b64.trim()).map_err(|e| format!("image data URL is not valid base64: {e}"))?);
+                    }
+                    Some("image_url") => return Err("only one image per question is supported".into()),
+                    other => return Err(format!("unsupported content part type {other:?}")),
+                }
+            }
+        }
+        _ => return Err("message content must be a string or a list of parts".into()),
+    }
+    let image = image.ok_or("the user message has no image_url part; this model answers about an image")?;
+    if text.trim().is_empty() {
+        return Err("the user message has no text".into());
+    }
+    Ok((text, image))
+}
+
+pub async fn chat_completions(State(app): State<App>, headers: HeaderMap, Query(q): Query<HashMap<String, String>>, body: axum::body::Bytes) -> Response {
+    if !authorized(&app.args, &headers, &q) {
+        return error(StatusCode::UNAUTHORIZED, "authentication_error", "missing or wrong bearer token");
+    }
+    let req: ChatRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_request_error", format!("malformed request: {e}")),
+    };
+    if !app.engine.card.has_tokenizer {
+        return error(StatusCode::BAD_REQUEST, "invalid_request_error", "this model has no tokenizer; use the WebSocket protocol with prompt_ids");
+    }
+    let (question, bytes) = match question_and_image(&req) {
+        Ok(x) => x,
+        Err(m) => return error(StatusCode::BAD_REQUEST, "invalid_request_error", m),
+    };
+    let a = &app.args;
+    if bytes.len() > a.max_image_bytes || question.chars().count() > a.max_question_chars {
+        return error(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", format!("image over {} bytes or question over {} characters", a.max_image_bytes, a.max_question_chars));
+    }
+    let side = a.max_image_side;
+    let limits = DecodeLimits { max_width: side, max_height: side, max_alloc_bytes: (side as u64) * (side as u64) * 4 };
+    let key = app.engine.image_key(&bytes);
+    let image = match tokio::task::spawn_blocking(move || decode_image(&bytes, limits)).await {
+        Ok(Ok(img)) => ImageData { image: Arc::new(img), codes: None, key },
+        Ok(Err(e)) => return error(StatusCode::BAD_REQUEST, "invalid_request_error", e.to_string()),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", e.to_string()),
+    };
+    let max_new_tokens = req.max_tokens.unwrap_or(256).clamp(1, 4096);
+    let sampling = Sampling { max_new_tokens, temperature: req.temperature.unwrap_or(0.0).clamp(0.0, 100.0), top_p: req.top_p.unwrap_or(1.0).clamp(1e-6, 1.0), seed: req.seed.unwrap_or(0) };
+    let (tx, mut rx) = mpsc::unbounded_channel::<ServerMessage>();
+    let cancel = Arc::new(AtomicBool::new(false));
+    let job = Job { request_id: 0, image, question: Question::Text(question), sampling, cancel: cancel.clone(), reply: tx };
+    if app.engine.submit(job).is_err() {
+        return error(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", "the request queue is full; try again shortly");
+    }
+    let model = req.model.clone().unwrap_or_else(|| app.engine.card.name.clone());
+    let id = format!("chatcmpl-{:x}", u64::from_le_bytes(key[..8].try_into().expect("8 bytes")) ^ rand::random::<u64>());
+    let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    if req.stream {
+        // Dropping the stream (client gone) cancels the answer.
+        struct CancelOnDrop(Arc<AtomicBool>);
+        impl Drop for CancelOnDrop {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        let guard = CancelOnDrop(cancel);
+        let stream = async_stream(move |emit| async move {
+            let _guard = guard;
+            let chunk = |delta: Value, finish: Option<&str>| {
+                json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+                       "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+            };
+            emit(chunk(json!({"role": "assistant", "content": ""}), None));
+            let mut n = 0;
+            while let Some(m) = rx.recv().await {
+                match m {
+                    ServerMessage::Token { text, .. } => {
+                        n += 1;
+                        if !text.is_empty() {
+                            emit(chunk(json!({"content": text}), None));
+                        }
+                    }
+                    ServerMessage::Done { .. } => {
+                        emit(chunk(json!({}), Some(if n >= max_new_tokens { "length" } else { "stop" })));
+                        break;
+                    }
+                    ServerMessage::Error { message, code, .. } => {
+                        emit(json!({"error": {"message": message, "type": format!("{code:?}")}}));
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+        });
+        return Sse::new(stream).into_response();
+    }
+    let mut text = String::new();
+    let mut n = 0;
+    while let Some(m) = rx.recv().await {
+        match m {
+            ServerMessage::Token { text: t, .. } => {
+                n += 1;
+                text.push_str(&t);
+            }
+            ServerMessage::Done { .. } => break,
+            ServerMessage::Error { message, code, .. } => {
+                let status = if code == ErrorCode::BadRequest { StatusCode::BAD_REQUEST } else { StatusCode::INTERNAL_SERVER_ERROR };
+                return error(status, "invalid_request_error", message);
+            }
+            _ => {}
+        }
+    }
+    Json(json!({
+        "id": id, "object": "chat.completion", "created": created, "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": if n >= max_new_tokens { "length" } else { "stop" }}],
+        "usage": {"completion_tokens": n},
+    }))
+    .into_response()
+}
+
+/// An SSE stream fed by `f` through an `emit` callback, ending with `data: [DONE]`.
+fn async_stream<F, Fut>(f: F) -> impl futures_util::Stream<Item = Result<Event, Infallible>>
+where
+    F: FnOnce(Box<dyn Fn(Value) + Send + Sync>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = mpsc::unbounded_channel::<Event>();
+    let emit_tx = tx.clone();
+    let fut = f(Box::new(move |v: Value| {
+        let _ = emit_tx.send(Event::default().data(v.to_string()));
+    }));
+    tokio::spawn(async move {
+        fut.await;
+        let _ = tx.send(Event::default().data("[DONE]"));
+    });
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (Ok(e), rx)) })
+}
