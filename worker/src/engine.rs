@@ -124,6 +124,27 @@ pub struct Engine {
 impl Engine {
     /// Starts the engine thread, loads the model there, and returns once it is ready.
     pub fn start(cfg: EngineConfig) -> Result<Self> {
+        // A spinner with the number of tensors loaded so far, until the model is ready.
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_style(indicatif::ProgressStyle::with_template("{spinner} loading the model: {msg} ({elapsed})").expect("valid template"));
+        let loading = Arc::new(AtomicBool::new(true));
+        let (l, b) = (loading.clone(), bar.clone());
+        let ticker = std::thread::spawn(move || {
+            let start = crate::weights::TENSORS_READ.load(Ordering::Relaxed);
+            while l.load(Ordering::Relaxed) {
+                b.set_message(format!("{} tensors", crate::weights::TENSORS_READ.load(Ordering::Relaxed) - start));
+                b.tick();
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        });
+        let r = Self::start_inner(cfg);
+        loading.store(false, Ordering::Relaxed);
+        let _ = ticker.join();
+        bar.finish_and_clear();
+        r
+    }
+
+    fn start_inner(cfg: EngineConfig) -> Result<Self> {
         let (tx, rx) = sync_channel::<Job>(cfg.queue.max(1));
         let metrics = Arc::new(Metrics::new()?);
         let m = metrics.clone();

@@ -2,6 +2,7 @@
 //! and in-memory tensors, read as f32. Modules are built from them with the shared [`Loader`].
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -24,6 +25,9 @@ pub enum WeightSource {
     /// Tensors held in memory (random demo models, benchmarks).
     Memory(HashMap<String, HostTensor>),
 }
+
+/// Tensors read from any source by this process, for load progress displays.
+pub static TENSORS_READ: AtomicUsize = AtomicUsize::new(0);
 
 impl WeightSource {
     /// Opens every `*.safetensors` file of a snapshot directory (`model.safetensors`, or the
@@ -109,6 +113,7 @@ impl WeightSource {
 
     /// Reads a tensor as f32.
     pub fn read(&self, name: &str) -> Result<HostTensor> {
+        TENSORS_READ.fetch_add(1, Ordering::Relaxed);
         match self {
             WeightSource::Safetensors { files, index } => {
                 let fi = *index.get(name).ok_or_else(|| anyhow!("missing tensor `{name}` in the checkpoint"))?;
