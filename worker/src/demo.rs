@@ -6,10 +6,10 @@ use std::collections::HashMap;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use rand_distr::StandardNormal;
 
-use htc_shared::config::{ClipVisionConfig, HtcConfig, LlamaConfig};
+use htc_shared::config::{HtcConfig, LlamaConfig};
 use htc_shared::mgvq::{self, BlockType};
 
-use crate::models::llava::{Config, Layout};
+use crate::models::llava::Config;
 use crate::weights::{HostTensor, WeightSource};
 
 struct Gen {
@@ -35,28 +35,6 @@ impl Gen {
             self.put(format!("{p}.bias"), vec![d], 0.1, 0.0);
         }
     }
-}
-
-/// The demo's LLaVA shape: a small CLIP at 336 px (576 patches, as the real tower) and a small
-/// LLaMA. Small enough to start in seconds on a CPU.
-pub fn tiny_llava_config() -> Config {
-    let vision = ClipVisionConfig {
-        hidden_size: 64,
-        intermediate_size: 128,
-        num_hidden_layers: 2,
-        num_attention_heads: 4,
-        num_channels: 3,
-        image_size: 336,
-        patch_size: 14,
-        layer_norm_eps: 1e-5,
-    };
-    let text = LlamaConfig::from_json(&serde_json::json!({
-        "vocab_size": 512, "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 2048,
-        "rms_norm_eps": 1e-5
-    }))
-    .expect("valid demo config");
-    Config { layout: Layout::LlavaHf, text, vision, image_token_id: 511, select_layer: -2, projector_mlp: true }
 }
 
 /// Random llava-hf-layout weights for `c`.

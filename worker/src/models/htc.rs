@@ -119,10 +119,6 @@ impl<B: Backend> Htc<B> {
         Self { llava, mgvq: None, discrete: None, voco, config }
     }
 
-    fn d_model(&self) -> usize {
-        self.llava.llm.config().hidden_size
-    }
-
     fn n_visual(&self) -> usize {
         match self.config.mode {
             HtcMode::Discrete => 0,
@@ -266,10 +262,6 @@ impl<B: Backend> Htc<B> {
         let mut cache = p.cache;
         let out = self.llava.llm.forward(p.embeds, Step { positions: &positions, mask: p.mask, want_attention: false }, &mut cache);
         Ok(self.llava.llm.logits(out.hidden))
-    }
-
-    pub fn d(&self) -> usize {
-        self.d_model()
     }
 }
 
