@@ -140,3 +140,33 @@ fn preprocessing_matches_clip_image_processor() {
     assert!(max <= step, "max error {max} exceeds one u8 step {step}");
     assert!(mean <= step / 10.0, "mean error {mean} too large");
 }
+
+#[test]
+fn batched_decoding_equals_decoding_each_sequence_alone() {
+    let (m, exp) = tiny_llama();
+    let ids = ids_u32(&exp.i64("input_ids"));
+    // Three sequences with different cached lengths.
+    let prompts: Vec<&[u32]> = vec![&ids[..3], &ids[..7], &ids[2..12]];
+    let prefill = |p: &[u32]| {
+        let mut c = m.new_cache();
+        let pos: Vec<usize> = (0..p.len()).collect();
+        m.forward(m.embed(p), Step { positions: &pos, mask: None, want_attention: false }, &mut c);
+        c
+    };
+    let mut alone: Vec<_> = prompts.iter().map(|p| prefill(p)).collect();
+    let mut batch: Vec<_> = prompts.iter().map(|p| prefill(p)).collect();
+    for step in 0..3u32 {
+        let next: Vec<u32> = (0..3).map(|i| 10 + step * 3 + i).collect();
+        let pos: Vec<usize> = prompts.iter().map(|p| p.len() + step as usize).collect();
+        let got = to_vec(m.decode_batch(&next, &pos, &mut batch));
+        let mut want = vec![];
+        for i in 0..3 {
+            let o = m.forward(m.embed(&next[i..i + 1]), Step { positions: &pos[i..i + 1], mask: None, want_attention: false }, &mut alone[i]);
+            want.extend(to_vec(m.logits(o.hidden)));
+        }
+        assert_close(&format!("batched decode step {step}"), &got, &want, 1e-5);
+    }
+    for (a, b) in alone.iter().zip(&batch) {
+        assert_eq!(a.seq_len(), b.seq_len(), "padding is dropped after each step");
+    }
+}

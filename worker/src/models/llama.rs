@@ -49,12 +49,13 @@ impl Rope {
 }
 
 /// `x * cos + rotate_half(x) * sin` for `x: [b, heads, t, hd]`.
-fn apply_rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 2>, sin: &Tensor<B, 2>) -> Tensor<B, 4> {
+/// `cos`/`sin` broadcast over `x`: `[1, 1, t, hd]`, or `[b, 1, t, hd]` for per-row positions.
+fn apply_rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
     let [b, h, t, hd] = x.dims();
     let x1 = x.clone().slice([0..b, 0..h, 0..t, 0..hd / 2]);
     let x2 = x.clone().slice([0..b, 0..h, 0..t, hd / 2..hd]);
     let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-    x * cos.clone().unsqueeze::<4>() + rotated * sin.clone().unsqueeze::<4>()
+    x * cos.clone() + rotated * sin.clone()
 }
 
 /// Per-layer keys and values (before the GQA head repeat), `[b, kv_heads, seq, hd]`.
@@ -114,8 +115,8 @@ impl<B: Backend> Attention<B> {
     fn forward(
         &self,
         x: Tensor<B, 3>,
-        rope: (&Tensor<B, 2>, &Tensor<B, 2>),
-        mask: Option<&Tensor<B, 2>>,
+        rope: (&Tensor<B, 4>, &Tensor<B, 4>),
+        mask: Option<&Tensor<B, 4>>,
         cache: &mut Option<(Tensor<B, 4>, Tensor<B, 4>)>,
     ) -> (Tensor<B, 3>, Tensor<B, 4>) {
         let [b, t, _] = x.dims();
@@ -133,7 +134,7 @@ impl<B: Backend> Attention<B> {
         let (k, v) = (self.repeat_kv(k), self.repeat_kv(v));
         let mut scores = q.matmul(k.swap_dims(2, 3)) * (hd as f64).powf(-0.5);
         if let Some(m) = mask {
-            scores = scores + m.clone().unsqueeze::<4>();
+            scores = scores + m.clone();
         }
         let probs = softmax(scores, 3);
         let out = probs.clone().matmul(v).swap_dims(1, 2).reshape([b, t, self.heads * hd]);
@@ -259,7 +260,8 @@ impl<B: Backend> Llama<B> {
         let [_, t, _] = embeds.dims();
         let past = cache.seq_len();
         let (cos, sin) = self.rope.tables::<B>(step.positions, &device);
-        let mask = step.mask.or_else(|| (t > 1).then(|| causal_mask::<B>(t, past, &device)));
+        let (cos, sin) = (cos.unsqueeze::<4>(), sin.unsqueeze::<4>());
+        let mask = step.mask.or_else(|| (t > 1).then(|| causal_mask::<B>(t, past, &device))).map(|m| m.unsqueeze::<4>());
         let mut x = embeds;
         let mut attention = Vec::new();
         for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
@@ -271,6 +273,74 @@ impl<B: Backend> Llama<B> {
             x = x.clone() + layer.mlp.forward(layer.post_attention_layernorm.forward(x));
         }
         Output { hidden: self.norm.forward(x), attention }
+    }
+
+    /// One decoding step for `b` independent sequences at once (micro-batching). Row `i`
+    /// feeds token `ids[i]` at RoPE position `positions[i]`; `caches[i]` holds its keys and
+    /// values, `[1, kv_heads, len_i, hd]`, and grows by one. Shorter caches are padded to the
+    /// longest and the padding masked out, so every row computes what a lone step would.
+    /// Returns logits `[b, vocab]`.
+    pub fn decode_batch(&self, ids: &[u32], positions: &[usize], caches: &mut [KvCache<B>]) -> Tensor<B, 2> {
+        let b = ids.len();
+        let device = self.device();
+        let lens: Vec<usize> = caches.iter().map(KvCache::seq_len).collect();
+        let s = lens.iter().copied().max().unwrap_or(0);
+        // Key validity: the row's own cache, padding, then the new token.
+        let mask: Vec<f32> = lens
+            .iter()
+            .flat_map(|&l| (0..=s).map(move |j| if j < l || j == s { 0.0 } else { f32::MIN }))
+            .collect();
+        let mask = Tensor::<B, 2>::from_data(TensorData::new(mask, [b, s + 1]), &device).reshape([b, 1, 1, s + 1]);
+        let (cos, sin) = self.rope.tables::<B>(positions, &device);
+        let hd = self.config.head_dim;
+        let (cos, sin) = (cos.reshape([b, 1, 1, hd]), sin.reshape([b, 1, 1, hd]));
+        let embeds = Tensor::cat(ids.iter().map(|&i| self.embed(&[i])).collect(), 0);
+        let pad = |t: Tensor<B, 4>, l: usize| -> Tensor<B, 4> {
+            if l == s {
+                return t;
+            }
+            let [_, h, _, d] = t.dims();
+            let z = Tensor::zeros([1, h, s - l, d], &device);
+            if l == 0 { z } else { Tensor::cat(vec![t, z], 2) }
+        };
+        let mut x = embeds;
+        for (li, layer) in self.layers.iter().enumerate() {
+            let mut batched = None;
+            let rows: Vec<(Tensor<B, 4>, Tensor<B, 4>)> = caches
+                .iter()
+                .zip(&lens)
+                .map(|(c, &l)| {
+                    let (k, v) = c.layers[li].clone().expect("decode_batch needs prefilled caches");
+                    (pad(k, l), pad(v, l))
+                })
+                .collect();
+            if s > 0 {
+                let (ks, vs): (Vec<_>, Vec<_>) = rows.into_iter().unzip();
+                batched = Some((Tensor::cat(ks, 0), Tensor::cat(vs, 0)));
+            }
+            let (h, _) = layer.self_attn.forward(layer.input_layernorm.forward(x.clone()), (&cos, &sin), Some(&mask), &mut batched);
+            x = x + h;
+            x = x.clone() + layer.mlp.forward(layer.post_attention_layernorm.forward(x));
+            // Split back, dropping each row's padding.
+            let (k, v) = batched.expect("attention stores the cache");
+            let [_, kh, _, d] = k.dims();
+            for (i, (c, &l)) in caches.iter_mut().zip(&lens).enumerate() {
+                let take = |t: &Tensor<B, 4>| {
+                    let row = t.clone().slice([i..i + 1, 0..kh, 0..s + 1, 0..d]);
+                    if l == s {
+                        row
+                    } else if l == 0 {
+                        row.slice([0..1, 0..kh, s..s + 1, 0..d])
+                    } else {
+                        Tensor::cat(vec![row.clone().slice([0..1, 0..kh, 0..l, 0..d]), row.slice([0..1, 0..kh, s..s + 1, 0..d])], 2)
+                    }
+                };
+                c.layers[li] = Some((take(&k), take(&v)));
+            }
+        }
+        let logits = self.logits(self.norm.forward(x)); // [b, 1, vocab]
+        let [_, _, vocab] = logits.dims();
+        logits.reshape([b, vocab])
     }
 
     /// Logits `[b, t, vocab]` from final hidden states.
