@@ -3,7 +3,6 @@
 //! model id). A follow-up question on a cached image skips the ViT, MGVQ and compression.
 
 use std::num::NonZeroUsize;
-use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
@@ -24,7 +23,9 @@ use htc_shared::protocol::{ErrorCode, ModelCard, ServerMessage, Timings};
 
 use crate::backend::{self, Backend};
 use crate::chat::{StreamDecoder, TextTokenizer};
-use crate::generate::{generate_from, Sampling};
+use crate::generate::{sample, Sampling};
+use crate::models::llama::{KvCache, Step};
+use rand::{rngs::StdRng, SeedableRng};
 use crate::models::htc::{CompressedImage, Htc, ImageInputs};
 use crate::models::llava::{self, Layout, Llava};
 use crate::snapshot::{AnyModel, Snapshot};
@@ -84,6 +85,8 @@ pub struct EngineConfig {
     pub cache_capacity: usize,
     /// Use client MGVQ codes without recomputing them.
     pub trust_client_codes: bool,
+    /// Answers decoded together, one token each per batched step.
+    pub max_batch: usize,
 }
 
 /// An uploaded image, decoded and hashed.
@@ -163,12 +166,24 @@ impl Engine {
                     }
                 };
                 let mut state = state;
-                for job in rx {
-                    let (id, reply) = (job.request_id, job.reply.clone());
-                    if let Err(e) = state.run(job) {
-                        let code = code_of(&e);
-                        state.metrics.errors.with_label_values(&[&format!("{code:?}")]).inc();
-                        let _ = reply.send(ServerMessage::Error { request_id: Some(id), code, message: format!("{e:#}") });
+                let max_batch = cfg.max_batch.max(1);
+                let mut active: Vec<Active> = Vec::new();
+                loop {
+                    // Admit: block when idle, then take whatever else is waiting (up to the batch).
+                    if active.is_empty() {
+                        match rx.recv() {
+                            Ok(job) => state.admit_or_report(job, &mut active),
+                            Err(_) => break,
+                        }
+                    }
+                    while active.len() < max_batch {
+                        match rx.try_recv() {
+                            Ok(job) => state.admit_or_report(job, &mut active),
+                            Err(_) => break,
+                        }
+                    }
+                    if !active.is_empty() {
+                        state.step(&mut active);
                     }
                 }
             })?;
@@ -318,7 +333,18 @@ impl EngineState {
         Ok(c)
     }
 
-    fn run(&mut self, job: Job) -> Result<()> {
+    fn admit_or_report(&mut self, job: Job, active: &mut Vec<Active>) {
+        let (id, reply) = (job.request_id, job.reply.clone());
+        if let Err(e) = self.admit(job, active) {
+            let code = code_of(&e);
+            self.metrics.errors.with_label_values(&[&format!("{code:?}")]).inc();
+            let _ = reply.send(ServerMessage::Error { request_id: Some(id), code, message: format!("{e:#}") });
+        }
+    }
+
+    /// Prepares a question: its ids, the compressed image (from the cache or compressed now)
+    /// and the prefill of its text; emits its first token and joins the decoding batch.
+    fn admit(&mut self, job: Job, active: &mut Vec<Active>) -> Result<()> {
         let start = Instant::now();
         let mut timings = Timings::default();
         if job.cancel.load(Ordering::Relaxed) {
@@ -344,40 +370,123 @@ impl EngineState {
             }
             None => (self.compress(&job.image, &mut timings).context("compressing the image")?, false),
         };
-        let prompt = self.model.answer_prompt(&compressed, &ids)?;
         let llm = &self.model.llava.llm;
+        let prompt = self.model.answer_prompt(&compressed, &ids)?;
+        let t = ids.len();
+        let positions: Vec<usize> = (prompt.first_position..prompt.first_position + t).collect();
+        let mut cache = prompt.cache;
+        let out = llm.forward(prompt.embeds, Step { positions: &positions, mask: prompt.mask, want_attention: false }, &mut cache);
+        let [_, _, d] = out.hidden.dims();
+        let last = llm.logits(out.hidden.slice([0..1, t - 1..t, 0..d]));
+        let row = last.into_data().to_vec::<f32>().map_err(|e| anyhow!("cannot read logits: {e:?}"))?;
         let stop = match &self.tokenizer {
             Some(t) => t.eos_ids.clone(),
             None => llm.config().eos_token_ids.clone(),
         };
-        let mut decoder = StreamDecoder::new();
-        let mut first: Option<f64> = None;
-        let mut n = 0usize;
-        let tok = self.tokenizer.as_ref().map(|t| &t.inner);
-        let gen_start = Instant::now();
-        generate_from(llm, prompt, &stop, &job.sampling, false, |id| {
-            first.get_or_insert_with(|| start.elapsed().as_secs_f64() * 1e3);
-            n += 1;
-            let text = tok.and_then(|t| decoder.push(t, id).ok().flatten()).unwrap_or_default();
-            let _ = job.reply.send(ServerMessage::Token { request_id: job.request_id, id, text });
-            if job.cancel.load(Ordering::Relaxed) {
-                ControlFlow::Break(())
-            } else {
-                ControlFlow::Continue(())
-            }
-        })?;
-        let cancelled = job.cancel.load(Ordering::Relaxed);
-        if compressed.layout.n_voco > 0 && !cancelled {
-            let layers = compressed.voco_attention.iter().map(|l| l[0].clone()).collect();
-            let _ = job.reply.send(ServerMessage::Attention { request_id: job.request_id, n_discrete: compressed.layout.n_discrete, n_visual: compressed.layout.n_visual, layers });
+        let mut a = Active {
+            rng: StdRng::seed_from_u64(job.sampling.seed),
+            job,
+            cache,
+            next_pos: positions[t - 1] + 1,
+            last: 0,
+            n: 0,
+            decoder: StreamDecoder::new(),
+            compressed,
+            cached,
+            timings,
+            start,
+            gen_start: Instant::now(),
+            first_ms: None,
+            stop,
+        };
+        if self.accept(&mut a, &row) {
+            active.push(a);
+        } else {
+            self.finish(a);
         }
-        timings.first_token_ms = first.unwrap_or(0.0);
-        timings.total_ms = start.elapsed().as_secs_f64() * 1e3;
-        let gen_s = gen_start.elapsed().as_secs_f64();
-        timings.tokens_per_s = if gen_s > 0.0 { n as f64 / gen_s } else { 0.0 };
-        self.metrics.tokens.inc_by(n as u64);
-        self.metrics.answer_seconds.observe(start.elapsed().as_secs_f64());
-        let _ = job.reply.send(ServerMessage::Done { request_id: job.request_id, cached, tokens: n, cancelled, timings });
         Ok(())
     }
+
+    /// Samples the next token of `a` from `logits`, streams it, and says whether `a` goes on.
+    fn accept(&self, a: &mut Active, logits: &[f32]) -> bool {
+        let id = sample(logits, &a.job.sampling, &mut a.rng);
+        if a.stop.contains(&id) {
+            return false;
+        }
+        a.first_ms.get_or_insert_with(|| a.start.elapsed().as_secs_f64() * 1e3);
+        a.n += 1;
+        a.last = id;
+        let tok = self.tokenizer.as_ref().map(|t| &t.inner);
+        let text = tok.and_then(|t| a.decoder.push(t, id).ok().flatten()).unwrap_or_default();
+        let _ = a.job.reply.send(ServerMessage::Token { request_id: a.job.request_id, id, text });
+        a.n < a.job.sampling.max_new_tokens && !a.job.cancel.load(Ordering::Relaxed)
+    }
+
+    /// One batched decoding step for every active answer; finished ones leave.
+    fn step(&mut self, active: &mut Vec<Active>) {
+        let llm = &self.model.llava.llm;
+        let ids: Vec<u32> = active.iter().map(|a| a.last).collect();
+        let positions: Vec<usize> = active.iter().map(|a| a.next_pos).collect();
+        let mut caches: Vec<KvCache<Backend>> = active.iter_mut().map(|a| std::mem::replace(&mut a.cache, KvCache::new(0))).collect();
+        let logits = llm.decode_batch(&ids, &positions, &mut caches);
+        let vocab = llm.config().vocab_size;
+        let rows = match logits.into_data().to_vec::<f32>() {
+            Ok(r) => r,
+            Err(e) => {
+                for a in active.drain(..) {
+                    let _ = a.job.reply.send(ServerMessage::Error { request_id: Some(a.job.request_id), code: ErrorCode::Internal, message: format!("cannot read logits: {e:?}") });
+                }
+                return;
+            }
+        };
+        let mut keep = Vec::with_capacity(active.len());
+        for (i, (mut a, c)) in active.drain(..).zip(caches).enumerate() {
+            a.cache = c;
+            a.next_pos += 1;
+            if self.accept(&mut a, &rows[i * vocab..(i + 1) * vocab]) {
+                keep.push(a);
+            } else {
+                self.finish(a);
+            }
+        }
+        *active = keep;
+    }
+
+    /// Sends the attention map and `done` for a finished answer.
+    fn finish(&self, a: Active) {
+        let cancelled = a.job.cancel.load(Ordering::Relaxed);
+        let c = &a.compressed;
+        if c.layout.n_voco > 0 && !cancelled {
+            let layers = c.voco_attention.iter().map(|l| l[0].clone()).collect();
+            let _ = a.job.reply.send(ServerMessage::Attention { request_id: a.job.request_id, n_discrete: c.layout.n_discrete, n_visual: c.layout.n_visual, layers });
+        }
+        let mut timings = a.timings;
+        timings.first_token_ms = a.first_ms.unwrap_or(0.0);
+        timings.total_ms = a.start.elapsed().as_secs_f64() * 1e3;
+        let gen_s = a.gen_start.elapsed().as_secs_f64();
+        timings.tokens_per_s = if gen_s > 0.0 { a.n as f64 / gen_s } else { 0.0 };
+        self.metrics.tokens.inc_by(a.n as u64);
+        self.metrics.answer_seconds.observe(a.start.elapsed().as_secs_f64());
+        let _ = a.job.reply.send(ServerMessage::Done { request_id: a.job.request_id, cached: a.cached, tokens: a.n, cancelled, timings });
+    }
+}
+
+/// An answer being decoded.
+struct Active {
+    job: Job,
+    cache: KvCache<Backend>,
+    /// RoPE position of the token fed next.
+    next_pos: usize,
+    /// The token fed next (the last one emitted).
+    last: u32,
+    n: usize,
+    rng: StdRng,
+    decoder: StreamDecoder,
+    compressed: Arc<CompressedImage<Backend>>,
+    cached: bool,
+    timings: Timings,
+    start: Instant,
+    gen_start: Instant,
+    first_ms: Option<f64>,
+    stop: Vec<u32>,
 }

@@ -54,6 +54,9 @@ pub struct ServeArgs {
     /// Questions waiting for the model before new ones get `busy`.
     #[arg(long, default_value_t = 16)]
     pub queue: usize,
+    /// Answers decoded together in one batched step (micro-batching).
+    #[arg(long, default_value_t = 8)]
+    pub max_batch: usize,
     /// Questions one connection may have queued or running.
     #[arg(long, default_value_t = 4)]
     pub max_inflight_per_connection: usize,
@@ -83,6 +86,7 @@ impl ServeArgs {
             trust_client_codes: false,
             cache_capacity: 64,
             queue: 16,
+            max_batch: 8,
             max_inflight_per_connection: 4,
             max_frame_bytes: 16 << 20,
             max_image_bytes: 12 << 20,
@@ -108,6 +112,7 @@ impl App {
             queue: args.queue,
             cache_capacity: args.cache_capacity,
             trust_client_codes: args.trust_client_codes,
+            max_batch: args.max_batch,
         })?;
         Ok(Self { engine, args: Arc::new(args), shutdown: Arc::new(Notify::new()), shutting_down: Arc::new(AtomicBool::new(false)) })
     }

@@ -121,8 +121,10 @@ async fn full_exchange_then_a_cached_follow_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_stops_an_answer_and_a_full_queue_says_busy() {
+    // One answer decoding at a time and one waiting: the rest must be refused, not stall.
     let addr = start(|a| {
         a.queue = 1;
+        a.max_batch = 1;
         a.max_inflight_per_connection = 8;
     })
     .await;
