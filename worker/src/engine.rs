@@ -38,6 +38,7 @@ pub struct Metrics {
     pub cache_hits: prometheus::IntCounter,
     pub compressions: prometheus::IntCounter,
     pub tokens: prometheus::IntCounter,
+    pub cancelled: prometheus::IntCounter,
     pub errors: prometheus::IntCounterVec,
     pub connections: prometheus::IntGauge,
     pub answer_seconds: prometheus::Histogram,
@@ -51,16 +52,17 @@ impl Metrics {
         let cache_hits = IntCounter::new("htc_cache_hits_total", "Questions answered from a cached compressed image")?;
         let compressions = IntCounter::new("htc_compressions_total", "Images compressed (ViT, MGVQ and the voco prefix)")?;
         let tokens = IntCounter::new("htc_generated_tokens_total", "Tokens generated")?;
+        let cancelled = IntCounter::new("htc_cancelled_total", "Answers stopped by cancel or disconnect")?;
         let errors = IntCounterVec::new(Opts::new("htc_errors_total", "Error frames sent, by code"), &["code"])?;
         let connections = IntGauge::new("htc_open_connections", "Open WebSocket connections")?;
         let answer_seconds = Histogram::with_opts(HistogramOpts::new("htc_answer_seconds", "Wall time of an answer, queue excluded"))?;
-        for c in [&questions, &cache_hits, &compressions, &tokens] {
+        for c in [&questions, &cache_hits, &compressions, &tokens, &cancelled] {
             registry.register(Box::new(c.clone()))?;
         }
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(answer_seconds.clone()))?;
-        Ok(Self { registry, questions, cache_hits, compressions, tokens, errors, connections, answer_seconds })
+        Ok(Self { registry, questions, cache_hits, compressions, tokens, cancelled, errors, connections, answer_seconds })
     }
 
     /// The text exposition format.
@@ -416,6 +418,7 @@ impl EngineState {
         a.first_ms.get_or_insert_with(|| a.start.elapsed().as_secs_f64() * 1e3);
         a.n += 1;
         a.last = id;
+        self.metrics.tokens.inc();
         let tok = self.tokenizer.as_ref().map(|t| &t.inner);
         let text = tok.and_then(|t| a.decoder.push(t, id).ok().flatten()).unwrap_or_default();
         let _ = a.job.reply.send(ServerMessage::Token { request_id: a.job.request_id, id, text });
@@ -465,7 +468,9 @@ impl EngineState {
         timings.total_ms = a.start.elapsed().as_secs_f64() * 1e3;
         let gen_s = a.gen_start.elapsed().as_secs_f64();
         timings.tokens_per_s = if gen_s > 0.0 { a.n as f64 / gen_s } else { 0.0 };
-        self.metrics.tokens.inc_by(a.n as u64);
+        if cancelled {
+            self.metrics.cancelled.inc();
+        }
         self.metrics.answer_seconds.observe(a.start.elapsed().as_secs_f64());
         let _ = a.job.reply.send(ServerMessage::Done { request_id: a.job.request_id, cached: a.cached, tokens: a.n, cancelled, timings });
     }

@@ -131,13 +131,14 @@ async fn cancel_stops_an_answer_and_a_full_queue_says_busy() {
     let mut ws = connect(addr, &[], "").await.unwrap();
     hello(&mut ws).await;
     upload(&mut ws, 1, "img", &png()).await;
-    for rid in 10..14 {
+    for rid in 10..18 {
         send(&mut ws, json!({"type": "ask", "request_id": rid, "image_id": "img", "prompt_ids": [5], "max_new_tokens": 4000})).await;
     }
-    send(&mut ws, json!({"type": "cancel", "request_id": 10})).await;
-    send(&mut ws, json!({"type": "cancel", "request_id": 11})).await;
+    for rid in 10..18 {
+        send(&mut ws, json!({"type": "cancel", "request_id": rid})).await;
+    }
     let (mut busy, mut done) = (0, vec![]);
-    while done.len() + busy < 4 {
+    while done.len() + busy < 8 {
         match recv(&mut ws).await {
             ServerMessage::Error { code: ErrorCode::Busy, .. } => busy += 1,
             ServerMessage::Done { request_id, tokens, cancelled, .. } => {
@@ -147,8 +148,8 @@ async fn cancel_stops_an_answer_and_a_full_queue_says_busy() {
             _ => {}
         }
     }
-    assert!(busy >= 1, "a queue of 1 behind a running answer must refuse some of 4 questions");
-    assert!(done.contains(&10));
+    assert!(busy >= 1, "one answer decoding and one queued: some of 8 questions must be refused");
+    assert!(done.contains(&10), "the first question is accepted and then cancelled");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -265,4 +266,37 @@ async fn shutdown_drains_in_flight_answers_then_closes() {
     let rest = tokio::time::timeout(Duration::from_secs(30), async { while let Some(Ok(m)) = ws.next().await { if m.is_close() { break; } } }).await;
     assert!(rest.is_ok(), "connection closes after draining");
     tokio::time::timeout(Duration::from_secs(30), server).await.expect("server exits").unwrap().unwrap();
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok())).unwrap_or_else(|| panic!("{name} missing"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disconnect_frees_its_work_at_once() {
+    let addr = start(|_| {}).await;
+    let mut ws = connect(addr, &[], "").await.unwrap();
+    hello(&mut ws).await;
+    upload(&mut ws, 1, "img", &png()).await;
+    send(&mut ws, json!({"type": "ask", "request_id": 2, "image_id": "img", "prompt_ids": [5], "max_new_tokens": 4000})).await;
+    loop {
+        if let ServerMessage::Token { .. } = recv(&mut ws).await {
+            break;
+        }
+    }
+    drop(ws);
+    // The answer is cancelled (not finished) and generation stops.
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let m = http_get(addr, "/metrics").await;
+        if metric(&m, "htc_cancelled_total ") == 1.0 {
+            let a = metric(&m, "htc_generated_tokens_total ");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let b = metric(&http_get(addr, "/metrics").await, "htc_generated_tokens_total ");
+            assert_eq!(a, b, "tokens still being generated after the disconnect");
+            assert!(a < 4000.0, "{a}");
+            return;
+        }
+    }
+    panic!("generation did not stop after the disconnect");
 }
