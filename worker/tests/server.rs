@@ -300,3 +300,23 @@ async fn a_disconnect_frees_its_work_at_once() {
     }
     panic!("generation did not stop after the disconnect");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trusted_client_codes_are_used_as_sent() {
+    let addr = start(|a| a.trust_client_codes = true).await;
+    let mut ws = connect(addr, &[], "").await.unwrap();
+    hello(&mut ws).await;
+    let p = png();
+    let layout = json!({"bos": true, "n_discrete": 4, "n_visual": 576, "n_voco": 1, "n_text": 0});
+    send(&mut ws, json!({"type": "image", "request_id": 1, "image_id": "c", "byte_len": p.len(), "codes": {"positions": 441, "groups": 8}, "mask_layout": layout})).await;
+    ws.send(Message::Binary(encode_binary(BinaryKind::ImageBytes, 1, &p).into())).await.unwrap();
+    ws.send(Message::Binary(encode_binary(BinaryKind::Codes, 1, &vec![0u8; 441 * 8 * 2]).into())).await.unwrap();
+    send(&mut ws, json!({"type": "ask", "request_id": 2, "image_id": "c", "prompt_ids": [5], "max_new_tokens": 3})).await;
+    let (ids, att, done) = answer(&mut ws, 2).await;
+    assert!(!ids.is_empty() && att.is_some());
+    assert!(matches!(done, ServerMessage::Done { cached: false, .. }));
+    // A mask layout that does not fit the model is refused.
+    let bad = json!({"bos": true, "n_discrete": 2, "n_visual": 576, "n_voco": 1, "n_text": 0});
+    send(&mut ws, json!({"type": "image", "request_id": 3, "image_id": "d", "byte_len": p.len(), "mask_layout": bad})).await;
+    expect_error(&mut ws, ErrorCode::BadRequest, "mask layout").await;
+}
