@@ -240,16 +240,8 @@ async fn shutdown_drains_in_flight_answers_then_closes() {
     let addr = listener.local_addr().unwrap();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move { serve_on(listener, app, async { stop_rx.await.ok(); }).await });
-    let mut ws = connect(addr, &[], "").await.unwrap();
-    hello(&mut ws).await;
-    upload(&mut ws, 1, "img", &png()).await;
-    send(&mut ws, json!({"type": "ask", "request_id": 2, "image_id": "img", "prompt_ids": [5], "max_new_tokens": 300})).await;
     // Wait for the first token, then ask the server to stop.
-    loop {
-        if let ServerMessage::Token { .. } = recv(&mut ws).await {
-            break;
-        }
-    }
+    let mut ws = long_answer_started(addr, 300).await;
     stop_tx.send(()).unwrap();
     let mut tokens = 1;
     let done = loop {
@@ -275,15 +267,7 @@ fn metric(text: &str, name: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disconnect_frees_its_work_at_once() {
     let addr = start(|_| {}).await;
-    let mut ws = connect(addr, &[], "").await.unwrap();
-    hello(&mut ws).await;
-    upload(&mut ws, 1, "img", &png()).await;
-    send(&mut ws, json!({"type": "ask", "request_id": 2, "image_id": "img", "prompt_ids": [5], "max_new_tokens": 4000})).await;
-    loop {
-        if let ServerMessage::Token { .. } = recv(&mut ws).await {
-            break;
-        }
-    }
+    let ws = long_answer_started(addr, 4000).await;
     drop(ws);
     // The answer is cancelled (not finished) and generation stops.
     for _ in 0..100 {
@@ -319,4 +303,18 @@ async fn trusted_client_codes_are_used_as_sent() {
     let bad = json!({"bos": true, "n_discrete": 2, "n_visual": 576, "n_voco": 1, "n_text": 0});
     send(&mut ws, json!({"type": "image", "request_id": 3, "image_id": "d", "byte_len": p.len(), "mask_layout": bad})).await;
     expect_error(&mut ws, ErrorCode::BadRequest, "mask layout").await;
+}
+
+/// Connects, uploads the test image and asks request 2 for `tokens` tokens; returns once the
+/// first token has arrived.
+async fn long_answer_started(addr: std::net::SocketAddr, tokens: usize) -> Ws {
+    let mut ws = connect(addr, &[], "").await.unwrap();
+    hello(&mut ws).await;
+    upload(&mut ws, 1, "img", &png()).await;
+    send(&mut ws, json!({"type": "ask", "request_id": 2, "image_id": "img", "prompt_ids": [5], "max_new_tokens": tokens})).await;
+    loop {
+        if let ServerMessage::Token { .. } = recv(&mut ws).await {
+            return ws;
+        }
+    }
 }
