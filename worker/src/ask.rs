@@ -186,9 +186,7 @@ fn ask_htc<B: Backend>(snap: &Snapshot<B>, model: &Htc<B>, req: &AskRequest, dev
         PromptInput::Ids(ids) => ids.clone(),
         PromptInput::Text(text) => {
             let tok = snap.tokenizer.as_ref().ok_or_else(|| anyhow!("the model has no tokenizer.json; pass --prompt-ids"))?;
-            // BOS and the image are in the compressed prefix: the text carries no specials.
-            let rendered = if req.no_template { text.clone() } else { tok.template.render(text, false, "", "")? };
-            tok.encode(&rendered, false)?.into_iter().map(i64::from).collect()
+            tok.question_ids(text, !req.no_template)?.into_iter().map(i64::from).collect()
         }
     };
     let ids: Vec<u32> = ids.iter().map(|&i| u32::try_from(i).map_err(|_| anyhow!("token id {i} is out of range"))).collect::<Result<_>>()?;

@@ -99,6 +99,14 @@ impl TextTokenizer {
         }
     }
 
+    /// Token ids of a question asked against a compressed image: BOS and the image live in
+    /// the compressed prefix, so the text is the chat template without `<image>` and is
+    /// tokenised without special tokens (`templated = false` uses the text as given).
+    pub fn question_ids(&self, question: &str, templated: bool) -> Result<Vec<u32>> {
+        let rendered = if templated { self.template.render(question, false, "", "")? } else { question.to_string() };
+        self.encode(&rendered, false)
+    }
+
     fn is_bos(&self, id: u32) -> bool {
         matches!(self.inner.id_to_token(id).as_deref(), Some("<s>") | Some("<|begin_of_text|>") | Some("<bos>"))
     }

@@ -357,8 +357,7 @@ impl EngineState {
             Question::Ids(ids) => ids.clone(),
             Question::Text(q) => {
                 let tok = self.tokenizer.as_ref().ok_or_else(|| Coded(ErrorCode::BadRequest, "this model has no tokenizer; send `prompt_ids` instead of `question`".into()))?;
-                let rendered = tok.template.render(q, false, "", "")?;
-                tok.encode(&rendered, false)?
+                tok.question_ids(q, true)?
             }
         };
         let vocab = self.model.llava.llm.config().vocab_size;
