@@ -350,6 +350,7 @@ impl EngineState {
         let start = Instant::now();
         let mut timings = Timings::default();
         if job.cancel.load(Ordering::Relaxed) {
+            self.metrics.cancelled.inc();
             let _ = job.reply.send(ServerMessage::Done { request_id: job.request_id, cached: false, tokens: 0, cancelled: true, timings });
             return Ok(());
         }

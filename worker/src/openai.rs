@@ -125,16 +125,19 @@ pub async fn chat_completions(State(app): State<App>, headers: HeaderMap, Query(
     let id = format!("chatcmpl-{:x}", u64::from_le_bytes(key[..8].try_into().expect("8 bytes")) ^ rand::random::<u64>());
     let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     if req.stream {
-        // Dropping the stream (client gone) cancels the answer.
+        // Engine messages become SSE events on a task; the response stream owns a guard that
+        // cancels the answer when the client goes away and the stream is dropped.
         struct CancelOnDrop(Arc<AtomicBool>);
         impl Drop for CancelOnDrop {
             fn drop(&mut self) {
                 self.0.store(true, std::sync::atomic::Ordering::Relaxed);
             }
         }
-        let guard = CancelOnDrop(cancel);
-        let stream = async_stream(move |emit| async move {
-            let _guard = guard;
+        let (ev_tx, ev_rx) = mpsc::unbounded_channel::<Event>();
+        tokio::spawn(async move {
+            let emit = |v: Value| {
+                let _ = ev_tx.send(Event::default().data(v.to_string()));
+            };
             let chunk = |delta: Value, finish: Option<&str>| {
                 json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
                        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
@@ -160,6 +163,10 @@ pub async fn chat_completions(State(app): State<App>, headers: HeaderMap, Query(
                     _ => {}
                 }
             }
+            let _ = ev_tx.send(Event::default().data("[DONE]"));
+        });
+        let stream = futures_util::stream::unfold((ev_rx, CancelOnDrop(cancel)), |(mut rx, guard)| async move {
+            rx.recv().await.map(|e| (Ok::<_, Infallible>(e), (rx, guard)))
         });
         return Sse::new(stream).into_response();
     }
@@ -185,22 +192,4 @@ pub async fn chat_completions(State(app): State<App>, headers: HeaderMap, Query(
         "usage": {"completion_tokens": n},
     }))
     .into_response()
-}
-
-/// An SSE stream fed by `f` through an `emit` callback, ending with `data: [DONE]`.
-fn async_stream<F, Fut>(f: F) -> impl futures_util::Stream<Item = Result<Event, Infallible>>
-where
-    F: FnOnce(Box<dyn Fn(Value) + Send + Sync>) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let (tx, rx) = mpsc::unbounded_channel::<Event>();
-    let emit_tx = tx.clone();
-    let fut = f(Box::new(move |v: Value| {
-        let _ = emit_tx.send(Event::default().data(v.to_string()));
-    }));
-    tokio::spawn(async move {
-        fut.await;
-        let _ = tx.send(Event::default().data("[DONE]"));
-    });
-    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (Ok(e), rx)) })
 }

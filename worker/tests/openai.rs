@@ -93,4 +93,35 @@ async fn chat_completions_plain_and_streamed() {
     let (status, body) = post(addr, &json!({"messages": "nope"})).await;
     assert_eq!(status, 400);
     assert!(body.contains("malformed request"), "{body}");
+
+    // A streaming client that goes away cancels its answer.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut long = request(true, &url);
+        long["max_tokens"] = json!(4000);
+        let body = long.to_string();
+        let mut st = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = format!("POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+        st.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = [0u8; 512];
+        let n = st.read(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    }
+    for _ in 0..100 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let m = get(addr, "/metrics").await;
+        if m.lines().any(|l| l == "htc_cancelled_total 1") {
+            return;
+        }
+    }
+    panic!("the streamed answer was not cancelled after the client left: {}", get(addr, "/metrics").await.lines().filter(|l| l.starts_with("htc_")).collect::<Vec<_>>().join(" | "));
+}
+
+async fn get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut st = tokio::net::TcpStream::connect(addr).await.unwrap();
+    st.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    let mut buf = String::new();
+    st.read_to_string(&mut buf).await.unwrap();
+    buf
 }
