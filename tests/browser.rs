@@ -24,7 +24,9 @@ fn free_port() -> u16 {
 }
 
 fn dist() -> PathBuf {
-    std::env::var("HTC_DIST").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("dist"))
+    std::env::var("HTC_DIST")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("dist"))
 }
 
 async fn compute_path(driver_port: u16, url: &str, webgpu: bool) -> (String, String) {
@@ -43,10 +45,23 @@ async fn compute_path(driver_port: u16, url: &str, webgpu: bool) -> (String, Str
         args.push("--enable-unsafe-webgpu".into());
     }
     let mut caps = serde_json::Map::new();
-    caps.insert("goog:chromeOptions".into(), serde_json::json!({"args": args, "binary": "/usr/bin/chromium"}));
-    let client = ClientBuilder::rustls().expect("rustls client").capabilities(caps).connect(&format!("http://127.0.0.1:{driver_port}")).await.expect("connect to chromedriver");
+    caps.insert(
+        "goog:chromeOptions".into(),
+        serde_json::json!({"args": args, "binary": "/usr/bin/chromium"}),
+    );
+    let client = ClientBuilder::rustls()
+        .expect("rustls client")
+        .capabilities(caps)
+        .connect(&format!("http://127.0.0.1:{driver_port}"))
+        .await
+        .expect("connect to chromedriver");
     client.goto(url).await.unwrap();
-    let el = client.wait().at_most(Duration::from_secs(60)).for_element(Locator::Css("#compute-path:not([data-path='probing'])")).await.expect("the page reports a compute path");
+    let el = client
+        .wait()
+        .at_most(Duration::from_secs(60))
+        .for_element(Locator::Css("#compute-path:not([data-path='probing'])"))
+        .await
+        .expect("the page reports a compute path");
     let path = el.attr("data-path").await.unwrap().unwrap_or_default();
     let text = el.text().await.unwrap();
     client.close().await.unwrap();
@@ -68,7 +83,9 @@ async fn web_app_reports_webgpu_and_cpu_fallback() {
     let app = htc_worker::serve::App::new(htc_worker::serve::ServeArgs::local(dist.clone())).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { htc_worker::serve::serve_on(listener, app, std::future::pending()).await.unwrap() });
+    tokio::spawn(
+        async move { htc_worker::serve::serve_on(listener, app, std::future::pending()).await.unwrap() },
+    );
 
     // The server answers on loopback.
     let health = reqwest_like_get(addr, "/healthz").await;
@@ -103,7 +120,9 @@ async fn web_app_reports_webgpu_and_cpu_fallback() {
 async fn reqwest_like_get(addr: std::net::SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
     let mut buf = String::new();
     s.read_to_string(&mut buf).await.unwrap();
     buf.trim().to_string()

@@ -78,14 +78,19 @@ impl LlamaConfig {
         let mut rope_theta = get_f64(v, "rope_theta", 10000.0)?;
         if let Some(rp) = rope_params.filter(|rp| rp.is_object()) {
             rope_theta = get_f64(rp, "rope_theta", rope_theta)?;
-            let kind = rp.get("rope_type").or_else(|| rp.get("type")).and_then(Value::as_str).unwrap_or("default");
+            let kind =
+                rp.get("rope_type").or_else(|| rp.get("type")).and_then(Value::as_str).unwrap_or("default");
             if kind != "default" {
-                return Err(Error::Config(format!("unsupported rope type `{kind}` (only the default RoPE is implemented)")));
+                return Err(Error::Config(format!(
+                    "unsupported rope type `{kind}` (only the default RoPE is implemented)"
+                )));
             }
         }
         let hidden_act = get_str(v, "hidden_act", "silu");
         if hidden_act != "silu" {
-            return Err(Error::Config(format!("unsupported hidden_act `{hidden_act}` for a LLaMA decoder (expected silu)")));
+            return Err(Error::Config(format!(
+                "unsupported hidden_act `{hidden_act}` for a LLaMA decoder (expected silu)"
+            )));
         }
         let eos_token_ids = match v.get("eos_token_id") {
             None => vec![2],
@@ -248,7 +253,8 @@ pub struct HtcConfig {
 
 impl HtcConfig {
     pub fn from_json(v: &Value) -> Result<Self, Error> {
-        let c: Self = serde_json::from_value(v.clone()).map_err(|e| Error::Config(format!("invalid `htc` section: {e}")))?;
+        let c: Self = serde_json::from_value(v.clone())
+            .map_err(|e| Error::Config(format!("invalid `htc` section: {e}")))?;
         c.validate()?;
         Ok(c)
     }
@@ -264,9 +270,15 @@ impl HtcConfig {
     pub fn validate(&self) -> Result<(), Error> {
         if self.uses_discrete() {
             if !matches!(self.n_discrete, 1 | 2 | 4 | 8) {
-                return Err(Error::Config(format!("n_discrete must be 1, 2, 4 or 8, got {}", self.n_discrete)));
+                return Err(Error::Config(format!(
+                    "n_discrete must be 1, 2, 4 or 8, got {}",
+                    self.n_discrete
+                )));
             }
-            let m = self.mgvq.as_ref().ok_or_else(|| Error::Config(format!("mode {:?} needs an `mgvq` config", self.mode)))?;
+            let m = self
+                .mgvq
+                .as_ref()
+                .ok_or_else(|| Error::Config(format!("mode {:?} needs an `mgvq` config", self.mode)))?;
             m.validate().map_err(|e| Error::Config(e.to_string()))?;
         }
         if self.n_voco == 0 {
@@ -307,7 +319,8 @@ mod tests {
 
     #[test]
     fn bad_configs_are_named() {
-        let e = LlamaConfig::from_json(&json!({"num_attention_heads": 6, "num_key_value_heads": 4})).unwrap_err();
+        let e =
+            LlamaConfig::from_json(&json!({"num_attention_heads": 6, "num_key_value_heads": 4})).unwrap_err();
         assert!(e.to_string().contains("num_key_value_heads"), "{e}");
         let e = LlamaConfig::from_json(&json!({"hidden_size": "big"})).unwrap_err();
         assert!(e.to_string().contains("hidden_size"), "{e}");

@@ -29,7 +29,9 @@ impl std::str::FromStr for Topology {
             "star" => Ok(Self::Star),
             "causal" => Ok(Self::Causal),
             "full" => Ok(Self::Full),
-            other => Err(Error::Config(format!("unknown mask topology `{other}` (expected star, causal or full)"))),
+            other => {
+                Err(Error::Config(format!("unknown mask topology `{other}` (expected star, causal or full)")))
+            }
         }
     }
 }
@@ -151,13 +153,15 @@ mod tests {
     use proptest::prelude::*;
 
     fn layouts() -> impl Strategy<Value = MaskLayout> {
-        (any::<bool>(), 0usize..9, 0usize..24, 1usize..4, 0usize..12).prop_map(|(bos, n_discrete, n_visual, n_voco, n_text)| MaskLayout {
-            bos,
-            n_discrete,
-            n_visual,
-            n_voco,
-            n_text,
-        })
+        (any::<bool>(), 0usize..9, 0usize..24, 1usize..4, 0usize..12).prop_map(
+            |(bos, n_discrete, n_visual, n_voco, n_text)| MaskLayout {
+                bos,
+                n_discrete,
+                n_visual,
+                n_voco,
+                n_text,
+            },
+        )
     }
 
     fn topologies() -> impl Strategy<Value = Topology> {

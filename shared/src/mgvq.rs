@@ -76,7 +76,8 @@ impl Config {
 
     /// Parses and validates a config (`mgvq` section or standalone JSON).
     pub fn from_json(v: &serde_json::Value) -> Result<Self> {
-        let c: Self = serde_json::from_value(v.clone()).map_err(|e| anyhow::anyhow!("invalid MGVQ config: {e}"))?;
+        let c: Self =
+            serde_json::from_value(v.clone()).map_err(|e| anyhow::anyhow!("invalid MGVQ config: {e}"))?;
         c.validate()?;
         Ok(c)
     }
@@ -84,9 +85,14 @@ impl Config {
     pub fn validate(&self) -> Result<()> {
         let n = self.width_list.len();
         if n < 2 || self.depth_list.len() != n || self.block_type.len() != n {
-            bail!("MGVQ config: width_list, depth_list and block_type must have the same length (at least 2)");
+            bail!(
+                "MGVQ config: width_list, depth_list and block_type must have the same length (at least 2)"
+            );
         }
-        if self.groups == 0 || self.latent_channels % self.groups != 0 || self.codebook_size % self.groups != 0 {
+        if self.groups == 0
+            || self.latent_channels % self.groups != 0
+            || self.codebook_size % self.groups != 0
+        {
             bail!("MGVQ config: latent_channels and codebook_size must be multiples of groups");
         }
         if self.codebook_size / self.groups > u16::MAX as usize + 1 {
@@ -94,11 +100,18 @@ impl Config {
         }
         for (i, (&w, t)) in self.width_list.iter().zip(&self.block_type).enumerate() {
             if *t == BlockType::EvitGlu && w % self.attention_dim != 0 {
-                bail!("MGVQ config: stage {i} width {w} is not a multiple of attention_dim {}", self.attention_dim);
+                bail!(
+                    "MGVQ config: stage {i} width {w} is not a multiple of attention_dim {}",
+                    self.attention_dim
+                );
             }
         }
         if self.image_size == 0 || self.image_size % self.downsample_factor() != 0 {
-            bail!("MGVQ config: image_size {} is not a multiple of the downsampling factor {}", self.image_size, self.downsample_factor());
+            bail!(
+                "MGVQ config: image_size {} is not a multiple of the downsampling factor {}",
+                self.image_size,
+                self.downsample_factor()
+            );
         }
         Ok(())
     }
@@ -317,7 +330,16 @@ impl<B: Backend> Mgvq<B> {
         let e = vb.pp("encoder");
         let unshuffle_in = d[0] == 0;
         let first = if unshuffle_in { w[1] } else { w[0] };
-        let project_in = e.conv2d_padded("project_in.conv.conv", 3, if unshuffle_in { first / 4 } else { first }, 3, 1, 1, 1, true)?;
+        let project_in = e.conv2d_padded(
+            "project_in.conv.conv",
+            3,
+            if unshuffle_in { first / 4 } else { first },
+            3,
+            1,
+            1,
+            1,
+            true,
+        )?;
         let mut blocks = Vec::new();
         for s in 0..w.len() {
             for i in 0..d[s] {
@@ -328,15 +350,28 @@ impl<B: Backend> Mgvq<B> {
                 });
             }
             if s + 1 < w.len() && d[s] > 0 {
-                blocks.push(Block::Down(Downsample::load(&e.pp(format!("stages.{s}.op_list.{}", d[s])), w[s], w[s + 1])?));
+                blocks.push(Block::Down(Downsample::load(
+                    &e.pp(format!("stages.{s}.op_list.{}", d[s])),
+                    w[s],
+                    w[s + 1],
+                )?));
             }
         }
         let last = *w.last().expect("validated");
         let lc = c.latent_channels;
         let project_out = e.conv2d_padded("project_out.main.op_list.0.conv", last, lc, 3, 1, 1, 1, true)?;
         let quant_conv = vb.conv2d_padded("quant_conv", lc, lc, 1, 1, 0, c.groups, true)?;
-        let cb: Tensor<B, 2> = vb.pp("quantize.embedding").tensor("weight", [c.codebook_size, c.group_dim()])?;
-        Ok(Self { project_in, unshuffle_in, blocks, project_out, quant_conv, codebook: l2_normalize(cb), config: c.clone() })
+        let cb: Tensor<B, 2> =
+            vb.pp("quantize.embedding").tensor("weight", [c.codebook_size, c.group_dim()])?;
+        Ok(Self {
+            project_in,
+            unshuffle_in,
+            blocks,
+            project_out,
+            quant_conv,
+            codebook: l2_normalize(cb),
+            config: c.clone(),
+        })
     }
 
     pub fn config(&self) -> &Config {
@@ -361,7 +396,11 @@ impl<B: Backend> Mgvq<B> {
         let mut codes = vec![vec![0u16; g]; n];
         let mut qs = Vec::with_capacity(g);
         for i in 0..g {
-            let zi = latent.clone().slice([0..b, i * gd..(i + 1) * gd, 0..hh, 0..ww]).permute([0, 2, 3, 1]).reshape([n, gd]);
+            let zi = latent
+                .clone()
+                .slice([0..b, i * gd..(i + 1) * gd, 0..hh, 0..ww])
+                .permute([0, 2, 3, 1])
+                .reshape([n, gd]);
             let zi = l2_normalize(zi);
             let ei = self.codebook.clone().slice([i * per..(i + 1) * per, 0..gd]);
             // argmax of -|z|^2 - |e|^2 + 2 z.e, as the reference computes it.
@@ -369,7 +408,12 @@ impl<B: Backend> Mgvq<B> {
                 - zi.powi_scalar(2).sum_dim(1)
                 - ei.clone().powi_scalar(2).sum_dim(1).transpose();
             let idx: Tensor<B, 1, Int> = score.argmax(1).reshape([n]);
-            let host = idx.clone().into_data().convert::<i64>().to_vec::<i64>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            let host = idx
+                .clone()
+                .into_data()
+                .convert::<i64>()
+                .to_vec::<i64>()
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
             for (row, &c) in codes.iter_mut().zip(&host) {
                 row[i] = c as u16;
             }
@@ -389,7 +433,10 @@ impl<B: Backend> Mgvq<B> {
         let qs = (0..g)
             .map(|i| {
                 let idx: Vec<i64> = codes.iter().map(|row| (i * per + row[i] as usize) as i64).collect();
-                let idx = Tensor::<B, 1, Int>::from_data(burn::tensor::TensorData::new(idx, [codes.len()]), &device);
+                let idx = Tensor::<B, 1, Int>::from_data(
+                    burn::tensor::TensorData::new(idx, [codes.len()]),
+                    &device,
+                );
                 self.codebook.clone().select(0, idx).reshape([1, side, side, gd]).permute([0, 3, 1, 2])
             })
             .collect();

@@ -68,7 +68,13 @@ pub struct ClipPreprocess {
 impl ClipPreprocess {
     /// The LLaVA-1.5 pipeline for a vision tower of `image_size` pixels.
     pub fn llava(image_size: u32) -> Self {
-        Self { shortest_edge: image_size, crop: (image_size, image_size), mean: CLIP_MEAN, std: CLIP_STD, pad_to_square: true }
+        Self {
+            shortest_edge: image_size,
+            crop: (image_size, image_size),
+            mean: CLIP_MEAN,
+            std: CLIP_STD,
+            pad_to_square: true,
+        }
     }
 
     /// Reads `preprocessor_config.json` (transformers' CLIPImageProcessor keys), falling back
@@ -100,7 +106,9 @@ impl ClipPreprocess {
                     self.shortest_edge = h as u32;
                 }
             }
-            Some(Value::Number(n)) => self.shortest_edge = n.as_u64().unwrap_or(self.shortest_edge as u64) as u32,
+            Some(Value::Number(n)) => {
+                self.shortest_edge = n.as_u64().unwrap_or(self.shortest_edge as u64) as u32
+            }
             _ => {}
         }
         match v.get("crop_size") {
@@ -119,7 +127,9 @@ impl ClipPreprocess {
         }
         if let Some(r) = v.get("resample").and_then(Value::as_u64) {
             if r != 3 {
-                return Err(Error::Config(format!("unsupported resample filter {r} (only bicubic, 3, is implemented)")));
+                return Err(Error::Config(format!(
+                    "unsupported resample filter {r} (only bicubic, 3, is implemented)"
+                )));
             }
         }
         if self.shortest_edge == 0 || self.crop.0 == 0 || self.crop.1 == 0 {

@@ -227,12 +227,20 @@ pub fn encode_binary(kind: BinaryKind, request_id: u32, payload: &[u8]) -> Vec<u
 /// Decodes a binary frame's header.
 pub fn decode_binary(frame: &[u8]) -> Result<BinaryFrame<'_>, DecodeError> {
     if frame.len() < BINARY_HEADER_LEN {
-        return Err(DecodeError::new(ErrorCode::BadFrame, format!("binary frame of {} bytes is shorter than its 5-byte header", frame.len())));
+        return Err(DecodeError::new(
+            ErrorCode::BadFrame,
+            format!("binary frame of {} bytes is shorter than its 5-byte header", frame.len()),
+        ));
     }
     let kind = match frame[0] {
         1 => BinaryKind::ImageBytes,
         2 => BinaryKind::Codes,
-        k => return Err(DecodeError::new(ErrorCode::BadFrame, format!("unknown binary frame kind {k} (expected 1 image bytes or 2 codes)"))),
+        k => {
+            return Err(DecodeError::new(
+                ErrorCode::BadFrame,
+                format!("unknown binary frame kind {k} (expected 1 image bytes or 2 codes)"),
+            ))
+        }
     };
     let request_id = u32::from_le_bytes([frame[1], frame[2], frame[3], frame[4]]);
     Ok(BinaryFrame { kind, request_id, payload: &frame[BINARY_HEADER_LEN..] })
@@ -240,19 +248,40 @@ pub fn decode_binary(frame: &[u8]) -> Result<BinaryFrame<'_>, DecodeError> {
 
 /// Parses a text frame into a client message, naming the problem when it is not one.
 pub fn decode_client(text: &str) -> Result<ClientMessage, DecodeError> {
-    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| DecodeError::new(ErrorCode::BadJson, format!("malformed JSON: {e}")))?;
-    let ty = v.get("type").and_then(|t| t.as_str()).map(str::to_owned).ok_or_else(|| DecodeError::new(ErrorCode::UnknownMessage, "message has no string `type`"))?;
+    let v: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| DecodeError::new(ErrorCode::BadJson, format!("malformed JSON: {e}")))?;
+    let ty = v
+        .get("type")
+        .and_then(|t| t.as_str())
+        .map(str::to_owned)
+        .ok_or_else(|| DecodeError::new(ErrorCode::UnknownMessage, "message has no string `type`"))?;
     if !matches!(ty.as_str(), "hello" | "image" | "ask" | "cancel") {
-        return Err(DecodeError::new(ErrorCode::UnknownMessage, format!("unknown message type `{ty}` (expected hello, image, ask or cancel)")));
+        return Err(DecodeError::new(
+            ErrorCode::UnknownMessage,
+            format!("unknown message type `{ty}` (expected hello, image, ask or cancel)"),
+        ));
     }
-    serde_json::from_value(v).map_err(|e| DecodeError::new(ErrorCode::BadRequest, format!("invalid `{ty}` message: {e}")))
+    serde_json::from_value(v)
+        .map_err(|e| DecodeError::new(ErrorCode::BadRequest, format!("invalid `{ty}` message: {e}")))
 }
 
 /// Decodes `[h*w][G]` little-endian `u16` codes, checking shape and range.
-pub fn decode_codes(payload: &[u8], shape: CodesShape, codes_per_group: usize) -> Result<Vec<Vec<u16>>, DecodeError> {
+pub fn decode_codes(
+    payload: &[u8],
+    shape: CodesShape,
+    codes_per_group: usize,
+) -> Result<Vec<Vec<u16>>, DecodeError> {
     let want = shape.positions * shape.groups * 2;
     if payload.len() != want {
-        return Err(DecodeError::new(ErrorCode::BadCodes, format!("codes frame has {} bytes; {}x{} u16 codes need {want}", payload.len(), shape.positions, shape.groups)));
+        return Err(DecodeError::new(
+            ErrorCode::BadCodes,
+            format!(
+                "codes frame has {} bytes; {}x{} u16 codes need {want}",
+                payload.len(),
+                shape.positions,
+                shape.groups
+            ),
+        ));
     }
     let flat: Vec<u16> = payload.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
     if let Some((i, c)) = flat.iter().enumerate().find(|(_, &c)| c as usize >= codes_per_group) {

@@ -5,7 +5,10 @@
 use anyhow::{anyhow, bail, Result};
 use burn::module::Param;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig, PaddingConfig2d, RmsNorm, RmsNormConfig};
+use burn::nn::{
+    Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig, PaddingConfig2d, RmsNorm,
+    RmsNormConfig,
+};
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 
 /// A tensor read as f32, row-major.
@@ -24,7 +27,11 @@ pub trait TensorSource {
     fn read_shaped(&self, name: &str, shape: &[usize]) -> Result<HostTensor> {
         let t = self.read(name)?;
         if t.shape != shape {
-            bail!("shape mismatch for `{name}`: checkpoint has {:?}, the config expects {:?}", t.shape, shape);
+            bail!(
+                "shape mismatch for `{name}`: checkpoint has {:?}, the config expects {:?}",
+                t.shape,
+                shape
+            );
         }
         Ok(t)
     }
@@ -121,13 +128,31 @@ impl<'a, B: Backend> Loader<'a, B> {
     }
 
     /// A square-kernel `nn.Conv2d` with PyTorch `[out, in, k, k]` storage, no padding.
-    pub fn conv2d(&self, name: &str, c_in: usize, c_out: usize, k: usize, stride: usize, bias: bool) -> Result<Conv2d<B>> {
+    pub fn conv2d(
+        &self,
+        name: &str,
+        c_in: usize,
+        c_out: usize,
+        k: usize,
+        stride: usize,
+        bias: bool,
+    ) -> Result<Conv2d<B>> {
         self.conv2d_padded(name, c_in, c_out, k, stride, 0, 1, bias)
     }
 
     /// A square-kernel `nn.Conv2d` with padding and groups (`[out, in / groups, k, k]`).
     #[allow(clippy::too_many_arguments)]
-    pub fn conv2d_padded(&self, name: &str, c_in: usize, c_out: usize, k: usize, stride: usize, padding: usize, groups: usize, bias: bool) -> Result<Conv2d<B>> {
+    pub fn conv2d_padded(
+        &self,
+        name: &str,
+        c_in: usize,
+        c_out: usize,
+        k: usize,
+        stride: usize,
+        padding: usize,
+        groups: usize,
+        bias: bool,
+    ) -> Result<Conv2d<B>> {
         let l = self.pp(name);
         let mut conv = Conv2dConfig::new([c_in, c_out], [k, k])
             .with_stride([stride, stride])
@@ -157,4 +182,3 @@ pub fn linear_from_host<B: Backend>(w: HostTensor, b: Option<Tensor<B, 1>>, devi
     l.bias = b.map(Param::from_tensor);
     l
 }
-

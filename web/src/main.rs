@@ -45,7 +45,9 @@ async fn probe() -> ComputePath {
     if gpu.is_undefined() || gpu.is_null() {
         return ComputePath::Cpu { reason: "navigator.gpu is not available".into() };
     }
-    let request = js_sys::Reflect::get(&gpu, &"requestAdapter".into()).ok().and_then(|f| f.dyn_into::<js_sys::Function>().ok());
+    let request = js_sys::Reflect::get(&gpu, &"requestAdapter".into())
+        .ok()
+        .and_then(|f| f.dyn_into::<js_sys::Function>().ok());
     let Some(request) = request else {
         return ComputePath::Cpu { reason: "navigator.gpu.requestAdapter is missing".into() };
     };

@@ -21,7 +21,11 @@ type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<t
 
 async fn next(ws: &mut Ws) -> ServerMessage {
     loop {
-        let m = tokio::time::timeout(Duration::from_secs(300), ws.next()).await.expect("answer in time").expect("open").expect("frame");
+        let m = tokio::time::timeout(Duration::from_secs(300), ws.next())
+            .await
+            .expect("answer in time")
+            .expect("open")
+            .expect("frame");
         if let Message::Text(t) = m {
             return serde_json::from_str(t.as_str()).expect("server JSON");
         }
@@ -29,11 +33,23 @@ async fn next(ws: &mut Ws) -> ServerMessage {
 }
 
 /// One client: hello, upload, then `QUESTIONS` questions in turn; returns answers and latencies.
-async fn client(addr: std::net::SocketAddr, png: Vec<u8>, questions: Vec<Vec<u32>>) -> (Vec<Vec<u32>>, Vec<Duration>) {
-    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(format!("ws://{addr}/ws"), None, true).await.expect("connect");
+async fn client(
+    addr: std::net::SocketAddr,
+    png: Vec<u8>,
+    questions: Vec<Vec<u32>>,
+) -> (Vec<Vec<u32>>, Vec<Duration>) {
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(format!("ws://{addr}/ws"), None, true)
+        .await
+        .expect("connect");
     ws.send(Message::Text(json!({"type": "hello", "version": 1}).to_string().into())).await.unwrap();
     assert!(matches!(next(&mut ws).await, ServerMessage::Ready { .. }));
-    ws.send(Message::Text(json!({"type": "image", "request_id": 0, "image_id": "img", "byte_len": png.len()}).to_string().into())).await.unwrap();
+    ws.send(Message::Text(
+        json!({"type": "image", "request_id": 0, "image_id": "img", "byte_len": png.len()})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
     ws.send(Message::Binary(encode_binary(BinaryKind::ImageBytes, 0, &png).into())).await.unwrap();
     let (mut answers, mut lat) = (vec![], vec![]);
     for (i, q) in questions.into_iter().enumerate() {

@@ -44,17 +44,28 @@ pub struct AskRequest {
 
 /// Both image inputs of an HTC model: CLIP pixels, and MGVQ pixels when the mode uses MGVQ
 /// (which needs the image file itself).
-pub fn htc_inputs<B: Backend>(snap: &Snapshot<B>, input: &ImageInput, device: &B::Device) -> Result<ImageInputs<B>> {
+pub fn htc_inputs<B: Backend>(
+    snap: &Snapshot<B>,
+    input: &ImageInput,
+    device: &B::Device,
+) -> Result<ImageInputs<B>> {
     let AnyModel::Htc { model, .. } = &snap.model else { bail!("not an HTC model") };
     let clip = load_pixels(snap, input, device)?;
     let mgvq = match (&model.config.mgvq, model.config.uses_discrete(), input) {
         (Some(mc), true, ImageInput::File(p)) => {
             let bytes = std::fs::read(p).with_context(|| format!("cannot read image {}", p.display()))?;
-            let img = decode_image(&bytes, DecodeLimits::default()).with_context(|| format!("{}", p.display()))?;
+            let img =
+                decode_image(&bytes, DecodeLimits::default()).with_context(|| format!("{}", p.display()))?;
             let s = mc.image_size;
-            Some(Tensor::from_data(TensorData::new(htc_shared::mgvq::preprocess(&img, s as u32), [1, 3, s, s]), device))
+            Some(Tensor::from_data(
+                TensorData::new(htc_shared::mgvq::preprocess(&img, s as u32), [1, 3, s, s]),
+                device,
+            ))
         }
-        (_, true, ImageInput::PixelValues(_)) => bail!("mode {:?} runs MGVQ on the image itself: pass --image instead of --pixel-values", model.config.mode),
+        (_, true, ImageInput::PixelValues(_)) => bail!(
+            "mode {:?} runs MGVQ on the image itself: pass --image instead of --pixel-values",
+            model.config.mode
+        ),
         _ => None,
     };
     Ok(ImageInputs { clip, mgvq, codes: None })
@@ -82,16 +93,23 @@ pub fn attention_json<B: Backend>(m: &Htc<B>, c: &CompressedImage<B>) -> serde_j
 }
 
 /// Loads CLIP pixel values `[1, 3, size, size]` for a LLaVA or HTC model.
-pub fn load_pixels<B: Backend>(snap: &Snapshot<B>, input: &ImageInput, device: &B::Device) -> Result<Tensor<B, 4>> {
+pub fn load_pixels<B: Backend>(
+    snap: &Snapshot<B>,
+    input: &ImageInput,
+    device: &B::Device,
+) -> Result<Tensor<B, 4>> {
     let (config, preprocess) = match &snap.model {
-        AnyModel::Llava { config, preprocess, .. } | AnyModel::Htc { config, preprocess, .. } => (config, preprocess),
+        AnyModel::Llava { config, preprocess, .. } | AnyModel::Htc { config, preprocess, .. } => {
+            (config, preprocess)
+        }
         AnyModel::Llama(_) => bail!("this model ({}) takes no images", snap.model.architecture()),
     };
     let size = config.vision.image_size;
     match input {
         ImageInput::File(p) => {
             let bytes = std::fs::read(p).with_context(|| format!("cannot read image {}", p.display()))?;
-            let img = decode_image(&bytes, DecodeLimits::default()).with_context(|| format!("{}", p.display()))?;
+            let img =
+                decode_image(&bytes, DecodeLimits::default()).with_context(|| format!("{}", p.display()))?;
             let (h, w) = preprocess.crop;
             if (h as usize, w as usize) != (size, size) {
                 bail!("preprocessor crop size {h}x{w} does not match the vision tower's {size}x{size}");
@@ -105,19 +123,29 @@ pub fn load_pixels<B: Backend>(snap: &Snapshot<B>, input: &ImageInput, device: &
 
 fn pixel_values_file<B: Backend>(p: &Path, size: usize, device: &B::Device) -> Result<Tensor<B, 4>> {
     let src = crate::weights::WeightSource::open_files(&[p.to_path_buf()])?;
-    let t = src.read("pixel_values").with_context(|| format!("{} has no `pixel_values` tensor", p.display()))?;
+    let t =
+        src.read("pixel_values").with_context(|| format!("{} has no `pixel_values` tensor", p.display()))?;
     let ok = match t.shape.as_slice() {
         [1, 3, h, w] | [3, h, w] => *h == size && *w == size,
         _ => false,
     };
     if !ok {
-        bail!("pixel_values in {} has shape {:?}; the model expects [1, 3, {size}, {size}]", p.display(), t.shape);
+        bail!(
+            "pixel_values in {} has shape {:?}; the model expects [1, 3, {size}, {size}]",
+            p.display(),
+            t.shape
+        );
     }
     Ok(Tensor::from_data(TensorData::new(t.data, [1, 3, size, size]), device))
 }
 
 /// The prompt token ids (image placeholder not yet expanded).
-pub fn prompt_ids<B: Backend>(snap: &Snapshot<B>, prompt: &PromptInput, image: bool, no_template: bool) -> Result<Vec<i64>> {
+pub fn prompt_ids<B: Backend>(
+    snap: &Snapshot<B>,
+    prompt: &PromptInput,
+    image: bool,
+    no_template: bool,
+) -> Result<Vec<i64>> {
     match prompt {
         PromptInput::Ids(ids) => Ok(ids.clone()),
         PromptInput::Text(text) => {
@@ -127,7 +155,11 @@ pub fn prompt_ids<B: Backend>(snap: &Snapshot<B>, prompt: &PromptInput, image: b
                 .ok_or_else(|| anyhow!("the model has no tokenizer.json; pass --prompt-ids"))?;
             let marker = snap.image_marker();
             if no_template {
-                let text = if image && !text.contains("<image>") { format!("<image>\n{text}") } else { text.clone() };
+                let text = if image && !text.contains("<image>") {
+                    format!("<image>\n{text}")
+                } else {
+                    text.clone()
+                };
                 return tok.encode_prompt(&text, true, marker);
             }
             let bos = tok.token_str(snap.model.llm().config().bos_token_id);
@@ -141,7 +173,12 @@ pub fn prompt_ids<B: Backend>(snap: &Snapshot<B>, prompt: &PromptInput, image: b
 
 /// Runs one question and streams the answer to `out`: text when the model has a tokenizer,
 /// otherwise the generated ids on one line separated by spaces.
-pub fn ask<B: Backend>(snap: &Snapshot<B>, req: &AskRequest, device: &B::Device, out: &mut dyn Write) -> Result<Generation> {
+pub fn ask<B: Backend>(
+    snap: &Snapshot<B>,
+    req: &AskRequest,
+    device: &B::Device,
+    out: &mut dyn Write,
+) -> Result<Generation> {
     let llm = snap.model.llm();
     if let AnyModel::Htc { model, .. } = &snap.model {
         return ask_htc(snap, model, req, device, out);
@@ -166,10 +203,14 @@ pub fn ask<B: Backend>(snap: &Snapshot<B>, req: &AskRequest, device: &B::Device,
                 bail!("this model (llama) takes no images");
             }
             let vocab = m.config().vocab_size;
-            let ids: Vec<u32> = ids
-                .iter()
-                .map(|&i| u32::try_from(i).ok().filter(|&u| (u as usize) < vocab).ok_or_else(|| anyhow!("token id {i} is out of range for a vocabulary of {vocab}")))
-                .collect::<Result<_>>()?;
+            let ids: Vec<u32> =
+                ids.iter()
+                    .map(|&i| {
+                        u32::try_from(i).ok().filter(|&u| (u as usize) < vocab).ok_or_else(|| {
+                            anyhow!("token id {i} is out of range for a vocabulary of {vocab}")
+                        })
+                    })
+                    .collect::<Result<_>>()?;
             if ids.is_empty() {
                 bail!("empty prompt");
             }
@@ -180,26 +221,44 @@ pub fn ask<B: Backend>(snap: &Snapshot<B>, req: &AskRequest, device: &B::Device,
 }
 
 /// Compress once, then answer the text against the compressed image.
-fn ask_htc<B: Backend>(snap: &Snapshot<B>, model: &Htc<B>, req: &AskRequest, device: &B::Device, out: &mut dyn Write) -> Result<Generation> {
+fn ask_htc<B: Backend>(
+    snap: &Snapshot<B>,
+    model: &Htc<B>,
+    req: &AskRequest,
+    device: &B::Device,
+    out: &mut dyn Write,
+) -> Result<Generation> {
     let image = req.image.as_ref().ok_or_else(|| anyhow!("this HTC model needs an image (--image)"))?;
     let ids: Vec<i64> = match &req.prompt {
         PromptInput::Ids(ids) => ids.clone(),
         PromptInput::Text(text) => {
-            let tok = snap.tokenizer.as_ref().ok_or_else(|| anyhow!("the model has no tokenizer.json; pass --prompt-ids"))?;
+            let tok = snap
+                .tokenizer
+                .as_ref()
+                .ok_or_else(|| anyhow!("the model has no tokenizer.json; pass --prompt-ids"))?;
             tok.question_ids(text, !req.no_template)?.into_iter().map(i64::from).collect()
         }
     };
-    let ids: Vec<u32> = ids.iter().map(|&i| u32::try_from(i).map_err(|_| anyhow!("token id {i} is out of range"))).collect::<Result<_>>()?;
+    let ids: Vec<u32> = ids
+        .iter()
+        .map(|&i| u32::try_from(i).map_err(|_| anyhow!("token id {i} is out of range")))
+        .collect::<Result<_>>()?;
     let compressed = model.compress(&htc_inputs(snap, image, device)?)?;
     if let Some(path) = &req.attention {
         let doc = attention_json(model, &compressed);
-        std::fs::write(path, serde_json::to_vec_pretty(&doc)?).with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::write(path, serde_json::to_vec_pretty(&doc)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
     stream_answer(snap, model.answer_prompt(&compressed, &ids)?, req, out)
 }
 
 /// Generates from `prompt` and streams the answer: text with a tokenizer, else ids.
-fn stream_answer<B: Backend>(snap: &Snapshot<B>, prompt: Prompt<B>, req: &AskRequest, out: &mut dyn Write) -> Result<Generation> {
+fn stream_answer<B: Backend>(
+    snap: &Snapshot<B>,
+    prompt: Prompt<B>,
+    req: &AskRequest,
+    out: &mut dyn Write,
+) -> Result<Generation> {
     let llm = snap.model.llm();
     let stop: Vec<u32> = match &snap.tokenizer {
         Some(t) => t.eos_ids.clone(),

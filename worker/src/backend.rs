@@ -10,10 +10,19 @@ pub type Backend = burn::backend::Wgpu;
 pub type Backend = burn::backend::Candle<f32>;
 #[cfg(all(feature = "flex", not(any(feature = "cuda", feature = "wgpu", feature = "candle"))))]
 pub type Backend = burn::backend::Flex;
-#[cfg(all(feature = "ndarray", not(any(feature = "cuda", feature = "wgpu", feature = "candle", feature = "flex"))))]
+#[cfg(all(
+    feature = "ndarray",
+    not(any(feature = "cuda", feature = "wgpu", feature = "candle", feature = "flex"))
+))]
 pub type Backend = burn::backend::NdArray<f32>;
 
-#[cfg(not(any(feature = "cuda", feature = "wgpu", feature = "candle", feature = "flex", feature = "ndarray")))]
+#[cfg(not(any(
+    feature = "cuda",
+    feature = "wgpu",
+    feature = "candle",
+    feature = "flex",
+    feature = "ndarray"
+)))]
 compile_error!("enable one backend feature: ndarray (default), candle, flex, wgpu or cuda");
 
 /// The device the worker runs on.

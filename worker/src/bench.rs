@@ -43,28 +43,70 @@ pub fn run(args: BenchArgs) -> Result<()> {
 /// Compress, answer without the cache (one full forward of prefix + question) and answer
 /// from the compressed cache, for a tiny HTC model and a 7B-width one with few layers.
 fn htc_suite(args: &BenchArgs) -> Result<()> {
-    use htc_shared::config::{ClipVisionConfig, HtcConfig, HtcMode, ProjectorKind};
-    use htc_shared::mask::Topology;
     use crate::models::htc::{Htc, ImageInputs};
     use crate::models::llava::{self, Layout, Llava};
+    use htc_shared::config::{ClipVisionConfig, HtcConfig, HtcMode, ProjectorKind};
+    use htc_shared::mask::Topology;
 
     let device = backend::device();
     let question: Vec<u32> = (0..32).map(|i| 10 + i).collect();
     let shapes = [
-        ("tiny (CLIP 64w/2L @336, LLM 128w/2L, MGVQ f16 widths/8, 1 block per stage)", 64usize, 2usize, 128usize, 256usize, 2usize, 8usize, 512usize),
-        ("7B-width (CLIP 1024w/2L @336, LLM 4096w/2L, MGVQ f16 widths, 1 block per stage)", 1024, 2, 4096, 11008, 2, 1, 8192),
+        (
+            "tiny (CLIP 64w/2L @336, LLM 128w/2L, MGVQ f16 widths/8, 1 block per stage)",
+            64usize,
+            2usize,
+            128usize,
+            256usize,
+            2usize,
+            8usize,
+            512usize,
+        ),
+        (
+            "7B-width (CLIP 1024w/2L @336, LLM 4096w/2L, MGVQ f16 widths, 1 block per stage)",
+            1024,
+            2,
+            4096,
+            11008,
+            2,
+            1,
+            8192,
+        ),
     ];
     for (name, vw, vl, d, inter, layers, mgvq_div, hidden) in shapes {
-        let vision = ClipVisionConfig { hidden_size: vw, intermediate_size: 4 * vw, num_hidden_layers: vl, num_attention_heads: vw / 64, num_channels: 3, image_size: 336, patch_size: 14, layer_norm_eps: 1e-5 };
+        let vision = ClipVisionConfig {
+            hidden_size: vw,
+            intermediate_size: 4 * vw,
+            num_hidden_layers: vl,
+            num_attention_heads: vw / 64,
+            num_channels: 3,
+            image_size: 336,
+            patch_size: 14,
+            layer_norm_eps: 1e-5,
+        };
         let text = htc_shared::config::LlamaConfig::from_json(&serde_json::json!({
             "vocab_size": 32000, "hidden_size": d, "intermediate_size": inter, "num_hidden_layers": layers,
             "num_attention_heads": d / 128, "num_key_value_heads": d / 128, "rms_norm_eps": 1e-5
         }))?;
-        let lc = llava::Config { layout: Layout::LlavaHf, text, vision, image_token_id: 31999, select_layer: -2, projector_mlp: true };
+        let lc = llava::Config {
+            layout: Layout::LlavaHf,
+            text,
+            vision,
+            image_token_id: 31999,
+            select_layer: -2,
+            projector_mlp: true,
+        };
         let mut mc = htc_shared::mgvq::Config::f16c32_g8();
         mc.width_list = mc.width_list.iter().map(|w| (w / mgvq_div).max(32)).collect();
         mc.depth_list = vec![0, 1, 1, 1, 1];
-        let hc = HtcConfig { mode: HtcMode::Htc, n_discrete: 4, n_voco: 1, topology: Topology::Star, continuous_projector: ProjectorKind::Mlp2xGelu, discrete_hidden: hidden, mgvq: Some(mc.clone()) };
+        let hc = HtcConfig {
+            mode: HtcMode::Htc,
+            n_discrete: 4,
+            n_voco: 1,
+            topology: Topology::Star,
+            continuous_projector: ProjectorKind::Mlp2xGelu,
+            discrete_hidden: hidden,
+            mgvq: Some(mc.clone()),
+        };
         let src = crate::demo::random_htc(&lc, &hc, 0);
         let vb = Loader::<Backend>::new(&src, &device);
         let model = Htc::load(&vb, Llava::load(&vb, &lc)?, &hc)?;
@@ -88,7 +130,11 @@ fn htc_suite(args: &BenchArgs) -> Result<()> {
         });
         println!("  compress (CLIP + MGVQ + 582-token prefix): {:.1} ms", compress * 1e3);
         println!("  answer 32 tokens, full sequence (no cache): {:.1} ms", full * 1e3);
-        println!("  answer 32 tokens from the compressed image: {:.1} ms  ({:.1}x faster than the full sequence)", cached * 1e3, full / cached);
+        println!(
+            "  answer 32 tokens from the compressed image: {:.1} ms  ({:.1}x faster than the full sequence)",
+            cached * 1e3,
+            full / cached
+        );
     }
     Ok(())
 }
@@ -108,21 +154,37 @@ fn backend_suite(args: &BenchArgs) -> Result<()> {
         "num_attention_heads": 9, "num_key_value_heads": 3, "rms_norm_eps": 1e-5
     }))?;
     let src = crate::demo::random_llama(&cfg, 0);
-    let llm = Llama::<Backend>::load(&Loader::new(&src, &device).pp("model"), &Loader::new(&src, &device).pp("lm_head"), &cfg)?;
+    let llm = Llama::<Backend>::load(
+        &Loader::new(&src, &device).pp("model"),
+        &Loader::new(&src, &device).pp("lm_head"),
+        &cfg,
+    )?;
     let ids: Vec<u32> = (0..128).map(|i| (i * 7 % 32000) as u32).collect();
     let positions: Vec<usize> = (0..ids.len()).collect();
     let s = time(args.reps, || {
         let mut cache = llm.new_cache();
-        let o = llm.forward(llm.embed(&ids), Step { positions: &positions, mask: None, want_attention: false }, &mut cache);
+        let o = llm.forward(
+            llm.embed(&ids),
+            Step { positions: &positions, mask: None, want_attention: false },
+            &mut cache,
+        );
         let _ = o.hidden.into_data();
     });
     println!("SmolLM2-width decoder, 4 layers, prefill 128 tokens: {:.2} ms", s * 1e3);
     let mut cache = llm.new_cache();
-    let _ = llm.forward(llm.embed(&ids), Step { positions: &positions, mask: None, want_attention: false }, &mut cache);
+    let _ = llm.forward(
+        llm.embed(&ids),
+        Step { positions: &positions, mask: None, want_attention: false },
+        &mut cache,
+    );
     let mut pos = ids.len();
     let s = time(args.reps, || {
         let p = [pos];
-        let o = llm.forward(llm.embed(&[5]), Step { positions: &p, mask: None, want_attention: false }, &mut cache);
+        let o = llm.forward(
+            llm.embed(&[5]),
+            Step { positions: &p, mask: None, want_attention: false },
+            &mut cache,
+        );
         let _ = llm.logits(o.hidden).into_data();
         pos += 1;
     });
@@ -145,7 +207,11 @@ fn backend_suite(args: &BenchArgs) -> Result<()> {
     println!("2D matmul 8x576 * 576x32000: {:.2} ms", s * 1e3);
     let s = time(args.reps, || {
         let p = [pos];
-        let o = llm.forward(llm.embed(&[5]), Step { positions: &p, mask: None, want_attention: false }, &mut llm.new_cache());
+        let o = llm.forward(
+            llm.embed(&[5]),
+            Step { positions: &p, mask: None, want_attention: false },
+            &mut llm.new_cache(),
+        );
         let _ = o.hidden.into_data();
     });
     println!("decoder alone, one token, empty cache: {:.2} ms", s * 1e3);

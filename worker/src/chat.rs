@@ -71,7 +71,12 @@ impl TextTokenizer {
     }
 
     pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
-        Ok(self.inner.encode(text, add_special).map_err(|e| anyhow!("tokenisation failed: {e}"))?.get_ids().to_vec())
+        Ok(self
+            .inner
+            .encode(text, add_special)
+            .map_err(|e| anyhow!("tokenisation failed: {e}"))?
+            .get_ids()
+            .to_vec())
     }
 
     /// Token ids for a prompt with the image marker spliced in where `<image>` appears: when
@@ -80,7 +85,9 @@ impl TextTokenizer {
     pub fn encode_prompt(&self, text: &str, add_special: bool, marker: Option<i64>) -> Result<Vec<i64>> {
         let image_tok = self.inner.token_to_id("<image>");
         match (marker, image_tok) {
-            (Some(_), Some(_)) | (None, _) => Ok(self.encode(text, add_special)?.into_iter().map(i64::from).collect()),
+            (Some(_), Some(_)) | (None, _) => {
+                Ok(self.encode(text, add_special)?.into_iter().map(i64::from).collect())
+            }
             (Some(m), None) => {
                 let mut out: Vec<i64> = Vec::new();
                 for (i, chunk) in text.split("<image>").enumerate() {
@@ -103,12 +110,16 @@ impl TextTokenizer {
     /// the compressed prefix, so the text is the chat template without `<image>` and is
     /// tokenised without special tokens (`templated = false` uses the text as given).
     pub fn question_ids(&self, question: &str, templated: bool) -> Result<Vec<u32>> {
-        let rendered = if templated { self.template.render(question, false, "", "")? } else { question.to_string() };
+        let rendered =
+            if templated { self.template.render(question, false, "", "")? } else { question.to_string() };
         self.encode(&rendered, false)
     }
 
     fn is_bos(&self, id: u32) -> bool {
-        matches!(self.inner.id_to_token(id).as_deref(), Some("<s>") | Some("<|begin_of_text|>") | Some("<bos>"))
+        matches!(
+            self.inner.id_to_token(id).as_deref(),
+            Some("<s>") | Some("<|begin_of_text|>") | Some("<bos>")
+        )
     }
 
     pub fn token_str(&self, id: Option<u32>) -> String {
@@ -161,7 +172,10 @@ mod tests {
         let t = Template::Jinja(
             "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] | trim }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}".into(),
         );
-        assert_eq!(t.render(" hi ", false, "", "").unwrap(), "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
+        assert_eq!(
+            t.render(" hi ", false, "", "").unwrap(),
+            "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+        );
         let bad = Template::Jinja("{{ raise_exception('no system role') }}".into());
         let e = bad.render("x", false, "", "").unwrap_err();
         assert!(format!("{e:#}").contains("no system role"), "{e:#}");

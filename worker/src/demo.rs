@@ -42,9 +42,19 @@ pub fn random_llava(c: &Config, seed: u64) -> WeightSource {
     let mut g = Gen { rng: StdRng::seed_from_u64(seed), map: HashMap::new() };
     let v = &c.vision;
     let vp = "vision_tower.vision_model";
-    g.put(format!("{vp}.embeddings.patch_embedding.weight"), vec![v.hidden_size, v.num_channels, v.patch_size, v.patch_size], 1.0 / ((v.num_channels * v.patch_size * v.patch_size) as f32).sqrt(), 0.0);
+    g.put(
+        format!("{vp}.embeddings.patch_embedding.weight"),
+        vec![v.hidden_size, v.num_channels, v.patch_size, v.patch_size],
+        1.0 / ((v.num_channels * v.patch_size * v.patch_size) as f32).sqrt(),
+        0.0,
+    );
     g.put(format!("{vp}.embeddings.class_embedding"), vec![v.hidden_size], 1.0, 0.0);
-    g.put(format!("{vp}.embeddings.position_embedding.weight"), vec![v.num_patches() + 1, v.hidden_size], 1.0, 0.0);
+    g.put(
+        format!("{vp}.embeddings.position_embedding.weight"),
+        vec![v.num_patches() + 1, v.hidden_size],
+        1.0,
+        0.0,
+    );
     g.norm(&format!("{vp}.pre_layrnorm"), v.hidden_size, true);
     for i in 0..v.num_hidden_layers {
         let p = format!("{vp}.encoder.layers.{i}");
@@ -94,7 +104,9 @@ fn random_llama_into(g: &mut Gen, t: &LlamaConfig, lm: &str, head: &str) {
 /// Random weights for the HTC parts (`htc.*`, and `mgvq.*` when the mode uses MGVQ), added to
 /// a random LLaVA of `llava`.
 pub fn random_htc(llava: &Config, htc: &HtcConfig, seed: u64) -> WeightSource {
-    let WeightSource::Memory(map) = random_llava(llava, seed) else { unreachable!("random_llava is in memory") };
+    let WeightSource::Memory(map) = random_llava(llava, seed) else {
+        unreachable!("random_llava is in memory")
+    };
     let mut g = Gen { rng: StdRng::seed_from_u64(seed.wrapping_add(1)), map };
     let d = llava.text.hidden_size;
     g.put("htc.voco_embeddings".into(), vec![htc.n_voco, d], 1.0, 0.0);
@@ -108,7 +120,12 @@ pub fn random_htc(llava: &Config, htc: &HtcConfig, seed: u64) -> WeightSource {
 
 fn random_mgvq_into(g: &mut Gen, c: &mgvq::Config, p: &str) {
     let conv = |g: &mut Gen, name: String, cin: usize, cout: usize, k: usize, bias: bool, groups: usize| {
-        g.put(format!("{name}.weight"), vec![cout, cin / groups, k, k], 1.0 / ((cin / groups * k * k) as f32).sqrt(), 0.0);
+        g.put(
+            format!("{name}.weight"),
+            vec![cout, cin / groups, k, k],
+            1.0 / ((cin / groups * k * k) as f32).sqrt(),
+            0.0,
+        );
         if bias {
             g.put(format!("{name}.bias"), vec![cout], 0.1, 0.0);
         }
@@ -132,14 +149,30 @@ fn random_mgvq_into(g: &mut Gen, c: &mgvq::Config, p: &str) {
                     conv(g, format!("{q}.context_module.main.proj.conv"), w[s], w[s], 1, false, 1);
                     g.norm(&format!("{q}.context_module.main.proj.norm"), w[s], true);
                     conv(g, format!("{q}.local_module.main.inverted_conv.conv"), w[s], 2 * mid, 1, true, 1);
-                    conv(g, format!("{q}.local_module.main.depth_conv.conv"), 2 * mid, 2 * mid, 3, true, 2 * mid);
+                    conv(
+                        g,
+                        format!("{q}.local_module.main.depth_conv.conv"),
+                        2 * mid,
+                        2 * mid,
+                        3,
+                        true,
+                        2 * mid,
+                    );
                     conv(g, format!("{q}.local_module.main.point_conv.conv"), mid, w[s], 1, false, 1);
                     g.norm(&format!("{q}.local_module.main.point_conv.norm"), w[s], true);
                 }
             }
         }
         if s + 1 < w.len() && dl[s] > 0 {
-            conv(g, format!("{e}.stages.{s}.op_list.{}.main.conv.conv", dl[s]), w[s], w[s + 1] / 4, 3, true, 1);
+            conv(
+                g,
+                format!("{e}.stages.{s}.op_list.{}.main.conv.conv", dl[s]),
+                w[s],
+                w[s + 1] / 4,
+                3,
+                true,
+                1,
+            );
         }
     }
     let lc = c.latent_channels;

@@ -24,12 +24,12 @@ use htc_shared::protocol::{ErrorCode, ModelCard, ServerMessage, Timings};
 use crate::backend::{self, Backend};
 use crate::chat::{StreamDecoder, TextTokenizer};
 use crate::generate::{sample, Sampling};
-use crate::models::llama::{KvCache, Step};
-use rand::{rngs::StdRng, SeedableRng};
 use crate::models::htc::{CompressedImage, Htc, ImageInputs};
+use crate::models::llama::{KvCache, Step};
 use crate::models::llava::{self, Layout, Llava};
 use crate::snapshot::{AnyModel, Snapshot};
 use crate::weights::Loader;
+use rand::{rngs::StdRng, SeedableRng};
 
 /// Prometheus metrics of the engine and the server (`/metrics`).
 pub struct Metrics {
@@ -49,20 +49,36 @@ impl Metrics {
         use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
         let registry = Registry::new();
         let questions = IntCounter::new("htc_questions_total", "Questions accepted into the queue")?;
-        let cache_hits = IntCounter::new("htc_cache_hits_total", "Questions answered from a cached compressed image")?;
-        let compressions = IntCounter::new("htc_compressions_total", "Images compressed (ViT, MGVQ and the voco prefix)")?;
+        let cache_hits =
+            IntCounter::new("htc_cache_hits_total", "Questions answered from a cached compressed image")?;
+        let compressions =
+            IntCounter::new("htc_compressions_total", "Images compressed (ViT, MGVQ and the voco prefix)")?;
         let tokens = IntCounter::new("htc_generated_tokens_total", "Tokens generated")?;
         let cancelled = IntCounter::new("htc_cancelled_total", "Answers stopped by cancel or disconnect")?;
-        let errors = IntCounterVec::new(Opts::new("htc_errors_total", "Error frames sent, by code"), &["code"])?;
+        let errors =
+            IntCounterVec::new(Opts::new("htc_errors_total", "Error frames sent, by code"), &["code"])?;
         let connections = IntGauge::new("htc_open_connections", "Open WebSocket connections")?;
-        let answer_seconds = Histogram::with_opts(HistogramOpts::new("htc_answer_seconds", "Wall time of an answer, queue excluded"))?;
+        let answer_seconds = Histogram::with_opts(HistogramOpts::new(
+            "htc_answer_seconds",
+            "Wall time of an answer, queue excluded",
+        ))?;
         for c in [&questions, &cache_hits, &compressions, &tokens, &cancelled] {
             registry.register(Box::new(c.clone()))?;
         }
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(answer_seconds.clone()))?;
-        Ok(Self { registry, questions, cache_hits, compressions, tokens, cancelled, errors, connections, answer_seconds })
+        Ok(Self {
+            registry,
+            questions,
+            cache_hits,
+            compressions,
+            tokens,
+            cancelled,
+            errors,
+            connections,
+            answer_seconds,
+        })
     }
 
     /// The text exposition format.
@@ -131,13 +147,19 @@ impl Engine {
     pub fn start(cfg: EngineConfig) -> Result<Self> {
         // A spinner with the number of tensors loaded so far, until the model is ready.
         let bar = indicatif::ProgressBar::new_spinner();
-        bar.set_style(indicatif::ProgressStyle::with_template("{spinner} loading the model: {msg} ({elapsed})").expect("valid template"));
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} loading the model: {msg} ({elapsed})")
+                .expect("valid template"),
+        );
         let loading = Arc::new(AtomicBool::new(true));
         let (l, b) = (loading.clone(), bar.clone());
         let ticker = std::thread::spawn(move || {
             let start = crate::weights::TENSORS_READ.load(Ordering::Relaxed);
             while l.load(Ordering::Relaxed) {
-                b.set_message(format!("{} tensors", crate::weights::TENSORS_READ.load(Ordering::Relaxed) - start));
+                b.set_message(format!(
+                    "{} tensors",
+                    crate::weights::TENSORS_READ.load(Ordering::Relaxed) - start
+                ));
                 b.tick();
                 std::thread::sleep(std::time::Duration::from_millis(100));
             }
@@ -154,41 +176,39 @@ impl Engine {
         let metrics = Arc::new(Metrics::new()?);
         let m = metrics.clone();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<ModelCard>>();
-        std::thread::Builder::new()
-            .name("htc-engine".into())
-            .spawn(move || {
-                let state = match EngineState::load(&cfg, m) {
-                    Ok(s) => {
-                        let _ = ready_tx.send(Ok(s.card.clone()));
-                        s
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                        return;
-                    }
-                };
-                let mut state = state;
-                let max_batch = cfg.max_batch.max(1);
-                let mut active: Vec<Active> = Vec::new();
-                loop {
-                    // Admit: block when idle, then take whatever else is waiting (up to the batch).
-                    if active.is_empty() {
-                        match rx.recv() {
-                            Ok(job) => state.admit_or_report(job, &mut active),
-                            Err(_) => break,
-                        }
-                    }
-                    while active.len() < max_batch {
-                        match rx.try_recv() {
-                            Ok(job) => state.admit_or_report(job, &mut active),
-                            Err(_) => break,
-                        }
-                    }
-                    if !active.is_empty() {
-                        state.step(&mut active);
+        std::thread::Builder::new().name("htc-engine".into()).spawn(move || {
+            let state = match EngineState::load(&cfg, m) {
+                Ok(s) => {
+                    let _ = ready_tx.send(Ok(s.card.clone()));
+                    s
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            let mut state = state;
+            let max_batch = cfg.max_batch.max(1);
+            let mut active: Vec<Active> = Vec::new();
+            loop {
+                // Admit: block when idle, then take whatever else is waiting (up to the batch).
+                if active.is_empty() {
+                    match rx.recv() {
+                        Ok(job) => state.admit_or_report(job, &mut active),
+                        Err(_) => break,
                     }
                 }
-            })?;
+                while active.len() < max_batch {
+                    match rx.try_recv() {
+                        Ok(job) => state.admit_or_report(job, &mut active),
+                        Err(_) => break,
+                    }
+                }
+                if !active.is_empty() {
+                    state.step(&mut active);
+                }
+            }
+        })?;
         let card = ready_rx.recv().map_err(|_| anyhow!("the engine thread stopped while loading"))??;
         Ok(Self { tx, card, metrics })
     }
@@ -241,7 +261,16 @@ struct EngineState {
 /// The demo model: LLaVA-shaped (CLIP at 336 px with 576 patches) with MGVQ f16c32_g8's
 /// geometry at reduced width, random weights, mode `htc`.
 pub fn demo_configs() -> (llava::Config, HtcConfig) {
-    let vision = ClipVisionConfig { hidden_size: 64, intermediate_size: 128, num_hidden_layers: 2, num_attention_heads: 4, num_channels: 3, image_size: 336, patch_size: 14, layer_norm_eps: 1e-5 };
+    let vision = ClipVisionConfig {
+        hidden_size: 64,
+        intermediate_size: 128,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        num_channels: 3,
+        image_size: 336,
+        patch_size: 14,
+        layer_norm_eps: 1e-5,
+    };
     let text = LlamaConfig::from_json(&serde_json::json!({
         "vocab_size": 512, "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2,
         "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 2048, "rms_norm_eps": 1e-5
@@ -250,8 +279,23 @@ pub fn demo_configs() -> (llava::Config, HtcConfig) {
     let mut mgvq = htc_shared::mgvq::Config::f16c32_g8();
     mgvq.width_list = vec![32, 32, 64, 64, 128];
     mgvq.depth_list = vec![0, 1, 1, 1, 1];
-    let l = llava::Config { layout: Layout::LlavaHf, text, vision, image_token_id: 511, select_layer: -2, projector_mlp: true };
-    let h = HtcConfig { mode: HtcMode::Htc, n_discrete: 4, n_voco: 1, topology: Topology::Star, continuous_projector: ProjectorKind::Mlp2xGelu, discrete_hidden: 256, mgvq: Some(mgvq) };
+    let l = llava::Config {
+        layout: Layout::LlavaHf,
+        text,
+        vision,
+        image_token_id: 511,
+        select_layer: -2,
+        projector_mlp: true,
+    };
+    let h = HtcConfig {
+        mode: HtcMode::Htc,
+        n_discrete: 4,
+        n_voco: 1,
+        topology: Topology::Star,
+        continuous_projector: ProjectorKind::Mlp2xGelu,
+        discrete_hidden: 256,
+        mgvq: Some(mgvq),
+    };
     (l, h)
 }
 
@@ -273,7 +317,10 @@ impl EngineState {
                 let (m, pre) = match snap.model {
                     AnyModel::Htc { model, preprocess, .. } => (model, preprocess),
                     AnyModel::Llava { model, preprocess, .. } => (Htc::from_llava(model), preprocess),
-                    AnyModel::Llama(_) => bail!("the server needs an image model (LLaVA or HTC); {} is a plain LLaMA", p.display()),
+                    AnyModel::Llama(_) => bail!(
+                        "the server needs an image model (LLaVA or HTC); {} is a plain LLaMA",
+                        p.display()
+                    ),
                 };
                 (m, pre, snap.tokenizer, p.display().to_string(), false)
             }
@@ -298,18 +345,32 @@ impl EngineState {
             mgvq: model.config.mgvq.clone(),
         };
         let cap = NonZeroUsize::new(cfg.cache_capacity.max(1)).expect("max(1)");
-        Ok(Self { model, preprocess, tokenizer, cache: LruCache::new(cap), trust_client_codes: cfg.trust_client_codes, card, metrics })
+        Ok(Self {
+            model,
+            preprocess,
+            tokenizer,
+            cache: LruCache::new(cap),
+            trust_client_codes: cfg.trust_client_codes,
+            card,
+            metrics,
+        })
     }
 
     fn compress(&mut self, img: &ImageData, timings: &mut Timings) -> Result<Arc<CompressedImage<Backend>>> {
         let device = backend::device();
         let t = Instant::now();
         let s = self.preprocess.crop.0 as usize;
-        let clip = Tensor::<Backend, 4>::from_data(TensorData::new(self.preprocess.apply(&img.image), [1, 3, s, s]), &device);
+        let clip = Tensor::<Backend, 4>::from_data(
+            TensorData::new(self.preprocess.apply(&img.image), [1, 3, s, s]),
+            &device,
+        );
         let mgvq = match (&self.model.config.mgvq, self.model.config.uses_discrete()) {
             (Some(mc), true) => {
                 let m = mc.image_size;
-                Some(Tensor::<Backend, 4>::from_data(TensorData::new(htc_shared::mgvq::preprocess(&img.image, m as u32), [1, 3, m, m]), &device))
+                Some(Tensor::<Backend, 4>::from_data(
+                    TensorData::new(htc_shared::mgvq::preprocess(&img.image, m as u32), [1, 3, m, m]),
+                    &device,
+                ))
             }
             _ => None,
         };
@@ -340,7 +401,8 @@ impl EngineState {
         if let Err(e) = self.admit(job, active) {
             let code = code_of(&e);
             self.metrics.errors.with_label_values(&[&format!("{code:?}")]).inc();
-            let _ = reply.send(ServerMessage::Error { request_id: Some(id), code, message: format!("{e:#}") });
+            let _ =
+                reply.send(ServerMessage::Error { request_id: Some(id), code, message: format!("{e:#}") });
         }
     }
 
@@ -351,19 +413,33 @@ impl EngineState {
         let mut timings = Timings::default();
         if job.cancel.load(Ordering::Relaxed) {
             self.metrics.cancelled.inc();
-            let _ = job.reply.send(ServerMessage::Done { request_id: job.request_id, cached: false, tokens: 0, cancelled: true, timings });
+            let _ = job.reply.send(ServerMessage::Done {
+                request_id: job.request_id,
+                cached: false,
+                tokens: 0,
+                cancelled: true,
+                timings,
+            });
             return Ok(());
         }
         let ids: Vec<u32> = match &job.question {
             Question::Ids(ids) => ids.clone(),
             Question::Text(q) => {
-                let tok = self.tokenizer.as_ref().ok_or_else(|| Coded(ErrorCode::BadRequest, "this model has no tokenizer; send `prompt_ids` instead of `question`".into()))?;
+                let tok = self.tokenizer.as_ref().ok_or_else(|| {
+                    Coded(
+                        ErrorCode::BadRequest,
+                        "this model has no tokenizer; send `prompt_ids` instead of `question`".into(),
+                    )
+                })?;
                 tok.question_ids(q, true)?
             }
         };
         let vocab = self.model.llava.llm.config().vocab_size;
         if ids.is_empty() || ids.iter().any(|&i| i as usize >= vocab) {
-            bail!(Coded(ErrorCode::BadRequest, format!("the question must be 1 or more token ids below {vocab}")));
+            bail!(Coded(
+                ErrorCode::BadRequest,
+                format!("the question must be 1 or more token ids below {vocab}")
+            ));
         }
         let (compressed, cached) = match self.cache.get(&job.image.key) {
             Some(c) => {
@@ -377,7 +453,11 @@ impl EngineState {
         let t = ids.len();
         let positions: Vec<usize> = (prompt.first_position..prompt.first_position + t).collect();
         let mut cache = prompt.cache;
-        let out = llm.forward(prompt.embeds, Step { positions: &positions, mask: prompt.mask, want_attention: false }, &mut cache);
+        let out = llm.forward(
+            prompt.embeds,
+            Step { positions: &positions, mask: prompt.mask, want_attention: false },
+            &mut cache,
+        );
         let [_, _, d] = out.hidden.dims();
         let last = llm.logits(out.hidden.slice([0..1, t - 1..t, 0..d]));
         let row = last.into_data().to_vec::<f32>().map_err(|e| anyhow!("cannot read logits: {e:?}"))?;
@@ -430,14 +510,19 @@ impl EngineState {
         let llm = &self.model.llava.llm;
         let ids: Vec<u32> = active.iter().map(|a| a.last).collect();
         let positions: Vec<usize> = active.iter().map(|a| a.next_pos).collect();
-        let mut caches: Vec<KvCache<Backend>> = active.iter_mut().map(|a| std::mem::replace(&mut a.cache, KvCache::new(0))).collect();
+        let mut caches: Vec<KvCache<Backend>> =
+            active.iter_mut().map(|a| std::mem::replace(&mut a.cache, KvCache::new(0))).collect();
         let logits = llm.decode_batch(&ids, &positions, &mut caches);
         let vocab = llm.config().vocab_size;
         let rows = match logits.into_data().to_vec::<f32>() {
             Ok(r) => r,
             Err(e) => {
                 for a in active.drain(..) {
-                    let _ = a.job.reply.send(ServerMessage::Error { request_id: Some(a.job.request_id), code: ErrorCode::Internal, message: format!("cannot read logits: {e:?}") });
+                    let _ = a.job.reply.send(ServerMessage::Error {
+                        request_id: Some(a.job.request_id),
+                        code: ErrorCode::Internal,
+                        message: format!("cannot read logits: {e:?}"),
+                    });
                 }
                 return;
             }
@@ -461,7 +546,12 @@ impl EngineState {
         let c = &a.compressed;
         if c.layout.n_voco > 0 && !cancelled {
             let layers = c.voco_attention.iter().map(|l| l[0].clone()).collect();
-            let _ = a.job.reply.send(ServerMessage::Attention { request_id: a.job.request_id, n_discrete: c.layout.n_discrete, n_visual: c.layout.n_visual, layers });
+            let _ = a.job.reply.send(ServerMessage::Attention {
+                request_id: a.job.request_id,
+                n_discrete: c.layout.n_discrete,
+                n_visual: c.layout.n_visual,
+                layers,
+            });
         }
         let mut timings = a.timings;
         timings.first_token_ms = a.first_ms.unwrap_or(0.0);
@@ -472,7 +562,13 @@ impl EngineState {
             self.metrics.cancelled.inc();
         }
         self.metrics.answer_seconds.observe(a.start.elapsed().as_secs_f64());
-        let _ = a.job.reply.send(ServerMessage::Done { request_id: a.job.request_id, cached: a.cached, tokens: a.n, cancelled, timings });
+        let _ = a.job.reply.send(ServerMessage::Done {
+            request_id: a.job.request_id,
+            cached: a.cached,
+            tokens: a.n,
+            cancelled,
+            timings,
+        });
     }
 }
 

@@ -132,7 +132,11 @@ pub fn generate_from<B: Backend>(
     let (mut next_logits, prefill_logits) = if want_prefill_logits {
         let all = llm.logits(out.hidden);
         let [_, _, v] = all.dims();
-        let data = all.clone().into_data().to_vec::<f32>().map_err(|e| anyhow::anyhow!("cannot read logits: {e:?}"))?;
+        let data = all
+            .clone()
+            .into_data()
+            .to_vec::<f32>()
+            .map_err(|e| anyhow::anyhow!("cannot read logits: {e:?}"))?;
         (last_row(all)?, Some((t, v, data)))
     } else {
         let [_, _, d] = out.hidden.dims();
@@ -151,7 +155,11 @@ pub fn generate_from<B: Backend>(
             break;
         }
         let pos = [first_position + t + i];
-        let o = llm.forward(llm.embed(&[id]), Step { positions: &pos, mask: None, want_attention: false }, &mut cache);
+        let o = llm.forward(
+            llm.embed(&[id]),
+            Step { positions: &pos, mask: None, want_attention: false },
+            &mut cache,
+        );
         next_logits = last_row(llm.logits(o.hidden))?;
     }
     Ok(Generation { ids, prefill_logits, stopped_at_eos })

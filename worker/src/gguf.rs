@@ -81,7 +81,9 @@ impl GgmlType {
             3 => Self::Q4_1,
             8 => Self::Q8_0,
             30 => Self::BF16,
-            other => bail!("unsupported GGML tensor type {other} (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1)"),
+            other => {
+                bail!("unsupported GGML tensor type {other} (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1)")
+            }
         })
     }
     /// (elements per block, bytes per block)
@@ -120,7 +122,11 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
-        let end = self.pos.checked_add(n).filter(|e| *e <= self.buf.len()).ok_or_else(|| anyhow!("GGUF file is truncated"))?;
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|e| *e <= self.buf.len())
+            .ok_or_else(|| anyhow!("GGUF file is truncated"))?;
         let s = &self.buf[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -229,7 +235,8 @@ impl GgufFile {
 
     /// Dequantises one tensor to f32, row-major.
     pub fn dequantize(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
-        let info = self.tensors.get(name).ok_or_else(|| anyhow!("tensor `{name}` is missing from the GGUF file"))?;
+        let info =
+            self.tensors.get(name).ok_or_else(|| anyhow!("tensor `{name}` is missing from the GGUF file"))?;
         let n: usize = info.shape.iter().product();
         let (bs, bb) = info.dtype.block();
         if n % bs != 0 {
@@ -250,7 +257,9 @@ impl GgufFile {
         if arch != "llama" {
             bail!("unknown GGUF architecture `{arch}` (only `llama` is supported)");
         }
-        let need = |k: &str| self.meta_u64(&format!("llama.{k}")).ok_or_else(|| anyhow!("GGUF metadata lacks llama.{k}"));
+        let need = |k: &str| {
+            self.meta_u64(&format!("llama.{k}")).ok_or_else(|| anyhow!("GGUF metadata lacks llama.{k}"))
+        };
         let heads = need("attention.head_count")?;
         let vocab = match self.meta_u64("llama.vocab_size") {
             Some(v) => v,
@@ -330,7 +339,8 @@ impl GgufFile {
                        "normalized": !special, "special": special})
             })
             .collect();
-        let add_bos = self.metadata.get("tokenizer.ggml.add_bos_token").and_then(MetaValue::as_bool).unwrap_or(false);
+        let add_bos =
+            self.metadata.get("tokenizer.ggml.add_bos_token").and_then(MetaValue::as_bool).unwrap_or(false);
         let bos = self.meta_u64("tokenizer.ggml.bos_token_id").and_then(|i| tokens.get(i as usize).copied());
         let post = match (add_bos, bos) {
             (true, Some(b)) => json!({
@@ -381,9 +391,13 @@ pub fn dequantize(dtype: GgmlType, bytes: &[u8], n: usize) -> Vec<f32> {
     let mut out = Vec::with_capacity(n);
     let h = |b: &[u8]| f16::from_le_bytes([b[0], b[1]]).to_f32();
     match dtype {
-        GgmlType::F32 => out.extend(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
+        GgmlType::F32 => {
+            out.extend(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])))
+        }
         GgmlType::F16 => out.extend(bytes.chunks_exact(2).map(h)),
-        GgmlType::BF16 => out.extend(bytes.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())),
+        GgmlType::BF16 => {
+            out.extend(bytes.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()))
+        }
         GgmlType::Q8_0 => {
             for blk in bytes.chunks_exact(34) {
                 let d = h(&blk[0..2]);

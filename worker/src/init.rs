@@ -76,7 +76,13 @@ fn hub_name(layout: Layout, name: &str) -> Option<String> {
             ("language_model.", "language_model."),
         ]),
     }
-    .map(|n| if n.starts_with("vision_tower.") && !n.starts_with("vision_tower.vision_model.") { n.replacen("vision_tower.", "vision_tower.vision_model.", 1) } else { n })
+    .map(|n| {
+        if n.starts_with("vision_tower.") && !n.starts_with("vision_tower.vision_model.") {
+            n.replacen("vision_tower.", "vision_tower.vision_model.", 1)
+        } else {
+            n
+        }
+    })
 }
 
 /// A tensor to write: name, shape, and how to read its data when its turn comes.
@@ -97,7 +103,9 @@ fn write_safetensors(path: &Path, entries: Vec<Entry<'_>>, half: bool) -> Result
     while h.len() % 8 != 0 {
         h.push(b' ');
     }
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?);
+    let mut f = std::io::BufWriter::new(
+        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
+    );
     f.write_all(&(h.len() as u64).to_le_bytes())?;
     f.write_all(&h)?;
     for (name, shape, read) in &entries {
@@ -125,15 +133,20 @@ pub fn run(a: InitArgs) -> Result<()> {
         "f32" => false,
         other => bail!("--dtype must be f16 or f32, got `{other}`"),
     };
-    let mode: HtcMode = serde_json::from_value(json!(a.mode)).map_err(|_| anyhow::anyhow!("unknown --mode `{}` (none, voco, htc, discrete, avgpool)", a.mode))?;
+    let mode: HtcMode = serde_json::from_value(json!(a.mode))
+        .map_err(|_| anyhow::anyhow!("unknown --mode `{}` (none, voco, htc, discrete, avgpool)", a.mode))?;
     let topology: Topology = a.topology.parse()?;
     let mgvq_cfg = if a.mgvq_config == "f16c32_g8" {
         mgvq::Config::f16c32_g8()
     } else {
-        let raw = std::fs::read(&a.mgvq_config).with_context(|| format!("cannot read MGVQ config {}", a.mgvq_config))?;
-        mgvq::Config::from_json(&serde_json::from_slice(&raw).with_context(|| format!("{} is not valid JSON", a.mgvq_config))?)?
+        let raw = std::fs::read(&a.mgvq_config)
+            .with_context(|| format!("cannot read MGVQ config {}", a.mgvq_config))?;
+        mgvq::Config::from_json(
+            &serde_json::from_slice(&raw).with_context(|| format!("{} is not valid JSON", a.mgvq_config))?,
+        )?
     };
-    let raw = std::fs::read(a.llava.join("config.json")).with_context(|| format!("missing config.json in {}", a.llava.display()))?;
+    let raw = std::fs::read(a.llava.join("config.json"))
+        .with_context(|| format!("missing config.json in {}", a.llava.display()))?;
     let src_cfg: Value = serde_json::from_slice(&raw).context("LLaVA config.json is not valid JSON")?;
     let lc = llava::Config::from_json(&src_cfg, &a.llava)?;
     let htc = HtcConfig {
@@ -150,7 +163,8 @@ pub fn run(a: InitArgs) -> Result<()> {
     let mg = WeightSource::open_files(&[a.mgvq.clone()])?;
     // Fail early, naming the problem, if the MGVQ file does not fit its config.
     let dev = crate::backend::device();
-    Mgvq::<crate::backend::Backend>::load(&Loader::new(&mg, &dev), &mgvq_cfg).context("the MGVQ weights do not match the MGVQ config")?;
+    Mgvq::<crate::backend::Backend>::load(&Loader::new(&mg, &dev), &mgvq_cfg)
+        .context("the MGVQ weights do not match the MGVQ config")?;
 
     let d = lc.text.hidden_size;
     let mut entries: Vec<Entry<'_>> = Vec::new();
@@ -164,7 +178,9 @@ pub fn run(a: InitArgs) -> Result<()> {
     }
     let mut mg_names = mg.names();
     mg_names.sort();
-    for n in mg_names.into_iter().filter(|n| n.starts_with("encoder.") || n.starts_with("quant_conv.") || n == "quantize.embedding.weight") {
+    for n in mg_names.into_iter().filter(|n| {
+        n.starts_with("encoder.") || n.starts_with("quant_conv.") || n == "quantize.embedding.weight"
+    }) {
         let shape = mg.shape(&n)?;
         let mg = &mg;
         entries.push((format!("mgvq.{n}"), shape, Box::new(move || Ok(mg.read(&n)?.data))));
@@ -176,7 +192,8 @@ pub fn run(a: InitArgs) -> Result<()> {
     };
     if htc.uses_discrete() {
         let (q, hdim, out) = (mgvq_cfg.q_len(), a.discrete_hidden, a.n_discrete * d);
-        let (w1, b1, w2, b2) = (uniform(hdim * q, q), uniform(hdim, q), uniform(out * hdim, hdim), uniform(out, hdim));
+        let (w1, b1, w2, b2) =
+            (uniform(hdim * q, q), uniform(hdim, q), uniform(out * hdim, hdim), uniform(out, hdim));
         for (name, shape, data) in [
             ("htc.discrete_projector.linear_1.weight", vec![hdim, q], w1),
             ("htc.discrete_projector.linear_1.bias", vec![hdim], b1),
@@ -186,10 +203,16 @@ pub fn run(a: InitArgs) -> Result<()> {
             entries.push((name.into(), shape, Box::new(move || Ok(data.clone()))));
         }
     }
-    let emb_name = src.names().into_iter().find(|n| n.ends_with("embed_tokens.weight")).context("the LLaVA checkpoint has no embed_tokens")?;
+    let emb_name = src
+        .names()
+        .into_iter()
+        .find(|n| n.ends_with("embed_tokens.weight"))
+        .context("the LLaVA checkpoint has no embed_tokens")?;
     let emb: HostTensor = src.read(&emb_name)?;
     let rows = emb.shape[0];
-    let mean: Vec<f32> = (0..d).map(|j| (0..rows).map(|r| emb.data[r * d + j] as f64).sum::<f64>() as f32 / rows as f32).collect();
+    let mean: Vec<f32> = (0..d)
+        .map(|j| (0..rows).map(|r| emb.data[r * d + j] as f64).sum::<f64>() as f32 / rows as f32)
+        .collect();
     let voco: Vec<f32> = (0..a.n_voco).flat_map(|_| mean.clone()).collect();
     entries.push(("htc.voco_embeddings".into(), vec![a.n_voco, d], Box::new(move || Ok(voco.clone()))));
     drop(emb);
@@ -222,7 +245,9 @@ pub fn run(a: InitArgs) -> Result<()> {
         "htc": htc,
     });
     std::fs::write(a.out.join("config.json"), serde_json::to_vec_pretty(&config)?)?;
-    for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "preprocessor_config.json"] {
+    for f in
+        ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "preprocessor_config.json"]
+    {
         let p = a.llava.join(f);
         if p.is_file() {
             std::fs::copy(&p, a.out.join(f)).with_context(|| format!("cannot copy {}", p.display()))?;

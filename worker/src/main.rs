@@ -68,7 +68,21 @@ enum Cmd {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Ask { model, image, pixel_values, prompt, prompt_ids, max_new_tokens, greedy, temperature, top_p, seed, no_template, dump_logits, attention } => {
+        Cmd::Ask {
+            model,
+            image,
+            pixel_values,
+            prompt,
+            prompt_ids,
+            max_new_tokens,
+            greedy,
+            temperature,
+            top_p,
+            seed,
+            no_template,
+            dump_logits,
+            attention,
+        } => {
             let device = backend::device();
             let snap = Snapshot::<Backend>::open(&model, &device)?;
             let prompt = match (prompt, prompt_ids) {
@@ -81,7 +95,14 @@ fn run(cli: Cli) -> Result<()> {
             }
             let temperature = if greedy { 0.0 } else { temperature };
             let image = image.map(ImageInput::File).or(pixel_values.map(ImageInput::PixelValues));
-            let req = AskRequest { image, prompt, sampling: Sampling { max_new_tokens, temperature, top_p, seed }, no_template, dump_logits, attention };
+            let req = AskRequest {
+                image,
+                prompt,
+                sampling: Sampling { max_new_tokens, temperature, top_p, seed },
+                no_template,
+                dump_logits,
+                attention,
+            };
             let stdout = std::io::stdout();
             let mut lock = stdout.lock();
             ask(&snap, &req, &device, &mut lock)?;
@@ -95,7 +116,9 @@ fn run(cli: Cli) -> Result<()> {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("HTC_LOG").unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HTC_LOG").unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     match run(Cli::parse()) {

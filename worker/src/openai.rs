@@ -64,13 +64,22 @@ fn question_and_image(req: &ChatRequest) -> Result<(String, Vec<u8>), String> {
                 match p.get("type").and_then(Value::as_str) {
                     Some("text") => text.push_str(p.get("text").and_then(Value::as_str).unwrap_or("")),
                     Some("image_url") if image.is_none() => {
-                        let url = p.pointer("/image_url/url").and_then(Value::as_str).ok_or("image_url part without image_url.url")?;
+                        let url = p
+                            .pointer("/image_url/url")
+                            .and_then(Value::as_str)
+                            .ok_or("image_url part without image_url.url")?;
                         let b64 = url
                             .strip_prefix("data:")
                             .and_then(|r| r.split_once(";base64,"))
                             .map(|(_, d)| d)
-                            .ok_or("only base64 `data:` image URLs are supported (the worker fetches nothing)")?;
-                        image = Some(base64::engine::general_purpose::STANDARD.decode(b64.trim()).map_err(|e| format!("image data URL is not valid base64: {e}"))?);
+                            .ok_or(
+                                "only base64 `data:` image URLs are supported (the worker fetches nothing)",
+                            )?;
+                        image = Some(
+                            base64::engine::general_purpose::STANDARD
+                                .decode(b64.trim())
+                                .map_err(|e| format!("image data URL is not valid base64: {e}"))?,
+                        );
                     }
                     Some("image_url") => return Err("only one image per question is supported".into()),
                     other => return Err(format!("unsupported content part type {other:?}")),
@@ -86,16 +95,27 @@ fn question_and_image(req: &ChatRequest) -> Result<(String, Vec<u8>), String> {
     Ok((text, image))
 }
 
-pub async fn chat_completions(State(app): State<App>, headers: HeaderMap, Query(q): Query<HashMap<String, String>>, body: axum::body::Bytes) -> Response {
+pub async fn chat_completions(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+    body: axum::body::Bytes,
+) -> Response {
     if !authorized(&app.args, &headers, &q) {
         return error(StatusCode::UNAUTHORIZED, "authentication_error", "missing or wrong bearer token");
     }
     let req: ChatRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_request_error", format!("malformed request: {e}")),
+        Err(e) => {
+            return error(StatusCode::BAD_REQUEST, "invalid_request_error", format!("malformed request: {e}"))
+        }
     };
     if !app.engine.card.has_tokenizer {
-        return error(StatusCode::BAD_REQUEST, "invalid_request_error", "this model has no tokenizer; use the WebSocket protocol with prompt_ids");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "this model has no tokenizer; use the WebSocket protocol with prompt_ids",
+        );
     }
     let (question, bytes) = match question_and_image(&req) {
         Ok(x) => x,
@@ -103,10 +123,21 @@ pub async fn chat_completions(State(app): State<App>, headers: HeaderMap, Query(
     };
     let a = &app.args;
     if bytes.len() > a.max_image_bytes || question.chars().count() > a.max_question_chars {
-        return error(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", format!("image over {} bytes or question over {} characters", a.max_image_bytes, a.max_question_chars));
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            format!(
+                "image over {} bytes or question over {} characters",
+                a.max_image_bytes, a.max_question_chars
+            ),
+        );
     }
     let side = a.max_image_side;
-    let limits = DecodeLimits { max_width: side, max_height: side, max_alloc_bytes: (side as u64) * (side as u64) * 4 };
+    let limits = DecodeLimits {
+        max_width: side,
+        max_height: side,
+        max_alloc_bytes: (side as u64) * (side as u64) * 4,
+    };
     let key = app.engine.image_key(&bytes);
     let image = match tokio::task::spawn_blocking(move || decode_image(&bytes, limits)).await {
         Ok(Ok(img)) => ImageData { image: Arc::new(img), codes: None, key },
@@ -114,16 +145,36 @@ pub async fn chat_completions(State(app): State<App>, headers: HeaderMap, Query(
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", e.to_string()),
     };
     let max_new_tokens = req.max_tokens.unwrap_or(256).clamp(1, 4096);
-    let sampling = Sampling { max_new_tokens, temperature: req.temperature.unwrap_or(0.0).clamp(0.0, 100.0), top_p: req.top_p.unwrap_or(1.0).clamp(1e-6, 1.0), seed: req.seed.unwrap_or(0) };
+    let sampling = Sampling {
+        max_new_tokens,
+        temperature: req.temperature.unwrap_or(0.0).clamp(0.0, 100.0),
+        top_p: req.top_p.unwrap_or(1.0).clamp(1e-6, 1.0),
+        seed: req.seed.unwrap_or(0),
+    };
     let (tx, mut rx) = mpsc::unbounded_channel::<ServerMessage>();
     let cancel = Arc::new(AtomicBool::new(false));
-    let job = Job { request_id: 0, image, question: Question::Text(question), sampling, cancel: cancel.clone(), reply: tx };
+    let job = Job {
+        request_id: 0,
+        image,
+        question: Question::Text(question),
+        sampling,
+        cancel: cancel.clone(),
+        reply: tx,
+    };
     if app.engine.submit(job).is_err() {
-        return error(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", "the request queue is full; try again shortly");
+        return error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            "the request queue is full; try again shortly",
+        );
     }
     let model = req.model.clone().unwrap_or_else(|| app.engine.card.name.clone());
-    let id = format!("chatcmpl-{:x}", u64::from_le_bytes(key[..8].try_into().expect("8 bytes")) ^ rand::random::<u64>());
-    let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let id = format!(
+        "chatcmpl-{:x}",
+        u64::from_le_bytes(key[..8].try_into().expect("8 bytes")) ^ rand::random::<u64>()
+    );
+    let created =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     if req.stream {
         // Engine messages become SSE events on a task; the response stream owns a guard that
         // cancels the answer when the client goes away and the stream is dropped.
@@ -165,9 +216,10 @@ pub async fn chat_completions(State(app): State<App>, headers: HeaderMap, Query(
             }
             let _ = ev_tx.send(Event::default().data("[DONE]"));
         });
-        let stream = futures_util::stream::unfold((ev_rx, CancelOnDrop(cancel)), |(mut rx, guard)| async move {
-            rx.recv().await.map(|e| (Ok::<_, Infallible>(e), (rx, guard)))
-        });
+        let stream =
+            futures_util::stream::unfold((ev_rx, CancelOnDrop(cancel)), |(mut rx, guard)| async move {
+                rx.recv().await.map(|e| (Ok::<_, Infallible>(e), (rx, guard)))
+            });
         return Sse::new(stream).into_response();
     }
     let mut text = String::new();
@@ -180,7 +232,11 @@ pub async fn chat_completions(State(app): State<App>, headers: HeaderMap, Query(
             }
             ServerMessage::Done { .. } => break,
             ServerMessage::Error { message, code, .. } => {
-                let status = if code == ErrorCode::BadRequest { StatusCode::BAD_REQUEST } else { StatusCode::INTERNAL_SERVER_ERROR };
+                let status = if code == ErrorCode::BadRequest {
+                    StatusCode::BAD_REQUEST
+                } else {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                };
                 return error(status, "invalid_request_error", message);
             }
             _ => {}

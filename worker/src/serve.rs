@@ -23,7 +23,9 @@ use tokio::sync::{mpsc, Notify};
 use tower_http::services::{ServeDir, ServeFile};
 
 use htc_shared::preprocess::{decode_image, DecodeLimits};
-use htc_shared::protocol::{self, BinaryKind, ClientMessage, CodesShape, ErrorCode, ServerMessage, PROTOCOL_VERSION};
+use htc_shared::protocol::{
+    self, BinaryKind, ClientMessage, CodesShape, ErrorCode, ServerMessage, PROTOCOL_VERSION,
+};
 
 use crate::engine::{Engine, EngineConfig, ImageData, Job, Question};
 use crate::generate::Sampling;
@@ -114,7 +116,12 @@ impl App {
             trust_client_codes: args.trust_client_codes,
             max_batch: args.max_batch,
         })?;
-        Ok(Self { engine, args: Arc::new(args), shutdown: Arc::new(Notify::new()), shutting_down: Arc::new(AtomicBool::new(false)) })
+        Ok(Self {
+            engine,
+            args: Arc::new(args),
+            shutdown: Arc::new(Notify::new()),
+            shutting_down: Arc::new(AtomicBool::new(false)),
+        })
     }
 
     /// Starts draining: no new questions; connections close once their answers are done.
@@ -126,7 +133,8 @@ impl App {
 
 pub(crate) fn authorized(args: &ServeArgs, headers: &HeaderMap, query: &HashMap<String, String>) -> bool {
     let Some(want) = &args.auth_token else { return true };
-    let header = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let header =
+        headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
     header == Some(want.as_str()) || query.get("token") == Some(want)
 }
 
@@ -153,21 +161,34 @@ pub fn router(app: App) -> Router {
         .with_state(app)
 }
 
-async fn model_card(State(app): State<App>, headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Response {
+async fn model_card(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     if !authorized(&app.args, &headers, &q) {
         return (StatusCode::UNAUTHORIZED, "missing or wrong bearer token").into_response();
     }
     Json(app.engine.card.clone()).into_response()
 }
 
-async fn metrics(State(app): State<App>, headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Response {
+async fn metrics(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     if !authorized(&app.args, &headers, &q) {
         return (StatusCode::UNAUTHORIZED, "missing or wrong bearer token").into_response();
     }
     ([("content-type", "text/plain; version=0.0.4")], app.engine.metrics.render()).into_response()
 }
 
-async fn ws_upgrade(ws: WebSocketUpgrade, State(app): State<App>, headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Response {
+async fn ws_upgrade(
+    ws: WebSocketUpgrade,
+    State(app): State<App>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     if !authorized(&app.args, &headers, &q) {
         return (StatusCode::UNAUTHORIZED, "missing or wrong bearer token").into_response();
     }
@@ -204,7 +225,9 @@ async fn connection(socket: WebSocket, app: App) {
     let writer_inflight = inflight.clone();
     let writer = tokio::spawn(async move {
         while let Some(msg) = rx.recv().await {
-            if let ServerMessage::Done { request_id, .. } | ServerMessage::Error { request_id: Some(request_id), .. } = &msg {
+            if let ServerMessage::Done { request_id, .. }
+            | ServerMessage::Error { request_id: Some(request_id), .. } = &msg
+            {
                 writer_inflight.lock().expect("inflight lock").remove(request_id);
             }
             let text = serde_json::to_string(&msg).expect("server messages serialise");
@@ -214,7 +237,14 @@ async fn connection(socket: WebSocket, app: App) {
         }
         let _ = sink.close().await;
     });
-    let mut state = Conn { app: app.clone(), tx: tx.clone(), inflight: inflight.clone(), hello: false, pending: HashMap::new(), images: HashMap::new() };
+    let mut state = Conn {
+        app: app.clone(),
+        tx: tx.clone(),
+        inflight: inflight.clone(),
+        hello: false,
+        pending: HashMap::new(),
+        images: HashMap::new(),
+    };
     let mut draining = app.shutting_down.load(Ordering::SeqCst);
     loop {
         if draining && inflight.lock().expect("inflight lock").is_empty() {
@@ -281,45 +311,109 @@ impl Conn {
                     return self.send(err(None, ErrorCode::WrongVersion, format!("protocol version {version} is not supported; this server speaks {PROTOCOL_VERSION}")));
                 }
                 self.hello = true;
-                self.send(ServerMessage::Ready { version: PROTOCOL_VERSION, model: self.app.engine.card.clone() });
+                self.send(ServerMessage::Ready {
+                    version: PROTOCOL_VERSION,
+                    model: self.app.engine.card.clone(),
+                });
             }
             _ if !self.hello => self.send(err(None, ErrorCode::NotReady, "send `hello` first")),
             ClientMessage::Image { request_id, image_id, byte_len, codes, mask_layout } => {
                 let a = &self.app.args;
                 if byte_len == 0 || byte_len > a.max_image_bytes {
-                    return self.send(err(Some(request_id), ErrorCode::BadImage, format!("image of {byte_len} bytes is outside 1..={} bytes", a.max_image_bytes)));
+                    return self.send(err(
+                        Some(request_id),
+                        ErrorCode::BadImage,
+                        format!("image of {byte_len} bytes is outside 1..={} bytes", a.max_image_bytes),
+                    ));
                 }
                 if let Some(shape) = codes {
                     let card = &self.app.engine.card;
-                    let Some(m) = &card.mgvq else { return self.send(err(Some(request_id), ErrorCode::BadCodes, "this model uses no MGVQ codes")) };
+                    let Some(m) = &card.mgvq else {
+                        return self.send(err(
+                            Some(request_id),
+                            ErrorCode::BadCodes,
+                            "this model uses no MGVQ codes",
+                        ));
+                    };
                     let want = CodesShape { positions: m.latent_side().pow(2), groups: m.groups };
                     if shape != want {
-                        return self.send(err(Some(request_id), ErrorCode::BadCodes, format!("codes shape {}x{} does not match the model's {}x{}", shape.positions, shape.groups, want.positions, want.groups)));
+                        return self.send(err(
+                            Some(request_id),
+                            ErrorCode::BadCodes,
+                            format!(
+                                "codes shape {}x{} does not match the model's {}x{}",
+                                shape.positions, shape.groups, want.positions, want.groups
+                            ),
+                        ));
                     }
                 }
                 if let Some(l) = mask_layout {
                     let card = &self.app.engine.card;
-                    if (l.n_discrete, l.n_visual, l.n_voco) != (card.n_discrete, card.image_tokens, card.n_voco) {
+                    if (l.n_discrete, l.n_visual, l.n_voco)
+                        != (card.n_discrete, card.image_tokens, card.n_voco)
+                    {
                         return self.send(err(Some(request_id), ErrorCode::BadRequest, format!("mask layout ({}, {}, {}) does not match the model's (n_discrete {}, n_visual {}, n_voco {})", l.n_discrete, l.n_visual, l.n_voco, card.n_discrete, card.image_tokens, card.n_voco)));
                     }
                 }
-                self.pending.insert(request_id, Pending { image_id, byte_len, codes, bytes: None, decoded_codes: None });
+                self.pending.insert(
+                    request_id,
+                    Pending { image_id, byte_len, codes, bytes: None, decoded_codes: None },
+                );
             }
-            ClientMessage::Ask { request_id, image_id, question, prompt_ids, max_new_tokens, temperature, top_p, seed } => {
+            ClientMessage::Ask {
+                request_id,
+                image_id,
+                question,
+                prompt_ids,
+                max_new_tokens,
+                temperature,
+                top_p,
+                seed,
+            } => {
                 let a = &self.app.args;
                 if self.app.shutting_down.load(Ordering::SeqCst) {
                     return self.send(err(Some(request_id), ErrorCode::Busy, "the server is shutting down"));
                 }
                 let Some(image) = self.images.get(&image_id).cloned() else {
-                    return self.send(err(Some(request_id), ErrorCode::UnknownImage, format!("unknown image id `{image_id}` (send an `image` message and its bytes first)")));
+                    return self.send(err(
+                        Some(request_id),
+                        ErrorCode::UnknownImage,
+                        format!(
+                            "unknown image id `{image_id}` (send an `image` message and its bytes first)"
+                        ),
+                    ));
                 };
                 let q = match (question, prompt_ids) {
-                    (Some(q), None) if q.chars().count() <= a.max_question_chars && !q.is_empty() => Question::Text(q),
-                    (Some(q), None) => return self.send(err(Some(request_id), ErrorCode::BadRequest, format!("question of {} characters is outside 1..={}", q.chars().count(), a.max_question_chars))),
-                    (None, Some(ids)) if !ids.is_empty() && ids.len() <= a.max_question_chars => Question::Ids(ids),
-                    _ => return self.send(err(Some(request_id), ErrorCode::BadRequest, "give exactly one of `question` or `prompt_ids` (non-empty)")),
+                    (Some(q), None) if q.chars().count() <= a.max_question_chars && !q.is_empty() => {
+                        Question::Text(q)
+                    }
+                    (Some(q), None) => {
+                        return self.send(err(
+                            Some(request_id),
+                            ErrorCode::BadRequest,
+                            format!(
+                                "question of {} characters is outside 1..={}",
+                                q.chars().count(),
+                                a.max_question_chars
+                            ),
+                        ))
+                    }
+                    (None, Some(ids)) if !ids.is_empty() && ids.len() <= a.max_question_chars => {
+                        Question::Ids(ids)
+                    }
+                    _ => {
+                        return self.send(err(
+                            Some(request_id),
+                            ErrorCode::BadRequest,
+                            "give exactly one of `question` or `prompt_ids` (non-empty)",
+                        ))
+                    }
                 };
-                if !(top_p > 0.0 && top_p <= 1.0) || !(0.0..=100.0).contains(&temperature) || max_new_tokens == 0 || max_new_tokens > 4096 {
+                if !(top_p > 0.0 && top_p <= 1.0)
+                    || !(0.0..=100.0).contains(&temperature)
+                    || max_new_tokens == 0
+                    || max_new_tokens > 4096
+                {
                     return self.send(err(Some(request_id), ErrorCode::BadRequest, "sampling out of range: top_p in (0, 1], temperature in [0, 100], max_new_tokens in 1..=4096"));
                 }
                 let cancel = Arc::new(AtomicBool::new(false));
@@ -327,18 +421,40 @@ impl Conn {
                     let mut inflight = self.inflight.lock().expect("inflight lock");
                     if inflight.contains_key(&request_id) {
                         // No request id on this error: it must not end the running request.
-                        return self.send(err(None, ErrorCode::BadRequest, format!("request id {request_id} is already in flight")));
+                        return self.send(err(
+                            None,
+                            ErrorCode::BadRequest,
+                            format!("request id {request_id} is already in flight"),
+                        ));
                     }
                     if inflight.len() >= a.max_inflight_per_connection {
                         drop(inflight);
-                        return self.send(err(Some(request_id), ErrorCode::Busy, format!("this connection already has {} questions in flight", a.max_inflight_per_connection)));
+                        return self.send(err(
+                            Some(request_id),
+                            ErrorCode::Busy,
+                            format!(
+                                "this connection already has {} questions in flight",
+                                a.max_inflight_per_connection
+                            ),
+                        ));
                     }
                     inflight.insert(request_id, cancel.clone());
                 }
-                let job = Job { request_id, image, question: q, sampling: Sampling { max_new_tokens, temperature, top_p, seed }, cancel, reply: self.tx.clone() };
+                let job = Job {
+                    request_id,
+                    image,
+                    question: q,
+                    sampling: Sampling { max_new_tokens, temperature, top_p, seed },
+                    cancel,
+                    reply: self.tx.clone(),
+                };
                 if self.app.engine.submit(job).is_err() {
                     self.inflight.lock().expect("inflight lock").remove(&request_id);
-                    self.send(err(Some(request_id), ErrorCode::Busy, "the request queue is full; try again shortly"));
+                    self.send(err(
+                        Some(request_id),
+                        ErrorCode::Busy,
+                        "the request queue is full; try again shortly",
+                    ));
                 }
             }
             ClientMessage::Cancel { request_id } => {
@@ -356,21 +472,36 @@ impl Conn {
         };
         let rid = f.request_id;
         let Some(p) = self.pending.get_mut(&rid) else {
-            return self.send(err(Some(rid), ErrorCode::BadFrame, format!("binary frame for request {rid}, which announced no image")));
+            return self.send(err(
+                Some(rid),
+                ErrorCode::BadFrame,
+                format!("binary frame for request {rid}, which announced no image"),
+            ));
         };
         match f.kind {
             BinaryKind::ImageBytes => {
                 if f.payload.len() != p.byte_len {
                     let announced = p.byte_len;
                     self.pending.remove(&rid);
-                    return self.send(err(Some(rid), ErrorCode::BadImage, format!("image frame has {} bytes; the `image` message announced {announced}", f.payload.len())));
+                    return self.send(err(
+                        Some(rid),
+                        ErrorCode::BadImage,
+                        format!(
+                            "image frame has {} bytes; the `image` message announced {announced}",
+                            f.payload.len()
+                        ),
+                    ));
                 }
                 p.bytes = Some(f.payload.to_vec());
             }
             BinaryKind::Codes => {
                 let Some(shape) = p.codes else {
                     self.pending.remove(&rid);
-                    return self.send(err(Some(rid), ErrorCode::BadCodes, "codes frame for an image that announced no codes"));
+                    return self.send(err(
+                        Some(rid),
+                        ErrorCode::BadCodes,
+                        "codes frame for an image that announced no codes",
+                    ));
                 };
                 let per = self.app.engine.card.mgvq.as_ref().map(|m| m.codes_per_group()).unwrap_or(0);
                 match protocol::decode_codes(f.payload, shape, per) {
@@ -389,7 +520,11 @@ impl Conn {
         let p = self.pending.remove(&rid).expect("present");
         let bytes = p.bytes.expect("complete");
         let side = self.app.args.max_image_side;
-        let limits = DecodeLimits { max_width: side, max_height: side, max_alloc_bytes: (side as u64) * (side as u64) * 4 };
+        let limits = DecodeLimits {
+            max_width: side,
+            max_height: side,
+            max_alloc_bytes: (side as u64) * (side as u64) * 4,
+        };
         let key = self.app.engine.image_key(&bytes);
         let decoded = tokio::task::spawn_blocking(move || decode_image(&bytes, limits)).await;
         match decoded {
@@ -400,7 +535,10 @@ impl Conn {
                         self.images.remove(&k);
                     }
                 }
-                self.images.insert(p.image_id, ImageData { image: Arc::new(img), codes: p.decoded_codes.map(Arc::new), key });
+                self.images.insert(
+                    p.image_id,
+                    ImageData { image: Arc::new(img), codes: p.decoded_codes.map(Arc::new), key },
+                );
             }
             Ok(Err(e)) => self.send(err(Some(rid), ErrorCode::BadImage, e.to_string())),
             Err(e) => self.send(err(Some(rid), ErrorCode::Internal, format!("image decoding failed: {e}"))),
@@ -409,7 +547,11 @@ impl Conn {
 }
 
 /// Starts the server on `listener` until `shutdown` resolves, then drains.
-pub async fn serve_on(listener: tokio::net::TcpListener, app: App, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<()> {
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    app: App,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
     use axum::serve::ListenerExt;
     let drain = app.clone();
     // Tokens are small frames: without TCP_NODELAY, Nagle and delayed ACKs add ~40 ms each.
@@ -430,20 +572,25 @@ pub async fn serve_on(listener: tokio::net::TcpListener, app: App, shutdown: imp
 
 pub fn run(args: ServeArgs) -> Result<()> {
     if !args.static_dir.join("index.html").is_file() {
-        bail!("no built web app at {} (run scripts/build-web.sh first, or pass --static-dir)", args.static_dir.display());
+        bail!(
+            "no built web app at {} (run scripts/build-web.sh first, or pass --static-dir)",
+            args.static_dir.display()
+        );
     }
     let addr = args.addr;
     let app = App::new(args)?;
     tracing::info!(card = ?app.engine.card, "model ready");
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+        let listener =
+            tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
         tracing::info!("serving http://{}", listener.local_addr()?);
         serve_on(listener, app, async {
             let ctrl_c = tokio::signal::ctrl_c();
             #[cfg(unix)]
             {
-                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
                 tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
             }
             #[cfg(not(unix))]

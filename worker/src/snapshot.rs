@@ -19,9 +19,17 @@ use crate::weights::{Loader, WeightSource};
 /// A loaded model of any supported architecture.
 pub enum AnyModel<B: Backend> {
     Llama(Llama<B>),
-    Llava { model: Llava<B>, config: llava::Config, preprocess: ClipPreprocess },
+    Llava {
+        model: Llava<B>,
+        config: llava::Config,
+        preprocess: ClipPreprocess,
+    },
     /// A LLaVA with the HTC parts (config.json has an `htc` section).
-    Htc { model: Htc<B>, config: llava::Config, preprocess: ClipPreprocess },
+    Htc {
+        model: Htc<B>,
+        config: llava::Config,
+        preprocess: ClipPreprocess,
+    },
 }
 
 impl<B: Backend> AnyModel<B> {
@@ -103,7 +111,9 @@ impl<B: Backend> Snapshot<B> {
         let tok = if tok_path.is_file() { Some(TextTokenizer::from_file(&tok_path)?) } else { None };
         let (model, template, text_cfg) = if is_llava {
             let mut config = llava::Config::from_json(&cfg, path)?;
-            if let Some(kind) = cfg.get("htc").and_then(|h| h.get("continuous_projector")).and_then(Value::as_str) {
+            if let Some(kind) =
+                cfg.get("htc").and_then(|h| h.get("continuous_projector")).and_then(Value::as_str)
+            {
                 config.projector_mlp = kind != "linear";
             }
             let model = Llava::load(&vb, &config).context("loading the LLaVA weights")?;
@@ -124,10 +134,12 @@ impl<B: Backend> Snapshot<B> {
         } else {
             let config = llama::Config::from_json(&cfg)?;
             let prefix = if src.contains("model.embed_tokens.weight") { "model" } else { "" };
-            let model = Llama::load(&vb.pp(prefix), &vb.pp("lm_head"), &config).context("loading the LLaMA weights")?;
+            let model = Llama::load(&vb.pp(prefix), &vb.pp("lm_head"), &config)
+                .context("loading the LLaMA weights")?;
             (AnyModel::Llama(model), jinja_template(path)?, config)
         };
-        let tokenizer = tok.map(|inner| TextTokenizer { eos_ids: eos_ids(&text_cfg, &inner), inner, template });
+        let tokenizer =
+            tok.map(|inner| TextTokenizer { eos_ids: eos_ids(&text_cfg, &inner), inner, template });
         Ok(Self { model, tokenizer })
     }
 
@@ -139,7 +151,8 @@ impl<B: Backend> Snapshot<B> {
         let inner = TextTokenizer::from_json(&doc)?;
         let template = g.chat_template().map(Template::Jinja).unwrap_or(Template::Plain);
         let vb = Loader::<B>::new(&src, device);
-        let model = Llama::load(&vb.pp("model"), &vb.pp("lm_head"), &config).context("loading the GGUF weights")?;
+        let model =
+            Llama::load(&vb.pp("model"), &vb.pp("lm_head"), &config).context("loading the GGUF weights")?;
         let tokenizer = TextTokenizer { eos_ids: eos_ids(&config, &inner), inner, template };
         Ok(Self { model: AnyModel::Llama(model), tokenizer: Some(tokenizer) })
     }

@@ -2,8 +2,8 @@
 //! and in-memory tensors, read as f32. Modules are built from them with the shared [`Loader`].
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{anyhow, bail, Context, Result};
 use half::{bf16, f16};
@@ -20,7 +20,10 @@ pub struct SafetensorsFile {
 
 /// Where tensors come from.
 pub enum WeightSource {
-    Safetensors { files: Vec<SafetensorsFile>, index: HashMap<String, usize> },
+    Safetensors {
+        files: Vec<SafetensorsFile>,
+        index: HashMap<String, usize>,
+    },
     Gguf(Box<GgufFile>),
     /// Tensors held in memory (random demo models, benchmarks).
     Memory(HashMap<String, HostTensor>),
@@ -41,7 +44,8 @@ impl WeightSource {
                 .get("weight_map")
                 .and_then(|m| m.as_object())
                 .ok_or_else(|| anyhow!("{} has no weight_map", index_path.display()))?;
-            let mut files: Vec<PathBuf> = map.values().filter_map(|v| v.as_str()).map(|f| dir.join(f)).collect();
+            let mut files: Vec<PathBuf> =
+                map.values().filter_map(|v| v.as_str()).map(|f| dir.join(f)).collect();
             files.sort();
             files.dedup();
             files
@@ -66,7 +70,8 @@ impl WeightSource {
         let mut files = Vec::new();
         let mut index = HashMap::new();
         for (i, p) in paths.iter().enumerate() {
-            let f = std::fs::File::open(p).with_context(|| format!("missing weights file {}", p.display()))?;
+            let f =
+                std::fs::File::open(p).with_context(|| format!("missing weights file {}", p.display()))?;
             // SAFETY: read-only mapping of a file we do not modify.
             let mmap = unsafe { Mmap::map(&f) }.with_context(|| format!("cannot map {}", p.display()))?;
             let st = SafeTensors::deserialize(&mmap)
@@ -103,8 +108,10 @@ impl WeightSource {
     pub fn shape(&self, name: &str) -> Result<Vec<usize>> {
         match self {
             WeightSource::Safetensors { files, index } => {
-                let fi = *index.get(name).ok_or_else(|| anyhow!("missing tensor `{name}` in the checkpoint"))?;
-                let st = SafeTensors::deserialize(&files[fi].mmap).map_err(|e| anyhow!("{}: {e}", files[fi].path.display()))?;
+                let fi =
+                    *index.get(name).ok_or_else(|| anyhow!("missing tensor `{name}` in the checkpoint"))?;
+                let st = SafeTensors::deserialize(&files[fi].mmap)
+                    .map_err(|e| anyhow!("{}: {e}", files[fi].path.display()))?;
                 Ok(st.tensor(name).map_err(|e| anyhow!("{e}"))?.shape().to_vec())
             }
             _ => Ok(self.read(name)?.shape),
@@ -116,23 +123,31 @@ impl WeightSource {
         TENSORS_READ.fetch_add(1, Ordering::Relaxed);
         match self {
             WeightSource::Safetensors { files, index } => {
-                let fi = *index.get(name).ok_or_else(|| anyhow!("missing tensor `{name}` in the checkpoint"))?;
+                let fi =
+                    *index.get(name).ok_or_else(|| anyhow!("missing tensor `{name}` in the checkpoint"))?;
                 let file = &files[fi];
                 let st = SafeTensors::deserialize(&file.mmap)
                     .map_err(|e| anyhow!("{}: {e}", file.path.display()))?;
                 let view = st.tensor(name).map_err(|e| anyhow!("{}: {e}", file.path.display()))?;
                 let bytes = view.data();
                 let data: Vec<f32> = match view.dtype() {
-                    Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-                    Dtype::F16 => bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-                    Dtype::BF16 => bytes.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+                    Dtype::F32 => {
+                        bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+                    }
+                    Dtype::F16 => {
+                        bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
+                    }
+                    Dtype::BF16 => {
+                        bytes.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
+                    }
                     other => bail!("tensor `{name}` has dtype {other:?}; expected F32, F16 or BF16"),
                 };
                 Ok(HostTensor { shape: view.shape().to_vec(), data })
             }
             WeightSource::Gguf(g) => {
                 let heads = g.meta_u64("llama.attention.head_count").unwrap_or(1) as usize;
-                let kv_heads = g.meta_u64("llama.attention.head_count_kv").map(|x| x as usize).unwrap_or(heads);
+                let kv_heads =
+                    g.meta_u64("llama.attention.head_count_kv").map(|x| x as usize).unwrap_or(heads);
                 gguf_llama_tensor(g, name, heads, kv_heads)
             }
             WeightSource::Memory(m) => {

@@ -37,14 +37,28 @@ fn dump_logits_matches_transformers_for_both_llava_layouts() {
     ] {
         let dump = tmp(&format!("{dir}-{ids}.safetensors"));
         let model = fixtures().join(dir);
-        let out = htc(&["ask", "--model", s(&model), "--pixel-values", s(&pv), "--prompt-ids", &ids_arg(&exp.i64(ids)), "--greedy", "--max-new-tokens", "8", "--dump-logits", s(&dump)]);
+        let out = htc(&[
+            "ask",
+            "--model",
+            s(&model),
+            "--pixel-values",
+            s(&pv),
+            "--prompt-ids",
+            &ids_arg(&exp.i64(ids)),
+            "--greedy",
+            "--max-new-tokens",
+            "8",
+            "--dump-logits",
+            s(&dump),
+        ]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let got = Expected::open(dump.to_str().unwrap());
         let (shape, logits) = got.f32("logits");
         assert_eq!(shape, vec![29, 128], "prefill after expansion x vocab");
         assert_close(&format!("{dir} {ids} dumped logits"), &logits, &want, 1e-4);
         // No tokenizer in the fixture: the generated ids are printed on one line.
-        let printed: Vec<i64> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(|x| x.parse().unwrap()).collect();
+        let printed: Vec<i64> =
+            String::from_utf8_lossy(&out.stdout).split_whitespace().map(|x| x.parse().unwrap()).collect();
         assert_eq!(printed, exp.i64("greedy_ids"), "{dir} greedy ids vs transformers");
     }
 }
@@ -62,27 +76,45 @@ fn bad_inputs_fail_with_one_clear_line() {
     // Unknown architecture.
     let odd = tmp("odd-model");
     std::fs::create_dir_all(&odd).unwrap();
-    std::fs::write(odd.join("config.json"), r#"{"architectures": ["MambaForCausalLM"], "model_type": "mamba"}"#).unwrap();
-    assert_fails(&htc(&["ask", "--model", s(&odd), "--prompt-ids", "1,2"]), "unknown architecture `MambaForCausalLM`");
+    std::fs::write(
+        odd.join("config.json"),
+        r#"{"architectures": ["MambaForCausalLM"], "model_type": "mamba"}"#,
+    )
+    .unwrap();
+    assert_fails(
+        &htc(&["ask", "--model", s(&odd), "--prompt-ids", "1,2"]),
+        "unknown architecture `MambaForCausalLM`",
+    );
     // Shape mismatch between config and weights.
     let wrong = tmp("wrong-shape");
     std::fs::create_dir_all(&wrong).unwrap();
     std::fs::copy(llava.join("model.safetensors"), wrong.join("model.safetensors")).unwrap();
-    let cfg = std::fs::read_to_string(llava.join("config.json")).unwrap().replace("\"intermediate_size\": 96", "\"intermediate_size\": 100");
+    let cfg = std::fs::read_to_string(llava.join("config.json"))
+        .unwrap()
+        .replace("\"intermediate_size\": 96", "\"intermediate_size\": 100");
     std::fs::write(wrong.join("config.json"), cfg).unwrap();
     assert_fails(&htc(&["ask", "--model", s(&wrong), "--prompt-ids", "1,2"]), "shape mismatch");
     // Corrupt image.
     let bad = tmp("corrupt.png");
     std::fs::write(&bad, b"\x89PNG\r\n\x1a\nthis is not really a png").unwrap();
-    assert_fails(&htc(&["ask", "--model", s(&llava), "--image", s(&bad), "--prompt-ids", "1,120,5"]), "corrupt");
+    assert_fails(
+        &htc(&["ask", "--model", s(&llava), "--image", s(&bad), "--prompt-ids", "1,120,5"]),
+        "corrupt",
+    );
     // Image token without an image, and out-of-range ids.
     assert_fails(&htc(&["ask", "--model", s(&llava), "--prompt-ids", "1,120,5"]), "no image was given");
-    assert_fails(&htc(&["ask", "--model", s(&llava), "--pixel-values", s(&pv), "--prompt-ids", "1,120,5000"]), "out of range");
+    assert_fails(
+        &htc(&["ask", "--model", s(&llava), "--pixel-values", s(&pv), "--prompt-ids", "1,120,5000"]),
+        "out of range",
+    );
     // A text prompt needs a tokenizer.
     assert_fails(&htc(&["ask", "--model", s(&llava), "--prompt", "hi"]), "no tokenizer.json");
     // Pixel values of the wrong size.
     let clip_pv = fixtures().join("images/gradient-45x30.clip336.safetensors");
-    assert_fails(&htc(&["ask", "--model", s(&llava), "--pixel-values", s(&clip_pv), "--prompt-ids", "1,120,5"]), "expects [1, 3, 16, 16]");
+    assert_fails(
+        &htc(&["ask", "--model", s(&llava), "--pixel-values", s(&clip_pv), "--prompt-ids", "1,120,5"]),
+        "expects [1, 3, 16, 16]",
+    );
     // Not a GGUF file.
     let fake = tmp("fake.gguf");
     std::fs::write(&fake, b"not gguf at all").unwrap();
@@ -93,9 +125,21 @@ fn bad_inputs_fail_with_one_clear_line() {
 fn image_files_run_through_the_preprocessor() {
     let llava = fixtures().join("llava-hf-tiny");
     let img = fixtures().join("images/gradient-45x30.png");
-    let out = htc(&["ask", "--model", s(&llava), "--image", s(&img), "--prompt-ids", "1,5,120,7", "--max-new-tokens", "3", "--greedy"]);
+    let out = htc(&[
+        "ask",
+        "--model",
+        s(&llava),
+        "--image",
+        s(&img),
+        "--prompt-ids",
+        "1,5,120,7",
+        "--max-new-tokens",
+        "3",
+        "--greedy",
+    ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let ids: Vec<u32> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(|x| x.parse().unwrap()).collect();
+    let ids: Vec<u32> =
+        String::from_utf8_lossy(&out.stdout).split_whitespace().map(|x| x.parse().unwrap()).collect();
     assert_eq!(ids.len(), 3);
     assert!(ids.iter().all(|&i| i < 128));
 }

@@ -14,14 +14,40 @@ use htc_worker::models::llava::{self, Layout, Llava};
 use htc_worker::weights::Loader;
 
 fn llava_config() -> llava::Config {
-    let vision = ClipVisionConfig { hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2, num_attention_heads: 4, num_channels: 3, image_size: 28, patch_size: 7, layer_norm_eps: 1e-5 };
+    let vision = ClipVisionConfig {
+        hidden_size: 32,
+        intermediate_size: 64,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        num_channels: 3,
+        image_size: 28,
+        patch_size: 7,
+        layer_norm_eps: 1e-5,
+    };
     let text = LlamaConfig::from_json(&serde_json::json!({"vocab_size": 96, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-5})).unwrap();
-    llava::Config { layout: Layout::LlavaHf, text, vision, image_token_id: 95, select_layer: -2, projector_mlp: true }
+    llava::Config {
+        layout: Layout::LlavaHf,
+        text,
+        vision,
+        image_token_id: 95,
+        select_layer: -2,
+        projector_mlp: true,
+    }
 }
 
 fn htc_config(mode: HtcMode, topology: Topology, n_voco: usize) -> HtcConfig {
-    let mgvq = serde_json::from_slice(&std::fs::read(common::fixtures().join("mgvq-tiny/config.json")).unwrap()).unwrap();
-    HtcConfig { mode, n_discrete: 4, n_voco, topology, continuous_projector: ProjectorKind::Mlp2xGelu, discrete_hidden: 48, mgvq: Some(mgvq) }
+    let mgvq =
+        serde_json::from_slice(&std::fs::read(common::fixtures().join("mgvq-tiny/config.json")).unwrap())
+            .unwrap();
+    HtcConfig {
+        mode,
+        n_discrete: 4,
+        n_voco,
+        topology,
+        continuous_projector: ProjectorKind::Mlp2xGelu,
+        discrete_hidden: 48,
+        mgvq: Some(mgvq),
+    }
 }
 
 fn model(mode: HtcMode, topology: Topology, n_voco: usize) -> Htc<Backend> {
@@ -101,7 +127,11 @@ fn text_logits(m: &Htc<Backend>, img: &ImageInputs<Backend>, block_voco: bool) -
     let embeds = Tensor::cat(vec![m.prefix_embeds(img).unwrap(), llm.embed(&TEXT)], 1);
     let pos: Vec<usize> = (0..n).collect();
     let mask = Tensor::from_data(TensorData::new(mask, [n, n]), &llm.device());
-    let out = llm.forward(embeds, Step { positions: &pos, mask: Some(mask), want_attention: false }, &mut llm.new_cache());
+    let out = llm.forward(
+        embeds,
+        Step { positions: &pos, mask: Some(mask), want_attention: false },
+        &mut llm.new_cache(),
+    );
     let [_, _, d] = out.hidden.dims();
     to_vec(llm.logits(out.hidden.slice([0..1, layout.text_start()..n, 0..d])))
 }

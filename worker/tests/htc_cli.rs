@@ -17,10 +17,24 @@ fn init(llava: &str, mode: &str, out: &Path, extra: &[&str]) -> Output {
     let mgvq = fixtures().join("mgvq-tiny/model.safetensors");
     let mcfg = fixtures().join("mgvq-tiny/config.json");
     let llava = fixtures().join(llava);
-    let mut args: Vec<String> = ["init", "--llava", s(&llava), "--mgvq", s(&mgvq), "--mgvq-config", s(&mcfg), "--out", s(out), "--mode", mode, "--discrete-hidden", "32"]
-        .into_iter()
-        .map(String::from)
-        .collect();
+    let mut args: Vec<String> = [
+        "init",
+        "--llava",
+        s(&llava),
+        "--mgvq",
+        s(&mgvq),
+        "--mgvq-config",
+        s(&mcfg),
+        "--out",
+        s(out),
+        "--mode",
+        mode,
+        "--discrete-hidden",
+        "32",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
     if !extra.contains(&"--dtype") {
         args.extend(["--dtype".to_string(), "f32".to_string()]);
     }
@@ -36,9 +50,23 @@ fn every_mode_initialises_and_answers_with_attention_maps() {
         let r = init("llava-hf-tiny", mode, &out, &[]);
         assert!(r.status.success(), "init {mode}: {}", String::from_utf8_lossy(&r.stderr));
         let att = tmp(&format!("att-{mode}.json"));
-        let r = htc(&["ask", "--model", s(&out), "--image", s(&img), "--prompt-ids", "5,6,7", "--max-new-tokens", "3", "--greedy", "--attention", s(&att)]);
+        let r = htc(&[
+            "ask",
+            "--model",
+            s(&out),
+            "--image",
+            s(&img),
+            "--prompt-ids",
+            "5,6,7",
+            "--max-new-tokens",
+            "3",
+            "--greedy",
+            "--attention",
+            s(&att),
+        ]);
         assert!(r.status.success(), "ask {mode}: {}", String::from_utf8_lossy(&r.stderr));
-        let ids: Vec<u32> = String::from_utf8_lossy(&r.stdout).split_whitespace().map(|x| x.parse().unwrap()).collect();
+        let ids: Vec<u32> =
+            String::from_utf8_lossy(&r.stdout).split_whitespace().map(|x| x.parse().unwrap()).collect();
         assert_eq!(ids.len(), 3, "{mode}");
         let a: serde_json::Value = serde_json::from_slice(&std::fs::read(&att).unwrap()).unwrap();
         assert_eq!(a["mode"], mode);
@@ -69,13 +97,17 @@ fn liuhaotian_snapshots_convert_to_the_hub_layout() {
     for (a, b) in [
         ("model.embed_tokens.weight", "language_model.model.embed_tokens.weight"),
         ("model.mm_projector.2.weight", "multi_modal_projector.linear_2.weight"),
-        ("model.vision_tower.vision_tower.vision_model.pre_layrnorm.weight", "vision_tower.vision_model.pre_layrnorm.weight"),
+        (
+            "model.vision_tower.vision_tower.vision_model.pre_layrnorm.weight",
+            "vision_tower.vision_model.pre_layrnorm.weight",
+        ),
         ("lm_head.weight", "language_model.lm_head.weight"),
     ] {
         assert_eq!(src.read(a).unwrap().data, dst.read(b).unwrap().data, "{a} -> {b}");
     }
     assert_eq!(dst.read("htc.voco_embeddings").unwrap().shape, vec![2, 64]);
-    let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
     assert_eq!(cfg["htc"]["topology"], "causal");
     assert_eq!(cfg["htc"]["n_voco"], 2);
 }
@@ -83,16 +115,38 @@ fn liuhaotian_snapshots_convert_to_the_hub_layout() {
 #[test]
 fn bad_init_and_ask_inputs_are_named() {
     // MGVQ weights that do not fit the (default f16c32_g8) config.
-    let r = htc(&["init", "--llava", s(&fixtures().join("llava-hf-tiny")), "--mgvq", s(&fixtures().join("mgvq-tiny/model.safetensors")), "--out", s(&tmp("bad")), "--dtype", "f32"]);
+    let r = htc(&[
+        "init",
+        "--llava",
+        s(&fixtures().join("llava-hf-tiny")),
+        "--mgvq",
+        s(&fixtures().join("mgvq-tiny/model.safetensors")),
+        "--out",
+        s(&tmp("bad")),
+        "--dtype",
+        "f32",
+    ]);
     assert!(!r.status.success());
-    assert!(String::from_utf8_lossy(&r.stderr).contains("do not match the MGVQ config"), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("do not match the MGVQ config"),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
     let out = tmp("ckpt-errors");
     assert!(init("llava-hf-tiny", "htc", &out, &["--dtype", "f16"]).status.success());
     let r = htc(&["ask", "--model", s(&out), "--prompt-ids", "5,6"]);
-    assert!(String::from_utf8_lossy(&r.stderr).contains("needs an image"), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("needs an image"),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
     let pv = fixtures().join("llava-expected.safetensors");
     let r = htc(&["ask", "--model", s(&out), "--pixel-values", s(&pv), "--prompt-ids", "5,6"]);
-    assert!(String::from_utf8_lossy(&r.stderr).contains("pass --image instead"), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("pass --image instead"),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
     let r = init("llava-hf-tiny", "sideways", &tmp("bad-mode"), &[]);
     assert!(String::from_utf8_lossy(&r.stderr).contains("unknown --mode `sideways`"));
 }

@@ -12,7 +12,10 @@ use htc_worker::backend::{self, Backend};
 use htc_worker::weights::{Loader, WeightSource};
 
 fn tiny() -> Mgvq<Backend> {
-    let cfg = Config::from_json(&serde_json::from_slice(&std::fs::read(fixtures().join("mgvq-tiny/config.json")).unwrap()).unwrap()).unwrap();
+    let cfg = Config::from_json(
+        &serde_json::from_slice(&std::fs::read(fixtures().join("mgvq-tiny/config.json")).unwrap()).unwrap(),
+    )
+    .unwrap();
     let src = WeightSource::open_dir(&fixtures().join("mgvq-tiny")).unwrap();
     Mgvq::load(&Loader::new(&src, &backend::device()), &cfg).unwrap()
 }
@@ -22,7 +25,8 @@ fn mgvq_latent_q_and_codes_match_the_reference() {
     let m = tiny();
     let exp = Expected::open("mgvq-tiny/expected.safetensors");
     let (s, px) = exp.f32("pixel_values");
-    let px = Tensor::<Backend, 4>::from_data(TensorData::new(px, [s[0], s[1], s[2], s[3]]), &backend::device());
+    let px =
+        Tensor::<Backend, 4>::from_data(TensorData::new(px, [s[0], s[1], s[2], s[3]]), &backend::device());
     let enc = m.encode(px).unwrap();
     assert_close("MGVQ latent (after quant_conv)", &to_vec(enc.latent), &exp.f32("latent").1, 1e-4);
     assert_close("MGVQ q", &to_vec(enc.q.clone()), &exp.f32("q").1, 1e-4);
@@ -49,7 +53,10 @@ fn mgvq_preprocessing_matches_pil() {
 
 #[test]
 fn missing_mgvq_weights_are_named() {
-    let cfg = Config::from_json(&serde_json::from_slice(&std::fs::read(fixtures().join("mgvq-tiny/config.json")).unwrap()).unwrap()).unwrap();
+    let cfg = Config::from_json(
+        &serde_json::from_slice(&std::fs::read(fixtures().join("mgvq-tiny/config.json")).unwrap()).unwrap(),
+    )
+    .unwrap();
     let src = WeightSource::open_dir(&fixtures().join("llama-tiny")).unwrap();
     let e = Mgvq::<Backend>::load(&Loader::new(&src, &backend::device()), &cfg).err().unwrap();
     assert!(e.to_string().contains("encoder.project_in.conv.conv.weight"), "{e}");

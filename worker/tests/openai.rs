@@ -13,7 +13,21 @@ fn checkpoint() -> std::path::PathBuf {
     let out = tmp("openai", "ckpt");
     let mgvq = fixtures().join("mgvq-tiny/model.safetensors");
     let mcfg = fixtures().join("mgvq-tiny/config.json");
-    let r = htc(&["init", "--llava", s(&fixtures().join("llava-hf-tiny")), "--mgvq", s(&mgvq), "--mgvq-config", s(&mcfg), "--out", s(&out), "--discrete-hidden", "32", "--dtype", "f32"]);
+    let r = htc(&[
+        "init",
+        "--llava",
+        s(&fixtures().join("llava-hf-tiny")),
+        "--mgvq",
+        s(&mgvq),
+        "--mgvq-config",
+        s(&mcfg),
+        "--out",
+        s(&out),
+        "--discrete-hidden",
+        "32",
+        "--dtype",
+        "f32",
+    ]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let mut vocab = serde_json::Map::new();
     vocab.insert("<unk>".into(), json!(0));
@@ -87,7 +101,8 @@ async fn chat_completions_plain_and_streamed() {
     let (status, body) = post(addr, &request(false, "https://example.com/cat.png")).await;
     assert_eq!(status, 400);
     assert!(body.contains("only base64 `data:` image URLs"), "{body}");
-    let (status, body) = post(addr, &json!({"messages": [{"role": "user", "content": "no image here"}]})).await;
+    let (status, body) =
+        post(addr, &json!({"messages": [{"role": "user", "content": "no image here"}]})).await;
     assert_eq!(status, 400);
     assert!(body.contains("no image_url part"), "{body}");
     let (status, body) = post(addr, &json!({"messages": "nope"})).await;
@@ -114,13 +129,18 @@ async fn chat_completions_plain_and_streamed() {
             return;
         }
     }
-    panic!("the streamed answer was not cancelled after the client left: {}", get(addr, "/metrics").await.lines().filter(|l| l.starts_with("htc_")).collect::<Vec<_>>().join(" | "));
+    panic!(
+        "the streamed answer was not cancelled after the client left: {}",
+        get(addr, "/metrics").await.lines().filter(|l| l.starts_with("htc_")).collect::<Vec<_>>().join(" | ")
+    );
 }
 
 async fn get(addr: std::net::SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut st = tokio::net::TcpStream::connect(addr).await.unwrap();
-    st.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    st.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
     let mut buf = String::new();
     st.read_to_string(&mut buf).await.unwrap();
     buf

@@ -27,7 +27,8 @@ fn clip_hidden_states_match_every_layer() {
     let exp = Expected::open("clip-tiny/expected.safetensors");
     let (ps, pixels) = exp.f32("pixel_values");
     let (hs_shape, hs) = exp.f32("hidden_states");
-    let pixels = Tensor::<Backend, 4>::from_data(TensorData::new(pixels, [ps[0], ps[1], ps[2], ps[3]]), &device);
+    let pixels =
+        Tensor::<Backend, 4>::from_data(TensorData::new(pixels, [ps[0], ps[1], ps[2], ps[3]]), &device);
     let states = clip.forward(pixels, None);
     assert_eq!(states.len(), hs_shape[0], "number of hidden states");
     let per = hs.len() / hs_shape[0];
@@ -53,12 +54,20 @@ fn llama_causal_and_custom_mask_logits_match() {
     let device = backend::device();
     let ids = ids_u32(&exp.i64("input_ids"));
     let pos: Vec<usize> = (0..ids.len()).collect();
-    let out = m.forward(m.embed(&ids), Step { positions: &pos, mask: None, want_attention: false }, &mut m.new_cache());
+    let out = m.forward(
+        m.embed(&ids),
+        Step { positions: &pos, mask: None, want_attention: false },
+        &mut m.new_cache(),
+    );
     assert_close("causal logits", &to_vec(m.logits(out.hidden)), &exp.f32("causal_logits").1, TOL);
 
     let (ms, mask) = exp.f32("custom_mask");
     let mask = Tensor::<Backend, 2>::from_data(TensorData::new(mask, [ms[0], ms[1]]), &device);
-    let out = m.forward(m.embed(&ids), Step { positions: &pos, mask: Some(mask), want_attention: false }, &mut m.new_cache());
+    let out = m.forward(
+        m.embed(&ids),
+        Step { positions: &pos, mask: Some(mask), want_attention: false },
+        &mut m.new_cache(),
+    );
     let got = to_vec(m.logits(out.hidden));
     assert_close("custom-mask logits", &got, &exp.f32("custom_logits").1, TOL);
     // The custom mask must actually change the result.
@@ -73,13 +82,35 @@ fn kv_cache_decoding_equals_full_recompute() {
     let t = ids.len();
     // Full recompute of all t positions.
     let pos: Vec<usize> = (0..t).collect();
-    let full = to_vec(m.logits(m.forward(m.embed(&ids), Step { positions: &pos, mask: None, want_attention: false }, &mut m.new_cache()).hidden));
+    let full = to_vec(
+        m.logits(
+            m.forward(
+                m.embed(&ids),
+                Step { positions: &pos, mask: None, want_attention: false },
+                &mut m.new_cache(),
+            )
+            .hidden,
+        ),
+    );
     // Prefill 5, then one token at a time through the cache.
     let mut cache = m.new_cache();
     let p0: Vec<usize> = (0..5).collect();
-    let mut got = to_vec(m.logits(m.forward(m.embed(&ids[..5]), Step { positions: &p0, mask: None, want_attention: false }, &mut cache).hidden));
+    let mut got = to_vec(
+        m.logits(
+            m.forward(
+                m.embed(&ids[..5]),
+                Step { positions: &p0, mask: None, want_attention: false },
+                &mut cache,
+            )
+            .hidden,
+        ),
+    );
     for i in 5..t {
-        let o = m.forward(m.embed(&ids[i..i + 1]), Step { positions: &[i], mask: None, want_attention: false }, &mut cache);
+        let o = m.forward(
+            m.embed(&ids[i..i + 1]),
+            Step { positions: &[i], mask: None, want_attention: false },
+            &mut cache,
+        );
         got.extend(to_vec(m.logits(o.hidden)));
     }
     assert_eq!(cache.seq_len(), t);
@@ -91,7 +122,15 @@ fn llama_greedy_generation_matches_hf_generate() {
     let (m, exp) = tiny_llama();
     let ids = ids_u32(&exp.i64("input_ids"));
     let want = ids_u32(&exp.i64("greedy_ids"));
-    let g = htc_worker::generate::generate(&m, m.embed(&ids), &[], &htc_worker::generate::Sampling::greedy(want.len()), false, |_| std::ops::ControlFlow::Continue(())).unwrap();
+    let g = htc_worker::generate::generate(
+        &m,
+        m.embed(&ids),
+        &[],
+        &htc_worker::generate::Sampling::greedy(want.len()),
+        false,
+        |_| std::ops::ControlFlow::Continue(()),
+    )
+    .unwrap();
     assert_eq!(g.ids, want);
 }
 
@@ -101,11 +140,21 @@ fn llava_logits(dir: &str, ids_name: &str) -> Vec<f32> {
     let AnyModel::Llava { model, config, .. } = &snap.model else { panic!("{dir} must load as llava") };
     let exp = Expected::open("llava-expected.safetensors");
     let (ps, pixels) = exp.f32("pixel_values");
-    let pixels = Tensor::<Backend, 4>::from_data(TensorData::new(pixels, [ps[0], ps[1], ps[2], ps[3]]), &device);
-    let ids = htc_worker::models::llava::expand_image_tokens(&exp.i64(ids_name), config.image_token_id, config.num_image_tokens()).unwrap();
+    let pixels =
+        Tensor::<Backend, 4>::from_data(TensorData::new(pixels, [ps[0], ps[1], ps[2], ps[3]]), &device);
+    let ids = htc_worker::models::llava::expand_image_tokens(
+        &exp.i64(ids_name),
+        config.image_token_id,
+        config.num_image_tokens(),
+    )
+    .unwrap();
     let embeds = model.splice(&ids, config.image_token_id, Some(model.image_features(pixels))).unwrap();
     let pos: Vec<usize> = (0..ids.len()).collect();
-    let out = model.llm.forward(embeds, Step { positions: &pos, mask: None, want_attention: false }, &mut model.llm.new_cache());
+    let out = model.llm.forward(
+        embeds,
+        Step { positions: &pos, mask: None, want_attention: false },
+        &mut model.llm.new_cache(),
+    );
     to_vec(model.llm.logits(out.hidden))
 }
 
@@ -119,7 +168,12 @@ fn llava_hf_logits_match_end_to_end() {
 #[test]
 fn liuhaotian_snapshot_matches_the_same_reference() {
     let want = Expected::open("llava-expected.safetensors").f32("logits").1;
-    assert_close("liuhaotian layout", &llava_logits("llava-liuhaotian-tiny", "input_ids_liuhaotian"), &want, TOL);
+    assert_close(
+        "liuhaotian layout",
+        &llava_logits("llava-liuhaotian-tiny", "input_ids_liuhaotian"),
+        &want,
+        TOL,
+    );
 }
 
 #[test]
@@ -161,7 +215,11 @@ fn batched_decoding_equals_decoding_each_sequence_alone() {
         let got = to_vec(m.decode_batch(&next, &pos, &mut batch));
         let mut want = vec![];
         for i in 0..3 {
-            let o = m.forward(m.embed(&next[i..i + 1]), Step { positions: &pos[i..i + 1], mask: None, want_attention: false }, &mut alone[i]);
+            let o = m.forward(
+                m.embed(&next[i..i + 1]),
+                Step { positions: &pos[i..i + 1], mask: None, want_attention: false },
+                &mut alone[i],
+            );
             want.extend(to_vec(m.logits(o.hidden)));
         }
         assert_close(&format!("batched decode step {step}"), &got, &want, 1e-5);

@@ -22,7 +22,11 @@ async fn start(tweak: impl FnOnce(&mut ServeArgs)) -> std::net::SocketAddr {
     addr
 }
 
-async fn connect(addr: std::net::SocketAddr, headers: &[(&str, &str)], query: &str) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+async fn connect(
+    addr: std::net::SocketAddr,
+    headers: &[(&str, &str)],
+    query: &str,
+) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
     let mut req = format!("ws://{addr}/ws{query}").into_client_request().unwrap();
     for (k, v) in headers {
         let name = tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap();
@@ -37,7 +41,11 @@ async fn send(ws: &mut Ws, v: serde_json::Value) {
 
 async fn recv(ws: &mut Ws) -> ServerMessage {
     loop {
-        let m = tokio::time::timeout(Duration::from_secs(120), ws.next()).await.expect("server answers").expect("open").unwrap();
+        let m = tokio::time::timeout(Duration::from_secs(120), ws.next())
+            .await
+            .expect("server answers")
+            .expect("open")
+            .unwrap();
         if let Message::Text(t) = m {
             return serde_json::from_str(t.as_str()).unwrap();
         }
@@ -163,7 +171,9 @@ async fn auth_and_origin_are_checked_at_the_handshake() {
     assert!(e.to_string().contains("401"), "{e}");
     let e = connect(addr, &[("Authorization", "Bearer wrong")], "").await.unwrap_err();
     assert!(e.to_string().contains("401"), "{e}");
-    let e = connect(addr, &[("Authorization", "Bearer s3cret"), ("Origin", "https://evil.example")], "").await.unwrap_err();
+    let e = connect(addr, &[("Authorization", "Bearer s3cret"), ("Origin", "https://evil.example")], "")
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("403"), "{e}");
     let mut ws = connect(addr, &[("Origin", "https://good.example")], "?token=s3cret").await.unwrap();
     hello(&mut ws).await;
@@ -200,8 +210,14 @@ async fn every_bad_input_gets_an_error_frame_and_the_connection_stays_up() {
     // In-range codes that are not the image's: the worker recomputes and refuses them.
     send(&mut ws, json!({"type": "image", "request_id": 6, "image_id": "c", "byte_len": p.len(), "codes": {"positions": 441, "groups": 8}})).await;
     ws.send(Message::Binary(encode_binary(BinaryKind::ImageBytes, 6, &p).into())).await.unwrap();
-    ws.send(Message::Binary(encode_binary(BinaryKind::Codes, 6, &vec![0u8; 441 * 8 * 2]).into())).await.unwrap();
-    send(&mut ws, json!({"type": "ask", "request_id": 7, "image_id": "c", "prompt_ids": [1], "max_new_tokens": 2})).await;
+    ws.send(Message::Binary(encode_binary(BinaryKind::Codes, 6, &vec![0u8; 441 * 8 * 2]).into()))
+        .await
+        .unwrap();
+    send(
+        &mut ws,
+        json!({"type": "ask", "request_id": 7, "image_id": "c", "prompt_ids": [1], "max_new_tokens": 2}),
+    )
+    .await;
     expect_error(&mut ws, ErrorCode::CodesMismatch, "differ").await;
     // Oversized frame, bad binary header, a question without a tokenizer, bad sampling.
     ws.send(Message::Binary(vec![1u8; 100 * 1024].into())).await.unwrap();
@@ -211,12 +227,20 @@ async fn every_bad_input_gets_an_error_frame_and_the_connection_stays_up() {
     upload(&mut ws, 8, "ok", &p).await;
     send(&mut ws, json!({"type": "ask", "request_id": 9, "image_id": "ok", "question": "what is it?"})).await;
     expect_error(&mut ws, ErrorCode::BadRequest, "no tokenizer").await;
-    send(&mut ws, json!({"type": "ask", "request_id": 10, "image_id": "ok", "prompt_ids": [1], "top_p": 0.0})).await;
+    send(
+        &mut ws,
+        json!({"type": "ask", "request_id": 10, "image_id": "ok", "prompt_ids": [1], "top_p": 0.0}),
+    )
+    .await;
     expect_error(&mut ws, ErrorCode::BadRequest, "top_p").await;
     send(&mut ws, json!({"type": "ask", "request_id": 11, "image_id": "ok", "prompt_ids": [100000]})).await;
     expect_error(&mut ws, ErrorCode::BadRequest, "token ids below").await;
     // Still up: the same connection answers, and so does a new one.
-    send(&mut ws, json!({"type": "ask", "request_id": 12, "image_id": "ok", "prompt_ids": [5], "max_new_tokens": 2})).await;
+    send(
+        &mut ws,
+        json!({"type": "ask", "request_id": 12, "image_id": "ok", "prompt_ids": [5], "max_new_tokens": 2}),
+    )
+    .await;
     let (ids, _, _) = answer(&mut ws, 12).await;
     assert_eq!(ids.len(), 2);
     let mut ws2 = connect(addr, &[], "").await.unwrap();
@@ -226,7 +250,9 @@ async fn every_bad_input_gets_an_error_frame_and_the_connection_stays_up() {
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
     let mut buf = String::new();
     s.read_to_string(&mut buf).await.unwrap();
     buf
@@ -239,7 +265,12 @@ async fn shutdown_drains_in_flight_answers_then_closes() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(async move { serve_on(listener, app, async { stop_rx.await.ok(); }).await });
+    let server = tokio::spawn(async move {
+        serve_on(listener, app, async {
+            stop_rx.await.ok();
+        })
+        .await
+    });
     // Wait for the first token, then ask the server to stop.
     let mut ws = long_answer_started(addr, 300).await;
     stop_tx.send(()).unwrap();
@@ -255,13 +286,22 @@ async fn shutdown_drains_in_flight_answers_then_closes() {
     assert!(!cancelled, "shutdown must drain, not cancel");
     assert_eq!(n, tokens);
     // The drained connection closes and the server exits.
-    let rest = tokio::time::timeout(Duration::from_secs(30), async { while let Some(Ok(m)) = ws.next().await { if m.is_close() { break; } } }).await;
+    let rest = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(Ok(m)) = ws.next().await {
+            if m.is_close() {
+                break;
+            }
+        }
+    })
+    .await;
     assert!(rest.is_ok(), "connection closes after draining");
     tokio::time::timeout(Duration::from_secs(30), server).await.expect("server exits").unwrap().unwrap();
 }
 
 fn metric(text: &str, name: &str) -> f64 {
-    text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok())).unwrap_or_else(|| panic!("{name} missing"))
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("{name} missing"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -294,14 +334,24 @@ async fn trusted_client_codes_are_used_as_sent() {
     let layout = json!({"bos": true, "n_discrete": 4, "n_visual": 576, "n_voco": 1, "n_text": 0});
     send(&mut ws, json!({"type": "image", "request_id": 1, "image_id": "c", "byte_len": p.len(), "codes": {"positions": 441, "groups": 8}, "mask_layout": layout})).await;
     ws.send(Message::Binary(encode_binary(BinaryKind::ImageBytes, 1, &p).into())).await.unwrap();
-    ws.send(Message::Binary(encode_binary(BinaryKind::Codes, 1, &vec![0u8; 441 * 8 * 2]).into())).await.unwrap();
-    send(&mut ws, json!({"type": "ask", "request_id": 2, "image_id": "c", "prompt_ids": [5], "max_new_tokens": 3})).await;
+    ws.send(Message::Binary(encode_binary(BinaryKind::Codes, 1, &vec![0u8; 441 * 8 * 2]).into()))
+        .await
+        .unwrap();
+    send(
+        &mut ws,
+        json!({"type": "ask", "request_id": 2, "image_id": "c", "prompt_ids": [5], "max_new_tokens": 3}),
+    )
+    .await;
     let (ids, att, done) = answer(&mut ws, 2).await;
     assert!(!ids.is_empty() && att.is_some());
     assert!(matches!(done, ServerMessage::Done { cached: false, .. }));
     // A mask layout that does not fit the model is refused.
     let bad = json!({"bos": true, "n_discrete": 2, "n_visual": 576, "n_voco": 1, "n_text": 0});
-    send(&mut ws, json!({"type": "image", "request_id": 3, "image_id": "d", "byte_len": p.len(), "mask_layout": bad})).await;
+    send(
+        &mut ws,
+        json!({"type": "image", "request_id": 3, "image_id": "d", "byte_len": p.len(), "mask_layout": bad}),
+    )
+    .await;
     expect_error(&mut ws, ErrorCode::BadRequest, "mask layout").await;
 }
 

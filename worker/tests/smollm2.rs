@@ -46,7 +46,8 @@ fn smollm2_tokenizes_and_decodes_greedily_like_transformers() {
     let snap = Snapshot::<Backend>::open(&path, &device).expect("open SmolLM2 GGUF");
     let fx = fixture();
     let tok = snap.tokenizer.as_ref().expect("GGUF carries a tokenizer");
-    let plain: Vec<i64> = tok.encode(fx["plain_text"].as_str().unwrap(), true).unwrap().into_iter().map(i64::from).collect();
+    let plain: Vec<i64> =
+        tok.encode(fx["plain_text"].as_str().unwrap(), true).unwrap().into_iter().map(i64::from).collect();
     assert_eq!(plain, ids(&fx["plain_ids"]), "plain tokenisation");
     let max_new = fx["max_new_tokens"].as_u64().unwrap() as usize;
     for case in fx["cases"].as_array().unwrap() {
@@ -55,7 +56,10 @@ fn smollm2_tokenizes_and_decodes_greedily_like_transformers() {
         assert_eq!(p, ids(&case["prompt_ids"]), "chat-templated prompt ids for {prompt:?}");
         let llm = snap.model.llm();
         let p32: Vec<u32> = p.iter().map(|&x| x as u32).collect();
-        let g = generate(llm, llm.embed(&p32), &tok.eos_ids, &Sampling::greedy(max_new), false, |_| std::ops::ControlFlow::Continue(())).unwrap();
+        let g = generate(llm, llm.embed(&p32), &tok.eos_ids, &Sampling::greedy(max_new), false, |_| {
+            std::ops::ControlFlow::Continue(())
+        })
+        .unwrap();
         let mut got: Vec<i64> = g.ids.iter().map(|&x| x as i64).collect();
         if g.stopped_at_eos {
             // transformers' generate keeps the end-of-sequence token it stopped at.

@@ -92,7 +92,11 @@ impl<B: Backend> ClipVision<B> {
     /// Loads from `vb`, which points at the `vision_model` level. Keys with or without the
     /// `vision_model.` segment are both accepted.
     pub fn load(vb: &Loader<B>, c: &Config) -> Result<Self> {
-        let vb = if vb.contains("vision_model.embeddings.patch_embedding.weight") { vb.pp("vision_model") } else { vb.pp("") };
+        let vb = if vb.contains("vision_model.embeddings.patch_embedding.weight") {
+            vb.pp("vision_model")
+        } else {
+            vb.pp("")
+        };
         let d = c.hidden_size;
         let emb = vb.pp("embeddings");
         let n_pos = c.num_patches() + 1;
@@ -100,7 +104,14 @@ impl<B: Backend> ClipVision<B> {
             .map(|i| EncoderLayer::load(&vb.pp(format!("encoder.layers.{i}")), c))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            patch_embedding: emb.conv2d("patch_embedding", c.num_channels, d, c.patch_size, c.patch_size, false)?,
+            patch_embedding: emb.conv2d(
+                "patch_embedding",
+                c.num_channels,
+                d,
+                c.patch_size,
+                c.patch_size,
+                false,
+            )?,
             class_embedding: emb.tensor("class_embedding", [d])?,
             position_embedding: emb.pp("position_embedding").tensor("weight", [n_pos, d])?,
             pre_layrnorm: vb.layer_norm("pre_layrnorm", d, c.layer_norm_eps)?,

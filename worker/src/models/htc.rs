@@ -34,7 +34,13 @@ pub struct DiscreteProjector<B: Backend> {
 }
 
 impl<B: Backend> DiscreteProjector<B> {
-    pub fn load(vb: &Loader<B>, q_len: usize, hidden: usize, n_tokens: usize, d_model: usize) -> Result<Self> {
+    pub fn load(
+        vb: &Loader<B>,
+        q_len: usize,
+        hidden: usize,
+        n_tokens: usize,
+        d_model: usize,
+    ) -> Result<Self> {
         Ok(Self {
             linear_1: vb.linear("linear_1", q_len, hidden, true)?,
             linear_2: vb.linear("linear_2", hidden, n_tokens * d_model, true)?,
@@ -94,7 +100,13 @@ impl<B: Backend> Htc<B> {
         let (mgvq, discrete) = if config.uses_discrete() {
             let mc = config.mgvq.as_ref().expect("validated");
             let m = Mgvq::load(&vb.pp("mgvq"), mc)?;
-            let p = DiscreteProjector::load(&vb.pp("htc.discrete_projector"), mc.q_len(), config.discrete_hidden, config.n_discrete, d)?;
+            let p = DiscreteProjector::load(
+                &vb.pp("htc.discrete_projector"),
+                mc.q_len(),
+                config.discrete_hidden,
+                config.n_discrete,
+                d,
+            )?;
             (Some(m), Some(p))
         } else {
             (None, None)
@@ -159,7 +171,8 @@ impl<B: Backend> Htc<B> {
         }
         if self.config.uses_continuous() {
             let v = self.llava.image_features(img.clip.clone());
-            let v = if self.config.mode == HtcMode::Avgpool { avg_pool_tokens(v, self.config.n_voco) } else { v };
+            let v =
+                if self.config.mode == HtcMode::Avgpool { avg_pool_tokens(v, self.config.n_voco) } else { v };
             parts.push(v);
         }
         if self.bottleneck() {
@@ -174,7 +187,9 @@ impl<B: Backend> Htc<B> {
         let m = if self.bottleneck() {
             layout.additive(self.config.topology)
         } else {
-            (0..n).flat_map(|q| (0..n).map(move |k| if k <= q { 0.0 } else { htc_shared::mask::BLOCKED })).collect()
+            (0..n)
+                .flat_map(|q| (0..n).map(move |k| if k <= q { 0.0 } else { htc_shared::mask::BLOCKED }))
+                .collect()
         };
         Tensor::from_data(TensorData::new(m, [n, n]), &self.llava.llm.device())
     }
@@ -187,8 +202,16 @@ impl<B: Backend> Htc<B> {
         let n = layout.len();
         let positions: Vec<usize> = (0..n).collect();
         let mut cache = llm.new_cache();
-        let out = llm.forward(embeds, Step { positions: &positions, mask: Some(self.mask(&layout)), want_attention: true }, &mut cache);
-        let kept: Vec<usize> = if self.bottleneck() { layout.text_rows_over_kept(self.config.topology).0 } else { positions.clone() };
+        let out = llm.forward(
+            embeds,
+            Step { positions: &positions, mask: Some(self.mask(&layout)), want_attention: true },
+            &mut cache,
+        );
+        let kept: Vec<usize> = if self.bottleneck() {
+            layout.text_rows_over_kept(self.config.topology).0
+        } else {
+            positions.clone()
+        };
         // Gather the kept positions as contiguous runs (some backends cannot index-select
         // strided tensors).
         let mut runs: Vec<std::ops::Range<usize>> = Vec::new();
@@ -233,7 +256,11 @@ impl<B: Backend> Htc<B> {
             let layout = MaskLayout { n_text: t, ..c.layout };
             layout.text_rows_over_kept(self.config.topology).1
         } else {
-            (0..t).flat_map(|q| (0..kept + t).map(move |k| if k <= kept + q { 0.0 } else { htc_shared::mask::BLOCKED })).collect()
+            (0..t)
+                .flat_map(|q| {
+                    (0..kept + t).map(move |k| if k <= kept + q { 0.0 } else { htc_shared::mask::BLOCKED })
+                })
+                .collect()
         };
         Ok(Prompt {
             cache: c.cache.clone(),
@@ -250,7 +277,11 @@ impl<B: Backend> Htc<B> {
         let layout = self.layout(text_ids.len());
         let embeds = Tensor::cat(vec![self.prefix_embeds(img)?, llm.embed(text_ids)], 1);
         let positions: Vec<usize> = (0..layout.len()).collect();
-        let out = llm.forward(embeds, Step { positions: &positions, mask: Some(self.mask(&layout)), want_attention: false }, &mut llm.new_cache());
+        let out = llm.forward(
+            embeds,
+            Step { positions: &positions, mask: Some(self.mask(&layout)), want_attention: false },
+            &mut llm.new_cache(),
+        );
         let [_, n, d] = out.hidden.dims();
         Ok(llm.logits(out.hidden.slice([0..1, layout.text_start()..n, 0..d])))
     }
@@ -260,7 +291,11 @@ impl<B: Backend> Htc<B> {
         let p = self.answer_prompt(c, text_ids)?;
         let positions: Vec<usize> = (p.first_position..p.first_position + text_ids.len()).collect();
         let mut cache = p.cache;
-        let out = self.llava.llm.forward(p.embeds, Step { positions: &positions, mask: p.mask, want_attention: false }, &mut cache);
+        let out = self.llava.llm.forward(
+            p.embeds,
+            Step { positions: &positions, mask: p.mask, want_attention: false },
+            &mut cache,
+        );
         Ok(self.llava.llm.logits(out.hidden))
     }
 }

@@ -27,7 +27,11 @@ impl Rope {
     }
 
     /// `(cos, sin)`, each `[positions.len(), head_dim]`.
-    pub fn tables<B: Backend>(&self, positions: &[usize], device: &B::Device) -> (Tensor<B, 2>, Tensor<B, 2>) {
+    pub fn tables<B: Backend>(
+        &self,
+        positions: &[usize],
+        device: &B::Device,
+    ) -> (Tensor<B, 2>, Tensor<B, 2>) {
         let hd = self.inv_freq.len() * 2;
         let mut cos = Vec::with_capacity(positions.len() * hd);
         let mut sin = Vec::with_capacity(positions.len() * hd);
@@ -178,7 +182,11 @@ impl<B: Backend> DecoderLayer<B> {
             self_attn: Attention::load(&vb.pp("self_attn"), c)?,
             mlp: Mlp::load(&vb.pp("mlp"), c)?,
             input_layernorm: vb.rms_norm("input_layernorm", c.hidden_size, c.rms_norm_eps)?,
-            post_attention_layernorm: vb.rms_norm("post_attention_layernorm", c.hidden_size, c.rms_norm_eps)?,
+            post_attention_layernorm: vb.rms_norm(
+                "post_attention_layernorm",
+                c.hidden_size,
+                c.rms_norm_eps,
+            )?,
         })
     }
 }
@@ -261,11 +269,19 @@ impl<B: Backend> Llama<B> {
         let past = cache.seq_len();
         let (cos, sin) = self.rope.tables::<B>(step.positions, &device);
         let (cos, sin) = (cos.unsqueeze::<4>(), sin.unsqueeze::<4>());
-        let mask = step.mask.or_else(|| (t > 1).then(|| causal_mask::<B>(t, past, &device))).map(|m| m.unsqueeze::<4>());
+        let mask = step
+            .mask
+            .or_else(|| (t > 1).then(|| causal_mask::<B>(t, past, &device)))
+            .map(|m| m.unsqueeze::<4>());
         let mut x = embeds;
         let mut attention = Vec::new();
         for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            let (h, probs) = layer.self_attn.forward(layer.input_layernorm.forward(x.clone()), (&cos, &sin), mask.as_ref(), kv);
+            let (h, probs) = layer.self_attn.forward(
+                layer.input_layernorm.forward(x.clone()),
+                (&cos, &sin),
+                mask.as_ref(),
+                kv,
+            );
             if step.want_attention {
                 attention.push(probs.mean_dim(1).squeeze_dim::<3>(1));
             }
@@ -290,7 +306,8 @@ impl<B: Backend> Llama<B> {
             .iter()
             .flat_map(|&l| (0..=s).map(move |j| if j < l || j == s { 0.0 } else { f32::MIN }))
             .collect();
-        let mask = Tensor::<B, 2>::from_data(TensorData::new(mask, [b, s + 1]), &device).reshape([b, 1, 1, s + 1]);
+        let mask =
+            Tensor::<B, 2>::from_data(TensorData::new(mask, [b, s + 1]), &device).reshape([b, 1, 1, s + 1]);
         let (cos, sin) = self.rope.tables::<B>(positions, &device);
         let hd = self.config.head_dim;
         let (cos, sin) = (cos.reshape([b, 1, 1, hd]), sin.reshape([b, 1, 1, hd]));
@@ -301,7 +318,11 @@ impl<B: Backend> Llama<B> {
             }
             let [_, h, _, d] = t.dims();
             let z = Tensor::zeros([1, h, s - l, d], &device);
-            if l == 0 { z } else { Tensor::cat(vec![t, z], 2) }
+            if l == 0 {
+                z
+            } else {
+                Tensor::cat(vec![t, z], 2)
+            }
         };
         let mut x = embeds;
         for (li, layer) in self.layers.iter().enumerate() {
@@ -318,7 +339,12 @@ impl<B: Backend> Llama<B> {
                 let (ks, vs): (Vec<_>, Vec<_>) = rows.into_iter().unzip();
                 batched = Some((Tensor::cat(ks, 0), Tensor::cat(vs, 0)));
             }
-            let (h, _) = layer.self_attn.forward(layer.input_layernorm.forward(x.clone()), (&cos, &sin), Some(&mask), &mut batched);
+            let (h, _) = layer.self_attn.forward(
+                layer.input_layernorm.forward(x.clone()),
+                (&cos, &sin),
+                Some(&mask),
+                &mut batched,
+            );
             x = x + h;
             x = x.clone() + layer.mlp.forward(layer.post_attention_layernorm.forward(x));
             // Split back, dropping each row's padding.
@@ -332,7 +358,13 @@ impl<B: Backend> Llama<B> {
                     } else if l == 0 {
                         row.slice([0..1, 0..kh, s..s + 1, 0..d])
                     } else {
-                        Tensor::cat(vec![row.clone().slice([0..1, 0..kh, 0..l, 0..d]), row.slice([0..1, 0..kh, s..s + 1, 0..d])], 2)
+                        Tensor::cat(
+                            vec![
+                                row.clone().slice([0..1, 0..kh, 0..l, 0..d]),
+                                row.slice([0..1, 0..kh, s..s + 1, 0..d]),
+                            ],
+                            2,
+                        )
                     }
                 };
                 c.layers[li] = Some((take(&k), take(&v)));
@@ -352,8 +384,7 @@ impl<B: Backend> Llama<B> {
 /// The additive causal mask `[t, past + t]` for queries at positions `past..past + t`.
 pub fn causal_mask<B: Backend>(t: usize, past: usize, device: &B::Device) -> Tensor<B, 2> {
     let s = past + t;
-    let data: Vec<f32> = (0..t)
-        .flat_map(|i| (0..s).map(move |j| if j <= past + i { 0.0 } else { f32::MIN }))
-        .collect();
+    let data: Vec<f32> =
+        (0..t).flat_map(|i| (0..s).map(move |j| if j <= past + i { 0.0 } else { f32::MIN })).collect();
     Tensor::from_data(TensorData::new(data, [t, s]), device)
 }

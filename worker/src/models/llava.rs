@@ -76,22 +76,40 @@ impl Config {
                 .and_then(Value::as_i64)
                 .unwrap_or(32000);
             let select_layer = v.get("vision_feature_layer").and_then(Value::as_i64).unwrap_or(-2);
-            let strategy = v.get("vision_feature_select_strategy").and_then(Value::as_str).unwrap_or("default");
+            let strategy =
+                v.get("vision_feature_select_strategy").and_then(Value::as_str).unwrap_or("default");
             if strategy != "default" {
-                bail!("unsupported vision_feature_select_strategy `{strategy}` (only `default`, CLS dropped)");
+                bail!(
+                    "unsupported vision_feature_select_strategy `{strategy}` (only `default`, CLS dropped)"
+                );
             }
             let act = v.get("projector_hidden_act").and_then(Value::as_str).unwrap_or("gelu");
             if act != "gelu" {
                 bail!("unsupported projector_hidden_act `{act}`");
             }
-            Ok(Self { layout: Layout::LlavaHf, text, vision, image_token_id, select_layer, projector_mlp: true })
+            Ok(Self {
+                layout: Layout::LlavaHf,
+                text,
+                vision,
+                image_token_id,
+                select_layer,
+                projector_mlp: true,
+            })
         } else {
             let text = llama::Config::from_json(v)?;
-            let tower = v.get("mm_vision_tower").or_else(|| v.get("vision_tower")).and_then(Value::as_str).unwrap_or("");
+            let tower = v
+                .get("mm_vision_tower")
+                .or_else(|| v.get("vision_tower"))
+                .and_then(Value::as_str)
+                .unwrap_or("");
             let local = [dir.join(tower), Path::new(tower).to_path_buf()];
-            let vision = if let Some(cfg) = local.iter().map(|p| p.join("config.json")).find(|p| p.is_file()) {
+            let vision = if let Some(cfg) = local.iter().map(|p| p.join("config.json")).find(|p| p.is_file())
+            {
                 let raw = std::fs::read(&cfg).with_context(|| format!("cannot read {}", cfg.display()))?;
-                clip::Config::from_json(&serde_json::from_slice(&raw).with_context(|| format!("{} is not valid JSON", cfg.display()))?)?
+                clip::Config::from_json(
+                    &serde_json::from_slice(&raw)
+                        .with_context(|| format!("{} is not valid JSON", cfg.display()))?,
+                )?
             } else if tower.ends_with("clip-vit-large-patch14-336") {
                 clip::Config::vit_large_patch14_336()
             } else {
@@ -145,11 +163,30 @@ impl<B: Backend> Llava<B> {
         let (vd, td) = (c.vision.hidden_size, c.text.hidden_size);
         let (vision_p, proj_p, lm_p, head_p) = match c.layout {
             Layout::LlavaHf => (
-                find_prefix(vb, &["vision_tower", "model.vision_tower"], "vision_model.embeddings.patch_embedding.weight")
-                    .or_else(|_| find_prefix(vb, &["vision_tower", "model.vision_tower"], "embeddings.patch_embedding.weight"))?,
-                find_prefix(vb, &["multi_modal_projector", "model.multi_modal_projector"], "linear_1.weight")?,
+                find_prefix(
+                    vb,
+                    &["vision_tower", "model.vision_tower"],
+                    "vision_model.embeddings.patch_embedding.weight",
+                )
+                .or_else(|_| {
+                    find_prefix(
+                        vb,
+                        &["vision_tower", "model.vision_tower"],
+                        "embeddings.patch_embedding.weight",
+                    )
+                })?,
+                find_prefix(
+                    vb,
+                    &["multi_modal_projector", "model.multi_modal_projector"],
+                    "linear_1.weight",
+                )?,
                 find_prefix(vb, &["language_model.model", "model.language_model"], "embed_tokens.weight")?,
-                if vb.contains("language_model.lm_head.weight") { "language_model.lm_head" } else { "lm_head" }.to_string(),
+                if vb.contains("language_model.lm_head.weight") {
+                    "language_model.lm_head"
+                } else {
+                    "lm_head"
+                }
+                .to_string(),
             ),
             Layout::Liuhaotian => (
                 "model.vision_tower.vision_tower".to_string(),
@@ -159,16 +196,28 @@ impl<B: Backend> Llava<B> {
             ),
         };
         let vis = vb.pp(&vision_p);
-        if !vis.contains("vision_model.embeddings.patch_embedding.weight") && !vis.contains("embeddings.patch_embedding.weight") {
+        if !vis.contains("vision_model.embeddings.patch_embedding.weight")
+            && !vis.contains("embeddings.patch_embedding.weight")
+        {
             bail!("the checkpoint has no vision tower weights under `{vision_p}` (liuhaotian snapshots need the CLIP weights merged in)");
         }
         let vision = ClipVision::load(&vis, &c.vision)?;
         let p = vb.pp(&proj_p);
         let projector = match (c.layout, c.projector_mlp) {
-            (Layout::LlavaHf, true) => Projector { linear_1: p.linear("linear_1", vd, td, true)?, linear_2: Some(p.linear("linear_2", td, td, true)?) },
-            (Layout::LlavaHf, false) => Projector { linear_1: p.linear("linear_1", vd, td, true)?, linear_2: None },
-            (Layout::Liuhaotian, true) => Projector { linear_1: p.linear("0", vd, td, true)?, linear_2: Some(p.linear("2", td, td, true)?) },
-            (Layout::Liuhaotian, false) => Projector { linear_1: p.linear("", vd, td, true)?, linear_2: None },
+            (Layout::LlavaHf, true) => Projector {
+                linear_1: p.linear("linear_1", vd, td, true)?,
+                linear_2: Some(p.linear("linear_2", td, td, true)?),
+            },
+            (Layout::LlavaHf, false) => {
+                Projector { linear_1: p.linear("linear_1", vd, td, true)?, linear_2: None }
+            }
+            (Layout::Liuhaotian, true) => Projector {
+                linear_1: p.linear("0", vd, td, true)?,
+                linear_2: Some(p.linear("2", td, td, true)?),
+            },
+            (Layout::Liuhaotian, false) => {
+                Projector { linear_1: p.linear("", vd, td, true)?, linear_2: None }
+            }
         };
         let llm = Llama::load(&vb.pp(&lm_p), &vb.pp(&head_p), &c.text)?;
         Ok(Self { vision, projector, llm, select_layer: c.select_layer })
@@ -194,7 +243,9 @@ impl<B: Backend> Llava<B> {
         let mut i = 0;
         while i < ids.len() {
             if ids[i] == marker {
-                let f = features.as_ref().ok_or_else(|| anyhow!("the prompt has an image token but no image was given"))?;
+                let f = features
+                    .as_ref()
+                    .ok_or_else(|| anyhow!("the prompt has an image token but no image was given"))?;
                 if !text.is_empty() {
                     parts.push(self.llm.embed(&text));
                     text.clear();
@@ -213,7 +264,10 @@ impl<B: Backend> Llava<B> {
             } else {
                 let id = u32::try_from(ids[i]).map_err(|_| anyhow!("token id {} is out of range", ids[i]))?;
                 if id as usize >= self.llm.config().vocab_size {
-                    bail!("token id {id} is out of range for a vocabulary of {}", self.llm.config().vocab_size);
+                    bail!(
+                        "token id {id} is out of range for a vocabulary of {}",
+                        self.llm.config().vocab_size
+                    );
                 }
                 text.push(id);
                 i += 1;

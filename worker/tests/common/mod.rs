@@ -41,7 +41,10 @@ impl Expected {
         let st = SafeTensors::deserialize(&self.bytes).unwrap();
         let v = st.tensor(name).unwrap();
         assert_eq!(v.dtype(), Dtype::F32, "{name}");
-        (v.shape().to_vec(), v.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect())
+        (
+            v.shape().to_vec(),
+            v.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect(),
+        )
     }
 
     pub fn i64(&self, name: &str) -> Vec<i64> {
@@ -61,6 +64,9 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], rel: f32) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     let scale = want.iter().fold(1.0f32, |m, x| m.max(x.abs()));
     let err = got.iter().zip(want).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
-    assert!(err.is_finite() && err <= rel * scale, "{what}: max abs error {err:.3e} exceeds {rel:.0e} x scale {scale:.3}");
+    assert!(
+        err.is_finite() && err <= rel * scale,
+        "{what}: max abs error {err:.3e} exceeds {rel:.0e} x scale {scale:.3}"
+    );
     eprintln!("{what}: max abs error {err:.3e} (scale {scale:.3}, bound {:.3e})", rel * scale);
 }
