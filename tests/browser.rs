@@ -80,12 +80,12 @@ fn tempdir() -> PathBuf {
 async fn web_app_reports_webgpu_and_cpu_fallback() {
     let dist = dist();
     assert!(dist.join("index.html").is_file(), "no trunk build at {} (run trunk build)", dist.display());
-    let app = htc_worker::serve::App::new(htc_worker::serve::ServeArgs::local(dist.clone())).unwrap();
+    let app = htc_worker::server::App::new(htc_worker::server::ServeArgs::local(dist.clone())).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        async move { htc_worker::serve::serve_on(listener, app, std::future::pending()).await.unwrap() },
-    );
+    tokio::spawn(async move {
+        htc_worker::server::serve_on(listener, app, std::future::pending()).await.unwrap()
+    });
 
     // The server answers on loopback.
     let health = reqwest_like_get(addr, "/healthz").await;

@@ -7,163 +7,40 @@
 //! Loads the official key names (`encoder.*`, `quant_conv.*`, `quantize.embedding.weight`);
 //! `scripts/convert_mgvq.py` turns the official `.pt` files into safetensors.
 
-use anyhow::{bail, Result};
-use burn::module::Module;
+use burn::module::{Initializer, Module, Param};
 use burn::nn::conv::Conv2d;
 use burn::tensor::activation::{relu, silu};
 use burn::tensor::{backend::Backend, Int, Tensor};
 use image::{imageops::FilterType, RgbImage};
-use serde::{Deserialize, Serialize};
 
+pub use crate::config::{BlockType, MgvqConfig as Config};
+use crate::loader::Loader;
 use crate::preprocess::{expand_to_square, CLIP_MEAN};
-use crate::weights::Loader;
+use crate::Error;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum BlockType {
-    ResBlock,
-    #[serde(rename = "EViT_GLU")]
-    EvitGlu,
-}
-
-/// Encoder and quantiser settings (names follow the official `mgvq_f16c32` function).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Config {
-    pub width_list: Vec<usize>,
-    pub depth_list: Vec<usize>,
-    pub block_type: Vec<BlockType>,
-    pub latent_channels: usize,
-    /// Quantiser groups G; each owns `codebook_size / G` codes of `latent_channels / G` dims.
-    pub groups: usize,
-    /// Total codes over all groups.
-    pub codebook_size: usize,
-    /// Input side in pixels (a multiple of the downsampling factor).
-    pub image_size: usize,
-    #[serde(default = "default_attention_dim")]
-    pub attention_dim: usize,
-    #[serde(default = "default_expand")]
-    pub expand_ratio: usize,
-    #[serde(default = "default_eps")]
-    pub norm_eps: f64,
-}
-
-fn default_attention_dim() -> usize {
-    32
-}
-fn default_expand() -> usize {
-    4
-}
-fn default_eps() -> f64 {
-    1e-5
-}
-
-impl Config {
-    /// `mgvq_f16c32_g8` at 336 px: 21×21 latents, 8 groups × 2048 codes (the HTC setting).
-    pub fn f16c32_g8() -> Self {
-        use BlockType::*;
-        Self {
-            width_list: vec![128, 256, 512, 512, 1024],
-            depth_list: vec![0, 4, 8, 2, 2],
-            block_type: vec![ResBlock, ResBlock, ResBlock, EvitGlu, EvitGlu],
-            latent_channels: 32,
-            groups: 8,
-            codebook_size: 16384,
-            image_size: 336,
-            attention_dim: 32,
-            expand_ratio: 4,
-            norm_eps: 1e-5,
-        }
-    }
-
-    /// Parses and validates a config (`mgvq` section or standalone JSON).
-    pub fn from_json(v: &serde_json::Value) -> Result<Self> {
-        let c: Self =
-            serde_json::from_value(v.clone()).map_err(|e| anyhow::anyhow!("invalid MGVQ config: {e}"))?;
-        c.validate()?;
-        Ok(c)
-    }
-
-    pub fn validate(&self) -> Result<()> {
-        let n = self.width_list.len();
-        if n < 2 || self.depth_list.len() != n || self.block_type.len() != n {
-            bail!(
-                "MGVQ config: width_list, depth_list and block_type must have the same length (at least 2)"
-            );
-        }
-        if self.groups == 0
-            || self.latent_channels % self.groups != 0
-            || self.codebook_size % self.groups != 0
-        {
-            bail!("MGVQ config: latent_channels and codebook_size must be multiples of groups");
-        }
-        if self.codebook_size / self.groups > u16::MAX as usize + 1 {
-            bail!("MGVQ config: more than 65536 codes per group");
-        }
-        for (i, (&w, t)) in self.width_list.iter().zip(&self.block_type).enumerate() {
-            if *t == BlockType::EvitGlu && w % self.attention_dim != 0 {
-                bail!(
-                    "MGVQ config: stage {i} width {w} is not a multiple of attention_dim {}",
-                    self.attention_dim
-                );
-            }
-        }
-        if self.image_size == 0 || self.image_size % self.downsample_factor() != 0 {
-            bail!(
-                "MGVQ config: image_size {} is not a multiple of the downsampling factor {}",
-                self.image_size,
-                self.downsample_factor()
-            );
-        }
-        Ok(())
-    }
-
-    /// Total spatial downsampling of the encoder.
-    pub fn downsample_factor(&self) -> usize {
-        let mut f = if self.depth_list[0] == 0 { 2 } else { 1 };
-        let last = self.width_list.len() - 1;
-        for (i, &d) in self.depth_list.iter().enumerate() {
-            if i < last && d > 0 {
-                f *= 2;
-            }
-        }
-        f
-    }
-
-    /// Latent side: 21 for f16 at 336 px.
-    pub fn latent_side(&self) -> usize {
-        self.image_size / self.downsample_factor()
-    }
-
-    /// Length of the flattened quantised features `q` (14112 for f16c32 at 336 px).
-    pub fn q_len(&self) -> usize {
-        self.latent_channels * self.latent_side().pow(2)
-    }
-
-    pub fn codes_per_group(&self) -> usize {
-        self.codebook_size / self.groups
-    }
-
-    pub fn group_dim(&self) -> usize {
-        self.latent_channels / self.groups
-    }
-}
+type Result<T> = std::result::Result<T, Error>;
 
 /// `TritonRMSNorm2d`: RMS over channels at each pixel, then an affine map (weight and bias).
 #[derive(Module, Debug)]
 pub struct RmsNorm2d<B: Backend> {
-    weight: Tensor<B, 1>,
-    bias: Tensor<B, 1>,
+    weight: Param<Tensor<B, 1>>,
+    bias: Param<Tensor<B, 1>>,
     eps: f64,
 }
 
 impl<B: Backend> RmsNorm2d<B> {
     fn load(vb: &Loader<B>, c: usize, eps: f64) -> Result<Self> {
-        Ok(Self { weight: vb.tensor("weight", [c])?, bias: vb.tensor("bias", [c])?, eps })
+        Ok(Self {
+            weight: vb.param("weight", [c], Initializer::Ones)?,
+            bias: vb.param("bias", [c], Initializer::Zeros)?,
+            eps,
+        })
     }
 
     fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [_, c, _, _] = x.dims();
         let rms = (x.clone().powi_scalar(2).mean_dim(1) + self.eps).sqrt();
-        x / rms * self.weight.clone().reshape([1, c, 1, 1]) + self.bias.clone().reshape([1, c, 1, 1])
+        x / rms * self.weight.val().reshape([1, c, 1, 1]) + self.bias.val().reshape([1, c, 1, 1])
     }
 }
 
@@ -317,13 +194,22 @@ pub struct Mgvq<B: Backend> {
     blocks: Vec<Block<B>>,
     project_out: Conv2d<B>,
     quant_conv: Conv2d<B>,
-    /// L2-normalised codebook `[codebook_size, group_dim]`.
-    codebook: Tensor<B, 2>,
+    /// The codebook `[codebook_size, group_dim]`, as stored (rows are L2-normalised at use).
+    codebook: Param<Tensor<B, 2>>,
     #[module(skip)]
     config: Config,
 }
 
+impl Config {
+    /// A randomly initialised encoder and codebook of this shape (burn's initialisers).
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Result<Mgvq<B>> {
+        Mgvq::load(&Loader::init(device), self)
+    }
+}
+
 impl<B: Backend> Mgvq<B> {
+    /// Loads the official key names under `vb` (or initialises, see [`Loader::init`]), with
+    /// path-derived parameter ids.
     pub fn load(vb: &Loader<B>, c: &Config) -> Result<Self> {
         c.validate()?;
         let (w, d, t) = (&c.width_list, &c.depth_list, &c.block_type);
@@ -357,21 +243,18 @@ impl<B: Backend> Mgvq<B> {
                 )?));
             }
         }
-        let last = *w.last().expect("validated");
+        let last = w[w.len() - 1]; // validate() guarantees at least two stages
         let lc = c.latent_channels;
         let project_out = e.conv2d_padded("project_out.main.op_list.0.conv", last, lc, 3, 1, 1, 1, true)?;
         let quant_conv = vb.conv2d_padded("quant_conv", lc, lc, 1, 1, 0, c.groups, true)?;
-        let cb: Tensor<B, 2> =
-            vb.pp("quantize.embedding").tensor("weight", [c.codebook_size, c.group_dim()])?;
-        Ok(Self {
-            project_in,
-            unshuffle_in,
-            blocks,
-            project_out,
-            quant_conv,
-            codebook: l2_normalize(cb),
-            config: c.clone(),
-        })
+        let codebook = vb.pp("quantize.embedding").param(
+            "weight",
+            [c.codebook_size, c.group_dim()],
+            Initializer::Normal { mean: 0.0, std: 1.0 },
+        )?;
+        let m =
+            Self { project_in, unshuffle_in, blocks, project_out, quant_conv, codebook, config: c.clone() };
+        Ok(crate::params::with_stable_ids(m))
     }
 
     pub fn config(&self) -> &Config {
@@ -395,6 +278,7 @@ impl<B: Backend> Mgvq<B> {
         let n = b * hh * ww;
         let mut codes = vec![vec![0u16; g]; n];
         let mut qs = Vec::with_capacity(g);
+        let codebook = l2_normalize(self.codebook.val());
         for i in 0..g {
             let zi = latent
                 .clone()
@@ -402,7 +286,7 @@ impl<B: Backend> Mgvq<B> {
                 .permute([0, 2, 3, 1])
                 .reshape([n, gd]);
             let zi = l2_normalize(zi);
-            let ei = self.codebook.clone().slice([i * per..(i + 1) * per, 0..gd]);
+            let ei = codebook.clone().slice([i * per..(i + 1) * per, 0..gd]);
             // argmax of -|z|^2 - |e|^2 + 2 z.e, as the reference computes it.
             let score = zi.clone().matmul(ei.clone().transpose()) * 2.0
                 - zi.powi_scalar(2).sum_dim(1)
@@ -413,7 +297,7 @@ impl<B: Backend> Mgvq<B> {
                 .into_data()
                 .convert::<i64>()
                 .to_vec::<i64>()
-                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+                .map_err(|e| Error::Tensor(format!("cannot read MGVQ codes: {e:?}")))?;
             for (row, &c) in codes.iter_mut().zip(&host) {
                 row[i] = c as u16;
             }
@@ -429,7 +313,8 @@ impl<B: Backend> Mgvq<B> {
     pub fn q_from_codes(&self, codes: &[Vec<u16>]) -> Tensor<B, 4> {
         let (g, gd, per) = (self.config.groups, self.config.group_dim(), self.config.codes_per_group());
         let side = self.config.latent_side();
-        let device = self.codebook.device();
+        let codebook = l2_normalize(self.codebook.val());
+        let device = codebook.device();
         let qs = (0..g)
             .map(|i| {
                 let idx: Vec<i64> = codes.iter().map(|row| (i * per + row[i] as usize) as i64).collect();
@@ -437,7 +322,7 @@ impl<B: Backend> Mgvq<B> {
                     burn::tensor::TensorData::new(idx, [codes.len()]),
                     &device,
                 );
-                self.codebook.clone().select(0, idx).reshape([1, side, side, gd]).permute([0, 3, 1, 2])
+                codebook.clone().select(0, idx).reshape([1, side, side, gd]).permute([0, 3, 1, 2])
             })
             .collect();
         Tensor::cat(qs, 1)
@@ -464,32 +349,4 @@ pub fn preprocess(img: &RgbImage, size: u32) -> Vec<f32> {
         }
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn f16_config_matches_the_paper() {
-        let c = Config::f16c32_g8();
-        c.validate().unwrap();
-        assert_eq!(c.downsample_factor(), 16);
-        assert_eq!(c.latent_side(), 21);
-        assert_eq!(c.q_len(), 14112);
-        assert_eq!(c.codes_per_group(), 2048);
-        assert_eq!(c.group_dim(), 4);
-    }
-
-    #[test]
-    fn bad_configs_are_refused() {
-        let mut c = Config::f16c32_g8();
-        c.groups = 5;
-        assert!(c.validate().unwrap_err().to_string().contains("multiples of groups"));
-        let mut c = Config::f16c32_g8();
-        c.image_size = 330;
-        assert!(c.validate().unwrap_err().to_string().contains("downsampling factor 16"));
-        let e = Config::from_json(&serde_json::json!({"width_list": [1]})).unwrap_err();
-        assert!(e.to_string().contains("invalid MGVQ config"), "{e}");
-    }
 }

@@ -202,16 +202,24 @@ pub struct BinaryFrame<'a> {
     pub payload: &'a [u8],
 }
 
-/// Why a frame or message was refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DecodeError {
+/// Why a frame, a message or a question was refused: a stable code and a message naming the
+/// problem. The decoders here and the worker's engine return it; each front end maps it (an
+/// `error` frame on the WebSocket, an HTTP status on the OpenAI endpoint).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ProtocolError {
     pub code: ErrorCode,
     pub message: String,
 }
 
-impl DecodeError {
-    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+impl ProtocolError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self { code, message: message.into() }
+    }
+
+    /// The `error` frame for this refusal.
+    pub fn to_message(&self, request_id: Option<u32>) -> ServerMessage {
+        ServerMessage::Error { request_id, code: self.code, message: self.message.clone() }
     }
 }
 
@@ -225,9 +233,9 @@ pub fn encode_binary(kind: BinaryKind, request_id: u32, payload: &[u8]) -> Vec<u
 }
 
 /// Decodes a binary frame's header.
-pub fn decode_binary(frame: &[u8]) -> Result<BinaryFrame<'_>, DecodeError> {
+pub fn decode_binary(frame: &[u8]) -> Result<BinaryFrame<'_>, ProtocolError> {
     if frame.len() < BINARY_HEADER_LEN {
-        return Err(DecodeError::new(
+        return Err(ProtocolError::new(
             ErrorCode::BadFrame,
             format!("binary frame of {} bytes is shorter than its 5-byte header", frame.len()),
         ));
@@ -236,7 +244,7 @@ pub fn decode_binary(frame: &[u8]) -> Result<BinaryFrame<'_>, DecodeError> {
         1 => BinaryKind::ImageBytes,
         2 => BinaryKind::Codes,
         k => {
-            return Err(DecodeError::new(
+            return Err(ProtocolError::new(
                 ErrorCode::BadFrame,
                 format!("unknown binary frame kind {k} (expected 1 image bytes or 2 codes)"),
             ))
@@ -247,22 +255,22 @@ pub fn decode_binary(frame: &[u8]) -> Result<BinaryFrame<'_>, DecodeError> {
 }
 
 /// Parses a text frame into a client message, naming the problem when it is not one.
-pub fn decode_client(text: &str) -> Result<ClientMessage, DecodeError> {
+pub fn decode_client(text: &str) -> Result<ClientMessage, ProtocolError> {
     let v: serde_json::Value = serde_json::from_str(text)
-        .map_err(|e| DecodeError::new(ErrorCode::BadJson, format!("malformed JSON: {e}")))?;
+        .map_err(|e| ProtocolError::new(ErrorCode::BadJson, format!("malformed JSON: {e}")))?;
     let ty = v
         .get("type")
         .and_then(|t| t.as_str())
         .map(str::to_owned)
-        .ok_or_else(|| DecodeError::new(ErrorCode::UnknownMessage, "message has no string `type`"))?;
+        .ok_or_else(|| ProtocolError::new(ErrorCode::UnknownMessage, "message has no string `type`"))?;
     if !matches!(ty.as_str(), "hello" | "image" | "ask" | "cancel") {
-        return Err(DecodeError::new(
+        return Err(ProtocolError::new(
             ErrorCode::UnknownMessage,
             format!("unknown message type `{ty}` (expected hello, image, ask or cancel)"),
         ));
     }
     serde_json::from_value(v)
-        .map_err(|e| DecodeError::new(ErrorCode::BadRequest, format!("invalid `{ty}` message: {e}")))
+        .map_err(|e| ProtocolError::new(ErrorCode::BadRequest, format!("invalid `{ty}` message: {e}")))
 }
 
 /// Decodes `[h*w][G]` little-endian `u16` codes, checking shape and range.
@@ -270,10 +278,10 @@ pub fn decode_codes(
     payload: &[u8],
     shape: CodesShape,
     codes_per_group: usize,
-) -> Result<Vec<Vec<u16>>, DecodeError> {
+) -> Result<Vec<Vec<u16>>, ProtocolError> {
     let want = shape.positions * shape.groups * 2;
     if payload.len() != want {
-        return Err(DecodeError::new(
+        return Err(ProtocolError::new(
             ErrorCode::BadCodes,
             format!(
                 "codes frame has {} bytes; {}x{} u16 codes need {want}",
@@ -285,7 +293,7 @@ pub fn decode_codes(
     }
     let flat: Vec<u16> = payload.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
     if let Some((i, c)) = flat.iter().enumerate().find(|(_, &c)| c as usize >= codes_per_group) {
-        return Err(DecodeError::new(ErrorCode::BadCodes, format!("code {c} at position {} group {} is out of range (codebook has {codes_per_group} codes per group)", i / shape.groups.max(1), i % shape.groups.max(1))));
+        return Err(ProtocolError::new(ErrorCode::BadCodes, format!("code {c} at position {} group {} is out of range (codebook has {codes_per_group} codes per group)", i / shape.groups.max(1), i % shape.groups.max(1))));
     }
     Ok(flat.chunks(shape.groups.max(1)).map(<[u16]>::to_vec).collect())
 }

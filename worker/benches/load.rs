@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use htc_shared::protocol::{encode_binary, BinaryKind, ServerMessage};
-use htc_worker::serve::{serve_on, App, ServeArgs};
+use htc_worker::server::{serve_on, App, ServeArgs};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 

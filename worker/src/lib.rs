@@ -1,24 +1,20 @@
-//! `htc-worker`: the native side of HTC-VLM.
+//! `htc-worker`: the native side of HTC-VLM, in layers (each may use only those above it in
+//! this list; `tests/layers.rs` checks it):
 //!
-//! - [`models`]: CLIP vision tower, LLaMA decoder and LLaVA-1.5, generic over the burn backend.
-//! - [`weights`] and [`gguf`]: safetensors snapshots and GGUF files as weight sources.
-//! - [`snapshot`]: opening any supported model directory or file.
-//! - [`chat`], [`generate`], [`ask`]: prompts, decoding and streaming answers.
-//! - [`init`]: `htc init`, untrained HTC checkpoints from LLaVA + MGVQ.
-//! - [`serve`]: the HTTP server for the web UI; [`bench`]: backend measurements.
 //! - [`backend`]: the burn backend chosen by cargo feature.
+//! - [`models`]: CLIP, LLaMA, LLaVA-1.5 and HTC, pure and generic over the backend.
+//! - [`text`]: chat templates, the tokenizer and its stop ids, streaming detokenisation.
+//! - [`formats`]: safetensors and GGUF weight sources, checkpoint opening, random weights,
+//!   checkpoint writing.
+//! - [`runtime`]: sampling, the decoding core, image tensors, one-shot asking and the
+//!   server's engine.
+//! - [`server`]: HTTP, WebSocket and OpenAI front ends over the engine.
+//! - [`cli`]: the `htc` subcommands.
 
-pub mod ask;
 pub mod backend;
-pub mod bench;
-pub mod chat;
-pub mod demo;
-pub mod engine;
-pub mod generate;
-pub mod gguf;
-pub mod init;
+pub mod cli;
+pub mod formats;
 pub mod models;
-pub mod openai;
-pub mod serve;
-pub mod snapshot;
-pub mod weights;
+pub mod runtime;
+pub mod server;
+pub mod text;

@@ -8,10 +8,10 @@ use common::{assert_close, to_vec};
 use htc_shared::config::{ClipVisionConfig, HtcConfig, HtcMode, LlamaConfig, ProjectorKind};
 use htc_shared::mask::{Topology, BLOCKED};
 use htc_worker::backend::{self, Backend};
-use htc_worker::models::htc::{Htc, ImageInputs};
+use htc_worker::formats::Loader;
+use htc_worker::models::htc::{Htc, ImageTensors};
 use htc_worker::models::llama::Step;
 use htc_worker::models::llava::{self, Layout, Llava};
-use htc_worker::weights::Loader;
 
 fn llava_config() -> llava::Config {
     let vision = ClipVisionConfig {
@@ -52,15 +52,15 @@ fn htc_config(mode: HtcMode, topology: Topology, n_voco: usize) -> HtcConfig {
 
 fn model(mode: HtcMode, topology: Topology, n_voco: usize) -> Htc<Backend> {
     let (lc, hc) = (llava_config(), htc_config(mode, topology, n_voco));
-    let src = htc_worker::demo::random_htc(&lc, &hc, 7);
+    let src = htc_worker::formats::random::random_htc(&lc, &hc, 7);
     let vb = Loader::new(&src, &backend::device());
     Htc::load(&vb, Llava::load(&vb, &lc).unwrap(), &hc).unwrap()
 }
 
-fn image(seed: u64) -> ImageInputs<Backend> {
+fn image(seed: u64) -> ImageTensors<Backend> {
     let d = backend::device();
     <Backend as burn::tensor::backend::Backend>::seed(&d, seed);
-    ImageInputs {
+    ImageTensors {
         clip: Tensor::random([1, 3, 28, 28], Distribution::Normal(0.0, 1.0), &d),
         mgvq: Some(Tensor::random([1, 3, 64, 64], Distribution::Uniform(-1.0, 1.0), &d)),
         codes: None,
@@ -112,7 +112,7 @@ fn compressed_cache_keeps_only_bos_and_voco_with_original_positions() {
 }
 
 /// Text logits for `img` with the mask's `<voco>` rows optionally cut off from `[v_d; V]`.
-fn text_logits(m: &Htc<Backend>, img: &ImageInputs<Backend>, block_voco: bool) -> Vec<f32> {
+fn text_logits(m: &Htc<Backend>, img: &ImageTensors<Backend>, block_voco: bool) -> Vec<f32> {
     let llm = &m.llava.llm;
     let layout = m.layout(TEXT.len());
     let n = layout.len();

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use common::{fixtures, htc, s};
-use htc_worker::weights::WeightSource;
+use htc_worker::formats::WeightSource;
 
 fn tmp(name: &str) -> PathBuf {
     common::tmp("init", name)

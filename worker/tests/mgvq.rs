@@ -9,7 +9,7 @@ use burn::tensor::{Tensor, TensorData};
 use common::{assert_close, fixtures, to_vec, Expected};
 use htc_shared::mgvq::{self, Config, Mgvq};
 use htc_worker::backend::{self, Backend};
-use htc_worker::weights::{Loader, WeightSource};
+use htc_worker::formats::{Loader, WeightSource};
 
 fn tiny() -> Mgvq<Backend> {
     let cfg = Config::from_json(

@@ -5,7 +5,7 @@ mod common;
 
 use base64::Engine as _;
 use common::{fixtures, htc, s, tmp};
-use htc_worker::serve::{serve_on, App, ServeArgs};
+use htc_worker::server::{serve_on, App, ServeArgs};
 use serde_json::json;
 
 /// An untrained HTC checkpoint from the tiny LLaVA, with a word-level tokenizer (`w0`..`w127`).

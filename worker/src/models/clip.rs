@@ -3,7 +3,7 @@
 //! without the CLS token, so [`ClipVision::forward`] can stop early.
 
 use anyhow::Result;
-use burn::module::Module;
+use burn::module::{Initializer, Module, Param};
 use burn::nn::conv::Conv2d;
 use burn::nn::{LayerNorm, Linear};
 use burn::tensor::activation::{sigmoid, softmax};
@@ -11,7 +11,7 @@ use burn::tensor::{backend::Backend, Tensor};
 
 pub use htc_shared::config::ClipVisionConfig as Config;
 
-use crate::weights::Loader;
+use htc_shared::loader::Loader;
 
 #[derive(Module, Debug)]
 pub struct Attention<B: Backend> {
@@ -82,15 +82,21 @@ impl<B: Backend> EncoderLayer<B> {
 #[derive(Module, Debug)]
 pub struct ClipVision<B: Backend> {
     patch_embedding: Conv2d<B>,
-    class_embedding: Tensor<B, 1>,
-    position_embedding: Tensor<B, 2>,
+    class_embedding: Param<Tensor<B, 1>>,
+    position_embedding: Param<Tensor<B, 2>>,
     pre_layrnorm: LayerNorm<B>,
     layers: Vec<EncoderLayer<B>>,
+    image_size: usize,
 }
 
 impl<B: Backend> ClipVision<B> {
+    /// A randomly initialised tower (burn's initialisers), with path-derived parameter ids.
+    pub fn init(c: &Config, device: &B::Device) -> Result<Self> {
+        Self::load(&Loader::init(device), c)
+    }
+
     /// Loads from `vb`, which points at the `vision_model` level. Keys with or without the
-    /// `vision_model.` segment are both accepted.
+    /// `vision_model.` segment are both accepted. Parameter ids are derived from their paths.
     pub fn load(vb: &Loader<B>, c: &Config) -> Result<Self> {
         let vb = if vb.contains("vision_model.embeddings.patch_embedding.weight") {
             vb.pp("vision_model")
@@ -103,7 +109,7 @@ impl<B: Backend> ClipVision<B> {
         let layers = (0..c.num_hidden_layers)
             .map(|i| EncoderLayer::load(&vb.pp(format!("encoder.layers.{i}")), c))
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self {
+        let m = Self {
             patch_embedding: emb.conv2d(
                 "patch_embedding",
                 c.num_channels,
@@ -112,11 +118,21 @@ impl<B: Backend> ClipVision<B> {
                 c.patch_size,
                 false,
             )?,
-            class_embedding: emb.tensor("class_embedding", [d])?,
-            position_embedding: emb.pp("position_embedding").tensor("weight", [n_pos, d])?,
+            class_embedding: emb.param(
+                "class_embedding",
+                [d],
+                Initializer::Normal { mean: 0.0, std: 1.0 },
+            )?,
+            position_embedding: emb.pp("position_embedding").param(
+                "weight",
+                [n_pos, d],
+                Initializer::Normal { mean: 0.0, std: 1.0 },
+            )?,
             pre_layrnorm: vb.layer_norm("pre_layrnorm", d, c.layer_norm_eps)?,
             layers,
-        })
+            image_size: c.image_size,
+        };
+        Ok(htc_shared::params::with_stable_ids(m))
     }
 
     /// Returns hidden states `[emb, layer_1, ..., layer_n]` for `n = upto` layers (all when
@@ -126,8 +142,8 @@ impl<B: Backend> ClipVision<B> {
         let x = self.patch_embedding.forward(pixels); // [b, d, h, w]
         let [_, d, h, w] = x.dims();
         let x = x.reshape([b, d, h * w]).swap_dims(1, 2);
-        let cls = self.class_embedding.clone().reshape([1, 1, d]).expand([b, 1, d]);
-        let x = Tensor::cat(vec![cls, x], 1) + self.position_embedding.clone().unsqueeze::<3>();
+        let cls = self.class_embedding.val().reshape([1, 1, d]).expand([b, 1, d]);
+        let x = Tensor::cat(vec![cls, x], 1) + self.position_embedding.val().unsqueeze::<3>();
         let mut x = self.pre_layrnorm.forward(x);
         let n = upto.unwrap_or(self.layers.len()).min(self.layers.len());
         let mut states = Vec::with_capacity(n + 1);
@@ -152,7 +168,12 @@ impl<B: Backend> ClipVision<B> {
     }
 
     pub fn num_patches(&self) -> usize {
-        self.position_embedding.dims()[0] - 1
+        self.position_embedding.val().dims()[0] - 1
+    }
+
+    /// Input side in pixels.
+    pub fn image_size(&self) -> usize {
+        self.image_size
     }
 
     pub fn num_layers(&self) -> usize {

@@ -12,18 +12,17 @@
 //! head-averaged attention of `<voco>` over `[v_d; V]`. Answering runs only the text.
 
 use anyhow::{bail, Result};
-use burn::module::Module;
+use burn::module::{Initializer, Module, Param};
 use burn::nn::Linear;
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 
 use htc_shared::config::{HtcConfig, HtcMode};
+use htc_shared::loader::Loader;
 use htc_shared::mask::MaskLayout;
 use htc_shared::mgvq::Mgvq;
 
-use super::llama::{KvCache, Step};
-use super::llava::{gelu_erf, Llava};
-use crate::generate::Prompt;
-use crate::weights::Loader;
+use super::llama::{KvCache, Prompt, Step};
+use super::llava::{self, gelu_erf, Llava};
 
 /// P_d: `q_len → hidden → N_d · d_model` with GELU after each layer.
 #[derive(Module, Debug)]
@@ -78,22 +77,30 @@ pub struct Htc<B: Backend> {
     pub llava: Llava<B>,
     pub mgvq: Option<Mgvq<B>>,
     pub discrete: Option<DiscreteProjector<B>>,
-    /// The `<voco>` embeddings `[k, d_model]`.
-    pub voco: Tensor<B, 2>,
+    /// The `<voco>` embeddings `[k, d_model]` (trainable).
+    pub voco: Param<Tensor<B, 2>>,
     #[module(skip)]
     pub config: HtcConfig,
 }
 
-/// The image inputs: CLIP pixel values, MGVQ pixel values (in [-1, 1]), and, when trusted,
-/// MGVQ codes computed elsewhere (they replace running the MGVQ encoder).
-pub struct ImageInputs<B: Backend> {
+/// An image as the model takes it: CLIP pixel values, MGVQ pixel values (in [-1, 1]), and,
+/// when trusted, MGVQ codes computed elsewhere (they replace running the MGVQ encoder).
+pub struct ImageTensors<B: Backend> {
     pub clip: Tensor<B, 4>,
     pub mgvq: Option<Tensor<B, 4>>,
     pub codes: Option<Vec<Vec<u16>>>,
 }
 
 impl<B: Backend> Htc<B> {
+    /// A randomly initialised HTC model (burn's initialisers; `<voco>` drawn from N(0, 0.02)),
+    /// with path-derived parameter ids.
+    pub fn init(llava: &llava::Config, config: &HtcConfig, device: &B::Device) -> Result<Self> {
+        let vb = Loader::init(device);
+        Self::load(&vb, Llava::load(&vb, llava)?, config)
+    }
+
     /// Loads the HTC parts under `htc.*` and `mgvq.*` next to an already loaded LLaVA.
+    /// Parameter ids are derived from their paths in the whole model.
     pub fn load(vb: &Loader<B>, llava: Llava<B>, config: &HtcConfig) -> Result<Self> {
         config.validate()?;
         let d = llava.llm.config().hidden_size;
@@ -111,14 +118,19 @@ impl<B: Backend> Htc<B> {
         } else {
             (None, None)
         };
-        let voco = vb.pp("htc").tensor("voco_embeddings", [config.n_voco, d])?;
-        Ok(Self { llava, mgvq, discrete, voco, config: config.clone() })
+        let voco = vb.pp("htc").param(
+            "voco_embeddings",
+            [config.n_voco, d],
+            Initializer::Normal { mean: 0.0, std: 0.02 },
+        )?;
+        let m = Self { llava, mgvq, discrete, voco, config: config.clone() };
+        Ok(htc_shared::params::with_stable_ids(m))
     }
 
     /// Serves a vanilla LLaVA through the same interface, as mode `none`.
     pub fn from_llava(llava: Llava<B>) -> Self {
         let d = llava.llm.config().hidden_size;
-        let voco = Tensor::zeros([1, d], &llava.llm.device());
+        let voco = Param::from_tensor(Tensor::zeros([1, d], &llava.llm.device()));
         let config = HtcConfig {
             mode: HtcMode::None,
             n_discrete: 0,
@@ -128,7 +140,7 @@ impl<B: Backend> Htc<B> {
             discrete_hidden: 0,
             mgvq: None,
         };
-        Self { llava, mgvq: None, discrete: None, voco, config }
+        htc_shared::params::with_stable_ids(Self { llava, mgvq: None, discrete: None, voco, config })
     }
 
     fn n_visual(&self) -> usize {
@@ -157,7 +169,7 @@ impl<B: Backend> Htc<B> {
     }
 
     /// Embeddings of `[BOS][v_d][V][<voco>]` (`[1, prefix, d]`).
-    pub fn prefix_embeds(&self, img: &ImageInputs<B>) -> Result<Tensor<B, 3>> {
+    pub fn prefix_embeds(&self, img: &ImageTensors<B>) -> Result<Tensor<B, 3>> {
         let llm = &self.llava.llm;
         let bos = llm.config().bos_token_id.unwrap_or(1);
         let mut parts = vec![llm.embed(&[bos])];
@@ -176,7 +188,7 @@ impl<B: Backend> Htc<B> {
             parts.push(v);
         }
         if self.bottleneck() {
-            parts.push(self.voco.clone().unsqueeze::<3>());
+            parts.push(self.voco.val().unsqueeze::<3>());
         }
         Ok(Tensor::cat(parts, 1))
     }
@@ -195,7 +207,7 @@ impl<B: Backend> Htc<B> {
     }
 
     /// Runs the prefix once and keeps what text may see.
-    pub fn compress(&self, img: &ImageInputs<B>) -> Result<CompressedImage<B>> {
+    pub fn compress(&self, img: &ImageTensors<B>) -> Result<CompressedImage<B>> {
         let llm = &self.llava.llm;
         let layout = self.layout(0);
         let embeds = self.prefix_embeds(img)?;
@@ -242,14 +254,8 @@ impl<B: Backend> Htc<B> {
 
     /// The prompt that answers `text_ids` against a compressed image.
     pub fn answer_prompt(&self, c: &CompressedImage<B>, text_ids: &[u32]) -> Result<Prompt<B>> {
-        if text_ids.is_empty() {
-            bail!("empty question");
-        }
         let llm = &self.llava.llm;
-        let vocab = llm.config().vocab_size;
-        if let Some(&bad) = text_ids.iter().find(|&&i| i as usize >= vocab) {
-            bail!("token id {bad} is out of range for a vocabulary of {vocab}");
-        }
+        llm.check_ids(text_ids)?;
         let t = text_ids.len();
         let kept = c.kept_positions.len();
         let mask = if self.bottleneck() {
@@ -272,7 +278,7 @@ impl<B: Backend> Htc<B> {
 
     /// One full forward of the whole sequence under the mask; returns the text logits
     /// `[1, n_text, vocab]`. The reference that compress-then-answer must equal.
-    pub fn full_text_logits(&self, img: &ImageInputs<B>, text_ids: &[u32]) -> Result<Tensor<B, 3>> {
+    pub fn full_text_logits(&self, img: &ImageTensors<B>, text_ids: &[u32]) -> Result<Tensor<B, 3>> {
         let llm = &self.llava.llm;
         let layout = self.layout(text_ids.len());
         let embeds = Tensor::cat(vec![self.prefix_embeds(img)?, llm.embed(text_ids)], 1);

@@ -1,6 +1,6 @@
 //! LLaMA decoder (`LlamaForCausalLM`): RMSNorm, rotate-half RoPE at explicit positions,
 //! grouped-query attention with an arbitrary additive `(query, key)` mask, SwiGLU MLP and a
-//! per-layer KV cache for decoding.
+//! per-layer KV cache for decoding. Pure model code: no tokenizer, sampling or I/O.
 
 use anyhow::Result;
 use burn::module::Module;
@@ -10,7 +10,7 @@ use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 
 pub use htc_shared::config::LlamaConfig as Config;
 
-use crate::weights::Loader;
+use htc_shared::loader::Loader;
 
 /// Rotary position tables, computed as transformers does (f32 `inv_freq`, `cat(freqs, freqs)`).
 #[derive(Debug, Clone)]
@@ -191,6 +191,16 @@ impl<B: Backend> DecoderLayer<B> {
     }
 }
 
+/// Input to continue from: what is already cached, the new input embeddings `[1, t, d]`, the
+/// RoPE position of the first of them, and their additive mask over `cached + new` keys
+/// (`None`: causal).
+pub struct Prompt<B: Backend> {
+    pub cache: KvCache<B>,
+    pub embeds: Tensor<B, 3>,
+    pub first_position: usize,
+    pub mask: Option<Tensor<B, 2>>,
+}
+
 /// Options for one forward pass.
 pub struct Step<'a, B: Backend> {
     /// Absolute RoPE position of each input token.
@@ -223,8 +233,15 @@ pub struct Llama<B: Backend> {
 }
 
 impl<B: Backend> Llama<B> {
+    /// A randomly initialised decoder (burn's initialisers), with path-derived parameter ids.
+    pub fn init(c: &Config, device: &B::Device) -> Result<Self> {
+        let vb = Loader::init(device);
+        Self::load(&vb, &vb, c)
+    }
+
     /// `model` points at the `model.*` level; `lm_head` at the head's own prefix (ignored with
-    /// tied embeddings or when the checkpoint has no head and ties implicitly).
+    /// tied embeddings or when the checkpoint has no head and ties implicitly). Parameter ids
+    /// are derived from their paths.
     pub fn load(model: &Loader<B>, lm_head: &Loader<B>, c: &Config) -> Result<Self> {
         let layers = (0..c.num_hidden_layers)
             .map(|i| DecoderLayer::load(&model.pp(format!("layers.{i}")), c))
@@ -234,14 +251,15 @@ impl<B: Backend> Llama<B> {
         } else {
             lm_head.linear("", c.hidden_size, c.vocab_size, false)?
         };
-        Ok(Self {
+        let m = Self {
             embed_tokens: model.embedding("embed_tokens", c.vocab_size, c.hidden_size)?,
             layers,
             norm: model.rms_norm("norm", c.hidden_size, c.rms_norm_eps)?,
             lm_head,
             rope: Rope::new(c.head_dim, c.rope_theta),
             config: c.clone(),
-        })
+        };
+        Ok(htc_shared::params::with_stable_ids(m))
     }
 
     pub fn config(&self) -> &Config {
@@ -254,6 +272,38 @@ impl<B: Backend> Llama<B> {
 
     pub fn new_cache(&self) -> KvCache<B> {
         KvCache::new(self.layers.len())
+    }
+
+    /// Checks that `ids` is a non-empty run of ids in the vocabulary; the one place ids are
+    /// range-checked before embedding.
+    pub fn check_ids(&self, ids: &[u32]) -> Result<()> {
+        let vocab = self.config.vocab_size;
+        if ids.is_empty() {
+            anyhow::bail!("empty prompt: give 1 or more token ids");
+        }
+        match ids.iter().find(|&&i| i as usize >= vocab) {
+            Some(bad) => {
+                anyhow::bail!("token id {bad} is out of range (token ids below {vocab}, the vocabulary size)")
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Converts prompt ids that may be negative (image placeholders) to checked vocabulary ids.
+    pub fn checked_ids(&self, ids: &[i64]) -> Result<Vec<u32>> {
+        let vocab = self.config.vocab_size;
+        let out = ids
+            .iter()
+            .map(|&i| {
+                u32::try_from(i).map_err(|_| {
+                    anyhow::anyhow!(
+                        "token id {i} is out of range (token ids below {vocab}, the vocabulary size)"
+                    )
+                })
+            })
+            .collect::<Result<Vec<u32>>>()?;
+        self.check_ids(&out)?;
+        Ok(out)
     }
 
     /// Token embeddings `[1, t, d]`.

@@ -3,20 +3,16 @@
 //! embeddings at the image token. Loads llava-hf (`LlavaForConditionalGeneration`, hub and
 //! transformers-5 key layouts) and original liuhaotian (`LlavaLlamaForCausalLM`) snapshots.
 
-use std::path::Path;
-
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use burn::module::Module;
 use burn::nn::Linear;
 use burn::tensor::{backend::Backend, Tensor};
-use serde_json::Value;
 
-use super::clip::{self, ClipVision};
-use super::llama::{self, Llama};
-use crate::weights::Loader;
+pub use htc_shared::config::{LlavaConfig as Config, LlavaLayout as Layout, LIUHAOTIAN_IMAGE_TOKEN};
+use htc_shared::loader::Loader;
 
-/// liuhaotian's `IMAGE_TOKEN_INDEX`: the placeholder id `tokenizer_image_token` inserts.
-pub const LIUHAOTIAN_IMAGE_TOKEN: i64 = -200;
+use super::clip::ClipVision;
+use super::llama::Llama;
 
 /// The multimodal projector: `linear`, or `mlp2x_gelu` (`Linear → GELU (erf) → Linear`).
 #[derive(Module, Debug)]
@@ -41,106 +37,6 @@ impl<B: Backend> Projector<B> {
     }
 }
 
-/// Which checkpoint layout a LLaVA snapshot uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Layout {
-    LlavaHf,
-    Liuhaotian,
-}
-
-#[derive(Debug, Clone)]
-pub struct Config {
-    pub layout: Layout,
-    pub text: llama::Config,
-    pub vision: clip::Config,
-    pub image_token_id: i64,
-    pub select_layer: i64,
-    pub projector_mlp: bool,
-}
-
-impl Config {
-    /// Reads a LLaVA `config.json`; for liuhaotian snapshots the vision config comes from the
-    /// local snapshot named by `mm_vision_tower` (relative to `dir` or absolute), or the
-    /// built-in CLIP ViT-L/14-336 config when it names `openai/clip-vit-large-patch14-336`.
-    pub fn from_json(v: &Value, dir: &Path) -> Result<Self> {
-        if v.get("text_config").is_some() || v.get("vision_config").is_some() {
-            let empty = Value::Object(Default::default());
-            let text = llama::Config::from_json(v.get("text_config").unwrap_or(&empty))?;
-            let vision = match v.get("vision_config") {
-                Some(vc) => clip::Config::from_json(vc)?,
-                None => clip::Config::vit_large_patch14_336(),
-            };
-            let image_token_id = v
-                .get("image_token_index")
-                .or_else(|| v.get("image_token_id"))
-                .and_then(Value::as_i64)
-                .unwrap_or(32000);
-            let select_layer = v.get("vision_feature_layer").and_then(Value::as_i64).unwrap_or(-2);
-            let strategy =
-                v.get("vision_feature_select_strategy").and_then(Value::as_str).unwrap_or("default");
-            if strategy != "default" {
-                bail!(
-                    "unsupported vision_feature_select_strategy `{strategy}` (only `default`, CLS dropped)"
-                );
-            }
-            let act = v.get("projector_hidden_act").and_then(Value::as_str).unwrap_or("gelu");
-            if act != "gelu" {
-                bail!("unsupported projector_hidden_act `{act}`");
-            }
-            Ok(Self {
-                layout: Layout::LlavaHf,
-                text,
-                vision,
-                image_token_id,
-                select_layer,
-                projector_mlp: true,
-            })
-        } else {
-            let text = llama::Config::from_json(v)?;
-            let tower = v
-                .get("mm_vision_tower")
-                .or_else(|| v.get("vision_tower"))
-                .and_then(Value::as_str)
-                .unwrap_or("");
-            let local = [dir.join(tower), Path::new(tower).to_path_buf()];
-            let vision = if let Some(cfg) = local.iter().map(|p| p.join("config.json")).find(|p| p.is_file())
-            {
-                let raw = std::fs::read(&cfg).with_context(|| format!("cannot read {}", cfg.display()))?;
-                clip::Config::from_json(
-                    &serde_json::from_slice(&raw)
-                        .with_context(|| format!("{} is not valid JSON", cfg.display()))?,
-                )?
-            } else if tower.ends_with("clip-vit-large-patch14-336") {
-                clip::Config::vit_large_patch14_336()
-            } else {
-                bail!("cannot find the vision tower `{tower}`: give a local CLIP snapshot directory in mm_vision_tower");
-            };
-            let feature = v.get("mm_vision_select_feature").and_then(Value::as_str).unwrap_or("patch");
-            if feature != "patch" {
-                bail!("unsupported mm_vision_select_feature `{feature}` (only `patch`)");
-            }
-            let proj = v.get("mm_projector_type").and_then(Value::as_str).unwrap_or("linear");
-            let projector_mlp = match proj {
-                "linear" => false,
-                "mlp2x_gelu" => true,
-                other => bail!("unsupported mm_projector_type `{other}` (expected linear or mlp2x_gelu)"),
-            };
-            Ok(Self {
-                layout: Layout::Liuhaotian,
-                text,
-                vision,
-                image_token_id: LIUHAOTIAN_IMAGE_TOKEN,
-                select_layer: v.get("mm_vision_select_layer").and_then(Value::as_i64).unwrap_or(-2),
-                projector_mlp,
-            })
-        }
-    }
-
-    pub fn num_image_tokens(&self) -> usize {
-        self.vision.num_patches()
-    }
-}
-
 #[derive(Module, Debug)]
 pub struct Llava<B: Backend> {
     pub vision: ClipVision<B>,
@@ -149,8 +45,11 @@ pub struct Llava<B: Backend> {
     select_layer: i64,
 }
 
-/// The first prefix under which `probe` exists.
+/// The first prefix under which `probe` exists (the first candidate when initialising).
 fn find_prefix<B: Backend>(vb: &Loader<B>, candidates: &[&str], probe: &str) -> Result<String> {
+    if vb.is_init() {
+        return Ok(candidates[0].to_string());
+    }
     candidates
         .iter()
         .find(|p| vb.pp(**p).contains(probe))
@@ -159,6 +58,12 @@ fn find_prefix<B: Backend>(vb: &Loader<B>, candidates: &[&str], probe: &str) -> 
 }
 
 impl<B: Backend> Llava<B> {
+    /// A randomly initialised LLaVA (burn's initialisers), with path-derived parameter ids.
+    pub fn init(c: &Config, device: &B::Device) -> Result<Self> {
+        Self::load(&Loader::init(device), c)
+    }
+
+    /// Loads either layout; parameter ids are derived from their paths.
     pub fn load(vb: &Loader<B>, c: &Config) -> Result<Self> {
         let (vd, td) = (c.vision.hidden_size, c.text.hidden_size);
         let (vision_p, proj_p, lm_p, head_p) = match c.layout {
@@ -196,7 +101,8 @@ impl<B: Backend> Llava<B> {
             ),
         };
         let vis = vb.pp(&vision_p);
-        if !vis.contains("vision_model.embeddings.patch_embedding.weight")
+        if !vb.is_init()
+            && !vis.contains("vision_model.embeddings.patch_embedding.weight")
             && !vis.contains("embeddings.patch_embedding.weight")
         {
             bail!("the checkpoint has no vision tower weights under `{vision_p}` (liuhaotian snapshots need the CLIP weights merged in)");
@@ -220,7 +126,7 @@ impl<B: Backend> Llava<B> {
             }
         };
         let llm = Llama::load(&vb.pp(&lm_p), &vb.pp(&head_p), &c.text)?;
-        Ok(Self { vision, projector, llm, select_layer: c.select_layer })
+        Ok(htc_shared::params::with_stable_ids(Self { vision, projector, llm, select_layer: c.select_layer }))
     }
 
     /// Image tokens per image (CLIP patches).
@@ -262,14 +168,7 @@ impl<B: Backend> Llava<B> {
                 parts.push(f.clone().slice([0..1, used..used + n, 0..d]));
                 used += n;
             } else {
-                let id = u32::try_from(ids[i]).map_err(|_| anyhow!("token id {} is out of range", ids[i]))?;
-                if id as usize >= self.llm.config().vocab_size {
-                    bail!(
-                        "token id {id} is out of range for a vocabulary of {}",
-                        self.llm.config().vocab_size
-                    );
-                }
-                text.push(id);
+                text.extend(self.llm.checked_ids(&ids[i..i + 1])?);
                 i += 1;
             }
         }

@@ -1,4 +1,9 @@
-//! Model definitions, one file each, generic over the burn backend.
+//! Model definitions, one file each, generic over the burn backend: [`clip`], [`llama`],
+//! [`llava`] and [`htc`] (the MGVQ encoder lives in `htc_shared::mgvq`, shared with the
+//! browser). Each model has a config (in `htc_shared::config`), a `load` that reads a checkpoint
+//! through a [`htc_shared::loader::Loader`], and an `init` that builds it at random; both give
+//! parameters path-derived ids. Pure tensor code: no files, tokenizers, sampling, threads or
+//! network here.
 
 pub mod clip;
 pub mod htc;

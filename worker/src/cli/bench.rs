@@ -7,8 +7,8 @@ use anyhow::Result;
 use burn::tensor::{Distribution, Tensor};
 
 use crate::backend::{self, Backend};
+use crate::formats::Loader;
 use crate::models::llama::{Llama, Step};
-use crate::weights::Loader;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
@@ -43,7 +43,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
 /// Compress, answer without the cache (one full forward of prefix + question) and answer
 /// from the compressed cache, for a tiny HTC model and a 7B-width one with few layers.
 fn htc_suite(args: &BenchArgs) -> Result<()> {
-    use crate::models::htc::{Htc, ImageInputs};
+    use crate::models::htc::{Htc, ImageTensors};
     use crate::models::llava::{self, Layout, Llava};
     use htc_shared::config::{ClipVisionConfig, HtcConfig, HtcMode, ProjectorKind};
     use htc_shared::mask::Topology;
@@ -107,11 +107,11 @@ fn htc_suite(args: &BenchArgs) -> Result<()> {
             discrete_hidden: hidden,
             mgvq: Some(mc.clone()),
         };
-        let src = crate::demo::random_htc(&lc, &hc, 0);
+        let src = crate::formats::random::random_htc(&lc, &hc, 0);
         let vb = Loader::<Backend>::new(&src, &device);
         let model = Htc::load(&vb, Llava::load(&vb, &lc)?, &hc)?;
         drop(src);
-        let img = ImageInputs {
+        let img = ImageTensors {
             clip: Tensor::random([1, 3, 336, 336], Distribution::Normal(0.0, 1.0), &device),
             mgvq: Some(Tensor::random([1, 3, 336, 336], Distribution::Uniform(-1.0, 1.0), &device)),
             codes: None,
@@ -153,7 +153,7 @@ fn backend_suite(args: &BenchArgs) -> Result<()> {
         "vocab_size": 32000, "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 4,
         "num_attention_heads": 9, "num_key_value_heads": 3, "rms_norm_eps": 1e-5
     }))?;
-    let src = crate::demo::random_llama(&cfg, 0);
+    let src = crate::formats::random::random_llama(&cfg, 0);
     let llm = Llama::<Backend>::load(
         &Loader::new(&src, &device).pp("model"),
         &Loader::new(&src, &device).pp("lm_head"),

@@ -7,11 +7,9 @@
 //! `<voco>` embeddings set to the mean of the input embeddings (transformers'
 //! `resize_token_embeddings` default). The LLaVA projector is reused as P_v.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use half::f16;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde_json::{json, Value};
 
@@ -19,8 +17,9 @@ use htc_shared::config::{HtcConfig, HtcMode, ProjectorKind};
 use htc_shared::mask::Topology;
 use htc_shared::mgvq::{self, Mgvq};
 
+use crate::formats::write::{write_safetensors, Entry};
+use crate::formats::{HostTensor, Loader, WeightSource};
 use crate::models::llava::{self, Layout};
-use crate::weights::{HostTensor, Loader, WeightSource};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct InitArgs {
@@ -85,48 +84,6 @@ fn hub_name(layout: Layout, name: &str) -> Option<String> {
     })
 }
 
-/// A tensor to write: name, shape, and how to read its data when its turn comes.
-type Entry<'a> = (String, Vec<usize>, Box<dyn Fn() -> Result<Vec<f32>> + 'a>);
-
-/// Streams tensors into a safetensors file, one tensor in memory at a time.
-fn write_safetensors(path: &Path, entries: Vec<Entry<'_>>, half: bool) -> Result<()> {
-    let elem = if half { 2 } else { 4 };
-    let mut header = serde_json::Map::new();
-    header.insert("__metadata__".into(), json!({"format": "pt"}));
-    let mut offset = 0usize;
-    for (name, shape, _) in &entries {
-        let n: usize = shape.iter().product::<usize>() * elem;
-        header.insert(name.clone(), json!({"dtype": if half { "F16" } else { "F32" }, "shape": shape, "data_offsets": [offset, offset + n]}));
-        offset += n;
-    }
-    let mut h = serde_json::to_vec(&header)?;
-    while h.len() % 8 != 0 {
-        h.push(b' ');
-    }
-    let mut f = std::io::BufWriter::new(
-        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
-    );
-    f.write_all(&(h.len() as u64).to_le_bytes())?;
-    f.write_all(&h)?;
-    for (name, shape, read) in &entries {
-        let data = read()?;
-        if data.len() != shape.iter().product::<usize>() {
-            bail!("tensor `{name}` has {} values for shape {shape:?}", data.len());
-        }
-        if half {
-            for x in data {
-                f.write_all(&f16::from_f32(x).to_le_bytes())?;
-            }
-        } else {
-            for x in data {
-                f.write_all(&x.to_le_bytes())?;
-            }
-        }
-    }
-    f.flush()?;
-    Ok(())
-}
-
 pub fn run(a: InitArgs) -> Result<()> {
     let half = match a.dtype.as_str() {
         "f16" => true,
@@ -148,7 +105,8 @@ pub fn run(a: InitArgs) -> Result<()> {
     let raw = std::fs::read(a.llava.join("config.json"))
         .with_context(|| format!("missing config.json in {}", a.llava.display()))?;
     let src_cfg: Value = serde_json::from_slice(&raw).context("LLaVA config.json is not valid JSON")?;
-    let lc = llava::Config::from_json(&src_cfg, &a.llava)?;
+    let tower = crate::formats::checkpoint::vision_tower_config(&src_cfg, &a.llava)?;
+    let lc = llava::Config::from_json(&src_cfg, tower.as_ref())?;
     let htc = HtcConfig {
         mode,
         n_discrete: a.n_discrete,

@@ -1,4 +1,4 @@
-//! Randomly initialised models of any size, for the demo server and benchmarks: unit-scale
+//! Random weights for models of any size, for the demo server and benchmarks: unit-scale
 //! weights under the llava-hf key layout, loaded through the same code as real checkpoints.
 
 use std::collections::HashMap;
@@ -6,11 +6,11 @@ use std::collections::HashMap;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use rand_distr::StandardNormal;
 
+use htc_shared::config::{BlockType, MgvqConfig};
 use htc_shared::config::{HtcConfig, LlamaConfig};
-use htc_shared::mgvq::{self, BlockType};
 
+use super::{HostTensor, WeightSource};
 use crate::models::llava::Config;
-use crate::weights::{HostTensor, WeightSource};
 
 struct Gen {
     rng: StdRng,
@@ -118,7 +118,7 @@ pub fn random_htc(llava: &Config, htc: &HtcConfig, seed: u64) -> WeightSource {
     WeightSource::Memory(g.map)
 }
 
-fn random_mgvq_into(g: &mut Gen, c: &mgvq::Config, p: &str) {
+fn random_mgvq_into(g: &mut Gen, c: &MgvqConfig, p: &str) {
     let conv = |g: &mut Gen, name: String, cin: usize, cout: usize, k: usize, bias: bool, groups: usize| {
         g.put(
             format!("{name}.weight"),
@@ -179,4 +179,63 @@ fn random_mgvq_into(g: &mut Gen, c: &mgvq::Config, p: &str) {
     conv(g, format!("{e}.project_out.main.op_list.0.conv"), *w.last().expect("validated"), lc, 3, true, 1);
     conv(g, format!("{p}.quant_conv"), lc, lc, 1, true, c.groups);
     g.put(format!("{p}.quantize.embedding.weight"), vec![c.codebook_size, c.group_dim()], 1.0, 0.0);
+}
+
+/// The demo model's name on its model card.
+pub const DEMO_NAME: &str = "htc-demo-random";
+
+/// The demo model's shapes: LLaVA-shaped (CLIP at 336 px with 576 patches) with MGVQ
+/// f16c32_g8's geometry at reduced width, mode `htc`.
+pub fn demo_configs() -> (Config, HtcConfig) {
+    use htc_shared::config::{ClipVisionConfig, HtcMode, LlavaLayout, ProjectorKind};
+    use htc_shared::mask::Topology;
+    let vision = ClipVisionConfig {
+        hidden_size: 64,
+        intermediate_size: 128,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        num_channels: 3,
+        image_size: 336,
+        patch_size: 14,
+        layer_norm_eps: 1e-5,
+    };
+    let text = LlamaConfig::from_json(&serde_json::json!({
+        "vocab_size": 512, "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 2048, "rms_norm_eps": 1e-5
+    }))
+    .expect("valid demo config");
+    let mut mgvq = MgvqConfig::f16c32_g8();
+    mgvq.width_list = vec![32, 32, 64, 64, 128];
+    mgvq.depth_list = vec![0, 1, 1, 1, 1];
+    let l = Config {
+        layout: LlavaLayout::LlavaHf,
+        text,
+        vision,
+        image_token_id: 511,
+        select_layer: -2,
+        projector_mlp: true,
+    };
+    let h = HtcConfig {
+        mode: HtcMode::Htc,
+        n_discrete: 4,
+        n_voco: 1,
+        topology: Topology::Star,
+        continuous_projector: ProjectorKind::Mlp2xGelu,
+        discrete_hidden: 256,
+        mgvq: Some(mgvq),
+    };
+    (l, h)
+}
+
+/// The randomly initialised demo model (unit-scale weights, seed 0, loaded through the
+/// checkpoint path) and its image preprocessing.
+pub fn demo_model<B: burn::tensor::backend::Backend>(
+    device: &B::Device,
+) -> anyhow::Result<(crate::models::htc::Htc<B>, htc_shared::preprocess::ClipPreprocess)> {
+    use crate::models::{htc::Htc, llava::Llava};
+    let (l, h) = demo_configs();
+    let src = random_htc(&l, &h, 0);
+    let vb = super::Loader::<B>::new(&src, device);
+    let m = Htc::load(&vb, Llava::load(&vb, &l)?, &h)?;
+    Ok((m, htc_shared::preprocess::ClipPreprocess::llava(l.vision.image_size as u32)))
 }

@@ -3,18 +3,18 @@
 
 use std::path::Path;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use burn::tensor::backend::Backend;
 use serde_json::Value;
 
 use htc_shared::config::HtcConfig;
 use htc_shared::preprocess::ClipPreprocess;
 
-use crate::chat::{Template, TextTokenizer};
+use super::{Loader, WeightSource};
 use crate::models::htc::Htc;
-use crate::models::llama::{self, Llama};
+use crate::models::llama::Llama;
 use crate::models::llava::{self, Llava};
-use crate::weights::{Loader, WeightSource};
+use crate::text::{stop_ids, Template, TextTokenizer};
 
 /// A loaded model of any supported architecture.
 pub enum AnyModel<B: Backend> {
@@ -64,17 +64,18 @@ fn read_json(path: &Path) -> Result<Value> {
     serde_json::from_slice(&raw).with_context(|| format!("{} is not valid JSON", path.display()))
 }
 
-fn eos_ids(cfg: &llama::Config, tok: &tokenizers::Tokenizer) -> Vec<u32> {
-    // The config's EOS ids plus the end-of-turn tokens of common chat templates.
-    let mut ids = cfg.eos_token_ids.clone();
-    for s in ["</s>", "<|im_end|>", "<|eot_id|>"] {
-        if let Some(i) = tok.token_to_id(s) {
-            if !ids.contains(&i) {
-                ids.push(i);
-            }
-        }
+/// The `config.json` of the local CLIP snapshot a liuhaotian config names in
+/// `mm_vision_tower` (relative to `dir` or absolute), if there is one.
+pub fn vision_tower_config(cfg: &Value, dir: &Path) -> Result<Option<Value>> {
+    if llava::Config::is_llava_hf(cfg) {
+        return Ok(None);
     }
-    ids
+    let tower = llava::Config::vision_tower_name(cfg);
+    let local = [dir.join(tower), Path::new(tower).to_path_buf()];
+    match local.iter().map(|p| p.join("config.json")).find(|p| !tower.is_empty() && p.is_file()) {
+        Some(p) => read_json(&p).map(Some),
+        None => Ok(None),
+    }
 }
 
 impl<B: Backend> Snapshot<B> {
@@ -110,7 +111,8 @@ impl<B: Backend> Snapshot<B> {
         let tok_path = path.join("tokenizer.json");
         let tok = if tok_path.is_file() { Some(TextTokenizer::from_file(&tok_path)?) } else { None };
         let (model, template, text_cfg) = if is_llava {
-            let mut config = llava::Config::from_json(&cfg, path)?;
+            let tower = vision_tower_config(&cfg, path)?;
+            let mut config = llava::Config::from_json(&cfg, tower.as_ref())?;
             if let Some(kind) =
                 cfg.get("htc").and_then(|h| h.get("continuous_projector")).and_then(Value::as_str)
             {
@@ -132,14 +134,17 @@ impl<B: Backend> Snapshot<B> {
                 None => (AnyModel::Llava { model, config, preprocess }, Template::VicunaV1, text),
             }
         } else {
-            let config = llama::Config::from_json(&cfg)?;
+            let config = htc_shared::config::LlamaConfig::from_json(&cfg)?;
             let prefix = if src.contains("model.embed_tokens.weight") { "model" } else { "" };
             let model = Llama::load(&vb.pp(prefix), &vb.pp("lm_head"), &config)
                 .context("loading the LLaMA weights")?;
             (AnyModel::Llama(model), jinja_template(path)?, config)
         };
-        let tokenizer =
-            tok.map(|inner| TextTokenizer { eos_ids: eos_ids(&text_cfg, &inner), inner, template });
+        let tokenizer = tok.map(|inner| TextTokenizer {
+            eos_ids: stop_ids(&text_cfg.eos_token_ids, &inner),
+            inner,
+            template,
+        });
         Ok(Self { model, tokenizer })
     }
 
@@ -153,7 +158,7 @@ impl<B: Backend> Snapshot<B> {
         let vb = Loader::<B>::new(&src, device);
         let model =
             Llama::load(&vb.pp("model"), &vb.pp("lm_head"), &config).context("loading the GGUF weights")?;
-        let tokenizer = TextTokenizer { eos_ids: eos_ids(&config, &inner), inner, template };
+        let tokenizer = TextTokenizer { eos_ids: stop_ids(&config.eos_token_ids, &inner), inner, template };
         Ok(Self { model: AnyModel::Llama(model), tokenizer: Some(tokenizer) })
     }
 
@@ -180,13 +185,4 @@ fn jinja_template(dir: &Path) -> Result<Template> {
         }
     }
     Ok(Template::Plain)
-}
-
-/// Parses `--prompt-ids` (`1,2,3`; image placeholders may be negative).
-pub fn parse_ids(s: &str) -> Result<Vec<i64>> {
-    s.split(',')
-        .map(|x| x.trim())
-        .filter(|x| !x.is_empty())
-        .map(|x| x.parse::<i64>().map_err(|_| anyhow!("`{x}` in --prompt-ids is not an integer")))
-        .collect()
 }

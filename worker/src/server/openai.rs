@@ -1,15 +1,15 @@
 //! OpenAI-compatible `POST /v1/chat/completions`, so existing clients and SDKs work unchanged:
 //! the last user message's text is the question and its first `image_url` part (a `data:` URL)
 //! the image; `stream: true` answers with server-sent events. Questions go through the same
-//! engine queue and compressed-image cache as the WebSocket protocol.
+//! admission (upload decoding, question and sampling checks) and engine as the WebSocket
+//! protocol; engine errors map to HTTP statuses.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -18,12 +18,12 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use htc_shared::preprocess::{decode_image, DecodeLimits};
-use htc_shared::protocol::{ErrorCode, ServerMessage};
+use htc_shared::protocol::{ErrorCode, ProtocolError, ServerMessage};
 
-use crate::engine::{ImageData, Job, Question};
-use crate::generate::Sampling;
-use crate::serve::{authorized, App};
+use super::upload::decode_upload;
+use super::App;
+use crate::runtime::engine::{Job, Question};
+use crate::runtime::sampling::Sampling;
 
 #[derive(Debug, Deserialize)]
 pub struct ChatRequest {
@@ -48,8 +48,20 @@ pub struct ChatMessage {
     pub content: Value,
 }
 
-fn error(status: StatusCode, kind: &str, message: impl Into<String>) -> Response {
+/// An OpenAI-style error body.
+pub fn error(status: StatusCode, kind: &str, message: impl Into<String>) -> Response {
     (status, Json(json!({"error": {"message": message.into(), "type": kind}}))).into_response()
+}
+
+/// An engine or admission refusal as an HTTP response.
+fn refusal(e: ProtocolError) -> Response {
+    let (status, kind) = match e.code {
+        ErrorCode::Busy => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error"),
+        ErrorCode::FrameTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error"),
+        ErrorCode::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "server_error"),
+        _ => (StatusCode::BAD_REQUEST, "invalid_request_error"),
+    };
+    error(status, kind, e.message)
 }
 
 /// The question text and the image bytes of the last user message.
@@ -95,15 +107,7 @@ fn question_and_image(req: &ChatRequest) -> Result<(String, Vec<u8>), String> {
     Ok((text, image))
 }
 
-pub async fn chat_completions(
-    State(app): State<App>,
-    headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
-    body: axum::body::Bytes,
-) -> Response {
-    if !authorized(&app.args, &headers, &q) {
-        return error(StatusCode::UNAUTHORIZED, "authentication_error", "missing or wrong bearer token");
-    }
+pub async fn chat_completions(State(app): State<App>, body: axum::body::Bytes) -> Response {
     let req: ChatRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
@@ -121,52 +125,30 @@ pub async fn chat_completions(
         Ok(x) => x,
         Err(m) => return error(StatusCode::BAD_REQUEST, "invalid_request_error", m),
     };
-    let a = &app.args;
-    if bytes.len() > a.max_image_bytes || question.chars().count() > a.max_question_chars {
-        return error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "invalid_request_error",
-            format!(
-                "image over {} bytes or question over {} characters",
-                a.max_image_bytes, a.max_question_chars
-            ),
-        );
-    }
-    let side = a.max_image_side;
-    let limits = DecodeLimits {
-        max_width: side,
-        max_height: side,
-        max_alloc_bytes: (side as u64) * (side as u64) * 4,
+    let question = match Question::new(Some(question), None, app.args.max_question_chars) {
+        Ok(q) => q,
+        Err(e) => return refusal(e),
     };
-    let key = app.engine.image_key(&bytes);
-    let image = match tokio::task::spawn_blocking(move || decode_image(&bytes, limits)).await {
-        Ok(Ok(img)) => ImageData { image: Arc::new(img), codes: None, key },
-        Ok(Err(e)) => return error(StatusCode::BAD_REQUEST, "invalid_request_error", e.to_string()),
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", e.to_string()),
-    };
-    let max_new_tokens = req.max_tokens.unwrap_or(256).clamp(1, 4096);
+    let max_new_tokens = req.max_tokens.unwrap_or(256);
     let sampling = Sampling {
         max_new_tokens,
-        temperature: req.temperature.unwrap_or(0.0).clamp(0.0, 100.0),
-        top_p: req.top_p.unwrap_or(1.0).clamp(1e-6, 1.0),
+        temperature: req.temperature.unwrap_or(0.0),
+        top_p: req.top_p.unwrap_or(1.0),
         seed: req.seed.unwrap_or(0),
     };
+    if let Err(m) = sampling.validate() {
+        return error(StatusCode::BAD_REQUEST, "invalid_request_error", m);
+    }
+    let image = match decode_upload(&app.engine, &app.args, bytes, None).await {
+        Ok(img) => img,
+        Err(e) => return refusal(e),
+    };
+    let key = image.key;
     let (tx, mut rx) = mpsc::unbounded_channel::<ServerMessage>();
     let cancel = Arc::new(AtomicBool::new(false));
-    let job = Job {
-        request_id: 0,
-        image,
-        question: Question::Text(question),
-        sampling,
-        cancel: cancel.clone(),
-        reply: tx,
-    };
+    let job = Job { request_id: 0, image, question, sampling, cancel: cancel.clone(), reply: tx };
     if app.engine.submit(job).is_err() {
-        return error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limit_error",
-            "the request queue is full; try again shortly",
-        );
+        return refusal(ProtocolError::new(ErrorCode::Busy, "the request queue is full; try again shortly"));
     }
     let model = req.model.clone().unwrap_or_else(|| app.engine.card.name.clone());
     let id = format!(
@@ -231,14 +213,7 @@ pub async fn chat_completions(
                 text.push_str(&t);
             }
             ServerMessage::Done { .. } => break,
-            ServerMessage::Error { message, code, .. } => {
-                let status = if code == ErrorCode::BadRequest {
-                    StatusCode::BAD_REQUEST
-                } else {
-                    StatusCode::INTERNAL_SERVER_ERROR
-                };
-                return error(status, "invalid_request_error", message);
-            }
+            ServerMessage::Error { message, code, .. } => return refusal(ProtocolError::new(code, message)),
             _ => {}
         }
     }

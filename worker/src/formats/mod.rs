@@ -1,17 +1,31 @@
-//! Weight sources: HF safetensors snapshots (single file or sharded with an index), GGUF files
-//! and in-memory tensors, read as f32. Modules are built from them with the shared [`Loader`].
+//! Checkpoint formats: where weights come from and how a model directory or file is opened.
+//!
+//! - [`WeightSource`] (here): HF safetensors snapshots (single file or sharded with an index,
+//!   memory-mapped), GGUF files and in-memory tensors, read as f32; modules are built from them
+//!   with the shared [`Loader`].
+//! - [`gguf`]: the GGUF reader, including the tokenizer in its metadata.
+//! - [`checkpoint`]: opening any supported model directory or file into a model + tokenizer.
+//! - [`random`]: random weights in the llava-hf key layout (demo model, benchmarks, tests).
+//! - [`write`]: streaming safetensors writer.
+//!
+//! Reading and writing files only: no decoding, serving or command-line parsing here.
+
+pub mod checkpoint;
+pub mod gguf;
+pub mod random;
+pub mod write;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{anyhow, bail, Context, Result};
-use half::{bf16, f16};
 use memmap2::Mmap;
-use safetensors::{Dtype, SafeTensors};
+use safetensors::SafeTensors;
 
-use crate::gguf::{self, GgufFile};
-pub use htc_shared::weights::{linear_from_host, HostTensor, Loader, TensorSource};
+use self::gguf::GgufFile;
+use htc_shared::loader::host_from_view;
+pub use htc_shared::loader::{HostTensor, Loader, TensorSource};
 
 pub struct SafetensorsFile {
     path: PathBuf,
@@ -33,11 +47,14 @@ pub enum WeightSource {
 pub static TENSORS_READ: AtomicUsize = AtomicUsize::new(0);
 
 impl WeightSource {
-    /// Opens every `*.safetensors` file of a snapshot directory (`model.safetensors`, or the
-    /// shards listed in `model.safetensors.index.json`, or any `.safetensors` present).
+    /// Opens a snapshot directory's weights: `model.safetensors`, else the shards listed in
+    /// `model.safetensors.index.json`, else every `*.safetensors` present.
     pub fn open_dir(dir: &Path) -> Result<Self> {
         let index_path = dir.join("model.safetensors.index.json");
-        let mut paths: Vec<PathBuf> = if index_path.exists() {
+        let single = dir.join("model.safetensors");
+        let mut paths: Vec<PathBuf> = if single.is_file() {
+            vec![single]
+        } else if index_path.exists() {
             let idx: serde_json::Value = serde_json::from_slice(&std::fs::read(&index_path)?)
                 .with_context(|| format!("{} is not valid JSON", index_path.display()))?;
             let map = idx
@@ -54,7 +71,6 @@ impl WeightSource {
                 .with_context(|| format!("cannot read model directory {}", dir.display()))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
-                .filter(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("expected")))
                 .collect();
             v.sort();
             v
@@ -129,20 +145,7 @@ impl WeightSource {
                 let st = SafeTensors::deserialize(&file.mmap)
                     .map_err(|e| anyhow!("{}: {e}", file.path.display()))?;
                 let view = st.tensor(name).map_err(|e| anyhow!("{}: {e}", file.path.display()))?;
-                let bytes = view.data();
-                let data: Vec<f32> = match view.dtype() {
-                    Dtype::F32 => {
-                        bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
-                    }
-                    Dtype::F16 => {
-                        bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
-                    }
-                    Dtype::BF16 => {
-                        bytes.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
-                    }
-                    other => bail!("tensor `{name}` has dtype {other:?}; expected F32, F16 or BF16"),
-                };
-                Ok(HostTensor { shape: view.shape().to_vec(), data })
+                Ok(host_from_view(name, &view)?)
             }
             WeightSource::Gguf(g) => {
                 let heads = g.meta_u64("llama.attention.head_count").unwrap_or(1) as usize;
@@ -232,7 +235,7 @@ impl TensorSource for WeightSource {
     fn contains(&self, name: &str) -> bool {
         WeightSource::contains(self, name)
     }
-    fn read(&self, name: &str) -> Result<HostTensor> {
-        WeightSource::read(self, name)
+    fn read(&self, name: &str) -> std::result::Result<HostTensor, htc_shared::Error> {
+        WeightSource::read(self, name).map_err(|e| htc_shared::Error::Weights(format!("{e:#}")))
     }
 }

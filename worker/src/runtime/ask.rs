@@ -1,24 +1,27 @@
-//! One question against a model: prompt construction, image preprocessing, generation and
-//! streaming of the answer (the `htc ask` command).
+//! One question against a loaded checkpoint, as `htc ask` runs it: prompt construction,
+//! image tensors, the decoding core and streaming of the answer (text, or ids when the model
+//! has no tokenizer). Any architecture: LLaMA, LLaVA, and HTC (compress once, then answer).
 
 use std::io::Write;
 use std::ops::ControlFlow;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Context, Result};
-use burn::tensor::{backend::Backend, Tensor, TensorData};
+use burn::tensor::{backend::Backend, Tensor};
 
-use htc_shared::preprocess::{decode_image, DecodeLimits};
-
-use crate::chat::{StreamDecoder, Template};
-use crate::generate::{generate_from, Generation, Prompt, Sampling};
-use crate::models::htc::{CompressedImage, Htc, ImageInputs};
+use super::decode::{generate_from, stop_ids, Generation};
+use super::image::{clip_pixels, image_tensors, pixel_values_file, read_image_file};
+use super::sampling::Sampling;
+use crate::formats::checkpoint::{AnyModel, Snapshot};
+use crate::formats::write::write_f32;
+use crate::models::htc::{CompressedImage, Htc, ImageTensors};
+use crate::models::llama::Prompt;
 use crate::models::llava::expand_image_tokens;
-use crate::snapshot::{AnyModel, Snapshot};
+use crate::text::{StreamDecoder, Template};
 
-/// Where the image comes from.
+/// Where the image of a CLI question comes from.
 #[derive(Debug, Clone)]
-pub enum ImageInput {
+pub enum ImageSource {
     /// An image file, preprocessed as the model's image processor does.
     File(PathBuf),
     /// Ready pixel values: safetensors with `pixel_values` `[1, 3, h, w]` or `[3, h, w]`.
@@ -33,7 +36,7 @@ pub enum PromptInput {
 
 #[derive(Debug, Clone)]
 pub struct AskRequest {
-    pub image: Option<ImageInput>,
+    pub image: Option<ImageSource>,
     pub prompt: PromptInput,
     pub sampling: Sampling,
     pub no_template: bool,
@@ -42,33 +45,25 @@ pub struct AskRequest {
     pub attention: Option<PathBuf>,
 }
 
-/// Both image inputs of an HTC model: CLIP pixels, and MGVQ pixels when the mode uses MGVQ
-/// (which needs the image file itself).
+/// Both image inputs of an HTC model, from an image file (MGVQ runs on the image itself).
 pub fn htc_inputs<B: Backend>(
     snap: &Snapshot<B>,
-    input: &ImageInput,
+    input: &ImageSource,
     device: &B::Device,
-) -> Result<ImageInputs<B>> {
-    let AnyModel::Htc { model, .. } = &snap.model else { bail!("not an HTC model") };
-    let clip = load_pixels(snap, input, device)?;
-    let mgvq = match (&model.config.mgvq, model.config.uses_discrete(), input) {
-        (Some(mc), true, ImageInput::File(p)) => {
-            let bytes = std::fs::read(p).with_context(|| format!("cannot read image {}", p.display()))?;
-            let img =
-                decode_image(&bytes, DecodeLimits::default()).with_context(|| format!("{}", p.display()))?;
-            let s = mc.image_size;
-            Some(Tensor::from_data(
-                TensorData::new(htc_shared::mgvq::preprocess(&img, s as u32), [1, 3, s, s]),
-                device,
-            ))
-        }
-        (_, true, ImageInput::PixelValues(_)) => bail!(
-            "mode {:?} runs MGVQ on the image itself: pass --image instead of --pixel-values",
-            model.config.mode
+) -> Result<ImageTensors<B>> {
+    let AnyModel::Htc { model, preprocess, .. } = &snap.model else { bail!("not an HTC model") };
+    match input {
+        ImageSource::File(p) => image_tensors(model, preprocess, &read_image_file(p)?, device),
+        ImageSource::PixelValues(p) if model.config.uses_discrete() => bail!(
+            "mode {:?} runs MGVQ on the image itself: pass --image instead of --pixel-values ({})",
+            model.config.mode,
+            p.display()
         ),
-        _ => None,
-    };
-    Ok(ImageInputs { clip, mgvq, codes: None })
+        ImageSource::PixelValues(p) => {
+            let clip = pixel_values_file(p, model.llava.vision.image_size(), device)?;
+            Ok(ImageTensors { clip, mgvq: None, codes: None })
+        }
+    }
 }
 
 /// The `<voco>` attention maps as JSON: `layers[l][v]` lists the head-averaged attention of
@@ -92,10 +87,10 @@ pub fn attention_json<B: Backend>(m: &Htc<B>, c: &CompressedImage<B>) -> serde_j
     })
 }
 
-/// Loads CLIP pixel values `[1, 3, size, size]` for a LLaVA or HTC model.
+/// Loads CLIP pixel values `[1, 3, size, size]` for a LLaVA model.
 pub fn load_pixels<B: Backend>(
     snap: &Snapshot<B>,
-    input: &ImageInput,
+    input: &ImageSource,
     device: &B::Device,
 ) -> Result<Tensor<B, 4>> {
     let (config, preprocess) = match &snap.model {
@@ -106,37 +101,9 @@ pub fn load_pixels<B: Backend>(
     };
     let size = config.vision.image_size;
     match input {
-        ImageInput::File(p) => {
-            let bytes = std::fs::read(p).with_context(|| format!("cannot read image {}", p.display()))?;
-            let img =
-                decode_image(&bytes, DecodeLimits::default()).with_context(|| format!("{}", p.display()))?;
-            let (h, w) = preprocess.crop;
-            if (h as usize, w as usize) != (size, size) {
-                bail!("preprocessor crop size {h}x{w} does not match the vision tower's {size}x{size}");
-            }
-            let data = preprocess.apply(&img);
-            Ok(Tensor::from_data(TensorData::new(data, [1, 3, size, size]), device))
-        }
-        ImageInput::PixelValues(p) => pixel_values_file(p, size, device),
+        ImageSource::File(p) => clip_pixels(preprocess, &read_image_file(p)?, size, device),
+        ImageSource::PixelValues(p) => pixel_values_file(p, size, device),
     }
-}
-
-fn pixel_values_file<B: Backend>(p: &Path, size: usize, device: &B::Device) -> Result<Tensor<B, 4>> {
-    let src = crate::weights::WeightSource::open_files(&[p.to_path_buf()])?;
-    let t =
-        src.read("pixel_values").with_context(|| format!("{} has no `pixel_values` tensor", p.display()))?;
-    let ok = match t.shape.as_slice() {
-        [1, 3, h, w] | [3, h, w] => *h == size && *w == size,
-        _ => false,
-    };
-    if !ok {
-        bail!(
-            "pixel_values in {} has shape {:?}; the model expects [1, 3, {size}, {size}]",
-            p.display(),
-            t.shape
-        );
-    }
-    Ok(Tensor::from_data(TensorData::new(t.data, [1, 3, size, size]), device))
 }
 
 /// The prompt token ids (image placeholder not yet expanded).
@@ -202,18 +169,7 @@ pub fn ask<B: Backend>(
             if req.image.is_some() {
                 bail!("this model (llama) takes no images");
             }
-            let vocab = m.config().vocab_size;
-            let ids: Vec<u32> =
-                ids.iter()
-                    .map(|&i| {
-                        u32::try_from(i).ok().filter(|&u| (u as usize) < vocab).ok_or_else(|| {
-                            anyhow!("token id {i} is out of range for a vocabulary of {vocab}")
-                        })
-                    })
-                    .collect::<Result<_>>()?;
-            if ids.is_empty() {
-                bail!("empty prompt");
-            }
+            let ids = m.checked_ids(&ids)?;
             m.embed(&ids)
         }
     };
@@ -239,10 +195,7 @@ fn ask_htc<B: Backend>(
             tok.question_ids(text, !req.no_template)?.into_iter().map(i64::from).collect()
         }
     };
-    let ids: Vec<u32> = ids
-        .iter()
-        .map(|&i| u32::try_from(i).map_err(|_| anyhow!("token id {i} is out of range")))
-        .collect::<Result<_>>()?;
+    let ids = model.llava.llm.checked_ids(&ids)?;
     let compressed = model.compress(&htc_inputs(snap, image, device)?)?;
     if let Some(path) = &req.attention {
         let doc = attention_json(model, &compressed);
@@ -260,10 +213,7 @@ fn stream_answer<B: Backend>(
     out: &mut dyn Write,
 ) -> Result<Generation> {
     let llm = snap.model.llm();
-    let stop: Vec<u32> = match &snap.tokenizer {
-        Some(t) => t.eos_ids.clone(),
-        None => llm.config().eos_token_ids.clone(),
-    };
+    let stop = stop_ids(snap.tokenizer.as_ref(), llm);
     let mut decoder = StreamDecoder::new();
     let mut io_err = None;
     let gen = generate_from(llm, prompt, &stop, &req.sampling, req.dump_logits.is_some(), |id| {
@@ -290,16 +240,7 @@ fn stream_answer<B: Backend>(
     }
     writeln!(out)?;
     if let (Some(path), Some((t, v, data))) = (&req.dump_logits, &gen.prefill_logits) {
-        write_logits(path, *t, *v, data)?;
+        write_f32(path, "logits", &[*t, *v], data)?;
     }
     Ok(gen)
-}
-
-/// Writes `logits` f32 `[t, v]` as safetensors.
-pub fn write_logits(path: &Path, t: usize, v: usize, data: &[f32]) -> Result<()> {
-    let bytes: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
-    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![t, v], &bytes)
-        .map_err(|e| anyhow!("cannot build the logits tensor: {e}"))?;
-    safetensors::serialize_to_file([("logits", view)], None, path)
-        .map_err(|e| anyhow!("cannot write {}: {e}", path.display()))
 }

@@ -1,0 +1,108 @@
+//! The `htc` section of an HTC checkpoint's config.json: mode, N_d, k, mask topology,
+//! projectors and the MGVQ tokenizer.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::MgvqConfig;
+use crate::mask::Topology;
+use crate::Error;
+
+/// How the image reaches the text (the `htc` section of a checkpoint's config.json).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HtcMode {
+    /// Vanilla LLaVA: all 576 patch tokens stay visible (the upper bound).
+    None,
+    /// Continuous only: `[BOS][V][<voco>][text]` (VoCo-LLaMA).
+    Voco,
+    /// Hybrid: `[BOS][v_d][V][<voco>][text]` (the paper).
+    Htc,
+    /// Discrete anchors only: `[BOS][v_d][<voco>][text]`.
+    Discrete,
+    /// The 576 patch tokens average-pooled to `n_voco` tokens, visible to the text.
+    Avgpool,
+}
+
+/// The continuous projector P_v.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProjectorKind {
+    Linear,
+    Mlp2xGelu,
+}
+
+fn default_n_discrete() -> usize {
+    4
+}
+fn default_n_voco() -> usize {
+    1
+}
+fn default_topology() -> Topology {
+    Topology::Star
+}
+fn default_projector() -> ProjectorKind {
+    ProjectorKind::Mlp2xGelu
+}
+fn default_discrete_hidden() -> usize {
+    8192
+}
+
+/// The `htc` section of an HTC checkpoint's config.json.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HtcConfig {
+    pub mode: HtcMode,
+    /// N_d: discrete anchor tokens (1, 2, 4 or 8).
+    #[serde(default = "default_n_discrete")]
+    pub n_discrete: usize,
+    /// k: `<voco>` tokens (or pooled tokens in `avgpool`).
+    #[serde(default = "default_n_voco")]
+    pub n_voco: usize,
+    #[serde(default = "default_topology")]
+    pub topology: Topology,
+    #[serde(default = "default_projector")]
+    pub continuous_projector: ProjectorKind,
+    /// Hidden width of the discrete projector P_d (8192 in the paper's Eq. 4).
+    #[serde(default = "default_discrete_hidden")]
+    pub discrete_hidden: usize,
+    /// The MGVQ tokenizer (required by `htc` and `discrete`).
+    #[serde(default)]
+    pub mgvq: Option<MgvqConfig>,
+}
+
+impl HtcConfig {
+    pub fn from_json(v: &Value) -> Result<Self, Error> {
+        let c: Self = serde_json::from_value(v.clone())
+            .map_err(|e| Error::Config(format!("invalid `htc` section: {e}")))?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    pub fn uses_discrete(&self) -> bool {
+        matches!(self.mode, HtcMode::Htc | HtcMode::Discrete)
+    }
+
+    pub fn uses_continuous(&self) -> bool {
+        !matches!(self.mode, HtcMode::Discrete)
+    }
+
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.uses_discrete() {
+            if !matches!(self.n_discrete, 1 | 2 | 4 | 8) {
+                return Err(Error::Config(format!(
+                    "n_discrete must be 1, 2, 4 or 8, got {}",
+                    self.n_discrete
+                )));
+            }
+            let m = self
+                .mgvq
+                .as_ref()
+                .ok_or_else(|| Error::Config(format!("mode {:?} needs an `mgvq` config", self.mode)))?;
+            m.validate()?;
+        }
+        if self.n_voco == 0 {
+            return Err(Error::Config("n_voco must be at least 1".into()));
+        }
+        Ok(())
+    }
+}

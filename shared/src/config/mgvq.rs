@@ -1,0 +1,165 @@
+//! The MGVQ tokenizer's config: encoder widths, depths and block types (names follow the
+//! official `mgvq_f16c32` function), latent channels and the grouped codebook.
+
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BlockType {
+    ResBlock,
+    #[serde(rename = "EViT_GLU")]
+    EvitGlu,
+}
+
+/// Encoder and quantiser settings (names follow the official `mgvq_f16c32` function).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MgvqConfig {
+    pub width_list: Vec<usize>,
+    pub depth_list: Vec<usize>,
+    pub block_type: Vec<BlockType>,
+    pub latent_channels: usize,
+    /// Quantiser groups G; each owns `codebook_size / G` codes of `latent_channels / G` dims.
+    pub groups: usize,
+    /// Total codes over all groups.
+    pub codebook_size: usize,
+    /// Input side in pixels (a multiple of the downsampling factor).
+    pub image_size: usize,
+    #[serde(default = "default_attention_dim")]
+    pub attention_dim: usize,
+    #[serde(default = "default_expand")]
+    pub expand_ratio: usize,
+    #[serde(default = "default_eps")]
+    pub norm_eps: f64,
+}
+
+fn default_attention_dim() -> usize {
+    32
+}
+fn default_expand() -> usize {
+    4
+}
+fn default_eps() -> f64 {
+    1e-5
+}
+
+impl MgvqConfig {
+    /// `mgvq_f16c32_g8` at 336 px: 21×21 latents, 8 groups × 2048 codes (the HTC setting).
+    pub fn f16c32_g8() -> Self {
+        use BlockType::*;
+        Self {
+            width_list: vec![128, 256, 512, 512, 1024],
+            depth_list: vec![0, 4, 8, 2, 2],
+            block_type: vec![ResBlock, ResBlock, ResBlock, EvitGlu, EvitGlu],
+            latent_channels: 32,
+            groups: 8,
+            codebook_size: 16384,
+            image_size: 336,
+            attention_dim: 32,
+            expand_ratio: 4,
+            norm_eps: 1e-5,
+        }
+    }
+
+    /// Parses and validates a config (`mgvq` section or standalone JSON).
+    pub fn from_json(v: &serde_json::Value) -> Result<Self, Error> {
+        let c: Self = serde_json::from_value(v.clone())
+            .map_err(|e| Error::Config(format!("invalid MGVQ config: {e}")))?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    pub fn validate(&self) -> Result<(), Error> {
+        let n = self.width_list.len();
+        if n < 2 || self.depth_list.len() != n || self.block_type.len() != n {
+            return Err(Error::Config(format!(
+                "MGVQ: width_list, depth_list and block_type must have the same length (at least 2)"
+            )));
+        }
+        if self.groups == 0
+            || self.latent_channels % self.groups != 0
+            || self.codebook_size % self.groups != 0
+        {
+            return Err(Error::Config(format!(
+                "MGVQ: latent_channels and codebook_size must be multiples of groups"
+            )));
+        }
+        if self.codebook_size / self.groups > u16::MAX as usize + 1 {
+            return Err(Error::Config(format!("MGVQ: more than 65536 codes per group")));
+        }
+        for (i, (&w, t)) in self.width_list.iter().zip(&self.block_type).enumerate() {
+            if *t == BlockType::EvitGlu && w % self.attention_dim != 0 {
+                return Err(Error::Config(format!(
+                    "MGVQ: stage {i} width {w} is not a multiple of attention_dim {}",
+                    self.attention_dim
+                )));
+            }
+        }
+        if self.image_size == 0 || self.image_size % self.downsample_factor() != 0 {
+            return Err(Error::Config(format!(
+                "MGVQ: image_size {} is not a multiple of the downsampling factor {}",
+                self.image_size,
+                self.downsample_factor()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Total spatial downsampling of the encoder.
+    pub fn downsample_factor(&self) -> usize {
+        let mut f = if self.depth_list[0] == 0 { 2 } else { 1 };
+        let last = self.width_list.len() - 1;
+        for (i, &d) in self.depth_list.iter().enumerate() {
+            if i < last && d > 0 {
+                f *= 2;
+            }
+        }
+        f
+    }
+
+    /// Latent side: 21 for f16 at 336 px.
+    pub fn latent_side(&self) -> usize {
+        self.image_size / self.downsample_factor()
+    }
+
+    /// Length of the flattened quantised features `q` (14112 for f16c32 at 336 px).
+    pub fn q_len(&self) -> usize {
+        self.latent_channels * self.latent_side().pow(2)
+    }
+
+    pub fn codes_per_group(&self) -> usize {
+        self.codebook_size / self.groups
+    }
+
+    pub fn group_dim(&self) -> usize {
+        self.latent_channels / self.groups
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn f16_config_matches_the_paper() {
+        let c = MgvqConfig::f16c32_g8();
+        c.validate().unwrap();
+        assert_eq!(c.downsample_factor(), 16);
+        assert_eq!(c.latent_side(), 21);
+        assert_eq!(c.q_len(), 14112);
+        assert_eq!(c.codes_per_group(), 2048);
+        assert_eq!(c.group_dim(), 4);
+    }
+
+    #[test]
+    fn bad_configs_are_refused() {
+        let mut c = MgvqConfig::f16c32_g8();
+        c.groups = 5;
+        assert!(c.validate().unwrap_err().to_string().contains("multiples of groups"));
+        let mut c = MgvqConfig::f16c32_g8();
+        c.image_size = 330;
+        assert!(c.validate().unwrap_err().to_string().contains("downsampling factor 16"));
+        let e = MgvqConfig::from_json(&serde_json::json!({"width_list": [1]})).unwrap_err();
+        assert!(e.to_string().contains("invalid MGVQ config"), "{e}");
+    }
+}

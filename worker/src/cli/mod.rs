@@ -1,0 +1,41 @@
+//! The `htc` command line: one file per subcommand, each an `Args` struct and a `run`
+//! ([`ask`], [`init`], [`serve`], [`bench`]). Parsing and dispatch only; the work happens in
+//! `runtime`, `server` and `formats`.
+
+pub mod ask;
+pub mod bench;
+pub mod init;
+pub mod serve;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "htc", version, about = "HTC-VLM worker: ask questions about images, serve the web UI")]
+pub struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Answer one question, streaming the answer to stdout.
+    Ask(ask::AskArgs),
+    /// Build an untrained HTC checkpoint from a LLaVA-1.5 snapshot and MGVQ weights.
+    Init(init::InitArgs),
+    /// Serve the web UI, the WebSocket protocol, the OpenAI endpoint and metrics.
+    Serve(crate::server::ServeArgs),
+    /// Measure the compiled backend on matmuls and a decoder forward pass.
+    Bench(bench::BenchArgs),
+}
+
+impl Cli {
+    pub fn run(self) -> Result<()> {
+        match self.cmd {
+            Cmd::Ask(a) => ask::run(a),
+            Cmd::Init(a) => init::run(a),
+            Cmd::Serve(a) => serve::run(a),
+            Cmd::Bench(a) => bench::run(a),
+        }
+    }
+}

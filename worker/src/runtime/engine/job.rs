@@ -1,0 +1,75 @@
+//! What the engine is given: its setup, and the questions it answers (an uploaded image, the
+//! question, sampling, a cancel flag and where replies go).
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use image::RgbImage;
+use tokio::sync::mpsc::UnboundedSender;
+
+use htc_shared::protocol::{ErrorCode, ProtocolError, ServerMessage};
+
+use crate::runtime::sampling::Sampling;
+
+/// How the engine is set up.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// A model directory; `None` gives the randomly initialised HTC demo model.
+    pub model: Option<PathBuf>,
+    /// Jobs waiting for the model; more are answered `busy`.
+    pub queue: usize,
+    /// Compressed images kept.
+    pub cache_capacity: usize,
+    /// Use client MGVQ codes without recomputing them.
+    pub trust_client_codes: bool,
+    /// Answers decoded together, one token each per batched step.
+    pub max_batch: usize,
+}
+
+/// An uploaded image, decoded and hashed.
+#[derive(Clone)]
+pub struct UploadedImage {
+    pub image: Arc<RgbImage>,
+    /// Client MGVQ codes `[h*w][G]`, already checked for shape and range.
+    pub codes: Option<Arc<Vec<Vec<u16>>>>,
+    /// SHA-256 of (model id, image bytes).
+    pub key: [u8; 32],
+}
+
+/// The question of an `ask`.
+#[derive(Debug, Clone)]
+pub enum Question {
+    Text(String),
+    Ids(Vec<u32>),
+}
+
+impl Question {
+    /// One of `text` or `ids`, non-empty and at most `max_len` characters (or ids): the one
+    /// admission check of a question, for every front end. Vocabulary ranges are checked by
+    /// the model when the engine admits it.
+    pub fn new(text: Option<String>, ids: Option<Vec<u32>>, max_len: usize) -> Result<Self, ProtocolError> {
+        let bad = |m: String| ProtocolError::new(ErrorCode::BadRequest, m);
+        match (text, ids) {
+            (Some(q), None) => {
+                let n = q.chars().count();
+                if n == 0 || n > max_len {
+                    return Err(bad(format!("question of {n} characters is outside 1..={max_len}")));
+                }
+                Ok(Question::Text(q))
+            }
+            (None, Some(ids)) if !ids.is_empty() && ids.len() <= max_len => Ok(Question::Ids(ids)),
+            _ => Err(bad("give exactly one of `question` or `prompt_ids` (non-empty)".into())),
+        }
+    }
+}
+
+/// One question to answer.
+pub struct Job {
+    pub request_id: u32,
+    pub image: UploadedImage,
+    pub question: Question,
+    pub sampling: Sampling,
+    pub cancel: Arc<AtomicBool>,
+    pub reply: UnboundedSender<ServerMessage>,
+}

@@ -1,0 +1,64 @@
+//! Prometheus metrics of the engine and the server (`/metrics`).
+
+use anyhow::Result;
+
+/// Prometheus metrics of the engine and the server (`/metrics`).
+pub struct Metrics {
+    pub registry: prometheus::Registry,
+    pub questions: prometheus::IntCounter,
+    pub cache_hits: prometheus::IntCounter,
+    pub compressions: prometheus::IntCounter,
+    pub tokens: prometheus::IntCounter,
+    pub cancelled: prometheus::IntCounter,
+    pub errors: prometheus::IntCounterVec,
+    pub connections: prometheus::IntGauge,
+    pub answer_seconds: prometheus::Histogram,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self> {
+        use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+        let registry = Registry::new();
+        let questions = IntCounter::new("htc_questions_total", "Questions accepted into the queue")?;
+        let cache_hits =
+            IntCounter::new("htc_cache_hits_total", "Questions answered from a cached compressed image")?;
+        let compressions =
+            IntCounter::new("htc_compressions_total", "Images compressed (ViT, MGVQ and the voco prefix)")?;
+        let tokens = IntCounter::new("htc_generated_tokens_total", "Tokens generated")?;
+        let cancelled = IntCounter::new("htc_cancelled_total", "Answers stopped by cancel or disconnect")?;
+        let errors =
+            IntCounterVec::new(Opts::new("htc_errors_total", "Error frames sent, by code"), &["code"])?;
+        let connections = IntGauge::new("htc_open_connections", "Open WebSocket connections")?;
+        let answer_seconds = Histogram::with_opts(HistogramOpts::new(
+            "htc_answer_seconds",
+            "Wall time of an answer, queue excluded",
+        ))?;
+        for c in [&questions, &cache_hits, &compressions, &tokens, &cancelled] {
+            registry.register(Box::new(c.clone()))?;
+        }
+        registry.register(Box::new(errors.clone()))?;
+        registry.register(Box::new(connections.clone()))?;
+        registry.register(Box::new(answer_seconds.clone()))?;
+        Ok(Self {
+            registry,
+            questions,
+            cache_hits,
+            compressions,
+            tokens,
+            cancelled,
+            errors,
+            connections,
+            answer_seconds,
+        })
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = String::new();
+        let enc = prometheus::TextEncoder::new();
+        if let Err(e) = enc.encode_utf8(&self.registry.gather(), &mut buf) {
+            tracing::warn!("cannot encode metrics: {e}");
+        }
+        buf
+    }
+}

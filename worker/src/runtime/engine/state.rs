@@ -1,0 +1,300 @@
+//! The engine thread's state and loop: the model, its tokenizer, the LRU of compressed images,
+//! and the answers being decoded together. Questions are admitted (ids, compressed image,
+//! prefill), then every active answer advances one token per batched step.
+
+use std::num::NonZeroUsize;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use lru::LruCache;
+
+use htc_shared::config::HtcMode;
+use htc_shared::preprocess::ClipPreprocess;
+use htc_shared::protocol::{ErrorCode, ModelCard, ProtocolError, ServerMessage, Timings};
+
+use super::job::{EngineConfig, Job, Question, UploadedImage};
+use super::metrics::Metrics;
+use crate::backend::{self, Backend};
+use crate::formats::checkpoint::{AnyModel, Snapshot};
+use crate::formats::random;
+use crate::models::htc::{CompressedImage, Htc};
+use crate::runtime::decode::{step_batch, stop_ids, Sequence};
+use crate::runtime::error::Coded;
+use crate::runtime::image::image_tensors;
+use crate::text::{StreamDecoder, TextTokenizer};
+
+pub(super) struct EngineState {
+    model: Htc<Backend>,
+    preprocess: ClipPreprocess,
+    tokenizer: Option<TextTokenizer>,
+    cache: LruCache<[u8; 32], Arc<CompressedImage<Backend>>>,
+    trust_client_codes: bool,
+    pub(super) card: ModelCard,
+    metrics: Arc<Metrics>,
+}
+
+/// An answer being decoded.
+struct Active {
+    job: Job,
+    seq: Sequence<Backend>,
+    decoder: StreamDecoder,
+    compressed: Arc<CompressedImage<Backend>>,
+    cached: bool,
+    timings: Timings,
+    start: Instant,
+    gen_start: Instant,
+    first_ms: Option<f64>,
+}
+
+impl EngineState {
+    pub(super) fn load(cfg: &EngineConfig, metrics: Arc<Metrics>) -> Result<Self> {
+        let device = backend::device();
+        let (model, preprocess, tokenizer, name, random) = match &cfg.model {
+            None => {
+                tracing::info!("no --model given: using the randomly initialised HTC demo model");
+                let (m, pre) = random::demo_model::<Backend>(&device)?;
+                (m, pre, None, random::DEMO_NAME.to_string(), true)
+            }
+            Some(p) => {
+                tracing::info!(model = %p.display(), "loading model");
+                let snap = Snapshot::<Backend>::open(p, &device)?;
+                let (m, pre) = match snap.model {
+                    AnyModel::Htc { model, preprocess, .. } => (model, preprocess),
+                    AnyModel::Llava { model, preprocess, .. } => (Htc::from_llava(model), preprocess),
+                    AnyModel::Llama(_) => anyhow::bail!(
+                        "the server needs an image model (LLaVA or HTC); {} is a plain LLaMA",
+                        p.display()
+                    ),
+                };
+                (m, pre, snap.tokenizer, p.display().to_string(), false)
+            }
+        };
+        let c = model.llava.llm.config();
+        let layout = model.layout(0);
+        let card = ModelCard {
+            name,
+            architecture: if model.config.mode == HtcMode::None { "llava".into() } else { "htc".into() },
+            random_init: random,
+            backend: backend::name().into(),
+            mode: Some(model.config.mode),
+            n_discrete: layout.n_discrete,
+            n_voco: layout.n_voco,
+            image_size: preprocess.crop.0 as usize,
+            image_tokens: layout.n_visual,
+            hidden_size: c.hidden_size,
+            layers: c.num_hidden_layers,
+            vocab_size: c.vocab_size,
+            has_tokenizer: tokenizer.is_some(),
+            codebook_size: model.config.mgvq.as_ref().map(|m| m.codebook_size),
+            mgvq: model.config.mgvq.clone(),
+        };
+        let cap = NonZeroUsize::new(cfg.cache_capacity.max(1)).expect("max(1)");
+        Ok(Self {
+            model,
+            preprocess,
+            tokenizer,
+            cache: LruCache::new(cap),
+            trust_client_codes: cfg.trust_client_codes,
+            card,
+            metrics,
+        })
+    }
+
+    /// Admits queued jobs (blocking while idle) and decodes until the queue closes.
+    pub(super) fn run(mut self, rx: Receiver<Job>, max_batch: usize) {
+        let mut active: Vec<Active> = Vec::new();
+        loop {
+            // Admit: block when idle, then take whatever else is waiting (up to the batch).
+            if active.is_empty() {
+                match rx.recv() {
+                    Ok(job) => self.admit_or_report(job, &mut active),
+                    Err(_) => break,
+                }
+            }
+            while active.len() < max_batch.max(1) {
+                match rx.try_recv() {
+                    Ok(job) => self.admit_or_report(job, &mut active),
+                    Err(_) => break,
+                }
+            }
+            if !active.is_empty() {
+                self.step(&mut active);
+            }
+        }
+    }
+
+    fn compress(
+        &mut self,
+        img: &UploadedImage,
+        timings: &mut Timings,
+    ) -> Result<Arc<CompressedImage<Backend>>, ProtocolError> {
+        let device = backend::device();
+        let t = Instant::now();
+        let internal = ErrorCode::Internal;
+        let mut inputs = image_tensors(&self.model, &self.preprocess, &img.image, &device).coded(internal)?;
+        timings.preprocess_ms = t.elapsed().as_secs_f64() * 1e3;
+        let t = Instant::now();
+        if let (Some(client), Some(m)) = (&img.codes, &self.model.mgvq) {
+            if self.trust_client_codes {
+                inputs.codes = Some(client.as_ref().clone());
+            } else {
+                let px = inputs.mgvq.clone().context("no MGVQ input").coded(internal)?;
+                let ours = m.encode(px).coded(internal)?.codes;
+                let differ = ours.iter().zip(client.iter()).filter(|(a, b)| a != b).count();
+                if ours.len() != client.len() || differ > 0 {
+                    return Err(ProtocolError::new(
+                        ErrorCode::CodesMismatch,
+                        format!(
+                            "client MGVQ codes differ from the worker's at {differ} of {} positions (start the \
+                             worker with --trust-client-codes to use them anyway)",
+                            ours.len()
+                        ),
+                    ));
+                }
+            }
+        }
+        let c = Arc::new(self.model.compress(&inputs).context("compressing the image").coded(internal)?);
+        self.metrics.compressions.inc();
+        timings.compress_ms = t.elapsed().as_secs_f64() * 1e3;
+        self.cache.put(img.key, c.clone());
+        Ok(c)
+    }
+
+    fn admit_or_report(&mut self, job: Job, active: &mut Vec<Active>) {
+        let (id, reply) = (job.request_id, job.reply.clone());
+        if let Err(e) = self.admit(job, active) {
+            self.metrics.errors.with_label_values(&[&format!("{:?}", e.code)]).inc();
+            let _ = reply.send(e.to_message(Some(id)));
+        }
+    }
+
+    /// Prepares a question: its ids, the compressed image (from the cache or compressed now)
+    /// and the prefill of its text; emits its first token and joins the decoding batch.
+    fn admit(&mut self, job: Job, active: &mut Vec<Active>) -> Result<(), ProtocolError> {
+        let start = Instant::now();
+        let mut timings = Timings::default();
+        if job.cancel.load(Ordering::Relaxed) {
+            self.metrics.cancelled.inc();
+            let done = ServerMessage::Done {
+                request_id: job.request_id,
+                cached: false,
+                tokens: 0,
+                cancelled: true,
+                timings,
+            };
+            let _ = job.reply.send(done);
+            return Ok(());
+        }
+        let ids: Vec<u32> = match &job.question {
+            Question::Ids(ids) => ids.clone(),
+            Question::Text(q) => {
+                let tok = self.tokenizer.as_ref().ok_or_else(|| {
+                    ProtocolError::new(
+                        ErrorCode::BadRequest,
+                        "this model has no tokenizer; send `prompt_ids` instead of `question`",
+                    )
+                })?;
+                tok.question_ids(q, true).coded(ErrorCode::Internal)?
+            }
+        };
+        let llm = &self.model.llava.llm;
+        llm.check_ids(&ids).coded(ErrorCode::BadRequest)?;
+        let (compressed, cached) = match self.cache.get(&job.image.key) {
+            Some(c) => {
+                self.metrics.cache_hits.inc();
+                (c.clone(), true)
+            }
+            None => (self.compress(&job.image, &mut timings)?, false),
+        };
+        let llm = &self.model.llava.llm;
+        let prompt = self.model.answer_prompt(&compressed, &ids).coded(ErrorCode::BadRequest)?;
+        let stop = stop_ids(self.tokenizer.as_ref(), llm);
+        let (seq, logits, _) =
+            Sequence::prefill(llm, prompt, job.sampling, stop, false).coded(ErrorCode::Internal)?;
+        let mut a = Active {
+            job,
+            seq,
+            decoder: StreamDecoder::new(),
+            compressed,
+            cached,
+            timings,
+            start,
+            gen_start: Instant::now(),
+            first_ms: None,
+        };
+        if self.accept(&mut a, &logits) {
+            active.push(a);
+        } else {
+            self.finish(a);
+        }
+        Ok(())
+    }
+
+    /// Takes the next token of `a` from `logits`, streams it, and says whether `a` goes on.
+    fn accept(&self, a: &mut Active, logits: &[f32]) -> bool {
+        let Some(id) = a.seq.accept(logits) else { return false };
+        a.first_ms.get_or_insert_with(|| a.start.elapsed().as_secs_f64() * 1e3);
+        self.metrics.tokens.inc();
+        let tok = self.tokenizer.as_ref().map(|t| &t.inner);
+        let text = tok.and_then(|t| a.decoder.push(t, id).ok().flatten()).unwrap_or_default();
+        let _ = a.job.reply.send(ServerMessage::Token { request_id: a.job.request_id, id, text });
+        a.seq.wants_more() && !a.job.cancel.load(Ordering::Relaxed)
+    }
+
+    /// One batched decoding step for every active answer; finished ones leave.
+    fn step(&mut self, active: &mut Vec<Active>) {
+        let llm = &self.model.llava.llm;
+        let mut seqs: Vec<&mut Sequence<Backend>> = active.iter_mut().map(|a| &mut a.seq).collect();
+        let rows = match step_batch(llm, &mut seqs) {
+            Ok(r) => r,
+            Err(e) => {
+                let e = ProtocolError::new(ErrorCode::Internal, format!("{e:#}"));
+                for a in active.drain(..) {
+                    let _ = a.job.reply.send(e.to_message(Some(a.job.request_id)));
+                }
+                return;
+            }
+        };
+        let mut keep = Vec::with_capacity(active.len());
+        for (mut a, row) in active.drain(..).zip(rows) {
+            if self.accept(&mut a, &row) {
+                keep.push(a);
+            } else {
+                self.finish(a);
+            }
+        }
+        *active = keep;
+    }
+
+    /// Sends the attention map and `done` for a finished answer.
+    fn finish(&self, a: Active) {
+        let cancelled = a.job.cancel.load(Ordering::Relaxed);
+        let c = &a.compressed;
+        let request_id = a.job.request_id;
+        if c.layout.n_voco > 0 && !cancelled {
+            let layers = c.voco_attention.iter().map(|l| l[0].clone()).collect();
+            let (n_discrete, n_visual) = (c.layout.n_discrete, c.layout.n_visual);
+            let _ = a.job.reply.send(ServerMessage::Attention { request_id, n_discrete, n_visual, layers });
+        }
+        let mut timings = a.timings;
+        timings.first_token_ms = a.first_ms.unwrap_or(0.0);
+        timings.total_ms = a.start.elapsed().as_secs_f64() * 1e3;
+        let gen_s = a.gen_start.elapsed().as_secs_f64();
+        let tokens = a.seq.generated();
+        timings.tokens_per_s = if gen_s > 0.0 { tokens as f64 / gen_s } else { 0.0 };
+        if cancelled {
+            self.metrics.cancelled.inc();
+        }
+        self.metrics.answer_seconds.observe(a.start.elapsed().as_secs_f64());
+        let _ = a.job.reply.send(ServerMessage::Done {
+            request_id,
+            cached: a.cached,
+            tokens,
+            cancelled,
+            timings,
+        });
+    }
+}

@@ -1,0 +1,81 @@
+//! From an image to the tensors a model takes: CLIP pixel values (the model's image processor)
+//! and, for modes that use MGVQ, MGVQ pixel values. One path for `htc ask` and the engine.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use burn::tensor::{backend::Backend, Tensor, TensorData};
+use image::RgbImage;
+
+use htc_shared::preprocess::{decode_image, ClipPreprocess, DecodeLimits};
+
+use crate::formats::WeightSource;
+use crate::models::htc::{Htc, ImageTensors};
+
+/// Reads and decodes an image file (default limits), naming the file in errors.
+pub fn read_image_file(path: &Path) -> Result<RgbImage> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read image {}", path.display()))?;
+    decode_image(&bytes, DecodeLimits::default()).with_context(|| format!("{}", path.display()))
+}
+
+/// CLIP pixel values `[1, 3, s, s]` through `preprocess`, whose crop must equal the vision
+/// tower's `size`.
+pub fn clip_pixels<B: Backend>(
+    preprocess: &ClipPreprocess,
+    img: &RgbImage,
+    size: usize,
+    device: &B::Device,
+) -> Result<Tensor<B, 4>> {
+    let (h, w) = preprocess.crop;
+    if (h as usize, w as usize) != (size, size) {
+        bail!("preprocessor crop size {h}x{w} does not match the vision tower's {size}x{size}");
+    }
+    Ok(Tensor::from_data(TensorData::new(preprocess.apply(img), [1, 3, size, size]), device))
+}
+
+/// Ready CLIP pixel values from a safetensors file with `pixel_values` `[1, 3, s, s]` or
+/// `[3, s, s]`.
+pub fn pixel_values_file<B: Backend>(p: &Path, size: usize, device: &B::Device) -> Result<Tensor<B, 4>> {
+    let src = WeightSource::open_files(&[p.to_path_buf()])?;
+    let t =
+        src.read("pixel_values").with_context(|| format!("{} has no `pixel_values` tensor", p.display()))?;
+    let ok = match t.shape.as_slice() {
+        [1, 3, h, w] | [3, h, w] => *h == size && *w == size,
+        _ => false,
+    };
+    if !ok {
+        bail!(
+            "pixel_values in {} has shape {:?}; the model expects [1, 3, {size}, {size}]",
+            p.display(),
+            t.shape
+        );
+    }
+    Ok(Tensor::from_data(TensorData::new(t.data, [1, 3, size, size]), device))
+}
+
+/// MGVQ pixel values `[1, 3, s, s]` in [-1, 1], when the model's mode uses MGVQ.
+pub fn mgvq_pixels<B: Backend>(model: &Htc<B>, img: &RgbImage, device: &B::Device) -> Option<Tensor<B, 4>> {
+    match (&model.config.mgvq, model.config.uses_discrete()) {
+        (Some(mc), true) => {
+            let s = mc.image_size;
+            let px = htc_shared::mgvq::preprocess(img, s as u32);
+            Some(Tensor::from_data(TensorData::new(px, [1, 3, s, s]), device))
+        }
+        _ => None,
+    }
+}
+
+/// Both inputs of an HTC model for a decoded image.
+pub fn image_tensors<B: Backend>(
+    model: &Htc<B>,
+    preprocess: &ClipPreprocess,
+    img: &RgbImage,
+    device: &B::Device,
+) -> Result<ImageTensors<B>> {
+    let size = model.llava.vision.image_size();
+    Ok(ImageTensors {
+        clip: clip_pixels(preprocess, img, size, device)?,
+        mgvq: mgvq_pixels(model, img, device),
+        codes: None,
+    })
+}

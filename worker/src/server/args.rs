@@ -1,0 +1,73 @@
+//! The server's settings (the `htc serve` flags): the model, the address, auth and the limits
+//! on what clients send.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Model snapshot directory (HTC or LLaVA); without it a small randomly initialised
+    /// HTC-shaped demo model is used.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub addr: SocketAddr,
+    /// The built web app (trunk's dist/).
+    #[arg(long, default_value = "dist")]
+    pub static_dir: PathBuf,
+    /// Require `Authorization: Bearer TOKEN` (or `?token=TOKEN` on /ws) on /ws and /api.
+    #[arg(long, env = "HTC_AUTH_TOKEN")]
+    pub auth_token: Option<String>,
+    /// Origins allowed to open /ws from a browser (repeatable); none means any.
+    #[arg(long = "allow-origin")]
+    pub allow_origins: Vec<String>,
+    /// Use client-sent MGVQ codes without recomputing them.
+    #[arg(long)]
+    pub trust_client_codes: bool,
+    /// Compressed images kept in the LRU cache.
+    #[arg(long, default_value_t = 64)]
+    pub cache_capacity: usize,
+    /// Questions waiting for the model before new ones get `busy`.
+    #[arg(long, default_value_t = 16)]
+    pub queue: usize,
+    /// Answers decoded together in one batched step (micro-batching).
+    #[arg(long, default_value_t = 8)]
+    pub max_batch: usize,
+    /// Questions one connection may have queued or running.
+    #[arg(long, default_value_t = 4)]
+    pub max_inflight_per_connection: usize,
+    /// Largest WebSocket message, bytes.
+    #[arg(long, default_value_t = 16 << 20)]
+    pub max_frame_bytes: usize,
+    /// Largest encoded image, bytes.
+    #[arg(long, default_value_t = 12 << 20)]
+    pub max_image_bytes: usize,
+    /// Largest image side, pixels.
+    #[arg(long, default_value_t = 8192)]
+    pub max_image_side: u32,
+    /// Longest question, characters.
+    #[arg(long, default_value_t = 4096)]
+    pub max_question_chars: usize,
+}
+
+impl ServeArgs {
+    /// Defaults for tests and embedding: the demo model on an ephemeral loopback port.
+    pub fn local(static_dir: PathBuf) -> Self {
+        Self {
+            model: None,
+            addr: "127.0.0.1:0".parse().expect("literal"),
+            static_dir,
+            auth_token: None,
+            allow_origins: vec![],
+            trust_client_codes: false,
+            cache_capacity: 64,
+            queue: 16,
+            max_batch: 8,
+            max_inflight_per_connection: 4,
+            max_frame_bytes: 16 << 20,
+            max_image_bytes: 12 << 20,
+            max_image_side: 8192,
+            max_question_chars: 4096,
+        }
+    }
+}

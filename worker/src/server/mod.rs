@@ -1,0 +1,127 @@
+//! The server: one port for the WebSocket protocol (`/ws`, see `htc_shared::protocol`), the
+//! built web app (static files), `/healthz`, `/api/model` (the model card), Prometheus
+//! `/metrics` and an OpenAI-compatible `POST /v1/chat/completions`.
+//!
+//! - [`args`]: settings and limits; [`auth`]: the token middleware and the Origin allowlist;
+//! - [`ws`]: the WebSocket connection, one handler per message; [`upload`]: image uploads;
+//! - [`openai`]: the OpenAI endpoint.
+//!
+//! Both front ends feed the same [`crate::runtime::engine::Engine`] and map its typed
+//! errors; no model code here.
+
+pub mod args;
+pub mod auth;
+pub mod openai;
+pub mod upload;
+mod ws;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::Result;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{middleware, Json, Router};
+use tokio::sync::Notify;
+use tower_http::services::{ServeDir, ServeFile};
+
+use crate::runtime::engine::{Engine, EngineConfig};
+pub use args::ServeArgs;
+
+/// Shared server state.
+#[derive(Clone)]
+pub struct App {
+    pub(crate) engine: Engine,
+    pub(crate) args: Arc<ServeArgs>,
+    shutdown: Arc<Notify>,
+    shutting_down: Arc<AtomicBool>,
+}
+
+impl App {
+    pub fn new(args: ServeArgs) -> Result<Self> {
+        let engine = Engine::start(EngineConfig {
+            model: args.model.clone(),
+            queue: args.queue,
+            cache_capacity: args.cache_capacity,
+            trust_client_codes: args.trust_client_codes,
+            max_batch: args.max_batch,
+        })?;
+        Ok(Self {
+            engine,
+            args: Arc::new(args),
+            shutdown: Arc::new(Notify::new()),
+            shutting_down: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// Starts draining: no new questions; connections close once their answers are done.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        self.shutdown.notify_waiters();
+    }
+
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+}
+
+pub fn router(app: App) -> Router {
+    let index = app.args.static_dir.join("index.html");
+    let static_dir = app.args.static_dir.clone();
+    let guarded = Router::new()
+        .route("/api/model", get(model_card))
+        .route("/metrics", get(metrics))
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/ws", get(ws_upgrade))
+        .route_layer(middleware::from_fn_with_state(app.clone(), auth::require_token));
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .merge(guarded)
+        .fallback_service(ServeDir::new(static_dir).fallback(ServeFile::new(index)))
+        .with_state(app)
+}
+
+async fn model_card(State(app): State<App>) -> Response {
+    Json(app.engine.card.clone()).into_response()
+}
+
+async fn metrics(State(app): State<App>) -> Response {
+    ([("content-type", "text/plain; version=0.0.4")], app.engine.metrics.render()).into_response()
+}
+
+async fn ws_upgrade(ws: WebSocketUpgrade, State(app): State<App>, headers: HeaderMap) -> Response {
+    if !auth::origin_allowed(&app.args, &headers) {
+        return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
+    }
+    // Frames up to twice the limit are read and refused with an error frame, keeping the
+    // connection; larger ones end it (the memory bound).
+    let max = app.args.max_frame_bytes.saturating_mul(2);
+    ws.max_message_size(max).max_frame_size(max).on_upgrade(move |socket| ws::connection(socket, app))
+}
+
+/// Starts the server on `listener` until `shutdown` resolves, then drains.
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    app: App,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    use axum::serve::ListenerExt;
+    let drain = app.clone();
+    // Tokens are small frames: without TCP_NODELAY, Nagle and delayed ACKs add ~40 ms each.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!("cannot set TCP_NODELAY: {e}");
+        }
+    });
+    axum::serve(listener, router(app))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: draining in-flight answers");
+            drain.begin_shutdown();
+        })
+        .await?;
+    Ok(())
+}
