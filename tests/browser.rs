@@ -11,6 +11,9 @@ use std::time::Duration;
 
 use fantoccini::{ClientBuilder, Locator};
 
+#[path = "../worker/tests/common/http.rs"]
+mod http;
+
 struct Driver(Child);
 impl Drop for Driver {
     fn drop(&mut self) {
@@ -88,7 +91,7 @@ async fn web_app_reports_webgpu_and_cpu_fallback() {
     });
 
     // The server answers on loopback.
-    let health = reqwest_like_get(addr, "/healthz").await;
+    let health = http::http_get(addr, "/healthz").await.trim().to_string();
     assert!(health.ends_with("ok"), "healthz: {health}");
 
     let port = free_port();
@@ -114,16 +117,4 @@ async fn web_app_reports_webgpu_and_cpu_fallback() {
     eprintln!("without WebGPU: {path}: {text}");
     assert_eq!(path, "cpu", "{text}");
     assert!(text.contains("CPU fallback"), "{text}");
-}
-
-/// A minimal HTTP/1.1 GET over a raw socket (keeps the test's dependencies small).
-async fn reqwest_like_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await.unwrap();
-    buf.trim().to_string()
 }

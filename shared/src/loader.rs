@@ -108,10 +108,7 @@ impl<'a, B: Backend> Loader<'a, B> {
 
     /// A trainable tensor: read, or drawn from `init` when initialising.
     pub fn param<const D: usize>(
-        &self,
-        name: &str,
-        shape: [usize; D],
-        init: Initializer,
+        &self, name: &str, shape: [usize; D], init: Initializer,
     ) -> Result<Param<Tensor<B, D>>> {
         Ok(match self.host(name, &shape)? {
             Some(t) => Param::from_tensor(Tensor::from_data(TensorData::new(t.data, shape), &self.device)),
@@ -160,13 +157,7 @@ impl<'a, B: Backend> Loader<'a, B> {
 
     /// A square-kernel `nn.Conv2d` with PyTorch `[out, in, k, k]` storage, no padding.
     pub fn conv2d(
-        &self,
-        name: &str,
-        c_in: usize,
-        c_out: usize,
-        k: usize,
-        stride: usize,
-        bias: bool,
+        &self, name: &str, c_in: usize, c_out: usize, k: usize, stride: usize, bias: bool,
     ) -> Result<Conv2d<B>> {
         self.conv2d_padded(name, c_in, c_out, k, stride, 0, 1, bias)
     }
@@ -174,14 +165,7 @@ impl<'a, B: Backend> Loader<'a, B> {
     /// A square-kernel `nn.Conv2d` with padding and groups (`[out, in / groups, k, k]`).
     #[allow(clippy::too_many_arguments)] // mirrors nn.Conv2d's own argument list
     pub fn conv2d_padded(
-        &self,
-        name: &str,
-        c_in: usize,
-        c_out: usize,
-        k: usize,
-        stride: usize,
-        padding: usize,
-        groups: usize,
+        &self, name: &str, c_in: usize, c_out: usize, k: usize, stride: usize, padding: usize, groups: usize,
         bias: bool,
     ) -> Result<Conv2d<B>> {
         let l = self.pp(name);
@@ -204,9 +188,7 @@ impl<'a, B: Backend> Loader<'a, B> {
 
 /// A burn `Linear` from an HF weight `[out, in]` on the host and an optional bias.
 fn linear_from_host<B: Backend>(
-    w: HostTensor,
-    b: Option<Param<Tensor<B, 1>>>,
-    device: &B::Device,
+    w: HostTensor, b: Option<Param<Tensor<B, 1>>>, device: &B::Device,
 ) -> Linear<B> {
     let (d_out, d_in) = (w.shape[0], w.shape[1]);
     let mut t = vec![0f32; w.data.len()];

@@ -275,9 +275,7 @@ pub fn decode_client(text: &str) -> Result<ClientMessage, ProtocolError> {
 
 /// Decodes `[h*w][G]` little-endian `u16` codes, checking shape and range.
 pub fn decode_codes(
-    payload: &[u8],
-    shape: CodesShape,
-    codes_per_group: usize,
+    payload: &[u8], shape: CodesShape, codes_per_group: usize,
 ) -> Result<Vec<Vec<u16>>, ProtocolError> {
     let want = shape.positions * shape.groups * 2;
     if payload.len() != want {

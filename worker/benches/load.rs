@@ -34,9 +34,7 @@ async fn next(ws: &mut Ws) -> ServerMessage {
 
 /// One client: hello, upload, then `QUESTIONS` questions in turn; returns answers and latencies.
 async fn client(
-    addr: std::net::SocketAddr,
-    png: Vec<u8>,
-    questions: Vec<Vec<u32>>,
+    addr: std::net::SocketAddr, png: Vec<u8>, questions: Vec<Vec<u32>>,
 ) -> (Vec<Vec<u32>>, Vec<Duration>) {
     let (mut ws, _) = tokio_tungstenite::connect_async_with_config(format!("ws://{addr}/ws"), None, true)
         .await

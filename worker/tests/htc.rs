@@ -3,68 +3,21 @@
 
 mod common;
 
-use burn::tensor::{Distribution, Tensor, TensorData};
-use common::{assert_close, to_vec};
-use htc_shared::config::{ClipVisionConfig, HtcConfig, HtcMode, LlamaConfig, ProjectorKind};
+use burn::tensor::{Tensor, TensorData};
+use common::{assert_close, htc_config, image, llava_config, to_vec};
+use htc_shared::config::HtcMode;
 use htc_shared::mask::{Topology, BLOCKED};
 use htc_worker::backend::{self, Backend};
 use htc_worker::formats::Loader;
 use htc_worker::models::htc::{Htc, ImageTensors};
 use htc_worker::models::llama::Step;
-use htc_worker::models::llava::{self, Layout, Llava};
-
-fn llava_config() -> llava::Config {
-    let vision = ClipVisionConfig {
-        hidden_size: 32,
-        intermediate_size: 64,
-        num_hidden_layers: 2,
-        num_attention_heads: 4,
-        num_channels: 3,
-        image_size: 28,
-        patch_size: 7,
-        layer_norm_eps: 1e-5,
-    };
-    let text = LlamaConfig::from_json(&serde_json::json!({"vocab_size": 96, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-5})).unwrap();
-    llava::Config {
-        layout: Layout::LlavaHf,
-        text,
-        vision,
-        image_token_id: 95,
-        select_layer: -2,
-        projector_mlp: true,
-    }
-}
-
-fn htc_config(mode: HtcMode, topology: Topology, n_voco: usize) -> HtcConfig {
-    let mgvq =
-        serde_json::from_slice(&std::fs::read(common::fixtures().join("mgvq-tiny/config.json")).unwrap())
-            .unwrap();
-    HtcConfig {
-        mode,
-        n_discrete: 4,
-        n_voco,
-        topology,
-        continuous_projector: ProjectorKind::Mlp2xGelu,
-        discrete_hidden: 48,
-        mgvq: Some(mgvq),
-    }
-}
+use htc_worker::models::llava::Llava;
 
 fn model(mode: HtcMode, topology: Topology, n_voco: usize) -> Htc<Backend> {
     let (lc, hc) = (llava_config(), htc_config(mode, topology, n_voco));
     let src = htc_worker::formats::random::random_htc(&lc, &hc, 7);
     let vb = Loader::new(&src, &backend::device());
     Htc::load(&vb, Llava::load(&vb, &lc).unwrap(), &hc).unwrap()
-}
-
-fn image(seed: u64) -> ImageTensors<Backend> {
-    let d = backend::device();
-    <Backend as burn::tensor::backend::Backend>::seed(&d, seed);
-    ImageTensors {
-        clip: Tensor::random([1, 3, 28, 28], Distribution::Normal(0.0, 1.0), &d),
-        mgvq: Some(Tensor::random([1, 3, 64, 64], Distribution::Uniform(-1.0, 1.0), &d)),
-        codes: None,
-    }
 }
 
 const TEXT: [u32; 6] = [5, 17, 42, 8, 77, 3];

@@ -124,24 +124,18 @@ async fn chat_completions_plain_and_streamed() {
     }
     for _ in 0..100 {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        let m = get(addr, "/metrics").await;
+        let m = common::http::http_get(addr, "/metrics").await;
         if m.lines().any(|l| l == "htc_cancelled_total 1") {
             return;
         }
     }
     panic!(
         "the streamed answer was not cancelled after the client left: {}",
-        get(addr, "/metrics").await.lines().filter(|l| l.starts_with("htc_")).collect::<Vec<_>>().join(" | ")
+        common::http::http_get(addr, "/metrics")
+            .await
+            .lines()
+            .filter(|l| l.starts_with("htc_"))
+            .collect::<Vec<_>>()
+            .join(" | ")
     );
-}
-
-async fn get(addr: std::net::SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut st = tokio::net::TcpStream::connect(addr).await.unwrap();
-    st.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut buf = String::new();
-    st.read_to_string(&mut buf).await.unwrap();
-    buf
 }

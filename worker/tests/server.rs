@@ -2,6 +2,8 @@
 //! model: a full exchange, a cached follow-up, cancel, busy, auth and Origin refusal, and an
 //! error frame for each kind of bad input, with the connection and the server staying up.
 
+mod common;
+
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -23,9 +25,7 @@ async fn start(tweak: impl FnOnce(&mut ServeArgs)) -> std::net::SocketAddr {
 }
 
 async fn connect(
-    addr: std::net::SocketAddr,
-    headers: &[(&str, &str)],
-    query: &str,
+    addr: std::net::SocketAddr, headers: &[(&str, &str)], query: &str,
 ) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
     let mut req = format!("ws://{addr}/ws{query}").into_client_request().unwrap();
     for (k, v) in headers {
@@ -118,7 +118,7 @@ async fn full_exchange_then_a_cached_follow_up() {
     let mut ws2 = connect(addr, &[], "").await.unwrap();
     hello(&mut ws2).await;
     upload(&mut ws2, 1, "again", &png()).await;
-    let m = http_get(addr, "/metrics").await;
+    let m = common::http::http_get(addr, "/metrics").await;
     assert!(m.contains("htc_cache_hits_total 1") && m.contains("htc_compressions_total 1"), "{m}");
     assert!(m.contains("htc_open_connections 2"), "{m}");
     send(&mut ws2, json!({"type": "ask", "request_id": 9, "image_id": "again", "prompt_ids": [5, 6, 7], "max_new_tokens": 6})).await;
@@ -247,17 +247,6 @@ async fn every_bad_input_gets_an_error_frame_and_the_connection_stays_up() {
     hello(&mut ws2).await;
 }
 
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await.unwrap();
-    buf
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_drains_in_flight_answers_then_closes() {
     let args = ServeArgs::local(std::env::temp_dir());
@@ -312,11 +301,11 @@ async fn a_disconnect_frees_its_work_at_once() {
     // The answer is cancelled (not finished) and generation stops.
     for _ in 0..100 {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let m = http_get(addr, "/metrics").await;
+        let m = common::http::http_get(addr, "/metrics").await;
         if metric(&m, "htc_cancelled_total ") == 1.0 {
             let a = metric(&m, "htc_generated_tokens_total ");
             tokio::time::sleep(Duration::from_millis(300)).await;
-            let b = metric(&http_get(addr, "/metrics").await, "htc_generated_tokens_total ");
+            let b = metric(&common::http::http_get(addr, "/metrics").await, "htc_generated_tokens_total ");
             assert_eq!(a, b, "tokens still being generated after the disconnect");
             assert!(a < 4000.0, "{a}");
             return;

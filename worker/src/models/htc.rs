@@ -34,11 +34,7 @@ pub struct DiscreteProjector<B: Backend> {
 
 impl<B: Backend> DiscreteProjector<B> {
     pub fn load(
-        vb: &Loader<B>,
-        q_len: usize,
-        hidden: usize,
-        n_tokens: usize,
-        d_model: usize,
+        vb: &Loader<B>, q_len: usize, hidden: usize, n_tokens: usize, d_model: usize,
     ) -> Result<Self> {
         Ok(Self {
             linear_1: vb.linear("linear_1", q_len, hidden, true)?,

@@ -28,9 +28,7 @@ impl Rope {
 
     /// `(cos, sin)`, each `[positions.len(), head_dim]`.
     pub fn tables<B: Backend>(
-        &self,
-        positions: &[usize],
-        device: &B::Device,
+        &self, positions: &[usize], device: &B::Device,
     ) -> (Tensor<B, 2>, Tensor<B, 2>) {
         let hd = self.inv_freq.len() * 2;
         let mut cos = Vec::with_capacity(positions.len() * hd);
@@ -117,10 +115,7 @@ impl<B: Backend> Attention<B> {
     /// `x: [b, t, d]`; `mask: [t, past + t]` additive; returns the output and, when asked,
     /// the attention probabilities `[b, heads, t, past + t]`.
     fn forward(
-        &self,
-        x: Tensor<B, 3>,
-        rope: (&Tensor<B, 4>, &Tensor<B, 4>),
-        mask: Option<&Tensor<B, 4>>,
+        &self, x: Tensor<B, 3>, rope: (&Tensor<B, 4>, &Tensor<B, 4>), mask: Option<&Tensor<B, 4>>,
         cache: &mut Option<(Tensor<B, 4>, Tensor<B, 4>)>,
     ) -> (Tensor<B, 3>, Tensor<B, 4>) {
         let [b, t, _] = x.dims();

@@ -47,9 +47,7 @@ pub struct AskRequest {
 
 /// Both image inputs of an HTC model, from an image file (MGVQ runs on the image itself).
 pub fn htc_inputs<B: Backend>(
-    snap: &Snapshot<B>,
-    input: &ImageSource,
-    device: &B::Device,
+    snap: &Snapshot<B>, input: &ImageSource, device: &B::Device,
 ) -> Result<ImageTensors<B>> {
     let AnyModel::Htc { model, preprocess, .. } = &snap.model else { bail!("not an HTC model") };
     match input {
@@ -89,9 +87,7 @@ pub fn attention_json<B: Backend>(m: &Htc<B>, c: &CompressedImage<B>) -> serde_j
 
 /// Loads CLIP pixel values `[1, 3, size, size]` for a LLaVA model.
 pub fn load_pixels<B: Backend>(
-    snap: &Snapshot<B>,
-    input: &ImageSource,
-    device: &B::Device,
+    snap: &Snapshot<B>, input: &ImageSource, device: &B::Device,
 ) -> Result<Tensor<B, 4>> {
     let (config, preprocess) = match &snap.model {
         AnyModel::Llava { config, preprocess, .. } | AnyModel::Htc { config, preprocess, .. } => {
@@ -108,10 +104,7 @@ pub fn load_pixels<B: Backend>(
 
 /// The prompt token ids (image placeholder not yet expanded).
 pub fn prompt_ids<B: Backend>(
-    snap: &Snapshot<B>,
-    prompt: &PromptInput,
-    image: bool,
-    no_template: bool,
+    snap: &Snapshot<B>, prompt: &PromptInput, image: bool, no_template: bool,
 ) -> Result<Vec<i64>> {
     match prompt {
         PromptInput::Ids(ids) => Ok(ids.clone()),
@@ -141,10 +134,7 @@ pub fn prompt_ids<B: Backend>(
 /// Runs one question and streams the answer to `out`: text when the model has a tokenizer,
 /// otherwise the generated ids on one line separated by spaces.
 pub fn ask<B: Backend>(
-    snap: &Snapshot<B>,
-    req: &AskRequest,
-    device: &B::Device,
-    out: &mut dyn Write,
+    snap: &Snapshot<B>, req: &AskRequest, device: &B::Device, out: &mut dyn Write,
 ) -> Result<Generation> {
     let llm = snap.model.llm();
     if let AnyModel::Htc { model, .. } = &snap.model {
@@ -178,11 +168,7 @@ pub fn ask<B: Backend>(
 
 /// Compress once, then answer the text against the compressed image.
 fn ask_htc<B: Backend>(
-    snap: &Snapshot<B>,
-    model: &Htc<B>,
-    req: &AskRequest,
-    device: &B::Device,
-    out: &mut dyn Write,
+    snap: &Snapshot<B>, model: &Htc<B>, req: &AskRequest, device: &B::Device, out: &mut dyn Write,
 ) -> Result<Generation> {
     let image = req.image.as_ref().ok_or_else(|| anyhow!("this HTC model needs an image (--image)"))?;
     let ids: Vec<i64> = match &req.prompt {
@@ -207,10 +193,7 @@ fn ask_htc<B: Backend>(
 
 /// Generates from `prompt` and streams the answer: text with a tokenizer, else ids.
 fn stream_answer<B: Backend>(
-    snap: &Snapshot<B>,
-    prompt: Prompt<B>,
-    req: &AskRequest,
-    out: &mut dyn Write,
+    snap: &Snapshot<B>, prompt: Prompt<B>, req: &AskRequest, out: &mut dyn Write,
 ) -> Result<Generation> {
     let llm = snap.model.llm();
     let stop = stop_ids(snap.tokenizer.as_ref(), llm);

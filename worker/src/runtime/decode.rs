@@ -40,11 +40,7 @@ impl<B: Backend> Sequence<B> {
     /// Runs `prompt` and returns the sequence with the logits of its last position (and of
     /// every position, when asked).
     pub fn prefill(
-        llm: &Llama<B>,
-        prompt: Prompt<B>,
-        sampling: Sampling,
-        stop_ids: Vec<u32>,
-        want_prefill_logits: bool,
+        llm: &Llama<B>, prompt: Prompt<B>, sampling: Sampling, stop_ids: Vec<u32>, want_prefill_logits: bool,
     ) -> Result<(Self, Vec<f32>, Option<PrefillLogits>)> {
         let Prompt { mut cache, embeds, first_position, mask } = prompt;
         let [_, t, d] = embeds.dims();
@@ -148,11 +144,7 @@ pub struct Generation {
 /// Runs the prompt `embeds: [1, t, d]` at positions `0..t` (causal), then generates. The
 /// callback sees every new id and may stop generation with `ControlFlow::Break`.
 pub fn generate<B: Backend>(
-    llm: &Llama<B>,
-    embeds: Tensor<B, 3>,
-    stop_ids: &[u32],
-    s: &Sampling,
-    want_prefill_logits: bool,
+    llm: &Llama<B>, embeds: Tensor<B, 3>, stop_ids: &[u32], s: &Sampling, want_prefill_logits: bool,
     on_token: impl FnMut(u32) -> ControlFlow<()>,
 ) -> Result<Generation> {
     let prompt = Prompt { cache: llm.new_cache(), embeds, first_position: 0, mask: None };
@@ -162,11 +154,7 @@ pub fn generate<B: Backend>(
 /// Like [`generate`], continuing from a cache (a compressed image, for instance). Every
 /// generated token sees all cached keys plus the prompt and earlier generated tokens.
 pub fn generate_from<B: Backend>(
-    llm: &Llama<B>,
-    prompt: Prompt<B>,
-    stop_ids: &[u32],
-    s: &Sampling,
-    want_prefill_logits: bool,
+    llm: &Llama<B>, prompt: Prompt<B>, stop_ids: &[u32], s: &Sampling, want_prefill_logits: bool,
     mut on_token: impl FnMut(u32) -> ControlFlow<()>,
 ) -> Result<Generation> {
     let (mut seq, mut logits, prefill_logits) =

@@ -21,10 +21,7 @@ pub fn read_image_file(path: &Path) -> Result<RgbImage> {
 /// CLIP pixel values `[1, 3, s, s]` through `preprocess`, whose crop must equal the vision
 /// tower's `size`.
 pub fn clip_pixels<B: Backend>(
-    preprocess: &ClipPreprocess,
-    img: &RgbImage,
-    size: usize,
-    device: &B::Device,
+    preprocess: &ClipPreprocess, img: &RgbImage, size: usize, device: &B::Device,
 ) -> Result<Tensor<B, 4>> {
     let (h, w) = preprocess.crop;
     if (h as usize, w as usize) != (size, size) {
@@ -67,10 +64,7 @@ pub fn mgvq_pixels<B: Backend>(model: &Htc<B>, img: &RgbImage, device: &B::Devic
 
 /// Both inputs of an HTC model for a decoded image.
 pub fn image_tensors<B: Backend>(
-    model: &Htc<B>,
-    preprocess: &ClipPreprocess,
-    img: &RgbImage,
-    device: &B::Device,
+    model: &Htc<B>, preprocess: &ClipPreprocess, img: &RgbImage, device: &B::Device,
 ) -> Result<ImageTensors<B>> {
     let size = model.llava.vision.image_size();
     Ok(ImageTensors {

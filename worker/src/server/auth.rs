@@ -20,10 +20,7 @@ fn authorized(args: &ServeArgs, headers: &HeaderMap, query: &HashMap<String, Str
 
 /// Middleware: 401 unless the request carries the server's token (when one is set).
 pub async fn require_token(
-    State(app): State<App>,
-    Query(q): Query<HashMap<String, String>>,
-    req: Request,
-    next: Next,
+    State(app): State<App>, Query(q): Query<HashMap<String, String>>, req: Request, next: Next,
 ) -> Response {
     if !authorized(&app.args, req.headers(), &q) {
         if req.uri().path().starts_with("/v1/") {

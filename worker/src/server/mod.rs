@@ -104,8 +104,7 @@ async fn ws_upgrade(ws: WebSocketUpgrade, State(app): State<App>, headers: Heade
 
 /// Starts the server on `listener` until `shutdown` resolves, then drains.
 pub async fn serve_on(
-    listener: tokio::net::TcpListener,
-    app: App,
+    listener: tokio::net::TcpListener, app: App,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     use axum::serve::ListenerExt;

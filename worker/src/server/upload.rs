@@ -12,10 +12,7 @@ use crate::runtime::engine::{Engine, UploadedImage};
 /// Decodes `bytes` into an [`UploadedImage`] (with already checked client `codes`), refusing
 /// images over the server's byte limit (`frame_too_large`) and side limits (`bad_image`).
 pub async fn decode_upload(
-    engine: &Engine,
-    args: &ServeArgs,
-    bytes: Vec<u8>,
-    codes: Option<Vec<Vec<u16>>>,
+    engine: &Engine, args: &ServeArgs, bytes: Vec<u8>, codes: Option<Vec<Vec<u16>>>,
 ) -> Result<UploadedImage, ProtocolError> {
     if bytes.is_empty() {
         return Err(ProtocolError::new(ErrorCode::BadImage, "empty image"));

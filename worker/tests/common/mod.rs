@@ -3,8 +3,14 @@
 
 use std::path::PathBuf;
 
-use burn::tensor::Tensor;
+pub mod http;
+
+use burn::tensor::{Distribution, Tensor};
+use htc_shared::config::{ClipVisionConfig, HtcConfig, HtcMode, LlamaConfig, ProjectorKind};
+use htc_shared::mask::Topology;
 use htc_worker::backend::Backend;
+use htc_worker::models::htc::ImageTensors;
+use htc_worker::models::llava;
 use safetensors::{Dtype, SafeTensors};
 
 /// Runs the `htc` binary with quiet logs.
@@ -69,4 +75,53 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], rel: f32) {
         "{what}: max abs error {err:.3e} exceeds {rel:.0e} x scale {scale:.3}"
     );
     eprintln!("{what}: max abs error {err:.3e} (scale {scale:.3}, bound {:.3e})", rel * scale);
+}
+
+/// The tiny LLaVA shape the HTC tests use (CLIP 32 wide at 28 px with 16 patches, LLM 64 wide).
+pub fn llava_config() -> llava::Config {
+    let vision = ClipVisionConfig {
+        hidden_size: 32,
+        intermediate_size: 64,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        num_channels: 3,
+        image_size: 28,
+        patch_size: 7,
+        layer_norm_eps: 1e-5,
+    };
+    let text = LlamaConfig::from_json(&serde_json::json!({"vocab_size": 96, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-5})).unwrap();
+    llava::Config {
+        layout: llava::Layout::LlavaHf,
+        text,
+        vision,
+        image_token_id: 95,
+        select_layer: -2,
+        projector_mlp: true,
+    }
+}
+
+/// An HTC section over the tiny MGVQ fixture.
+pub fn htc_config(mode: HtcMode, topology: Topology, n_voco: usize) -> HtcConfig {
+    let mgvq =
+        serde_json::from_slice(&std::fs::read(fixtures().join("mgvq-tiny/config.json")).unwrap()).unwrap();
+    HtcConfig {
+        mode,
+        n_discrete: 4,
+        n_voco,
+        topology,
+        continuous_projector: ProjectorKind::Mlp2xGelu,
+        discrete_hidden: 48,
+        mgvq: Some(mgvq),
+    }
+}
+
+/// Random image tensors for the tiny shapes, reproducible by `seed`.
+pub fn image<B: burn::tensor::backend::Backend>(seed: u64) -> ImageTensors<B> {
+    let d = B::Device::default();
+    B::seed(&d, seed);
+    ImageTensors {
+        clip: Tensor::random([1, 3, 28, 28], Distribution::Normal(0.0, 1.0), &d),
+        mgvq: Some(Tensor::random([1, 3, 64, 64], Distribution::Uniform(-1.0, 1.0), &d)),
+        codes: None,
+    }
 }

@@ -127,9 +127,7 @@ impl EngineState {
     }
 
     fn compress(
-        &mut self,
-        img: &UploadedImage,
-        timings: &mut Timings,
+        &mut self, img: &UploadedImage, timings: &mut Timings,
     ) -> Result<Arc<CompressedImage<Backend>>, ProtocolError> {
         let device = backend::device();
         let t = Instant::now();

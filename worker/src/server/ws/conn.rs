@@ -124,11 +124,7 @@ impl Conn {
 
     /// Checks an announced image against the limits and the model, then waits for its frames.
     fn on_image(
-        &mut self,
-        request_id: u32,
-        image_id: String,
-        byte_len: usize,
-        codes: Option<CodesShape>,
+        &mut self, request_id: u32, image_id: String, byte_len: usize, codes: Option<CodesShape>,
         mask_layout: Option<MaskLayout>,
     ) -> Result<(), ProtocolError> {
         let max = self.app.args.max_image_bytes;
