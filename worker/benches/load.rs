@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use htc_shared::protocol::{encode_binary, BinaryKind, ServerMessage};
 use htc_worker::server::{serve_on, App, ServeArgs};
 use serde_json::json;
@@ -17,20 +17,9 @@ const CLIENTS: usize = 32;
 const QUESTIONS: usize = 10;
 const TOKENS: usize = 8;
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn next(ws: &mut Ws) -> ServerMessage {
-    loop {
-        let m = tokio::time::timeout(Duration::from_secs(300), ws.next())
-            .await
-            .expect("answer in time")
-            .expect("open")
-            .expect("frame");
-        if let Message::Text(t) = m {
-            return serde_json::from_str(t.as_str()).expect("server JSON");
-        }
-    }
-}
+#[path = "../tests/common/ws.rs"]
+mod ws;
+use ws::recv;
 
 /// One client: hello, upload, then `QUESTIONS` questions in turn; returns answers and latencies.
 async fn client(
@@ -40,7 +29,7 @@ async fn client(
         .await
         .expect("connect");
     ws.send(Message::Text(json!({"type": "hello", "version": 1}).to_string().into())).await.unwrap();
-    assert!(matches!(next(&mut ws).await, ServerMessage::Ready { .. }));
+    assert!(matches!(recv(&mut ws).await, ServerMessage::Ready { .. }));
     ws.send(Message::Text(
         json!({"type": "image", "request_id": 0, "image_id": "img", "byte_len": png.len()})
             .to_string()
@@ -57,7 +46,7 @@ async fn client(
             ws.send(Message::Text(json!({"type": "ask", "request_id": rid, "image_id": "img", "prompt_ids": q, "max_new_tokens": TOKENS}).to_string().into())).await.unwrap();
             let mut ids = vec![];
             let busy = loop {
-                match next(&mut ws).await {
+                match recv(&mut ws).await {
                     ServerMessage::Token { id, .. } => ids.push(id),
                     ServerMessage::Done { .. } => break false,
                     ServerMessage::Error { code: htc_shared::protocol::ErrorCode::Busy, .. } => break true,

@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::ws::{recv, send, Ws};
+
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -11,8 +13,6 @@ use htc_shared::protocol::{encode_binary, BinaryKind, ErrorCode, ServerMessage};
 use htc_worker::server::{serve_on, App, ServeArgs};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
-
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn start(tweak: impl FnOnce(&mut ServeArgs)) -> std::net::SocketAddr {
     let mut args = ServeArgs::local(std::env::temp_dir());
@@ -33,23 +33,6 @@ async fn connect(
         req.headers_mut().insert(name, v.parse().unwrap());
     }
     tokio_tungstenite::connect_async(req).await.map(|(ws, _)| ws)
-}
-
-async fn send(ws: &mut Ws, v: serde_json::Value) {
-    ws.send(Message::Text(v.to_string().into())).await.unwrap();
-}
-
-async fn recv(ws: &mut Ws) -> ServerMessage {
-    loop {
-        let m = tokio::time::timeout(Duration::from_secs(120), ws.next())
-            .await
-            .expect("server answers")
-            .expect("open")
-            .unwrap();
-        if let Message::Text(t) = m {
-            return serde_json::from_str(t.as_str()).unwrap();
-        }
-    }
 }
 
 async fn hello(ws: &mut Ws) {

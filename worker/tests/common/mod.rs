@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 pub mod http;
+pub mod ws;
 
 use burn::tensor::{Distribution, Tensor};
 use htc_shared::config::{ClipVisionConfig, HtcConfig, HtcMode, LlamaConfig, ProjectorKind};
