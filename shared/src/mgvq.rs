@@ -160,6 +160,7 @@ impl<B: Backend> EvitGlu<B> {
 }
 
 #[derive(Module, Debug)]
+#[allow(clippy::large_enum_variant)] // a handful per model, built once; boxing would only add indirection
 pub enum Block<B: Backend> {
     Res(ResBlock<B>),
     Evit(EvitGlu<B>),

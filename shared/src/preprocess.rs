@@ -13,7 +13,7 @@ use crate::Error;
 /// CLIP's per-channel mean (OpenAI CLIP training statistics).
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
 /// CLIP's per-channel standard deviation.
-pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_1];
+pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_6, 0.275_777_1];
 
 /// Decoding limits: protect against decompression bombs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -141,6 +141,7 @@ pub struct ModelCard {
 /// Server → client messages.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
+#[allow(clippy::large_enum_variant)] // a message is built, serialised and dropped; `Ready` is sent once
 pub enum ServerMessage {
     Ready {
         version: u32,

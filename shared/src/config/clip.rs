@@ -41,13 +41,13 @@ impl ClipVisionConfig {
             patch_size: get_usize(v, "patch_size", 32)?,
             layer_norm_eps: get_f64(v, "layer_norm_eps", 1e-5)?,
         };
-        if c.patch_size == 0 || c.image_size % c.patch_size != 0 {
+        if c.patch_size == 0 || !c.image_size.is_multiple_of(c.patch_size) {
             return Err(Error::Config(format!(
                 "image_size {} is not a multiple of patch_size {}",
                 c.image_size, c.patch_size
             )));
         }
-        if c.num_attention_heads == 0 || c.hidden_size % c.num_attention_heads != 0 {
+        if c.num_attention_heads == 0 || !c.hidden_size.is_multiple_of(c.num_attention_heads) {
             return Err(Error::Config("CLIP hidden_size must be a multiple of num_attention_heads".into()));
         }
         Ok(c)

@@ -72,20 +72,21 @@ impl MgvqConfig {
     pub fn validate(&self) -> Result<(), Error> {
         let n = self.width_list.len();
         if n < 2 || self.depth_list.len() != n || self.block_type.len() != n {
-            return Err(Error::Config(format!(
+            return Err(Error::Config(
                 "MGVQ: width_list, depth_list and block_type must have the same length (at least 2)"
-            )));
+                    .to_string(),
+            ));
         }
         if self.groups == 0
-            || self.latent_channels % self.groups != 0
-            || self.codebook_size % self.groups != 0
+            || !self.latent_channels.is_multiple_of(self.groups)
+            || !self.codebook_size.is_multiple_of(self.groups)
         {
-            return Err(Error::Config(format!(
-                "MGVQ: latent_channels and codebook_size must be multiples of groups"
-            )));
+            return Err(Error::Config(
+                "MGVQ: latent_channels and codebook_size must be multiples of groups".to_string(),
+            ));
         }
         if self.codebook_size / self.groups > u16::MAX as usize + 1 {
-            return Err(Error::Config(format!("MGVQ: more than 65536 codes per group")));
+            return Err(Error::Config("MGVQ: more than 65536 codes per group".to_string()));
         }
         for (i, (&w, t)) in self.width_list.iter().zip(&self.block_type).enumerate() {
             if *t == BlockType::EvitGlu && w % self.attention_dim != 0 {
@@ -95,7 +96,7 @@ impl MgvqConfig {
                 )));
             }
         }
-        if self.image_size == 0 || self.image_size % self.downsample_factor() != 0 {
+        if self.image_size == 0 || !self.image_size.is_multiple_of(self.downsample_factor()) {
             return Err(Error::Config(format!(
                 "MGVQ: image_size {} is not a multiple of the downsampling factor {}",
                 self.image_size,

@@ -118,7 +118,7 @@ pub fn run(a: InitArgs) -> Result<()> {
     };
     htc.validate()?;
     let src = WeightSource::open_dir(&a.llava)?;
-    let mg = WeightSource::open_files(&[a.mgvq.clone()])?;
+    let mg = WeightSource::open_files(std::slice::from_ref(&a.mgvq))?;
     // Fail early, naming the problem, if the MGVQ file does not fit its config.
     let dev = crate::backend::device();
     Mgvq::<crate::backend::Backend>::load(&Loader::new(&mg, &dev), &mgvq_cfg)

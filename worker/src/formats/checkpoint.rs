@@ -17,6 +17,7 @@ use crate::models::llava::{self, Llava};
 use crate::text::{stop_ids, Template, TextTokenizer};
 
 /// A loaded model of any supported architecture.
+#[allow(clippy::large_enum_variant)] // one per process, held for its lifetime
 pub enum AnyModel<B: Backend> {
     Llama(Llama<B>),
     Llava {

@@ -239,7 +239,7 @@ impl GgufFile {
             self.tensors.get(name).ok_or_else(|| anyhow!("tensor `{name}` is missing from the GGUF file"))?;
         let n: usize = info.shape.iter().product();
         let (bs, bb) = info.dtype.block();
-        if n % bs != 0 {
+        if !n.is_multiple_of(bs) {
             bail!("tensor `{name}` has {n} elements, not a multiple of the block size {bs}");
         }
         let start = self.data_start + info.offset;

@@ -208,6 +208,15 @@ fn gguf_name(hf: &str) -> Option<String> {
     })
 }
 
+impl TensorSource for WeightSource {
+    fn contains(&self, name: &str) -> bool {
+        WeightSource::contains(self, name)
+    }
+    fn read(&self, name: &str) -> std::result::Result<HostTensor, htc_shared::Error> {
+        WeightSource::read(self, name).map_err(|e| htc_shared::Error::Weights(format!("{e:#}")))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,14 +237,5 @@ mod tests {
         std::fs::create_dir_all(&d).unwrap();
         let e = WeightSource::open_dir(&d).err().unwrap();
         assert!(e.to_string().contains("no model weights"), "{e}");
-    }
-}
-
-impl TensorSource for WeightSource {
-    fn contains(&self, name: &str) -> bool {
-        WeightSource::contains(self, name)
-    }
-    fn read(&self, name: &str) -> std::result::Result<HostTensor, htc_shared::Error> {
-        WeightSource::read(self, name).map_err(|e| htc_shared::Error::Weights(format!("{e:#}")))
     }
 }

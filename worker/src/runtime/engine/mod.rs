@@ -85,6 +85,7 @@ impl Engine {
     }
 
     /// Queues a job, or gives it back when the queue is full.
+    #[allow(clippy::result_large_err)] // the job is handed back whole so the caller can answer it
     pub fn submit(&self, job: Job) -> std::result::Result<(), Job> {
         match self.tx.try_send(job) {
             Ok(()) => {
