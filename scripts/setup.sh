@@ -21,6 +21,12 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; the
   apt_install chromium chromium-driver
 fi
 
+# 1b. rustfmt and clippy for the format and lint checks (in rustup's default profile; added
+# if a minimal toolchain lacks them).
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+  rustup component add rustfmt clippy >&2
+fi
+
 # 2. The wasm32 target: rustup first, Debian's rustc-web + build-std as the fallback.
 wasm_std_present() { [ -d "$(rustc --print sysroot)/lib/rustlib/wasm32-unknown-unknown/lib" ]; }
 if [ "${HTC_FORCE_WASM_FALLBACK:-0}" != 1 ] && { wasm_std_present || rustup target add wasm32-unknown-unknown >&2 && wasm_std_present; }; then
