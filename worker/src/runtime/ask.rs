@@ -57,9 +57,8 @@ pub fn htc_inputs<B: Backend>(
             model.config.mode,
             p.display()
         ),
-        ImageSource::PixelValues(p) => {
-            let clip = pixel_values_file(p, model.llava.vision.image_size(), device)?;
-            Ok(ImageTensors { clip, mgvq: None, codes: None })
+        ImageSource::PixelValues(_) => {
+            Ok(ImageTensors { clip: load_pixels(snap, input, device)?, mgvq: None, codes: None })
         }
     }
 }
