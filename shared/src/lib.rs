@@ -7,7 +7,7 @@
 //! - [`protocol`]: the worker's WebSocket protocol (messages, binary frames, typed errors).
 //! - [`loader`]: building burn modules from named tensors ([`loader::Loader`]), including a
 //!   safetensors file held in memory.
-//! - [`params`]: stable, path-derived parameter ids.
+//! - [`params`]: stable, parameter ids derived from checkpoint keys.
 //!
 //! Model code here is generic over the burn `Backend`. This crate builds for
 //! `wasm32-unknown-unknown`; it has no native-only dependencies. Errors are the typed

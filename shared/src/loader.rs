@@ -3,6 +3,8 @@
 //! worker's file readers), and the prefix-scoped [`Loader`]. Loading only: no file access and no
 //! model code here.
 
+use std::sync::{Arc, Mutex};
+
 use burn::module::{Initializer, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{
@@ -13,6 +15,7 @@ use burn::tensor::{backend::Backend, Tensor, TensorData};
 use half::{bf16, f16};
 use safetensors::{Dtype, SafeTensors};
 
+use crate::params::{id_for_path, ParamName, ParamNames};
 use crate::Error;
 
 type Result<T> = std::result::Result<T, Error>;
@@ -55,20 +58,38 @@ impl TensorSource for std::collections::HashMap<String, HostTensor> {
 /// from a [`TensorSource`] (checkpoint names and shapes checked), or freshly initialised with
 /// burn's initialisers ([`Loader::init`]). Model code is written once against it, so every
 /// model's `load` is also its random-init constructor.
+///
+/// Every parameter it makes gets its id from its checkpoint key ([`id_for_path`]), the same on
+/// every load, and is recorded in a registry shared by all prefixed copies ([`Loader::names`]):
+/// optimizer state and saved checkpoints are keyed by those names.
 pub struct Loader<'a, B: Backend> {
     src: Option<&'a dyn TensorSource>,
     prefix: String,
+    names: Arc<Mutex<ParamNames>>,
     pub device: B::Device,
 }
 
 impl<'a, B: Backend> Loader<'a, B> {
     pub fn new(src: &'a dyn TensorSource, device: &B::Device) -> Self {
-        Self { src: Some(src), prefix: String::new(), device: device.clone() }
+        Self { src: Some(src), prefix: String::new(), names: Default::default(), device: device.clone() }
     }
 
     /// A loader that initialises every module at random (no weights read).
     pub fn init(device: &B::Device) -> Self {
-        Self { src: None, prefix: String::new(), device: device.clone() }
+        Self { src: None, prefix: String::new(), names: Default::default(), device: device.clone() }
+    }
+
+    /// The checkpoint key of every parameter made so far, by id.
+    pub fn names(&self) -> ParamNames {
+        self.names.lock().expect("the name registry is never poisoned").clone()
+    }
+
+    /// Wraps `value` as the trainable parameter stored under `key` (`transposed`: held as the
+    /// transpose of the stored tensor, as `Linear` weights are).
+    fn named<const D: usize>(&self, key: String, value: Tensor<B, D>, transposed: bool) -> Param<Tensor<B, D>> {
+        let id = id_for_path(&key);
+        self.names.lock().expect("the name registry is never poisoned").insert(id, ParamName { key, transposed });
+        Param::initialized(id, value.require_grad())
     }
 
     /// Whether this loader initialises at random instead of reading weights.
@@ -86,7 +107,7 @@ impl<'a, B: Backend> Loader<'a, B> {
         } else {
             format!("{}.{}", self.prefix, p)
         };
-        Self { src: self.src, prefix, device: self.device.clone() }
+        Self { src: self.src, prefix, names: self.names.clone(), device: self.device.clone() }
     }
 
     pub fn key(&self, name: &str) -> String {
@@ -110,29 +131,44 @@ impl<'a, B: Backend> Loader<'a, B> {
     pub fn param<const D: usize>(
         &self, name: &str, shape: [usize; D], init: Initializer,
     ) -> Result<Param<Tensor<B, D>>> {
-        Ok(match self.host(name, &shape)? {
-            Some(t) => Param::from_tensor(Tensor::from_data(TensorData::new(t.data, shape), &self.device)),
-            None => init.init(shape, &self.device),
-        })
+        let value = match self.host(name, &shape)? {
+            Some(t) => Tensor::from_data(TensorData::new(t.data, shape), &self.device),
+            None => init.init::<B, D, _>(shape, &self.device).into_value(),
+        };
+        Ok(self.named(self.key(name), value, false))
     }
 
     /// `nn.Linear` from HF `[out, in]` storage. The weight is transposed on the host into a
     /// contiguous `[in, out]` tensor, so no backend copies a strided view at every call.
     pub fn linear(&self, name: &str, d_in: usize, d_out: usize, bias: bool) -> Result<Linear<B>> {
         let l = self.pp(name);
-        let Some(w) = l.host("weight", &[d_out, d_in])? else {
-            return Ok(LinearConfig::new(d_in, d_out).with_bias(bias).init(&self.device));
-        };
-        let b = if bias { Some(l.param("bias", [d_out], Initializer::Zeros)?) } else { None };
-        Ok(linear_from_host(w, b, &self.device))
+        let host = l.host("weight", &[d_out, d_in])?;
+        l.linear_with(host, d_in, d_out, bias)
     }
 
-    /// A bias-free `Linear` `d → vocab` from a `[vocab, d]` embedding matrix (tied heads).
-    pub fn linear_from_embedding(&self, name: &str, vocab: usize, d: usize) -> Result<Linear<B>> {
-        match self.pp(name).host("weight", &[vocab, d])? {
-            Some(w) => Ok(linear_from_host(w, None, &self.device)),
-            None => Ok(LinearConfig::new(d, vocab).with_bias(false).init(&self.device)),
-        }
+    /// A bias-free `Linear` `d → vocab` stored under this loader's `weight` (a tied LM head),
+    /// read from the `[vocab, d]` embedding matrix under `embedding`. It is its own parameter:
+    /// a saved checkpoint stores it as the head, untied.
+    pub fn tied_linear(&self, embedding: &Loader<'_, B>, vocab: usize, d: usize) -> Result<Linear<B>> {
+        let host = embedding.host("weight", &[vocab, d])?;
+        self.linear_with(host, d, vocab, false)
+    }
+
+    /// A `Linear` whose weight is `w` (HF `[out, in]`) or freshly initialised, keyed under
+    /// this loader's `weight` / `bias`.
+    fn linear_with(&self, w: Option<HostTensor>, d_in: usize, d_out: usize, bias: bool) -> Result<Linear<B>> {
+        let mut l = LinearConfig::new(d_in, d_out).with_bias(bias).init(&self.device);
+        let weight = match w {
+            Some(w) => Tensor::from_data(TensorData::new(transpose(&w.data, d_out, d_in), [d_in, d_out]), &self.device),
+            None => l.weight.into_value(),
+        };
+        l.weight = self.named(self.key("weight"), weight, true);
+        l.bias = match l.bias.take() {
+            Some(b) if self.is_init() => Some(self.named(self.key("bias"), b.into_value(), false)),
+            Some(_) => Some(self.param("bias", [d_out], Initializer::Zeros)?),
+            None => None,
+        };
+        Ok(l)
     }
 
     pub fn layer_norm(&self, name: &str, d: usize, eps: f64) -> Result<LayerNorm<B>> {
@@ -176,6 +212,8 @@ impl<'a, B: Backend> Loader<'a, B> {
             .with_bias(bias)
             .init(&self.device);
         if self.is_init() {
+            conv.weight = l.named(l.key("weight"), conv.weight.into_value(), false);
+            conv.bias = conv.bias.map(|b| l.named(l.key("bias"), b.into_value(), false));
             return Ok(conv);
         }
         conv.weight = l.param("weight", [c_out, c_in / groups, k, k], Initializer::Zeros)?;
@@ -186,21 +224,16 @@ impl<'a, B: Backend> Loader<'a, B> {
     }
 }
 
-/// A burn `Linear` from an HF weight `[out, in]` on the host and an optional bias.
-fn linear_from_host<B: Backend>(
-    w: HostTensor, b: Option<Param<Tensor<B, 1>>>, device: &B::Device,
-) -> Linear<B> {
-    let (d_out, d_in) = (w.shape[0], w.shape[1]);
-    let mut t = vec![0f32; w.data.len()];
-    for o in 0..d_out {
-        for i in 0..d_in {
-            t[i * d_out + o] = w.data[o * d_in + i];
+/// The transpose of a row-major `[rows, cols]` matrix, on the host, so no backend copies a
+/// strided view at every call.
+pub fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0f32; data.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            t[c * rows + r] = data[r * cols + c];
         }
     }
-    let mut l = LinearConfig::new(d_in, d_out).with_bias(b.is_some()).init(device);
-    l.weight = Param::from_tensor(Tensor::from_data(TensorData::new(t, [d_in, d_out]), device));
-    l.bias = b;
-    l
+    t
 }
 
 /// Reads a safetensors tensor view as f32 (F32, F16 and BF16 storage).

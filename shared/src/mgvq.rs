@@ -210,7 +210,7 @@ impl Config {
 
 impl<B: Backend> Mgvq<B> {
     /// Loads the official key names under `vb` (or initialises, see [`Loader::init`]), with
-    /// path-derived parameter ids.
+    /// parameter ids derived from checkpoint keys.
     pub fn load(vb: &Loader<B>, c: &Config) -> Result<Self> {
         c.validate()?;
         let (w, d, t) = (&c.width_list, &c.depth_list, &c.block_type);
@@ -255,7 +255,7 @@ impl<B: Backend> Mgvq<B> {
         )?;
         let m =
             Self { project_in, unshuffle_in, blocks, project_out, quant_conv, codebook, config: c.clone() };
-        Ok(crate::params::with_stable_ids(m))
+        Ok(m)
     }
 
     pub fn config(&self) -> &Config {

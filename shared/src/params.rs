@@ -1,14 +1,29 @@
 //! Stable parameter ids. burn keys optimizer state (AdamW moments) by `ParamId`, and a freshly
 //! loaded or initialised module draws random ids, so a resumed run would silently restart its
-//! moments. [`with_stable_ids`] gives every parameter an id derived from its path in the module
-//! tree (`llava.llm.layers.0.self_attn.q_proj.weight`), the same on every load; [`param_paths`]
-//! lists them. Walking modules only: no model code here.
+//! moments. The [`Loader`](crate::loader::Loader) gives every parameter the id of its
+//! checkpoint key ([`id_for_path`] of `language_model.model.layers.0.self_attn.q_proj.weight`),
+//! the same on every load, and records the key in [`ParamNames`]; [`param_paths`] lists a
+//! module's parameters by their path in the module tree. Walking modules only: no model code.
 
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
+use std::collections::HashMap;
+
+use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::tensor::{backend::Backend, Tensor};
 use sha2::{Digest, Sha256};
 
-/// The id a parameter at `path` gets: the first 8 bytes of SHA-256 of the path.
+/// Where a parameter is stored in a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamName {
+    /// The checkpoint key (`multi_modal_projector.linear_1.weight`).
+    pub key: String,
+    /// Held as the transpose of the stored tensor (burn's `Linear` weight is `[in, out]`).
+    pub transposed: bool,
+}
+
+/// The checkpoint name of every parameter of a loaded model, by id.
+pub type ParamNames = HashMap<ParamId, ParamName>;
+
+/// The id a parameter stored under `path` gets: the first 8 bytes of SHA-256 of the path.
 pub fn id_for_path(path: &str) -> ParamId {
     let h = Sha256::digest(path.as_bytes());
     ParamId::from(u64::from_le_bytes(h[..8].try_into().expect("8 bytes")))
@@ -27,27 +42,6 @@ impl Path {
     fn joined(&self) -> String {
         self.0.join(".")
     }
-}
-
-#[derive(Default)]
-struct StableIds(Path);
-
-impl<B: Backend> ModuleMapper<B> for StableIds {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.0.enter(name);
-    }
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.0.exit();
-    }
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-        let (_, tensor, mapper) = param.consume();
-        Param::from_mapped_value(id_for_path(&self.0.joined()), tensor, mapper)
-    }
-}
-
-/// `module` with every float parameter's id derived from its path.
-pub fn with_stable_ids<B: Backend, M: Module<B>>(module: M) -> M {
-    module.map(&mut StableIds::default())
 }
 
 #[derive(Default)]
@@ -88,18 +82,24 @@ mod tests {
     }
 
     #[test]
-    fn ids_come_from_paths_and_survive_a_rebuild() {
+    fn ids_come_from_checkpoint_keys_and_survive_a_rebuild() {
         let dev = Default::default();
-        let a = param_paths::<NdArray, _>(&tiny().init::<NdArray>(&dev).unwrap());
+        let vb = crate::loader::Loader::<NdArray>::init(&dev);
+        let m = crate::mgvq::Mgvq::load(&vb, &tiny()).unwrap();
+        let names = vb.names();
+        let a = param_paths::<NdArray, _>(&m);
         let b = param_paths::<NdArray, _>(&tiny().init::<NdArray>(&dev).unwrap());
         assert!(a.len() > 10, "{} parameters", a.len());
         assert_eq!(
             a.iter().map(|p| (&p.0, p.1)).collect::<Vec<_>>(),
             b.iter().map(|p| (&p.0, p.1)).collect::<Vec<_>>()
         );
+        assert_eq!(names.len(), a.len(), "every parameter is named");
         for (path, id, _) in &a {
-            assert_eq!(*id, id_for_path(path), "{path}");
+            let name = names.get(id).unwrap_or_else(|| panic!("{path} has no checkpoint name"));
+            assert_eq!(*id, id_for_path(&name.key), "{path}");
         }
+        assert_eq!(names[&id_for_path("quantize.embedding.weight")].key, "quantize.embedding.weight");
         let ids: std::collections::HashSet<_> = a.iter().map(|p| p.1).collect();
         assert_eq!(ids.len(), a.len(), "every path gets its own id");
         let cb = a.iter().find(|p| p.0 == "codebook").expect("the codebook is a parameter");

@@ -1,6 +1,6 @@
 //! The models are ready for training: built at random without any weight file, every trainable
 //! tensor (`<voco>`, CLIP's class and position embeddings, the MGVQ codebook) is a `Param` with
-//! an id derived from its path, and one gradient step moves `<voco>`.
+//! an id derived from its checkpoint key, and one gradient step moves `<voco>`.
 
 mod common;
 
@@ -12,7 +12,9 @@ use htc_shared::mask::Topology;
 use htc_shared::params::{id_for_path, param_paths};
 use htc_worker::backend::{self, Backend};
 use htc_worker::formats::checkpoint::{AnyModel, Snapshot};
+use htc_worker::formats::Loader;
 use htc_worker::models::htc::Htc;
+use htc_worker::models::llava::Llava;
 
 type Train = Autodiff<Backend>;
 
@@ -42,10 +44,12 @@ fn a_gradient_step_moves_voco() {
 }
 
 #[test]
-fn trainable_tensors_are_params_with_path_ids() {
+fn trainable_tensors_are_params_with_checkpoint_key_ids() {
     let device = backend::device();
     let (lc, hc) = configs();
-    let m = Htc::<Backend>::init(&lc, &hc, &device).unwrap();
+    let vb = Loader::<Backend>::init(&device);
+    let m = Htc::load(&vb, Llava::load(&vb, &lc).unwrap(), &hc).unwrap();
+    let names = vb.names();
     let params = param_paths::<Backend, _>(&m);
     let paths: Vec<&str> = params.iter().map(|p| p.0.as_str()).collect();
     for want in [
@@ -58,9 +62,16 @@ fn trainable_tensors_are_params_with_path_ids() {
     ] {
         assert!(paths.contains(&want), "`{want}` is not a parameter: {paths:?}");
     }
+    assert_eq!(names.len(), params.len(), "every parameter has a checkpoint name");
     for (path, id, _) in &params {
-        assert_eq!(*id, id_for_path(path), "{path}");
+        let name = names.get(id).unwrap_or_else(|| panic!("`{path}` has no checkpoint name"));
+        assert_eq!(*id, id_for_path(&name.key), "{path}");
     }
+    let key = |path: &str| &names[&params.iter().find(|p| p.0 == path).unwrap().1];
+    assert_eq!(key("voco").key, "htc.voco_embeddings");
+    let q = key("llava.llm.layers.0.self_attn.q_proj.weight");
+    assert_eq!(q.key, "language_model.model.layers.0.self_attn.q_proj.weight");
+    assert!(q.transposed, "burn's Linear weight is the transpose of the stored one");
     assert_eq!(m.num_params(), params.iter().map(|p| p.2.iter().product::<usize>()).sum::<usize>());
 }
 
@@ -70,7 +81,14 @@ fn a_loaded_checkpoint_gets_the_same_ids_on_every_load() {
     let ids = || {
         let snap = Snapshot::<Backend>::open(&common::fixtures().join("llava-hf-tiny"), &device).unwrap();
         let AnyModel::Llava { model, .. } = snap.model else { panic!("llava-hf-tiny loads as llava") };
-        param_paths::<Backend, _>(&model).into_iter().map(|(p, id, _)| (p, id)).collect::<Vec<_>>()
+        let names = snap.names;
+        param_paths::<Backend, _>(&model)
+            .into_iter()
+            .map(|(p, id, _)| {
+                assert_eq!(id, id_for_path(&names[&id].key), "{p}");
+                (p, id)
+            })
+            .collect::<Vec<_>>()
     };
     let (a, b) = (ids(), ids());
     assert!(a.len() > 10);

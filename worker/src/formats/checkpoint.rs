@@ -8,6 +8,7 @@ use burn::tensor::backend::Backend;
 use serde_json::Value;
 
 use htc_shared::config::HtcConfig;
+use htc_shared::params::ParamNames;
 use htc_shared::preprocess::ClipPreprocess;
 
 use super::{Loader, WeightSource};
@@ -58,6 +59,8 @@ impl<B: Backend> AnyModel<B> {
 pub struct Snapshot<B: Backend> {
     pub model: AnyModel<B>,
     pub tokenizer: Option<TextTokenizer>,
+    /// The checkpoint key of every parameter (what training saves under).
+    pub names: ParamNames,
 }
 
 fn read_json(path: &Path) -> Result<Value> {
@@ -146,7 +149,7 @@ impl<B: Backend> Snapshot<B> {
             inner,
             template,
         });
-        Ok(Self { model, tokenizer })
+        Ok(Self { model, tokenizer, names: vb.names() })
     }
 
     fn open_gguf(path: &Path, device: &B::Device) -> Result<Self> {
@@ -160,7 +163,7 @@ impl<B: Backend> Snapshot<B> {
         let model =
             Llama::load(&vb.pp("model"), &vb.pp("lm_head"), &config).context("loading the GGUF weights")?;
         let tokenizer = TextTokenizer { eos_ids: stop_ids(&config.eos_token_ids, &inner), inner, template };
-        Ok(Self { model: AnyModel::Llama(model), tokenizer: Some(tokenizer) })
+        Ok(Self { model: AnyModel::Llama(model), tokenizer: Some(tokenizer), names: vb.names() })
     }
 
     /// The image placeholder id, for models that take images.

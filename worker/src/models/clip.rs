@@ -90,13 +90,13 @@ pub struct ClipVision<B: Backend> {
 }
 
 impl<B: Backend> ClipVision<B> {
-    /// A randomly initialised tower (burn's initialisers), with path-derived parameter ids.
+    /// A randomly initialised tower (burn's initialisers), with parameter ids derived from checkpoint keys.
     pub fn init(c: &Config, device: &B::Device) -> Result<Self> {
         Self::load(&Loader::init(device), c)
     }
 
     /// Loads from `vb`, which points at the `vision_model` level. Keys with or without the
-    /// `vision_model.` segment are both accepted. Parameter ids are derived from their paths.
+    /// `vision_model.` segment are both accepted. Parameter ids come from checkpoint keys.
     pub fn load(vb: &Loader<B>, c: &Config) -> Result<Self> {
         let vb = if vb.contains("vision_model.embeddings.patch_embedding.weight") {
             vb.pp("vision_model")
@@ -132,7 +132,7 @@ impl<B: Backend> ClipVision<B> {
             layers,
             image_size: c.image_size,
         };
-        Ok(htc_shared::params::with_stable_ids(m))
+        Ok(m)
     }
 
     /// Returns hidden states `[emb, layer_1, ..., layer_n]` for `n = upto` layers (all when

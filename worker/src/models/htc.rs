@@ -89,14 +89,14 @@ pub struct ImageTensors<B: Backend> {
 
 impl<B: Backend> Htc<B> {
     /// A randomly initialised HTC model (burn's initialisers; `<voco>` drawn from N(0, 0.02)),
-    /// with path-derived parameter ids.
+    /// with parameter ids derived from checkpoint keys.
     pub fn init(llava: &llava::Config, config: &HtcConfig, device: &B::Device) -> Result<Self> {
         let vb = Loader::init(device);
         Self::load(&vb, Llava::load(&vb, llava)?, config)
     }
 
     /// Loads the HTC parts under `htc.*` and `mgvq.*` next to an already loaded LLaVA.
-    /// Parameter ids are derived from their paths in the whole model.
+    /// Parameter ids come from checkpoint keys.
     pub fn load(vb: &Loader<B>, llava: Llava<B>, config: &HtcConfig) -> Result<Self> {
         config.validate()?;
         let d = llava.llm.config().hidden_size;
@@ -120,7 +120,7 @@ impl<B: Backend> Htc<B> {
             Initializer::Normal { mean: 0.0, std: 0.02 },
         )?;
         let m = Self { llava, mgvq, discrete, voco, config: config.clone() };
-        Ok(htc_shared::params::with_stable_ids(m))
+        Ok(m)
     }
 
     /// Serves a vanilla LLaVA through the same interface, as mode `none`.
@@ -136,7 +136,7 @@ impl<B: Backend> Htc<B> {
             discrete_hidden: 0,
             mgvq: None,
         };
-        htc_shared::params::with_stable_ids(Self { llava, mgvq: None, discrete: None, voco, config })
+        Self { llava, mgvq: None, discrete: None, voco, config }
     }
 
     fn n_visual(&self) -> usize {

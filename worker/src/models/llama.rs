@@ -228,21 +228,21 @@ pub struct Llama<B: Backend> {
 }
 
 impl<B: Backend> Llama<B> {
-    /// A randomly initialised decoder (burn's initialisers), with path-derived parameter ids.
+    /// A randomly initialised decoder (burn's initialisers), with parameter ids derived from checkpoint keys.
     pub fn init(c: &Config, device: &B::Device) -> Result<Self> {
         let vb = Loader::init(device);
         Self::load(&vb, &vb, c)
     }
 
-    /// `model` points at the `model.*` level; `lm_head` at the head's own prefix (ignored with
-    /// tied embeddings or when the checkpoint has no head and ties implicitly). Parameter ids
-    /// are derived from their paths.
+    /// `model` points at the `model.*` level; `lm_head` at the head's own prefix. A tied head
+    /// (no head in the checkpoint) is read from the embeddings but kept under the head's key.
+    /// Parameter ids come from checkpoint keys.
     pub fn load(model: &Loader<B>, lm_head: &Loader<B>, c: &Config) -> Result<Self> {
         let layers = (0..c.num_hidden_layers)
             .map(|i| DecoderLayer::load(&model.pp(format!("layers.{i}")), c))
             .collect::<Result<Vec<_>>>()?;
         let lm_head = if c.tie_word_embeddings && !lm_head.contains("weight") {
-            model.linear_from_embedding("embed_tokens", c.vocab_size, c.hidden_size)?
+            lm_head.tied_linear(&model.pp("embed_tokens"), c.vocab_size, c.hidden_size)?
         } else {
             lm_head.linear("", c.hidden_size, c.vocab_size, false)?
         };
@@ -254,7 +254,7 @@ impl<B: Backend> Llama<B> {
             rope: Rope::new(c.head_dim, c.rope_theta),
             config: c.clone(),
         };
-        Ok(htc_shared::params::with_stable_ids(m))
+        Ok(m)
     }
 
     pub fn config(&self) -> &Config {

@@ -58,7 +58,7 @@ fn find_prefix<B: Backend>(vb: &Loader<B>, candidates: &[&str], probe: &str) -> 
 }
 
 impl<B: Backend> Llava<B> {
-    /// A randomly initialised LLaVA (burn's initialisers), with path-derived parameter ids.
+    /// A randomly initialised LLaVA (burn's initialisers), with parameter ids derived from checkpoint keys.
     pub fn init(c: &Config, device: &B::Device) -> Result<Self> {
         Self::load(&Loader::init(device), c)
     }
@@ -126,7 +126,7 @@ impl<B: Backend> Llava<B> {
             }
         };
         let llm = Llama::load(&vb.pp(&lm_p), &vb.pp(&head_p), &c.text)?;
-        Ok(htc_shared::params::with_stable_ids(Self { vision, projector, llm, select_layer: c.select_layer }))
+        Ok(Self { vision, projector, llm, select_layer: c.select_layer })
     }
 
     /// Image tokens per image (CLIP patches).

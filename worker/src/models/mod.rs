@@ -2,8 +2,8 @@
 //! [`llava`] and [`htc`] (the MGVQ encoder lives in `htc_shared::mgvq`, shared with the
 //! browser). Each model has a config (in `htc_shared::config`), a `load` that reads a checkpoint
 //! through a [`htc_shared::loader::Loader`], and an `init` that builds it at random; both give
-//! parameters path-derived ids. Pure tensor code: no files, tokenizers, sampling, threads or
-//! network here.
+//! parameters ids derived from their checkpoint keys. Pure tensor code: no files, tokenizers,
+//! sampling, threads or network here.
 
 pub mod clip;
 pub mod htc;
