@@ -9,6 +9,7 @@
 //! - [`runtime`]: sampling, the decoding core, image tensors, one-shot asking and the
 //!   server's engine.
 //! - [`server`]: HTTP, WebSocket and OpenAI front ends over the engine.
+//! - [`train`]: the training objective, optimizer, data, checkpoints and loop (beside `server`).
 //! - [`cli`]: the `htc` subcommands.
 
 pub mod backend;
@@ -18,3 +19,4 @@ pub mod models;
 pub mod runtime;
 pub mod server;
 pub mod text;
+pub mod train;

@@ -14,7 +14,8 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
         ("formats", &["models", "text", "backend"][..]),
         ("runtime", &["formats", "models", "text", "backend"][..]),
         ("server", &["runtime", "formats", "models", "text", "backend"][..]),
-        ("cli", &["server", "runtime", "formats", "models", "text", "backend"][..]),
+        ("train", &["runtime", "formats", "models", "text", "backend"][..]),
+        ("cli", &["train", "server", "runtime", "formats", "models", "text", "backend"][..]),
     ])
 }
 

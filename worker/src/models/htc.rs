@@ -164,13 +164,16 @@ impl<B: Backend> Htc<B> {
         !matches!(self.config.mode, HtcMode::None | HtcMode::Avgpool)
     }
 
-    /// Embeddings of `[BOS][v_d][V][<voco>]` (`[1, prefix, d]`).
+    /// Embeddings of `[BOS][v_d][V][<voco>]` (`[b, prefix, d]`) for a batch of `b` images
+    /// (MGVQ codes given from outside only for `b = 1`).
     pub fn prefix_embeds(&self, img: &ImageTensors<B>) -> Result<Tensor<B, 3>> {
         let llm = &self.llava.llm;
         let bos = llm.config().bos_token_id.unwrap_or(1);
-        let mut parts = vec![llm.embed(&[bos])];
+        let b = img.clip.dims()[0];
+        let mut parts = vec![llm.embed(&[bos]).repeat_dim(0, b)];
         if let (Some(m), Some(p)) = (&self.mgvq, &self.discrete) {
             let q = match (&img.codes, &img.mgvq) {
+                (Some(_), _) if b != 1 => bail!("MGVQ codes are taken for one image at a time, not {b}"),
                 (Some(codes), _) => m.q_from_codes(codes),
                 (None, Some(px)) => m.encode(px.clone())?.q,
                 (None, None) => bail!("mode {:?} needs MGVQ pixel values", self.config.mode),
@@ -184,13 +187,13 @@ impl<B: Backend> Htc<B> {
             parts.push(v);
         }
         if self.bottleneck() {
-            parts.push(self.voco.val().unsqueeze::<3>());
+            parts.push(self.voco.val().unsqueeze::<3>().repeat_dim(0, b));
         }
         Ok(Tensor::cat(parts, 1))
     }
 
     /// The additive mask `[len, len]` of a layout, on the model's device.
-    fn mask(&self, layout: &MaskLayout) -> Tensor<B, 2> {
+    pub fn mask(&self, layout: &MaskLayout) -> Tensor<B, 2> {
         let n = layout.len();
         let m = if self.bottleneck() {
             layout.additive(self.config.topology)

@@ -307,6 +307,11 @@ impl<B: Backend> Llama<B> {
         self.embed_tokens.forward(Tensor::<B, 2, Int>::from_data(data, &self.device()))
     }
 
+    /// Token embeddings `[b, t, d]` of a `[b, t]` batch of ids (already range-checked).
+    pub fn embed_batch(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        self.embed_tokens.forward(ids)
+    }
+
     /// Runs the decoder over `embeds: [b, t, d]`, appending to `cache`.
     pub fn forward(&self, embeds: Tensor<B, 3>, step: Step<'_, B>, cache: &mut KvCache<B>) -> Output<B> {
         let device = embeds.device();

@@ -54,6 +54,22 @@ impl Expected {
         )
     }
 
+    pub fn f64(&self, name: &str) -> Vec<f64> {
+        let st = SafeTensors::deserialize(&self.bytes).unwrap();
+        let v = st.tensor(name).unwrap();
+        assert_eq!(v.dtype(), Dtype::F64, "{name}");
+        v.data().chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap())).collect()
+    }
+
+    /// Every tensor name that starts with `prefix`, without it.
+    pub fn names_under(&self, prefix: &str) -> Vec<String> {
+        let st = SafeTensors::deserialize(&self.bytes).unwrap();
+        let mut v: Vec<String> =
+            st.names().into_iter().filter_map(|n| n.strip_prefix(prefix).map(str::to_string)).collect();
+        v.sort();
+        v
+    }
+
     pub fn i64(&self, name: &str) -> Vec<i64> {
         let st = SafeTensors::deserialize(&self.bytes).unwrap();
         let v = st.tensor(name).unwrap();

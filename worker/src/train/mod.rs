@@ -1,0 +1,8 @@
+//! Training: the objective (answer-token cross-entropy under the HTC mask), the optimizer
+//! (AdamW with parameter groups, global-norm clipping, warmup-cosine), LLaVA conversation data,
+//! checkpoints that resume exactly, and the loop behind `htc train`. Uses models, formats,
+//! text and runtime; nothing here serves requests.
+
+pub mod objective;
+pub mod optim;
+pub mod step;

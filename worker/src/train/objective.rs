@@ -1,0 +1,149 @@
+//! What training minimises: next-token cross-entropy on answer tokens only, over a right-padded
+//! batch under the model's own attention mask, and which parts of the model learn.
+
+use anyhow::{bail, Result};
+use burn::module::Module;
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+
+use crate::models::htc::{Htc, ImageTensors};
+use crate::models::llama::Step;
+
+/// The label of a token that is not a target (PyTorch's `ignore_index`).
+pub const IGNORE: i64 = -100;
+
+/// A batch of examples sharing one image layout: images `[b, …]` and, per row, the text ids
+/// after the image prefix with their labels (`IGNORE`, or the id itself for answer tokens).
+pub struct Batch<B: Backend> {
+    pub images: ImageTensors<B>,
+    pub ids: Vec<Vec<u32>>,
+    pub labels: Vec<Vec<i64>>,
+}
+
+impl<B: Backend> Batch<B> {
+    /// The number of answer tokens (targets).
+    pub fn targets(&self) -> usize {
+        self.labels.iter().flatten().filter(|&&l| l != IGNORE).count()
+    }
+
+    /// The number of real (unpadded) text tokens.
+    pub fn tokens(&self) -> usize {
+        self.ids.iter().map(Vec::len).sum()
+    }
+}
+
+/// The summed negative log-likelihood of the batch's answer tokens (a `[1]` tensor).
+///
+/// Rows are right-padded to the longest text; every row has the same image prefix, so one
+/// `[len, len]` mask serves all of them and real tokens never see padding (it comes after
+/// them). Only the hidden states that predict an answer token go through the LM head.
+pub fn nll_sum<B: Backend>(model: &Htc<B>, batch: &Batch<B>) -> Result<Tensor<B, 1>> {
+    let llm = &model.llava.llm;
+    let b = batch.ids.len();
+    if b == 0 || batch.labels.len() != b {
+        bail!("a batch needs one label row per text row ({} texts, {} label rows)", b, batch.labels.len());
+    }
+    let t = batch.ids.iter().map(Vec::len).max().unwrap_or(0);
+    if t == 0 {
+        bail!("every text in the batch is empty");
+    }
+    let device = llm.device();
+    let mut padded = Vec::with_capacity(b * t);
+    let (mut rows, mut targets) = (Vec::new(), Vec::new());
+    let layout = model.layout(t);
+    let start = layout.text_start();
+    let len = layout.len();
+    for (r, (ids, labels)) in batch.ids.iter().zip(&batch.labels).enumerate() {
+        if ids.len() != labels.len() {
+            bail!("row {r}: {} ids but {} labels", ids.len(), labels.len());
+        }
+        llm.check_ids(ids)?;
+        padded.extend(ids.iter().map(|&i| i as i64));
+        padded.extend(std::iter::repeat_n(0, t - ids.len()));
+        for (j, &l) in labels.iter().enumerate() {
+            if l != IGNORE {
+                if j == 0 {
+                    bail!("row {r}: the first text token cannot be a target (nothing in the text precedes it)");
+                }
+                // The hidden state just before a token predicts it.
+                rows.push((r * len + start + j - 1) as i64);
+                targets.push(l);
+            }
+        }
+    }
+    if targets.is_empty() {
+        bail!("the batch has no answer tokens");
+    }
+    let n = targets.len();
+    let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(padded, [b, t]), &device);
+    let text = llm.embed_batch(ids);
+    let embeds = Tensor::cat(vec![model.prefix_embeds(&batch.images)?, text], 1);
+    let positions: Vec<usize> = (0..len).collect();
+    let out = llm.forward(
+        embeds,
+        Step { positions: &positions, mask: Some(model.mask(&layout)), want_attention: false },
+        &mut llm.new_cache(),
+    );
+    let d = out.hidden.dims()[2];
+    let rows = Tensor::<B, 1, Int>::from_data(TensorData::new(rows, [n]), &device);
+    let hidden = out.hidden.reshape([b * len, d]).select(0, rows);
+    let logits = llm.logits(hidden.unsqueeze::<3>()).squeeze_dim::<2>(0);
+    let targets = Tensor::<B, 2, Int>::from_data(TensorData::new(targets, [n, 1]), &device);
+    Ok(log_softmax(logits, 1).gather(1, targets).sum().neg())
+}
+
+/// The parts of an HTC model that can learn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Trainable {
+    pub voco: bool,
+    pub projector: bool,
+    pub discrete: bool,
+    pub llm: bool,
+    pub vision: bool,
+}
+
+impl Trainable {
+    /// The paper's set: `<voco>`, P_v, P_d and the LLM; CLIP frozen.
+    pub const PAPER: Trainable = Trainable { voco: true, projector: true, discrete: true, llm: true, vision: false };
+
+    /// Parses `voco,projector,discrete,llm,vision` (any subset, comma-separated).
+    pub fn parse(s: &str) -> Result<Self> {
+        let mut t = Trainable { voco: false, projector: false, discrete: false, llm: false, vision: false };
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            match part {
+                "voco" => t.voco = true,
+                "projector" => t.projector = true,
+                "discrete" => t.discrete = true,
+                "llm" => t.llm = true,
+                "vision" => t.vision = true,
+                other => bail!("unknown part `{other}` in --train (voco, projector, discrete, llm, vision)"),
+            }
+        }
+        if t == (Trainable { voco: false, projector: false, discrete: false, llm: false, vision: false }) {
+            bail!("--train names nothing to train (voco, projector, discrete, llm, vision)");
+        }
+        Ok(t)
+    }
+
+    /// `model` with every part outside this set (and MGVQ, always) frozen: no gradients are
+    /// kept for them.
+    pub fn apply<B: Backend>(&self, mut m: Htc<B>) -> Htc<B> {
+        if !self.vision {
+            m.llava.vision = m.llava.vision.no_grad();
+        }
+        if !self.projector {
+            m.llava.projector = m.llava.projector.no_grad();
+        }
+        if !self.llm {
+            m.llava.llm = m.llava.llm.no_grad();
+        }
+        if !self.discrete {
+            m.discrete = m.discrete.map(Module::no_grad);
+        }
+        if !self.voco {
+            m.voco = m.voco.set_require_grad(false);
+        }
+        m.mgvq = m.mgvq.map(Module::no_grad);
+        m
+    }
+}
