@@ -149,14 +149,14 @@ fn three_steps(micro: usize) {
 }
 
 /// Adam divides each gradient by its own running RMS, so an element whose gradient is tiny
-/// next to its tensor's largest (below 1e-3 of it) turns float rounding in that gradient into
+/// but not zero next to its tensor's largest (below 1e-3 of it) turns float rounding in that gradient into
 /// a visible change of its update. Those elements are held to AdamW's bound (no element moves
 /// more than the sum of the learning rates); all others to 1e-5 of the tensor's scale.
 fn split_by_gradient(got: &[f32], want: &[f32], g0: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<(f32, f32)>) {
     let gmax = g0.iter().fold(0f32, |m, g| m.max(g.abs()));
     let (mut a, mut b, mut rest) = (Vec::new(), Vec::new(), Vec::new());
     for ((&x, &y), &g) in got.iter().zip(want).zip(g0) {
-        if g.abs() >= 1e-3 * gmax {
+        if g == 0.0 || g.abs() >= 1e-3 * gmax {
             a.push(x);
             b.push(y);
         } else {

@@ -1,11 +1,12 @@
 //! The `htc` command line: one file per subcommand, each an `Args` struct and a `run`
-//! ([`ask`], [`init`], [`serve`], [`bench`]). Parsing and dispatch only; the work happens in
-//! `runtime`, `server` and `formats`.
+//! ([`ask`], [`init`], [`train`], [`serve`], [`bench`]). Parsing and dispatch only; the work
+//! happens in `runtime`, `train`, `server` and `formats`.
 
 pub mod ask;
 pub mod bench;
 pub mod init;
 pub mod serve;
+pub mod train;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -23,6 +24,8 @@ enum Cmd {
     Ask(ask::AskArgs),
     /// Build an untrained HTC checkpoint from a LLaVA-1.5 snapshot and MGVQ weights.
     Init(init::InitArgs),
+    /// Fine-tune an HTC checkpoint on LLaVA conversation data.
+    Train(train::TrainArgs),
     /// Serve the web UI, the WebSocket protocol, the OpenAI endpoint and metrics.
     Serve(crate::server::ServeArgs),
     /// Measure the compiled backend on matmuls and a decoder forward pass.
@@ -34,6 +37,7 @@ impl Cli {
         match self.cmd {
             Cmd::Ask(a) => ask::run(a),
             Cmd::Init(a) => init::run(a),
+            Cmd::Train(a) => train::run(a),
             Cmd::Serve(a) => serve::run(a),
             Cmd::Bench(a) => bench::run(a),
         }

@@ -47,6 +47,16 @@ impl Template {
 
     /// Whether the rendered text already carries its special tokens (HF tokenises chat
     /// templates with `add_special_tokens=False`).
+    /// A later turn of a conversation (after an answer and its EOS): `USER: q ASSISTANT:` for
+    /// vicuna_v1, the question as is for plain prompts.
+    pub fn next_turn(&self, question: &str) -> Result<String> {
+        match self {
+            Template::VicunaV1 => Ok(format!("USER: {question} ASSISTANT:")),
+            Template::Plain => Ok(question.to_string()),
+            Template::Jinja(_) => anyhow::bail!("multi-turn training supports the vicuna_v1 and plain templates"),
+        }
+    }
+
     pub fn adds_special_tokens(&self) -> bool {
         matches!(self, Template::Jinja(_))
     }

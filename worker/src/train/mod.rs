@@ -6,3 +6,6 @@
 pub mod objective;
 pub mod optim;
 pub mod step;
+pub mod data;
+pub mod checkpoint;
+pub mod run;

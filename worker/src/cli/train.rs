@@ -1,0 +1,147 @@
+//! `htc train`: fine-tunes an HTC checkpoint on LLaVA conversation data (see `train::run`).
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use burn::backend::Autodiff;
+
+use crate::backend::{self, Backend};
+use crate::train::objective::Trainable;
+use crate::train::optim::{AdamW, WarmupCosine};
+use crate::train::run::{run as run_training, RunConfig};
+use crate::train::step::Optimizer;
+
+#[derive(clap::Args, Debug, Clone)]
+#[command(after_help = "Records that cannot be used (missing or unreadable image, no `<image>` \
+placeholder, no gpt turn, turns out of order, text longer than the context after the image \
+prefix) are skipped and counted, never truncated; --strict stops at the first one instead.")]
+pub struct TrainArgs {
+    /// HTC checkpoint directory (llava-hf layout with an `htc` section, e.g. from `htc init`).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// LLaVA conversation JSON (a list of {"id", "image", "conversations"}).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Folder the records' `image` paths are relative to.
+    #[arg(long)]
+    pub images: PathBuf,
+    /// Validation data (same format); its loss is logged every --eval-every steps.
+    #[arg(long, requires = "val_images")]
+    pub val_data: Option<PathBuf>,
+    #[arg(long, requires = "val_data")]
+    pub val_images: Option<PathBuf>,
+    /// Run directory: checkpoints, metrics.jsonl.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Continue the run in --out from its newest checkpoint, exactly.
+    #[arg(long)]
+    pub resume: bool,
+    /// What learns: any of voco,projector,discrete,llm,vision (CLIP and MGVQ frozen by default).
+    #[arg(long, default_value = "voco,projector,discrete,llm")]
+    pub train: String,
+    #[arg(long, default_value_t = 2e-4)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 1500)]
+    pub warmup_steps: usize,
+    /// Learning-rate schedule (warmup, then cosine to 0 at the last step).
+    #[arg(long, default_value = "cosine")]
+    pub schedule: String,
+    /// Decoupled weight decay (none on biases, norms and embeddings).
+    #[arg(long, default_value_t = 0.1)]
+    pub weight_decay: f64,
+    #[arg(long, default_value = "0.9,0.999")]
+    pub adam_betas: String,
+    #[arg(long, default_value_t = 1e-8)]
+    pub adam_eps: f64,
+    /// Clip gradients to this global L2 norm (0: no clipping).
+    #[arg(long, default_value_t = 1.0)]
+    pub max_grad_norm: f64,
+    /// Examples per optimizer step.
+    #[arg(long, default_value_t = 256)]
+    pub global_batch: usize,
+    /// Examples per forward pass; gradients accumulate over global/micro passes.
+    #[arg(long, default_value_t = 8)]
+    pub micro_batch: usize,
+    #[arg(long, default_value_t = 1)]
+    pub epochs: usize,
+    /// Stop after this many steps (overrides --epochs).
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 500)]
+    pub save_every: usize,
+    /// Keep the newest K checkpoints.
+    #[arg(long, default_value_t = 2)]
+    pub keep: usize,
+    #[arg(long, default_value_t = 200)]
+    pub eval_every: usize,
+    /// Stop at the first unusable record instead of skipping it.
+    #[arg(long)]
+    pub strict: bool,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+fn betas(s: &str) -> Result<(f64, f64)> {
+    let parts: Vec<&str> = s.split(',').map(str::trim).collect();
+    let parse = |p: &str| p.parse::<f64>().ok().filter(|b| (0.0..1.0).contains(b));
+    match parts[..] {
+        [a, b] => match (parse(a), parse(b)) {
+            (Some(a), Some(b)) => Ok((a, b)),
+            _ => bail!("--adam-betas must be two numbers in [0, 1), got `{s}`"),
+        },
+        _ => bail!("--adam-betas must be two numbers separated by a comma, got `{s}`"),
+    }
+}
+
+impl TrainArgs {
+    pub fn config(&self) -> Result<RunConfig> {
+        if self.schedule != "cosine" {
+            bail!("--schedule `{}` is not supported (cosine: warmup, then cosine to 0)", self.schedule);
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            bail!("--lr must be a positive number, got {}", self.lr);
+        }
+        let (beta1, beta2) = betas(&self.adam_betas)?;
+        Ok(RunConfig {
+            model: self.model.clone(),
+            data: self.data.clone(),
+            images: self.images.clone(),
+            val: self.val_data.clone().zip(self.val_images.clone()),
+            out: self.out.clone(),
+            trainable: Trainable::parse(&self.train)?,
+            optimizer: Optimizer {
+                adamw: AdamW { beta1, beta2, eps: self.adam_eps, weight_decay: self.weight_decay },
+                schedule: WarmupCosine { base: self.lr, warmup: self.warmup_steps, total: 0 },
+                max_grad_norm: (self.max_grad_norm > 0.0).then_some(self.max_grad_norm),
+            },
+            global_batch: self.global_batch,
+            micro_batch: self.micro_batch,
+            max_steps: self.max_steps,
+            epochs: self.epochs,
+            seed: self.seed,
+            save_every: self.save_every,
+            keep: self.keep,
+            eval_every: self.eval_every,
+            strict: self.strict,
+            resume: self.resume,
+            progress: !self.quiet,
+        })
+    }
+}
+
+pub fn run(a: TrainArgs) -> Result<()> {
+    let cfg = a.config()?;
+    let s = run_training::<Autodiff<Backend>>(&cfg, &backend::device())?;
+    println!(
+        "trained {} steps on {} examples ({} skipped); final loss {:.4}; checkpoint {}",
+        s.steps,
+        s.examples,
+        s.skipped,
+        s.final_loss,
+        s.checkpoint.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,204 @@
+//! Training data in LLaVA's conversation format: a JSON list of
+//! `{"id", "image", "conversations": [{"from": "human", "value": "<image>\n…"},
+//! {"from": "gpt", "value": "…"}, …]}` with images relative to an image folder. Every `gpt`
+//! turn is a target: its tokens and the EOS that closes it are labelled, everything else is
+//! `IGNORE`. The first question is rendered exactly as `htc ask` renders it; later turns follow
+//! as `USER: q ASSISTANT:` after the EOS, as in LLaVA's vicuna_v1 conversations.
+//!
+//! A record that cannot be used is skipped with its reason and counted; `strict` turns the
+//! first such record into an error naming it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+use super::objective::IGNORE;
+use crate::text::TextTokenizer;
+
+#[derive(Deserialize)]
+struct RawTurn {
+    from: String,
+    value: String,
+}
+
+#[derive(Deserialize)]
+struct RawRecord {
+    #[serde(default)]
+    id: serde_json::Value,
+    #[serde(default)]
+    image: Option<String>,
+    #[serde(default)]
+    conversations: Vec<RawTurn>,
+}
+
+/// One usable training example.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Example {
+    pub id: String,
+    pub image: PathBuf,
+    pub ids: Vec<u32>,
+    pub labels: Vec<i64>,
+}
+
+/// Why a record was skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Skip {
+    NoImage,
+    MissingImage,
+    UnreadableImage,
+    NoImagePlaceholder,
+    BadTurns,
+    NoAnswer,
+    TooLong,
+}
+
+impl Skip {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Skip::NoImage => "no `image` field",
+            Skip::MissingImage => "image file not found",
+            Skip::UnreadableImage => "image file not readable as an image",
+            Skip::NoImagePlaceholder => "first human turn has no `<image>` placeholder",
+            Skip::BadTurns => "turns do not alternate human/gpt starting with human",
+            Skip::NoAnswer => "no gpt turn (nothing to learn)",
+            Skip::TooLong => "text longer than the model's context after the image prefix",
+        }
+    }
+}
+
+/// The usable examples of a data file and the records skipped, by reason.
+#[derive(Debug, Default)]
+pub struct Dataset {
+    pub examples: Vec<Example>,
+    pub skipped: BTreeMap<Skip, Vec<String>>,
+}
+
+impl Dataset {
+    pub fn skipped_count(&self) -> usize {
+        self.skipped.values().map(Vec::len).sum()
+    }
+
+    /// One line per reason: `3 records skipped: 2 image file not found (a, b); 1 …`.
+    pub fn skip_summary(&self) -> Option<String> {
+        if self.skipped.is_empty() {
+            return None;
+        }
+        let parts: Vec<String> = self
+            .skipped
+            .iter()
+            .map(|(why, ids)| {
+                let shown: Vec<&str> = ids.iter().take(5).map(String::as_str).collect();
+                let more = if ids.len() > 5 { format!(", … {} more", ids.len() - 5) } else { String::new() };
+                format!("{} {} ({}{more})", ids.len(), why.describe(), shown.join(", "))
+            })
+            .collect();
+        Some(format!("{} records skipped: {}", self.skipped_count(), parts.join("; ")))
+    }
+}
+
+/// Settings for reading a data file.
+pub struct DataOptions<'a> {
+    pub tokenizer: &'a TextTokenizer,
+    /// The most text tokens an example may have (the context minus the image prefix).
+    pub max_text: usize,
+    /// Fail on the first unusable record instead of skipping it.
+    pub strict: bool,
+}
+
+fn record_id(v: &serde_json::Value, index: usize) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => format!("#{index}"),
+        other => other.to_string(),
+    }
+}
+
+/// The question with the `<image>` placeholder (and the newline next to it) removed.
+fn strip_placeholder(q: &str) -> String {
+    q.replace("<image>\n", "").replace("\n<image>", "").replace("<image>", "").trim().to_string()
+}
+
+/// Reads `data`, resolving images under `images`.
+pub fn load(data: &Path, images: &Path, opts: &DataOptions<'_>) -> Result<Dataset> {
+    let raw = std::fs::read(data).with_context(|| format!("cannot read training data {}", data.display()))?;
+    let records: Vec<RawRecord> = serde_json::from_slice(&raw).with_context(|| {
+        format!("{} is not a JSON list of LLaVA conversation records", data.display())
+    })?;
+    if records.is_empty() {
+        bail!("{} has no records", data.display());
+    }
+    let mut set = Dataset::default();
+    for (i, r) in records.iter().enumerate() {
+        let id = record_id(&r.id, i);
+        match example(r, &id, images, opts) {
+            Ok(e) => set.examples.push(e),
+            Err(why) if opts.strict => {
+                bail!("record `{id}` (#{i}) in {}: {}", data.display(), why.describe())
+            }
+            Err(why) => set.skipped.entry(why).or_default().push(id),
+        }
+    }
+    if set.examples.is_empty() {
+        bail!("{} has no usable record. {}", data.display(), set.skip_summary().unwrap_or_default());
+    }
+    Ok(set)
+}
+
+fn example(r: &RawRecord, id: &str, images: &Path, opts: &DataOptions<'_>) -> Result<Example, Skip> {
+    let image = images.join(r.image.as_deref().ok_or(Skip::NoImage)?);
+    if !image.is_file() {
+        return Err(Skip::MissingImage);
+    }
+    image::ImageReader::open(&image)
+        .and_then(|r| r.with_guessed_format())
+        .map_err(|_| Skip::UnreadableImage)?
+        .into_dimensions()
+        .map_err(|_| Skip::UnreadableImage)?;
+    let turns = &r.conversations;
+    for (k, t) in turns.iter().enumerate() {
+        let want = if k % 2 == 0 { "human" } else { "gpt" };
+        if t.from != want {
+            return Err(Skip::BadTurns);
+        }
+    }
+    if turns.len() < 2 {
+        return Err(Skip::NoAnswer);
+    }
+    if !turns[0].value.contains("<image>") {
+        return Err(Skip::NoImagePlaceholder);
+    }
+    let (ids, labels) = tokenize(turns, opts.tokenizer).map_err(|_| Skip::BadTurns)?;
+    if ids.len() > opts.max_text {
+        return Err(Skip::TooLong);
+    }
+    Ok(Example { id: id.to_string(), image, ids, labels })
+}
+
+/// Token ids and labels of a conversation (pairs of human, gpt turns; a trailing question
+/// without an answer is dropped).
+fn tokenize(turns: &[RawTurn], tok: &TextTokenizer) -> Result<(Vec<u32>, Vec<i64>)> {
+    let eos = *tok.eos_ids.first().context("the tokenizer has no EOS token")?;
+    let (mut ids, mut labels) = (Vec::new(), Vec::new());
+    for (k, pair) in turns.chunks_exact(2).enumerate() {
+        let q = strip_placeholder(&pair[0].value);
+        let prompt = if k == 0 { tok.template.render(&q, false, "", "")? } else { tok.template.next_turn(&q)? };
+        let answer = pair[1].value.trim();
+        let p = tok.encode(&prompt, false)?;
+        let pa = tok.encode(&format!("{prompt} {answer}"), false)?;
+        // The answer as it follows the prompt; tokenised alone if the tokenizer merges across
+        // the boundary.
+        let a = match pa.strip_prefix(p.as_slice()) {
+            Some(rest) => rest.to_vec(),
+            None => tok.encode(&format!(" {answer}"), false)?,
+        };
+        labels.extend(std::iter::repeat_n(IGNORE, p.len()));
+        labels.extend(a.iter().map(|&t| t as i64));
+        labels.push(eos as i64);
+        ids.extend(p);
+        ids.extend(a);
+        ids.push(eos);
+    }
+    Ok((ids, labels))
+}

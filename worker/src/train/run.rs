@@ -1,0 +1,288 @@
+//! The training loop behind `htc train`: data order, micro-batches, steps, metrics,
+//! validation, checkpoints and exact resume.
+//!
+//! The data order is a pure function of the seed and the epoch (epoch `e` shuffles with
+//! `seed + e`), so a resumed run needs only the step to continue exactly where it stopped.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use burn::module::AutodiffModule;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{ElementConversion, Tensor};
+use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
+use serde_json::json;
+
+use htc_shared::preprocess::ClipPreprocess;
+
+use super::checkpoint::{self, TrainerState};
+use super::data::{self, DataOptions, Dataset, Example};
+use super::objective::{nll_sum, Batch, Trainable};
+use super::optim::Moments;
+use super::step::{train_step, Optimizer};
+use crate::formats::checkpoint::{AnyModel, Snapshot};
+use crate::models::htc::{Htc, ImageTensors};
+use crate::runtime::image::{image_tensors, read_image_file};
+
+/// Everything a run needs.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub model: PathBuf,
+    pub data: PathBuf,
+    pub images: PathBuf,
+    pub val: Option<(PathBuf, PathBuf)>,
+    pub out: PathBuf,
+    pub trainable: Trainable,
+    pub optimizer: Optimizer,
+    pub global_batch: usize,
+    pub micro_batch: usize,
+    /// Stop after this many steps, or after `epochs` epochs.
+    pub max_steps: Option<usize>,
+    pub epochs: usize,
+    pub seed: u64,
+    pub save_every: usize,
+    pub keep: usize,
+    pub eval_every: usize,
+    pub strict: bool,
+    pub resume: bool,
+    pub progress: bool,
+}
+
+impl RunConfig {
+    /// The settings a resume must share with the run it continues.
+    fn settings(&self) -> serde_json::Value {
+        let o = &self.optimizer;
+        json!({
+            "data": self.data, "images": self.images, "trainable": format!("{:?}", self.trainable),
+            "lr": o.schedule.base, "warmup": o.schedule.warmup, "weight_decay": o.adamw.weight_decay,
+            "betas": [o.adamw.beta1, o.adamw.beta2], "eps": o.adamw.eps, "max_grad_norm": o.max_grad_norm,
+            "global_batch": self.global_batch, "micro_batch": self.micro_batch,
+        })
+    }
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    pub steps: usize,
+    pub final_loss: f64,
+    pub checkpoint: PathBuf,
+    pub examples: usize,
+    pub skipped: usize,
+}
+
+/// The examples of global batch `k` of `epoch`.
+fn global_batch(n: usize, seed: u64, epoch: usize, k: usize, size: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut StdRng::seed_from_u64(seed.wrapping_add(epoch as u64)));
+    order.into_iter().skip(k * size).take(size).collect()
+}
+
+/// Loads images and stacks examples into one batch.
+fn make_batch<B: AutodiffBackend>(
+    model: &Htc<B>, pre: &ClipPreprocess, ex: &[&Example], device: &B::Device,
+) -> Result<Batch<B>> {
+    let mut clip = Vec::new();
+    let mut mgvq = Vec::new();
+    for e in ex {
+        let img = read_image_file(&e.image).with_context(|| format!("record `{}`", e.id))?;
+        let t: ImageTensors<B> = image_tensors(model, pre, &img, device)?;
+        clip.push(t.clip);
+        mgvq.extend(t.mgvq);
+    }
+    let mgvq = if mgvq.is_empty() { None } else { Some(Tensor::cat(mgvq, 0)) };
+    Ok(Batch {
+        images: ImageTensors { clip: Tensor::cat(clip, 0), mgvq, codes: None },
+        ids: ex.iter().map(|e| e.ids.clone()).collect(),
+        labels: ex.iter().map(|e| e.labels.clone()).collect(),
+    })
+}
+
+/// Mean answer-token loss over a data set, without gradients.
+fn validate<B: AutodiffBackend>(
+    model: &Htc<B>, pre: &ClipPreprocess, set: &Dataset, micro: usize, device: &B::Device,
+) -> Result<f64> {
+    let m = model.valid();
+    let inner_dev: burn::tensor::Device<B::InnerBackend> = device.clone();
+    let (mut nll, mut n) = (0f64, 0usize);
+    for chunk in set.examples.chunks(micro) {
+        let refs: Vec<&Example> = chunk.iter().collect();
+        let mut clip = Vec::new();
+        let mut mgvq = Vec::new();
+        for e in &refs {
+            let img = read_image_file(&e.image).with_context(|| format!("record `{}`", e.id))?;
+            let t = image_tensors(&m, pre, &img, &inner_dev)?;
+            clip.push(t.clip);
+            mgvq.extend(t.mgvq);
+        }
+        let b = Batch {
+            images: ImageTensors {
+                clip: Tensor::cat(clip, 0),
+                mgvq: if mgvq.is_empty() { None } else { Some(Tensor::cat(mgvq, 0)) },
+                codes: None,
+            },
+            ids: refs.iter().map(|e| e.ids.clone()).collect(),
+            labels: refs.iter().map(|e| e.labels.clone()).collect(),
+        };
+        n += b.targets();
+        nll += nll_sum(&m, &b)?.into_scalar().elem::<f64>();
+    }
+    Ok(nll / n.max(1) as f64)
+}
+
+/// Keeps the metrics lines of steps up to `step` (a resumed run rewrites what follows).
+fn trim_metrics(path: &Path, step: usize) -> Result<()> {
+    if !path.is_file() {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(path)?;
+    let kept: String = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v["step"].as_u64())
+                .is_some_and(|s| s as usize <= step)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(path, kept)?;
+    Ok(())
+}
+
+/// Runs training to the end and returns where the last checkpoint is.
+pub fn run<B: AutodiffBackend>(cfg: &RunConfig, device: &B::Device) -> Result<RunSummary> {
+    if cfg.micro_batch == 0 || cfg.global_batch == 0 || cfg.global_batch % cfg.micro_batch != 0 {
+        bail!(
+            "--global-batch ({}) must be a positive multiple of --micro-batch ({})",
+            cfg.global_batch,
+            cfg.micro_batch
+        );
+    }
+    if cfg.save_every == 0 {
+        bail!("--save-every must be at least 1");
+    }
+    let existing = checkpoint::checkpoints(&cfg.out)?;
+    let (source, resumed) = match (cfg.resume, existing.last()) {
+        (true, Some((_, dir))) => {
+            let (state, moments) = checkpoint::load_state::<B::InnerBackend>(dir, device)?;
+            if state.settings != cfg.settings() {
+                bail!(
+                    "{} was trained with different settings ({}); resume with the same options",
+                    dir.display(),
+                    state.settings
+                );
+            }
+            (dir.clone(), Some((state, moments)))
+        }
+        (true, None) => bail!("--resume: {} has no checkpoint to resume from", cfg.out.display()),
+        (false, Some((_, dir))) => bail!(
+            "{} already holds checkpoints ({}): pass --resume to continue, or choose another --out",
+            cfg.out.display(),
+            dir.display()
+        ),
+        (false, None) => (cfg.model.clone(), None),
+    };
+    let snap = Snapshot::<B>::open(&source, device)?;
+    let names = snap.names;
+    let tok = snap.tokenizer.context("the model has no tokenizer.json; training needs one to read the data")?;
+    let AnyModel::Htc { model, preprocess, .. } = snap.model else {
+        bail!("{} is not an HTC checkpoint (config.json has no `htc` section); make one with `htc init`", source.display())
+    };
+    let mut model = cfg.trainable.apply(model);
+    let ctx = model.llava.llm.config().max_position_embeddings;
+    let max_text = ctx.saturating_sub(model.layout(0).len());
+    let opts = DataOptions { tokenizer: &tok, max_text, strict: cfg.strict };
+    let train = data::load(&cfg.data, &cfg.images, &opts)?;
+    if let Some(s) = train.skip_summary() {
+        tracing::warn!("{}: {s}", cfg.data.display());
+    }
+    let val = match &cfg.val {
+        Some((d, i)) => Some(data::load(d, i, &opts)?),
+        None => None,
+    };
+    let n = train.examples.len();
+    let steps_per_epoch = n.div_ceil(cfg.global_batch);
+    let total = cfg.max_steps.unwrap_or(cfg.epochs * steps_per_epoch);
+    if total == 0 {
+        bail!("nothing to do: 0 steps (set --epochs or --max-steps)");
+    }
+    let mut opt = cfg.optimizer;
+    opt.schedule.total = total;
+    let (start, mut moments) = match resumed {
+        Some((state, moments)) => {
+            if state.total_steps != total || state.seed != cfg.seed {
+                bail!(
+                    "the run was planned for {} steps with seed {}; this resume asks for {total} with seed {}",
+                    state.total_steps,
+                    state.seed,
+                    cfg.seed
+                );
+            }
+            (state.step, moments)
+        }
+        None => (0, Moments::<B::InnerBackend>::default()),
+    };
+    std::fs::create_dir_all(&cfg.out).with_context(|| format!("cannot create {}", cfg.out.display()))?;
+    let metrics_path = cfg.out.join("metrics.jsonl");
+    trim_metrics(&metrics_path, start)?;
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics_path)
+        .with_context(|| format!("cannot open {}", metrics_path.display()))?;
+    let bar = if cfg.progress {
+        indicatif::ProgressBar::new(total as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} ETA {eta}")
+            .expect("a valid progress template"),
+    );
+    bar.set_position(start as u64);
+    let t0 = Instant::now();
+    let mut last = (f64::NAN, source.clone());
+    for s in start..total {
+        let (epoch, k) = (s / steps_per_epoch, s % steps_per_epoch);
+        let idx = global_batch(n, cfg.seed, epoch, k, cfg.global_batch);
+        let ex: Vec<&Example> = idx.iter().map(|&i| &train.examples[i]).collect();
+        let micro = ex
+            .chunks(cfg.micro_batch)
+            .map(|c| make_batch(&model, &preprocess, c, device))
+            .collect::<Result<Vec<_>>>()?;
+        let ts = Instant::now();
+        let (m, r) = train_step(model, &micro, &names, &mut moments, &opt)?;
+        model = m;
+        let tps = r.tokens as f64 / ts.elapsed().as_secs_f64().max(1e-9);
+        let step = s + 1;
+        let mut line = json!({
+            "step": step, "epoch": epoch, "loss": r.loss, "lr": r.lr, "grad_norm": r.grad_norm,
+            "tokens_per_s": tps, "elapsed_s": t0.elapsed().as_secs_f64(),
+        });
+        if let Some(v) = &val {
+            if step % cfg.eval_every.max(1) == 0 || step == total {
+                line["val_loss"] = json!(validate(&model, &preprocess, v, cfg.micro_batch, device)?);
+            }
+        }
+        writeln!(metrics, "{line}")?;
+        metrics.flush()?;
+        bar.set_message(format!("loss {:.4} lr {:.2e} {:.0} tok/s", r.loss, r.lr, tps));
+        bar.inc(1);
+        last.0 = r.loss;
+        if step % cfg.save_every == 0 || step == total {
+            let state = TrainerState { step, total_steps: total, steps_per_epoch, seed: cfg.seed, settings: cfg.settings() };
+            last.1 = checkpoint::save(&cfg.out, &source, &model, &names, &moments, &state, cfg.keep)?;
+        }
+    }
+    bar.finish();
+    Ok(RunSummary {
+        steps: total,
+        final_loss: last.0,
+        checkpoint: last.1,
+        examples: n,
+        skipped: train.skipped_count(),
+    })
+}
