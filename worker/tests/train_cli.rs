@@ -1,0 +1,252 @@
+//! `htc train` end to end on a tiny HTC model (`fixtures/htc-train-tiny` with a word-level
+//! tokenizer): it learns a task from chance to perfect, a SIGKILLed run resumes to the same
+//! bytes as an uninterrupted one, checkpoints are whole or absent, and every kind of bad record
+//! is skipped with its reason (or stops a `--strict` run, naming the record).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{htc, s, tmp};
+use serde_json::json;
+
+const COLORS: [(&str, [u8; 3]); 3] = [("red", [220, 30, 30]), ("green", [30, 200, 40]), ("blue", [30, 40, 220])];
+
+/// A copy of the tiny HTC model with a word-level tokenizer whose words the task uses.
+fn model_dir(root: &Path) -> PathBuf {
+    let dir = root.join("model");
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(common::fixtures().join("htc-train-tiny").join(f), dir.join(f)).unwrap();
+    }
+    let words = ["<unk>", "<s>", "</s>", "USER:", "ASSISTANT:", "What", "color", "is", "it?", "red", "green", "blue"];
+    let vocab: serde_json::Map<String, serde_json::Value> =
+        words.iter().enumerate().map(|(i, w)| (w.to_string(), json!(i))).collect();
+    let tok = json!({
+        "version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": [
+            {"id": 1, "content": "<s>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true},
+            {"id": 2, "content": "</s>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}
+        ],
+        "normalizer": null, "pre_tokenizer": {"type": "WhitespaceSplit"}, "post_processor": null,
+        "decoder": null, "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"}
+    });
+    std::fs::write(dir.join("tokenizer.json"), tok.to_string()).unwrap();
+    dir
+}
+
+/// Solid-colour images with a little per-pixel noise, and one record per image.
+fn color_data(root: &Path, per_color: usize) -> (PathBuf, PathBuf) {
+    let images = root.join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    let mut records = Vec::new();
+    let mut seed = 1u32;
+    for (name, rgb) in COLORS {
+        for k in 0..per_color {
+            let img = image::RgbImage::from_fn(32, 32, |_, _| {
+                seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                let n = (seed >> 27) as u8; // 0..31
+                image::Rgb(rgb.map(|c| c.saturating_add(n)))
+            });
+            let file = format!("{name}-{k}.png");
+            img.save(images.join(&file)).unwrap();
+            records.push(json!({"id": format!("{name}-{k}"), "image": file, "conversations": [
+                {"from": "human", "value": "<image>\nWhat color is it?"},
+                {"from": "gpt", "value": name}
+            ]}));
+        }
+    }
+    let data = root.join("train.json");
+    std::fs::write(&data, serde_json::to_vec(&records).unwrap()).unwrap();
+    (data, images)
+}
+
+fn train_args<'a>(model: &'a Path, data: &'a Path, images: &'a Path, out: &'a Path, steps: &'a str) -> Vec<&'a str> {
+    vec![
+        "train", "--model", s(model), "--data", s(data), "--images", s(images), "--out", s(out),
+        "--max-steps", steps, "--global-batch", "6", "--micro-batch", "3", "--lr", "3e-3",
+        "--warmup-steps", "5", "--weight-decay", "0.0", "--quiet",
+    ]
+}
+
+fn answer(model: &Path, image: &Path) -> String {
+    let o = htc(&["ask", "--model", s(model), "--image", s(image), "--prompt", "What color is it?", "--max-new-tokens", "4"]);
+    assert!(o.status.success(), "ask failed: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+fn accuracy(model: &Path, images: &Path) -> f64 {
+    let right = COLORS.iter().filter(|(name, _)| answer(model, &images.join(format!("{name}-0.png"))) == *name).count();
+    right as f64 / COLORS.len() as f64
+}
+
+fn metrics(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn training_learns_a_tiny_task_from_chance_to_perfect() {
+    let root = tmp("train-learn", "");
+    let model = model_dir(&root);
+    let (data, images) = color_data(&root, 4);
+    let before = accuracy(&model, &images);
+    let out = root.join("run");
+    let o = htc(&train_args(&model, &data, &images, &out, "60"));
+    assert!(o.status.success(), "train failed: {}", String::from_utf8_lossy(&o.stderr));
+    let m = metrics(&out);
+    assert_eq!(m.len(), 60, "one metrics line per step");
+    let (first, last) = (m[0]["loss"].as_f64().unwrap(), m[59]["loss"].as_f64().unwrap());
+    for key in ["step", "epoch", "loss", "lr", "grad_norm", "tokens_per_s", "elapsed_s"] {
+        assert!(m[0].get(key).is_some(), "metrics lines have `{key}`");
+    }
+    let ckpt = out.join("checkpoint-60");
+    let after = accuracy(&ckpt, &images);
+    eprintln!("accuracy {before:.2} -> {after:.2}; loss {first:.3} -> {last:.4}");
+    assert!(last < 0.05 && last < first / 20.0, "loss {first} -> {last}");
+    assert_eq!(after, 1.0, "the trained checkpoint names every colour (untrained: {before:.2})");
+}
+
+fn wait_for(path: &Path, child: &mut std::process::Child) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(120) {
+        if path.is_file() {
+            return true;
+        }
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    false
+}
+
+#[test]
+fn sigkill_then_resume_equals_an_uninterrupted_run_bit_for_bit() {
+    let root = tmp("train-resume", "");
+    let model = model_dir(&root);
+    let (data, images) = color_data(&root, 2);
+    let whole = root.join("whole");
+    let mut args = train_args(&model, &data, &images, &whole, "10");
+    args.extend(["--save-every", "1", "--keep", "20"]);
+    let o = htc(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let cut = root.join("cut");
+    let mut args = train_args(&model, &data, &images, &cut, "10");
+    args.extend(["--save-every", "1", "--keep", "20"]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_htc")).args(&args).env("HTC_LOG", "warn").spawn().unwrap();
+    assert!(wait_for(&cut.join("checkpoint-3/trainer_state.json"), &mut child), "checkpoint-3 appears");
+    assert!(child.try_wait().unwrap().is_none(), "the run is still going when it is killed");
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(!cut.join("checkpoint-10").exists(), "the run was cut short");
+    for e in std::fs::read_dir(&cut).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().to_string();
+        if name.starts_with("checkpoint-") {
+            for f in ["model.safetensors", "trainer_state.safetensors", "trainer_state.json", "config.json"] {
+                assert!(p.join(f).is_file(), "{name} is whole: it has {f}");
+            }
+        }
+    }
+    args.push("--resume");
+    let o = htc(&args);
+    assert!(o.status.success(), "resume failed: {}", String::from_utf8_lossy(&o.stderr));
+    for f in ["model.safetensors", "trainer_state.safetensors"] {
+        let a = std::fs::read(whole.join("checkpoint-10").join(f)).unwrap();
+        let b = std::fs::read(cut.join("checkpoint-10").join(f)).unwrap();
+        assert!(a == b, "{f}: the resumed run differs from the uninterrupted one");
+    }
+    let steps: Vec<u64> = metrics(&cut).iter().map(|l| l["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, (1..=10).collect::<Vec<_>>(), "each step logged once");
+    assert_eq!(
+        metrics(&cut).last().unwrap()["loss"], metrics(&whole).last().unwrap()["loss"],
+        "same last loss"
+    );
+    // The result serves as is.
+    assert!(!answer(&cut.join("checkpoint-10"), &images.join("red-0.png")).is_empty());
+
+    // A finished run is not silently overwritten, and a resume must keep the settings.
+    let o = htc(&train_args(&model, &data, &images, &cut, "10"));
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("pass --resume"), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut changed = train_args(&model, &data, &images, &cut, "10");
+    let i = changed.iter().position(|a| *a == "3e-3").unwrap();
+    changed[i] = "1e-3";
+    changed.push("--resume");
+    let o = htc(&changed);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("different settings"), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn bad_records_are_skipped_with_their_reason_or_stop_a_strict_run() {
+    let root = tmp("train-bad", "");
+    let model = model_dir(&root);
+    let (_, images) = color_data(&root, 1);
+    std::fs::write(images.join("garbage.png"), b"not an image").unwrap();
+    let good = |id: &str| json!({"id": id, "image": "red-0.png", "conversations": [
+        {"from": "human", "value": "<image>\nWhat color is it?"}, {"from": "gpt", "value": "red"}]});
+    let long = format!("<image>\n{}", "color ".repeat(400));
+    let records = json!([
+        good("ok-1"),
+        {"id": "missing", "image": "nope.png", "conversations": good("x")["conversations"]},
+        {"id": "garbage", "image": "garbage.png", "conversations": good("x")["conversations"]},
+        {"id": "no-answer", "image": "red-0.png", "conversations": [{"from": "human", "value": "<image>\nWhat?"}]},
+        {"id": "no-placeholder", "image": "red-0.png", "conversations": [
+            {"from": "human", "value": "What color is it?"}, {"from": "gpt", "value": "red"}]},
+        {"id": "order", "image": "red-0.png", "conversations": [
+            {"from": "gpt", "value": "red"}, {"from": "human", "value": "<image>\nWhat?"}]},
+        {"id": "no-image", "conversations": good("x")["conversations"]},
+        {"id": "too-long", "image": "red-0.png", "conversations": [
+            {"from": "human", "value": long}, {"from": "gpt", "value": "red"}]},
+        good("ok-2"),
+    ]);
+    let data = root.join("bad.json");
+    std::fs::write(&data, records.to_string()).unwrap();
+    let out = root.join("run");
+    let mut args = train_args(&model, &data, &images, &out, "1");
+    let i = args.iter().position(|a| *a == "6").unwrap();
+    args[i] = "2";
+    let i = args.iter().position(|a| *a == "3").unwrap();
+    args[i] = "1";
+    let o = htc(&args);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("on 2 examples (7 skipped)"), "{stdout}");
+    for (why, id) in [
+        ("image file not found", "missing"),
+        ("not readable as an image", "garbage"),
+        ("no gpt turn", "no-answer"),
+        ("no `<image>` placeholder", "no-placeholder"),
+        ("do not alternate", "order"),
+        ("no `image` field", "no-image"),
+        ("longer than the model's context", "too-long"),
+    ] {
+        let line = err.lines().find(|l| l.contains(why)).unwrap_or_else(|| panic!("no `{why}` in {err}"));
+        assert!(line.contains(id), "`{why}` names `{id}`: {line}");
+    }
+    let strict_out = root.join("strict");
+    let mut strict = args.clone();
+    let i = strict.iter().position(|a| *a == s(&out)).unwrap();
+    strict[i] = s(&strict_out);
+    strict.push("--strict");
+    let o = htc(&strict);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("record `missing` (#1)") && err.contains("image file not found"), "{err}");
+
+    std::fs::write(&data, "{not json").unwrap();
+    let o = htc(&train_args(&model, &data, &images, &root.join("x"), "1"));
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("is not a JSON list of LLaVA conversation records"));
+    let o = htc(&[&train_args(&model, &data, &images, &root.join("y"), "1")[..], &["--train", "voco,brain"]].concat());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("unknown part `brain`"));
+}
