@@ -86,9 +86,14 @@ impl<'a, B: Backend> Loader<'a, B> {
 
     /// Wraps `value` as the trainable parameter stored under `key` (`transposed`: held as the
     /// transpose of the stored tensor, as `Linear` weights are).
-    fn named<const D: usize>(&self, key: String, value: Tensor<B, D>, transposed: bool) -> Param<Tensor<B, D>> {
+    fn named<const D: usize>(
+        &self, key: String, value: Tensor<B, D>, transposed: bool,
+    ) -> Param<Tensor<B, D>> {
         let id = id_for_path(&key);
-        self.names.lock().expect("the name registry is never poisoned").insert(id, ParamName { key, transposed });
+        self.names
+            .lock()
+            .expect("the name registry is never poisoned")
+            .insert(id, ParamName { key, transposed });
         Param::initialized(id, value.require_grad())
     }
 
@@ -159,7 +164,10 @@ impl<'a, B: Backend> Loader<'a, B> {
     fn linear_with(&self, w: Option<HostTensor>, d_in: usize, d_out: usize, bias: bool) -> Result<Linear<B>> {
         let mut l = LinearConfig::new(d_in, d_out).with_bias(bias).init(&self.device);
         let weight = match w {
-            Some(w) => Tensor::from_data(TensorData::new(transpose(&w.data, d_out, d_in), [d_in, d_out]), &self.device),
+            Some(w) => Tensor::from_data(
+                TensorData::new(transpose(&w.data, d_out, d_in), [d_in, d_out]),
+                &self.device,
+            ),
             None => l.weight.into_value(),
         };
         l.weight = self.named(self.key("weight"), weight, true);

@@ -1,5 +1,5 @@
 //! `htc train` end to end on a tiny HTC model (`fixtures/htc-train-tiny` with a word-level
-//! tokenizer): it learns a task from chance to perfect, a SIGKILLed run resumes to the same
+//! tokenizer): it learns a task from untrained (no colour named) to perfect, a SIGKILLed run resumes to the same
 //! bytes as an uninterrupted one, checkpoints are whole or absent, and every kind of bad record
 //! is skipped with its reason (or stops a `--strict` run, naming the record).
 
@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use common::{htc, s, tmp};
 use serde_json::json;
 
-const COLORS: [(&str, [u8; 3]); 3] = [("red", [220, 30, 30]), ("green", [30, 200, 40]), ("blue", [30, 40, 220])];
+const COLORS: [(&str, [u8; 3]); 3] =
+    [("red", [220, 30, 30]), ("green", [30, 200, 40]), ("blue", [30, 40, 220])];
 
 /// A copy of the tiny HTC model with a word-level tokenizer whose words the task uses.
 fn model_dir(root: &Path) -> PathBuf {
@@ -21,7 +22,8 @@ fn model_dir(root: &Path) -> PathBuf {
     for f in ["config.json", "model.safetensors"] {
         std::fs::copy(common::fixtures().join("htc-train-tiny").join(f), dir.join(f)).unwrap();
     }
-    let words = ["<unk>", "<s>", "</s>", "USER:", "ASSISTANT:", "What", "color", "is", "it?", "red", "green", "blue"];
+    let words =
+        ["<unk>", "<s>", "</s>", "USER:", "ASSISTANT:", "What", "color", "is", "it?", "red", "green", "blue"];
     let vocab: serde_json::Map<String, serde_json::Value> =
         words.iter().enumerate().map(|(i, w)| (w.to_string(), json!(i))).collect();
     let tok = json!({
@@ -63,22 +65,56 @@ fn color_data(root: &Path, per_color: usize) -> (PathBuf, PathBuf) {
     (data, images)
 }
 
-fn train_args<'a>(model: &'a Path, data: &'a Path, images: &'a Path, out: &'a Path, steps: &'a str) -> Vec<&'a str> {
+fn train_args<'a>(
+    model: &'a Path, data: &'a Path, images: &'a Path, out: &'a Path, steps: &'a str,
+) -> Vec<&'a str> {
     vec![
-        "train", "--model", s(model), "--data", s(data), "--images", s(images), "--out", s(out),
-        "--max-steps", steps, "--global-batch", "6", "--micro-batch", "3", "--lr", "3e-3",
-        "--warmup-steps", "5", "--weight-decay", "0.0", "--quiet",
+        "train",
+        "--model",
+        s(model),
+        "--data",
+        s(data),
+        "--images",
+        s(images),
+        "--out",
+        s(out),
+        "--max-steps",
+        steps,
+        "--global-batch",
+        "6",
+        "--micro-batch",
+        "3",
+        "--lr",
+        "3e-3",
+        "--warmup-steps",
+        "5",
+        "--weight-decay",
+        "0.0",
+        "--quiet",
     ]
 }
 
 fn answer(model: &Path, image: &Path) -> String {
-    let o = htc(&["ask", "--model", s(model), "--image", s(image), "--prompt", "What color is it?", "--max-new-tokens", "4"]);
+    let o = htc(&[
+        "ask",
+        "--model",
+        s(model),
+        "--image",
+        s(image),
+        "--prompt",
+        "What color is it?",
+        "--max-new-tokens",
+        "4",
+    ]);
     assert!(o.status.success(), "ask failed: {}", String::from_utf8_lossy(&o.stderr));
     String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
 
 fn accuracy(model: &Path, images: &Path) -> f64 {
-    let right = COLORS.iter().filter(|(name, _)| answer(model, &images.join(format!("{name}-0.png"))) == *name).count();
+    let right = COLORS
+        .iter()
+        .filter(|(name, _)| answer(model, &images.join(format!("{name}-0.png"))) == *name)
+        .count();
     right as f64 / COLORS.len() as f64
 }
 
@@ -91,7 +127,7 @@ fn metrics(run: &Path) -> Vec<serde_json::Value> {
 }
 
 #[test]
-fn training_learns_a_tiny_task_from_chance_to_perfect() {
+fn training_learns_a_tiny_task_from_untrained_to_perfect() {
     let root = tmp("train-learn", "");
     let model = model_dir(&root);
     let (data, images) = color_data(&root, 4);
@@ -140,7 +176,8 @@ fn sigkill_then_resume_equals_an_uninterrupted_run_bit_for_bit() {
     let cut = root.join("cut");
     let mut args = train_args(&model, &data, &images, &cut, "10");
     args.extend(["--save-every", "1", "--keep", "20"]);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_htc")).args(&args).env("HTC_LOG", "warn").spawn().unwrap();
+    let mut child =
+        Command::new(env!("CARGO_BIN_EXE_htc")).args(&args).env("HTC_LOG", "warn").spawn().unwrap();
     assert!(wait_for(&cut.join("checkpoint-3/trainer_state.json"), &mut child), "checkpoint-3 appears");
     assert!(child.try_wait().unwrap().is_none(), "the run is still going when it is killed");
     child.kill().unwrap(); // SIGKILL
@@ -166,7 +203,8 @@ fn sigkill_then_resume_equals_an_uninterrupted_run_bit_for_bit() {
     let steps: Vec<u64> = metrics(&cut).iter().map(|l| l["step"].as_u64().unwrap()).collect();
     assert_eq!(steps, (1..=10).collect::<Vec<_>>(), "each step logged once");
     assert_eq!(
-        metrics(&cut).last().unwrap()["loss"], metrics(&whole).last().unwrap()["loss"],
+        metrics(&cut).last().unwrap()["loss"],
+        metrics(&whole).last().unwrap()["loss"],
         "same last loss"
     );
     // The result serves as is.
@@ -175,14 +213,22 @@ fn sigkill_then_resume_equals_an_uninterrupted_run_bit_for_bit() {
     // A finished run is not silently overwritten, and a resume must keep the settings.
     let o = htc(&train_args(&model, &data, &images, &cut, "10"));
     assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("pass --resume"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("pass --resume"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let mut changed = train_args(&model, &data, &images, &cut, "10");
     let i = changed.iter().position(|a| *a == "3e-3").unwrap();
     changed[i] = "1e-3";
     changed.push("--resume");
     let o = htc(&changed);
     assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("different settings"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("different settings"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 #[test]
@@ -191,8 +237,10 @@ fn bad_records_are_skipped_with_their_reason_or_stop_a_strict_run() {
     let model = model_dir(&root);
     let (_, images) = color_data(&root, 1);
     std::fs::write(images.join("garbage.png"), b"not an image").unwrap();
-    let good = |id: &str| json!({"id": id, "image": "red-0.png", "conversations": [
-        {"from": "human", "value": "<image>\nWhat color is it?"}, {"from": "gpt", "value": "red"}]});
+    let good = |id: &str| {
+        json!({"id": id, "image": "red-0.png", "conversations": [
+        {"from": "human", "value": "<image>\nWhat color is it?"}, {"from": "gpt", "value": "red"}]})
+    };
     let long = format!("<image>\n{}", "color ".repeat(400));
     let records = json!([
         good("ok-1"),
@@ -247,6 +295,8 @@ fn bad_records_are_skipped_with_their_reason_or_stop_a_strict_run() {
     let o = htc(&train_args(&model, &data, &images, &root.join("x"), "1"));
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("is not a JSON list of LLaVA conversation records"));
-    let o = htc(&[&train_args(&model, &data, &images, &root.join("y"), "1")[..], &["--train", "voco,brain"]].concat());
+    let o =
+        htc(&[&train_args(&model, &data, &images, &root.join("y"), "1")[..], &["--train", "voco,brain"]]
+            .concat());
     assert!(String::from_utf8_lossy(&o.stderr).contains("unknown part `brain`"));
 }

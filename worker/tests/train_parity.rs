@@ -31,7 +31,8 @@ fn expected() -> Expected {
 }
 
 fn model() -> (Htc<Train>, ParamNames) {
-    let snap = Snapshot::<Train>::open(&common::fixtures().join("htc-train-tiny"), &backend::device()).unwrap();
+    let snap =
+        Snapshot::<Train>::open(&common::fixtures().join("htc-train-tiny"), &backend::device()).unwrap();
     let AnyModel::Htc { model, .. } = snap.model else { panic!("htc-train-tiny loads as an HTC model") };
     (Trainable::PAPER.apply(model), snap.names)
 }
@@ -128,7 +129,12 @@ fn three_steps(micro: usize) {
         let (m, r) = train_step(model, &batches, &names, &mut moments, &opt).unwrap();
         model = m;
         assert_eq!(r.lr, lrs[s], "lr at step {s}");
-        assert!((r.grad_norm - norms[s]).abs() <= 1e-5 * norms[s], "grad norm {} vs {}", r.grad_norm, norms[s]);
+        assert!(
+            (r.grad_norm - norms[s]).abs() <= 1e-5 * norms[s],
+            "grad norm {} vs {}",
+            r.grad_norm,
+            norms[s]
+        );
         assert!((r.loss - losses[s]).abs() <= 1e-5 * losses[s], "loss {} vs {}", r.loss, losses[s]);
         eprintln!("micro {micro} step {s}: loss {:.6} norm {:.6} lr {}", r.loss, r.grad_norm, r.lr);
     }
@@ -145,7 +151,9 @@ fn three_steps(micro: usize) {
         }
         loose += rest.len();
     }
-    eprintln!("micro {micro}: {loose} elements with a gradient below the noise floor checked to AdamW's step bound");
+    eprintln!(
+        "micro {micro}: {loose} elements with a gradient below the noise floor checked to AdamW's step bound"
+    );
 }
 
 /// Adam divides each gradient by its own running RMS, so an element whose gradient is tiny

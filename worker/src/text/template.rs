@@ -53,7 +53,9 @@ impl Template {
         match self {
             Template::VicunaV1 => Ok(format!("USER: {question} ASSISTANT:")),
             Template::Plain => Ok(question.to_string()),
-            Template::Jinja(_) => anyhow::bail!("multi-turn training supports the vicuna_v1 and plain templates"),
+            Template::Jinja(_) => {
+                anyhow::bail!("multi-turn training supports the vicuna_v1 and plain templates")
+            }
         }
     }
 

@@ -43,9 +43,12 @@ pub struct TrainerState {
     pub settings: serde_json::Value,
 }
 
+/// A tensor on the host as a checkpoint stores it: key, shape, f32 data.
+pub type HostParam = (String, Vec<usize>, Vec<f32>);
+
 struct Host<'a> {
     names: &'a ParamNames,
-    out: Vec<(String, Vec<usize>, Vec<f32>)>,
+    out: Vec<HostParam>,
     missing: usize,
 }
 
@@ -69,7 +72,7 @@ impl<B: Backend> ModuleVisitor<B> for Host<'_> {
 }
 
 /// Every parameter of `model` as stored in a checkpoint: key, shape, f32 data.
-pub fn host_params<B: Backend>(model: &Htc<B>, names: &ParamNames) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+pub fn host_params<B: Backend>(model: &Htc<B>, names: &ParamNames) -> Result<Vec<HostParam>> {
     let mut h = Host { names, out: Vec::new(), missing: 0 };
     model.visit(&mut h);
     if h.missing > 0 {
@@ -79,7 +82,7 @@ pub fn host_params<B: Backend>(model: &Htc<B>, names: &ParamNames) -> Result<Vec
     Ok(h.out)
 }
 
-fn entries(tensors: Vec<(String, Vec<usize>, Vec<f32>)>) -> Vec<Entry<'static>> {
+fn entries(tensors: Vec<HostParam>) -> Vec<Entry<'static>> {
     tensors
         .into_iter()
         .map(|(k, s, d)| -> Entry<'static> { (k, s, Box::new(move || Ok(d.clone()))) })
@@ -145,10 +148,12 @@ pub fn save<B: AutodiffBackend>(
     if dest.exists() {
         std::fs::remove_dir_all(&dest).with_context(|| format!("cannot replace {}", dest.display()))?;
     }
-    std::fs::rename(&tmp, &dest).with_context(|| format!("cannot move the checkpoint to {}", dest.display()))?;
+    std::fs::rename(&tmp, &dest)
+        .with_context(|| format!("cannot move the checkpoint to {}", dest.display()))?;
     let all = checkpoints(run)?;
     for (_, old) in all.iter().take(all.len().saturating_sub(keep.max(1))) {
-        std::fs::remove_dir_all(old).with_context(|| format!("cannot remove old checkpoint {}", old.display()))?;
+        std::fs::remove_dir_all(old)
+            .with_context(|| format!("cannot remove old checkpoint {}", old.display()))?;
     }
     Ok(dest)
 }
@@ -165,10 +170,12 @@ fn sync_dir(dir: &Path) -> Result<()> {
 pub fn load_state<B: Backend>(dir: &Path, device: &B::Device) -> Result<(TrainerState, Moments<B>)> {
     let p = dir.join("trainer_state.json");
     let raw = std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?;
-    let v: serde_json::Value = serde_json::from_slice(&raw).with_context(|| format!("{} is not valid JSON", p.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&raw).with_context(|| format!("{} is not valid JSON", p.display()))?;
     let state: TrainerState = serde_json::from_value(v["state"].clone())
         .with_context(|| format!("{} has no valid trainer state", p.display()))?;
-    let steps = v["adam_steps"].as_u64().with_context(|| format!("{} has no adam_steps", p.display()))? as usize;
+    let steps =
+        v["adam_steps"].as_u64().with_context(|| format!("{} has no adam_steps", p.display()))? as usize;
     let src = WeightSource::open_files(&[dir.join("trainer_state.safetensors")])?;
     let mut moments = Moments { steps, by_key: Default::default() };
     for name in src.names() {

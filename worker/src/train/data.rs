@@ -90,7 +90,8 @@ impl Dataset {
             .iter()
             .map(|(why, ids)| {
                 let shown: Vec<&str> = ids.iter().take(5).map(String::as_str).collect();
-                let more = if ids.len() > 5 { format!(", … {} more", ids.len() - 5) } else { String::new() };
+                let more =
+                    if ids.len() > 5 { format!(", … {} more", ids.len() - 5) } else { String::new() };
                 format!("{} {} ({}{more})", ids.len(), why.describe(), shown.join(", "))
             })
             .collect();
@@ -123,9 +124,8 @@ fn strip_placeholder(q: &str) -> String {
 /// Reads `data`, resolving images under `images`.
 pub fn load(data: &Path, images: &Path, opts: &DataOptions<'_>) -> Result<Dataset> {
     let raw = std::fs::read(data).with_context(|| format!("cannot read training data {}", data.display()))?;
-    let records: Vec<RawRecord> = serde_json::from_slice(&raw).with_context(|| {
-        format!("{} is not a JSON list of LLaVA conversation records", data.display())
-    })?;
+    let records: Vec<RawRecord> = serde_json::from_slice(&raw)
+        .with_context(|| format!("{} is not a JSON list of LLaVA conversation records", data.display()))?;
     if records.is_empty() {
         bail!("{} has no records", data.display());
     }
@@ -183,7 +183,8 @@ fn tokenize(turns: &[RawTurn], tok: &TextTokenizer) -> Result<(Vec<u32>, Vec<i64
     let (mut ids, mut labels) = (Vec::new(), Vec::new());
     for (k, pair) in turns.chunks_exact(2).enumerate() {
         let q = strip_placeholder(&pair[0].value);
-        let prompt = if k == 0 { tok.template.render(&q, false, "", "")? } else { tok.template.next_turn(&q)? };
+        let prompt =
+            if k == 0 { tok.template.render(&q, false, "", "")? } else { tok.template.next_turn(&q)? };
         let answer = pair[1].value.trim();
         let p = tok.encode(&prompt, false)?;
         let pa = tok.encode(&format!("{prompt} {answer}"), false)?;

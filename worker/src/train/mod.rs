@@ -3,9 +3,9 @@
 //! checkpoints that resume exactly, and the loop behind `htc train`. Uses models, formats,
 //! text and runtime; nothing here serves requests.
 
+pub mod checkpoint;
+pub mod data;
 pub mod objective;
 pub mod optim;
-pub mod step;
-pub mod data;
-pub mod checkpoint;
 pub mod run;
+pub mod step;

@@ -63,7 +63,9 @@ pub fn nll_sum<B: Backend>(model: &Htc<B>, batch: &Batch<B>) -> Result<Tensor<B,
         for (j, &l) in labels.iter().enumerate() {
             if l != IGNORE {
                 if j == 0 {
-                    bail!("row {r}: the first text token cannot be a target (nothing in the text precedes it)");
+                    bail!(
+                        "row {r}: the first text token cannot be a target (nothing in the text precedes it)"
+                    );
                 }
                 // The hidden state just before a token predicts it.
                 rows.push((r * len + start + j - 1) as i64);
@@ -104,7 +106,8 @@ pub struct Trainable {
 
 impl Trainable {
     /// The paper's set: `<voco>`, P_v, P_d and the LLM; CLIP frozen.
-    pub const PAPER: Trainable = Trainable { voco: true, projector: true, discrete: true, llm: true, vision: false };
+    pub const PAPER: Trainable =
+        Trainable { voco: true, projector: true, discrete: true, llm: true, vision: false };
 
     /// Parses `voco,projector,discrete,llm,vision` (any subset, comma-separated).
     pub fn parse(s: &str) -> Result<Self> {

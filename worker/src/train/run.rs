@@ -154,7 +154,7 @@ fn trim_metrics(path: &Path, step: usize) -> Result<()> {
 
 /// Runs training to the end and returns where the last checkpoint is.
 pub fn run<B: AutodiffBackend>(cfg: &RunConfig, device: &B::Device) -> Result<RunSummary> {
-    if cfg.micro_batch == 0 || cfg.global_batch == 0 || cfg.global_batch % cfg.micro_batch != 0 {
+    if cfg.micro_batch == 0 || cfg.global_batch == 0 || !cfg.global_batch.is_multiple_of(cfg.micro_batch) {
         bail!(
             "--global-batch ({}) must be a positive multiple of --micro-batch ({})",
             cfg.global_batch,
@@ -187,9 +187,13 @@ pub fn run<B: AutodiffBackend>(cfg: &RunConfig, device: &B::Device) -> Result<Ru
     };
     let snap = Snapshot::<B>::open(&source, device)?;
     let names = snap.names;
-    let tok = snap.tokenizer.context("the model has no tokenizer.json; training needs one to read the data")?;
+    let tok =
+        snap.tokenizer.context("the model has no tokenizer.json; training needs one to read the data")?;
     let AnyModel::Htc { model, preprocess, .. } = snap.model else {
-        bail!("{} is not an HTC checkpoint (config.json has no `htc` section); make one with `htc init`", source.display())
+        bail!(
+            "{} is not an HTC checkpoint (config.json has no `htc` section); make one with `htc init`",
+            source.display()
+        )
     };
     let mut model = cfg.trainable.apply(model);
     let ctx = model.llava.llm.config().max_position_embeddings;
@@ -273,7 +277,13 @@ pub fn run<B: AutodiffBackend>(cfg: &RunConfig, device: &B::Device) -> Result<Ru
         bar.inc(1);
         last.0 = r.loss;
         if step % cfg.save_every == 0 || step == total {
-            let state = TrainerState { step, total_steps: total, steps_per_epoch, seed: cfg.seed, settings: cfg.settings() };
+            let state = TrainerState {
+                step,
+                total_steps: total,
+                steps_per_epoch,
+                seed: cfg.seed,
+                settings: cfg.settings(),
+            };
             last.1 = checkpoint::save(&cfg.out, &source, &model, &names, &moments, &state, cfg.keep)?;
         }
     }
