@@ -18,6 +18,9 @@ PyTorch implementation of the same model trains it on one fixed batch:
   `get_cosine_schedule_with_warmup`;
 - the schedule's multipliers over a longer run, straight from transformers.
 
+It also writes a word-level `tokenizer.json` for the model and `fixtures/colors/`, a tiny
+LLaVA-format data set (which colour is the image?) for the README example and the learning test.
+
 The mask is built here from the paper's definition (Sec. 3.3), independently of the Rust code.
 """
 import json
@@ -179,6 +182,43 @@ def make_batch(g):
     return ids, labels, lengths
 
 
+WORDS = ["<unk>", "<s>", "</s>", "USER:", "ASSISTANT:", "What", "color", "is", "it?", "red", "green", "blue"]
+COLORS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
+
+
+def tokenizer_json():
+    """A word-level tokenizer (split on whitespace) for the colour task; other words are <unk>."""
+    special = lambda i, w: {"id": i, "content": w, "single_word": False, "lstrip": False,
+                            "rstrip": False, "normalized": False, "special": True}
+    return {
+        "version": "1.0", "truncation": None, "padding": None,
+        "added_tokens": [special(1, "<s>"), special(2, "</s>")],
+        "normalizer": None, "pre_tokenizer": {"type": "WhitespaceSplit"}, "post_processor": None,
+        "decoder": None,
+        "model": {"type": "WordLevel", "vocab": {w: i for i, w in enumerate(WORDS)}, "unk_token": "<unk>"},
+    }
+
+
+def colors_fixture():
+    """fixtures/colors: noisy solid-colour 32x32 images and LLaVA conversation records asking
+    their colour (4 training and 1 validation image per colour)."""
+    from PIL import Image
+    out = FIX / "colors"
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(31)
+    train, val = [], []
+    for name, rgb in COLORS.items():
+        for k in range(5):
+            px = np.clip(np.array(rgb)[None, None] + rng.integers(0, 32, (32, 32, 3)), 0, 255).astype(np.uint8)
+            file = f"{name}-{k}.png"
+            Image.fromarray(px).save(out / "images" / file)
+            rec = {"id": f"{name}-{k}", "image": file, "conversations": [
+                {"from": "human", "value": "<image>\nWhat color is it?"}, {"from": "gpt", "value": name}]}
+            (val if k == 4 else train).append(rec)
+    (out / "train.json").write_text(json.dumps(train, indent=1))
+    (out / "val.json").write_text(json.dumps(val, indent=1))
+
+
 def no_decay(key, p):
     return p.ndim < 2 or "embed" in key
 
@@ -196,6 +236,8 @@ def main():
     ids, labels, lengths = make_batch(g)
 
     save_file(model.checkpoint(), OUT / "model.safetensors", metadata={"format": "pt"})
+    (OUT / "tokenizer.json").write_text(json.dumps(tokenizer_json()))
+    colors_fixture()
     (OUT / "config.json").write_text(json.dumps({
         "architectures": ["LlavaForConditionalGeneration"],
         "model_type": "llava",

@@ -1,5 +1,5 @@
 //! `htc train` end to end on a tiny HTC model (`fixtures/htc-train-tiny` with a word-level
-//! tokenizer): it learns a task from untrained (no colour named) to perfect, a SIGKILLed run resumes to the same
+//! tokenizer) and the `fixtures/colors` data set: it learns a task from untrained (no colour named) to perfect, a SIGKILLed run resumes to the same
 //! bytes as an uninterrupted one, checkpoints are whole or absent, and every kind of bad record
 //! is skipped with its reason (or stops a `--strict` run, naming the record).
 
@@ -15,54 +15,21 @@ use serde_json::json;
 const COLORS: [(&str, [u8; 3]); 3] =
     [("red", [220, 30, 30]), ("green", [30, 200, 40]), ("blue", [30, 40, 220])];
 
-/// A copy of the tiny HTC model with a word-level tokenizer whose words the task uses.
-fn model_dir(root: &Path) -> PathBuf {
-    let dir = root.join("model");
-    std::fs::create_dir_all(&dir).unwrap();
-    for f in ["config.json", "model.safetensors"] {
-        std::fs::copy(common::fixtures().join("htc-train-tiny").join(f), dir.join(f)).unwrap();
-    }
-    let words =
-        ["<unk>", "<s>", "</s>", "USER:", "ASSISTANT:", "What", "color", "is", "it?", "red", "green", "blue"];
-    let vocab: serde_json::Map<String, serde_json::Value> =
-        words.iter().enumerate().map(|(i, w)| (w.to_string(), json!(i))).collect();
-    let tok = json!({
-        "version": "1.0", "truncation": null, "padding": null,
-        "added_tokens": [
-            {"id": 1, "content": "<s>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true},
-            {"id": 2, "content": "</s>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}
-        ],
-        "normalizer": null, "pre_tokenizer": {"type": "WhitespaceSplit"}, "post_processor": null,
-        "decoder": null, "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"}
-    });
-    std::fs::write(dir.join("tokenizer.json"), tok.to_string()).unwrap();
-    dir
+/// The tiny HTC model with its word-level tokenizer (`fixtures/htc-train-tiny`).
+fn model_dir(_root: &Path) -> PathBuf {
+    common::fixtures().join("htc-train-tiny")
 }
 
-/// Solid-colour images with a little per-pixel noise, and one record per image.
-fn color_data(root: &Path, per_color: usize) -> (PathBuf, PathBuf) {
+/// `fixtures/colors`: 4 noisy solid-colour images per colour, each asked "What color is it?".
+fn color_data(root: &Path) -> (PathBuf, PathBuf) {
+    let src = common::fixtures().join("colors");
     let images = root.join("images");
     std::fs::create_dir_all(&images).unwrap();
-    let mut records = Vec::new();
-    let mut seed = 1u32;
-    for (name, rgb) in COLORS {
-        for k in 0..per_color {
-            let img = image::RgbImage::from_fn(32, 32, |_, _| {
-                seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                let n = (seed >> 27) as u8; // 0..31
-                image::Rgb(rgb.map(|c| c.saturating_add(n)))
-            });
-            let file = format!("{name}-{k}.png");
-            img.save(images.join(&file)).unwrap();
-            records.push(json!({"id": format!("{name}-{k}"), "image": file, "conversations": [
-                {"from": "human", "value": "<image>\nWhat color is it?"},
-                {"from": "gpt", "value": name}
-            ]}));
-        }
+    for e in std::fs::read_dir(src.join("images")).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, images.join(p.file_name().unwrap())).unwrap();
     }
-    let data = root.join("train.json");
-    std::fs::write(&data, serde_json::to_vec(&records).unwrap()).unwrap();
-    (data, images)
+    (src.join("train.json"), images)
 }
 
 fn train_args<'a>(
@@ -130,7 +97,7 @@ fn metrics(run: &Path) -> Vec<serde_json::Value> {
 fn training_learns_a_tiny_task_from_untrained_to_perfect() {
     let root = tmp("train-learn", "");
     let model = model_dir(&root);
-    let (data, images) = color_data(&root, 4);
+    let (data, images) = color_data(&root);
     let before = accuracy(&model, &images);
     let out = root.join("run");
     let o = htc(&train_args(&model, &data, &images, &out, "60"));
@@ -141,6 +108,8 @@ fn training_learns_a_tiny_task_from_untrained_to_perfect() {
     for key in ["step", "epoch", "loss", "lr", "grad_norm", "tokens_per_s", "elapsed_s"] {
         assert!(m[0].get(key).is_some(), "metrics lines have `{key}`");
     }
+    let plot = image::open(out.join("loss.png")).expect("loss.png is a readable image");
+    assert_eq!((plot.width(), plot.height()), (800, 480));
     let ckpt = out.join("checkpoint-60");
     let after = accuracy(&ckpt, &images);
     eprintln!("accuracy {before:.2} -> {after:.2}; loss {first:.3} -> {last:.4}");
@@ -166,7 +135,7 @@ fn wait_for(path: &Path, child: &mut std::process::Child) -> bool {
 fn sigkill_then_resume_equals_an_uninterrupted_run_bit_for_bit() {
     let root = tmp("train-resume", "");
     let model = model_dir(&root);
-    let (data, images) = color_data(&root, 2);
+    let (data, images) = color_data(&root);
     let whole = root.join("whole");
     let mut args = train_args(&model, &data, &images, &whole, "10");
     args.extend(["--save-every", "1", "--keep", "20"]);
@@ -235,7 +204,7 @@ fn sigkill_then_resume_equals_an_uninterrupted_run_bit_for_bit() {
 fn bad_records_are_skipped_with_their_reason_or_stop_a_strict_run() {
     let root = tmp("train-bad", "");
     let model = model_dir(&root);
-    let (_, images) = color_data(&root, 1);
+    let (_, images) = color_data(&root);
     std::fs::write(images.join("garbage.png"), b"not an image").unwrap();
     let good = |id: &str| {
         json!({"id": id, "image": "red-0.png", "conversations": [

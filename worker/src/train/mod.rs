@@ -9,3 +9,4 @@ pub mod objective;
 pub mod optim;
 pub mod run;
 pub mod step;
+pub mod plot;

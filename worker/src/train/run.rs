@@ -21,6 +21,7 @@ use super::checkpoint::{self, TrainerState};
 use super::data::{self, DataOptions, Dataset, Example};
 use super::objective::{nll_sum, Batch, Trainable};
 use super::optim::Moments;
+use super::plot;
 use super::step::{train_step, Optimizer};
 use crate::formats::checkpoint::{AnyModel, Snapshot};
 use crate::models::htc::{Htc, ImageTensors};
@@ -132,10 +133,11 @@ fn validate<B: AutodiffBackend>(
     Ok(nll / n.max(1) as f64)
 }
 
-/// Keeps the metrics lines of steps up to `step` (a resumed run rewrites what follows).
-fn trim_metrics(path: &Path, step: usize) -> Result<()> {
+/// Keeps the metrics lines of steps up to `step` (a resumed run rewrites what follows) and
+/// returns their losses for the plot.
+fn trim_metrics(path: &Path, step: usize) -> Result<Vec<plot::Point>> {
     if !path.is_file() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let text = std::fs::read_to_string(path)?;
     let kept: String = text
@@ -148,8 +150,12 @@ fn trim_metrics(path: &Path, step: usize) -> Result<()> {
         })
         .map(|l| format!("{l}\n"))
         .collect();
-    std::fs::write(path, kept)?;
-    Ok(())
+    std::fs::write(path, &kept)?;
+    Ok(kept
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| Some((v["step"].as_u64()? as usize, v["loss"].as_f64()?, v["val_loss"].as_f64())))
+        .collect())
 }
 
 /// Runs training to the end and returns where the last checkpoint is.
@@ -231,7 +237,8 @@ pub fn run<B: AutodiffBackend>(cfg: &RunConfig, device: &B::Device) -> Result<Ru
     };
     std::fs::create_dir_all(&cfg.out).with_context(|| format!("cannot create {}", cfg.out.display()))?;
     let metrics_path = cfg.out.join("metrics.jsonl");
-    trim_metrics(&metrics_path, start)?;
+    let mut history = trim_metrics(&metrics_path, start)?;
+    let plot_path = cfg.out.join("loss.png");
     let mut metrics = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -273,6 +280,10 @@ pub fn run<B: AutodiffBackend>(cfg: &RunConfig, device: &B::Device) -> Result<Ru
         }
         writeln!(metrics, "{line}")?;
         metrics.flush()?;
+        history.push((step, r.loss, line["val_loss"].as_f64()));
+        if step % 10 == 0 || step == total || step % cfg.save_every == 0 {
+            plot::draw(&history, &plot_path)?;
+        }
         bar.set_message(format!("loss {:.4} lr {:.2e} {:.0} tok/s", r.loss, r.lr, tps));
         bar.inc(1);
         last.0 = r.loss;
