@@ -16,7 +16,9 @@ PyTorch implementation of the same model trains it on one fixed batch:
 - 3 steps of torch.optim.AdamW with two parameter groups (no decay on tensors with fewer than
   two dimensions and on embeddings), `clip_grad_norm_`, and transformers'
   `get_cosine_schedule_with_warmup`;
-- the schedule's multipliers over a longer run, straight from transformers.
+- the schedule's multipliers over a longer run, straight from transformers;
+- LoRA (rank 4, alpha 8, on q/v of every layer, the LLM frozen): the loss and the gradients
+  of the adapters and of `<voco>`, P_v, P_d.
 
 It also writes a word-level `tokenizer.json` for the model and `fixtures/colors/`, a tiny
 LLaVA-format data set (which colour is the image?) for the README example and the learning test.
@@ -219,6 +221,50 @@ def colors_fixture():
     (out / "val.json").write_text(json.dumps(val, indent=1))
 
 
+LORA_RANK, LORA_ALPHA, LORA_TARGETS = 4, 8, ("q_proj", "v_proj")
+
+
+class LoraLinear(torch.nn.Module):
+    """W x + (alpha / r) B A x with W frozen (PEFT's formula; A [r, in], B [out, r])."""
+
+    def __init__(self, base, g):
+        super().__init__()
+        self.base = base
+        self.A = torch.nn.Parameter(torch.randn(LORA_RANK, base.in_features, generator=g) / math.sqrt(base.in_features))
+        # Non-zero B (a fresh adapter has B = 0) so that A gets a gradient too.
+        self.B = torch.nn.Parameter(0.3 * torch.randn(base.out_features, LORA_RANK, generator=g))
+
+    def forward(self, x):
+        return self.base(x) + (LORA_ALPHA / LORA_RANK) * (x @ self.A.T @ self.B.T)
+
+
+def lora_reference(clip_px, mgvq_px, ids, labels, out):
+    """A fresh copy of the model with LoRA on q/v of every layer, the LLM's own weights frozen:
+    the loss and the gradients of the adapters and of <voco>, P_v, P_d."""
+    model = HtcRef()
+    g = torch.Generator().manual_seed(41)
+    for p in model.llava.model.language_model.parameters():
+        p.requires_grad_(False)
+    model.llava.lm_head.weight.requires_grad_(False)
+    adapters = []
+    for i, layer in enumerate(model.llava.model.language_model.layers):
+        for t in LORA_TARGETS:
+            lora = LoraLinear(getattr(layer.self_attn, t), g)
+            setattr(layer.self_attn, t, lora)
+            key = f"language_model.model.layers.{i}.self_attn.{t}"
+            adapters += [(f"{key}.lora_A.weight", lora.A), (f"{key}.lora_B.weight", lora.B)]
+    for k, p in adapters:
+        out[f"lora.init.{k}"] = p.detach().clone()
+    nll, count = model.loss(clip_px, mgvq_px, ids, labels)
+    loss = nll / count
+    loss.backward()
+    out["lora.loss"] = loss.detach().reshape(1)
+    trained = adapters + [(k, p) for k, p in model.trainable() if p.requires_grad and "language_model" not in k]
+    for k, p in trained:
+        out[f"lora.grad.{k}"] = p.grad.detach().clone()
+    print(f"lora: loss {float(loss.detach()):.6f}, {len(trained)} trained tensors")
+
+
 def no_decay(key, p):
     return p.ndim < 2 or "embed" in key
 
@@ -302,6 +348,8 @@ def main():
     out["steps.loss"] = torch.tensor(losses, dtype=torch.float64)
     for k, p in trainable:
         out[f"after.{k}"] = p.detach().clone()
+
+    lora_reference(clip_px, mgvq_px, ids, labels, out)
 
     # The schedule over a longer run, from transformers itself.
     dummy = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)

@@ -193,3 +193,79 @@ fn schedule_equals_transformers() {
     }
     assert_eq!(s.factor(0), 0.0, "lr(0) = 0 with warmup");
 }
+
+/// The fixture model with the fixture's LoRA adapters (rank 4, alpha 8, on q and v).
+fn lora_model<B: burn::tensor::backend::Backend>(e: &Expected, m: Htc<B>, names: &mut ParamNames) -> Htc<B> {
+    let src: HashMap<String, htc_shared::loader::HostTensor> = e
+        .names_under("lora.init.")
+        .into_iter()
+        .map(|k| {
+            let (shape, data) = e.f32(&format!("lora.init.{k}"));
+            (k, htc_shared::loader::HostTensor { shape, data })
+        })
+        .collect();
+    let cfg = htc_shared::config::LoraConfig { rank: 4, alpha: 8, targets: vec!["q".into(), "v".into()] };
+    let vb = htc_worker::formats::Loader::<B>::new(&src, &m.llava.llm.device());
+    let mut m = m;
+    m.llava.llm = m.llava.llm.with_lora(&cfg, &vb, names).unwrap();
+    names.extend(vb.names());
+    m
+}
+
+#[test]
+fn lora_loss_and_adapter_gradients_match_pytorch() {
+    let e = expected();
+    let snap =
+        Snapshot::<Train>::open(&common::fixtures().join("htc-train-tiny"), &backend::device()).unwrap();
+    let AnyModel::Htc { model, .. } = snap.model else { panic!("an HTC model") };
+    let mut names = snap.names;
+    let model = Trainable::PAPER.apply(lora_model(&e, model, &mut names));
+    let b = batch(&e, 0..3);
+    let loss = nll_sum(&model, &b).unwrap().div_scalar(b.targets() as f64);
+    let (got, want) = (loss.clone().into_scalar(), e.f32("lora.loss").1[0]);
+    assert!(((got - want) / want).abs() <= 1e-5, "LoRA loss {got} vs PyTorch {want}");
+    let grads = GradientsParams::from_grads(loss.backward(), &model);
+    let got = collect(&model, &names, Some(&grads));
+    let want_keys = e.names_under("lora.grad.");
+    let mut got_keys: Vec<&String> = got.keys().collect();
+    got_keys.sort();
+    assert_eq!(
+        got_keys,
+        want_keys.iter().collect::<Vec<_>>(),
+        "the adapters learn, the LLM's own weights do not"
+    );
+    for k in &want_keys {
+        assert_close(&format!("LoRA grad {k}"), &got[k], &e.f32(&format!("lora.grad.{k}")).1, 1e-4);
+    }
+}
+
+#[test]
+fn merged_lora_gives_the_unmerged_outputs() {
+    let e = expected();
+    let snap =
+        Snapshot::<Backend>::open(&common::fixtures().join("htc-train-tiny"), &backend::device()).unwrap();
+    let AnyModel::Htc { model, .. } = snap.model else { panic!("an HTC model") };
+    let mut names = snap.names;
+    let base_logits = common::to_vec(model.full_text_logits(&common_image(&e), &[5, 9, 17, 3]).unwrap());
+    let m = lora_model(&e, model, &mut names);
+    let img = common_image(&e);
+    let unmerged = common::to_vec(m.full_text_logits(&img, &[5, 9, 17, 3]).unwrap());
+    let mut merged = m;
+    merged.llava.llm = merged.llava.llm.merged();
+    assert!(!merged.llava.llm.has_lora());
+    let merged = common::to_vec(merged.full_text_logits(&img, &[5, 9, 17, 3]).unwrap());
+    assert_close("merged vs unmerged LoRA logits", &merged, &unmerged, 1e-5);
+    let moved = base_logits.iter().zip(&unmerged).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(moved > 1e-2, "the adapters change the outputs ({moved})");
+}
+
+/// The first fixture image as model input on the plain backend.
+fn common_image(e: &Expected) -> ImageTensors<Backend> {
+    let dev = backend::device();
+    let t = |name: &str| {
+        let (shape, data) = e.f32(name);
+        let [_, c, h, w] = shape[..] else { panic!("{name} is 4-D") };
+        Tensor::<Backend, 4>::from_data(TensorData::new(data[..c * h * w].to_vec(), [1, c, h, w]), &dev)
+    };
+    ImageTensors { clip: t("batch.clip"), mgvq: Some(t("batch.mgvq")), codes: None }
+}

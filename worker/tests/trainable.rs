@@ -58,7 +58,7 @@ fn trainable_tensors_are_params_with_checkpoint_key_ids() {
         "llava.vision.position_embedding",
         "mgvq.codebook",
         "discrete.linear_1.weight",
-        "llava.llm.layers.0.self_attn.q_proj.weight",
+        "llava.llm.layers.0.self_attn.q_proj.linear.weight",
     ] {
         assert!(paths.contains(&want), "`{want}` is not a parameter: {paths:?}");
     }
@@ -69,7 +69,7 @@ fn trainable_tensors_are_params_with_checkpoint_key_ids() {
     }
     let key = |path: &str| &names[&params.iter().find(|p| p.0 == path).unwrap().1];
     assert_eq!(key("voco").key, "htc.voco_embeddings");
-    let q = key("llava.llm.layers.0.self_attn.q_proj.weight");
+    let q = key("llava.llm.layers.0.self_attn.q_proj.linear.weight");
     assert_eq!(q.key, "language_model.model.layers.0.self_attn.q_proj.weight");
     assert!(q.transposed, "burn's Linear weight is the transpose of the stored one");
     assert_eq!(m.num_params(), params.iter().map(|p| p.2.iter().product::<usize>()).sum::<usize>());

@@ -106,3 +106,56 @@ impl HtcConfig {
         Ok(())
     }
 }
+
+/// LoRA adapters on the LLM's projections (`htc.lora` in config.json): `W x + (α/r) B A x`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoraConfig {
+    pub rank: usize,
+    pub alpha: usize,
+    /// Which projections carry adapters: any of q, k, v, o, gate, up, down.
+    pub targets: Vec<String>,
+}
+
+/// The projections a LoRA adapter may target.
+pub const LORA_TARGETS: [&str; 7] = ["q", "k", "v", "o", "gate", "up", "down"];
+
+impl LoraConfig {
+    /// Checks rank, alpha and targets, naming what is wrong.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.rank == 0 || self.alpha == 0 {
+            return Err(Error::Config(format!(
+                "LoRA rank and alpha must be at least 1 (rank {}, alpha {})",
+                self.rank, self.alpha
+            )));
+        }
+        if self.targets.is_empty() {
+            return Err(Error::Config("LoRA needs at least one target (q, k, v, o, gate, up, down)".into()));
+        }
+        if let Some(bad) = self.targets.iter().find(|t| !LORA_TARGETS.contains(&t.as_str())) {
+            return Err(Error::Config(format!("unknown LoRA target `{bad}` (q, k, v, o, gate, up, down)")));
+        }
+        Ok(())
+    }
+
+    /// `α / r`.
+    pub fn scale(&self) -> f64 {
+        self.alpha as f64 / self.rank as f64
+    }
+
+    pub fn targets(&self, t: &str) -> bool {
+        self.targets.iter().any(|x| x == t)
+    }
+
+    /// The `lora` entry of an `htc` section, if any.
+    pub fn from_htc_json(htc: &Value) -> Result<Option<Self>, Error> {
+        match htc.get("lora") {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => {
+                let c: Self = serde_json::from_value(v.clone())
+                    .map_err(|e| Error::Config(format!("invalid `htc.lora` section: {e}")))?;
+                c.validate()?;
+                Ok(Some(c))
+            }
+        }
+    }
+}

@@ -1,10 +1,11 @@
 //! The `htc` command line: one file per subcommand, each an `Args` struct and a `run`
-//! ([`ask`], [`init`], [`train`], [`serve`], [`bench`]). Parsing and dispatch only; the work
+//! ([`ask`], [`init`], [`train`], [`merge_lora`], [`serve`], [`bench`]). Parsing and dispatch only; the work
 //! happens in `runtime`, `train`, `server` and `formats`.
 
 pub mod ask;
 pub mod bench;
 pub mod init;
+pub mod merge_lora;
 pub mod serve;
 pub mod train;
 
@@ -26,6 +27,8 @@ enum Cmd {
     Init(init::InitArgs),
     /// Fine-tune an HTC checkpoint on LLaVA conversation data.
     Train(train::TrainArgs),
+    /// Fold a checkpoint's LoRA adapters into its weights (a plain servable checkpoint).
+    MergeLora(merge_lora::MergeLoraArgs),
     /// Serve the web UI, the WebSocket protocol, the OpenAI endpoint and metrics.
     Serve(crate::server::ServeArgs),
     /// Measure the compiled backend on matmuls and a decoder forward pass.
@@ -38,6 +41,7 @@ impl Cli {
             Cmd::Ask(a) => ask::run(a),
             Cmd::Init(a) => init::run(a),
             Cmd::Train(a) => train::run(a),
+            Cmd::MergeLora(a) => merge_lora::run(a),
             Cmd::Serve(a) => serve::run(a),
             Cmd::Bench(a) => bench::run(a),
         }

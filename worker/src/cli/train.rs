@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use burn::backend::Autodiff;
 
+use htc_shared::config::LoraConfig;
+
 use crate::backend::{self, Backend};
 use crate::train::objective::Trainable;
 use crate::train::optim::{AdamW, WarmupCosine};
@@ -39,6 +41,16 @@ pub struct TrainArgs {
     /// What learns: any of voco,projector,discrete,llm,vision (CLIP and MGVQ frozen by default).
     #[arg(long, default_value = "voco,projector,discrete,llm")]
     pub train: String,
+    /// Train the LLM through LoRA adapters of this rank instead of its full weights
+    /// (checkpoints keep the adapters unmerged; `htc merge-lora` folds them in).
+    #[arg(long)]
+    pub lora_rank: Option<usize>,
+    /// LoRA scale numerator: adapters add (alpha / rank) B A x.
+    #[arg(long, default_value_t = 16, requires = "lora_rank")]
+    pub lora_alpha: usize,
+    /// Projections that get adapters: any of q,k,v,o,gate,up,down.
+    #[arg(long, default_value = "q,k,v,o,gate,up,down", requires = "lora_rank")]
+    pub lora_targets: String,
     #[arg(long, default_value_t = 2e-4)]
     pub lr: f64,
     #[arg(long, default_value_t = 1500)]
@@ -112,6 +124,18 @@ impl TrainArgs {
             val: self.val_data.clone().zip(self.val_images.clone()),
             out: self.out.clone(),
             trainable: Trainable::parse(&self.train)?,
+            lora: match self.lora_rank {
+                Some(rank) => {
+                    let l = LoraConfig {
+                        rank,
+                        alpha: self.lora_alpha,
+                        targets: self.lora_targets.split(',').map(|t| t.trim().to_string()).collect(),
+                    };
+                    l.validate()?;
+                    Some(l)
+                }
+                None => None,
+            },
             optimizer: Optimizer {
                 adamw: AdamW { beta1, beta2, eps: self.adam_eps, weight_decay: self.weight_decay },
                 schedule: WarmupCosine { base: self.lr, warmup: self.warmup_steps, total: 0 },

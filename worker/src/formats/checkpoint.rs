@@ -132,7 +132,14 @@ impl<B: Backend> Snapshot<B> {
             match cfg.get("htc") {
                 Some(h) => {
                     let hc = HtcConfig::from_json(h)?;
-                    let model = Htc::load(&vb, model, &hc).context("loading the HTC weights")?;
+                    let mut model = Htc::load(&vb, model, &hc).context("loading the HTC weights")?;
+                    if let Some(lora) = htc_shared::config::LoraConfig::from_htc_json(h)? {
+                        model.llava.llm = model
+                            .llava
+                            .llm
+                            .with_lora(&lora, &vb, &vb.names())
+                            .context("loading the LoRA adapters")?;
+                    }
                     (AnyModel::Htc { model, config, preprocess }, Template::VicunaV1, text)
                 }
                 None => (AnyModel::Llava { model, config, preprocess }, Template::VicunaV1, text),

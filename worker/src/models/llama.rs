@@ -10,7 +10,11 @@ use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 
 pub use htc_shared::config::LlamaConfig as Config;
 
+use htc_shared::config::LoraConfig;
 use htc_shared::loader::Loader;
+use htc_shared::params::ParamNames;
+
+use super::lora::{Lora, Proj};
 
 /// Rotary position tables, computed as transformers does (f32 `inv_freq`, `cat(freqs, freqs)`).
 #[derive(Debug, Clone)]
@@ -79,10 +83,10 @@ impl<B: Backend> KvCache<B> {
 
 #[derive(Module, Debug)]
 pub struct Attention<B: Backend> {
-    q_proj: Linear<B>,
-    k_proj: Linear<B>,
-    v_proj: Linear<B>,
-    o_proj: Linear<B>,
+    q_proj: Proj<B>,
+    k_proj: Proj<B>,
+    v_proj: Proj<B>,
+    o_proj: Proj<B>,
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
@@ -93,10 +97,10 @@ impl<B: Backend> Attention<B> {
         let (d, hd) = (c.hidden_size, c.head_dim);
         let bias = c.attention_bias;
         Ok(Self {
-            q_proj: vb.linear("q_proj", d, c.num_attention_heads * hd, bias)?,
-            k_proj: vb.linear("k_proj", d, c.num_key_value_heads * hd, bias)?,
-            v_proj: vb.linear("v_proj", d, c.num_key_value_heads * hd, bias)?,
-            o_proj: vb.linear("o_proj", c.num_attention_heads * hd, d, bias)?,
+            q_proj: Proj::load(vb, "q_proj", d, c.num_attention_heads * hd, bias)?,
+            k_proj: Proj::load(vb, "k_proj", d, c.num_key_value_heads * hd, bias)?,
+            v_proj: Proj::load(vb, "v_proj", d, c.num_key_value_heads * hd, bias)?,
+            o_proj: Proj::load(vb, "o_proj", c.num_attention_heads * hd, d, bias)?,
             heads: c.num_attention_heads,
             kv_heads: c.num_key_value_heads,
             head_dim: hd,
@@ -143,18 +147,18 @@ impl<B: Backend> Attention<B> {
 
 #[derive(Module, Debug)]
 pub struct Mlp<B: Backend> {
-    gate_proj: Linear<B>,
-    up_proj: Linear<B>,
-    down_proj: Linear<B>,
+    gate_proj: Proj<B>,
+    up_proj: Proj<B>,
+    down_proj: Proj<B>,
 }
 
 impl<B: Backend> Mlp<B> {
     fn load(vb: &Loader<B>, c: &Config) -> Result<Self> {
         let (d, i, bias) = (c.hidden_size, c.intermediate_size, c.mlp_bias);
         Ok(Self {
-            gate_proj: vb.linear("gate_proj", d, i, bias)?,
-            up_proj: vb.linear("up_proj", d, i, bias)?,
-            down_proj: vb.linear("down_proj", i, d, bias)?,
+            gate_proj: Proj::load(vb, "gate_proj", d, i, bias)?,
+            up_proj: Proj::load(vb, "up_proj", d, i, bias)?,
+            down_proj: Proj::load(vb, "down_proj", i, d, bias)?,
         })
     }
 
@@ -423,6 +427,103 @@ impl<B: Backend> Llama<B> {
         let logits = self.logits(self.norm.forward(x)); // [b, 1, vocab]
         let [_, _, vocab] = logits.dims();
         logits.reshape([b, vocab])
+    }
+
+    /// Attaches LoRA adapters to the projections `cfg` targets, next to each base weight's
+    /// checkpoint key (found through `names`): read from `vb`, or fresh (B = 0) when `vb`
+    /// initialises.
+    pub fn with_lora(mut self, cfg: &LoraConfig, vb: &Loader<B>, names: &ParamNames) -> Result<Self> {
+        cfg.validate()?;
+        for layer in self.layers.iter_mut() {
+            let (a, m) = (&mut layer.self_attn, &mut layer.mlp);
+            for (t, p) in [
+                ("q", &mut a.q_proj),
+                ("k", &mut a.k_proj),
+                ("v", &mut a.v_proj),
+                ("o", &mut a.o_proj),
+                ("gate", &mut m.gate_proj),
+                ("up", &mut m.up_proj),
+                ("down", &mut m.down_proj),
+            ] {
+                if !cfg.targets(t) {
+                    continue;
+                }
+                let key = names
+                    .get(&p.linear.weight.id)
+                    .and_then(|n| n.key.strip_suffix(".weight"))
+                    .ok_or_else(|| anyhow::anyhow!("the `{t}` projection has no checkpoint key"))?;
+                let [d_in, d_out] = p.dims();
+                p.lora = Some(Lora::load(&vb.pp(key), d_in, d_out, cfg.rank, cfg.scale())?);
+            }
+        }
+        Ok(self)
+    }
+
+    /// Whether any projection carries a LoRA adapter.
+    pub fn has_lora(&self) -> bool {
+        self.layers.iter().any(|l| {
+            let (a, m) = (&l.self_attn, &l.mlp);
+            [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj, &m.gate_proj, &m.up_proj, &m.down_proj]
+                .iter()
+                .any(|p| p.lora.is_some())
+        })
+    }
+
+    /// The decoder with every base weight frozen (no gradients kept) and the LoRA adapters
+    /// left as they are.
+    pub fn freeze_base(mut self) -> Self {
+        let freeze = |p: Proj<B>| Proj { linear: p.linear.no_grad(), lora: p.lora };
+        self.embed_tokens = self.embed_tokens.no_grad();
+        self.norm = self.norm.no_grad();
+        self.lm_head = self.lm_head.no_grad();
+        self.layers = self
+            .layers
+            .into_iter()
+            .map(|mut l| {
+                let (a, m) = (l.self_attn, l.mlp);
+                l.self_attn = Attention {
+                    q_proj: freeze(a.q_proj),
+                    k_proj: freeze(a.k_proj),
+                    v_proj: freeze(a.v_proj),
+                    o_proj: freeze(a.o_proj),
+                    ..a
+                };
+                l.mlp = Mlp {
+                    gate_proj: freeze(m.gate_proj),
+                    up_proj: freeze(m.up_proj),
+                    down_proj: freeze(m.down_proj),
+                };
+                l.input_layernorm = l.input_layernorm.no_grad();
+                l.post_attention_layernorm = l.post_attention_layernorm.no_grad();
+                l
+            })
+            .collect();
+        self
+    }
+
+    /// The decoder with every LoRA adapter folded into its base weight.
+    pub fn merged(mut self) -> Self {
+        self.layers = self
+            .layers
+            .into_iter()
+            .map(|mut l| {
+                let (a, m) = (l.self_attn, l.mlp);
+                l.self_attn = Attention {
+                    q_proj: a.q_proj.merged(),
+                    k_proj: a.k_proj.merged(),
+                    v_proj: a.v_proj.merged(),
+                    o_proj: a.o_proj.merged(),
+                    ..a
+                };
+                l.mlp = Mlp {
+                    gate_proj: m.gate_proj.merged(),
+                    up_proj: m.up_proj.merged(),
+                    down_proj: m.down_proj.merged(),
+                };
+                l
+            })
+            .collect();
+        self
     }
 
     /// Logits `[b, t, vocab]` from final hidden states.

@@ -9,3 +9,4 @@ pub mod clip;
 pub mod htc;
 pub mod llama;
 pub mod llava;
+pub mod lora;

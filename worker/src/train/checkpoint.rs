@@ -1,6 +1,6 @@
 //! Training checkpoints: `RUN_DIR/checkpoint-STEP/` is a model directory `htc ask` and
-//! `htc serve` load as is (f32 `model.safetensors` under the source checkpoint's keys, with its
-//! config and tokenizer files) plus the trainer's state: AdamW's moments by checkpoint key
+//! `htc serve` load as is (f32 `model.safetensors` under the source checkpoint's keys, LoRA
+//! adapters unmerged beside their base weights, with its config and tokenizer files) plus the trainer's state: AdamW's moments by checkpoint key
 //! (`trainer_state.safetensors`, f32) and the step, data position and settings
 //! (`trainer_state.json`). A checkpoint is written into a temporary directory and renamed into
 //! place, so a crash never leaves a half-written one.
@@ -13,6 +13,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
+use htc_shared::config::LoraConfig;
 use htc_shared::params::ParamNames;
 
 use super::optim::Moments;
@@ -112,25 +113,46 @@ pub fn checkpoints(run: &Path) -> Result<Vec<(usize, PathBuf)>> {
     Ok(v)
 }
 
+/// Writes `model` as a model directory `dir` that `htc ask` and `htc serve` load: f32
+/// `model.safetensors` under the checkpoint keys, and the config and tokenizer files of
+/// `source`, with `htc.lora` set to `lora` (adapters stored unmerged) or removed.
+pub fn write_model_dir<B: Backend>(
+    dir: &Path, source: &Path, model: &Htc<B>, names: &ParamNames, lora: Option<&LoraConfig>,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    write_safetensors(&dir.join("model.safetensors"), entries(host_params(model, names)?), false)?;
+    for f in MODEL_FILES {
+        let p = source.join(f);
+        if p.is_file() {
+            std::fs::copy(&p, dir.join(f)).with_context(|| format!("cannot copy {}", p.display()))?;
+        }
+    }
+    let cfg_path = dir.join("config.json");
+    let raw = std::fs::read(&cfg_path).with_context(|| format!("{} has no config.json", source.display()))?;
+    let mut cfg: serde_json::Value = serde_json::from_slice(&raw).context("config.json is not valid JSON")?;
+    let htc =
+        cfg.get_mut("htc").and_then(|h| h.as_object_mut()).context("config.json has no `htc` section")?;
+    match lora {
+        Some(l) => htc.insert("lora".into(), serde_json::to_value(l)?),
+        None => htc.remove("lora"),
+    };
+    std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg)?)?;
+    Ok(())
+}
+
 /// Writes checkpoint `state.step` of `model` into `run`, copying the model files from
 /// `source`, then keeps only the newest `keep` checkpoints.
+#[allow(clippy::too_many_arguments)] // the parts of a checkpoint, each needed once
 pub fn save<B: AutodiffBackend>(
-    run: &Path, source: &Path, model: &Htc<B>, names: &ParamNames, moments: &Moments<B::InnerBackend>,
-    state: &TrainerState, keep: usize,
+    run: &Path, source: &Path, model: &Htc<B>, names: &ParamNames, lora: Option<&LoraConfig>,
+    moments: &Moments<B::InnerBackend>, state: &TrainerState, keep: usize,
 ) -> Result<PathBuf> {
     let dest = checkpoint_dir(run, state.step);
     let tmp = run.join(format!(".checkpoint-{}.tmp", state.step));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).with_context(|| format!("cannot clear {}", tmp.display()))?;
     }
-    std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    write_safetensors(&tmp.join("model.safetensors"), entries(host_params(model, names)?), false)?;
-    for f in MODEL_FILES {
-        let p = source.join(f);
-        if p.is_file() {
-            std::fs::copy(&p, tmp.join(f)).with_context(|| format!("cannot copy {}", p.display()))?;
-        }
-    }
+    write_model_dir(&tmp, source, model, names, lora)?;
     let mut keys: Vec<&String> = moments.by_key.keys().collect();
     keys.sort();
     let mut opt = Vec::new();

@@ -7,6 +7,6 @@ pub mod checkpoint;
 pub mod data;
 pub mod objective;
 pub mod optim;
+pub mod plot;
 pub mod run;
 pub mod step;
-pub mod plot;

@@ -129,7 +129,7 @@ impl Trainable {
     }
 
     /// `model` with every part outside this set (and MGVQ, always) frozen: no gradients are
-    /// kept for them.
+    /// kept for them. An LLM with LoRA adapters trains the adapters, its base weights frozen.
     pub fn apply<B: Backend>(&self, mut m: Htc<B>) -> Htc<B> {
         if !self.vision {
             m.llava.vision = m.llava.vision.no_grad();
@@ -139,6 +139,9 @@ impl Trainable {
         }
         if !self.llm {
             m.llava.llm = m.llava.llm.no_grad();
+        } else if m.llava.llm.has_lora() {
+            // The LLM learns through its adapters only.
+            m.llava.llm = m.llava.llm.freeze_base();
         }
         if !self.discrete {
             m.discrete = m.discrete.map(Module::no_grad);

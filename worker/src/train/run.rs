@@ -15,6 +15,7 @@ use burn::tensor::{ElementConversion, Tensor};
 use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 use serde_json::json;
 
+use htc_shared::config::LoraConfig;
 use htc_shared::preprocess::ClipPreprocess;
 
 use super::checkpoint::{self, TrainerState};
@@ -36,6 +37,8 @@ pub struct RunConfig {
     pub val: Option<(PathBuf, PathBuf)>,
     pub out: PathBuf,
     pub trainable: Trainable,
+    /// Train the LLM through LoRA adapters instead of its full weights.
+    pub lora: Option<LoraConfig>,
     pub optimizer: Optimizer,
     pub global_batch: usize,
     pub micro_batch: usize,
@@ -59,7 +62,7 @@ impl RunConfig {
             "data": self.data, "images": self.images, "trainable": format!("{:?}", self.trainable),
             "lr": o.schedule.base, "warmup": o.schedule.warmup, "weight_decay": o.adamw.weight_decay,
             "betas": [o.adamw.beta1, o.adamw.beta2], "eps": o.adamw.eps, "max_grad_norm": o.max_grad_norm,
-            "global_batch": self.global_batch, "micro_batch": self.micro_batch,
+            "global_batch": self.global_batch, "micro_batch": self.micro_batch, "lora": self.lora,
         })
     }
 }
@@ -201,6 +204,21 @@ pub fn run<B: AutodiffBackend>(cfg: &RunConfig, device: &B::Device) -> Result<Ru
             source.display()
         )
     };
+    let mut model = model;
+    let mut names = names;
+    if let Some(lc) = &cfg.lora {
+        if !cfg.trainable.llm {
+            bail!("LoRA adapters train the LLM: add `llm` to --train");
+        }
+        if !model.llava.llm.has_lora() {
+            // Fresh adapters are drawn from the run's seed, so two runs with the same options
+            // are identical.
+            B::seed(device, cfg.seed);
+            let fresh = htc_shared::loader::Loader::<B>::init(device);
+            model.llava.llm = model.llava.llm.with_lora(lc, &fresh, &names)?;
+            names.extend(fresh.names());
+        }
+    }
     let mut model = cfg.trainable.apply(model);
     let ctx = model.llava.llm.config().max_position_embeddings;
     let max_text = ctx.saturating_sub(model.layout(0).len());
@@ -295,7 +313,16 @@ pub fn run<B: AutodiffBackend>(cfg: &RunConfig, device: &B::Device) -> Result<Ru
                 seed: cfg.seed,
                 settings: cfg.settings(),
             };
-            last.1 = checkpoint::save(&cfg.out, &source, &model, &names, &moments, &state, cfg.keep)?;
+            last.1 = checkpoint::save(
+                &cfg.out,
+                &source,
+                &model,
+                &names,
+                cfg.lora.as_ref(),
+                &moments,
+                &state,
+                cfg.keep,
+            )?;
         }
     }
     bar.finish();
