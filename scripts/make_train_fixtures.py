@@ -67,10 +67,11 @@ def hub_key(k: str) -> str:
     raise SystemExit(f"unexpected llava key {k}")
 
 
-def star_mask(n_text: int) -> torch.Tensor:
-    """Additive [L, L] mask for [BOS][v_d x 4][V x 16][voco][text], star topology: visual tokens
-    see only themselves, <voco> sees everything before it, text sees BOS, <voco> and earlier text."""
-    roles = ["bos"] + ["vis"] * (N_DISCRETE + 16) + ["voco"] * N_VOCO + ["text"] * n_text
+def star_mask(n_text: int, n_visual: int = 16) -> torch.Tensor:
+    """Additive [L, L] mask for [BOS][v_d x 4][V x n_visual][voco][text], star topology: visual
+    tokens see only themselves, <voco> sees everything before it, text sees BOS, <voco> and
+    earlier text."""
+    roles = ["bos"] + ["vis"] * (N_DISCRETE + n_visual) + ["voco"] * N_VOCO + ["text"] * n_text
     L = len(roles)
     m = torch.full((L, L), torch.finfo(torch.float32).min)
     for q, rq in enumerate(roles):
@@ -87,16 +88,26 @@ def star_mask(n_text: int) -> torch.Tensor:
 
 
 class HtcRef(torch.nn.Module):
-    def __init__(self):
+    """The HTC model in PyTorch. The defaults are the fixture's shape; `scripts/bench_train_torch.py`
+    builds larger ones: clip = (width, layers, image size, patch), llm = (vocab, width, layers,
+    heads, kv heads, MLP width)."""
+
+    def __init__(self, clip=(32, 3, 16, 4), llm=(VOCAB, D, 2, 4, 2, 96), discrete_hidden=DISCRETE_HIDDEN):
         super().__init__()
+        cw, cl, size, patch = clip
+        vocab, d, layers, heads, kv, inter = llm
+        self.vocab, self.d, self.n_visual = vocab, d, (size // patch) ** 2
         vcfg = CLIPVisionConfig(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
-            image_size=16, patch_size=4, projection_dim=32, hidden_act="quick_gelu", layer_norm_eps=1e-5,
+            hidden_size=cw, intermediate_size=2 * cw, num_hidden_layers=cl, num_attention_heads=4,
+            image_size=size, patch_size=patch, projection_dim=cw, hidden_act="quick_gelu", layer_norm_eps=1e-5,
         )
+        tcfg = llama_config(vocab_size=vocab, hidden_size=d, num_hidden_layers=layers, num_attention_heads=heads,
+                            num_key_value_heads=kv, intermediate_size=inter,
+                            max_position_embeddings=4096 if size > 16 else 256)
         cfg = LlavaConfig(
-            vision_config=vcfg, text_config=llama_config(vocab_size=VOCAB), image_token_index=120,
+            vision_config=vcfg, text_config=tcfg, image_token_index=vocab - 1 if vocab != VOCAB else 120,
             projector_hidden_act="gelu", vision_feature_layer=-2,
-            vision_feature_select_strategy="default", image_seq_length=16,
+            vision_feature_select_strategy="default", image_seq_length=self.n_visual,
         )
         cfg._attn_implementation = "eager"
         self.llava = LlavaForConditionalGeneration(cfg)
@@ -105,13 +116,13 @@ class HtcRef(torch.nn.Module):
         self.mcfg = mgvq_config_tiny()
         self.mgvq_sd = mgvq_state_dict(self.mcfg, g)
         q_len = self.mcfg["latent_channels"] * (self.mcfg["image_size"] // 16) ** 2
-        self.pd1 = torch.nn.Linear(q_len, DISCRETE_HIDDEN)
-        self.pd2 = torch.nn.Linear(DISCRETE_HIDDEN, N_DISCRETE * D)
+        self.pd1 = torch.nn.Linear(q_len, discrete_hidden)
+        self.pd2 = torch.nn.Linear(discrete_hidden, N_DISCRETE * d)
         with torch.no_grad():
             for lin in (self.pd1, self.pd2):
                 lin.weight.copy_(torch.randn(lin.weight.shape, generator=g) / math.sqrt(lin.in_features))
                 lin.bias.copy_(0.2 * torch.randn(lin.bias.shape, generator=g))
-        self.voco = torch.nn.Parameter(torch.randn(N_VOCO, D, generator=g))
+        self.voco = torch.nn.Parameter(torch.randn(N_VOCO, d, generator=g))
         for p in self.llava.model.vision_tower.parameters():
             p.requires_grad_(False)
 
@@ -146,17 +157,17 @@ class HtcRef(torch.nn.Module):
             feats = m.vision_tower(clip_px, output_hidden_states=True).hidden_states[-2][:, 1:]
             q = mgvq_encode(self.mcfg, self.mgvq_sd, mgvq_px)[1]
         V = m.multi_modal_projector(feats)
-        vd = F.gelu(self.pd2(F.gelu(self.pd1(q.reshape(b, -1))))).reshape(b, N_DISCRETE, D)
+        vd = F.gelu(self.pd2(F.gelu(self.pd1(q.reshape(b, -1))))).reshape(b, N_DISCRETE, self.d)
         emb = m.language_model.embed_tokens
         bos = emb(torch.ones(b, 1, dtype=torch.long))
         x = torch.cat([bos, vd, V, self.voco[None].expand(b, -1, -1), emb(ids)], 1)
         L = x.shape[1]
-        mask = star_mask(t)[None, None].expand(b, 1, L, L)
+        mask = star_mask(t, self.n_visual)[None, None].expand(b, 1, L, L)
         h = m.language_model(inputs_embeds=x, attention_mask=mask,
                              position_ids=torch.arange(L)[None].expand(b, -1)).last_hidden_state
         logits = self.llava.lm_head(h)
         full = torch.cat([torch.full((b, L - t), -100), labels], 1)
-        nll = F.cross_entropy(logits[:, :-1].reshape(-1, VOCAB), full[:, 1:].reshape(-1),
+        nll = F.cross_entropy(logits[:, :-1].reshape(-1, self.vocab), full[:, 1:].reshape(-1),
                               ignore_index=-100, reduction="sum")
         return nll, int((labels != -100).sum())
 

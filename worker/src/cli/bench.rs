@@ -16,9 +16,15 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 5)]
     pub reps: usize,
     /// Which figures: `backend` (matmuls, decoder), `htc` (compress / answer / cached answer),
-    /// or `all`.
+    /// `all` (both), or `train` (training steps of one shape).
     #[arg(long, default_value = "all")]
     pub suite: String,
+    /// `--suite train`: the model shape (tiny, mid; see `bench_train.rs`).
+    #[arg(long, default_value = "tiny")]
+    pub shape: String,
+    /// `--suite train`: timed optimizer steps (after two warm-up steps).
+    #[arg(long, default_value_t = 10)]
+    pub steps: usize,
 }
 
 fn time<F: FnMut()>(reps: usize, mut f: F) -> f64 {
@@ -36,7 +42,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "backend" => backend_suite(&args),
         "htc" => htc_suite(&args),
         "all" => backend_suite(&args).and_then(|_| htc_suite(&args)),
-        other => anyhow::bail!("unknown --suite `{other}` (backend, htc, all)"),
+        "train" => super::bench_train::run(&args.shape, args.steps.max(1)),
+        other => anyhow::bail!("unknown --suite `{other}` (backend, htc, all, train)"),
     }
 }
 

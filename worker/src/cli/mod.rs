@@ -4,6 +4,7 @@
 
 pub mod ask;
 pub mod bench;
+pub mod bench_train;
 pub mod init;
 pub mod merge_lora;
 pub mod serve;
