@@ -116,10 +116,13 @@ pub fn run(shape: &str, steps: usize) -> Result<()> {
     let mut model = Trainable::PAPER.apply(model);
     let seq = model.layout(s.text).len();
     let mut rng = StdRng::seed_from_u64(0);
-    let ids: Vec<Vec<u32>> = (0..s.batch).map(|_| (0..s.text).map(|_| rng.random_range(3..vocab as u32)).collect()).collect();
+    let ids: Vec<Vec<u32>> =
+        (0..s.batch).map(|_| (0..s.text).map(|_| rng.random_range(3..vocab as u32)).collect()).collect();
     let labels: Vec<Vec<i64>> = ids
         .iter()
-        .map(|r| r.iter().enumerate().map(|(j, &t)| if j + 16 >= s.text { t as i64 } else { IGNORE }).collect())
+        .map(|r| {
+            r.iter().enumerate().map(|(j, &t)| if j + 16 >= s.text { t as i64 } else { IGNORE }).collect()
+        })
         .collect();
     let batch = Batch {
         images: ImageTensors {
