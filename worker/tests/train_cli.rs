@@ -266,6 +266,33 @@ fn bad_records_are_skipped_with_their_reason_or_stop_a_strict_run() {
         htc(&[&train_args(&model, &data, &images, &root.join("y"), "1")[..], &["--train", "voco,brain"]]
             .concat());
     assert!(String::from_utf8_lossy(&o.stderr).contains("unknown part `brain`"));
+
+    // Wrong model, batch shape or run directory: clear errors, nothing written.
+    let (good_data, _) = color_data(&root);
+    let run = |model: &Path, out: &Path, extra: &[&str]| {
+        let mut args = train_args(model, &good_data, &images, out, "1");
+        for pair in extra.chunks(2) {
+            match args.iter().position(|a| *a == pair[0]) {
+                Some(i) if pair.len() == 2 => args[i + 1] = pair[1],
+                _ => args.extend(pair),
+            }
+        }
+        let o = htc(&args);
+        assert!(!o.status.success());
+        String::from_utf8_lossy(&o.stderr).to_string()
+    };
+    let llava = common::fixtures().join("llava-hf-tiny");
+    assert!(run(&llava, &root.join("a"), &[]).contains("is not an HTC checkpoint"));
+    let e = run(&model, &root.join("b"), &["--global-batch", "5"]);
+    assert!(e.contains("--global-batch (5) must be a positive multiple of --micro-batch (3)"), "{e}");
+    assert!(run(&model, &root.join("c"), &["--resume"]).contains("has no checkpoint to resume from"));
+    let e = run(&model, &root.join("d"), &["--lora-rank", "4", "--lora-targets", "q,x"]);
+    assert!(e.contains("unknown LoRA target `x`"), "{e}");
+    let e = run(&model, &root.join("e"), &["--adam-betas", "0.9"]);
+    assert!(e.contains("--adam-betas must be two numbers"), "{e}");
+    for d in ["a", "b", "c", "d", "e"] {
+        assert!(!root.join(d).join("checkpoint-1").exists(), "a refused run writes no checkpoint");
+    }
 }
 
 #[test]

@@ -195,17 +195,15 @@ pub fn run<B: AutodiffBackend>(cfg: &RunConfig, device: &B::Device) -> Result<Ru
         (false, None) => (cfg.model.clone(), None),
     };
     let snap = Snapshot::<B>::open(&source, device)?;
-    let names = snap.names;
-    let tok =
-        snap.tokenizer.context("the model has no tokenizer.json; training needs one to read the data")?;
-    let AnyModel::Htc { model, preprocess, .. } = snap.model else {
+    let mut names = snap.names;
+    let AnyModel::Htc { mut model, preprocess, .. } = snap.model else {
         bail!(
             "{} is not an HTC checkpoint (config.json has no `htc` section); make one with `htc init`",
             source.display()
         )
     };
-    let mut model = model;
-    let mut names = names;
+    let tok =
+        snap.tokenizer.context("the model has no tokenizer.json; training needs one to read the data")?;
     if let Some(lc) = &cfg.lora {
         if !cfg.trainable.llm {
             bail!("LoRA adapters train the LLM: add `llm` to --train");
