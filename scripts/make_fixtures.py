@@ -128,6 +128,29 @@ def llama_fixture():
     }, out / "expected.safetensors")
 
 
+def llava_hub_config():
+    """The tiny LLaVA's config.json in the hub style: top-level rope_theta, fields equal to
+    defaults omitted."""
+    return {
+        "architectures": ["LlavaForConditionalGeneration"],
+        "model_type": "llava",
+        "image_token_index": 120,
+        "projector_hidden_act": "gelu",
+        "vision_feature_layer": -2,
+        "vision_feature_select_strategy": "default",
+        "text_config": {
+            "model_type": "llama", "vocab_size": 128, "hidden_size": 64, "intermediate_size": 96,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "max_position_embeddings": 256, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+        },
+        "vision_config": {
+            "model_type": "clip_vision_model", "hidden_size": 32, "intermediate_size": 64,
+            "num_hidden_layers": 3, "num_attention_heads": 4, "image_size": 16, "patch_size": 4,
+            "projection_dim": 32,
+        },
+    }
+
+
 def llava_fixtures():
     vcfg = CLIPVisionConfig(
         hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
@@ -175,25 +198,7 @@ def llava_fixtures():
     out = FIX / "llava-hf-tiny"
     out.mkdir(parents=True, exist_ok=True)
     save_file(hf, out / "model.safetensors", metadata={"format": "pt"})
-    # Hub-style config: top-level rope_theta, fields equal to defaults omitted.
-    (out / "config.json").write_text(json.dumps({
-        "architectures": ["LlavaForConditionalGeneration"],
-        "model_type": "llava",
-        "image_token_index": 120,
-        "projector_hidden_act": "gelu",
-        "vision_feature_layer": -2,
-        "vision_feature_select_strategy": "default",
-        "text_config": {
-            "model_type": "llama", "vocab_size": 128, "hidden_size": 64, "intermediate_size": 96,
-            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-            "max_position_embeddings": 256, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
-        },
-        "vision_config": {
-            "model_type": "clip_vision_model", "hidden_size": 32, "intermediate_size": 64,
-            "num_hidden_layers": 3, "num_attention_heads": 4, "image_size": 16, "patch_size": 4,
-            "projection_dim": 32,
-        },
-    }, indent=2))
+    (out / "config.json").write_text(json.dumps(llava_hub_config(), indent=2))
     (out / "preprocessor_config.json").write_text(json.dumps({
         "crop_size": {"height": 16, "width": 16}, "do_center_crop": True, "do_normalize": True,
         "do_resize": True, "image_mean": CLIP_MEAN, "image_std": CLIP_STD, "resample": 3,

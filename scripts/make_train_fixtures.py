@@ -43,7 +43,8 @@ from transformers import (
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_fixtures import (  # noqa: E402
-    FIX, contiguous, llama_config, mgvq_config_tiny, mgvq_encode, mgvq_state_dict, unit_scale_,
+    FIX, contiguous, llama_config, llava_hub_config, mgvq_config_tiny, mgvq_encode, mgvq_state_dict,
+    unit_scale_,
 )
 
 OUT = FIX / "htc-train-tiny"
@@ -295,24 +296,10 @@ def main():
     save_file(model.checkpoint(), OUT / "model.safetensors", metadata={"format": "pt"})
     (OUT / "tokenizer.json").write_text(json.dumps(tokenizer_json()))
     colors_fixture()
+    config = llava_hub_config()
+    config["text_config"].update({"bos_token_id": 1, "eos_token_id": 2})
     (OUT / "config.json").write_text(json.dumps({
-        "architectures": ["LlavaForConditionalGeneration"],
-        "model_type": "llava",
-        "image_token_index": 120,
-        "projector_hidden_act": "gelu",
-        "vision_feature_layer": -2,
-        "vision_feature_select_strategy": "default",
-        "text_config": {
-            "model_type": "llama", "vocab_size": VOCAB, "hidden_size": D, "intermediate_size": 96,
-            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-            "max_position_embeddings": 256, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
-            "bos_token_id": 1, "eos_token_id": 2,
-        },
-        "vision_config": {
-            "model_type": "clip_vision_model", "hidden_size": 32, "intermediate_size": 64,
-            "num_hidden_layers": 3, "num_attention_heads": 4, "image_size": 16, "patch_size": 4,
-            "projection_dim": 32,
-        },
+        **config,
         "htc": {
             "mode": "htc", "n_discrete": N_DISCRETE, "n_voco": N_VOCO, "topology": "star",
             "continuous_projector": "mlp2x_gelu", "discrete_hidden": DISCRETE_HIDDEN,

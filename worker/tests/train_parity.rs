@@ -1,11 +1,12 @@
 //! Training matches PyTorch step for step on a tiny HTC model (fixtures from
 //! `scripts/make_train_fixtures.py`): the loss of a padded, multi-turn batch (rtol 1e-5), the
-//! gradient of every trainable tensor (1e-4 of each tensor's scale; CLIP and MGVQ get none),
-//! and the parameters after 3 AdamW steps with two decay groups, global-norm clipping and
-//! warmup-cosine (1e-5 of each tensor's scale, see [`split_by_gradient`] for the few elements
-//! with near-zero gradients), both as one batch of 3 and as 3 accumulated micro-batches of 1;
-//! the learning rate, gradient norm and loss of every step (1e-5). The schedule equals
-//! transformers' at every step.
+//! gradient of every trainable tensor (1e-4 of the tensor's largest gradient; CLIP and MGVQ get
+//! none), and the parameters after 3 AdamW steps with two decay groups, global-norm clipping
+//! and warmup-cosine (1e-5 of each tensor's scale plus the allowance each element inherits
+//! from its gradient's tolerance, see [`check_after_steps`]; ndarray gets looser bounds, see
+//! [`GRAD_REL`]), both as one batch of 3 and as 3 accumulated micro-batches of 1;
+//! the learning rate (exactly), gradient norm and loss of every step (rtol 1e-5 before the first
+//! update, 5e-5 after it). The schedule equals transformers' at every step.
 
 mod common;
 
@@ -25,6 +26,17 @@ use htc_worker::train::optim::{AdamW, Moments, WarmupCosine};
 use htc_worker::train::step::{train_step, Optimizer};
 
 type Train = Autodiff<Backend>;
+
+/// The gradient bound, relative to each tensor's largest gradient. ndarray sums in another
+/// order than PyTorch; on the worst-conditioned tensors (bias gradients that are sums of many
+/// cancelling terms) its gradients differ by up to 1.1e-4 (candle: 2.7e-6), so it gets 2e-4.
+#[cfg(feature = "ndarray")]
+const GRAD_REL: f32 = 2e-4;
+#[cfg(not(feature = "ndarray"))]
+const GRAD_REL: f32 = 1e-4;
+/// The parameter bound after AdamW steps, relative to each tensor's scale, before the
+/// allowance each element inherits from its gradient (see [`check_after_steps`]).
+const PARAM_REL: f32 = 1e-5;
 
 fn expected() -> Expected {
     Expected::open("htc-train-tiny/expected.safetensors")
@@ -114,7 +126,7 @@ fn loss_and_gradients_match_pytorch() {
     assert_eq!(got_keys, want_keys.iter().collect::<Vec<_>>(), "exactly the trainable tensors get gradients");
     assert!(!got.keys().any(|k| k.starts_with("vision_tower.") || k.starts_with("mgvq.")), "frozen");
     for k in &want_keys {
-        assert_close(&format!("grad {k}"), &got[k], &e.f32(&format!("grad.{k}")).1, 1e-4);
+        assert_rel(&format!("grad {k}"), &got[k], &e.f32(&format!("grad.{k}")).1, GRAD_REL);
     }
 }
 
@@ -129,49 +141,75 @@ fn three_steps(micro: usize) {
         let (m, r) = train_step(model, &batches, &names, &mut moments, &opt).unwrap();
         model = m;
         assert_eq!(r.lr, lrs[s], "lr at step {s}");
+        // Until the first real update (lr(0) = 0) the parameters are the fixture's own; after
+        // it they carry AdamW's amplified rounding of small gradients (see
+        // `check_after_steps`), which moves the next norm and loss by about 1e-5.
+        let tol = if lrs[..s].iter().all(|&l| l == 0.0) { 1e-5 } else { 5e-5 };
         assert!(
-            (r.grad_norm - norms[s]).abs() <= 1e-5 * norms[s],
-            "grad norm {} vs {}",
+            (r.grad_norm - norms[s]).abs() <= tol * norms[s],
+            "grad norm {} vs {} (rtol {tol})",
             r.grad_norm,
             norms[s]
         );
-        assert!((r.loss - losses[s]).abs() <= 1e-5 * losses[s], "loss {} vs {}", r.loss, losses[s]);
+        assert!(
+            (r.loss - losses[s]).abs() <= tol * losses[s],
+            "loss {} vs {} (rtol {tol})",
+            r.loss,
+            losses[s]
+        );
         eprintln!("micro {micro} step {s}: loss {:.6} norm {:.6} lr {}", r.loss, r.grad_norm, r.lr);
     }
     let got = collect(&model, &names, None);
-    let max_move: f64 = lrs.iter().sum::<f64>() * 1.01;
-    let mut loose = 0;
+    let lr_sum: f64 = lrs.iter().sum();
     for k in e.names_under("after.") {
         let want = e.f32(&format!("after.{k}")).1;
         let g0 = e.f32(&format!("grad.{k}")).1;
-        let (strict_got, strict_want, rest) = split_by_gradient(&got[&k], &want, &g0);
-        assert_close(&format!("micro {micro}: {k} after 3 steps"), &strict_got, &strict_want, 1e-5);
-        for (a, b) in &rest {
-            assert!((a - b).abs() as f64 <= max_move, "{k}: {a} vs {b} moved more than AdamW can");
-        }
-        loose += rest.len();
+        check_after_steps(&format!("micro {micro}: {k} after 3 steps"), &got[&k], &want, &g0, lr_sum as f32);
     }
-    eprintln!(
-        "micro {micro}: {loose} elements with a gradient below the noise floor checked to AdamW's step bound"
-    );
 }
 
-/// Adam divides each gradient by its own running RMS, so an element whose gradient is tiny
-/// but not zero next to its tensor's largest (below 1e-3 of it) turns float rounding in that gradient into
-/// a visible change of its update. Those elements are held to AdamW's bound (no element moves
-/// more than the sum of the learning rates); all others to 1e-5 of the tensor's scale.
-fn split_by_gradient(got: &[f32], want: &[f32], g0: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<(f32, f32)>) {
+/// `max |got - want| <= rel * max |want|`: relative to the tensor's own largest value (a
+/// gradient can be far below 1, so no floor at 1 as `assert_close` has).
+fn assert_rel(what: &str, got: &[f32], want: &[f32], rel: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let err = got.iter().zip(want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(
+        err.is_finite() && err <= rel * scale,
+        "{what}: max abs error {err:.3e} exceeds {rel:.0e} x {scale:.3e}"
+    );
+    eprintln!("{what}: max abs error {err:.3e} = {:.1e} of its largest value {scale:.3e}", err / scale);
+}
+
+/// Parameters after AdamW steps, element by element. Adam divides each gradient by its own
+/// running RMS, so an element's update inherits the *relative* error of its gradient: an error
+/// of `GRAD_REL × max|g|` (what the gradient check allows) in an element whose gradient is
+/// `|g|` moves its update by up to `lr × GRAD_REL × max|g| / |g|` per step, and never by more
+/// than AdamW's largest step (about 2 lr). Each element is held to `PARAM_REL × scale` plus
+/// that allowance over the 3 steps; an element with a zero gradient gets no allowance.
+fn check_after_steps(what: &str, got: &[f32], want: &[f32], g0: &[f32], lr_sum: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let scale = want.iter().fold(1f32, |m, x| m.max(x.abs()));
     let gmax = g0.iter().fold(0f32, |m, g| m.max(g.abs()));
-    let (mut a, mut b, mut rest) = (Vec::new(), Vec::new(), Vec::new());
-    for ((&x, &y), &g) in got.iter().zip(want).zip(g0) {
-        if g == 0.0 || g.abs() >= 1e-3 * gmax {
-            a.push(x);
-            b.push(y);
-        } else {
-            rest.push((x, y));
+    let (mut worst, mut worst_err, mut beyond) = (0f32, 0f32, 0usize);
+    for ((&a, &b), &g) in got.iter().zip(want).zip(g0) {
+        let allowance = if g == 0.0 { 0.0 } else { lr_sum * (3.0 * GRAD_REL * gmax / g.abs()).min(2.0) };
+        let bound = PARAM_REL * scale + allowance;
+        let err = (a - b).abs();
+        assert!(
+            err.is_finite() && err <= bound,
+            "{what}: {a} vs {b} (gradient {g:.3e}, largest {gmax:.3e}): error {err:.3e} > bound {bound:.3e}"
+        );
+        beyond += usize::from(err > PARAM_REL * scale);
+        if err / bound > worst {
+            (worst, worst_err) = (err / bound, err);
         }
     }
-    (a, b, rest)
+    eprintln!(
+        "{what}: worst error {worst_err:.3e} ({:.0}% of its bound); {beyond} of {} elements beyond {PARAM_REL:.0e} x scale",
+        worst * 100.0,
+        got.len()
+    );
 }
 
 #[test]
@@ -235,7 +273,7 @@ fn lora_loss_and_adapter_gradients_match_pytorch() {
         "the adapters learn, the LLM's own weights do not"
     );
     for k in &want_keys {
-        assert_close(&format!("LoRA grad {k}"), &got[k], &e.f32(&format!("lora.grad.{k}")).1, 1e-4);
+        assert_rel(&format!("LoRA grad {k}"), &got[k], &e.f32(&format!("lora.grad.{k}")).1, GRAD_REL);
     }
 }
 

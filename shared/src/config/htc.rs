@@ -71,6 +71,19 @@ pub struct HtcConfig {
 }
 
 impl HtcConfig {
+    /// The paper's setting: mode `htc`, 4 anchors, one `<voco>`, star mask, MLP projector.
+    pub fn paper(mgvq: MgvqConfig, discrete_hidden: usize) -> Self {
+        Self {
+            mode: HtcMode::Htc,
+            n_discrete: 4,
+            n_voco: 1,
+            topology: Topology::Star,
+            continuous_projector: ProjectorKind::Mlp2xGelu,
+            discrete_hidden,
+            mgvq: Some(mgvq),
+        }
+    }
+
     pub fn from_json(v: &Value) -> Result<Self, Error> {
         let c: Self = serde_json::from_value(v.clone())
             .map_err(|e| Error::Config(format!("invalid `htc` section: {e}")))?;

@@ -52,8 +52,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
 fn htc_suite(args: &BenchArgs) -> Result<()> {
     use crate::models::htc::{Htc, ImageTensors};
     use crate::models::llava::{self, Layout, Llava};
-    use htc_shared::config::{ClipVisionConfig, HtcConfig, HtcMode, ProjectorKind};
-    use htc_shared::mask::Topology;
+    use htc_shared::config::{ClipVisionConfig, HtcConfig};
 
     let device = backend::device();
     let question: Vec<u32> = (0..32).map(|i| 10 + i).collect();
@@ -105,15 +104,7 @@ fn htc_suite(args: &BenchArgs) -> Result<()> {
         let mut mc = htc_shared::mgvq::Config::f16c32_g8();
         mc.width_list = mc.width_list.iter().map(|w| (w / mgvq_div).max(32)).collect();
         mc.depth_list = vec![0, 1, 1, 1, 1];
-        let hc = HtcConfig {
-            mode: HtcMode::Htc,
-            n_discrete: 4,
-            n_voco: 1,
-            topology: Topology::Star,
-            continuous_projector: ProjectorKind::Mlp2xGelu,
-            discrete_hidden: hidden,
-            mgvq: Some(mc.clone()),
-        };
+        let hc = HtcConfig::paper(mc.clone(), hidden);
         let src = crate::formats::random::random_htc(&lc, &hc, 0);
         let vb = Loader::<Backend>::new(&src, &device);
         let model = Htc::load(&vb, Llava::load(&vb, &lc)?, &hc)?;

@@ -10,8 +10,7 @@ use burn::backend::Autodiff;
 use burn::tensor::{Distribution, Tensor};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
-use htc_shared::config::{ClipVisionConfig, HtcConfig, HtcMode, LlamaConfig, MgvqConfig, ProjectorKind};
-use htc_shared::mask::Topology;
+use htc_shared::config::{ClipVisionConfig, HtcConfig, LlamaConfig, MgvqConfig};
 
 use crate::backend::{self, Backend};
 use crate::formats::Loader;
@@ -101,15 +100,7 @@ pub fn run(shape: &str, steps: usize) -> Result<()> {
         select_layer: -2,
         projector_mlp: true,
     };
-    let hc = HtcConfig {
-        mode: HtcMode::Htc,
-        n_discrete: 4,
-        n_voco: 1,
-        topology: Topology::Star,
-        continuous_projector: ProjectorKind::Mlp2xGelu,
-        discrete_hidden: s.discrete_hidden,
-        mgvq: Some(mgvq()),
-    };
+    let hc = HtcConfig::paper(mgvq(), s.discrete_hidden);
     let vb = Loader::<Train>::init(&device);
     let model = Htc::load(&vb, Llava::load(&vb, &lc)?, &hc)?;
     let names = vb.names();

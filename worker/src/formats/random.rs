@@ -187,8 +187,7 @@ pub const DEMO_NAME: &str = "htc-demo-random";
 /// The demo model's shapes: LLaVA-shaped (CLIP at 336 px with 576 patches) with MGVQ
 /// f16c32_g8's geometry at reduced width, mode `htc`.
 pub fn demo_configs() -> (Config, HtcConfig) {
-    use htc_shared::config::{ClipVisionConfig, HtcMode, LlavaLayout, ProjectorKind};
-    use htc_shared::mask::Topology;
+    use htc_shared::config::{ClipVisionConfig, LlavaLayout};
     let vision = ClipVisionConfig {
         hidden_size: 64,
         intermediate_size: 128,
@@ -215,16 +214,7 @@ pub fn demo_configs() -> (Config, HtcConfig) {
         select_layer: -2,
         projector_mlp: true,
     };
-    let h = HtcConfig {
-        mode: HtcMode::Htc,
-        n_discrete: 4,
-        n_voco: 1,
-        topology: Topology::Star,
-        continuous_projector: ProjectorKind::Mlp2xGelu,
-        discrete_hidden: 256,
-        mgvq: Some(mgvq),
-    };
-    (l, h)
+    (l, HtcConfig::paper(mgvq, 256))
 }
 
 /// The randomly initialised demo model (unit-scale weights, seed 0, loaded through the

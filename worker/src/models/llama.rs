@@ -469,61 +469,44 @@ impl<B: Backend> Llama<B> {
         })
     }
 
-    /// The decoder with every base weight frozen (no gradients kept) and the LoRA adapters
-    /// left as they are.
-    pub fn freeze_base(mut self) -> Self {
-        let freeze = |p: Proj<B>| Proj { linear: p.linear.no_grad(), lora: p.lora };
-        self.embed_tokens = self.embed_tokens.no_grad();
-        self.norm = self.norm.no_grad();
-        self.lm_head = self.lm_head.no_grad();
+    /// The decoder with `f` applied to each of the seven projections of every layer.
+    fn map_projections(mut self, f: impl Fn(Proj<B>) -> Proj<B>) -> Self {
         self.layers = self
             .layers
             .into_iter()
             .map(|mut l| {
                 let (a, m) = (l.self_attn, l.mlp);
                 l.self_attn = Attention {
-                    q_proj: freeze(a.q_proj),
-                    k_proj: freeze(a.k_proj),
-                    v_proj: freeze(a.v_proj),
-                    o_proj: freeze(a.o_proj),
+                    q_proj: f(a.q_proj),
+                    k_proj: f(a.k_proj),
+                    v_proj: f(a.v_proj),
+                    o_proj: f(a.o_proj),
                     ..a
                 };
-                l.mlp = Mlp {
-                    gate_proj: freeze(m.gate_proj),
-                    up_proj: freeze(m.up_proj),
-                    down_proj: freeze(m.down_proj),
-                };
-                l.input_layernorm = l.input_layernorm.no_grad();
-                l.post_attention_layernorm = l.post_attention_layernorm.no_grad();
+                l.mlp = Mlp { gate_proj: f(m.gate_proj), up_proj: f(m.up_proj), down_proj: f(m.down_proj) };
                 l
             })
             .collect();
         self
     }
 
+    /// The decoder with every base weight frozen (no gradients kept) and the LoRA adapters
+    /// left as they are.
+    pub fn freeze_base(self) -> Self {
+        let mut m = self.map_projections(|p| Proj { linear: p.linear.no_grad(), lora: p.lora });
+        m.embed_tokens = m.embed_tokens.no_grad();
+        m.norm = m.norm.no_grad();
+        m.lm_head = m.lm_head.no_grad();
+        for l in m.layers.iter_mut() {
+            l.input_layernorm = l.input_layernorm.clone().no_grad();
+            l.post_attention_layernorm = l.post_attention_layernorm.clone().no_grad();
+        }
+        m
+    }
+
     /// The decoder with every LoRA adapter folded into its base weight.
-    pub fn merged(mut self) -> Self {
-        self.layers = self
-            .layers
-            .into_iter()
-            .map(|mut l| {
-                let (a, m) = (l.self_attn, l.mlp);
-                l.self_attn = Attention {
-                    q_proj: a.q_proj.merged(),
-                    k_proj: a.k_proj.merged(),
-                    v_proj: a.v_proj.merged(),
-                    o_proj: a.o_proj.merged(),
-                    ..a
-                };
-                l.mlp = Mlp {
-                    gate_proj: m.gate_proj.merged(),
-                    up_proj: m.up_proj.merged(),
-                    down_proj: m.down_proj.merged(),
-                };
-                l
-            })
-            .collect();
-        self
+    pub fn merged(self) -> Self {
+        self.map_projections(Proj::merged)
     }
 
     /// Logits `[b, t, vocab]` from final hidden states.
