@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use burn::module::AutodiffModule;
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor};
 use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 use serde_json::json;
@@ -85,7 +85,7 @@ fn global_batch(n: usize, seed: u64, epoch: usize, k: usize, size: usize) -> Vec
 }
 
 /// Loads images and stacks examples into one batch.
-fn make_batch<B: AutodiffBackend>(
+fn make_batch<B: Backend>(
     model: &Htc<B>, pre: &ClipPreprocess, ex: &[&Example], device: &B::Device,
 ) -> Result<Batch<B>> {
     let mut clip = Vec::new();
@@ -113,23 +113,7 @@ fn validate<B: AutodiffBackend>(
     let (mut nll, mut n) = (0f64, 0usize);
     for chunk in set.examples.chunks(micro) {
         let refs: Vec<&Example> = chunk.iter().collect();
-        let mut clip = Vec::new();
-        let mut mgvq = Vec::new();
-        for e in &refs {
-            let img = read_image_file(&e.image).with_context(|| format!("record `{}`", e.id))?;
-            let t = image_tensors(&m, pre, &img, &inner_dev)?;
-            clip.push(t.clip);
-            mgvq.extend(t.mgvq);
-        }
-        let b = Batch {
-            images: ImageTensors {
-                clip: Tensor::cat(clip, 0),
-                mgvq: if mgvq.is_empty() { None } else { Some(Tensor::cat(mgvq, 0)) },
-                codes: None,
-            },
-            ids: refs.iter().map(|e| e.ids.clone()).collect(),
-            labels: refs.iter().map(|e| e.labels.clone()).collect(),
-        };
+        let b = make_batch(&m, pre, &refs, &inner_dev)?;
         n += b.targets();
         nll += nll_sum(&m, &b)?.into_scalar().elem::<f64>();
     }
