@@ -10,6 +10,7 @@
 use burn::module::{Initializer, Module, Param};
 use burn::nn::conv::Conv2d;
 use burn::tensor::activation::{relu, silu};
+use burn::tensor::ops::PadMode;
 use burn::tensor::{backend::Backend, Int, Tensor};
 use image::{imageops::FilterType, RgbImage};
 
@@ -97,6 +98,48 @@ impl<B: Backend> Downsample<B> {
     }
 }
 
+/// A depthwise convolution (one `k×k` filter per channel, stride 1, "same" padding) computed
+/// as `k²` shifted multiply-adds. Written by hand because burn-candle runs a grouped
+/// convolution as one im2col + matmul per group: hundreds of tiny matmuls for the GLU's
+/// depthwise layer, which made it the slowest part of training small models. Same parameters
+/// and checkpoint keys as the `nn.Conv2d` it replaces.
+#[derive(Module, Debug)]
+pub struct DepthwiseConv<B: Backend> {
+    /// `[c, 1, k, k]`, as `nn.Conv2d` stores it.
+    weight: Param<Tensor<B, 4>>,
+    bias: Option<Param<Tensor<B, 1>>>,
+}
+
+impl<B: Backend> DepthwiseConv<B> {
+    fn new(conv: Conv2d<B>) -> Self {
+        Self { weight: conv.weight, bias: conv.bias }
+    }
+
+    fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let [b, c, h, w] = x.dims();
+        let k = self.weight.dims()[2];
+        let p = k / 2;
+        let xp = x.pad((p, p, p, p), PadMode::Constant(0.0));
+        let weight = self.weight.val();
+        let mut acc: Option<Tensor<B, 4>> = None;
+        for dy in 0..k {
+            for dx in 0..k {
+                let tap = weight.clone().slice([0..c, 0..1, dy..dy + 1, dx..dx + 1]).reshape([1, c, 1, 1]);
+                let term = xp.clone().slice([0..b, 0..c, dy..dy + h, dx..dx + w]) * tap;
+                acc = Some(match acc {
+                    Some(a) => a + term,
+                    None => term,
+                });
+            }
+        }
+        let out = acc.expect("a kernel has at least one tap");
+        match &self.bias {
+            Some(bias) => out + bias.val().reshape([1, c, 1, 1]),
+            None => out,
+        }
+    }
+}
+
 /// `EfficientViTBlock` with LiteMLA (ReLU linear attention, f32) and GLUMBConv, each residual.
 #[derive(Module, Debug)]
 pub struct EvitGlu<B: Backend> {
@@ -104,7 +147,7 @@ pub struct EvitGlu<B: Backend> {
     proj: Conv2d<B>,
     proj_norm: RmsNorm2d<B>,
     inverted_conv: Conv2d<B>,
-    depth_conv: Conv2d<B>,
+    depth_conv: DepthwiseConv<B>,
     point_conv: Conv2d<B>,
     point_norm: RmsNorm2d<B>,
     dim: usize,
@@ -120,7 +163,16 @@ impl<B: Backend> EvitGlu<B> {
             proj: ctx.conv2d("proj.conv", c, c, 1, 1, false)?,
             proj_norm: RmsNorm2d::load(&ctx.pp("proj.norm"), c, cfg.norm_eps)?,
             inverted_conv: local.conv2d("inverted_conv.conv", c, 2 * mid, 1, 1, true)?,
-            depth_conv: local.conv2d_padded("depth_conv.conv", 2 * mid, 2 * mid, 3, 1, 1, 2 * mid, true)?,
+            depth_conv: DepthwiseConv::new(local.conv2d_padded(
+                "depth_conv.conv",
+                2 * mid,
+                2 * mid,
+                3,
+                1,
+                1,
+                2 * mid,
+                true,
+            )?),
             point_conv: local.conv2d("point_conv.conv", mid, c, 1, 1, false)?,
             point_norm: RmsNorm2d::load(&local.pp("point_conv.norm"), c, cfg.norm_eps)?,
             dim: cfg.attention_dim,
