@@ -82,7 +82,7 @@ fn text_logits(m: &Htc<Backend>, img: &ImageTensors<Backend>, block_voco: bool) 
     let mask = Tensor::from_data(TensorData::new(mask, [n, n]), &llm.device());
     let out = llm.forward(
         embeds,
-        Step { positions: &pos, mask: Some(mask), want_attention: false },
+        Step { positions: &pos, mask: Some(mask), want_attention: false, self_only: 0 },
         &mut llm.new_cache(),
     );
     let [_, _, d] = out.hidden.dims();
@@ -115,4 +115,20 @@ fn discrete_modes_need_mgvq_pixels_and_a_config() {
     c.n_discrete = 4;
     c.mgvq = None;
     assert!(c.validate().unwrap_err().to_string().contains("needs an `mgvq` config"));
+}
+
+#[test]
+fn skipping_the_star_masks_self_only_rows_changes_nothing() {
+    // `full_text_logits` skips the score rows of BOS, the anchors and the patches (they attend
+    // only to themselves under the star mask); `text_logits` scores every row.
+    for (mode, k) in [(HtcMode::Htc, 1), (HtcMode::Voco, 2), (HtcMode::Discrete, 1)] {
+        let m = model(mode, Topology::Star, k);
+        let img = image(3);
+        assert!(m.self_only(&m.layout(TEXT.len())) > 1, "{mode:?}: the shortcut is used");
+        let skipped = to_vec(m.full_text_logits(&img, &TEXT).unwrap());
+        let scored = text_logits(&m, &img, false);
+        assert_close(&format!("{mode:?}: self-only rows skipped vs scored"), &skipped, &scored, 1e-6);
+    }
+    let causal = model(HtcMode::Htc, Topology::Causal, 1);
+    assert_eq!(causal.self_only(&causal.layout(4)), 0, "only the star mask has self-only rows");
 }

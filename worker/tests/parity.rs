@@ -56,7 +56,7 @@ fn llama_causal_and_custom_mask_logits_match() {
     let pos: Vec<usize> = (0..ids.len()).collect();
     let out = m.forward(
         m.embed(&ids),
-        Step { positions: &pos, mask: None, want_attention: false },
+        Step { positions: &pos, mask: None, want_attention: false, self_only: 0 },
         &mut m.new_cache(),
     );
     assert_close("causal logits", &to_vec(m.logits(out.hidden)), &exp.f32("causal_logits").1, TOL);
@@ -65,7 +65,7 @@ fn llama_causal_and_custom_mask_logits_match() {
     let mask = Tensor::<Backend, 2>::from_data(TensorData::new(mask, [ms[0], ms[1]]), &device);
     let out = m.forward(
         m.embed(&ids),
-        Step { positions: &pos, mask: Some(mask), want_attention: false },
+        Step { positions: &pos, mask: Some(mask), want_attention: false, self_only: 0 },
         &mut m.new_cache(),
     );
     let got = to_vec(m.logits(out.hidden));
@@ -86,7 +86,7 @@ fn kv_cache_decoding_equals_full_recompute() {
         m.logits(
             m.forward(
                 m.embed(&ids),
-                Step { positions: &pos, mask: None, want_attention: false },
+                Step { positions: &pos, mask: None, want_attention: false, self_only: 0 },
                 &mut m.new_cache(),
             )
             .hidden,
@@ -99,7 +99,7 @@ fn kv_cache_decoding_equals_full_recompute() {
         m.logits(
             m.forward(
                 m.embed(&ids[..5]),
-                Step { positions: &p0, mask: None, want_attention: false },
+                Step { positions: &p0, mask: None, want_attention: false, self_only: 0 },
                 &mut cache,
             )
             .hidden,
@@ -108,7 +108,7 @@ fn kv_cache_decoding_equals_full_recompute() {
     for i in 5..t {
         let o = m.forward(
             m.embed(&ids[i..i + 1]),
-            Step { positions: &[i], mask: None, want_attention: false },
+            Step { positions: &[i], mask: None, want_attention: false, self_only: 0 },
             &mut cache,
         );
         got.extend(to_vec(m.logits(o.hidden)));
@@ -152,7 +152,7 @@ fn llava_logits(dir: &str, ids_name: &str) -> Vec<f32> {
     let pos: Vec<usize> = (0..ids.len()).collect();
     let out = model.llm.forward(
         embeds,
-        Step { positions: &pos, mask: None, want_attention: false },
+        Step { positions: &pos, mask: None, want_attention: false, self_only: 0 },
         &mut model.llm.new_cache(),
     );
     to_vec(model.llm.logits(out.hidden))
@@ -204,7 +204,11 @@ fn batched_decoding_equals_decoding_each_sequence_alone() {
     let prefill = |p: &[u32]| {
         let mut c = m.new_cache();
         let pos: Vec<usize> = (0..p.len()).collect();
-        m.forward(m.embed(p), Step { positions: &pos, mask: None, want_attention: false }, &mut c);
+        m.forward(
+            m.embed(p),
+            Step { positions: &pos, mask: None, want_attention: false, self_only: 0 },
+            &mut c,
+        );
         c
     };
     let mut alone: Vec<_> = prompts.iter().map(|p| prefill(p)).collect();
@@ -217,7 +221,7 @@ fn batched_decoding_equals_decoding_each_sequence_alone() {
         for i in 0..3 {
             let o = m.forward(
                 m.embed(&next[i..i + 1]),
-                Step { positions: &pos[i..i + 1], mask: None, want_attention: false },
+                Step { positions: &pos[i..i + 1], mask: None, want_attention: false, self_only: 0 },
                 &mut alone[i],
             );
             want.extend(to_vec(m.logits(o.hidden)));

@@ -163,7 +163,7 @@ fn backend_suite(args: &BenchArgs) -> Result<()> {
         let mut cache = llm.new_cache();
         let o = llm.forward(
             llm.embed(&ids),
-            Step { positions: &positions, mask: None, want_attention: false },
+            Step { positions: &positions, mask: None, want_attention: false, self_only: 0 },
             &mut cache,
         );
         let _ = o.hidden.into_data();
@@ -172,7 +172,7 @@ fn backend_suite(args: &BenchArgs) -> Result<()> {
     let mut cache = llm.new_cache();
     let _ = llm.forward(
         llm.embed(&ids),
-        Step { positions: &positions, mask: None, want_attention: false },
+        Step { positions: &positions, mask: None, want_attention: false, self_only: 0 },
         &mut cache,
     );
     let mut pos = ids.len();
@@ -180,7 +180,7 @@ fn backend_suite(args: &BenchArgs) -> Result<()> {
         let p = [pos];
         let o = llm.forward(
             llm.embed(&[5]),
-            Step { positions: &p, mask: None, want_attention: false },
+            Step { positions: &p, mask: None, want_attention: false, self_only: 0 },
             &mut cache,
         );
         let _ = llm.logits(o.hidden).into_data();
@@ -207,7 +207,7 @@ fn backend_suite(args: &BenchArgs) -> Result<()> {
         let p = [pos];
         let o = llm.forward(
             llm.embed(&[5]),
-            Step { positions: &p, mask: None, want_attention: false },
+            Step { positions: &p, mask: None, want_attention: false, self_only: 0 },
             &mut llm.new_cache(),
         );
         let _ = o.hidden.into_data();

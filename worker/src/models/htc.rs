@@ -160,6 +160,16 @@ impl<B: Backend> Htc<B> {
         }
     }
 
+    /// How many leading positions of `layout` attend only to themselves (BOS, the anchors and
+    /// the patches under the star mask), for [`Step::self_only`].
+    pub fn self_only(&self, layout: &MaskLayout) -> usize {
+        if self.bottleneck() && self.config.topology == htc_shared::mask::Topology::Star {
+            layout.voco_start()
+        } else {
+            0
+        }
+    }
+
     fn bottleneck(&self) -> bool {
         !matches!(self.config.mode, HtcMode::None | HtcMode::Avgpool)
     }
@@ -215,7 +225,12 @@ impl<B: Backend> Htc<B> {
         let mut cache = llm.new_cache();
         let out = llm.forward(
             embeds,
-            Step { positions: &positions, mask: Some(self.mask(&layout)), want_attention: true },
+            Step {
+                positions: &positions,
+                mask: Some(self.mask(&layout)),
+                want_attention: true,
+                self_only: self.self_only(&layout),
+            },
             &mut cache,
         );
         let kept: Vec<usize> = if self.bottleneck() {
@@ -244,7 +259,8 @@ impl<B: Backend> Htc<B> {
         let (vis0, vis1) = (layout.bos as usize, layout.voco_start());
         let mut voco_attention = Vec::with_capacity(out.attention.len());
         for a in out.attention {
-            let rows = a.slice([0..1, layout.voco_start()..layout.text_start(), vis0..vis1]);
+            let from = out.attention_from;
+            let rows = a.slice([0..1, layout.voco_start() - from..layout.text_start() - from, vis0..vis1]);
             let flat = rows.into_data().to_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
             voco_attention.push(flat.chunks(vis1 - vis0).map(<[f32]>::to_vec).collect());
         }
@@ -282,9 +298,10 @@ impl<B: Backend> Htc<B> {
         let layout = self.layout(text_ids.len());
         let embeds = Tensor::cat(vec![self.prefix_embeds(img)?, llm.embed(text_ids)], 1);
         let positions: Vec<usize> = (0..layout.len()).collect();
+        let self_only = self.self_only(&layout);
         let out = llm.forward(
             embeds,
-            Step { positions: &positions, mask: Some(self.mask(&layout)), want_attention: false },
+            Step { positions: &positions, mask: Some(self.mask(&layout)), want_attention: false, self_only },
             &mut llm.new_cache(),
         );
         let [_, n, d] = out.hidden.dims();
@@ -298,7 +315,7 @@ impl<B: Backend> Htc<B> {
         let mut cache = p.cache;
         let out = self.llava.llm.forward(
             p.embeds,
-            Step { positions: &positions, mask: p.mask, want_attention: false },
+            Step { positions: &positions, mask: p.mask, want_attention: false, self_only: 0 },
             &mut cache,
         );
         Ok(self.llava.llm.logits(out.hidden))

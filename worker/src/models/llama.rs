@@ -116,11 +116,13 @@ impl<B: Backend> Attention<B> {
         x.unsqueeze_dim::<5>(2).expand([b, kvh, rep, s, hd]).reshape([b, kvh * rep, s, hd])
     }
 
-    /// `x: [b, t, d]`; `mask: [t, past + t]` additive; returns the output and, when asked,
-    /// the attention probabilities `[b, heads, t, past + t]`.
+    /// `x: [b, t, d]`; `mask: [t, past + t]` additive; returns the output and the attention
+    /// probabilities `[b, heads, t - self_only, past + t]` of the rows that were scored.
+    /// The first `self_only` rows (the caller guarantees an empty cache) attend to themselves
+    /// alone: their output is their own value.
     fn forward(
         &self, x: Tensor<B, 3>, rope: (&Tensor<B, 4>, &Tensor<B, 4>), mask: Option<&Tensor<B, 4>>,
-        cache: &mut Option<(Tensor<B, 4>, Tensor<B, 4>)>,
+        cache: &mut Option<(Tensor<B, 4>, Tensor<B, 4>)>, self_only: usize,
     ) -> (Tensor<B, 3>, Tensor<B, 4>) {
         let [b, t, _] = x.dims();
         let hd = self.head_dim;
@@ -129,18 +131,25 @@ impl<B: Backend> Attention<B> {
         let v = self.v_proj.forward(x).reshape([b, t, self.kv_heads, hd]).swap_dims(1, 2);
         let q = apply_rope(q, rope.0, rope.1);
         let k = apply_rope(k, rope.0, rope.1);
+        let n = self_only;
         let (k, v) = match cache.take() {
             Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
             None => (k, v),
         };
         *cache = Some((k.clone(), v.clone()));
         let (k, v) = (self.repeat_kv(k), self.repeat_kv(v));
+        let h = self.heads;
+        let q = if n > 0 { q.slice([0..b, 0..h, n..t, 0..hd]) } else { q };
         let mut scores = q.matmul(k.swap_dims(2, 3)) * (hd as f64).powf(-0.5);
         if let Some(m) = mask {
-            scores = scores + m.clone();
+            let [mb, mh, mt, ms] = m.dims();
+            scores = scores + if n > 0 { m.clone().slice([0..mb, 0..mh, n..mt, 0..ms]) } else { m.clone() };
         }
         let probs = softmax(scores, 3);
-        let out = probs.clone().matmul(v).swap_dims(1, 2).reshape([b, t, self.heads * hd]);
+        let scored = probs.clone().matmul(v.clone());
+        let out =
+            if n > 0 { Tensor::cat(vec![v.slice([0..b, 0..h, 0..n, 0..hd]), scored], 2) } else { scored };
+        let out = out.swap_dims(1, 2).reshape([b, t, self.heads * hd]);
         (self.o_proj.forward(out), probs)
     }
 }
@@ -208,14 +217,23 @@ pub struct Step<'a, B: Backend> {
     pub mask: Option<Tensor<B, 2>>,
     /// Collect head-averaged attention probabilities of every layer.
     pub want_attention: bool,
+    /// How many leading inputs attend only to themselves under `mask` (the star mask's BOS,
+    /// anchors and patches): their attention output is their own value, so their score rows
+    /// are skipped (and they get no attention rows, see `Output::attention_from`). Only honoured
+    /// with an empty cache; 0 turns it off. Exact, not an approximation: softmax over one open
+    /// key is 1.
+    pub self_only: usize,
 }
 
 /// The output of [`Llama::forward`].
 pub struct Output<B: Backend> {
     /// Final hidden states after the last norm, `[b, t, d]`.
     pub hidden: Tensor<B, 3>,
-    /// Per layer, head-averaged attention `[b, t, cached + t]` (empty unless asked).
+    /// Per layer, head-averaged attention `[b, t - attention_from, cached + t]` of the inputs
+    /// from `attention_from` on (empty unless asked).
     pub attention: Vec<Tensor<B, 3>>,
+    /// The first input with an attention row (`Step::self_only` rows have none).
+    pub attention_from: usize,
 }
 
 #[derive(Module, Debug)]
@@ -327,6 +345,7 @@ impl<B: Backend> Llama<B> {
             .mask
             .or_else(|| (t > 1).then(|| causal_mask::<B>(t, past, &device)))
             .map(|m| m.unsqueeze::<4>());
+        let self_only = if past == 0 { step.self_only.min(t) } else { 0 };
         let mut x = embeds;
         let mut attention = Vec::new();
         for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
@@ -335,6 +354,7 @@ impl<B: Backend> Llama<B> {
                 (&cos, &sin),
                 mask.as_ref(),
                 kv,
+                self_only,
             );
             if step.want_attention {
                 attention.push(probs.mean_dim(1).squeeze_dim::<3>(1));
@@ -342,7 +362,7 @@ impl<B: Backend> Llama<B> {
             x = x + h;
             x = x.clone() + layer.mlp.forward(layer.post_attention_layernorm.forward(x));
         }
-        Output { hidden: self.norm.forward(x), attention }
+        Output { hidden: self.norm.forward(x), attention, attention_from: self_only }
     }
 
     /// One decoding step for `b` independent sequences at once (micro-batching). Row `i`
@@ -398,6 +418,7 @@ impl<B: Backend> Llama<B> {
                 (&cos, &sin),
                 Some(&mask),
                 &mut batched,
+                0,
             );
             x = x + h;
             x = x.clone() + layer.mlp.forward(layer.post_attention_layernorm.forward(x));

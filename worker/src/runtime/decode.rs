@@ -45,8 +45,11 @@ impl<B: Backend> Sequence<B> {
         let Prompt { mut cache, embeds, first_position, mask } = prompt;
         let [_, t, d] = embeds.dims();
         let positions: Vec<usize> = (first_position..first_position + t).collect();
-        let out =
-            llm.forward(embeds, Step { positions: &positions, mask, want_attention: false }, &mut cache);
+        let out = llm.forward(
+            embeds,
+            Step { positions: &positions, mask, want_attention: false, self_only: 0 },
+            &mut cache,
+        );
         let (last_row, all) = if want_prefill_logits {
             let all = llm.logits(out.hidden);
             let [_, _, v] = all.dims();
@@ -99,7 +102,7 @@ impl<B: Backend> Sequence<B> {
         let pos = [self.next_position];
         let o = llm.forward(
             llm.embed(&[self.last]),
-            Step { positions: &pos, mask: None, want_attention: false },
+            Step { positions: &pos, mask: None, want_attention: false, self_only: 0 },
             &mut self.cache,
         );
         self.next_position += 1;

@@ -83,7 +83,12 @@ pub fn nll_sum<B: Backend>(model: &Htc<B>, batch: &Batch<B>) -> Result<Tensor<B,
     let positions: Vec<usize> = (0..len).collect();
     let out = llm.forward(
         embeds,
-        Step { positions: &positions, mask: Some(model.mask(&layout)), want_attention: false },
+        Step {
+            positions: &positions,
+            mask: Some(model.mask(&layout)),
+            want_attention: false,
+            self_only: model.self_only(&layout),
+        },
         &mut llm.new_cache(),
     );
     let d = out.hidden.dims()[2];
