@@ -361,8 +361,9 @@ impl<B: Backend> Mgvq<B> {
 }
 
 impl<B: Backend> Mgvq<B> {
-    /// Quantised features `[1, C, h, w]` from codes `[h*w][G]` (indices within each group),
-    /// e.g. codes a browser computed. The caller validates shape and range.
+    /// Quantised features `[b, C, h, w]` from codes `[b*h*w][G]` (indices within each group,
+    /// images one after another), e.g. codes a browser computed or a training run cached. The
+    /// caller validates shape and range.
     pub fn q_from_codes(&self, codes: &[Vec<u16>]) -> Tensor<B, 4> {
         let (g, gd, per) = (self.config.groups, self.config.group_dim(), self.config.codes_per_group());
         let side = self.config.latent_side();
@@ -375,7 +376,8 @@ impl<B: Backend> Mgvq<B> {
                     burn::tensor::TensorData::new(idx, [codes.len()]),
                     &device,
                 );
-                codebook.clone().select(0, idx).reshape([1, side, side, gd]).permute([0, 3, 1, 2])
+                let b = codes.len() / (side * side);
+                codebook.clone().select(0, idx).reshape([b, side, side, gd]).permute([0, 3, 1, 2])
             })
             .collect();
         Tensor::cat(qs, 1)

@@ -307,3 +307,26 @@ fn common_image(e: &Expected) -> ImageTensors<Backend> {
     };
     ImageTensors { clip: t("batch.clip"), mgvq: Some(t("batch.mgvq")), codes: None }
 }
+
+#[test]
+fn cached_mgvq_codes_give_the_loss_of_the_pixels() {
+    // Training runs MGVQ once per image and feeds its codes afterwards (`[b*h*w][G]` for a
+    // batch); that must be the same input as running the encoder on the pixels every step.
+    let e = expected();
+    let (model, _) = model();
+    let b = batch(&e, 0..3);
+    let from_pixels = nll_sum(&model, &b).unwrap().into_scalar();
+    let codes = model.mgvq.as_ref().unwrap().encode(b.images.mgvq.clone().unwrap()).unwrap().codes;
+    assert_eq!(codes.len(), 3 * 16, "3 images of 4x4 latent positions");
+    let cached = Batch {
+        images: ImageTensors { clip: b.images.clip.clone(), mgvq: None, codes: Some(codes) },
+        ids: b.ids.clone(),
+        labels: b.labels.clone(),
+    };
+    let from_codes = nll_sum(&model, &cached).unwrap().into_scalar();
+    assert_eq!(from_codes, from_pixels, "codes and pixels give the same loss");
+    let mut short = cached;
+    short.images.codes.as_mut().unwrap().pop();
+    let err = nll_sum(&model, &short).err().expect("a wrong number of code rows is refused").to_string();
+    assert!(err.contains("47 rows of MGVQ codes for 3 images of 16 latent positions each"), "{err}");
+}

@@ -175,7 +175,7 @@ impl<B: Backend> Htc<B> {
     }
 
     /// Embeddings of `[BOS][v_d][V][<voco>]` (`[b, prefix, d]`) for a batch of `b` images
-    /// (MGVQ codes given from outside only for `b = 1`).
+    /// (MGVQ codes given from outside: `[b*h*w][G]`, images one after another).
     pub fn prefix_embeds(&self, img: &ImageTensors<B>) -> Result<Tensor<B, 3>> {
         let llm = &self.llava.llm;
         let bos = llm.config().bos_token_id.unwrap_or(1);
@@ -183,7 +183,11 @@ impl<B: Backend> Htc<B> {
         let mut parts = vec![llm.embed(&[bos]).repeat_dim(0, b)];
         if let (Some(m), Some(p)) = (&self.mgvq, &self.discrete) {
             let q = match (&img.codes, &img.mgvq) {
-                (Some(_), _) if b != 1 => bail!("MGVQ codes are taken for one image at a time, not {b}"),
+                (Some(codes), _) if codes.len() != b * m.config().latent_side().pow(2) => bail!(
+                    "{} rows of MGVQ codes for {b} images of {} latent positions each",
+                    codes.len(),
+                    m.config().latent_side().pow(2)
+                ),
                 (Some(codes), _) => m.q_from_codes(codes),
                 (None, Some(px)) => m.encode(px.clone())?.q,
                 (None, None) => bail!("mode {:?} needs MGVQ pixel values", self.config.mode),

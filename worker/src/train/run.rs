@@ -4,6 +4,7 @@
 //! The data order is a pure function of the seed and the epoch (epoch `e` shuffles with
 //! `seed + e`), so a resumed run needs only the step to continue exactly where it stopped.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -26,7 +27,7 @@ use super::plot;
 use super::step::{train_step, Optimizer};
 use crate::formats::checkpoint::{AnyModel, Snapshot};
 use crate::models::htc::{Htc, ImageTensors};
-use crate::runtime::image::{image_tensors, read_image_file};
+use crate::runtime::image::{clip_pixels, mgvq_pixels, read_image_file};
 
 /// Everything a run needs.
 #[derive(Debug, Clone)]
@@ -84,21 +85,32 @@ fn global_batch(n: usize, seed: u64, epoch: usize, k: usize, size: usize) -> Vec
     order.into_iter().skip(k * size).take(size).collect()
 }
 
-/// Loads images and stacks examples into one batch.
+/// The frozen MGVQ codes of each image, computed once per run (the tokenizer never trains,
+/// so its codes for an image never change): `[h*w][G]` per image, about 7 KB at 336 px.
+type CodeCache = HashMap<PathBuf, Vec<Vec<u16>>>;
+
+/// Loads images and stacks examples into one batch; MGVQ runs only on images not yet in
+/// `codes`.
 fn make_batch<B: Backend>(
-    model: &Htc<B>, pre: &ClipPreprocess, ex: &[&Example], device: &B::Device,
+    model: &Htc<B>, pre: &ClipPreprocess, ex: &[&Example], device: &B::Device, codes: &mut CodeCache,
 ) -> Result<Batch<B>> {
+    let size = model.llava.vision.image_size();
     let mut clip = Vec::new();
-    let mut mgvq = Vec::new();
+    let mut batch_codes: Option<Vec<Vec<u16>>> = model.mgvq.as_ref().map(|_| Vec::new());
     for e in ex {
         let img = read_image_file(&e.image).with_context(|| format!("record `{}`", e.id))?;
-        let t: ImageTensors<B> = image_tensors(model, pre, &img, device)?;
-        clip.push(t.clip);
-        mgvq.extend(t.mgvq);
+        clip.push(clip_pixels(pre, &img, size, device)?);
+        if let (Some(mgvq), Some(out)) = (&model.mgvq, batch_codes.as_mut()) {
+            if !codes.contains_key(&e.image) {
+                let px =
+                    mgvq_pixels(model, &img, device).context("the model has MGVQ but takes no MGVQ input")?;
+                codes.insert(e.image.clone(), mgvq.encode(px)?.codes);
+            }
+            out.extend(codes[&e.image].iter().cloned());
+        }
     }
-    let mgvq = if mgvq.is_empty() { None } else { Some(Tensor::cat(mgvq, 0)) };
     Ok(Batch {
-        images: ImageTensors { clip: Tensor::cat(clip, 0), mgvq, codes: None },
+        images: ImageTensors { clip: Tensor::cat(clip, 0), mgvq: None, codes: batch_codes },
         ids: ex.iter().map(|e| e.ids.clone()).collect(),
         labels: ex.iter().map(|e| e.labels.clone()).collect(),
     })
@@ -107,13 +119,14 @@ fn make_batch<B: Backend>(
 /// Mean answer-token loss over a data set, without gradients.
 fn validate<B: AutodiffBackend>(
     model: &Htc<B>, pre: &ClipPreprocess, set: &Dataset, micro: usize, device: &B::Device,
+    codes: &mut CodeCache,
 ) -> Result<f64> {
     let m = model.valid();
     let inner_dev: burn::tensor::Device<B::InnerBackend> = device.clone();
     let (mut nll, mut n) = (0f64, 0usize);
     for chunk in set.examples.chunks(micro) {
         let refs: Vec<&Example> = chunk.iter().collect();
-        let b = make_batch(&m, pre, &refs, &inner_dev)?;
+        let b = make_batch(&m, pre, &refs, &inner_dev, codes)?;
         n += b.targets();
         nll += nll_sum(&m, &b)?.into_scalar().elem::<f64>();
     }
@@ -254,6 +267,7 @@ pub fn run<B: AutodiffBackend>(cfg: &RunConfig, device: &B::Device) -> Result<Ru
             .expect("a valid progress template"),
     );
     bar.set_position(start as u64);
+    let mut codes = CodeCache::new();
     let t0 = Instant::now();
     let mut last = (f64::NAN, source.clone());
     for s in start..total {
@@ -262,7 +276,7 @@ pub fn run<B: AutodiffBackend>(cfg: &RunConfig, device: &B::Device) -> Result<Ru
         let ex: Vec<&Example> = idx.iter().map(|&i| &train.examples[i]).collect();
         let micro = ex
             .chunks(cfg.micro_batch)
-            .map(|c| make_batch(&model, &preprocess, c, device))
+            .map(|c| make_batch(&model, &preprocess, c, device, &mut codes))
             .collect::<Result<Vec<_>>>()?;
         let ts = Instant::now();
         let (m, r) = train_step(model, &micro, &names, &mut moments, &opt)?;
@@ -275,7 +289,8 @@ pub fn run<B: AutodiffBackend>(cfg: &RunConfig, device: &B::Device) -> Result<Ru
         });
         if let Some(v) = &val {
             if step % cfg.eval_every.max(1) == 0 || step == total {
-                line["val_loss"] = json!(validate(&model, &preprocess, v, cfg.micro_batch, device)?);
+                line["val_loss"] =
+                    json!(validate(&model, &preprocess, v, cfg.micro_batch, device, &mut codes)?);
             }
         }
         writeln!(metrics, "{line}")?;
