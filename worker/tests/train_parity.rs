@@ -327,6 +327,6 @@ fn cached_mgvq_codes_give_the_loss_of_the_pixels() {
     assert_eq!(from_codes, from_pixels, "codes and pixels give the same loss");
     let mut short = cached;
     short.images.codes.as_mut().unwrap().pop();
-    let err = nll_sum(&model, &short).err().expect("a wrong number of code rows is refused").to_string();
+    let err = nll_sum(&model, &short).expect_err("a wrong number of code rows is refused").to_string();
     assert!(err.contains("47 rows of MGVQ codes for 3 images of 16 latent positions each"), "{err}");
 }
