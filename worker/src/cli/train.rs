@@ -30,6 +30,7 @@ pub struct TrainArgs {
     /// Validation data (same format); its loss is logged every --eval-every steps.
     #[arg(long, requires = "val_images")]
     pub val_data: Option<PathBuf>,
+    /// Folder the validation records' images are relative to.
     #[arg(long, requires = "val_data")]
     pub val_images: Option<PathBuf>,
     /// Run directory: checkpoints, metrics.jsonl.
@@ -51,8 +52,10 @@ pub struct TrainArgs {
     /// Projections that get adapters: any of q,k,v,o,gate,up,down.
     #[arg(long, default_value = "q,k,v,o,gate,up,down", requires = "lora_rank")]
     pub lora_targets: String,
+    /// Peak learning rate.
     #[arg(long, default_value_t = 2e-4)]
     pub lr: f64,
+    /// Steps of linear warmup from 0.
     #[arg(long, default_value_t = 1500)]
     pub warmup_steps: usize,
     /// Learning-rate schedule (warmup, then cosine to 0 at the last step).
@@ -61,8 +64,10 @@ pub struct TrainArgs {
     /// Decoupled weight decay (none on biases, norms and embeddings).
     #[arg(long, default_value_t = 0.1)]
     pub weight_decay: f64,
+    /// AdamW's beta1,beta2.
     #[arg(long, default_value = "0.9,0.999")]
     pub adam_betas: String,
+    /// AdamW's epsilon.
     #[arg(long, default_value_t = 1e-8)]
     pub adam_eps: f64,
     /// Clip gradients to this global L2 norm (0: no clipping).
@@ -74,18 +79,22 @@ pub struct TrainArgs {
     /// Examples per forward pass; gradients accumulate over global/micro passes.
     #[arg(long, default_value_t = 8)]
     pub micro_batch: usize,
+    /// Passes over the data (unless --max-steps is given).
     #[arg(long, default_value_t = 1)]
     pub epochs: usize,
     /// Stop after this many steps (overrides --epochs).
     #[arg(long)]
     pub max_steps: Option<usize>,
+    /// Seed of the data order and of fresh LoRA adapters.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Write a checkpoint every N steps (and at the last one).
     #[arg(long, default_value_t = 500)]
     pub save_every: usize,
     /// Keep the newest K checkpoints.
     #[arg(long, default_value_t = 2)]
     pub keep: usize,
+    /// Log the validation loss every N steps (with --val-data).
     #[arg(long, default_value_t = 200)]
     pub eval_every: usize,
     /// Stop at the first unusable record instead of skipping it.
