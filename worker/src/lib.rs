@@ -4,6 +4,7 @@
 //! - [`backend`]: the burn backend chosen by cargo feature.
 //! - [`models`]: CLIP, LLaMA, LLaVA-1.5 and HTC, pure and generic over the backend.
 //! - [`text`]: chat templates, the tokenizer and its stop ids, streaming detokenisation.
+//! - [`data`]: data sets the project generates (ShapesVQA).
 //! - [`formats`]: safetensors and GGUF weight sources, checkpoint opening, random weights,
 //!   checkpoint writing.
 //! - [`runtime`]: sampling, the decoding core, image tensors, one-shot asking and the
@@ -14,6 +15,7 @@
 
 pub mod backend;
 pub mod cli;
+pub mod data;
 pub mod formats;
 pub mod models;
 pub mod runtime;

@@ -11,11 +11,12 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
         ("backend", &[][..]),
         ("models", &[][..]),
         ("text", &[][..]),
+        ("data", &[][..]),
         ("formats", &["models", "text", "backend"][..]),
         ("runtime", &["formats", "models", "text", "backend"][..]),
         ("server", &["runtime", "formats", "models", "text", "backend"][..]),
         ("train", &["runtime", "formats", "models", "text", "backend"][..]),
-        ("cli", &["train", "server", "runtime", "formats", "models", "text", "backend"][..]),
+        ("cli", &["train", "server", "runtime", "formats", "models", "text", "data", "backend"][..]),
     ])
 }
 

@@ -1,10 +1,11 @@
 //! The `htc` command line: one file per subcommand, each an `Args` struct and a `run`
-//! ([`ask`], [`init`], [`train`], [`merge_lora`], [`serve`], [`bench`]). Parsing and dispatch only; the work
+//! ([`ask`], [`init`], [`data`], [`train`], [`merge_lora`], [`serve`], [`bench`]). Parsing and dispatch only; the work
 //! happens in `runtime`, `train`, `server` and `formats`.
 
 pub mod ask;
 pub mod bench;
 pub mod bench_train;
+pub mod data;
 pub mod init;
 pub mod merge_lora;
 pub mod serve;
@@ -26,6 +27,9 @@ enum Cmd {
     Ask(ask::AskArgs),
     /// Build an untrained HTC checkpoint from a LLaVA-1.5 snapshot and MGVQ weights.
     Init(init::InitArgs),
+    /// Generate a data set (ShapesVQA).
+    #[command(subcommand)]
+    Data(data::DataCmd),
     /// Fine-tune an HTC checkpoint on LLaVA conversation data.
     Train(train::TrainArgs),
     /// Fold a checkpoint's LoRA adapters into its weights (a plain servable checkpoint).
@@ -41,6 +45,7 @@ impl Cli {
         match self.cmd {
             Cmd::Ask(a) => ask::run(a),
             Cmd::Init(a) => init::run(a),
+            Cmd::Data(c) => data::run(c),
             Cmd::Train(a) => train::run(a),
             Cmd::MergeLora(a) => merge_lora::run(a),
             Cmd::Serve(a) => serve::run(a),

@@ -1,0 +1,67 @@
+//! Data sets the project generates itself: [`shapes`] (ShapesVQA v1) and the writer that puts
+//! a split on disk in LLaVA's conversation format. No models, no tensors.
+
+pub mod shapes;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+
+/// The splits a generated data set may have.
+pub const SPLITS: [&str; 3] = ["train", "val", "test"];
+
+/// What a written split holds: images, records, and records per family.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SplitSummary {
+    pub images: usize,
+    pub records: usize,
+    pub per_family: BTreeMap<&'static str, usize>,
+}
+
+/// Writes ShapesVQA split `split` under `out`: `out/<split>/NNNNNN.png` and `out/<split>.json`
+/// (records `{"id", "image", "conversations", "family", "kind"}`, images relative to `out`).
+/// Deterministic for a seed and split.
+pub fn write_shapes(
+    out: &Path, split: &str, images: usize, seed: u64, per_image: usize,
+) -> Result<SplitSummary> {
+    if !SPLITS.contains(&split) {
+        bail!("unknown --split `{split}` (train, val, test)");
+    }
+    if images == 0 {
+        bail!("--images must be at least 1");
+    }
+    if per_image == 0 {
+        bail!("--questions-per-image must be at least 1");
+    }
+    let dir = out.join(split);
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut rng = shapes::rng_for(seed, split);
+    let mut records = Vec::new();
+    let mut per_family = BTreeMap::new();
+    for i in 0..images {
+        let scene = shapes::Scene::sample(&mut rng);
+        let file = format!("{split}/{i:06}.png");
+        let path = out.join(&file);
+        scene.render().save(&path).with_context(|| format!("cannot write {}", path.display()))?;
+        for (k, q) in shapes::questions(&scene, per_image, &mut rng).into_iter().enumerate() {
+            *per_family.entry(q.family.name()).or_insert(0) += 1;
+            records.push(json!({
+                "id": format!("{split}-{i:06}-{k}"),
+                "image": file,
+                "conversations": [
+                    {"from": "human", "value": format!("<image>\n{}", q.question)},
+                    {"from": "gpt", "value": q.answer},
+                ],
+                "family": q.family.name(),
+                "kind": q.family.kind(),
+            }));
+        }
+    }
+    let json_path = out.join(format!("{split}.json"));
+    let n = records.len();
+    std::fs::write(&json_path, serde_json::to_vec_pretty(&records)?)
+        .with_context(|| format!("cannot write {}", json_path.display()))?;
+    Ok(SplitSummary { images, records: n, per_family })
+}
