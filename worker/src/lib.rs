@@ -11,11 +11,13 @@
 //!   server's engine.
 //! - [`server`]: HTTP, WebSocket and OpenAI front ends over the engine.
 //! - [`train`]: the training objective, optimizer, data, checkpoints and loop (beside `server`).
+//! - [`eval`]: batched greedy answering of a question set and exact-match scoring.
 //! - [`cli`]: the `htc` subcommands.
 
 pub mod backend;
 pub mod cli;
 pub mod data;
+pub mod eval;
 pub mod formats;
 pub mod models;
 pub mod runtime;

@@ -16,7 +16,8 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
         ("runtime", &["formats", "models", "text", "backend"][..]),
         ("server", &["runtime", "formats", "models", "text", "backend"][..]),
         ("train", &["runtime", "formats", "models", "text", "backend"][..]),
-        ("cli", &["train", "server", "runtime", "formats", "models", "text", "data", "backend"][..]),
+        ("eval", &["runtime", "formats", "models", "text", "backend"][..]),
+        ("cli", &["eval", "train", "server", "runtime", "formats", "models", "text", "data", "backend"][..]),
     ])
 }
 

@@ -1,11 +1,12 @@
 //! The `htc` command line: one file per subcommand, each an `Args` struct and a `run`
-//! ([`ask`], [`init`], [`data`], [`train`], [`merge_lora`], [`serve`], [`bench`]). Parsing and dispatch only; the work
+//! ([`ask`], [`init`], [`data`], [`train`], [`eval`], [`merge_lora`], [`serve`], [`bench`]). Parsing and dispatch only; the work
 //! happens in `runtime`, `train`, `server` and `formats`.
 
 pub mod ask;
 pub mod bench;
 pub mod bench_train;
 pub mod data;
+pub mod eval;
 pub mod init;
 pub mod merge_lora;
 pub mod serve;
@@ -32,6 +33,8 @@ enum Cmd {
     Data(data::DataCmd),
     /// Fine-tune an HTC checkpoint on LLaVA conversation data.
     Train(train::TrainArgs),
+    /// Answer a question set with an HTC model and score exact match.
+    Eval(eval::EvalArgs),
     /// Fold a checkpoint's LoRA adapters into its weights (a plain servable checkpoint).
     MergeLora(merge_lora::MergeLoraArgs),
     /// Serve the web UI, the WebSocket protocol, the OpenAI endpoint and metrics.
@@ -48,6 +51,7 @@ impl Cli {
             Cmd::Data(c) => data::run(c),
             Cmd::Train(a) => train::run(a),
             Cmd::MergeLora(a) => merge_lora::run(a),
+            Cmd::Eval(a) => eval::run(a),
             Cmd::Serve(a) => serve::run(a),
             Cmd::Bench(a) => bench::run(a),
         }
