@@ -161,6 +161,14 @@ impl Score {
     }
 }
 
+/// One answer being decoded: its sequence, next logits, tokens so far, and whether it ended.
+struct Answering<B: Backend> {
+    seq: Sequence<B>,
+    logits: Vec<f32>,
+    ids: Vec<u32>,
+    done: bool,
+}
+
 /// Answers `items` greedily with an HTC model, `batch` questions at a time: each image is
 /// compressed once per batch and every answer of the batch advances one token per batched
 /// step. `on_answer` sees each item with its answer, in order.
@@ -188,31 +196,30 @@ pub fn answer_all<B: Backend>(
             let ids = tok.question_ids(&item.question, true)?;
             let prompt = model.answer_prompt(&compressed[item.image.as_path()], &ids)?;
             let (seq, logits, _) = Sequence::prefill(llm, prompt, sampling, stop.clone(), false)?;
-            seqs.push((seq, logits, Vec::<u32>::new(), false));
+            seqs.push(Answering { seq, logits, ids: Vec::new(), done: false });
         }
         loop {
-            for (seq, logits, ids, done) in seqs.iter_mut().filter(|s| !s.3) {
-                match seq.accept(logits) {
-                    Some(id) => ids.push(id),
-                    None => *done = true,
+            for a in seqs.iter_mut().filter(|a| !a.done) {
+                match a.seq.accept(&a.logits) {
+                    Some(id) => a.ids.push(id),
+                    None => a.done = true,
                 }
-                if !seq.wants_more() {
-                    *done = true;
+                if !a.seq.wants_more() {
+                    a.done = true;
                 }
             }
-            let mut active: Vec<&mut (Sequence<B>, Vec<f32>, Vec<u32>, bool)> =
-                seqs.iter_mut().filter(|s| !s.3).collect();
+            let mut active: Vec<&mut Answering<B>> = seqs.iter_mut().filter(|a| !a.done).collect();
             if active.is_empty() {
                 break;
             }
-            let mut refs: Vec<&mut Sequence<B>> = active.iter_mut().map(|s| &mut s.0).collect();
+            let mut refs: Vec<&mut Sequence<B>> = active.iter_mut().map(|a| &mut a.seq).collect();
             let rows = step_batch(llm, &mut refs)?;
-            for (s, row) in active.into_iter().zip(rows) {
-                s.1 = row;
+            for (a, row) in active.into_iter().zip(rows) {
+                a.logits = row;
             }
         }
-        for (item, (_, _, ids, _)) in chunk.iter().zip(&seqs) {
-            let text = tok.inner.decode(ids, true).map_err(|e| anyhow!("cannot decode an answer: {e}"))?;
+        for (item, a) in chunk.iter().zip(&seqs) {
+            let text = tok.inner.decode(&a.ids, true).map_err(|e| anyhow!("cannot decode an answer: {e}"))?;
             on_answer(item, text.trim())?;
         }
     }
