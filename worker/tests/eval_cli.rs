@@ -16,30 +16,9 @@ fn colors() -> (PathBuf, PathBuf) {
 fn trained(root: &Path) -> PathBuf {
     let c = common::fixtures().join("colors");
     let out = root.join("run");
-    let o = htc(&[
-        "train",
-        "--model",
-        s(&common::fixtures().join("htc-train-tiny")),
-        "--data",
-        s(&c.join("train.json")),
-        "--images",
-        s(&c.join("images")),
-        "--out",
-        s(&out),
-        "--max-steps",
-        "60",
-        "--global-batch",
-        "6",
-        "--micro-batch",
-        "3",
-        "--lr",
-        "3e-3",
-        "--warmup-steps",
-        "5",
-        "--weight-decay",
-        "0",
-        "--quiet",
-    ]);
+    let (model, data, images) =
+        (common::fixtures().join("htc-train-tiny"), c.join("train.json"), c.join("images"));
+    let o = htc(&common::train_args(&model, &data, &images, &out, "60"));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     out.join("checkpoint-60")
 }

@@ -15,8 +15,8 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
         ("formats", &["models", "text", "backend"][..]),
         ("runtime", &["formats", "models", "text", "backend"][..]),
         ("server", &["runtime", "formats", "models", "text", "backend"][..]),
-        ("train", &["runtime", "formats", "models", "text", "backend"][..]),
-        ("eval", &["runtime", "formats", "models", "text", "backend"][..]),
+        ("train", &["runtime", "formats", "models", "text", "data", "backend"][..]),
+        ("eval", &["runtime", "formats", "models", "text", "data", "backend"][..]),
         ("cli", &["eval", "train", "server", "runtime", "formats", "models", "text", "data", "backend"][..]),
     ])
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{htc, s, tmp};
+use common::{htc, s, tmp, train_args};
 use serde_json::json;
 
 const COLORS: [&str; 3] = ["red", "green", "blue"];
@@ -29,35 +29,6 @@ fn color_data(root: &Path) -> (PathBuf, PathBuf) {
         std::fs::copy(&p, images.join(p.file_name().unwrap())).unwrap();
     }
     (src.join("train.json"), images)
-}
-
-fn train_args<'a>(
-    model: &'a Path, data: &'a Path, images: &'a Path, out: &'a Path, steps: &'a str,
-) -> Vec<&'a str> {
-    vec![
-        "train",
-        "--model",
-        s(model),
-        "--data",
-        s(data),
-        "--images",
-        s(images),
-        "--out",
-        s(out),
-        "--max-steps",
-        steps,
-        "--global-batch",
-        "6",
-        "--micro-batch",
-        "3",
-        "--lr",
-        "3e-3",
-        "--warmup-steps",
-        "5",
-        "--weight-decay",
-        "0.0",
-        "--quiet",
-    ]
 }
 
 fn answer(model: &Path, image: &Path) -> String {

@@ -1,6 +1,8 @@
 //! Data sets the project generates itself: [`shapes`] (ShapesVQA v1) and the writer that puts
-//! a split on disk in LLaVA's conversation format. No models, no tensors.
+//! a split on disk in LLaVA's conversation format, plus the [`llava`] format helpers that
+//! training and evaluation share. No models, no tensors.
 
+pub mod llava;
 pub mod shapes;
 
 use std::collections::BTreeMap;

@@ -10,6 +10,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use burn::tensor::backend::Backend;
 use serde::Deserialize;
 
+use crate::data::llava::{record_id, strip_placeholder};
 use crate::formats::checkpoint::{AnyModel, Snapshot};
 use crate::models::htc::CompressedImage;
 use crate::runtime::decode::{step_batch, stop_ids, Sequence};
@@ -52,18 +53,6 @@ struct QuestionLine {
     text: String,
 }
 
-fn id_string(v: &serde_json::Value, fallback: usize) -> String {
-    match v {
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Null => format!("#{fallback}"),
-        other => other.to_string(),
-    }
-}
-
-fn strip_placeholder(q: &str) -> String {
-    q.replace("<image>\n", "").replace("\n<image>", "").replace("<image>", "").trim().to_string()
-}
-
 /// Reads the questions of `data` (`.jsonl`: a LLaVA question file; otherwise conversation
 /// JSON), resolving images under `images`. Every problem names the record or line.
 pub fn read_items(data: &Path, images: &Path) -> Result<Vec<Item>> {
@@ -75,7 +64,7 @@ pub fn read_items(data: &Path, images: &Path) -> Result<Vec<Item>> {
                 format!("{} line {}: not a question record (question_id, image, text)", data.display(), n + 1)
             })?;
             items.push(Item {
-                id: id_string(&q.question_id, n),
+                id: record_id(&q.question_id, n),
                 image: images.join(q.image),
                 question: strip_placeholder(&q.text),
                 reference: None,
@@ -88,7 +77,7 @@ pub fn read_items(data: &Path, images: &Path) -> Result<Vec<Item>> {
             format!("{} is not a JSON list of LLaVA conversation records", data.display())
         })?;
         for (n, r) in records.into_iter().enumerate() {
-            let id = id_string(&r.id, n);
+            let id = record_id(&r.id, n);
             let image = r.image.ok_or_else(|| anyhow!("record `{id}` has no `image`"))?;
             let human = r.conversations.iter().find(|t| t.from == "human");
             let gpt = r.conversations.iter().find(|t| t.from == "gpt");

@@ -15,6 +15,7 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
 use super::objective::IGNORE;
+use crate::data::llava::{record_id, strip_placeholder};
 use crate::text::TextTokenizer;
 
 #[derive(Deserialize)]
@@ -106,19 +107,6 @@ pub struct DataOptions<'a> {
     pub max_text: usize,
     /// Fail on the first unusable record instead of skipping it.
     pub strict: bool,
-}
-
-fn record_id(v: &serde_json::Value, index: usize) -> String {
-    match v {
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Null => format!("#{index}"),
-        other => other.to_string(),
-    }
-}
-
-/// The question with the `<image>` placeholder (and the newline next to it) removed.
-fn strip_placeholder(q: &str) -> String {
-    q.replace("<image>\n", "").replace("\n<image>", "").replace("<image>", "").trim().to_string()
 }
 
 /// Reads `data`, resolving images under `images`.

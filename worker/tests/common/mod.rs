@@ -1,7 +1,7 @@
 //! Helpers for the parity tests: fixture paths, reading expected tensors, tolerances.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 pub mod http;
 pub mod ws;
@@ -141,4 +141,35 @@ pub fn image<B: burn::tensor::backend::Backend>(seed: u64) -> ImageTensors<B> {
         mgvq: Some(Tensor::random([1, 3, 64, 64], Distribution::Uniform(-1.0, 1.0), &d)),
         codes: None,
     }
+}
+
+/// `htc train` on the colour task with the settings every training test uses: global batch 6
+/// in micro-batches of 3, lr 3e-3 after 5 warmup steps, no weight decay, no progress bar.
+pub fn train_args<'a>(
+    model: &'a Path, data: &'a Path, images: &'a Path, out: &'a Path, steps: &'a str,
+) -> Vec<&'a str> {
+    vec![
+        "train",
+        "--model",
+        s(model),
+        "--data",
+        s(data),
+        "--images",
+        s(images),
+        "--out",
+        s(out),
+        "--max-steps",
+        steps,
+        "--global-batch",
+        "6",
+        "--micro-batch",
+        "3",
+        "--lr",
+        "3e-3",
+        "--warmup-steps",
+        "5",
+        "--weight-decay",
+        "0.0",
+        "--quiet",
+    ]
 }
