@@ -30,6 +30,9 @@ cargo test -p htc-web 2>&1 | tee -a "$logf" || status=1
 log "model parity and CLI tests on the ndarray backend too (model code is backend-generic)"
 cargo test -p htc-worker --no-default-features --features ndarray --test parity --test cli --test mgvq --test htc --test trainable --test train_parity 2>&1 | tee -a "$logf" || status=1
 
+log "training parity on the flex backend too (every CPU backend runs it: candle and ndarray above)"
+cargo test -p htc-worker --no-default-features --features flex --test train_parity 2>&1 | tee -a "$logf" || status=1
+
 log "load test: 32 clients x 10 questions on loopback (checks answers; figures are indicative in the dev profile)"
 if cargo bench -p htc-worker --bench load --profile dev 2>&1 | tee -a "$logf"; then
   echo "test result: ok. 1 passed; 0 failed; (load test)" | tee -a "$logf"
