@@ -189,3 +189,37 @@ fn the_cli_writes_a_split_deterministically_and_refuses_bad_options() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+#[test]
+fn a_word_level_vocabulary_covers_every_question_answer_and_the_template() {
+    use htc_worker::text::{Template, TextTokenizer};
+    let out = tmp("shapes-vocab", "set");
+    let o = htc(&["data", "shapes", "--out", s(&out), "--images", "200", "--seed", "2"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let tok_path = out.join("tokenizer.json");
+    let o = htc(&["data", "vocab", "--data", s(&out.join("train.json")), "--out", s(&tok_path)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let inner = TextTokenizer::from_file(&tok_path).unwrap();
+    assert_eq!(
+        (inner.token_to_id("<unk>"), inner.token_to_id("<s>"), inner.token_to_id("</s>")),
+        (Some(0), Some(1), Some(2))
+    );
+    let tok = TextTokenizer { inner, template: Template::VicunaV1, eos_ids: vec![2] };
+    let records: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(out.join("train.json")).unwrap()).unwrap();
+    for r in &records {
+        let q = r["conversations"][0]["value"].as_str().unwrap().replace("<image>\n", "");
+        let ids = tok.question_ids(&q, true).unwrap();
+        assert!(!ids.contains(&0), "`{q}` with the chat template has no unknown word");
+        let a = r["conversations"][1]["value"].as_str().unwrap();
+        let a_ids = tok.encode(a, false).unwrap();
+        assert_eq!(a_ids.len(), 1, "`{a}` is one token");
+        assert_eq!(tok.inner.decode(&a_ids, true).unwrap(), a);
+    }
+    assert_eq!(tok.encode("zebra", false).unwrap(), vec![0], "other words are <unk>");
+    let o = htc(&["data", "vocab", "--data", s(&out.join("missing.json")), "--out", s(&tok_path)]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("cannot read"));
+    std::fs::write(out.join("bad.json"), "{").unwrap();
+    let o = htc(&["data", "vocab", "--data", s(&out.join("bad.json")), "--out", s(&tok_path)]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("is not a JSON list of LLaVA conversation records"));
+}

@@ -1,8 +1,9 @@
-//! `htc data`: generates the project's own data sets (`htc data shapes`: ShapesVQA v1).
+//! `htc data`: generates the project's own data sets (`htc data shapes`: ShapesVQA v1) and
+//! word-level tokenizers for them (`htc data vocab`).
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::data;
 
@@ -10,6 +11,19 @@ use crate::data;
 pub enum DataCmd {
     /// ShapesVQA v1: scenes of 1-4 shapes and questions about them, in LLaVA's format.
     Shapes(ShapesArgs),
+    /// A word-level tokenizer.json over the words of LLaVA conversation files and the chat
+    /// template (for models trained on a closed vocabulary).
+    Vocab(VocabArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct VocabArgs {
+    /// LLaVA conversation JSON files (repeat the option for several).
+    #[arg(long, required = true)]
+    pub data: Vec<PathBuf>,
+    /// Where to write tokenizer.json.
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -43,6 +57,24 @@ pub fn run(cmd: DataCmd) -> Result<()> {
                 a.out.join(format!("{}.json", a.split)).display(),
                 families.join(", ")
             );
+            Ok(())
+        }
+        DataCmd::Vocab(a) => {
+            let mut texts = Vec::new();
+            for path in &a.data {
+                let raw = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+                let records: Vec<serde_json::Value> = serde_json::from_slice(&raw).with_context(|| {
+                    format!("{} is not a JSON list of LLaVA conversation records", path.display())
+                })?;
+                for r in &records {
+                    for t in r["conversations"].as_array().into_iter().flatten() {
+                        texts.extend(t["value"].as_str().map(crate::data::llava::strip_placeholder));
+                    }
+                }
+            }
+            let tok = crate::text::vocab::word_level(texts.iter().map(String::as_str))?;
+            tok.save(&a.out, true).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", a.out.display()))?;
+            println!("wrote {} ({} tokens)", a.out.display(), tok.get_vocab_size(true));
             Ok(())
         }
     }

@@ -4,6 +4,7 @@
 pub mod stream;
 pub mod template;
 pub mod tokenizer;
+pub mod vocab;
 
 pub use stream::StreamDecoder;
 pub use template::{Template, VICUNA_SYSTEM};
