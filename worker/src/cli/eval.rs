@@ -6,13 +6,11 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use serde_json::json;
 
-use crate::backend::{self, Backend};
 use crate::eval::{answer_all, read_items, Score};
-use crate::formats::checkpoint::Snapshot;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct EvalArgs {
-    /// HTC checkpoint directory.
+    /// HTC (or LLaVA) checkpoint directory.
     #[arg(long)]
     pub model: PathBuf,
     /// Questions: LLaVA conversation JSON (scored) or a LLaVA question file `.jsonl` (answered).
@@ -36,8 +34,6 @@ pub struct EvalArgs {
 
 pub fn run(a: EvalArgs) -> Result<()> {
     let items = read_items(&a.data, &a.images)?;
-    let device = backend::device();
-    let snap = Snapshot::<Backend>::open(&a.model, &device)?;
     let model_id = a.model.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
     let mut out = std::io::BufWriter::new(
         std::fs::File::create(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?,
@@ -48,7 +44,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         indicatif::ProgressBar::new(items.len() as u64)
     };
     let mut score = Score::default();
-    answer_all(&snap, &items, a.batch, a.max_new_tokens, &device, |item, answer| {
+    answer_all(&a.model, &items, a.batch, a.max_new_tokens, |item, answer| {
         score.add(item, answer);
         let line = json!({
             "question_id": item.id, "prompt": item.question, "text": answer, "model_id": model_id,

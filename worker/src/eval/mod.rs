@@ -1,20 +1,21 @@
-//! Evaluation: answers a question set greedily, in batches, against compressed images, and
-//! scores exact match. Reads LLaVA conversation JSON (the first human turn is the question,
+//! Evaluation: answers a question set greedily through the serving engine (batched, against
+//! compressed images) and scores exact match. Reads LLaVA conversation JSON (the first human turn is the question,
 //! the first gpt turn the reference) or LLaVA's question-file JSONL (`question_id`, `image`,
 //! `text`; answered, not scored). Uses runtime, formats, models and text; serves nothing.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
-use burn::tensor::backend::Backend;
 use serde::Deserialize;
 
+use htc_shared::preprocess::{decode_image, DecodeLimits};
+use htc_shared::protocol::ServerMessage;
+
 use crate::data::llava::{record_id, strip_placeholder};
-use crate::formats::checkpoint::{AnyModel, Snapshot};
-use crate::models::htc::CompressedImage;
-use crate::runtime::decode::{step_batch, stop_ids, Sequence};
-use crate::runtime::image::{image_tensors, read_image_file};
+use crate::runtime::engine::{Engine, EngineConfig, Job, Question, UploadedImage};
 use crate::runtime::sampling::Sampling;
 
 /// One question to answer.
@@ -150,65 +151,59 @@ impl Score {
     }
 }
 
-/// One answer being decoded: its sequence, next logits, tokens so far, and whether it ended.
-struct Answering<B: Backend> {
-    seq: Sequence<B>,
-    logits: Vec<f32>,
-    ids: Vec<u32>,
-    done: bool,
-}
-
-/// Answers `items` greedily with an HTC model, `batch` questions at a time: each image is
-/// compressed once per batch and every answer of the batch advances one token per batched
-/// step. `on_answer` sees each item with its answer, in order.
-pub fn answer_all<B: Backend>(
-    snap: &Snapshot<B>, items: &[Item], batch: usize, max_new_tokens: usize, device: &B::Device,
+/// Answers `items` greedily with the model in `model` through the same engine the server
+/// uses (its prompt, its LRU of compressed images, its micro-batched decoding): up to `batch`
+/// questions are in flight at once, every answer advancing one token per batched step.
+/// `on_answer` sees each item with its answer text (as a client would see it), in order.
+pub fn answer_all(
+    model: &Path, items: &[Item], batch: usize, max_new_tokens: usize,
     mut on_answer: impl FnMut(&Item, &str) -> Result<()>,
 ) -> Result<()> {
-    let AnyModel::Htc { model, preprocess, .. } = &snap.model else {
-        bail!("`htc eval` takes an HTC checkpoint (config.json with an `htc` section)")
-    };
-    let tok = snap.tokenizer.as_ref().context("the model has no tokenizer.json; eval needs one")?;
-    let llm = &model.llava.llm;
-    let stop = stop_ids(Some(tok), llm);
     let sampling = Sampling::greedy(max_new_tokens);
     sampling.validate().map_err(|e| anyhow!(e))?;
-    for chunk in items.chunks(batch.max(1)) {
-        let mut compressed: HashMap<&Path, CompressedImage<B>> = HashMap::new();
-        let mut seqs = Vec::with_capacity(chunk.len());
-        for item in chunk {
-            if !compressed.contains_key(item.image.as_path()) {
-                let img = read_image_file(&item.image).with_context(|| format!("question `{}`", item.id))?;
-                let c = model.compress(&image_tensors(model, preprocess, &img, device)?)?;
-                compressed.insert(item.image.as_path(), c);
-            }
-            let ids = tok.question_ids(&item.question, true)?;
-            let prompt = model.answer_prompt(&compressed[item.image.as_path()], &ids)?;
-            let (seq, logits, _) = Sequence::prefill(llm, prompt, sampling, stop.clone(), false)?;
-            seqs.push(Answering { seq, logits, ids: Vec::new(), done: false });
+    let batch = batch.max(1);
+    let engine = Engine::start(EngineConfig {
+        model: Some(model.to_path_buf()),
+        queue: batch,
+        cache_capacity: 64,
+        trust_client_codes: false,
+        max_batch: batch,
+    })?;
+    for chunk in items.chunks(batch) {
+        let mut replies = Vec::with_capacity(chunk.len());
+        for (i, item) in chunk.iter().enumerate() {
+            let named = || format!("question `{}`", item.id);
+            let bytes = std::fs::read(&item.image)
+                .with_context(|| format!("cannot read image {}", item.image.display()))
+                .with_context(named)?;
+            let image = decode_image(&bytes, DecodeLimits::default())
+                .with_context(|| format!("{}", item.image.display()))
+                .with_context(named)?;
+            let question = Question::new(Some(item.question.clone()), None, usize::MAX)
+                .map_err(|e| anyhow!("{}: {}", named(), e.message))?;
+            let (reply, rx) = tokio::sync::mpsc::unbounded_channel();
+            let job = Job {
+                request_id: i as u32,
+                image: UploadedImage { image: Arc::new(image), codes: None, key: engine.image_key(&bytes) },
+                question,
+                sampling,
+                cancel: Arc::new(AtomicBool::new(false)),
+                reply,
+            };
+            engine.submit(job).map_err(|_| anyhow!("the engine's queue is full"))?;
+            replies.push(rx);
         }
-        loop {
-            for a in seqs.iter_mut().filter(|a| !a.done) {
-                match a.seq.accept(&a.logits) {
-                    Some(id) => a.ids.push(id),
-                    None => a.done = true,
+        for (item, mut rx) in chunk.iter().zip(replies) {
+            let mut text = String::new();
+            loop {
+                match rx.blocking_recv() {
+                    Some(ServerMessage::Token { text: t, .. }) => text.push_str(&t),
+                    Some(ServerMessage::Done { .. }) => break,
+                    Some(ServerMessage::Error { message, .. }) => bail!("question `{}`: {message}", item.id),
+                    Some(_) => {}
+                    None => bail!("question `{}`: the engine stopped", item.id),
                 }
-                if !a.seq.wants_more() {
-                    a.done = true;
-                }
             }
-            let mut active: Vec<&mut Answering<B>> = seqs.iter_mut().filter(|a| !a.done).collect();
-            if active.is_empty() {
-                break;
-            }
-            let mut refs: Vec<&mut Sequence<B>> = active.iter_mut().map(|a| &mut a.seq).collect();
-            let rows = step_batch(llm, &mut refs)?;
-            for (a, row) in active.into_iter().zip(rows) {
-                a.logits = row;
-            }
-        }
-        for (item, a) in chunk.iter().zip(&seqs) {
-            let text = tok.inner.decode(&a.ids, true).map_err(|e| anyhow!("cannot decode an answer: {e}"))?;
             on_answer(item, text.trim())?;
         }
     }
