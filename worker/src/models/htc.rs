@@ -207,7 +207,7 @@ impl<B: Backend> Htc<B> {
     }
 
     /// The additive mask `[len, len]` of a layout, on the model's device.
-    pub fn mask(&self, layout: &MaskLayout) -> Tensor<B, 2> {
+    fn mask(&self, layout: &MaskLayout) -> Tensor<B, 2> {
         let n = layout.len();
         let m = if self.bottleneck() {
             layout.additive(self.config.topology)
@@ -299,8 +299,19 @@ impl<B: Backend> Htc<B> {
     /// `[1, n_text, vocab]`. The reference that compress-then-answer must equal.
     pub fn full_text_logits(&self, img: &ImageTensors<B>, text_ids: &[u32]) -> Result<Tensor<B, 3>> {
         let llm = &self.llava.llm;
-        let layout = self.layout(text_ids.len());
-        let embeds = Tensor::cat(vec![self.prefix_embeds(img)?, llm.embed(text_ids)], 1);
+        let hidden = self.full_hidden(img, llm.embed(text_ids))?;
+        let [_, n, d] = hidden.dims();
+        let start = self.layout(text_ids.len()).text_start();
+        Ok(llm.logits(hidden.slice([0..1, start..n, 0..d])))
+    }
+
+    /// Final hidden states `[b, len, d]` of the whole sequence `[prefix][text]` under the mask,
+    /// for a batch of images and text embeddings `[b, n_text, d]` (right-padded: padding comes
+    /// after every real token, so no real token sees it). Training's forward pass.
+    pub fn full_hidden(&self, img: &ImageTensors<B>, text: Tensor<B, 3>) -> Result<Tensor<B, 3>> {
+        let llm = &self.llava.llm;
+        let layout = self.layout(text.dims()[1]);
+        let embeds = Tensor::cat(vec![self.prefix_embeds(img)?, text], 1);
         let positions: Vec<usize> = (0..layout.len()).collect();
         let self_only = self.self_only(&layout);
         let out = llm.forward(
@@ -308,8 +319,7 @@ impl<B: Backend> Htc<B> {
             Step { positions: &positions, mask: Some(self.mask(&layout)), want_attention: false, self_only },
             &mut llm.new_cache(),
         );
-        let [_, n, d] = out.hidden.dims();
-        Ok(llm.logits(out.hidden.slice([0..1, layout.text_start()..n, 0..d])))
+        Ok(out.hidden)
     }
 
     /// Text logits `[1, n_text, vocab]` from a compressed image.

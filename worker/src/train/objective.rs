@@ -7,7 +7,6 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 
 use crate::models::htc::{Htc, ImageTensors};
-use crate::models::llama::Step;
 
 /// The label of a token that is not a target (PyTorch's `ignore_index`).
 pub const IGNORE: i64 = -100;
@@ -78,22 +77,10 @@ pub fn nll_sum<B: Backend>(model: &Htc<B>, batch: &Batch<B>) -> Result<Tensor<B,
     }
     let n = targets.len();
     let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(padded, [b, t]), &device);
-    let text = llm.embed_batch(ids);
-    let embeds = Tensor::cat(vec![model.prefix_embeds(&batch.images)?, text], 1);
-    let positions: Vec<usize> = (0..len).collect();
-    let out = llm.forward(
-        embeds,
-        Step {
-            positions: &positions,
-            mask: Some(model.mask(&layout)),
-            want_attention: false,
-            self_only: model.self_only(&layout),
-        },
-        &mut llm.new_cache(),
-    );
-    let d = out.hidden.dims()[2];
+    let hidden = model.full_hidden(&batch.images, llm.embed_batch(ids))?;
+    let d = hidden.dims()[2];
     let rows = Tensor::<B, 1, Int>::from_data(TensorData::new(rows, [n]), &device);
-    let hidden = out.hidden.reshape([b * len, d]).select(0, rows);
+    let hidden = hidden.reshape([b * len, d]).select(0, rows);
     let logits = llm.logits(hidden.unsqueeze::<3>()).squeeze_dim::<2>(0);
     let targets = Tensor::<B, 2, Int>::from_data(TensorData::new(targets, [n, 1]), &device);
     Ok(log_softmax(logits, 1).gather(1, targets).sum().neg())
