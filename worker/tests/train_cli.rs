@@ -261,7 +261,16 @@ fn bad_records_are_skipped_with_their_reason_or_stop_a_strict_run() {
     assert!(e.contains("unknown LoRA target `x`"), "{e}");
     let e = run(&model, &root.join("e"), &["--adam-betas", "0.9"]);
     assert!(e.contains("--adam-betas must be two numbers"), "{e}");
-    for d in ["a", "b", "c", "d", "e"] {
+    for (dir, extra, want) in [
+        ("f", &["--train", "voco", "--lora-rank", "4"][..], "LoRA adapters train the LLM"),
+        ("g", &["--save-every", "0"][..], "--save-every must be at least 1"),
+        ("h", &["--schedule", "linear"][..], "--schedule `linear` is not supported"),
+        ("i", &["--lr", "0"][..], "--lr must be a positive number"),
+    ] {
+        let e = run(&model, &root.join(dir), extra);
+        assert!(e.contains(want), "{e}");
+    }
+    for d in ["a", "b", "c", "d", "e", "f", "g", "h", "i"] {
         assert!(!root.join(d).join("checkpoint-1").exists(), "a refused run writes no checkpoint");
     }
 }
