@@ -66,7 +66,7 @@ pub struct ResBlock<B: Backend> {
 }
 
 impl<B: Backend> ResBlock<B> {
-    fn load(vb: &Loader<B>, c: usize, eps: f64) -> Result<Self> {
+    pub fn load(vb: &Loader<B>, c: usize, eps: f64) -> Result<Self> {
         let m = vb.pp("main");
         Ok(Self {
             conv1: m.conv2d_padded("conv1.conv", c, c, 3, 1, 1, 1, true)?,
@@ -75,7 +75,7 @@ impl<B: Backend> ResBlock<B> {
         })
     }
 
-    fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let y = self.norm.forward(self.conv2.forward(silu(self.conv1.forward(x.clone()))));
         x + y
     }
@@ -136,6 +136,37 @@ impl<B: Backend> DepthwiseConv<B> {
         match &self.bias {
             Some(bias) => out + bias.val().reshape([1, c, 1, 1]),
             None => out,
+        }
+    }
+}
+
+/// A grouped 1×1 convolution as one batched matmul per image (`[G, out/G, in/G]` weights over
+/// `[G, in/G, h·w]` features). Written by hand because burn-candle cannot differentiate a
+/// grouped convolution (its backward pass needs a grouped transposed convolution, which
+/// candle lacks), and the tokenizer trains through `quant_conv`. Same parameters and
+/// checkpoint keys as the `nn.Conv2d` it replaces.
+#[derive(Module, Debug)]
+pub struct GroupedPointwise<B: Backend> {
+    /// `[out, in / groups, 1, 1]`, as `nn.Conv2d` stores it.
+    weight: Param<Tensor<B, 4>>,
+    bias: Option<Param<Tensor<B, 1>>>,
+    groups: usize,
+}
+
+impl<B: Backend> GroupedPointwise<B> {
+    fn new(conv: Conv2d<B>, groups: usize) -> Self {
+        Self { weight: conv.weight, bias: conv.bias, groups }
+    }
+
+    fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let [b, c, h, w] = x.dims();
+        let g = self.groups;
+        let [out, cin_g, _, _] = self.weight.dims();
+        let weight = self.weight.val().reshape([1, g, out / g, cin_g]).expand([b, g, out / g, cin_g]);
+        let y = weight.matmul(x.reshape([b, g, c / g, h * w])).reshape([b, out, h, w]);
+        match &self.bias {
+            Some(bias) => y + bias.val().reshape([1, out, 1, 1]),
+            None => y,
         }
     }
 }
@@ -246,7 +277,7 @@ pub struct Mgvq<B: Backend> {
     unshuffle_in: bool,
     blocks: Vec<Block<B>>,
     project_out: Conv2d<B>,
-    quant_conv: Conv2d<B>,
+    quant_conv: GroupedPointwise<B>,
     /// The codebook `[codebook_size, group_dim]`, as stored (rows are L2-normalised at use).
     codebook: Param<Tensor<B, 2>>,
     #[module(skip)]
@@ -299,7 +330,8 @@ impl<B: Backend> Mgvq<B> {
         let last = w[w.len() - 1]; // validate() guarantees at least two stages
         let lc = c.latent_channels;
         let project_out = e.conv2d_padded("project_out.main.op_list.0.conv", last, lc, 3, 1, 1, 1, true)?;
-        let quant_conv = vb.conv2d_padded("quant_conv", lc, lc, 1, 1, 0, c.groups, true)?;
+        let quant_conv =
+            GroupedPointwise::new(vb.conv2d_padded("quant_conv", lc, lc, 1, 1, 0, c.groups, true)?, c.groups);
         let codebook = vb.pp("quantize.embedding").param(
             "weight",
             [c.codebook_size, c.group_dim()],
@@ -314,8 +346,8 @@ impl<B: Backend> Mgvq<B> {
         &self.config
     }
 
-    /// Encodes pixels in [-1, 1], `[b, 3, s, s]`, to the latent, `q` and the codes.
-    pub fn encode(&self, pixels: Tensor<B, 4>) -> Result<Encoded<B>> {
+    /// The latent after `quant_conv`, `[b, C, h, w]`, of pixels in [-1, 1], `[b, 3, s, s]`.
+    pub fn latent(&self, pixels: Tensor<B, 4>) -> Tensor<B, 4> {
         let mut h = self.project_in.forward(pixels);
         if self.unshuffle_in {
             h = pixel_unshuffle(h);
@@ -325,13 +357,19 @@ impl<B: Backend> Mgvq<B> {
         }
         let lc = self.config.latent_channels;
         let h = self.project_out.forward(h.clone()) + channel_average(h, lc);
-        let latent = self.quant_conv.forward(h);
+        self.quant_conv.forward(h)
+    }
+
+    /// Multi-group nearest-code quantisation of `latent` `[b, C, h, w]`: per group, the
+    /// L2-normalised latent and its nearest L2-normalised code (differentiable with respect
+    /// to the codebook, for training), and the code indices within the group.
+    pub fn quantize(&self, latent: Tensor<B, 4>) -> Quantized<B> {
         let [b, _, hh, ww] = latent.dims();
         let (g, gd, per) = (self.config.groups, self.config.group_dim(), self.config.codes_per_group());
         let n = b * hh * ww;
-        let mut codes = vec![vec![0u16; g]; n];
-        let mut qs = Vec::with_capacity(g);
         let codebook = l2_normalize(self.codebook.val());
+        let (mut zs, mut qs, mut indices) =
+            (Vec::with_capacity(g), Vec::with_capacity(g), Vec::with_capacity(g));
         for i in 0..g {
             let zi = latent
                 .clone()
@@ -342,11 +380,26 @@ impl<B: Backend> Mgvq<B> {
             let ei = codebook.clone().slice([i * per..(i + 1) * per, 0..gd]);
             // argmax of -|z|^2 - |e|^2 + 2 z.e, as the reference computes it.
             let score = zi.clone().matmul(ei.clone().transpose()) * 2.0
-                - zi.powi_scalar(2).sum_dim(1)
+                - zi.clone().powi_scalar(2).sum_dim(1)
                 - ei.clone().powi_scalar(2).sum_dim(1).transpose();
             let idx: Tensor<B, 1, Int> = score.argmax(1).reshape([n]);
+            let to_map = |t: Tensor<B, 2>| t.reshape([b, hh, ww, gd]).permute([0, 3, 1, 2]);
+            qs.push(to_map(ei.select(0, idx.clone())));
+            zs.push(to_map(zi));
+            indices.push(idx);
+        }
+        Quantized { z: Tensor::cat(zs, 1), q: Tensor::cat(qs, 1), indices }
+    }
+
+    /// Encodes pixels in [-1, 1], `[b, 3, s, s]`, to the latent, `q` and the codes.
+    pub fn encode(&self, pixels: Tensor<B, 4>) -> Result<Encoded<B>> {
+        let latent = self.latent(pixels);
+        let [b, _, hh, ww] = latent.dims();
+        let n = b * hh * ww;
+        let quantized = self.quantize(latent.clone());
+        let mut codes = vec![vec![0u16; self.config.groups]; n];
+        for (i, idx) in quantized.indices.into_iter().enumerate() {
             let host = idx
-                .clone()
                 .into_data()
                 .convert::<i64>()
                 .to_vec::<i64>()
@@ -354,10 +407,42 @@ impl<B: Backend> Mgvq<B> {
             for (row, &c) in codes.iter_mut().zip(&host) {
                 row[i] = c as u16;
             }
-            qs.push(ei.select(0, idx).reshape([b, hh, ww, gd]).permute([0, 3, 1, 2]));
         }
-        Ok(Encoded { latent, q: Tensor::cat(qs, 1), codes })
+        Ok(Encoded { latent, q: quantized.q, codes })
     }
+
+    /// The stored codebook `[codebook_size, group_dim]` on the host, row-major.
+    pub fn codebook_host(&self) -> Result<Vec<f32>> {
+        self.codebook
+            .val()
+            .into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .map_err(|e| Error::Tensor(format!("cannot read the MGVQ codebook: {e:?}")))
+    }
+
+    /// Replaces the stored codebook (same shape, same parameter id), e.g. to restart dead
+    /// codes in training.
+    pub fn set_codebook(&mut self, rows: Vec<f32>) {
+        let (id, old, mapper) = self.codebook.clone().consume();
+        let shape = old.dims();
+        let grad = old.is_require_grad();
+        let mut t = Tensor::from_data(burn::tensor::TensorData::new(rows, shape), &old.device());
+        if grad {
+            t = t.require_grad();
+        }
+        self.codebook = Param::from_mapped_value(id, t, mapper);
+    }
+}
+
+/// The result of [`Mgvq::quantize`].
+pub struct Quantized<B: Backend> {
+    /// The L2-normalised latent, per group `[b, C, h, w]`.
+    pub z: Tensor<B, 4>,
+    /// The nearest unit-norm code vector of each group, `[b, C, h, w]`.
+    pub q: Tensor<B, 4>,
+    /// Per group, the code index within the group, `[b * h * w]` (row-major over `h, w`).
+    pub indices: Vec<Tensor<B, 1, Int>>,
 }
 
 impl<B: Backend> Mgvq<B> {

@@ -24,6 +24,17 @@ pub enum HtcMode {
     Avgpool,
 }
 
+/// How a question becomes the text after the image prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChatFormat {
+    /// LLaVA-1.5's vicuna_v1: system prompt, `USER: … ASSISTANT:`.
+    #[default]
+    VicunaV1,
+    /// vicuna_v1's turns without the system prompt.
+    UserAssistant,
+}
+
 /// The continuous projector P_v.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -68,6 +79,9 @@ pub struct HtcConfig {
     /// The MGVQ tokenizer (required by `htc` and `discrete`).
     #[serde(default)]
     pub mgvq: Option<MgvqConfig>,
+    /// The chat format the model was trained with.
+    #[serde(default)]
+    pub chat_format: ChatFormat,
 }
 
 impl HtcConfig {
@@ -81,6 +95,7 @@ impl HtcConfig {
             continuous_projector: ProjectorKind::Mlp2xGelu,
             discrete_hidden,
             mgvq: Some(mgvq),
+            chat_format: ChatFormat::VicunaV1,
         }
     }
 

@@ -14,7 +14,7 @@ mod llava;
 mod mgvq;
 
 pub use clip::ClipVisionConfig;
-pub use htc::{HtcConfig, HtcMode, LoraConfig, ProjectorKind, LORA_TARGETS};
+pub use htc::{ChatFormat, HtcConfig, HtcMode, LoraConfig, ProjectorKind, LORA_TARGETS};
 pub use llama::LlamaConfig;
 pub use llava::{LlavaConfig, LlavaLayout, LIUHAOTIAN_IMAGE_TOKEN};
 pub use mgvq::{BlockType, MgvqConfig};

@@ -43,12 +43,28 @@ pub struct ShapesArgs {
     /// Questions (records) per image.
     #[arg(long, default_value_t = 3)]
     pub questions_per_image: usize,
+    /// One multi-turn record per image (all its questions as turns) instead of one record
+    /// per question: the same scenes and questions, in the form training uses best.
+    #[arg(long)]
+    pub grouped: bool,
+    /// With --grouped: end each image's conversation with "Describe the image." and a
+    /// description of every object (a dense training target; not a ShapesVQA question).
+    #[arg(long)]
+    pub describe: bool,
 }
 
 pub fn run(cmd: DataCmd) -> Result<()> {
     match cmd {
         DataCmd::Shapes(a) => {
-            let s = data::write_shapes(&a.out, &a.split, a.images, a.seed, a.questions_per_image)?;
+            let s = data::write_shapes(
+                &a.out,
+                &a.split,
+                a.images,
+                a.seed,
+                a.questions_per_image,
+                a.grouped,
+                a.describe,
+            )?;
             let families: Vec<String> = s.per_family.iter().map(|(f, n)| format!("{f} {n}")).collect();
             println!(
                 "wrote {} images and {} records to {} ({})",

@@ -1,11 +1,15 @@
-//! `htc init`: builds an untrained HTC checkpoint from a LLaVA-1.5 snapshot (either layout)
-//! and an MGVQ checkpoint (safetensors; see `scripts/convert_mgvq.py`). The output is an
-//! HF-style directory: config.json (llava-hf fields plus an `htc` section), model.safetensors
-//! in the llava-hf hub layout with `htc.*` and `mgvq.*` added, and the tokenizer files.
+//! `htc init`: builds an untrained HTC checkpoint, either
+//! - from a LLaVA-1.5 snapshot (either layout) and an MGVQ checkpoint (safetensors; see
+//!   `scripts/convert_mgvq.py`): P_d gets PyTorch's default `nn.Linear` init (U(±1/√fan_in)),
+//!   the `<voco>` embeddings the mean of the input embeddings (transformers'
+//!   `resize_token_embeddings` default), and the LLaVA projector is reused as P_v; or
+//! - from scratch (`--config`): every part drawn as transformers initialises LLaMA/CLIP
+//!   (N(0, 0.02²), norms 1, biases 0), with a given tokenizer and, optionally, a trained
+//!   MGVQ tokenizer (`htc train-tokenizer`) in place of a random one.
 //!
-//! New parameters: P_d with PyTorch's default `nn.Linear` init (U(±1/√fan_in)), and the
-//! `<voco>` embeddings set to the mean of the input embeddings (transformers'
-//! `resize_token_embeddings` default). The LLaVA projector is reused as P_v.
+//! The output is an HF-style directory: config.json (llava-hf fields plus an `htc` section),
+//! model.safetensors in the llava-hf hub layout with `htc.*` and `mgvq.*` added, and the
+//! tokenizer files.
 
 use std::path::PathBuf;
 
@@ -22,13 +26,26 @@ use crate::formats::{HostTensor, Loader, WeightSource};
 use crate::models::llava::{self, Layout};
 
 #[derive(clap::Args, Debug, Clone)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["llava", "config"])))]
 pub struct InitArgs {
     /// LLaVA-1.5 snapshot directory (llava-hf or liuhaotian layout).
+    #[arg(long, requires = "mgvq")]
+    pub llava: Option<PathBuf>,
+    /// Build a model from scratch with this config.json (llava-hf fields with `text_config`,
+    /// `vision_config` and an `htc` section, whose `mgvq` entry gives the tokenizer's shape).
+    #[arg(long, requires = "tokenizer")]
+    pub config: Option<PathBuf>,
+    /// With --config: the tokenizer.json (its `<s>` and `</s>` must be the config's BOS/EOS).
     #[arg(long)]
-    pub llava: PathBuf,
-    /// MGVQ weights (safetensors with `encoder.*`, `quant_conv.*`, `quantize.embedding.weight`).
+    pub tokenizer: Option<PathBuf>,
+    /// MGVQ weights (safetensors with `encoder.*`, `quant_conv.*`, `quantize.embedding.weight`;
+    /// a `htc train-tokenizer` output directory's `model.safetensors` works). Required with
+    /// --llava; with --config, a random frozen MGVQ is used without it.
     #[arg(long)]
-    pub mgvq: PathBuf,
+    pub mgvq: Option<PathBuf>,
+    /// Std of the normal init of a model built from scratch (transformers' initializer_range).
+    #[arg(long, default_value_t = 0.02)]
+    pub init_std: f32,
     /// MGVQ config: `f16c32_g8` (the paper's) or a JSON file.
     #[arg(long, default_value = "f16c32_g8")]
     pub mgvq_config: String,
@@ -44,9 +61,9 @@ pub struct InitArgs {
     pub topology: String,
     #[arg(long, default_value_t = 8192)]
     pub discrete_hidden: usize,
-    /// Storage dtype of model.safetensors: f16 or f32.
-    #[arg(long, default_value = "f16")]
-    pub dtype: String,
+    /// Storage dtype of model.safetensors: f16 or f32 (default f16 from LLaVA, f32 from scratch).
+    #[arg(long)]
+    pub dtype: Option<String>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
 }
@@ -85,10 +102,14 @@ fn hub_name(layout: Layout, name: &str) -> Option<String> {
 }
 
 pub fn run(a: InitArgs) -> Result<()> {
-    let half = match a.dtype.as_str() {
-        "f16" => true,
-        "f32" => false,
-        other => bail!("--dtype must be f16 or f32, got `{other}`"),
+    let half = match a.dtype.as_deref() {
+        Some("f16") => true,
+        Some("f32") => false,
+        None => a.llava.is_some(),
+        Some(other) => bail!("--dtype must be f16 or f32, got `{other}`"),
+    };
+    let (Some(llava_dir), Some(mgvq_path)) = (&a.llava, &a.mgvq) else {
+        return scratch(&a, half);
     };
     let mode: HtcMode = serde_json::from_value(json!(a.mode))
         .map_err(|_| anyhow::anyhow!("unknown --mode `{}` (none, voco, htc, discrete, avgpool)", a.mode))?;
@@ -102,10 +123,10 @@ pub fn run(a: InitArgs) -> Result<()> {
             &serde_json::from_slice(&raw).with_context(|| format!("{} is not valid JSON", a.mgvq_config))?,
         )?
     };
-    let raw = std::fs::read(a.llava.join("config.json"))
-        .with_context(|| format!("missing config.json in {}", a.llava.display()))?;
+    let raw = std::fs::read(llava_dir.join("config.json"))
+        .with_context(|| format!("missing config.json in {}", llava_dir.display()))?;
     let src_cfg: Value = serde_json::from_slice(&raw).context("LLaVA config.json is not valid JSON")?;
-    let tower = crate::formats::checkpoint::vision_tower_config(&src_cfg, &a.llava)?;
+    let tower = crate::formats::checkpoint::vision_tower_config(&src_cfg, llava_dir)?;
     let lc = llava::Config::from_json(&src_cfg, tower.as_ref())?;
     let htc = HtcConfig {
         mode,
@@ -115,10 +136,11 @@ pub fn run(a: InitArgs) -> Result<()> {
         continuous_projector: if lc.projector_mlp { ProjectorKind::Mlp2xGelu } else { ProjectorKind::Linear },
         discrete_hidden: a.discrete_hidden,
         mgvq: Some(mgvq_cfg.clone()),
+        chat_format: Default::default(),
     };
     htc.validate()?;
-    let src = WeightSource::open_dir(&a.llava)?;
-    let mg = WeightSource::open_files(std::slice::from_ref(&a.mgvq))?;
+    let src = WeightSource::open_dir(llava_dir)?;
+    let mg = WeightSource::open_files(std::slice::from_ref(mgvq_path))?;
     // Fail early, naming the problem, if the MGVQ file does not fit its config.
     let dev = crate::backend::device();
     Mgvq::<crate::backend::Backend>::load(&Loader::new(&mg, &dev), &mgvq_cfg)
@@ -177,12 +199,29 @@ pub fn run(a: InitArgs) -> Result<()> {
 
     std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
     write_safetensors(&a.out.join("model.safetensors"), entries, half)?;
+    let image_token = if lc.layout == Layout::LlavaHf { lc.image_token_id } else { 32000 };
+    let config = config_json(&lc, &htc, image_token);
+    std::fs::write(a.out.join("config.json"), serde_json::to_vec_pretty(&config)?)?;
+    for f in
+        ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "preprocessor_config.json"]
+    {
+        let p = llava_dir.join(f);
+        if p.is_file() {
+            std::fs::copy(&p, a.out.join(f)).with_context(|| format!("cannot copy {}", p.display()))?;
+        }
+    }
+    tracing::info!(out = %a.out.display(), ?mode, "wrote an untrained HTC checkpoint");
+    Ok(())
+}
+
+/// config.json of an HTC checkpoint: llava-hf fields plus the `htc` section.
+fn config_json(lc: &llava::Config, htc: &HtcConfig, image_token: i64) -> Value {
     let t = &lc.text;
     let v = &lc.vision;
-    let config = json!({
+    json!({
         "architectures": ["LlavaForConditionalGeneration"],
         "model_type": "llava",
-        "image_token_index": if lc.layout == Layout::LlavaHf { lc.image_token_id } else { 32000 },
+        "image_token_index": image_token,
         "projector_hidden_act": "gelu",
         "vision_feature_layer": lc.select_layer,
         "vision_feature_select_strategy": "default",
@@ -201,16 +240,85 @@ pub fn run(a: InitArgs) -> Result<()> {
             "layer_norm_eps": v.layer_norm_eps,
         },
         "htc": htc,
-    });
-    std::fs::write(a.out.join("config.json"), serde_json::to_vec_pretty(&config)?)?;
-    for f in
-        ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "preprocessor_config.json"]
-    {
-        let p = a.llava.join(f);
-        if p.is_file() {
-            std::fs::copy(&p, a.out.join(f)).with_context(|| format!("cannot copy {}", p.display()))?;
+    })
+}
+
+/// `htc init --config`: a whole HTC model from scratch.
+fn scratch(a: &InitArgs, half: bool) -> Result<()> {
+    let (Some(cfg_path), Some(tok_path)) = (&a.config, &a.tokenizer) else {
+        bail!("--llava needs --mgvq; --config needs --tokenizer");
+    };
+    let raw = std::fs::read(cfg_path).with_context(|| format!("cannot read {}", cfg_path.display()))?;
+    let cfg: Value =
+        serde_json::from_slice(&raw).with_context(|| format!("{} is not valid JSON", cfg_path.display()))?;
+    let lc = llava::Config::from_json(&cfg, None)
+        .with_context(|| format!("{} is not a LLaVA config", cfg_path.display()))?;
+    let htc = HtcConfig::from_json(
+        cfg.get("htc").with_context(|| format!("{} has no `htc` section", cfg_path.display()))?,
+    )?;
+    let tok = tokenizers::Tokenizer::from_file(tok_path)
+        .map_err(|e| anyhow::anyhow!("cannot read the tokenizer {}: {e}", tok_path.display()))?;
+    let t = &lc.text;
+    if tok.get_vocab_size(true) > t.vocab_size {
+        bail!(
+            "the tokenizer has {} tokens but text_config.vocab_size is {}",
+            tok.get_vocab_size(true),
+            t.vocab_size
+        );
+    }
+    for (name, want) in [("<s>", t.bos_token_id), ("</s>", t.eos_token_ids.first().copied())] {
+        let got = tok.token_to_id(name);
+        if got != want {
+            bail!("the tokenizer's {name} is {got:?} but the config says {want:?}");
         }
     }
-    tracing::info!(out = %a.out.display(), ?mode, "wrote an untrained HTC checkpoint");
+    let WeightSource::Memory(mut map) = crate::formats::random::htc_weights(
+        &lc,
+        &htc,
+        a.seed,
+        crate::formats::random::Init::Normal(a.init_std),
+    ) else {
+        unreachable!("generated weights are in memory")
+    };
+    if let Some(path) = &a.mgvq {
+        let mc = htc
+            .mgvq
+            .as_ref()
+            .filter(|_| htc.uses_discrete())
+            .with_context(|| format!("--mgvq given but mode {:?} uses no MGVQ tokenizer", htc.mode))?;
+        let mg = WeightSource::open_files(std::slice::from_ref(path))?;
+        let dev = crate::backend::device();
+        Mgvq::<crate::backend::Backend>::load(&Loader::new(&mg, &dev), mc)
+            .context("the MGVQ weights do not match the config's `htc.mgvq`")?;
+        for key in map.keys().filter_map(|k| k.strip_prefix("mgvq.")).map(str::to_string).collect::<Vec<_>>()
+        {
+            map.insert(format!("mgvq.{key}"), mg.read(&key)?);
+        }
+    }
+    let mut keys: Vec<String> = map.keys().cloned().collect();
+    keys.sort();
+    let entries: Vec<Entry<'_>> = keys
+        .into_iter()
+        .map(|k| {
+            let t = map.remove(&k).expect("listed key");
+            let shape = t.shape.clone();
+            (k, shape, Box::new(move || Ok(t.data.clone())) as Box<dyn Fn() -> Result<Vec<f32>>>)
+        })
+        .collect();
+    std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
+    write_safetensors(&a.out.join("model.safetensors"), entries, half)?;
+    let config = config_json(&lc, &htc, lc.image_token_id);
+    std::fs::write(a.out.join("config.json"), serde_json::to_vec_pretty(&config)?)?;
+    std::fs::copy(tok_path, a.out.join("tokenizer.json"))
+        .with_context(|| format!("cannot copy {}", tok_path.display()))?;
+    let side = lc.vision.image_size;
+    let pre = json!({
+        "image_processor_type": "CLIPImageProcessor", "do_resize": true, "do_center_crop": true,
+        "size": {"shortest_edge": side}, "crop_size": {"height": side, "width": side},
+        "do_normalize": true, "image_mean": htc_shared::preprocess::CLIP_MEAN,
+        "image_std": htc_shared::preprocess::CLIP_STD, "resample": 3,
+    });
+    std::fs::write(a.out.join("preprocessor_config.json"), serde_json::to_vec_pretty(&pre)?)?;
+    tracing::info!(out = %a.out.display(), mode = ?htc.mode, "wrote an HTC model initialised from scratch");
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! The `htc` command line: one file per subcommand, each an `Args` struct and a `run`
-//! ([`ask`], [`init`], [`data`], [`train`], [`eval`], [`merge_lora`], [`serve`], [`bench`]). Parsing and dispatch only; the work
+//! ([`ask`], [`init`], [`data`], [`train`], [`train_tokenizer`], [`tokenize`], [`eval`],
+//! [`merge_lora`], [`serve`], [`bench`]). Parsing and dispatch only; the work
 //! happens in `runtime`, `train`, `server` and `formats`.
 
 pub mod ask;
@@ -10,7 +11,9 @@ pub mod eval;
 pub mod init;
 pub mod merge_lora;
 pub mod serve;
+pub mod tokenize;
 pub mod train;
+pub mod train_tokenizer;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -33,6 +36,10 @@ enum Cmd {
     Data(data::DataCmd),
     /// Fine-tune an HTC checkpoint on LLaVA conversation data.
     Train(train::TrainArgs),
+    /// Train the MGVQ image tokenizer as a VQ-VAE (encoder, grouped quantiser, decoder).
+    TrainTokenizer(train_tokenizer::TrainTokenizerArgs),
+    /// Print an image's MGVQ codes (and write its reconstruction with --recon).
+    Tokenize(tokenize::TokenizeArgs),
     /// Answer a question set with an HTC model and score exact match.
     Eval(eval::EvalArgs),
     /// Fold a checkpoint's LoRA adapters into its weights (a plain servable checkpoint).
@@ -50,6 +57,8 @@ impl Cli {
             Cmd::Init(a) => init::run(a),
             Cmd::Data(c) => data::run(c),
             Cmd::Train(a) => train::run(a),
+            Cmd::TrainTokenizer(a) => train_tokenizer::run(a),
+            Cmd::Tokenize(a) => tokenize::run(a),
             Cmd::MergeLora(a) => merge_lora::run(a),
             Cmd::Eval(a) => eval::run(a),
             Cmd::Serve(a) => serve::run(a),

@@ -24,10 +24,18 @@ pub struct SplitSummary {
 
 /// Writes ShapesVQA split `split` under `out`: `out/<split>/NNNNNN.png` and `out/<split>.json`
 /// (records `{"id", "image", "conversations", "family", "kind"}`, images relative to `out`).
-/// Deterministic for a seed and split.
+/// Deterministic for a seed and split. `grouped` writes one multi-turn record per image
+/// instead (`{"id", "image", "conversations", "families"}`, the questions as turns, the same
+/// scenes and questions): the vision tower then runs once for all of an image's questions in
+/// training. `describe` (grouped only) ends each conversation with a description turn
+/// ([`shapes::DESCRIBE`] → [`shapes::Scene::describe`]), last so that no question can read
+/// its answer from it.
 pub fn write_shapes(
-    out: &Path, split: &str, images: usize, seed: u64, per_image: usize,
+    out: &Path, split: &str, images: usize, seed: u64, per_image: usize, grouped: bool, describe: bool,
 ) -> Result<SplitSummary> {
+    if describe && !grouped {
+        bail!("--describe needs --grouped (the description is the last turn of an image's conversation)");
+    }
     if !SPLITS.contains(&split) {
         bail!("unknown --split `{split}` (train, val, test)");
     }
@@ -47,7 +55,26 @@ pub fn write_shapes(
         let file = format!("{split}/{i:06}.png");
         let path = out.join(&file);
         scene.render().save(&path).with_context(|| format!("cannot write {}", path.display()))?;
-        for (k, q) in shapes::questions(&scene, per_image, &mut rng).into_iter().enumerate() {
+        let qs = shapes::questions(&scene, per_image, &mut rng);
+        if grouped {
+            let mut turns = Vec::new();
+            for (k, q) in qs.iter().enumerate() {
+                *per_family.entry(q.family.name()).or_insert(0) += 1;
+                let prefix = if k == 0 { "<image>\n" } else { "" };
+                turns.push(json!({"from": "human", "value": format!("{prefix}{}", q.question)}));
+                turns.push(json!({"from": "gpt", "value": q.answer}));
+            }
+            if describe {
+                turns.push(json!({"from": "human", "value": shapes::DESCRIBE}));
+                turns.push(json!({"from": "gpt", "value": scene.describe()}));
+            }
+            let families: Vec<&str> = qs.iter().map(|q| q.family.name()).collect();
+            records.push(json!({
+                "id": format!("{split}-{i:06}"), "image": file, "conversations": turns, "families": families,
+            }));
+            continue;
+        }
+        for (k, q) in qs.into_iter().enumerate() {
             *per_family.entry(q.family.name()).or_insert(0) += 1;
             records.push(json!({
                 "id": format!("{split}-{i:06}-{k}"),

@@ -194,7 +194,33 @@ pub struct Scene {
     pub objects: Vec<Object>,
 }
 
+/// The question of the description turn (training data only; not a ShapesVQA family).
+pub const DESCRIBE: &str = "Describe the image.";
+
 impl Scene {
+    /// Every object, in reading order of the grid: `size color texture shape row column`,
+    /// joined by ` ; ` (e.g. `small red striped circle top left ; large blue solid star middle
+    /// right`). A dense target for training: every word depends on the image.
+    pub fn describe(&self) -> String {
+        let mut objs: Vec<&Object> = self.objects.iter().collect();
+        objs.sort_by_key(|o| o.cell);
+        let parts: Vec<String> = objs
+            .iter()
+            .map(|o| {
+                format!(
+                    "{} {} {} {} {} {}",
+                    o.size_name(),
+                    o.color.name(),
+                    o.texture.name(),
+                    o.shape.name(),
+                    ["top", "center", "bottom"][o.cell / 3],
+                    o.column()
+                )
+            })
+            .collect();
+        parts.join(" ; ")
+    }
+
     /// Draws a scene per the spec.
     pub fn sample(rng: &mut StdRng) -> Self {
         let n = rng.random_range(1..=4);

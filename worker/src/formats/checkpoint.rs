@@ -140,7 +140,11 @@ impl<B: Backend> Snapshot<B> {
                             .with_lora(&lora, &vb, &vb.names())
                             .context("loading the LoRA adapters")?;
                     }
-                    (AnyModel::Htc { model, config, preprocess }, Template::VicunaV1, text)
+                    let template = match hc.chat_format {
+                        htc_shared::config::ChatFormat::VicunaV1 => Template::VicunaV1,
+                        htc_shared::config::ChatFormat::UserAssistant => Template::UserAssistant,
+                    };
+                    (AnyModel::Htc { model, config, preprocess }, template, text)
                 }
                 None => (AnyModel::Llava { model, config, preprocess }, Template::VicunaV1, text),
             }

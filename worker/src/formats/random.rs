@@ -12,48 +12,82 @@ use htc_shared::config::{HtcConfig, LlamaConfig};
 use super::{HostTensor, WeightSource};
 use crate::models::llava::Config;
 
+/// How weights are drawn.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Init {
+    /// Unit-scale: weights N(0, 1/fan_in), norms N(1, 0.1²), biases N(0, 0.1²), embeddings
+    /// N(0, 1). Activations keep their scale through any depth (fixtures, benchmarks).
+    UnitScale,
+    /// Training from scratch, as transformers' `_init_weights` for LLaMA/CLIP with
+    /// `initializer_range` = std: every weight and embedding N(0, std²), norms 1, biases 0.
+    Normal(f32),
+}
+
 struct Gen {
     rng: StdRng,
     map: HashMap<String, HostTensor>,
+    init: Init,
 }
 
 impl Gen {
+    fn new(seed: u64, init: Init) -> Self {
+        Self { rng: StdRng::seed_from_u64(seed), map: HashMap::new(), init }
+    }
+
+    /// A weight of unit-scale std `unit` under the generator's policy.
+    fn weight(&mut self, name: String, shape: Vec<usize>, unit: f32) {
+        let std = match self.init {
+            Init::UnitScale => unit,
+            Init::Normal(s) => s,
+        };
+        self.put(name, shape, std, 0.0);
+    }
+
+    fn bias(&mut self, name: String, n: usize) {
+        let std = if self.init == Init::UnitScale { 0.1 } else { 0.0 };
+        self.put(name, vec![n], std, 0.0);
+    }
+
     fn put(&mut self, name: String, shape: Vec<usize>, std: f32, mean: f32) {
         let n = shape.iter().product();
         let data = (0..n).map(|_| mean + std * self.rng.sample::<f32, _>(StandardNormal)).collect();
         self.map.insert(name, HostTensor { shape, data });
     }
     fn linear(&mut self, p: &str, d_in: usize, d_out: usize, bias: bool) {
-        self.put(format!("{p}.weight"), vec![d_out, d_in], 1.0 / (d_in as f32).sqrt(), 0.0);
+        self.weight(format!("{p}.weight"), vec![d_out, d_in], 1.0 / (d_in as f32).sqrt());
         if bias {
-            self.put(format!("{p}.bias"), vec![d_out], 0.1, 0.0);
+            self.bias(format!("{p}.bias"), d_out);
         }
     }
     fn norm(&mut self, p: &str, d: usize, bias: bool) {
-        self.put(format!("{p}.weight"), vec![d], 0.1, 1.0);
+        let std = if self.init == Init::UnitScale { 0.1 } else { 0.0 };
+        self.put(format!("{p}.weight"), vec![d], std, 1.0);
         if bias {
-            self.put(format!("{p}.bias"), vec![d], 0.1, 0.0);
+            self.bias(format!("{p}.bias"), d);
         }
     }
 }
 
-/// Random llava-hf-layout weights for `c`.
+/// Random llava-hf-layout weights for `c` (unit-scale).
 pub fn random_llava(c: &Config, seed: u64) -> WeightSource {
-    let mut g = Gen { rng: StdRng::seed_from_u64(seed), map: HashMap::new() };
+    let mut g = Gen::new(seed, Init::UnitScale);
+    llava_into(&mut g, c);
+    WeightSource::Memory(g.map)
+}
+
+fn llava_into(g: &mut Gen, c: &Config) {
     let v = &c.vision;
     let vp = "vision_tower.vision_model";
-    g.put(
+    g.weight(
         format!("{vp}.embeddings.patch_embedding.weight"),
         vec![v.hidden_size, v.num_channels, v.patch_size, v.patch_size],
         1.0 / ((v.num_channels * v.patch_size * v.patch_size) as f32).sqrt(),
-        0.0,
     );
-    g.put(format!("{vp}.embeddings.class_embedding"), vec![v.hidden_size], 1.0, 0.0);
-    g.put(
+    g.weight(format!("{vp}.embeddings.class_embedding"), vec![v.hidden_size], 1.0);
+    g.weight(
         format!("{vp}.embeddings.position_embedding.weight"),
         vec![v.num_patches() + 1, v.hidden_size],
         1.0,
-        0.0,
     );
     g.norm(&format!("{vp}.pre_layrnorm"), v.hidden_size, true);
     for i in 0..v.num_hidden_layers {
@@ -69,20 +103,19 @@ pub fn random_llava(c: &Config, seed: u64) -> WeightSource {
     let t = &c.text;
     g.linear("multi_modal_projector.linear_1", v.hidden_size, t.hidden_size, true);
     g.linear("multi_modal_projector.linear_2", t.hidden_size, t.hidden_size, true);
-    random_llama_into(&mut g, t, "language_model.model", "language_model.lm_head");
-    WeightSource::Memory(g.map)
+    random_llama_into(g, t, "language_model.model", "language_model.lm_head");
 }
 
 /// Random LLaMA weights for `t` under `model.*` / `lm_head`.
 pub fn random_llama(t: &LlamaConfig, seed: u64) -> WeightSource {
-    let mut g = Gen { rng: StdRng::seed_from_u64(seed), map: HashMap::new() };
+    let mut g = Gen::new(seed, Init::UnitScale);
     random_llama_into(&mut g, t, "model", "lm_head");
     WeightSource::Memory(g.map)
 }
 
 fn random_llama_into(g: &mut Gen, t: &LlamaConfig, lm: &str, head: &str) {
     let (d, hd) = (t.hidden_size, t.head_dim);
-    g.put(format!("{lm}.embed_tokens.weight"), vec![t.vocab_size, d], 1.0, 0.0);
+    g.weight(format!("{lm}.embed_tokens.weight"), vec![t.vocab_size, d], 1.0);
     for i in 0..t.num_hidden_layers {
         let p = format!("{lm}.layers.{i}");
         g.linear(&format!("{p}.self_attn.q_proj"), d, t.num_attention_heads * hd, false);
@@ -101,17 +134,25 @@ fn random_llama_into(g: &mut Gen, t: &LlamaConfig, lm: &str, head: &str) {
     }
 }
 
-/// Random weights for the HTC parts (`htc.*`, and `mgvq.*` when the mode uses MGVQ), added to
-/// a random LLaVA of `llava`.
+/// Random unit-scale weights for the HTC parts (`htc.*`, and `mgvq.*` when the mode uses
+/// MGVQ), added to a random LLaVA of `llava`.
 pub fn random_htc(llava: &Config, htc: &HtcConfig, seed: u64) -> WeightSource {
-    let WeightSource::Memory(map) = random_llava(llava, seed) else {
-        unreachable!("random_llava is in memory")
-    };
-    let mut g = Gen { rng: StdRng::seed_from_u64(seed.wrapping_add(1)), map };
+    htc_weights(llava, htc, seed, Init::UnitScale)
+}
+
+/// Weights for a whole HTC model drawn under `init` (the LLaVA part with `seed`, the HTC and
+/// MGVQ parts with `seed + 1`). MGVQ is always unit-scale: it is replaced by a trained
+/// tokenizer or kept frozen.
+pub fn htc_weights(llava: &Config, htc: &HtcConfig, seed: u64, init: Init) -> WeightSource {
+    let mut g = Gen::new(seed, init);
+    llava_into(&mut g, llava);
+    g.rng = StdRng::seed_from_u64(seed.wrapping_add(1));
     let d = llava.text.hidden_size;
-    g.put("htc.voco_embeddings".into(), vec![htc.n_voco, d], 1.0, 0.0);
+    g.weight("htc.voco_embeddings".into(), vec![htc.n_voco, d], 1.0);
     if let (true, Some(m)) = (htc.uses_discrete(), &htc.mgvq) {
+        g.init = Init::UnitScale;
         random_mgvq_into(&mut g, m, "mgvq");
+        g.init = init;
         g.linear("htc.discrete_projector.linear_1", m.q_len(), htc.discrete_hidden, true);
         g.linear("htc.discrete_projector.linear_2", htc.discrete_hidden, htc.n_discrete * d, true);
     }

@@ -135,6 +135,7 @@ impl<B: Backend> Htc<B> {
             continuous_projector: htc_shared::config::ProjectorKind::Mlp2xGelu,
             discrete_hidden: 0,
             mgvq: None,
+            chat_format: Default::default(),
         };
         Self { llava, mgvq: None, discrete: None, voco, config }
     }

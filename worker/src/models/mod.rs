@@ -1,6 +1,6 @@
 //! Model definitions, one file each, generic over the burn backend: [`clip`], [`llama`],
 //! [`llava`] and [`htc`] (the MGVQ encoder lives in `htc_shared::mgvq`, shared with the
-//! browser). Each model has a config (in `htc_shared::config`), a `load` that reads a checkpoint
+//! browser; [`mgvq_decoder`] turns it into a VQ-VAE for training the tokenizer). Each model has a config (in `htc_shared::config`), a `load` that reads a checkpoint
 //! through a [`htc_shared::loader::Loader`], and an `init` that builds it at random; both give
 //! parameters ids derived from their checkpoint keys. Pure tensor code: no files, tokenizers,
 //! sampling, threads or network here.
@@ -10,3 +10,4 @@ pub mod htc;
 pub mod llama;
 pub mod llava;
 pub mod lora;
+pub mod mgvq_decoder;

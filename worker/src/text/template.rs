@@ -11,6 +11,10 @@ pub const VICUNA_SYSTEM: &str = "A chat between a curious user and an artificial
 pub enum Template {
     /// `system USER: <image>\nQ ASSISTANT:` (LLaVA-1.5).
     VicunaV1,
+    /// vicuna_v1's turns without its system prompt: `USER: <image>\nQ ASSISTANT:` (models
+    /// trained from scratch on a closed vocabulary, where the system prompt is only a long
+    /// constant that dilutes the one `<voco>` token among the keys the text attends to).
+    UserAssistant,
     /// An HF Jinja chat template (`tokenizer_config.json` or GGUF metadata).
     Jinja(String),
     /// No template: the prompt is used as given.
@@ -23,6 +27,7 @@ impl Template {
         let q = if image { format!("<image>\n{question}") } else { question.to_string() };
         match self {
             Template::VicunaV1 => Ok(format!("{VICUNA_SYSTEM} USER: {q} ASSISTANT:")),
+            Template::UserAssistant => Ok(format!("USER: {q} ASSISTANT:")),
             Template::Plain => Ok(q),
             Template::Jinja(src) => {
                 let mut env = minijinja::Environment::new();
@@ -51,7 +56,7 @@ impl Template {
     /// vicuna_v1, the question as is for plain prompts.
     pub fn next_turn(&self, question: &str) -> Result<String> {
         match self {
-            Template::VicunaV1 => Ok(format!("USER: {question} ASSISTANT:")),
+            Template::VicunaV1 | Template::UserAssistant => Ok(format!("USER: {question} ASSISTANT:")),
             Template::Plain => Ok(question.to_string()),
             Template::Jinja(_) => {
                 anyhow::bail!("multi-turn training supports the vicuna_v1 and plain templates")
@@ -72,6 +77,13 @@ mod tests {
     fn vicuna_prompt_matches_llava() {
         let p = Template::VicunaV1.render("What is this?", true, "<s>", "</s>").unwrap();
         assert_eq!(p, format!("{VICUNA_SYSTEM} USER: <image>\nWhat is this? ASSISTANT:"));
+    }
+
+    #[test]
+    fn user_assistant_is_vicuna_without_the_system_prompt() {
+        let p = Template::UserAssistant.render("What is this?", true, "<s>", "</s>").unwrap();
+        assert_eq!(p, "USER: <image>\nWhat is this? ASSISTANT:");
+        assert_eq!(Template::UserAssistant.next_turn("And?").unwrap(), "USER: And? ASSISTANT:");
     }
 
     #[test]

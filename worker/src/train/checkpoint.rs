@@ -73,7 +73,7 @@ impl<B: Backend> ModuleVisitor<B> for Host<'_> {
 }
 
 /// Every parameter of `model` as stored in a checkpoint: key, shape, f32 data.
-pub fn host_params<B: Backend>(model: &Htc<B>, names: &ParamNames) -> Result<Vec<HostParam>> {
+pub fn host_params<B: Backend, M: Module<B>>(model: &M, names: &ParamNames) -> Result<Vec<HostParam>> {
     let mut h = Host { names, out: Vec::new(), missing: 0 };
     model.visit(&mut h);
     if h.missing > 0 {
@@ -83,7 +83,8 @@ pub fn host_params<B: Backend>(model: &Htc<B>, names: &ParamNames) -> Result<Vec
     Ok(h.out)
 }
 
-fn entries(tensors: Vec<HostParam>) -> Vec<Entry<'static>> {
+/// Tensors to stream into a safetensors file.
+pub fn entries(tensors: Vec<HostParam>) -> Vec<Entry<'static>> {
     tensors
         .into_iter()
         .map(|(k, s, d)| -> Entry<'static> { (k, s, Box::new(move || Ok(d.clone()))) })

@@ -1,6 +1,7 @@
 //! Training: the objective (answer-token cross-entropy under the HTC mask), the optimizer
 //! (AdamW with parameter groups, global-norm clipping, warmup-cosine), LLaVA conversation data,
-//! checkpoints that resume exactly, and the loop behind `htc train`. Uses models, formats,
+//! checkpoints that resume exactly, and the loop behind `htc train`; [`tokenizer`] trains the
+//! MGVQ image tokenizer as a VQ-VAE (`htc train-tokenizer`). Uses models, formats,
 //! text and runtime; nothing here serves requests.
 
 pub mod checkpoint;
@@ -10,3 +11,4 @@ pub mod optim;
 pub mod plot;
 pub mod run;
 pub mod step;
+pub mod tokenizer;

@@ -20,6 +20,11 @@ fn register_font() {
 
 /// Draws the loss curve of `points` into a PNG at `path`.
 pub fn draw(points: &[Point], path: &Path) -> Result<()> {
+    draw_labelled(points, path, "cross-entropy")
+}
+
+/// [`draw`] with the loss named `y_desc` on the vertical axis.
+pub fn draw_labelled(points: &[Point], path: &Path, y_desc: &str) -> Result<()> {
     if points.is_empty() {
         return Ok(());
     }
@@ -37,7 +42,7 @@ pub fn draw(points: &[Point], path: &Path) -> Result<()> {
         .y_label_area_size(56)
         .build_cartesian_2d(0usize..last, 0f64..top)
         .map_err(|x| e(&x))?;
-    chart.configure_mesh().x_desc("step").y_desc("cross-entropy").draw().map_err(|x| e(&x))?;
+    chart.configure_mesh().x_desc("step").y_desc(y_desc).draw().map_err(|x| e(&x))?;
     chart
         .draw_series(LineSeries::new(points.iter().map(|p| (p.0, p.1)), &BLUE))
         .map_err(|x| e(&x))?

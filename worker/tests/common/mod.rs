@@ -129,6 +129,7 @@ pub fn htc_config(mode: HtcMode, topology: Topology, n_voco: usize) -> HtcConfig
         continuous_projector: ProjectorKind::Mlp2xGelu,
         discrete_hidden: 48,
         mgvq: Some(mgvq),
+        chat_format: Default::default(),
     }
 }
 

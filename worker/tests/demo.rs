@@ -1,0 +1,327 @@
+//! The demo model's recipe, step by step at smoke size: `htc train-tokenizer` trains the MGVQ
+//! tokenizer as a VQ-VAE for 20 steps and writes what it promises, `htc tokenize` reads its
+//! codes and reconstruction, `htc init --config` builds an HTC model from scratch around it,
+//! and `htc train` trains that model 20 steps into a checkpoint `htc ask` answers with. Bad
+//! inputs to each are refused with an error naming the problem. The committed demo model
+//! answers freshly generated ShapesVQA questions at its measured accuracy.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{htc, s, tmp};
+use serde_json::{json, Value};
+
+fn ok(o: &std::process::Output, what: &str) -> String {
+    assert!(o.status.success(), "{what} failed: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+fn err(o: &std::process::Output) -> String {
+    assert!(!o.status.success(), "expected a failure; stdout: {}", String::from_utf8_lossy(&o.stdout));
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+fn lines(p: &Path) -> Vec<Value> {
+    std::fs::read_to_string(p).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// A tiny MGVQ at 32 px (2×2 latents, 2 groups of 16 codes).
+fn tiny_mgvq() -> Value {
+    json!({
+        "width_list": [8, 8, 16, 16, 16], "depth_list": [0, 1, 1, 1, 1],
+        "block_type": ["ResBlock", "ResBlock", "ResBlock", "EViT_GLU", "EViT_GLU"],
+        "latent_channels": 8, "groups": 2, "codebook_size": 32, "image_size": 32,
+        "attention_dim": 8, "expand_ratio": 2, "norm_eps": 1e-5
+    })
+}
+
+/// A tiny HTC model config (CLIP 32 px, LLM 32 wide) around `mgvq`.
+fn tiny_model(mgvq: &Value, vocab: usize) -> Value {
+    json!({
+        "architectures": ["LlavaForConditionalGeneration"], "model_type": "llava",
+        "image_token_index": 0, "vision_feature_layer": -1,
+        "text_config": {"model_type": "llama", "vocab_size": vocab, "hidden_size": 32, "intermediate_size": 64,
+            "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 2,
+            "max_position_embeddings": 256, "rms_norm_eps": 1e-5, "bos_token_id": 1, "eos_token_id": 2},
+        "vision_config": {"model_type": "clip_vision_model", "hidden_size": 32, "intermediate_size": 64,
+            "num_hidden_layers": 2, "num_attention_heads": 2, "num_channels": 3, "image_size": 32,
+            "patch_size": 16, "layer_norm_eps": 1e-5},
+        "htc": {"mode": "htc", "n_discrete": 4, "n_voco": 1, "topology": "star",
+            "continuous_projector": "mlp2x_gelu", "discrete_hidden": 32, "mgvq": mgvq,
+            "chat_format": "user_assistant"}
+    })
+}
+
+struct Smoke {
+    root: PathBuf,
+    data: PathBuf,
+    mgvq_cfg: PathBuf,
+    tok: PathBuf,
+}
+
+/// Data, word-level tokenizer and a 20-step MGVQ tokenizer, made once per test.
+fn smoke(group: &str) -> Smoke {
+    let root = tmp(group, "");
+    let data = root.join("data");
+    ok(
+        &htc(&[
+            "data",
+            "shapes",
+            "--out",
+            s(&data),
+            "--images",
+            "12",
+            "--seed",
+            "3",
+            "--grouped",
+            "--questions-per-image",
+            "4",
+        ]),
+        "data shapes",
+    );
+    ok(&htc(&["data", "shapes", "--out", s(&data), "--images", "4", "--split", "val", "--seed", "3"]), "val");
+    let tok = root.join("tokenizer.json");
+    ok(&htc(&["data", "vocab", "--data", s(&data.join("train.json")), "--out", s(&tok)]), "vocab");
+    let mgvq_cfg = root.join("mgvq.json");
+    std::fs::write(&mgvq_cfg, tiny_mgvq().to_string()).unwrap();
+    Smoke { root, data, mgvq_cfg, tok }
+}
+
+fn train_tokenizer(sm: &Smoke, out: &Path) -> String {
+    ok(
+        &htc(&[
+            "train-tokenizer",
+            "--images",
+            s(&sm.data.join("train")),
+            "--val-images",
+            s(&sm.data.join("val")),
+            "--config",
+            s(&sm.mgvq_cfg),
+            "--decoder-widths",
+            "16,16,8,8,8",
+            "--out",
+            s(out),
+            "--steps",
+            "20",
+            "--batch",
+            "4",
+            "--lr",
+            "3e-3",
+            "--warmup-steps",
+            "2",
+            "--restart-every",
+            "10",
+            "--quiet",
+        ]),
+        "train-tokenizer",
+    )
+}
+
+#[test]
+fn tokenizer_trains_as_a_vq_vae_and_tokenizes() {
+    let sm = smoke("demo-tok");
+    let out = sm.root.join("mgvq");
+    let summary = train_tokenizer(&sm, &out);
+    assert!(summary.contains("held-out reconstruction MSE"), "{summary}");
+    let m = lines(&out.join("metrics.jsonl"));
+    assert_eq!(m.len(), 20, "one metrics line per step");
+    for key in ["recon_mse", "codebook", "commit", "lr", "grad_norm"] {
+        assert!(m[0][key].is_f64(), "metrics have `{key}`: {}", m[0]);
+    }
+    // Code use is reported at the end of each window of --restart-every steps.
+    for l in [&m[9], &m[19]] {
+        let ppl = l["perplexity"].as_f64().unwrap();
+        assert!((1.0..=16.0).contains(&ppl), "perplexity within [1, codes per group]: {ppl}");
+        assert!(l["dead_codes"].as_u64().unwrap() <= 32);
+    }
+    let mean = |r: &[Value]| r.iter().map(|l| l["recon_mse"].as_f64().unwrap()).sum::<f64>() / r.len() as f64;
+    assert!(
+        mean(&m[15..]) < mean(&m[..5]),
+        "reconstruction improves: {} -> {}",
+        mean(&m[..5]),
+        mean(&m[15..])
+    );
+    let cfg: Value = serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["model_type"], "mgvq");
+    assert_eq!(cfg["mgvq"], tiny_mgvq());
+    assert_eq!(cfg["decoder"]["width_list"], json!([16, 16, 8, 8, 8]));
+    // Held-out originals above their reconstructions: 4 images of 32 px with 4 px margins.
+    let grid = image::open(out.join("recon.png")).unwrap();
+    assert_eq!((grid.width(), grid.height()), (4 * 36 + 4, 2 * 36 + 4));
+    assert!(image::open(out.join("loss.png")).is_ok());
+
+    let img = sm.data.join("val/000000.png");
+    let recon = sm.root.join("recon-one.png");
+    let o = htc(&["tokenize", "--model", s(&out), "--image", s(&img), "--json", "--recon", s(&recon)]);
+    let v: Value = serde_json::from_str(&ok(&o, "tokenize")).unwrap();
+    assert_eq!((v["side"].as_u64(), v["groups"].as_u64()), (Some(2), Some(2)));
+    let codes = v["codes"].as_array().unwrap();
+    assert_eq!(codes.len(), 4, "2x2 positions");
+    assert!(codes.iter().all(|p| p.as_array().unwrap().iter().all(|c| c.as_u64().unwrap() < 16)));
+    let r = image::open(&recon).unwrap();
+    assert_eq!((r.width(), r.height()), (32, 32));
+    let grid_text = ok(&htc(&["tokenize", "--model", s(&out), "--image", s(&img)]), "tokenize grid");
+    assert_eq!(grid_text.lines().count(), 3, "a header and one line per latent row: {grid_text}");
+}
+
+#[test]
+fn a_model_built_from_scratch_trains_and_answers() {
+    let sm = smoke("demo-model");
+    let mgvq = sm.root.join("mgvq");
+    train_tokenizer(&sm, &mgvq);
+    let cfg = sm.root.join("model.json");
+    std::fs::write(&cfg, tiny_model(&tiny_mgvq(), 128).to_string()).unwrap();
+    let init = sm.root.join("init");
+    ok(
+        &htc(&[
+            "init",
+            "--config",
+            s(&cfg),
+            "--tokenizer",
+            s(&sm.tok),
+            "--mgvq",
+            s(&mgvq.join("model.safetensors")),
+            "--out",
+            s(&init),
+        ]),
+        "init --config",
+    );
+    for f in ["config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json"] {
+        assert!(init.join(f).is_file(), "init wrote {f}");
+    }
+    // The trained tokenizer is inside the model: both give the same codes.
+    let img = sm.data.join("val/000001.png");
+    let codes =
+        |dir: &Path| ok(&htc(&["tokenize", "--model", s(dir), "--image", s(&img), "--json"]), "tokenize");
+    assert_eq!(codes(&init), codes(&mgvq));
+    // HTC models carry the encoder only.
+    let e = err(&htc(&[
+        "tokenize",
+        "--model",
+        s(&init),
+        "--image",
+        s(&img),
+        "--recon",
+        s(&sm.root.join("x.png")),
+    ]));
+    assert!(e.contains("has no MGVQ decoder"), "{e}");
+
+    let run = sm.root.join("run");
+    let o = htc(&[
+        "train",
+        "--model",
+        s(&init),
+        "--data",
+        s(&sm.data.join("train.json")),
+        "--images",
+        s(&sm.data),
+        "--out",
+        s(&run),
+        "--train",
+        "voco,projector,discrete,llm,vision",
+        "--max-steps",
+        "20",
+        "--global-batch",
+        "4",
+        "--micro-batch",
+        "4",
+        "--lr",
+        "1e-3",
+        "--warmup-steps",
+        "2",
+        "--quiet",
+    ]);
+    ok(&o, "train");
+    let m = lines(&run.join("metrics.jsonl"));
+    assert_eq!(m.len(), 20);
+    assert!(m.iter().all(|l| l["loss"].as_f64().unwrap().is_finite()));
+    assert!(
+        m[19]["loss"].as_f64().unwrap() < m[0]["loss"].as_f64().unwrap(),
+        "the loss falls from the uniform guess: {} -> {}",
+        m[0]["loss"],
+        m[19]["loss"]
+    );
+    let ckpt = run.join("checkpoint-20");
+    let saved: Value = serde_json::from_slice(&std::fs::read(ckpt.join("config.json")).unwrap()).unwrap();
+    assert_eq!(saved["htc"]["chat_format"], "user_assistant", "the chat format travels with the model");
+    ok(
+        &htc(&[
+            "ask",
+            "--model",
+            s(&ckpt),
+            "--image",
+            s(&img),
+            "--prompt",
+            "What color is the star?",
+            "--max-new-tokens",
+            "3",
+        ]),
+        "ask",
+    );
+}
+
+#[test]
+fn bad_recipe_inputs_are_refused_with_clear_errors() {
+    let sm = smoke("demo-bad");
+    let empty = sm.root.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = sm.root.join("never");
+    let base = |images: &Path, widths: &str| {
+        htc(&[
+            "train-tokenizer",
+            "--images",
+            s(images),
+            "--config",
+            s(&sm.mgvq_cfg),
+            "--out",
+            s(&out),
+            "--steps",
+            "1",
+            "--decoder-widths",
+            widths,
+            "--quiet",
+        ])
+    };
+    let e = err(&base(&empty, "16,16,8,8,8"));
+    assert!(e.contains("no images"), "{e}");
+    let e = err(&base(&sm.data.join("train"), "16,8"));
+    assert!(e.contains("the decoder needs 5 widths"), "{e}");
+    let bad_cfg = sm.root.join("bad-mgvq.json");
+    std::fs::write(&bad_cfg, json!({"width_list": [8]}).to_string()).unwrap();
+    let e = err(&htc(&[
+        "train-tokenizer",
+        "--images",
+        s(&sm.data.join("train")),
+        "--config",
+        s(&bad_cfg),
+        "--out",
+        s(&out),
+    ]));
+    assert!(e.contains("invalid MGVQ config"), "{e}");
+
+    let init = |cfg: &Value, mgvq: Option<&Path>| {
+        let p = sm.root.join("cfg.json");
+        std::fs::write(&p, cfg.to_string()).unwrap();
+        let mut args = vec!["init", "--config", s(&p), "--tokenizer", s(&sm.tok), "--out", s(&out)];
+        if let Some(m) = mgvq {
+            args.extend(["--mgvq", s(m)]);
+        }
+        htc(&args)
+    };
+    let mut no_htc = tiny_model(&tiny_mgvq(), 128);
+    no_htc.as_object_mut().unwrap().remove("htc");
+    assert!(err(&init(&no_htc, None)).contains("has no `htc` section"));
+    let e = err(&init(&tiny_model(&tiny_mgvq(), 16), None));
+    assert!(e.contains("but text_config.vocab_size is 16"), "{e}");
+    // A tokenizer trained for another MGVQ shape.
+    let mgvq = sm.root.join("mgvq");
+    train_tokenizer(&sm, &mgvq);
+    let mut other = tiny_mgvq();
+    other["codebook_size"] = json!(64);
+    let e = err(&init(&tiny_model(&other, 128), Some(&mgvq.join("model.safetensors"))));
+    assert!(e.contains("do not match the config's `htc.mgvq`"), "{e}");
+    assert!(!out.exists(), "nothing is written when the inputs are refused");
+    let e = err(&htc(&["tokenize", "--model", s(&sm.root), "--image", s(&sm.data.join("val/000000.png"))]));
+    assert!(e.contains("cannot read") && e.contains("config.json"), "{e}");
+}
