@@ -2,15 +2,52 @@
 //! tokenizer as a VQ-VAE for 20 steps and writes what it promises, `htc tokenize` reads its
 //! codes and reconstruction, `htc init --config` builds an HTC model from scratch around it,
 //! and `htc train` trains that model 20 steps into a checkpoint `htc ask` answers with. Bad
-//! inputs to each are refused with an error naming the problem. The committed demo model
-//! answers freshly generated ShapesVQA questions at its measured accuracy.
+//! inputs to each are refused with an error naming the problem.
 
 mod common;
 
 use std::path::{Path, PathBuf};
 
 use common::{htc, s, tmp};
+use htc_worker::models::mgvq_decoder;
 use serde_json::{json, Value};
+
+#[test]
+fn pixel_shuffle_inverts_pixel_unshuffle() {
+    use burn::tensor::{Tensor, TensorData};
+    use htc_worker::backend::Backend as B;
+    let dev = Default::default();
+    let data: Vec<f32> = (0..2 * 3 * 4 * 6).map(|i| i as f32).collect();
+    let x = Tensor::<B, 4>::from_data(TensorData::new(data.clone(), [2, 3, 4, 6]), &dev);
+    let y = mgvq_decoder::pixel_shuffle(htc_shared::mgvq::pixel_unshuffle(x));
+    assert_eq!(y.dims(), [2, 3, 4, 6]);
+    assert_eq!(y.into_data().to_vec::<f32>().unwrap(), data);
+}
+
+#[test]
+fn the_decoder_mirrors_the_encoder_and_upsamples_by_its_factor() {
+    use burn::tensor::Tensor;
+    use htc_shared::config::MgvqConfig;
+    use htc_shared::loader::Loader;
+    use htc_worker::backend::Backend as B;
+    let mut m = MgvqConfig::f16c32_g8();
+    m.image_size = 96;
+    assert_eq!(mgvq_decoder::Config::mirror(&m).width_list, vec![1024, 512, 512, 256, 128]);
+    let e = mgvq_decoder::Config::with_widths(&m, &[8, 8]).unwrap_err().to_string();
+    assert!(e.contains("needs 5 widths"), "{e}");
+    let small = mgvq_decoder::Config { width_list: vec![8, 4, 4], latent_channels: 4, norm_eps: 1e-5 };
+    let d = mgvq_decoder::Decoder::<B>::load(&Loader::init(&Default::default()), &small).unwrap();
+    let out = d.forward(Tensor::zeros([2, 4, 3, 3], &Default::default()));
+    assert_eq!(out.dims(), [2, 3, 12, 12]);
+}
+
+#[test]
+fn perplexity_counts_the_codes_in_use() {
+    use htc_worker::train::tokenizer::perplexity;
+    assert!((perplexity(&[5, 5, 5, 5]) - 4.0).abs() < 1e-9);
+    assert!((perplexity(&[9, 0, 0]) - 1.0).abs() < 1e-9);
+    assert_eq!(perplexity(&[0, 0]), 0.0);
+}
 
 fn ok(o: &std::process::Output, what: &str) -> String {
     assert!(o.status.success(), "{what} failed: {}", String::from_utf8_lossy(&o.stderr));

@@ -47,8 +47,9 @@ pub struct ShapesArgs {
     /// per question: the same scenes and questions, in the form training uses best.
     #[arg(long)]
     pub grouped: bool,
-    /// With --grouped: end each image's conversation with "Describe the image." and a
-    /// description of every object (a dense training target; not a ShapesVQA question).
+    /// Add "Describe the image." with a description of every object (a dense training
+    /// target; not a ShapesVQA question): one more record per image, or with --grouped the
+    /// last turn of its conversation.
     #[arg(long)]
     pub describe: bool,
 }

@@ -27,15 +27,12 @@ pub struct SplitSummary {
 /// Deterministic for a seed and split. `grouped` writes one multi-turn record per image
 /// instead (`{"id", "image", "conversations", "families"}`, the questions as turns, the same
 /// scenes and questions): the vision tower then runs once for all of an image's questions in
-/// training. `describe` (grouped only) ends each conversation with a description turn
-/// ([`shapes::DESCRIBE`] → [`shapes::Scene::describe`]), last so that no question can read
-/// its answer from it.
+/// training. `describe` adds a description of each image ([`shapes::DESCRIBE`] →
+/// [`shapes::Scene::describe`]): its own record (family `describe`), or the last turn of a
+/// grouped conversation, so that no question can read its answer from it.
 pub fn write_shapes(
     out: &Path, split: &str, images: usize, seed: u64, per_image: usize, grouped: bool, describe: bool,
 ) -> Result<SplitSummary> {
-    if describe && !grouped {
-        bail!("--describe needs --grouped (the description is the last turn of an image's conversation)");
-    }
     if !SPLITS.contains(&split) {
         bail!("unknown --split `{split}` (train, val, test)");
     }
@@ -73,6 +70,18 @@ pub fn write_shapes(
                 "id": format!("{split}-{i:06}"), "image": file, "conversations": turns, "families": families,
             }));
             continue;
+        }
+        if describe {
+            records.push(json!({
+                "id": format!("{split}-{i:06}-d"),
+                "image": file,
+                "conversations": [
+                    {"from": "human", "value": format!("<image>\n{}", shapes::DESCRIBE)},
+                    {"from": "gpt", "value": scene.describe()},
+                ],
+                "family": "describe",
+                "kind": "-",
+            }));
         }
         for (k, q) in qs.into_iter().enumerate() {
             *per_family.entry(q.family.name()).or_insert(0) += 1;

@@ -101,34 +101,3 @@ impl<B: Backend> Decoder<B> {
         self.conv_out.forward(silu(x))
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use burn::tensor::TensorData;
-    use htc_shared::mgvq::pixel_unshuffle;
-
-    type B = crate::backend::Backend;
-
-    #[test]
-    fn pixel_shuffle_inverts_pixel_unshuffle() {
-        let dev = Default::default();
-        let data: Vec<f32> = (0..2 * 3 * 4 * 6).map(|i| i as f32).collect();
-        let x = Tensor::<B, 4>::from_data(TensorData::new(data.clone(), [2, 3, 4, 6]), &dev);
-        let y = pixel_shuffle(pixel_unshuffle(x));
-        assert_eq!(y.dims(), [2, 3, 4, 6]);
-        assert_eq!(y.into_data().to_vec::<f32>().unwrap(), data);
-    }
-
-    #[test]
-    fn mirror_upsamples_by_the_encoder_factor() {
-        let mut m = MgvqConfig::f16c32_g8();
-        m.image_size = 96;
-        let c = Config::mirror(&m);
-        assert_eq!(c.width_list, vec![1024, 512, 512, 256, 128]);
-        let small = Config { width_list: vec![8, 4, 4], latent_channels: 4, norm_eps: 1e-5 };
-        let d = Decoder::<B>::load(&Loader::init(&Default::default()), &small).unwrap();
-        let out = d.forward(Tensor::zeros([2, 4, 3, 3], &Default::default()));
-        assert_eq!(out.dims(), [2, 3, 12, 12]);
-    }
-}
