@@ -1,7 +1,8 @@
 //! The demo model's recipe, step by step at smoke size: `htc train-tokenizer` trains the MGVQ
 //! tokenizer as a VQ-VAE for 20 steps and writes what it promises, `htc tokenize` reads its
 //! codes and reconstruction, `htc init --config` builds an HTC model from scratch around it,
-//! and `htc train` trains that model 20 steps into a checkpoint `htc ask` answers with. Bad
+//! `htc pretrain-vision` trains its vision tower on scene labels (and nothing else), and
+//! `htc train` trains that model 20 steps into a checkpoint `htc ask` answers with. Bad
 //! inputs to each are refused with an error naming the problem.
 
 mod common;
@@ -324,6 +325,18 @@ fn bad_recipe_inputs_are_refused_with_clear_errors() {
     assert!(e.contains("no images"), "{e}");
     let e = err(&base(&sm.data.join("train"), "16,8"));
     assert!(e.contains("the decoder needs 5 widths"), "{e}");
+    let e = err(&htc(&[
+        "train-tokenizer",
+        "--images",
+        s(&sm.data.join("train")),
+        "--config",
+        s(&sm.mgvq_cfg),
+        "--out",
+        s(&out),
+        "--foreground-weight",
+        "0",
+    ]));
+    assert!(e.contains("--foreground-weight must be a positive number"), "{e}");
     let bad_cfg = sm.root.join("bad-mgvq.json");
     std::fs::write(&bad_cfg, json!({"width_list": [8]}).to_string()).unwrap();
     let e = err(&htc(&[
@@ -361,4 +374,124 @@ fn bad_recipe_inputs_are_refused_with_clear_errors() {
     assert!(!out.exists(), "nothing is written when the inputs are refused");
     let e = err(&htc(&["tokenize", "--model", s(&sm.root), "--image", s(&sm.data.join("val/000000.png"))]));
     assert!(e.contains("cannot read") && e.contains("config.json"), "{e}");
+}
+
+#[test]
+fn cells_under_patches_and_foreground_weights() {
+    use htc_worker::train::tokenizer::pixel_weights;
+    use htc_worker::train::vision::cell_of_patch;
+    assert_eq!((0..9).map(|p| cell_of_patch(p, 3)).collect::<Vec<_>>(), (0..9).collect::<Vec<_>>());
+    // 6×6 patches: each cell holds a 2×2 block of them.
+    assert_eq!([0, 1, 2, 3, 6, 7, 35].map(|p| cell_of_patch(p, 6)), [0, 0, 1, 1, 0, 0, 8]);
+    assert_eq!([0, 1, 2, 3].map(|p| cell_of_patch(p, 2)), [0, 2, 6, 8]);
+    // A plain 4×4 background with one red pixel: only that pixel is weighted.
+    let mut px = vec![0.9f32; 3 * 16];
+    px[5] = -0.5; // red channel of pixel 5
+    let w = pixel_weights(&px, 4, 10.0);
+    assert_eq!(w.iter().filter(|&&x| x == 10.0).count(), 1);
+    assert_eq!(w[5], 10.0);
+    // Corners that disagree: no background to tell apart, every weight is 1.
+    px[0] = -1.0;
+    assert!(pixel_weights(&px, 4, 10.0).iter().all(|&x| x == 1.0));
+}
+
+#[test]
+fn vision_pretraining_teaches_the_tower_and_touches_nothing_else() {
+    let sm = smoke("demo-vision");
+    let cfg = sm.root.join("model.json");
+    std::fs::write(&cfg, tiny_model(&tiny_mgvq(), 128).to_string()).unwrap();
+    let init = sm.root.join("init");
+    ok(&htc(&["init", "--config", s(&cfg), "--tokenizer", s(&sm.tok), "--out", s(&init)]), "init");
+    let out = sm.root.join("pretrained");
+    let o = htc(&[
+        "pretrain-vision",
+        "--model",
+        s(&init),
+        "--scenes",
+        s(&sm.data.join("train.scenes.json")),
+        "--images",
+        s(&sm.data),
+        "--val-scenes",
+        s(&sm.data.join("val.scenes.json")),
+        "--out",
+        s(&out),
+        "--steps",
+        "20",
+        "--batch",
+        "4",
+        "--lr",
+        "3e-3",
+        "--warmup-steps",
+        "2",
+        "--quiet",
+    ]);
+    let summary = ok(&o, "pretrain-vision");
+    for head in ["shape", "color", "size", "texture"] {
+        assert!(summary.contains(&format!("{head} ")), "{summary}");
+    }
+    let m = lines(&out.join("vision_metrics.jsonl"));
+    assert_eq!(m.len(), 20);
+    assert!(m[19]["loss"].as_f64().unwrap() < m[0]["loss"].as_f64().unwrap(), "the cell loss falls");
+    for key in ["acc_shape", "acc_color", "acc_size", "acc_texture"] {
+        assert!((0.0..=1.0).contains(&m[19][key].as_f64().unwrap()), "{key}");
+    }
+    // Only the vision tower changed.
+    let read = |d: &Path| std::fs::read(d.join("model.safetensors")).unwrap();
+    let (a, b) = (read(&init), read(&out));
+    let (a, b) = (
+        safetensors::SafeTensors::deserialize(&a).unwrap(),
+        safetensors::SafeTensors::deserialize(&b).unwrap(),
+    );
+    let mut changed = Vec::new();
+    for (name, t) in a.tensors() {
+        if b.tensor(&name).unwrap().data() != t.data() {
+            changed.push(name);
+        }
+    }
+    assert!(!changed.is_empty());
+    assert!(changed.iter().all(|n| n.starts_with("vision_tower.")), "{changed:?}");
+    assert!(!b.names().iter().any(|n| n.contains("cell_heads")), "the heads are not saved");
+    let img = sm.data.join("val/000000.png");
+    ok(
+        &htc(&[
+            "ask",
+            "--model",
+            s(&out),
+            "--image",
+            s(&img),
+            "--prompt",
+            "What color is the star?",
+            "--max-new-tokens",
+            "2",
+        ]),
+        "ask",
+    );
+
+    // Refusals, naming the problem.
+    let run = |scenes: &Path, out: &Path| {
+        htc(&[
+            "pretrain-vision",
+            "--model",
+            s(&init),
+            "--scenes",
+            s(scenes),
+            "--images",
+            s(&sm.data),
+            "--out",
+            s(out),
+            "--steps",
+            "1",
+            "--quiet",
+        ])
+    };
+    let e = err(&run(&sm.root.join("nope.json"), &sm.root.join("x")));
+    assert!(e.contains("cannot read") && e.contains("nope.json"), "{e}");
+    let bad = sm.root.join("bad-scenes.json");
+    std::fs::write(&bad, r#"[{"image": "train/000000.png", "objects": [{"cell": 12}]}]"#).unwrap();
+    let e = err(&run(&bad, &sm.root.join("x")));
+    assert!(e.contains("bad `cell`"), "{e}");
+    std::fs::write(&bad, "{}").unwrap();
+    assert!(err(&run(&bad, &sm.root.join("x"))).contains("not a JSON list of scenes"));
+    let e = err(&run(&sm.data.join("train.scenes.json"), &init));
+    assert!(e.contains("--out must differ from --model"), "{e}");
 }

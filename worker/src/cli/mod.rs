@@ -1,5 +1,6 @@
 //! The `htc` command line: one file per subcommand, each an `Args` struct and a `run`
-//! ([`ask`], [`init`], [`data`], [`train`], [`train_tokenizer`], [`tokenize`], [`eval`],
+//! ([`ask`], [`init`], [`data`], [`train`], [`train_tokenizer`], [`pretrain_vision`],
+//! [`tokenize`], [`eval`],
 //! [`merge_lora`], [`serve`], [`bench`]). Parsing and dispatch only; the work
 //! happens in `runtime`, `train`, `server` and `formats`.
 
@@ -10,6 +11,7 @@ pub mod data;
 pub mod eval;
 pub mod init;
 pub mod merge_lora;
+pub mod pretrain_vision;
 pub mod serve;
 pub mod tokenize;
 pub mod train;
@@ -38,6 +40,8 @@ enum Cmd {
     Train(train::TrainArgs),
     /// Train the MGVQ image tokenizer as a VQ-VAE (encoder, grouped quantiser, decoder).
     TrainTokenizer(train_tokenizer::TrainTokenizerArgs),
+    /// Pretrain a from-scratch vision tower on ShapesVQA scene labels (per-cell heads).
+    PretrainVision(pretrain_vision::PretrainVisionArgs),
     /// Print an image's MGVQ codes (and write its reconstruction with --recon).
     Tokenize(tokenize::TokenizeArgs),
     /// Answer a question set with an HTC model and score exact match.
@@ -59,6 +63,7 @@ impl Cli {
             Cmd::Train(a) => train::run(a),
             Cmd::TrainTokenizer(a) => train_tokenizer::run(a),
             Cmd::Tokenize(a) => tokenize::run(a),
+            Cmd::PretrainVision(a) => pretrain_vision::run(a),
             Cmd::MergeLora(a) => merge_lora::run(a),
             Cmd::Eval(a) => eval::run(a),
             Cmd::Serve(a) => serve::run(a),

@@ -41,6 +41,9 @@ pub struct TrainTokenizerArgs {
     /// Commitment loss weight β.
     #[arg(long, default_value_t = 0.25)]
     pub beta: f64,
+    /// Reconstruction weight of pixels that differ from a plain background (1: plain MSE).
+    #[arg(long, default_value_t = 1.0)]
+    pub foreground_weight: f32,
     /// Count code use over windows of this many steps; codes unused in a window restart.
     #[arg(long, default_value_t = 50)]
     pub restart_every: usize,
@@ -59,6 +62,9 @@ pub fn run(a: TrainTokenizerArgs) -> Result<()> {
         &serde_json::from_slice::<serde_json::Value>(&raw)
             .with_context(|| format!("{} is not valid JSON", a.config.display()))?,
     )?;
+    if !(a.foreground_weight.is_finite() && a.foreground_weight > 0.0) {
+        bail!("--foreground-weight must be a positive number, got {}", a.foreground_weight);
+    }
     let images = image_files(&a.images)?;
     if images.is_empty() {
         bail!("no images (png, jpg, jpeg, webp) in {}", a.images.display());
@@ -82,6 +88,7 @@ pub fn run(a: TrainTokenizerArgs) -> Result<()> {
         lr: a.lr,
         warmup: a.warmup_steps,
         beta: a.beta,
+        foreground_weight: a.foreground_weight,
         restart_every: a.restart_every,
         seed: a.seed,
         progress: !a.quiet,

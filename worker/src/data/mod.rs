@@ -22,8 +22,9 @@ pub struct SplitSummary {
     pub per_family: BTreeMap<&'static str, usize>,
 }
 
-/// Writes ShapesVQA split `split` under `out`: `out/<split>/NNNNNN.png` and `out/<split>.json`
-/// (records `{"id", "image", "conversations", "family", "kind"}`, images relative to `out`).
+/// Writes ShapesVQA split `split` under `out`: `out/<split>/NNNNNN.png`, `out/<split>.json`
+/// (records `{"id", "image", "conversations", "family", "kind"}`, images relative to `out`)
+/// and `out/<split>.scenes.json` (`{"image", "objects"}` per image: what each scene holds).
 /// Deterministic for a seed and split. `grouped` writes one multi-turn record per image
 /// instead (`{"id", "image", "conversations", "families"}`, the questions as turns, the same
 /// scenes and questions): the vision tower then runs once for all of an image's questions in
@@ -46,12 +47,14 @@ pub fn write_shapes(
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut rng = shapes::rng_for(seed, split);
     let mut records = Vec::new();
+    let mut scenes = Vec::new();
     let mut per_family = BTreeMap::new();
     for i in 0..images {
         let scene = shapes::Scene::sample(&mut rng);
         let file = format!("{split}/{i:06}.png");
         let path = out.join(&file);
         scene.render().save(&path).with_context(|| format!("cannot write {}", path.display()))?;
+        scenes.push(json!({"image": file, "objects": scene.objects}));
         let qs = shapes::questions(&scene, per_image, &mut rng);
         if grouped {
             let mut turns = Vec::new();
@@ -97,6 +100,9 @@ pub fn write_shapes(
             }));
         }
     }
+    let scenes_path = out.join(format!("{split}.scenes.json"));
+    std::fs::write(&scenes_path, serde_json::to_vec(&scenes)?)
+        .with_context(|| format!("cannot write {}", scenes_path.display()))?;
     let json_path = out.join(format!("{split}.json"));
     let n = records.len();
     std::fs::write(&json_path, serde_json::to_vec_pretty(&records)?)

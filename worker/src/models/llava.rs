@@ -130,6 +130,11 @@ impl<B: Backend> Llava<B> {
     }
 
     /// Image tokens per image (CLIP patches).
+    /// The CLIP layer whose patch features feed the projector (negative: from the end).
+    pub fn select_layer(&self) -> i64 {
+        self.select_layer
+    }
+
     pub fn vision_tokens(&self) -> usize {
         self.vision.num_patches()
     }

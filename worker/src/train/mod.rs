@@ -1,7 +1,8 @@
 //! Training: the objective (answer-token cross-entropy under the HTC mask), the optimizer
 //! (AdamW with parameter groups, global-norm clipping, warmup-cosine), LLaVA conversation data,
 //! checkpoints that resume exactly, and the loop behind `htc train`; [`tokenizer`] trains the
-//! MGVQ image tokenizer as a VQ-VAE (`htc train-tokenizer`). Uses models, formats,
+//! MGVQ image tokenizer as a VQ-VAE (`htc train-tokenizer`); [`vision`] pretrains a
+//! from-scratch vision tower on scene labels (`htc pretrain-vision`). Uses models, formats,
 //! text and runtime; nothing here serves requests.
 
 pub mod checkpoint;
@@ -12,3 +13,4 @@ pub mod plot;
 pub mod run;
 pub mod step;
 pub mod tokenizer;
+pub mod vision;
