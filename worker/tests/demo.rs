@@ -150,6 +150,8 @@ fn train_tokenizer(sm: &Smoke, out: &Path) -> String {
             "2",
             "--restart-every",
             "10",
+            "--foreground-weight",
+            "5",
             "--quiet",
         ]),
         "train-tokenizer",

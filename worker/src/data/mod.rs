@@ -40,8 +40,8 @@ pub fn write_shapes(
     if images == 0 {
         bail!("--images must be at least 1");
     }
-    if per_image == 0 {
-        bail!("--questions-per-image must be at least 1");
+    if per_image == 0 && !describe {
+        bail!("--questions-per-image must be at least 1 (0 only with --describe: descriptions alone)");
     }
     let dir = out.join(split);
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;

@@ -14,3 +14,13 @@ pub mod run;
 pub mod step;
 pub mod tokenizer;
 pub mod vision;
+
+/// A progress bar over `total` steps (`bar pos/len message ETA`), hidden unless `show`.
+pub fn progress(total: usize, show: bool) -> indicatif::ProgressBar {
+    let bar = if show { indicatif::ProgressBar::new(total as u64) } else { indicatif::ProgressBar::hidden() };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} ETA {eta}")
+            .expect("a valid progress template"),
+    );
+    bar
+}

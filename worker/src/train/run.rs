@@ -257,15 +257,7 @@ pub fn run<B: AutodiffBackend>(cfg: &RunConfig, device: &B::Device) -> Result<Ru
         .append(true)
         .open(&metrics_path)
         .with_context(|| format!("cannot open {}", metrics_path.display()))?;
-    let bar = if cfg.progress {
-        indicatif::ProgressBar::new(total as u64)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} ETA {eta}")
-            .expect("a valid progress template"),
-    );
+    let bar = super::progress(total, cfg.progress);
     bar.set_position(start as u64);
     let mut codes = CodeCache::new();
     let t0 = Instant::now();

@@ -219,15 +219,7 @@ pub fn train<B: AutodiffBackend>(r: &TokenizerRun, device: &B::Device) -> Result
     let metrics_path = r.out.join("metrics.jsonl");
     let mut metrics = std::fs::File::create(&metrics_path)
         .with_context(|| format!("cannot create {}", metrics_path.display()))?;
-    let bar = if r.progress {
-        indicatif::ProgressBar::new(r.steps as u64)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} ETA {eta}")
-            .expect("a valid progress template"),
-    );
+    let bar = super::progress(r.steps, r.progress);
     let mut history = Vec::new();
     let mut restarted = 0usize;
     let mut last_rec = f64::NAN;

@@ -234,15 +234,7 @@ pub fn pretrain<B: AutodiffBackend>(r: &VisionRun, device: &B::Device) -> Result
     let adamw = AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.05 };
     let schedule = WarmupCosine { base: r.lr, warmup: r.warmup, total: r.steps };
     let mut rng = StdRng::seed_from_u64(r.seed);
-    let bar = if r.progress {
-        indicatif::ProgressBar::new(r.steps as u64)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} ETA {eta}")
-            .expect("a valid progress template"),
-    );
+    let bar = super::progress(r.steps, r.progress);
     let mut history = Vec::new();
     let mut last = f64::NAN;
     for step in 1..=r.steps {
