@@ -1,28 +1,30 @@
 #!/usr/bin/env bash
 # The recipe of the ShapesVQA demo model (models/shapes-demo), from nothing to a served model:
-#   1. ShapesVQA v1 data: a training split (questions grouped per image), a held-out split for
-#      the tokenizer, and a fresh test split from a seed training never sees;
+#   1. ShapesVQA v1 data: a training split (4 questions and a description per image, one record
+#      each), the same scenes as descriptions only, a held-out split, and a test split from a
+#      seed training never sees;
 #   2. the word-level tokenizer of the data's vocabulary;
-#   3. the MGVQ image tokenizer, trained as a VQ-VAE (`htc train-tokenizer`);
-#   4. an HTC model from scratch (`htc init --config recipes/shapes-demo/model.json`) with that
-#      tokenizer frozen inside, trained end to end (`htc train`: ViT, projectors, <voco>, LLM);
-#   5. `htc eval` on the test split; the model, its metrics, plots and eval report are copied
+#   3. the MGVQ image tokenizer, trained as a VQ-VAE (`htc train-tokenizer`), then frozen;
+#   4. an HTC model from scratch (`htc init --config recipes/shapes-demo/model.json`) around that
+#      tokenizer, its vision tower pretrained on the scenes' per-cell labels (`htc pretrain-vision`);
+#   5. stage 1, descriptions only: the answer depends on the image alone, which forces the LLM
+#      to read <voco> (questions alone sit at the answer prior for hundreds of steps);
+#   6. stage 2, questions and descriptions (`htc train`: projectors, anchors MLP, <voco>, LLM);
+#   7. `htc eval` on the test split; the model, its metrics, plots and eval report are copied
 #      to models/shapes-demo (or $HTC_DEMO_OUT).
 # Usage: scripts/train-demo.sh [WORK_DIR]   (default runs/shapes-demo; prints the time taken)
-# Sizes can be overridden for a quick look: IMAGES, TOK_STEPS, STEPS, TEST_IMAGES.
-#
-# Status: every step runs, but within this budget on a 2-core CPU the trained model does not
-# get past answering each question family's most frequent answer (about 35-40% exact match),
-# and the VQ-VAE reconstructs the background only. README § "The demo model" has the
-# measurements; models/shapes-demo is not committed until the recipe reaches its target.
+# Sizes can be overridden for a quick look: IMAGES, TOK_STEPS, VISION_STEPS, DESCRIBE_STEPS,
+# STEPS, TEST_IMAGES.
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 cd "$HTC_ROOT"
 work=${1:-runs/shapes-demo}
 dest=${HTC_DEMO_OUT:-models/shapes-demo}
-images=${IMAGES:-8000}
-tok_steps=${TOK_STEPS:-400}
-steps=${STEPS:-2000}
+images=${IMAGES:-6000}
+tok_steps=${TOK_STEPS:-300}
+vision_steps=${VISION_STEPS:-300}
+describe_steps=${DESCRIBE_STEPS:-800}
+steps=${STEPS:-1500}
 test_images=${TEST_IMAGES:-2000}
 recipe=recipes/shapes-demo
 start=$(date +%s)
@@ -34,29 +36,39 @@ htc="$CARGO_TARGET_DIR/release/htc"
 mkdir -p "$work"
 data="$work/data"
 
-log "1. ShapesVQA v1: $images training scenes (4 questions and a description each), 64 held-out, $test_images test"
+log "1. ShapesVQA v1: $images training scenes (4 questions and a description each), 200 held-out, $test_images test"
 "$htc" data shapes --out "$data" --split train --images "$images" --seed 1 --questions-per-image 4 --describe
-"$htc" data shapes --out "$data" --split val --images 64 --seed 1 --questions-per-image 1
+"$htc" data shapes --out "$work/describe-data" --split train --images "$images" --seed 1 --questions-per-image 0 --describe
+"$htc" data shapes --out "$data" --split val --images 200 --seed 1 --questions-per-image 1
 "$htc" data shapes --out "$data" --split test --images "$test_images" --seed 2 --questions-per-image 1
 
 log "2. word-level tokenizer"
 "$htc" data vocab --data "$data/train.json" --out "$work/tokenizer.json"
 
-log "3. MGVQ tokenizer ($tok_steps steps) [$(elapsed)]"
+log "3. MGVQ tokenizer, a VQ-VAE ($tok_steps steps) [$(elapsed)]"
 "$htc" train-tokenizer --images "$data/train" --val-images "$data/val" --config "$recipe/mgvq.json" \
-  --decoder-widths 64,64,32,16,16 --out "$work/mgvq" --steps "$tok_steps" --batch 16 --lr 2e-3 \
-  --warmup-steps 20 --restart-every 25 --seed 0 --quiet
+  --decoder-widths 64,64,32,16,16 --out "$work/mgvq" --steps "$tok_steps" --batch 16 --lr 1e-3 \
+  --warmup-steps 20 --restart-every 25 --foreground-weight 20 --val-count 8 --seed 0 --quiet
 
-log "4. HTC model from scratch, trained $steps steps [$(elapsed)]"
-rm -rf "$work/init" "$work/run"
+log "4. HTC model from scratch around the tokenizer; vision tower pretrained on scene labels [$(elapsed)]"
+rm -rf "$work/init" "$work/vision" "$work/describe" "$work/run"
 "$htc" init --config "$recipe/model.json" --tokenizer "$work/tokenizer.json" \
   --mgvq "$work/mgvq/model.safetensors" --out "$work/init" --seed 0
-"$htc" train --model "$work/init" --data "$data/train.json" --images "$data" --out "$work/run" \
-  --train voco,projector,discrete,llm,vision --lr 2e-3 --warmup-steps 30 --weight-decay 0.1 \
-  --global-batch 32 --micro-batch 32 --max-steps "$steps" --save-every "$steps" --keep 1 --seed 0 --quiet
+"$htc" pretrain-vision --model "$work/init" --scenes "$data/train.scenes.json" --images "$data" \
+  --val-scenes "$data/val.scenes.json" --out "$work/vision" --steps "$vision_steps" --batch 32 --lr 1e-3 --quiet
+
+log "5. stage 1: descriptions only ($describe_steps steps): the text has nothing to go on but <voco> [$(elapsed)]"
+"$htc" train --model "$work/vision" --data "$work/describe-data/train.json" --images "$work/describe-data" --out "$work/describe" \
+  --train voco,projector,discrete,llm --lr 1e-3 --warmup-steps 30 --global-batch 32 --micro-batch 32 \
+  --max-steps "$describe_steps" --save-every "$describe_steps" --keep 1 --seed 0 --quiet
+
+log "6. stage 2: questions and descriptions ($steps steps) [$(elapsed)]"
+"$htc" train --model "$work/describe/checkpoint-$describe_steps" --data "$data/train.json" --images "$data" \
+  --out "$work/run" --train voco,projector,discrete,llm --lr 1e-3 --warmup-steps 30 --global-batch 32 \
+  --micro-batch 32 --max-steps "$steps" --save-every "$(( (steps + 2) / 3 ))" --keep 3 --seed 0 --quiet
 model="$work/run/checkpoint-$steps"
 
-log "5. evaluation on the fresh test split [$(elapsed)]"
+log "7. evaluation on the fresh test split [$(elapsed)]"
 "$htc" eval --model "$model" --data "$data/test.json" --images "$data" --out "$work/eval.jsonl" \
   | tee "$work/eval.txt"
 
@@ -68,6 +80,9 @@ for f in config.json model.safetensors tokenizer.json preprocessor_config.json; 
 done
 cp "$work/run/metrics.jsonl" "$dest.tmp/metrics.jsonl"
 cp "$work/run/loss.png" "$dest.tmp/loss.png"
+cp "$work/describe/metrics.jsonl" "$dest.tmp/describe_metrics.jsonl"
+cp "$work/describe/loss.png" "$dest.tmp/describe_loss.png"
+cp "$work/vision/vision_metrics.jsonl" "$work/vision/vision_loss.png" "$dest.tmp/"
 cp "$work/eval.txt" "$dest.tmp/eval.txt"
 for f in config.json model.safetensors metrics.jsonl loss.png recon.png; do
   cp "$work/mgvq/$f" "$dest.tmp/tokenizer/$f"
