@@ -7,14 +7,20 @@
 #   3. the MGVQ image tokenizer, trained as a VQ-VAE (`htc train-tokenizer`), then frozen;
 #   4. an HTC model from scratch (`htc init --config recipes/shapes-demo/model.json`) around that
 #      tokenizer, its vision tower pretrained on the scenes' per-cell labels (`htc pretrain-vision`);
-#   5. stage 1, descriptions only: the answer depends on the image alone, which forces the LLM
-#      to read <voco> (questions alone sit at the answer prior for hundreds of steps);
-#   6. stage 2, questions and descriptions (`htc train`: projectors, anchors MLP, <voco>, LLM);
-#   7. `htc eval` on the test split; the model, its metrics, plots and eval report are copied
+#   5. stage 1, LLaVA-style (`htc train --mode none`, descriptions): every patch visible, the
+#      projector and LLM learn to read the patches (what HTC starts from in the paper: a trained
+#      LLaVA);
+#   6. stage 2, HTC (`--mode htc`, descriptions): the text now sees the image only through
+#      <voco>, which learns to carry the scene;
+#   7. stage 3, HTC on questions and descriptions;
+#   8. `htc eval` on the test split; the model, its metrics, plots and eval report are copied
 #      to models/shapes-demo (or $HTC_DEMO_OUT).
+# Trained in `htc` mode from the start, the text learns sizes and positions through <voco> but
+# stays at chance on colours, shapes and textures (README § "The demo model").
+# Stages whose output already exists in WORK_DIR are skipped (a rerun after an interruption).
 # Usage: scripts/train-demo.sh [WORK_DIR]   (default runs/shapes-demo; prints the time taken)
-# Sizes can be overridden for a quick look: IMAGES, TOK_STEPS, VISION_STEPS, DESCRIBE_STEPS,
-# STEPS, TEST_IMAGES.
+# Sizes can be overridden for a quick look: IMAGES, TOK_STEPS, VISION_STEPS, LLAVA_STEPS,
+# DESCRIBE_STEPS, STEPS, TEST_IMAGES.
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 cd "$HTC_ROOT"
@@ -23,8 +29,9 @@ dest=${HTC_DEMO_OUT:-models/shapes-demo}
 images=${IMAGES:-6000}
 tok_steps=${TOK_STEPS:-300}
 vision_steps=${VISION_STEPS:-300}
-describe_steps=${DESCRIBE_STEPS:-800}
-steps=${STEPS:-1500}
+llava_steps=${LLAVA_STEPS:-300}
+describe_steps=${DESCRIBE_STEPS:-600}
+steps=${STEPS:-1000}
 test_images=${TEST_IMAGES:-2000}
 recipe=recipes/shapes-demo
 start=$(date +%s)
@@ -36,39 +43,55 @@ htc="$CARGO_TARGET_DIR/release/htc"
 mkdir -p "$work"
 data="$work/data"
 
+done_() { [ -f "$1" ] && log "   (already done: $1)"; }
+
 log "1. ShapesVQA v1: $images training scenes (4 questions and a description each), 200 held-out, $test_images test"
-"$htc" data shapes --out "$data" --split train --images "$images" --seed 1 --questions-per-image 4 --describe
-"$htc" data shapes --out "$work/describe-data" --split train --images "$images" --seed 1 --questions-per-image 0 --describe
-"$htc" data shapes --out "$data" --split val --images 200 --seed 1 --questions-per-image 1
-"$htc" data shapes --out "$data" --split test --images "$test_images" --seed 2 --questions-per-image 1
+if ! done_ "$data/test.json"; then
+  "$htc" data shapes --out "$data" --split train --images "$images" --seed 1 --questions-per-image 4 --describe
+  "$htc" data shapes --out "$work/describe-data" --split train --images "$images" --seed 1 --questions-per-image 0 --describe
+  "$htc" data shapes --out "$data" --split val --images 200 --seed 1 --questions-per-image 1
+  "$htc" data shapes --out "$data" --split test --images "$test_images" --seed 2 --questions-per-image 1
+fi
 
 log "2. word-level tokenizer"
-"$htc" data vocab --data "$data/train.json" --out "$work/tokenizer.json"
+done_ "$work/tokenizer.json" || "$htc" data vocab --data "$data/train.json" --out "$work/tokenizer.json"
 
 log "3. MGVQ tokenizer, a VQ-VAE ($tok_steps steps) [$(elapsed)]"
-"$htc" train-tokenizer --images "$data/train" --val-images "$data/val" --config "$recipe/mgvq.json" \
-  --decoder-widths 64,64,32,16,16 --out "$work/mgvq" --steps "$tok_steps" --batch 16 --lr 1e-3 \
-  --warmup-steps 20 --restart-every 25 --foreground-weight 20 --val-count 8 --seed 0 --quiet
+done_ "$work/mgvq/model.safetensors" || "$htc" train-tokenizer --images "$data/train" --val-images "$data/val" \
+  --config "$recipe/mgvq.json" --decoder-widths 64,64,32,16,16 --out "$work/mgvq" --steps "$tok_steps" --batch 16 \
+  --lr 1e-3 --warmup-steps 20 --restart-every 25 --foreground-weight 20 --val-count 8 --seed 0 --quiet
 
 log "4. HTC model from scratch around the tokenizer; vision tower pretrained on scene labels [$(elapsed)]"
-rm -rf "$work/init" "$work/vision" "$work/describe" "$work/run"
-"$htc" init --config "$recipe/model.json" --tokenizer "$work/tokenizer.json" \
-  --mgvq "$work/mgvq/model.safetensors" --out "$work/init" --seed 0
-"$htc" pretrain-vision --model "$work/init" --scenes "$data/train.scenes.json" --images "$data" \
-  --val-scenes "$data/val.scenes.json" --out "$work/vision" --steps "$vision_steps" --batch 32 --lr 1e-3 --quiet
+if ! done_ "$work/vision/model.safetensors"; then
+  rm -rf "$work/init" "$work/vision"
+  "$htc" init --config "$recipe/model.json" --tokenizer "$work/tokenizer.json" \
+    --mgvq "$work/mgvq/model.safetensors" --out "$work/init" --seed 0
+  "$htc" pretrain-vision --model "$work/init" --scenes "$data/train.scenes.json" --images "$data" \
+    --val-scenes "$data/val.scenes.json" --out "$work/vision" --steps "$vision_steps" --batch 32 --lr 1e-3 --quiet
+fi
 
-log "5. stage 1: descriptions only ($describe_steps steps): the text has nothing to go on but <voco> [$(elapsed)]"
-"$htc" train --model "$work/vision" --data "$work/describe-data/train.json" --images "$work/describe-data" --out "$work/describe" \
-  --train voco,projector,discrete,llm --lr 1e-3 --warmup-steps 30 --global-batch 32 --micro-batch 32 \
-  --max-steps "$describe_steps" --save-every "$describe_steps" --keep 1 --seed 0 --quiet
+# stage NAME FROM MODE DATA_DIR DATA_FILE TRAIN STEPS: one `htc train` run into $work/NAME.
+stage() {
+  local name=$1 from=$2 mode=$3 dir=$4 file=$5 train=$6 n=$7
+  done_ "$work/$name/checkpoint-$n/model.safetensors" && return
+  rm -rf "$work/$name"
+  "$htc" train --model "$from" --mode "$mode" --data "$dir/$file" --images "$dir" --out "$work/$name" \
+    --train "$train" --lr 1e-3 --warmup-steps 30 --global-batch 32 --micro-batch 32 --max-steps "$n" \
+    --save-every "$n" --keep 1 --seed 0 --quiet
+}
 
-log "6. stage 2: questions and descriptions ($steps steps) [$(elapsed)]"
-"$htc" train --model "$work/describe/checkpoint-$describe_steps" --data "$data/train.json" --images "$data" \
-  --out "$work/run" --train voco,projector,discrete,llm --lr 1e-3 --warmup-steps 30 --global-batch 32 \
-  --micro-batch 32 --max-steps "$steps" --save-every "$(( (steps + 2) / 3 ))" --keep 3 --seed 0 --quiet
+log "5. stage 1, LLaVA-style: all patches visible, descriptions ($llava_steps steps) [$(elapsed)]"
+stage llava "$work/vision" none "$work/describe-data" train.json projector,llm "$llava_steps"
+
+log "6. stage 2, HTC: the image through <voco> alone, descriptions ($describe_steps steps) [$(elapsed)]"
+stage describe "$work/llava/checkpoint-$llava_steps" htc "$work/describe-data" train.json \
+  voco,projector,discrete,llm "$describe_steps"
+
+log "7. stage 3, HTC: questions and descriptions ($steps steps) [$(elapsed)]"
+stage run "$work/describe/checkpoint-$describe_steps" htc "$data" train.json voco,projector,discrete,llm "$steps"
 model="$work/run/checkpoint-$steps"
 
-log "7. evaluation on the fresh test split [$(elapsed)]"
+log "8. evaluation on the fresh test split [$(elapsed)]"
 "$htc" eval --model "$model" --data "$data/test.json" --images "$data" --out "$work/eval.jsonl" \
   | tee "$work/eval.txt"
 
@@ -80,8 +103,10 @@ for f in config.json model.safetensors tokenizer.json preprocessor_config.json; 
 done
 cp "$work/run/metrics.jsonl" "$dest.tmp/metrics.jsonl"
 cp "$work/run/loss.png" "$dest.tmp/loss.png"
-cp "$work/describe/metrics.jsonl" "$dest.tmp/describe_metrics.jsonl"
-cp "$work/describe/loss.png" "$dest.tmp/describe_loss.png"
+for st in llava describe; do
+  cp "$work/$st/metrics.jsonl" "$dest.tmp/${st}_metrics.jsonl"
+  cp "$work/$st/loss.png" "$dest.tmp/${st}_loss.png"
+done
 cp "$work/vision/vision_metrics.jsonl" "$work/vision/vision_loss.png" "$dest.tmp/"
 cp "$work/eval.txt" "$dest.tmp/eval.txt"
 for f in config.json model.safetensors metrics.jsonl loss.png recon.png; do

@@ -425,6 +425,8 @@ fn vision_pretraining_teaches_the_tower_and_touches_nothing_else() {
         "3e-3",
         "--warmup-steps",
         "2",
+        "--pooled-weight",
+        "1",
         "--quiet",
     ]);
     let summary = ok(&o, "pretrain-vision");
@@ -434,9 +436,12 @@ fn vision_pretraining_teaches_the_tower_and_touches_nothing_else() {
     let m = lines(&out.join("vision_metrics.jsonl"));
     assert_eq!(m.len(), 20);
     assert!(m[19]["loss"].as_f64().unwrap() < m[0]["loss"].as_f64().unwrap(), "the cell loss falls");
-    for key in ["acc_shape", "acc_color", "acc_size", "acc_texture"] {
-        assert!((0.0..=1.0).contains(&m[19][key].as_f64().unwrap()), "{key}");
+    for head in ["shape", "color", "size", "texture"] {
+        for key in [format!("acc_{head}"), format!("pooled_acc_{head}")] {
+            assert!((0.0..=1.0).contains(&m[19][&key].as_f64().unwrap()), "{key}");
+        }
     }
+    assert!(summary.contains("from the mean patch feature: shape "), "{summary}");
     // Only the vision tower changed.
     let read = |d: &Path| std::fs::read(d.join("model.safetensors")).unwrap();
     let (a, b) = (read(&init), read(&out));
@@ -452,7 +457,7 @@ fn vision_pretraining_teaches_the_tower_and_touches_nothing_else() {
     }
     assert!(!changed.is_empty());
     assert!(changed.iter().all(|n| n.starts_with("vision_tower.")), "{changed:?}");
-    assert!(!b.names().iter().any(|n| n.contains("cell_heads")), "the heads are not saved");
+    assert!(!b.names().iter().any(|n| n.contains("_heads")), "the heads are not saved");
     let img = sm.data.join("val/000000.png");
     ok(
         &htc(&[
@@ -496,4 +501,88 @@ fn vision_pretraining_teaches_the_tower_and_touches_nothing_else() {
     assert!(err(&run(&bad, &sm.root.join("x"))).contains("not a JSON list of scenes"));
     let e = err(&run(&sm.data.join("train.scenes.json"), &init));
     assert!(e.contains("--out must differ from --model"), "{e}");
+    let neg = htc(&[
+        "pretrain-vision",
+        "--model",
+        s(&init),
+        "--scenes",
+        s(&sm.data.join("train.scenes.json")),
+        "--images",
+        s(&sm.data),
+        "--out",
+        s(&sm.root.join("y")),
+        "--pooled-weight",
+        "-1",
+        "--quiet",
+    ]);
+    assert!(err(&neg).contains("--pooled-weight must be a number ≥ 0"));
+}
+
+#[test]
+fn training_stages_switch_modes_and_eval_answers_in_another_mode() {
+    let sm = smoke("demo-modes");
+    let cfg = sm.root.join("model.json");
+    std::fs::write(&cfg, tiny_model(&tiny_mgvq(), 128).to_string()).unwrap();
+    let init = sm.root.join("init");
+    ok(&htc(&["init", "--config", s(&cfg), "--tokenizer", s(&sm.tok), "--out", s(&init)]), "init");
+    let train = |from: &Path, out: &Path, mode: &str| {
+        let (data, out_s) = (sm.data.join("train.json"), out.to_path_buf());
+        let mut a = common::train_args(from, &data, &sm.data, &out_s, "3");
+        a.extend(["--mode", mode, "--train", "voco,projector,discrete,llm"]);
+        htc(&a)
+    };
+    let mode_of = |ckpt: &Path| -> String {
+        let c: Value =
+            serde_json::from_str(&std::fs::read_to_string(ckpt.join("config.json")).unwrap()).unwrap();
+        c["htc"]["mode"].as_str().unwrap().to_string()
+    };
+    let names = |ckpt: &Path| -> Vec<String> {
+        let b = std::fs::read(ckpt.join("model.safetensors")).unwrap();
+        safetensors::SafeTensors::deserialize(&b).unwrap().names().into_iter().map(String::from).collect()
+    };
+
+    // Stage 1 in mode `none`: recorded in the checkpoint, which keeps the anchors' weights.
+    ok(&train(&init, &sm.root.join("none"), "none"), "train --mode none");
+    let none = sm.root.join("none/checkpoint-3");
+    assert_eq!(mode_of(&none), "none");
+    let n = names(&none);
+    assert!(n.iter().any(|k| k == "htc.discrete_projector.linear_1.weight"), "anchor MLP kept");
+    assert!(n.iter().any(|k| k.starts_with("mgvq.")), "MGVQ kept");
+    // Stage 2 in mode `htc` from it.
+    ok(&train(&none, &sm.root.join("htc"), "htc"), "train --mode htc");
+    let hybrid = sm.root.join("htc/checkpoint-3");
+    assert_eq!(mode_of(&hybrid), "htc");
+
+    let eval = |model: &Path, mode: &str| {
+        htc(&[
+            "eval",
+            "--model",
+            s(model),
+            "--data",
+            s(&sm.data.join("val.json")),
+            "--images",
+            s(&sm.data),
+            "--out",
+            s(&sm.root.join(format!("preds-{mode}.jsonl"))),
+            "--mode",
+            mode,
+            "--quiet",
+        ])
+    };
+    let n_val =
+        serde_json::from_str::<Vec<Value>>(&std::fs::read_to_string(sm.data.join("val.json")).unwrap())
+            .unwrap()
+            .len();
+    for mode in ["htc", "voco", "discrete", "none"] {
+        let out = ok(&eval(&hybrid, mode), mode);
+        assert!(out.contains("overall"), "{mode}: {out}");
+        assert_eq!(lines(&sm.root.join(format!("preds-{mode}.jsonl"))).len(), n_val, "{mode}");
+    }
+    // Refusals, naming the problem.
+    let e = err(&eval(&none, "htc"));
+    assert!(e.contains("no trained <voco>"), "{e}");
+    let e = err(&eval(&hybrid, "sideways"));
+    assert!(e.contains("unknown --mode `sideways`"), "{e}");
+    let e = err(&train(&init, &sm.root.join("bad"), "sideways"));
+    assert!(e.contains("unknown --mode `sideways`"), "{e}");
 }

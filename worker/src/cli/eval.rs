@@ -27,12 +27,23 @@ pub struct EvalArgs {
     pub batch: usize,
     #[arg(long, default_value_t = 16)]
     pub max_new_tokens: usize,
+    /// Answer in this mode instead of the checkpoint's own: none, voco, htc, discrete, avgpool
+    /// (an ablation: the weights are the checkpoint's, trained in its own mode).
+    #[arg(long)]
+    pub mode: Option<String>,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {
+    let mode = match &a.mode {
+        Some(m) => Some(
+            serde_json::from_value::<htc_shared::config::HtcMode>(json!(m))
+                .map_err(|_| anyhow::anyhow!("unknown --mode `{m}` (none, voco, htc, discrete, avgpool)"))?,
+        ),
+        None => None,
+    };
     let items = read_items(&a.data, &a.images)?;
     let model_id = a.model.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
     let mut out = std::io::BufWriter::new(
@@ -44,7 +55,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         indicatif::ProgressBar::new(items.len() as u64)
     };
     let mut score = Score::default();
-    answer_all(&a.model, &items, a.batch, a.max_new_tokens, |item, answer| {
+    answer_all(&a.model, mode, &items, a.batch, a.max_new_tokens, |item, answer| {
         score.add(item, answer);
         let line = json!({
             "question_id": item.id, "prompt": item.question, "text": answer, "model_id": model_id,

@@ -27,6 +27,11 @@ pub struct TrainArgs {
     /// Folder the records' `image` paths are relative to.
     #[arg(long)]
     pub images: PathBuf,
+    /// Train in this mode instead of the checkpoint's (none, voco, htc, discrete, avgpool);
+    /// the checkpoints record it. A curriculum: `none` first (the LLM learns to read the
+    /// patches), then `htc` (it learns to read them through <voco>).
+    #[arg(long)]
+    pub mode: Option<String>,
     /// Validation data (same format); its loss is logged every --eval-every steps.
     #[arg(long, requires = "val_images")]
     pub val_data: Option<PathBuf>,
@@ -133,6 +138,12 @@ impl TrainArgs {
             val: self.val_data.clone().zip(self.val_images.clone()),
             out: self.out.clone(),
             trainable: Trainable::parse(&self.train)?,
+            mode: match &self.mode {
+                Some(m) => Some(serde_json::from_value(serde_json::json!(m)).map_err(|_| {
+                    anyhow::anyhow!("unknown --mode `{m}` (none, voco, htc, discrete, avgpool)")
+                })?),
+                None => None,
+            },
             lora: match self.lora_rank {
                 Some(rank) => {
                     let l = LoraConfig {

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
 
+use htc_shared::config::HtcMode;
 use htc_shared::preprocess::{decode_image, DecodeLimits};
 use htc_shared::protocol::ServerMessage;
 
@@ -156,7 +157,7 @@ impl Score {
 /// questions are in flight at once, every answer advancing one token per batched step.
 /// `on_answer` sees each item with its answer text (as a client would see it), in order.
 pub fn answer_all(
-    model: &Path, items: &[Item], batch: usize, max_new_tokens: usize,
+    model: &Path, mode: Option<HtcMode>, items: &[Item], batch: usize, max_new_tokens: usize,
     mut on_answer: impl FnMut(&Item, &str) -> Result<()>,
 ) -> Result<()> {
     let sampling = Sampling::greedy(max_new_tokens);
@@ -168,6 +169,7 @@ pub fn answer_all(
         cache_capacity: 64,
         trust_client_codes: false,
         max_batch: batch,
+        mode,
     })?;
     for chunk in items.chunks(batch) {
         let mut replies = Vec::with_capacity(chunk.len());

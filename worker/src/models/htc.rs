@@ -100,7 +100,10 @@ impl<B: Backend> Htc<B> {
     pub fn load(vb: &Loader<B>, llava: Llava<B>, config: &HtcConfig) -> Result<Self> {
         config.validate()?;
         let d = llava.llm.config().hidden_size;
-        let (mgvq, discrete) = if config.uses_discrete() {
+        // A checkpoint trained in a mode without anchors (say, `none` as a first stage) keeps
+        // the tokenizer and anchor MLP it was made with, for a later stage to use.
+        let kept = config.mgvq.is_some() && vb.contains("htc.discrete_projector.linear_1.weight");
+        let (mgvq, discrete) = if config.uses_discrete() || kept {
             let mc = config.mgvq.as_ref().expect("validated");
             let m = Mgvq::load(&vb.pp("mgvq"), mc)?;
             let p = DiscreteProjector::load(
@@ -121,6 +124,27 @@ impl<B: Backend> Htc<B> {
         )?;
         let m = Self { llava, mgvq, discrete, voco, config: config.clone() };
         Ok(m)
+    }
+
+    /// The same weights in another mode: for ablations (`htc eval --mode`) and for training
+    /// stages (`htc train --mode`). Modes without anchors leave the MGVQ tokenizer and the anchor
+    /// MLP unused (kept, so a later stage can use them); a mode with anchors needs a checkpoint
+    /// that has them, and a bottleneck mode needs a checkpoint from a bottleneck mode (its
+    /// `<voco>`), unless `fresh_voco` (a training stage that learns it).
+    pub fn with_mode(mut self, mode: HtcMode, fresh_voco: bool) -> Result<Self> {
+        let from = self.config.mode;
+        let mut config = self.config.clone();
+        config.mode = mode;
+        if config.uses_discrete() && (self.mgvq.is_none() || self.discrete.is_none()) {
+            bail!("mode {mode:?} needs the discrete anchors (MGVQ and the anchor MLP); this {from:?}-mode checkpoint has none");
+        }
+        let bottleneck = |m: HtcMode| !matches!(m, HtcMode::None | HtcMode::Avgpool);
+        if bottleneck(mode) && !bottleneck(from) && !fresh_voco {
+            bail!("mode {mode:?} reads the image through <voco>; this {from:?}-mode checkpoint has no trained <voco>");
+        }
+        config.validate()?;
+        self.config = config;
+        Ok(self)
     }
 
     /// Serves a vanilla LLaVA through the same interface, as mode `none`.
@@ -182,7 +206,7 @@ impl<B: Backend> Htc<B> {
         let bos = llm.config().bos_token_id.unwrap_or(1);
         let b = img.clip.dims()[0];
         let mut parts = vec![llm.embed(&[bos]).repeat_dim(0, b)];
-        if let (Some(m), Some(p)) = (&self.mgvq, &self.discrete) {
+        if let (true, Some(m), Some(p)) = (self.config.uses_discrete(), &self.mgvq, &self.discrete) {
             let q = match (&img.codes, &img.mgvq) {
                 (Some(codes), _) if codes.len() != b * m.config().latent_side().pow(2) => bail!(
                     "{} rows of MGVQ codes for {b} images of {} latent positions each",

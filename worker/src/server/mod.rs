@@ -43,6 +43,7 @@ pub struct App {
 impl App {
     pub fn new(args: ServeArgs) -> Result<Self> {
         let engine = Engine::start(EngineConfig {
+            mode: None,
             model: args.model.clone(),
             queue: args.queue,
             cache_capacity: args.cache_capacity,

@@ -133,6 +133,7 @@ pub fn write_model_dir<B: Backend>(
     let mut cfg: serde_json::Value = serde_json::from_slice(&raw).context("config.json is not valid JSON")?;
     let htc =
         cfg.get_mut("htc").and_then(|h| h.as_object_mut()).context("config.json has no `htc` section")?;
+    htc.insert("mode".into(), serde_json::to_value(model.config.mode)?);
     match lora {
         Some(l) => htc.insert("lora".into(), serde_json::to_value(l)?),
         None => htc.remove("lora"),

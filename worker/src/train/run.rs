@@ -38,6 +38,10 @@ pub struct RunConfig {
     pub val: Option<(PathBuf, PathBuf)>,
     pub out: PathBuf,
     pub trainable: Trainable,
+    /// Train in this mode instead of the checkpoint's own (a stage of a curriculum: say,
+    /// `none` to teach the LLM to read the patches, then `htc` to compress them); the
+    /// checkpoints record it.
+    pub mode: Option<htc_shared::config::HtcMode>,
     /// Train the LLM through LoRA adapters instead of its full weights.
     pub lora: Option<LoraConfig>,
     pub optimizer: Optimizer,
@@ -64,6 +68,7 @@ impl RunConfig {
             "lr": o.schedule.base, "warmup": o.schedule.warmup, "weight_decay": o.adamw.weight_decay,
             "betas": [o.adamw.beta1, o.adamw.beta2], "eps": o.adamw.eps, "max_grad_norm": o.max_grad_norm,
             "global_batch": self.global_batch, "micro_batch": self.micro_batch, "lora": self.lora,
+            "mode": self.mode,
         })
     }
 }
@@ -96,7 +101,8 @@ fn make_batch<B: Backend>(
 ) -> Result<Batch<B>> {
     let size = model.llava.vision.image_size();
     let mut clip = Vec::new();
-    let mut batch_codes: Option<Vec<Vec<u16>>> = model.mgvq.as_ref().map(|_| Vec::new());
+    let mut batch_codes: Option<Vec<Vec<u16>>> =
+        model.mgvq.as_ref().filter(|_| model.config.uses_discrete()).map(|_| Vec::new());
     for e in ex {
         let img = read_image_file(&e.image).with_context(|| format!("record `{}`", e.id))?;
         clip.push(clip_pixels(pre, &img, size, device)?);
@@ -199,6 +205,9 @@ pub fn run<B: AutodiffBackend>(cfg: &RunConfig, device: &B::Device) -> Result<Ru
             source.display()
         )
     };
+    if let Some(mode) = cfg.mode {
+        model = model.with_mode(mode, true)?;
+    }
     let tok =
         snap.tokenizer.context("the model has no tokenizer.json; training needs one to read the data")?;
     if let Some(lc) = &cfg.lora {

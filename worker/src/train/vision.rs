@@ -5,7 +5,11 @@
 //! Every patch feature the projector would see (`hidden_states[select_layer]`, CLS dropped)
 //! gets four linear heads that name what the 3×3 grid cell under the patch centre holds:
 //! shape (or empty), colour (or empty), size (or empty) and texture (or empty). The loss is the
-//! sum of the four cross-entropies, averaged over patches. Only the vision tower learns; the
+//! sum of the four cross-entropies, averaged over patches. A second set of four heads reads the
+//! mean of all patch features and names what every one of the nine cells holds (weighted by
+//! `--pooled-weight`): a single vector that averages the patches, which is what a `<voco>` token
+//! reads at first (its attention starts near uniform), then carries the whole scene, each
+//! property bound to its cell, instead of a blend of the cells' properties. Only the vision tower learns; the
 //! heads are dropped afterwards and the model directory is written back with the new tower,
 //! everything else unchanged, for `htc train` to build on.
 
@@ -104,11 +108,29 @@ impl<B: Backend> CellHeads<B> {
     }
 }
 
+/// The heads on the mean patch feature: per property, one linear map to the classes of all
+/// nine cells.
+#[derive(Module, Debug)]
+pub struct SceneHeads<B: Backend> {
+    heads: Vec<Linear<B>>,
+}
+
+impl<B: Backend> SceneHeads<B> {
+    fn new(vb: &Loader<B>, width: usize) -> Result<Self> {
+        let heads = HEADS
+            .iter()
+            .map(|(name, n)| Ok(vb.linear(name, width, 9 * n, true)?))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { heads })
+    }
+}
+
 /// The vision tower being pretrained (inside its HTC model) and the heads.
 #[derive(Module, Debug)]
 pub struct Pretrain<B: Backend> {
     model: Htc<B>,
     heads: CellHeads<B>,
+    scene: SceneHeads<B>,
 }
 
 /// Settings of a pretraining run.
@@ -123,16 +145,20 @@ pub struct VisionRun {
     pub batch: usize,
     pub lr: f64,
     pub warmup: usize,
+    /// Weight of the scene heads on the mean patch feature (0 turns them off).
+    pub pooled_weight: f64,
     pub seed: u64,
     pub progress: bool,
 }
 
-/// What a run reports: held-out accuracy per head (cells, empty ones included).
+/// What a run reports: held-out accuracy per head (cells, empty ones included), from each
+/// patch and from the mean patch feature.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VisionSummary {
     pub steps: usize,
     pub final_loss: f64,
     pub val_accuracy: Vec<(&'static str, f64)>,
+    pub val_pooled_accuracy: Vec<(&'static str, f64)>,
     pub seconds: f64,
 }
 
@@ -140,6 +166,8 @@ struct Batch<B: Backend> {
     pixels: Tensor<B, 4>,
     /// Per head, the class of every patch `[b * patches]`.
     targets: Vec<Vec<i64>>,
+    /// Per head, the class of every cell `[b * 9]`.
+    scene: Vec<Vec<i64>>,
 }
 
 fn batch<B: Backend>(
@@ -149,6 +177,7 @@ fn batch<B: Backend>(
     let g = (patches as f64).sqrt().round() as usize;
     let mut px = Vec::with_capacity(items.len());
     let mut targets = vec![Vec::with_capacity(items.len() * patches); 4];
+    let mut scene = vec![Vec::with_capacity(items.len() * 9); 4];
     for (file, labels) in items {
         let img = read_image_file(&images.join(file))?;
         px.push(clip_pixels(pre, &img, size, device)?);
@@ -158,30 +187,54 @@ fn batch<B: Backend>(
                 t.push(cell[h] as i64);
             }
         }
+        for cell in labels {
+            for (h, t) in scene.iter_mut().enumerate() {
+                t.push(cell[h] as i64);
+            }
+        }
     }
-    Ok(Batch { pixels: Tensor::cat(px, 0), targets })
+    Ok(Batch { pixels: Tensor::cat(px, 0), targets, scene })
 }
 
-/// Sum over heads of the mean cross-entropy, and per head the number of right predictions.
-fn loss<B: Backend>(m: &Pretrain<B>, b: &Batch<B>) -> (Tensor<B, 1>, Vec<usize>) {
+/// Mean cross-entropy of `logits` `[n, classes]` against `t`, and how many it gets right.
+fn head_loss<B: Backend>(logits: Tensor<B, 2>, t: &[i64]) -> (Tensor<B, 1>, usize) {
+    let logp = log_softmax(logits, 1);
+    let idx = Tensor::<B, 2, Int>::from_data(TensorData::new(t.to_vec(), [t.len(), 1]), &logp.device());
+    let nll = logp.clone().gather(1, idx).mean().neg();
+    let pred: Vec<i64> = logp.argmax(1).into_data().convert::<i64>().to_vec().expect("i64 after convert");
+    (nll, pred.iter().zip(t).filter(|(a, b)| a == b).count())
+}
+
+/// The loss: the sum over the per-patch heads of their mean cross-entropy, plus `pooled`
+/// times the same sum for the scene heads on the mean patch feature; and per head the number
+/// of right predictions, per patch and per cell from the mean feature.
+fn loss<B: Backend>(m: &Pretrain<B>, b: &Batch<B>, pooled: f64) -> (Tensor<B, 1>, Vec<usize>, Vec<usize>) {
     let feats = m.model.llava.vision.patch_features(b.pixels.clone(), m.model.llava.select_layer());
     let [bs, p, d] = feats.dims();
+    let mean = feats.clone().mean_dim(1).reshape([bs, d]);
     let feats = feats.reshape([bs * p, d]);
-    let device = feats.device();
     let mut total: Option<Tensor<B, 1>> = None;
+    let mut add = |x: Tensor<B, 1>| {
+        total = Some(match total.take() {
+            Some(t) => t + x,
+            None => x,
+        })
+    };
     let mut right = Vec::new();
     for (head, t) in m.heads.heads.iter().zip(&b.targets) {
-        let logp = log_softmax(head.forward(feats.clone()), 1);
-        let idx = Tensor::<B, 2, Int>::from_data(TensorData::new(t.clone(), [t.len(), 1]), &device);
-        let nll = logp.clone().gather(1, idx).mean().neg();
-        let pred: Vec<i64> = logp.argmax(1).into_data().convert::<i64>().to_vec().expect("i64 after convert");
-        right.push(pred.iter().zip(t).filter(|(a, b)| a == b).count());
-        total = Some(match total {
-            Some(x) => x + nll,
-            None => nll,
-        });
+        let (nll, k) = head_loss(head.forward(feats.clone()), t);
+        add(nll);
+        right.push(k);
     }
-    (total.expect("four heads"), right)
+    let mut pooled_right = Vec::new();
+    for ((head, t), (_, n)) in m.scene.heads.iter().zip(&b.scene).zip(HEADS) {
+        let (nll, k) = head_loss(head.forward(mean.clone()).reshape([bs * 9, n]), t);
+        if pooled > 0.0 {
+            add(nll.mul_scalar(pooled));
+        }
+        pooled_right.push(k);
+    }
+    (total.expect("four heads"), right, pooled_right)
 }
 
 /// Pretrains the vision tower of the HTC model in `r.model` and writes the model to `r.out`.
@@ -191,6 +244,9 @@ pub fn pretrain<B: AutodiffBackend>(r: &VisionRun, device: &B::Device) -> Result
     }
     if !(r.lr.is_finite() && r.lr > 0.0) {
         bail!("--lr must be a positive number, got {}", r.lr);
+    }
+    if !(r.pooled_weight.is_finite() && r.pooled_weight >= 0.0) {
+        bail!("--pooled-weight must be a number ≥ 0, got {}", r.pooled_weight);
     }
     let t0 = Instant::now();
     let train = read_scenes(&r.scenes)?;
@@ -224,8 +280,9 @@ pub fn pretrain<B: AutodiffBackend>(r: &VisionRun, device: &B::Device) -> Result
     B::seed(device, r.seed);
     let vb = Loader::<B>::init(device);
     let heads = CellHeads::new(&vb.pp("cell_heads"), width)?;
+    let scene = SceneHeads::new(&vb.pp("scene_heads"), width)?;
     names.extend(vb.names());
-    let mut m = Pretrain { model, heads };
+    let mut m = Pretrain { model, heads, scene };
     std::fs::create_dir_all(&r.out).with_context(|| format!("cannot create {}", r.out.display()))?;
     let metrics_path = r.out.join("vision_metrics.jsonl");
     let mut metrics = std::fs::File::create(&metrics_path)
@@ -241,7 +298,7 @@ pub fn pretrain<B: AutodiffBackend>(r: &VisionRun, device: &B::Device) -> Result
         let items: Vec<&(String, CellLabels)> =
             (0..r.batch).map(|_| &train[rng.random_range(0..train.len())]).collect();
         let b = batch::<B>(&items, &r.images, &preprocess, size, patches, device)?;
-        let (l, right) = loss(&m, &b);
+        let (l, right, pooled_right) = loss(&m, &b, r.pooled_weight);
         let lv = l.clone().into_scalar().elem::<f64>();
         if !lv.is_finite() {
             bail!("the loss is {lv} at step {step}: training diverged");
@@ -251,8 +308,18 @@ pub fn pretrain<B: AutodiffBackend>(r: &VisionRun, device: &B::Device) -> Result
         let lr = schedule.lr(moments.steps);
         m = optim::step(m, grads, &names, &mut moments, adamw, lr, optim::clip_factor(norm, Some(1.0)))?;
         let n = (r.batch * patches) as f64;
-        let acc: serde_json::Map<String, Value> =
-            HEADS.iter().zip(&right).map(|((h, _), &k)| (format!("acc_{h}"), json!(k as f64 / n))).collect();
+        let cells = (r.batch * 9) as f64;
+        let acc: serde_json::Map<String, Value> = HEADS
+            .iter()
+            .zip(&right)
+            .map(|((h, _), &k)| (format!("acc_{h}"), json!(k as f64 / n)))
+            .chain(
+                HEADS
+                    .iter()
+                    .zip(&pooled_right)
+                    .map(|((h, _), &k)| (format!("pooled_acc_{h}"), json!(k as f64 / cells))),
+            )
+            .collect();
         let mut line = json!({"step": step, "loss": lv, "lr": lr, "grad_norm": norm, "elapsed_s": t0.elapsed().as_secs_f64()});
         line.as_object_mut().expect("an object").extend(acc);
         writeln!(metrics, "{line}")?;
@@ -265,19 +332,34 @@ pub fn pretrain<B: AutodiffBackend>(r: &VisionRun, device: &B::Device) -> Result
     plot::draw_labelled(&history, &r.out.join("vision_loss.png"), "cell cross-entropy (4 heads)")?;
     let valid = m.valid();
     let mut val_accuracy = Vec::new();
+    let mut val_pooled_accuracy = Vec::new();
     if !val.is_empty() {
         let mut right = [0usize; 4];
+        let mut pooled_right = [0usize; 4];
         let inner: burn::tensor::Device<B::InnerBackend> = device.clone();
         for chunk in val.chunks(r.batch) {
             let items: Vec<&(String, CellLabels)> = chunk.iter().collect();
             let b = batch::<B::InnerBackend>(&items, &r.images, &preprocess, size, patches, &inner)?;
-            for (acc, k) in right.iter_mut().zip(loss(&valid, &b).1) {
+            let (_, r1, r2) = loss(&valid, &b, 0.0);
+            for (acc, k) in right.iter_mut().zip(r1) {
+                *acc += k;
+            }
+            for (acc, k) in pooled_right.iter_mut().zip(r2) {
                 *acc += k;
             }
         }
         let n = (val.len() * patches) as f64;
         val_accuracy = HEADS.iter().zip(right).map(|((h, _), k)| (*h, k as f64 / n)).collect();
+        let cells = (val.len() * 9) as f64;
+        val_pooled_accuracy =
+            HEADS.iter().zip(pooled_right).map(|((h, _), k)| (*h, k as f64 / cells)).collect();
     }
     write_model_dir(&r.out, &r.model, &valid.model, &names, None)?;
-    Ok(VisionSummary { steps: r.steps, final_loss: last, val_accuracy, seconds: t0.elapsed().as_secs_f64() })
+    Ok(VisionSummary {
+        steps: r.steps,
+        final_loss: last,
+        val_accuracy,
+        val_pooled_accuracy,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
 }

@@ -72,6 +72,10 @@ impl EngineState {
                 (m, pre, snap.tokenizer, p.display().to_string(), false)
             }
         };
+        let model = match cfg.mode {
+            Some(mode) => model.with_mode(mode, false)?,
+            None => model,
+        };
         let c = model.llava.llm.config();
         let layout = model.layout(0);
         let card = ModelCard {
