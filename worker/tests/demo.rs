@@ -475,8 +475,8 @@ fn vision_pretraining_teaches_the_tower_and_touches_nothing_else() {
     );
 
     // Refusals, naming the problem.
-    let run = |scenes: &Path, out: &Path| {
-        htc(&[
+    let run_with = |scenes: &Path, out: &Path, extra: &[&str]| {
+        let mut a = vec![
             "pretrain-vision",
             "--model",
             s(&init),
@@ -489,8 +489,11 @@ fn vision_pretraining_teaches_the_tower_and_touches_nothing_else() {
             "--steps",
             "1",
             "--quiet",
-        ])
+        ];
+        a.extend_from_slice(extra);
+        htc(&a)
     };
+    let run = |scenes: &Path, out: &Path| run_with(scenes, out, &[]);
     let e = err(&run(&sm.root.join("nope.json"), &sm.root.join("x")));
     assert!(e.contains("cannot read") && e.contains("nope.json"), "{e}");
     let bad = sm.root.join("bad-scenes.json");
@@ -501,20 +504,7 @@ fn vision_pretraining_teaches_the_tower_and_touches_nothing_else() {
     assert!(err(&run(&bad, &sm.root.join("x"))).contains("not a JSON list of scenes"));
     let e = err(&run(&sm.data.join("train.scenes.json"), &init));
     assert!(e.contains("--out must differ from --model"), "{e}");
-    let neg = htc(&[
-        "pretrain-vision",
-        "--model",
-        s(&init),
-        "--scenes",
-        s(&sm.data.join("train.scenes.json")),
-        "--images",
-        s(&sm.data),
-        "--out",
-        s(&sm.root.join("y")),
-        "--pooled-weight",
-        "-1",
-        "--quiet",
-    ]);
+    let neg = run_with(&sm.data.join("train.scenes.json"), &sm.root.join("y"), &["--pooled-weight=-1"]);
     assert!(err(&neg).contains("--pooled-weight must be a number ≥ 0"));
 }
 
