@@ -176,8 +176,8 @@ fn batch<B: Backend>(
 ) -> Result<Batch<B>> {
     let g = (patches as f64).sqrt().round() as usize;
     let mut px = Vec::with_capacity(items.len());
-    let mut targets = vec![Vec::with_capacity(items.len() * patches); 4];
-    let mut scene = vec![Vec::with_capacity(items.len() * 9); 4];
+    let mut targets: Vec<Vec<i64>> = (0..4).map(|_| Vec::with_capacity(items.len() * patches)).collect();
+    let mut scene: Vec<Vec<i64>> = (0..4).map(|_| Vec::with_capacity(items.len() * 9)).collect();
     for (file, labels) in items {
         let img = read_image_file(&images.join(file))?;
         px.push(clip_pixels(pre, &img, size, device)?);
