@@ -92,34 +92,18 @@ pub fn cell_of_patch(p: usize, g: usize) -> usize {
     to_cell(r) * 3 + to_cell(c)
 }
 
-/// The heads, one linear map from the vision width to each property's classes.
+/// Linear heads from the vision width to each property's classes, for `cells` cells at once:
+/// 1 for the per-patch heads, 9 for the scene heads on the mean patch feature.
 #[derive(Module, Debug)]
 pub struct CellHeads<B: Backend> {
     heads: Vec<Linear<B>>,
 }
 
 impl<B: Backend> CellHeads<B> {
-    fn new(vb: &Loader<B>, width: usize) -> Result<Self> {
+    fn new(vb: &Loader<B>, width: usize, cells: usize) -> Result<Self> {
         let heads = HEADS
             .iter()
-            .map(|(name, n)| Ok(vb.linear(name, width, *n, true)?))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Self { heads })
-    }
-}
-
-/// The heads on the mean patch feature: per property, one linear map to the classes of all
-/// nine cells.
-#[derive(Module, Debug)]
-pub struct SceneHeads<B: Backend> {
-    heads: Vec<Linear<B>>,
-}
-
-impl<B: Backend> SceneHeads<B> {
-    fn new(vb: &Loader<B>, width: usize) -> Result<Self> {
-        let heads = HEADS
-            .iter()
-            .map(|(name, n)| Ok(vb.linear(name, width, 9 * n, true)?))
+            .map(|(name, n)| Ok(vb.linear(name, width, cells * n, true)?))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self { heads })
     }
@@ -130,7 +114,7 @@ impl<B: Backend> SceneHeads<B> {
 pub struct Pretrain<B: Backend> {
     model: Htc<B>,
     heads: CellHeads<B>,
-    scene: SceneHeads<B>,
+    scene: CellHeads<B>,
 }
 
 /// Settings of a pretraining run.
@@ -279,8 +263,8 @@ pub fn pretrain<B: AutodiffBackend>(r: &VisionRun, device: &B::Device) -> Result
     };
     B::seed(device, r.seed);
     let vb = Loader::<B>::init(device);
-    let heads = CellHeads::new(&vb.pp("cell_heads"), width)?;
-    let scene = SceneHeads::new(&vb.pp("scene_heads"), width)?;
+    let heads = CellHeads::new(&vb.pp("cell_heads"), width, 1)?;
+    let scene = CellHeads::new(&vb.pp("scene_heads"), width, 9)?;
     names.extend(vb.names());
     let mut m = Pretrain { model, heads, scene };
     std::fs::create_dir_all(&r.out).with_context(|| format!("cannot create {}", r.out.display()))?;
