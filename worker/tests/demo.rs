@@ -126,6 +126,15 @@ fn smoke(group: &str) -> Smoke {
     Smoke { root, data, mgvq_cfg, tok }
 }
 
+/// The tiny HTC model built from scratch by `htc init --config` (random MGVQ inside).
+fn scratch_model(sm: &Smoke) -> PathBuf {
+    let cfg = sm.root.join("model.json");
+    std::fs::write(&cfg, tiny_model(&tiny_mgvq(), 128).to_string()).unwrap();
+    let init = sm.root.join("init");
+    ok(&htc(&["init", "--config", s(&cfg), "--tokenizer", s(&sm.tok), "--out", s(&init)]), "init");
+    init
+}
+
 fn train_tokenizer(sm: &Smoke, out: &Path) -> String {
     ok(
         &htc(&[
@@ -400,10 +409,7 @@ fn cells_under_patches_and_foreground_weights() {
 #[test]
 fn vision_pretraining_teaches_the_tower_and_touches_nothing_else() {
     let sm = smoke("demo-vision");
-    let cfg = sm.root.join("model.json");
-    std::fs::write(&cfg, tiny_model(&tiny_mgvq(), 128).to_string()).unwrap();
-    let init = sm.root.join("init");
-    ok(&htc(&["init", "--config", s(&cfg), "--tokenizer", s(&sm.tok), "--out", s(&init)]), "init");
+    let init = scratch_model(&sm);
     let out = sm.root.join("pretrained");
     let o = htc(&[
         "pretrain-vision",
@@ -511,10 +517,7 @@ fn vision_pretraining_teaches_the_tower_and_touches_nothing_else() {
 #[test]
 fn training_stages_switch_modes_and_eval_answers_in_another_mode() {
     let sm = smoke("demo-modes");
-    let cfg = sm.root.join("model.json");
-    std::fs::write(&cfg, tiny_model(&tiny_mgvq(), 128).to_string()).unwrap();
-    let init = sm.root.join("init");
-    ok(&htc(&["init", "--config", s(&cfg), "--tokenizer", s(&sm.tok), "--out", s(&init)]), "init");
+    let init = scratch_model(&sm);
     let train = |from: &Path, out: &Path, mode: &str| {
         let (data, out_s) = (sm.data.join("train.json"), out.to_path_buf());
         let mut a = common::train_args(from, &data, &sm.data, &out_s, "3");

@@ -37,13 +37,7 @@ pub struct EvalArgs {
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {
-    let mode = match &a.mode {
-        Some(m) => Some(
-            serde_json::from_value::<htc_shared::config::HtcMode>(json!(m))
-                .map_err(|_| anyhow::anyhow!("unknown --mode `{m}` (none, voco, htc, discrete, avgpool)"))?,
-        ),
-        None => None,
-    };
+    let mode = a.mode.as_deref().map(super::parse_mode).transpose()?;
     let items = read_items(&a.data, &a.images)?;
     let model_id = a.model.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
     let mut out = std::io::BufWriter::new(

@@ -111,8 +111,7 @@ pub fn run(a: InitArgs) -> Result<()> {
     let (Some(llava_dir), Some(mgvq_path)) = (&a.llava, &a.mgvq) else {
         return scratch(&a, half);
     };
-    let mode: HtcMode = serde_json::from_value(json!(a.mode))
-        .map_err(|_| anyhow::anyhow!("unknown --mode `{}` (none, voco, htc, discrete, avgpool)", a.mode))?;
+    let mode: HtcMode = super::parse_mode(&a.mode)?;
     let topology: Topology = a.topology.parse()?;
     let mgvq_cfg = if a.mgvq_config == "f16c32_g8" {
         mgvq::Config::f16c32_g8()

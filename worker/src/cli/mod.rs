@@ -71,3 +71,9 @@ impl Cli {
         }
     }
 }
+
+/// A `--mode` value (`htc init`, `htc train`, `htc eval`): one of the modes HTC configs name.
+pub fn parse_mode(m: &str) -> Result<htc_shared::config::HtcMode> {
+    serde_json::from_value(serde_json::json!(m))
+        .map_err(|_| anyhow::anyhow!("unknown --mode `{m}` (none, voco, htc, discrete, avgpool)"))
+}

@@ -138,12 +138,7 @@ impl TrainArgs {
             val: self.val_data.clone().zip(self.val_images.clone()),
             out: self.out.clone(),
             trainable: Trainable::parse(&self.train)?,
-            mode: match &self.mode {
-                Some(m) => Some(serde_json::from_value(serde_json::json!(m)).map_err(|_| {
-                    anyhow::anyhow!("unknown --mode `{m}` (none, voco, htc, discrete, avgpool)")
-                })?),
-                None => None,
-            },
+            mode: self.mode.as_deref().map(super::parse_mode).transpose()?,
             lora: match self.lora_rank {
                 Some(rank) => {
                     let l = LoraConfig {

@@ -7,10 +7,10 @@
 //! shape (or empty), colour (or empty), size (or empty) and texture (or empty). The loss is the
 //! sum of the four cross-entropies, averaged over patches. A second set of four heads reads the
 //! mean of all patch features and names what every one of the nine cells holds (weighted by
-//! `--pooled-weight`): a single vector that averages the patches, which is what a `<voco>` token
-//! reads at first (its attention starts near uniform), then carries the whole scene, each
-//! property bound to its cell, instead of a blend of the cells' properties. Only the vision tower learns; the
-//! heads are dropped afterwards and the model directory is written back with the new tower,
+//! `--pooled-weight`, off by default): a single vector that averages the patches, which is what
+//! a `<voco>` token reads at first (its attention starts near uniform), then carries the whole
+//! scene, each property bound to its cell. Only the vision tower learns; the heads are dropped
+//! afterwards and the model directory is written back with the new tower,
 //! everything else unchanged, for `htc train` to build on.
 
 use std::io::Write;
