@@ -579,3 +579,57 @@ fn training_stages_switch_modes_and_eval_answers_in_another_mode() {
     let e = err(&train(&init, &sm.root.join("bad"), "sideways"));
     assert!(e.contains("unknown --mode `sideways`"), "{e}");
 }
+
+#[test]
+fn the_scene_probe_teaches_voco_and_leaves_no_trace_in_the_checkpoint() {
+    let sm = smoke("demo-probe");
+    let init = scratch_model(&sm);
+    let data = sm.data.join("train.json");
+    let scenes = sm.data.join("train.scenes.json");
+    let train = |out: &str, extra: &[&str]| {
+        let out = sm.root.join(out);
+        let mut a = common::train_args(&init, &data, &sm.data, &out, "3");
+        a.extend_from_slice(extra);
+        htc(&a)
+    };
+    let weights = |run: &str| -> Vec<(String, Vec<u8>)> {
+        let b = std::fs::read(sm.root.join(run).join("checkpoint-3/model.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&b).unwrap();
+        let mut v: Vec<(String, Vec<u8>)> =
+            st.tensors().into_iter().map(|(k, t)| (k.to_string(), t.data().to_vec())).collect();
+        v.sort();
+        v
+    };
+    ok(&train("plain", &[]), "train");
+    ok(&train("probed", &["--scene-loss", "0.5", "--scenes", s(&scenes)]), "train --scene-loss");
+    let (plain, probed) =
+        (lines(&sm.root.join("plain/metrics.jsonl")), lines(&sm.root.join("probed/metrics.jsonl")));
+    // The probe adds a loss; it does not change the forward pass, so the first step's answer
+    // loss is the same, and it reports its own loss and accuracy.
+    assert_eq!(plain[0]["loss"], probed[0]["loss"]);
+    assert!(plain[0].get("scene_loss").is_none());
+    for m in &probed {
+        let (l, acc) = (m["scene_loss"].as_f64().unwrap(), m["scene_accuracy"].as_f64().unwrap());
+        assert!(l.is_finite() && l > 0.0, "{m}");
+        assert!((0.0..=1.0).contains(&acc), "{m}");
+    }
+    // Its gradient reaches the model (the <voco> token above all); its heads are not saved.
+    let (a, b) = (weights("plain"), weights("probed"));
+    assert_eq!(a.iter().map(|x| &x.0).collect::<Vec<_>>(), b.iter().map(|x| &x.0).collect::<Vec<_>>());
+    let voco = |w: &[(String, Vec<u8>)]| w.iter().find(|(k, _)| k.contains("voco")).unwrap().1.clone();
+    assert_ne!(voco(&a), voco(&b), "the probe's loss moved <voco>");
+
+    // Refusals, naming the problem.
+    let e = err(&train("bad1", &["--scene-loss", "0.5"]));
+    assert!(e.contains("--scenes"), "{e}");
+    let e = err(&train("bad2", &["--scene-loss=-1", "--scenes", s(&scenes)]));
+    assert!(e.contains("--scene-loss must be a positive number"), "{e}");
+    let e = err(&train("bad3", &["--scene-loss", "0.5", "--scenes", s(&sm.data.join("val.scenes.json"))]));
+    assert!(e.contains("has no scene for"), "{e}");
+    let e = err(&train("bad4", &["--scene-loss", "0.5", "--scenes", s(&sm.root.join("missing.json"))]));
+    assert!(e.contains("missing.json"), "{e}");
+    let e = err(&train("bad5", &["--scene-loss", "0.5", "--scenes", s(&scenes), "--mode", "none"]));
+    assert!(e.contains("<voco>"), "{e}");
+    let e = err(&train("probed", &["--scene-loss", "0.5", "--scenes", s(&scenes), "--resume"]));
+    assert!(e.contains("--resume cannot continue a run with --scene-loss"), "{e}");
+}

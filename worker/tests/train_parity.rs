@@ -68,6 +68,7 @@ fn batch(e: &Expected, range: std::ops::Range<usize>) -> Batch<Train> {
         images: ImageTensors { clip: t("batch.clip"), mgvq: Some(t("batch.mgvq")), codes: None },
         ids: rows(&ids).into_iter().map(|r| r.into_iter().map(|i| i as u32).collect()).collect(),
         labels: rows(&labels),
+        scene: None,
     }
 }
 
@@ -322,6 +323,7 @@ fn cached_mgvq_codes_give_the_loss_of_the_pixels() {
         images: ImageTensors { clip: b.images.clip.clone(), mgvq: None, codes: Some(codes) },
         ids: b.ids.clone(),
         labels: b.labels.clone(),
+        scene: None,
     };
     let from_codes = nll_sum(&model, &cached).unwrap().into_scalar();
     assert_eq!(from_codes, from_pixels, "codes and pixels give the same loss");

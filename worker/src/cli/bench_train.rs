@@ -123,6 +123,7 @@ pub fn run(shape: &str, steps: usize) -> Result<()> {
         },
         ids,
         labels,
+        scene: None,
     };
     let opt = Optimizer {
         adamw: AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.1 },

@@ -10,7 +10,7 @@ use htc_shared::config::LoraConfig;
 use crate::backend::{self, Backend};
 use crate::train::objective::Trainable;
 use crate::train::optim::{AdamW, WarmupCosine};
-use crate::train::run::{run as run_training, RunConfig};
+use crate::train::run::{run as run_training, RunConfig, SceneLoss};
 use crate::train::step::Optimizer;
 
 #[derive(clap::Args, Debug, Clone)]
@@ -102,6 +102,15 @@ pub struct TrainArgs {
     /// Log the validation loss every N steps (with --val-data).
     #[arg(long, default_value_t = 200)]
     pub eval_every: usize,
+    /// Add a probe's loss on the `<voco>` token, weighted by this: linear heads (training-only,
+    /// not saved) that name what every grid cell of the ShapesVQA scene holds, so that the one
+    /// token learns to carry the whole scene (needs --scenes).
+    #[arg(long, requires = "scenes")]
+    pub scene_loss: Option<f64>,
+    /// The scene labels for --scene-loss: the `<split>.scenes.json` `htc data shapes` wrote
+    /// beside the data (image paths relative to --images).
+    #[arg(long, requires = "scene_loss")]
+    pub scenes: Option<PathBuf>,
     /// Stop at the first unusable record instead of skipping it.
     #[arg(long)]
     pub strict: bool,
@@ -156,6 +165,10 @@ impl TrainArgs {
                 schedule: WarmupCosine { base: self.lr, warmup: self.warmup_steps, total: 0 },
                 max_grad_norm: (self.max_grad_norm > 0.0).then_some(self.max_grad_norm),
             },
+            scene_loss: self
+                .scene_loss
+                .zip(self.scenes.clone())
+                .map(|(weight, scenes)| SceneLoss { scenes, weight }),
             global_batch: self.global_batch,
             micro_batch: self.micro_batch,
             max_steps: self.max_steps,

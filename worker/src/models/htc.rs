@@ -21,7 +21,7 @@ use htc_shared::loader::Loader;
 use htc_shared::mask::MaskLayout;
 use htc_shared::mgvq::Mgvq;
 
-use super::llama::{KvCache, Prompt, Step};
+use super::llama::{self, KvCache, Prompt, Step};
 use super::llava::{self, gelu_erf, Llava};
 
 /// P_d: `q_len → hidden → N_d · d_model` with GELU after each layer.
@@ -334,17 +334,22 @@ impl<B: Backend> Htc<B> {
     /// for a batch of images and text embeddings `[b, n_text, d]` (right-padded: padding comes
     /// after every real token, so no real token sees it). Training's forward pass.
     pub fn full_hidden(&self, img: &ImageTensors<B>, text: Tensor<B, 3>) -> Result<Tensor<B, 3>> {
+        Ok(self.full_forward(img, text)?.hidden)
+    }
+
+    /// [`Self::full_hidden`] with everything the decoder reports (each layer's normalised input
+    /// too, which the training probes read at the `<voco>` position).
+    pub fn full_forward(&self, img: &ImageTensors<B>, text: Tensor<B, 3>) -> Result<llama::Output<B>> {
         let llm = &self.llava.llm;
         let layout = self.layout(text.dims()[1]);
         let embeds = Tensor::cat(vec![self.prefix_embeds(img)?, text], 1);
         let positions: Vec<usize> = (0..layout.len()).collect();
         let self_only = self.self_only(&layout);
-        let out = llm.forward(
+        Ok(llm.forward(
             embeds,
             Step { positions: &positions, mask: Some(self.mask(&layout)), want_attention: false, self_only },
             &mut llm.new_cache(),
-        );
-        Ok(out.hidden)
+        ))
     }
 
     /// Text logits `[1, n_text, vocab]` from a compressed image.

@@ -234,6 +234,9 @@ pub struct Output<B: Backend> {
     pub attention: Vec<Tensor<B, 3>>,
     /// The first input with an attention row (`Step::self_only` rows have none).
     pub attention_from: usize,
+    /// Per layer, its normalised input `[b, t, d]`: what that layer's keys and values are
+    /// computed from (training probes read them; holding them costs no copy).
+    pub layer_inputs: Vec<Tensor<B, 3>>,
 }
 
 #[derive(Module, Debug)]
@@ -348,21 +351,18 @@ impl<B: Backend> Llama<B> {
         let self_only = if past == 0 { step.self_only.min(t) } else { 0 };
         let mut x = embeds;
         let mut attention = Vec::new();
+        let mut layer_inputs = Vec::with_capacity(self.layers.len());
         for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            let (h, probs) = layer.self_attn.forward(
-                layer.input_layernorm.forward(x.clone()),
-                (&cos, &sin),
-                mask.as_ref(),
-                kv,
-                self_only,
-            );
+            let normed = layer.input_layernorm.forward(x.clone());
+            layer_inputs.push(normed.clone());
+            let (h, probs) = layer.self_attn.forward(normed, (&cos, &sin), mask.as_ref(), kv, self_only);
             if step.want_attention {
                 attention.push(probs.mean_dim(1).squeeze_dim::<3>(1));
             }
             x = x + h;
             x = x.clone() + layer.mlp.forward(layer.post_attention_layernorm.forward(x));
         }
-        Output { hidden: self.norm.forward(x), attention, attention_from: self_only }
+        Output { hidden: self.norm.forward(x), attention, attention_from: self_only, layer_inputs }
     }
 
     /// One decoding step for `b` independent sequences at once (micro-batching). Row `i`

@@ -1,12 +1,15 @@
 //! What training minimises: next-token cross-entropy on answer tokens only, over a right-padded
-//! batch under the model's own attention mask, and which parts of the model learn.
+//! batch under the model's own attention mask (plus, when asked, the scene probe's loss on the
+//! `<voco>` token), and which parts of the model learn.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use burn::module::Module;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 
+use super::vision::{head_loss, CellHeads, CellLabels, HEADS};
 use crate::models::htc::{Htc, ImageTensors};
+use htc_shared::loader::Loader;
 
 /// The label of a token that is not a target (PyTorch's `ignore_index`).
 pub const IGNORE: i64 = -100;
@@ -17,6 +20,8 @@ pub struct Batch<B: Backend> {
     pub images: ImageTensors<B>,
     pub ids: Vec<Vec<u32>>,
     pub labels: Vec<Vec<i64>>,
+    /// Per row, what each grid cell of its ShapesVQA scene holds (only for the scene probe).
+    pub scene: Option<Vec<CellLabels>>,
 }
 
 impl<B: Backend> Batch<B> {
@@ -37,6 +42,24 @@ impl<B: Backend> Batch<B> {
 /// `[len, len]` mask serves all of them and real tokens never see padding (it comes after
 /// them). Only the hidden states that predict an answer token go through the LM head.
 pub fn nll_sum<B: Backend>(model: &Htc<B>, batch: &Batch<B>) -> Result<Tensor<B, 1>> {
+    Ok(losses(model, None, batch)?.nll_sum)
+}
+
+/// What one forward pass of a batch gives the objective.
+pub struct Losses<B: Backend> {
+    /// The summed negative log-likelihood of the answer tokens (`[1]`).
+    pub nll_sum: Tensor<B, 1>,
+    /// With a probe: the sum over rows of the probe's loss (the sum over its four heads of
+    /// the mean cross-entropy over the nine cells), and how many cell properties it named
+    /// right (of `rows × 9 × 4`).
+    pub scene: Option<(Tensor<B, 1>, usize)>,
+}
+
+/// [`nll_sum`], and the scene probe's loss when `probe` is given (the batch must then carry
+/// scene labels).
+pub fn losses<B: Backend>(
+    model: &Htc<B>, probe: Option<&SceneProbe<B>>, batch: &Batch<B>,
+) -> Result<Losses<B>> {
     let llm = &model.llava.llm;
     let b = batch.ids.len();
     if b == 0 || batch.labels.len() != b {
@@ -77,13 +100,67 @@ pub fn nll_sum<B: Backend>(model: &Htc<B>, batch: &Batch<B>) -> Result<Tensor<B,
     }
     let n = targets.len();
     let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(padded, [b, t]), &device);
-    let hidden = model.full_hidden(&batch.images, llm.embed_batch(ids))?;
+    let out = model.full_forward(&batch.images, llm.embed_batch(ids))?;
+    let scene = match probe {
+        Some(p) => {
+            let labels = batch.scene.as_deref().context("the scene probe needs the batch's scene labels")?;
+            if labels.len() != b {
+                bail!("{} scene label rows for a batch of {b}", labels.len());
+            }
+            if layout.n_voco == 0 {
+                bail!("the scene probe reads the <voco> token, which this model's mode has not got");
+            }
+            let last = out.layer_inputs.last().context("the LLM has no layers")?.clone();
+            let d = last.dims()[2];
+            let v = layout.voco_start();
+            Some(p.loss(last.slice([0..b, v..v + 1, 0..d]).reshape([b, d]), labels))
+        }
+        None => None,
+    };
+    let hidden = out.hidden;
     let d = hidden.dims()[2];
     let rows = Tensor::<B, 1, Int>::from_data(TensorData::new(rows, [n]), &device);
     let hidden = hidden.reshape([b * len, d]).select(0, rows);
     let logits = llm.logits(hidden.unsqueeze::<3>()).squeeze_dim::<2>(0);
     let targets = Tensor::<B, 2, Int>::from_data(TensorData::new(targets, [n, 1]), &device);
-    Ok(log_softmax(logits, 1).gather(1, targets).sum().neg())
+    Ok(Losses { nll_sum: log_softmax(logits, 1).gather(1, targets).sum().neg(), scene })
+}
+
+/// A training-only probe (`htc train --scene-loss`): linear heads that name, from the
+/// `<voco>` token's state as the last LLM layer reads it (that layer's normalised input), what
+/// each of the nine grid cells of a ShapesVQA scene holds (shape, colour, size, texture, or
+/// empty). Its loss asks the one token to carry the whole scene, each property bound to its
+/// cell, with a signal on every cell of every image rather than on one answer word; it is
+/// dropped when a checkpoint is written.
+#[derive(Module, Debug)]
+pub struct SceneProbe<B: Backend> {
+    heads: CellHeads<B>,
+}
+
+impl<B: Backend> SceneProbe<B> {
+    /// Fresh heads for an LLM of width `d`, their parameters named under `vb`.
+    pub fn new(vb: &Loader<B>, d: usize) -> Result<Self> {
+        Ok(Self { heads: CellHeads::new(vb, d, 9)? })
+    }
+
+    /// The summed (over rows) loss of `voco: [b, d]` against `labels`, and the number of cell
+    /// properties named right.
+    fn loss(&self, voco: Tensor<B, 2>, labels: &[CellLabels]) -> (Tensor<B, 1>, usize) {
+        let b = labels.len();
+        let mut total: Option<Tensor<B, 1>> = None;
+        let mut right = 0;
+        for (h, (head, (_, n))) in self.heads.heads().iter().zip(HEADS).enumerate() {
+            let t: Vec<i64> =
+                labels.iter().flat_map(|cells| cells.iter().map(move |c| c[h] as i64)).collect();
+            let (nll, k) = head_loss(head.forward(voco.clone()).reshape([b * 9, n]), &t);
+            right += k;
+            total = Some(match total.take() {
+                Some(x) => x + nll,
+                None => nll,
+            });
+        }
+        (total.expect("four heads").mul_scalar(b as f64), right)
+    }
 }
 
 /// The parts of an HTC model that can learn.

@@ -21,10 +21,11 @@ use htc_shared::preprocess::ClipPreprocess;
 
 use super::checkpoint::{self, TrainerState};
 use super::data::{self, DataOptions, Dataset, Example};
-use super::objective::{nll_sum, Batch, Trainable};
+use super::objective::{nll_sum, Batch, SceneProbe, Trainable};
 use super::optim::Moments;
 use super::plot;
-use super::step::{train_step, Optimizer};
+use super::step::{train_step_probed, Optimizer, Probed};
+use super::vision::{read_scenes, CellLabels};
 use crate::formats::checkpoint::{AnyModel, Snapshot};
 use crate::models::htc::{Htc, ImageTensors};
 use crate::runtime::image::{clip_pixels, mgvq_pixels, read_image_file};
@@ -45,6 +46,9 @@ pub struct RunConfig {
     /// Train the LLM through LoRA adapters instead of its full weights.
     pub lora: Option<LoraConfig>,
     pub optimizer: Optimizer,
+    /// Add the scene probe's loss on `<voco>` ([`SceneProbe`]), labels from a ShapesVQA
+    /// `<split>.scenes.json`.
+    pub scene_loss: Option<SceneLoss>,
     pub global_batch: usize,
     pub micro_batch: usize,
     /// Stop after this many steps, or after `epochs` epochs.
@@ -69,8 +73,25 @@ impl RunConfig {
             "betas": [o.adamw.beta1, o.adamw.beta2], "eps": o.adamw.eps, "max_grad_norm": o.max_grad_norm,
             "global_batch": self.global_batch, "micro_batch": self.micro_batch, "lora": self.lora,
             "mode": self.mode,
+            "scene_loss": self.scene_loss.as_ref().map(|s| json!({"scenes": s.scenes, "weight": s.weight})),
         })
     }
+}
+
+/// The scene probe's labels and weight (`--scenes`, `--scene-loss`).
+#[derive(Debug, Clone)]
+pub struct SceneLoss {
+    /// A `<split>.scenes.json` whose image paths are relative to the run's `images` folder.
+    pub scenes: PathBuf,
+    pub weight: f64,
+}
+
+/// The cell labels of every scene in `s`, by image path (joined to `images`, as the data's).
+fn scene_labels(s: &SceneLoss, images: &Path) -> Result<HashMap<PathBuf, CellLabels>> {
+    if !(s.weight.is_finite() && s.weight > 0.0) {
+        bail!("--scene-loss must be a positive number, got {}", s.weight);
+    }
+    Ok(read_scenes(&s.scenes)?.into_iter().map(|(image, labels)| (images.join(image), labels)).collect())
 }
 
 /// What a finished run reports.
@@ -98,6 +119,7 @@ type CodeCache = HashMap<PathBuf, Vec<Vec<u16>>>;
 /// `codes`.
 fn make_batch<B: Backend>(
     model: &Htc<B>, pre: &ClipPreprocess, ex: &[&Example], device: &B::Device, codes: &mut CodeCache,
+    scenes: Option<&HashMap<PathBuf, CellLabels>>,
 ) -> Result<Batch<B>> {
     let size = model.llava.vision.image_size();
     let mut clip = Vec::new();
@@ -119,6 +141,17 @@ fn make_batch<B: Backend>(
         images: ImageTensors { clip: Tensor::cat(clip, 0), mgvq: None, codes: batch_codes },
         ids: ex.iter().map(|e| e.ids.clone()).collect(),
         labels: ex.iter().map(|e| e.labels.clone()).collect(),
+        scene: scenes
+            .map(|s| {
+                ex.iter()
+                    .map(|e| {
+                        s.get(&e.image)
+                            .copied()
+                            .with_context(|| format!("no scene for {}", e.image.display()))
+                    })
+                    .collect::<Result<Vec<_>>>()
+            })
+            .transpose()?,
     })
 }
 
@@ -132,7 +165,7 @@ fn validate<B: AutodiffBackend>(
     let (mut nll, mut n) = (0f64, 0usize);
     for chunk in set.examples.chunks(micro) {
         let refs: Vec<&Example> = chunk.iter().collect();
-        let b = make_batch(&m, pre, &refs, &inner_dev, codes)?;
+        let b = make_batch(&m, pre, &refs, &inner_dev, codes, None)?;
         n += b.targets();
         nll += nll_sum(&m, &b)?.into_scalar().elem::<f64>();
     }
@@ -175,6 +208,12 @@ pub fn run<B: AutodiffBackend>(cfg: &RunConfig, device: &B::Device) -> Result<Ru
     }
     if cfg.save_every == 0 {
         bail!("--save-every must be at least 1");
+    }
+    if cfg.resume && cfg.scene_loss.is_some() {
+        bail!(
+            "--resume cannot continue a run with --scene-loss: the probe's heads are training-only and \
+             not checkpointed; start the stage again"
+        );
     }
     let existing = checkpoint::checkpoints(&cfg.out)?;
     let (source, resumed) = match (cfg.resume, existing.last()) {
@@ -223,7 +262,7 @@ pub fn run<B: AutodiffBackend>(cfg: &RunConfig, device: &B::Device) -> Result<Ru
             names.extend(fresh.names());
         }
     }
-    let mut model = cfg.trainable.apply(model);
+    let model = cfg.trainable.apply(model);
     let ctx = model.llava.llm.config().max_position_embeddings;
     let max_text = ctx.saturating_sub(model.layout(0).len());
     let opts = DataOptions { tokenizer: &tok, max_text, strict: cfg.strict };
@@ -235,6 +274,34 @@ pub fn run<B: AutodiffBackend>(cfg: &RunConfig, device: &B::Device) -> Result<Ru
         Some((d, i)) => Some(data::load(d, i, &opts)?),
         None => None,
     };
+    let scenes = match &cfg.scene_loss {
+        Some(s) => {
+            let labels = scene_labels(s, &cfg.images)?;
+            if let Some(e) = train.examples.iter().find(|e| !labels.contains_key(&e.image)) {
+                bail!(
+                    "{} has no scene for {} (record `{}`); --scenes must describe the training images",
+                    s.scenes.display(),
+                    e.image.display(),
+                    e.id
+                );
+            }
+            Some(labels)
+        }
+        None => None,
+    };
+    let probe = match &scenes {
+        Some(_) => {
+            // Fresh heads drawn from the run's seed, so two runs with the same options agree.
+            B::seed(device, cfg.seed);
+            let vb = htc_shared::loader::Loader::<B>::init(device);
+            let probe = SceneProbe::new(&vb.pp("scene_probe"), model.llava.llm.config().hidden_size)?;
+            names.extend(vb.names());
+            Some(probe)
+        }
+        None => None,
+    };
+    let mut trained = Probed { model, probe };
+    let weight = cfg.scene_loss.as_ref().map_or(0.0, |s| s.weight);
     let n = train.examples.len();
     let steps_per_epoch = n.div_ceil(cfg.global_batch);
     let total = cfg.max_steps.unwrap_or(cfg.epochs * steps_per_epoch);
@@ -277,21 +344,25 @@ pub fn run<B: AutodiffBackend>(cfg: &RunConfig, device: &B::Device) -> Result<Ru
         let ex: Vec<&Example> = idx.iter().map(|&i| &train.examples[i]).collect();
         let micro = ex
             .chunks(cfg.micro_batch)
-            .map(|c| make_batch(&model, &preprocess, c, device, &mut codes))
+            .map(|c| make_batch(&trained.model, &preprocess, c, device, &mut codes, scenes.as_ref()))
             .collect::<Result<Vec<_>>>()?;
         let ts = Instant::now();
-        let (m, r) = train_step(model, &micro, &names, &mut moments, &opt)?;
-        model = m;
+        let (m, r) = train_step_probed(trained, &micro, &names, &mut moments, &opt, weight)?;
+        trained = m;
         let tps = r.tokens as f64 / ts.elapsed().as_secs_f64().max(1e-9);
         let step = s + 1;
         let mut line = json!({
             "step": step, "epoch": epoch, "loss": r.loss, "lr": r.lr, "grad_norm": r.grad_norm,
             "tokens_per_s": tps, "elapsed_s": t0.elapsed().as_secs_f64(),
         });
+        if let Some((l, acc)) = r.scene {
+            line["scene_loss"] = json!(l);
+            line["scene_accuracy"] = json!(acc);
+        }
         if let Some(v) = &val {
             if step % cfg.eval_every.max(1) == 0 || step == total {
                 line["val_loss"] =
-                    json!(validate(&model, &preprocess, v, cfg.micro_batch, device, &mut codes)?);
+                    json!(validate(&trained.model, &preprocess, v, cfg.micro_batch, device, &mut codes)?);
             }
         }
         writeln!(metrics, "{line}")?;
@@ -314,7 +385,7 @@ pub fn run<B: AutodiffBackend>(cfg: &RunConfig, device: &B::Device) -> Result<Ru
             last.1 = checkpoint::save(
                 &cfg.out,
                 &source,
-                &model,
+                &trained.model,
                 &names,
                 cfg.lora.as_ref(),
                 &moments,

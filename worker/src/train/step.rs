@@ -1,15 +1,18 @@
 //! One optimizer step over a global batch split into micro-batches: the loss of each is its
 //! answer-token NLL divided by the answer-token count of the whole global batch, so gradient
-//! accumulation gives the same update as one big batch; then global-norm clipping and AdamW.
+//! accumulation gives the same update as one big batch (the scene probe's loss, when there is
+//! one, is likewise divided by the global batch's row count); then global-norm clipping and
+//! AdamW.
 
 use anyhow::{bail, Result};
+use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams};
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::ElementConversion;
 
 use htc_shared::params::ParamNames;
 
-use super::objective::{nll_sum, Batch};
+use super::objective::{losses, Batch, SceneProbe};
 use super::optim::{self, AdamW, Moments, WarmupCosine};
 use crate::models::htc::Htc;
 
@@ -33,6 +36,17 @@ pub struct StepReport {
     /// Answer tokens and all real text tokens in the global batch.
     pub targets: usize,
     pub tokens: usize,
+    /// With a scene probe: its mean loss per image and the share of cell properties it named
+    /// right, before the update.
+    pub scene: Option<(f64, f64)>,
+}
+
+/// The model and, during a run with `--scene-loss`, the training-only probe that learns with
+/// it.
+#[derive(Module, Debug)]
+pub struct Probed<B: Backend> {
+    pub model: Htc<B>,
+    pub probe: Option<SceneProbe<B>>,
 }
 
 /// Takes one step on `micro` (the micro-batches of one global batch).
@@ -40,26 +54,45 @@ pub fn train_step<B: AutodiffBackend>(
     model: Htc<B>, micro: &[Batch<B>], names: &ParamNames, moments: &mut Moments<B::InnerBackend>,
     opt: &Optimizer,
 ) -> Result<(Htc<B>, StepReport)> {
+    let (m, r) = train_step_probed(Probed { model, probe: None }, micro, names, moments, opt, 0.0)?;
+    Ok((m.model, r))
+}
+
+/// [`train_step`] with the scene probe's loss, weighted by `scene_weight`, added to the
+/// answer-token loss (when `m` has a probe).
+pub fn train_step_probed<B: AutodiffBackend>(
+    m: Probed<B>, micro: &[Batch<B>], names: &ParamNames, moments: &mut Moments<B::InnerBackend>,
+    opt: &Optimizer, scene_weight: f64,
+) -> Result<(Probed<B>, StepReport)> {
     let targets: usize = micro.iter().map(Batch::targets).sum();
     if targets == 0 {
         bail!("the global batch has no answer tokens");
     }
-    let mut acc = GradientsAccumulator::<Htc<B>>::new();
-    let mut loss = 0f64;
+    let rows: usize = micro.iter().map(|b| b.ids.len()).sum();
+    let mut acc = GradientsAccumulator::<Probed<B>>::new();
+    let (mut loss, mut scene_loss, mut scene_right) = (0f64, 0f64, 0usize);
     for b in micro {
-        let l = nll_sum(&model, b)?.div_scalar(targets as f64);
+        let parts = losses(&m.model, m.probe.as_ref(), b)?;
+        let mut l = parts.nll_sum.div_scalar(targets as f64);
         loss += l.clone().into_scalar().elem::<f64>();
-        let grads = GradientsParams::from_grads(l.backward(), &model);
-        acc.accumulate(&model, grads);
+        if let Some((s, right)) = parts.scene {
+            let s = s.div_scalar(rows as f64);
+            scene_loss += s.clone().into_scalar().elem::<f64>();
+            scene_right += right;
+            l = l + s.mul_scalar(scene_weight);
+        }
+        let grads = GradientsParams::from_grads(l.backward(), &m);
+        acc.accumulate(&m, grads);
     }
     let grads = acc.grads();
-    let grad_norm = optim::global_norm(&model, &grads);
+    let grad_norm = optim::global_norm(&m, &grads);
     if !grad_norm.is_finite() {
         bail!("the gradient norm is {grad_norm} at step {}: training diverged", moments.steps);
     }
     let lr = opt.schedule.lr(moments.steps);
     let scale = optim::clip_factor(grad_norm, opt.max_grad_norm);
-    let model = optim::step(model, grads, names, moments, opt.adamw, lr, scale)?;
+    let scene = m.probe.as_ref().map(|_| (scene_loss, scene_right as f64 / (rows * 9 * 4) as f64));
+    let m = optim::step(m, grads, names, moments, opt.adamw, lr, scale)?;
     let tokens = micro.iter().map(Batch::tokens).sum();
-    Ok((model, StepReport { loss, grad_norm, lr, targets, tokens }))
+    Ok((m, StepReport { loss, grad_norm, lr, targets, tokens, scene }))
 }

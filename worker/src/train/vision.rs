@@ -100,12 +100,17 @@ pub struct CellHeads<B: Backend> {
 }
 
 impl<B: Backend> CellHeads<B> {
-    fn new(vb: &Loader<B>, width: usize, cells: usize) -> Result<Self> {
+    pub(crate) fn new(vb: &Loader<B>, width: usize, cells: usize) -> Result<Self> {
         let heads = HEADS
             .iter()
             .map(|(name, n)| Ok(vb.linear(name, width, cells * n, true)?))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self { heads })
+    }
+
+    /// One head per property of [`HEADS`], in order.
+    pub(crate) fn heads(&self) -> &[Linear<B>] {
+        &self.heads
     }
 }
 
@@ -181,7 +186,7 @@ fn batch<B: Backend>(
 }
 
 /// Mean cross-entropy of `logits` `[n, classes]` against `t`, and how many it gets right.
-fn head_loss<B: Backend>(logits: Tensor<B, 2>, t: &[i64]) -> (Tensor<B, 1>, usize) {
+pub(crate) fn head_loss<B: Backend>(logits: Tensor<B, 2>, t: &[i64]) -> (Tensor<B, 1>, usize) {
     let logp = log_softmax(logits, 1);
     let idx = Tensor::<B, 2, Int>::from_data(TensorData::new(t.to_vec(), [t.len(), 1]), &logp.device());
     let nll = logp.clone().gather(1, idx).mean().neg();
