@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The recipe of the ShapesVQA demo model (models/shapes-demo), from nothing to a served model:
-#   1. ShapesVQA v1 data: a training split (4 questions and a description per image, one record
-#      each), the same scenes as descriptions only, a held-out split, and a test split from a
-#      seed training never sees;
+#   1. ShapesVQA v1 data: a training split (one conversation per image: 4 questions, then a
+#      description), the same scenes as descriptions only, a held-out split, and a test split
+#      from a seed training never sees;
 #   2. the word-level tokenizer of the data's vocabulary;
 #   3. the MGVQ image tokenizer, trained as a VQ-VAE (`htc train-tokenizer`), then frozen;
 #   4. an HTC model from scratch (`htc init --config recipes/shapes-demo/model.json`) around that
@@ -10,17 +10,14 @@
 #   5. stage 1, LLaVA-style (`htc train --mode none`, descriptions): every patch visible, the
 #      projector and LLM learn to read the patches (what HTC starts from in the paper: a trained
 #      LLaVA);
-#   6. stage 2, HTC (`--mode htc`, descriptions): the text now sees the image only through
-#      <voco>, which learns to carry the scene;
-#   7. stage 3, HTC on questions and descriptions;
-#   8. `htc eval` on the test split; the model, its metrics, plots and eval report are copied
+#   6. stage 2, HTC (`--mode htc`, the conversations): the text now sees the image only through
+#      <voco>; a training-only probe on <voco> (`--scene-loss`) asks it to carry the whole scene;
+#   7. `htc eval` on the test split; the model, its metrics, plots and eval report are copied
 #      to models/shapes-demo (or $HTC_DEMO_OUT).
-# Trained in `htc` mode from the start, the text learns sizes and positions through <voco> but
-# stays at chance on colours, shapes and textures (README § "The demo model").
 # Stages whose output already exists in WORK_DIR are skipped (a rerun after an interruption).
 # Usage: scripts/train-demo.sh [WORK_DIR]   (default runs/shapes-demo; prints the time taken)
-# Sizes can be overridden for a quick look: IMAGES, TOK_STEPS, VISION_STEPS, LLAVA_STEPS,
-# DESCRIBE_STEPS, STEPS, TEST_IMAGES.
+# Sizes can be overridden for a quick look: IMAGES, TOK_STEPS, VISION_STEPS, LLAVA_STEPS, STEPS,
+# SCENE_LOSS, TEST_IMAGES.
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 cd "$HTC_ROOT"
@@ -30,8 +27,8 @@ images=${IMAGES:-6000}
 tok_steps=${TOK_STEPS:-300}
 vision_steps=${VISION_STEPS:-300}
 llava_steps=${LLAVA_STEPS:-300}
-describe_steps=${DESCRIBE_STEPS:-600}
-steps=${STEPS:-1000}
+steps=${STEPS:-700}
+scene_loss=${SCENE_LOSS:-0.5}
 test_images=${TEST_IMAGES:-2000}
 recipe=recipes/shapes-demo
 start=$(date +%s)
@@ -47,7 +44,8 @@ done_() { [ -f "$1" ] && log "   (already done: $1)"; }
 
 log "1. ShapesVQA v1: $images training scenes (4 questions and a description each), 200 held-out, $test_images test"
 if ! done_ "$data/test.json"; then
-  "$htc" data shapes --out "$data" --split train --images "$images" --seed 1 --questions-per-image 4 --describe
+  "$htc" data shapes --out "$data" --split train --images "$images" --seed 1 --questions-per-image 4 --describe \
+    --grouped
   "$htc" data shapes --out "$work/describe-data" --split train --images "$images" --seed 1 --questions-per-image 0 --describe
   "$htc" data shapes --out "$data" --split val --images 200 --seed 1 --questions-per-image 1
   "$htc" data shapes --out "$data" --split test --images "$test_images" --seed 2 --questions-per-image 1
@@ -70,28 +68,26 @@ if ! done_ "$work/vision/model.safetensors"; then
     --val-scenes "$data/val.scenes.json" --out "$work/vision" --steps "$vision_steps" --batch 32 --lr 1e-3 --quiet
 fi
 
-# stage NAME FROM MODE DATA_DIR DATA_FILE TRAIN STEPS: one `htc train` run into $work/NAME.
+# stage NAME FROM MODE DATA_DIR TRAIN STEPS [OPTIONS…]: one `htc train` run into $work/NAME.
 stage() {
-  local name=$1 from=$2 mode=$3 dir=$4 file=$5 train=$6 n=$7
+  local name=$1 from=$2 mode=$3 dir=$4 train=$5 n=$6
+  shift 6
   done_ "$work/$name/checkpoint-$n/model.safetensors" && return
   rm -rf "$work/$name"
-  "$htc" train --model "$from" --mode "$mode" --data "$dir/$file" --images "$dir" --out "$work/$name" \
+  "$htc" train --model "$from" --mode "$mode" --data "$dir/train.json" --images "$dir" --out "$work/$name" \
     --train "$train" --lr 1e-3 --warmup-steps 30 --global-batch 32 --micro-batch 32 --max-steps "$n" \
-    --save-every "$n" --keep 1 --seed 0 --quiet
+    --save-every "$n" --keep 1 --seed 0 --quiet "$@"
 }
 
 log "5. stage 1, LLaVA-style: all patches visible, descriptions ($llava_steps steps) [$(elapsed)]"
-stage llava "$work/vision" none "$work/describe-data" train.json projector,llm "$llava_steps"
+stage llava "$work/vision" none "$work/describe-data" projector,llm "$llava_steps"
 
-log "6. stage 2, HTC: the image through <voco> alone, descriptions ($describe_steps steps) [$(elapsed)]"
-stage describe "$work/llava/checkpoint-$llava_steps" htc "$work/describe-data" train.json \
-  voco,projector,discrete,llm "$describe_steps"
-
-log "7. stage 3, HTC: questions and descriptions ($steps steps) [$(elapsed)]"
-stage run "$work/describe/checkpoint-$describe_steps" htc "$data" train.json voco,projector,discrete,llm "$steps"
+log "6. stage 2, HTC: the image through <voco> alone, the conversations, scene probe $scene_loss ($steps steps) [$(elapsed)]"
+stage run "$work/llava/checkpoint-$llava_steps" htc "$data" voco,projector,discrete,llm "$steps" \
+  --scene-loss "$scene_loss" --scenes "$data/train.scenes.json"
 model="$work/run/checkpoint-$steps"
 
-log "8. evaluation on the fresh test split [$(elapsed)]"
+log "7. evaluation on the fresh test split [$(elapsed)]"
 "$htc" eval --model "$model" --data "$data/test.json" --images "$data" --out "$work/eval.jsonl" \
   | tee "$work/eval.txt"
 
@@ -103,7 +99,7 @@ for f in config.json model.safetensors tokenizer.json preprocessor_config.json; 
 done
 cp "$work/run/metrics.jsonl" "$dest.tmp/metrics.jsonl"
 cp "$work/run/loss.png" "$dest.tmp/loss.png"
-for st in llava describe; do
+for st in llava; do
   cp "$work/$st/metrics.jsonl" "$dest.tmp/${st}_metrics.jsonl"
   cp "$work/$st/loss.png" "$dest.tmp/${st}_loss.png"
 done

@@ -630,6 +630,8 @@ fn the_scene_probe_teaches_voco_and_leaves_no_trace_in_the_checkpoint() {
     assert!(e.contains("missing.json"), "{e}");
     let e = err(&train("bad5", &["--scene-loss", "0.5", "--scenes", s(&scenes), "--mode", "none"]));
     assert!(e.contains("<voco>"), "{e}");
+    let e = err(&train("bad6", &["--scene-loss", "0.5", "--scenes", s(&scenes), "--scene-layer", "2"]));
+    assert!(e.contains("--scene-layer 2: the LLM has 2 layers (0 to 1)"), "{e}");
     let e = err(&train("probed", &["--scene-loss", "0.5", "--scenes", s(&scenes), "--resume"]));
     assert!(e.contains("--resume cannot continue a run with --scene-loss"), "{e}");
 }

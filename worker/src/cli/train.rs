@@ -111,6 +111,10 @@ pub struct TrainArgs {
     /// beside the data (image paths relative to --images).
     #[arg(long, requires = "scene_loss")]
     pub scenes: Option<PathBuf>,
+    /// The LLM layer whose input at `<voco>` the --scene-loss probe reads (0 is the first; an
+    /// early layer leaves the text the layers after it to decode what `<voco>` carries).
+    #[arg(long, default_value_t = 1)]
+    pub scene_layer: usize,
     /// Stop at the first unusable record instead of skipping it.
     #[arg(long)]
     pub strict: bool,
@@ -165,10 +169,11 @@ impl TrainArgs {
                 schedule: WarmupCosine { base: self.lr, warmup: self.warmup_steps, total: 0 },
                 max_grad_norm: (self.max_grad_norm > 0.0).then_some(self.max_grad_norm),
             },
-            scene_loss: self
-                .scene_loss
-                .zip(self.scenes.clone())
-                .map(|(weight, scenes)| SceneLoss { scenes, weight }),
+            scene_loss: self.scene_loss.zip(self.scenes.clone()).map(|(weight, scenes)| SceneLoss {
+                scenes,
+                weight,
+                layer: self.scene_layer,
+            }),
             global_batch: self.global_batch,
             micro_batch: self.micro_batch,
             max_steps: self.max_steps,

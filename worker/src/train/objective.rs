@@ -4,6 +4,7 @@
 
 use anyhow::{bail, Context, Result};
 use burn::module::Module;
+use burn::nn::Linear;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 
@@ -55,10 +56,10 @@ pub struct Losses<B: Backend> {
     pub scene: Option<(Tensor<B, 1>, usize)>,
 }
 
-/// [`nll_sum`], and the scene probe's loss when `probe` is given (the batch must then carry
-/// scene labels).
+/// [`nll_sum`], and the scene probe's loss when `probe` is given with the layer whose input it
+/// reads (the batch must then carry scene labels).
 pub fn losses<B: Backend>(
-    model: &Htc<B>, probe: Option<&SceneProbe<B>>, batch: &Batch<B>,
+    model: &Htc<B>, probe: Option<(&SceneProbe<B>, usize)>, batch: &Batch<B>,
 ) -> Result<Losses<B>> {
     let llm = &model.llava.llm;
     let b = batch.ids.len();
@@ -102,7 +103,7 @@ pub fn losses<B: Backend>(
     let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(padded, [b, t]), &device);
     let out = model.full_forward(&batch.images, llm.embed_batch(ids))?;
     let scene = match probe {
-        Some(p) => {
+        Some((p, layer)) => {
             let labels = batch.scene.as_deref().context("the scene probe needs the batch's scene labels")?;
             if labels.len() != b {
                 bail!("{} scene label rows for a batch of {b}", labels.len());
@@ -110,10 +111,17 @@ pub fn losses<B: Backend>(
             if layout.n_voco == 0 {
                 bail!("the scene probe reads the <voco> token, which this model's mode has not got");
             }
-            let last = out.layer_inputs.last().context("the LLM has no layers")?.clone();
-            let d = last.dims()[2];
+            let n = out.layer_inputs.len();
+            let state = out
+                .layer_inputs
+                .get(layer)
+                .with_context(|| {
+                    format!("--scene-layer {layer}: the LLM has {n} layers (0 to {})", n.max(1) - 1)
+                })?
+                .clone();
+            let d = state.dims()[2];
             let v = layout.voco_start();
-            Some(p.loss(last.slice([0..b, v..v + 1, 0..d]).reshape([b, d]), labels))
+            Some(p.loss(state.slice([0..b, v..v + 1, 0..d]).reshape([b, d]), labels))
         }
         None => None,
     };
@@ -126,40 +134,71 @@ pub fn losses<B: Backend>(
     Ok(Losses { nll_sum: log_softmax(logits, 1).gather(1, targets).sum().neg(), scene })
 }
 
-/// A training-only probe (`htc train --scene-loss`): linear heads that name, from the
-/// `<voco>` token's state as the last LLM layer reads it (that layer's normalised input), what
-/// each of the nine grid cells of a ShapesVQA scene holds (shape, colour, size, texture, or
-/// empty). Its loss asks the one token to carry the whole scene, each property bound to its
-/// cell, with a signal on every cell of every image rather than on one answer word; it is
-/// dropped when a checkpoint is written.
+/// A training-only probe (`htc train --scene-loss`): linear heads on the `<voco>` token's
+/// state as one LLM layer reads it (that layer's normalised input, `--scene-layer`; an early
+/// layer leaves the text the layers after it to decode what `<voco>` carries). Its loss asks the one
+/// token to carry the whole scene, with a signal on every part of every image rather than on
+/// one answer word, in two layouts: per grid cell (what each of the nine cells holds: shape,
+/// colour, size, texture, or empty) and per (colour, shape) pair (whether the scene has that
+/// object and, if so, its size, texture, row and column), the layout the questions ask in
+/// ("the red star"). It is dropped when a checkpoint is written.
 #[derive(Module, Debug)]
 pub struct SceneProbe<B: Backend> {
-    heads: CellHeads<B>,
+    cells: CellHeads<B>,
+    pairs: Vec<Linear<B>>,
+}
+
+/// The per-pair heads and their classes (0: no such object in the scene).
+const PAIR_HEADS: [(&str, usize); 4] = [("size", 3), ("texture", 4), ("row", 4), ("column", 4)];
+/// (colour, shape) pairs: 6 colours × 4 shapes.
+const PAIRS: usize = 24;
+
+/// Per (colour, shape) pair of a scene, its class under each of [`PAIR_HEADS`].
+fn pair_labels(cells: &CellLabels) -> [[usize; 4]; PAIRS] {
+    let mut out = [[0usize; 4]; PAIRS];
+    for (cell, &[shape, color, size, texture]) in cells.iter().enumerate() {
+        if shape > 0 && color > 0 {
+            out[(color - 1) * 4 + (shape - 1)] = [size, texture, cell / 3 + 1, cell % 3 + 1];
+        }
+    }
+    out
 }
 
 impl<B: Backend> SceneProbe<B> {
+    /// Classification targets per image (for the share named right).
+    pub const TARGETS_PER_IMAGE: usize = 9 * HEADS.len() + PAIRS * PAIR_HEADS.len();
+
     /// Fresh heads for an LLM of width `d`, their parameters named under `vb`.
     pub fn new(vb: &Loader<B>, d: usize) -> Result<Self> {
-        Ok(Self { heads: CellHeads::new(vb, d, 9)? })
+        let pairs = PAIR_HEADS
+            .iter()
+            .map(|(name, n)| Ok(vb.linear(&format!("pair_{name}"), d, PAIRS * n, true)?))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { cells: CellHeads::new(vb, d, 9)?, pairs })
     }
 
-    /// The summed (over rows) loss of `voco: [b, d]` against `labels`, and the number of cell
-    /// properties named right.
+    /// The summed (over rows) loss of `voco: [b, d]` against `labels` (the sum over all heads
+    /// of each one's mean cross-entropy), and the number of targets named right.
     fn loss(&self, voco: Tensor<B, 2>, labels: &[CellLabels]) -> (Tensor<B, 1>, usize) {
         let b = labels.len();
+        let pairs: Vec<[[usize; 4]; PAIRS]> = labels.iter().map(pair_labels).collect();
         let mut total: Option<Tensor<B, 1>> = None;
         let mut right = 0;
-        for (h, (head, (_, n))) in self.heads.heads().iter().zip(HEADS).enumerate() {
-            let t: Vec<i64> =
-                labels.iter().flat_map(|cells| cells.iter().map(move |c| c[h] as i64)).collect();
-            let (nll, k) = head_loss(head.forward(voco.clone()).reshape([b * 9, n]), &t);
+        let mut add = |head: &Linear<B>, rows: usize, n: usize, t: Vec<i64>| {
+            let (nll, k) = head_loss(head.forward(voco.clone()).reshape([b * rows, n]), &t);
             right += k;
             total = Some(match total.take() {
                 Some(x) => x + nll,
                 None => nll,
             });
+        };
+        for (h, (head, (_, n))) in self.cells.heads().iter().zip(HEADS).enumerate() {
+            add(head, 9, n, labels.iter().flat_map(|cells| cells.iter().map(move |c| c[h] as i64)).collect());
         }
-        (total.expect("four heads").mul_scalar(b as f64), right)
+        for (h, (head, (_, n))) in self.pairs.iter().zip(PAIR_HEADS).enumerate() {
+            add(head, PAIRS, n, pairs.iter().flat_map(|p| p.iter().map(move |c| c[h] as i64)).collect());
+        }
+        (total.expect("eight heads").mul_scalar(b as f64), right)
     }
 }
 

@@ -24,7 +24,7 @@ use super::data::{self, DataOptions, Dataset, Example};
 use super::objective::{nll_sum, Batch, SceneProbe, Trainable};
 use super::optim::Moments;
 use super::plot;
-use super::step::{train_step_probed, Optimizer, Probed};
+use super::step::{train_step_probed, Optimizer, ProbeWeight, Probed};
 use super::vision::{read_scenes, CellLabels};
 use crate::formats::checkpoint::{AnyModel, Snapshot};
 use crate::models::htc::{Htc, ImageTensors};
@@ -73,7 +73,10 @@ impl RunConfig {
             "betas": [o.adamw.beta1, o.adamw.beta2], "eps": o.adamw.eps, "max_grad_norm": o.max_grad_norm,
             "global_batch": self.global_batch, "micro_batch": self.micro_batch, "lora": self.lora,
             "mode": self.mode,
-            "scene_loss": self.scene_loss.as_ref().map(|s| json!({"scenes": s.scenes, "weight": s.weight})),
+            "scene_loss": self
+                .scene_loss
+                .as_ref()
+                .map(|s| json!({"scenes": s.scenes, "weight": s.weight, "layer": s.layer})),
         })
     }
 }
@@ -84,6 +87,8 @@ pub struct SceneLoss {
     /// A `<split>.scenes.json` whose image paths are relative to the run's `images` folder.
     pub scenes: PathBuf,
     pub weight: f64,
+    /// The LLM layer whose input (at `<voco>`) the probe reads.
+    pub layer: usize,
 }
 
 /// The cell labels of every scene in `s`, by image path (joined to `images`, as the data's).
@@ -301,7 +306,14 @@ pub fn run<B: AutodiffBackend>(cfg: &RunConfig, device: &B::Device) -> Result<Ru
         None => None,
     };
     let mut trained = Probed { model, probe };
-    let weight = cfg.scene_loss.as_ref().map_or(0.0, |s| s.weight);
+    let probe_weight = cfg
+        .scene_loss
+        .as_ref()
+        .map_or(ProbeWeight { weight: 0.0, layer: 0 }, |s| ProbeWeight { weight: s.weight, layer: s.layer });
+    let layers = trained.model.llava.llm.config().num_hidden_layers;
+    if trained.probe.is_some() && probe_weight.layer >= layers {
+        bail!("--scene-layer {}: the LLM has {layers} layers (0 to {})", probe_weight.layer, layers - 1);
+    }
     let n = train.examples.len();
     let steps_per_epoch = n.div_ceil(cfg.global_batch);
     let total = cfg.max_steps.unwrap_or(cfg.epochs * steps_per_epoch);
@@ -347,7 +359,7 @@ pub fn run<B: AutodiffBackend>(cfg: &RunConfig, device: &B::Device) -> Result<Ru
             .map(|c| make_batch(&trained.model, &preprocess, c, device, &mut codes, scenes.as_ref()))
             .collect::<Result<Vec<_>>>()?;
         let ts = Instant::now();
-        let (m, r) = train_step_probed(trained, &micro, &names, &mut moments, &opt, weight)?;
+        let (m, r) = train_step_probed(trained, &micro, &names, &mut moments, &opt, probe_weight)?;
         trained = m;
         let tps = r.tokens as f64 / ts.elapsed().as_secs_f64().max(1e-9);
         let step = s + 1;

@@ -54,15 +54,29 @@ pub fn train_step<B: AutodiffBackend>(
     model: Htc<B>, micro: &[Batch<B>], names: &ParamNames, moments: &mut Moments<B::InnerBackend>,
     opt: &Optimizer,
 ) -> Result<(Htc<B>, StepReport)> {
-    let (m, r) = train_step_probed(Probed { model, probe: None }, micro, names, moments, opt, 0.0)?;
+    let (m, r) = train_step_probed(
+        Probed { model, probe: None },
+        micro,
+        names,
+        moments,
+        opt,
+        ProbeWeight { weight: 0.0, layer: 0 },
+    )?;
     Ok((m.model, r))
 }
 
-/// [`train_step`] with the scene probe's loss, weighted by `scene_weight`, added to the
-/// answer-token loss (when `m` has a probe).
+/// How the scene probe joins the loss: its weight and the LLM layer whose input it reads.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProbeWeight {
+    pub weight: f64,
+    pub layer: usize,
+}
+
+/// [`train_step`] with the scene probe's loss, weighted, added to the answer-token loss (when
+/// `m` has a probe).
 pub fn train_step_probed<B: AutodiffBackend>(
     m: Probed<B>, micro: &[Batch<B>], names: &ParamNames, moments: &mut Moments<B::InnerBackend>,
-    opt: &Optimizer, scene_weight: f64,
+    opt: &Optimizer, probe: ProbeWeight,
 ) -> Result<(Probed<B>, StepReport)> {
     let targets: usize = micro.iter().map(Batch::targets).sum();
     if targets == 0 {
@@ -72,14 +86,14 @@ pub fn train_step_probed<B: AutodiffBackend>(
     let mut acc = GradientsAccumulator::<Probed<B>>::new();
     let (mut loss, mut scene_loss, mut scene_right) = (0f64, 0f64, 0usize);
     for b in micro {
-        let parts = losses(&m.model, m.probe.as_ref(), b)?;
+        let parts = losses(&m.model, m.probe.as_ref().map(|p| (p, probe.layer)), b)?;
         let mut l = parts.nll_sum.div_scalar(targets as f64);
         loss += l.clone().into_scalar().elem::<f64>();
         if let Some((s, right)) = parts.scene {
             let s = s.div_scalar(rows as f64);
             scene_loss += s.clone().into_scalar().elem::<f64>();
             scene_right += right;
-            l = l + s.mul_scalar(scene_weight);
+            l = l + s.mul_scalar(probe.weight);
         }
         let grads = GradientsParams::from_grads(l.backward(), &m);
         acc.accumulate(&m, grads);
@@ -91,7 +105,10 @@ pub fn train_step_probed<B: AutodiffBackend>(
     }
     let lr = opt.schedule.lr(moments.steps);
     let scale = optim::clip_factor(grad_norm, opt.max_grad_norm);
-    let scene = m.probe.as_ref().map(|_| (scene_loss, scene_right as f64 / (rows * 9 * 4) as f64));
+    let scene = m
+        .probe
+        .as_ref()
+        .map(|_| (scene_loss, scene_right as f64 / (rows * SceneProbe::<B>::TARGETS_PER_IMAGE) as f64));
     let m = optim::step(m, grads, names, moments, opt.adamw, lr, scale)?;
     let tokens = micro.iter().map(Batch::tokens).sum();
     Ok((m, StepReport { loss, grad_norm, lr, targets, tokens, scene }))
