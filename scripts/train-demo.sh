@@ -16,38 +16,44 @@
 #      to models/shapes-demo (or $HTC_DEMO_OUT).
 # Stages whose output already exists in WORK_DIR are skipped (a rerun after an interruption).
 # Usage: scripts/train-demo.sh [WORK_DIR]   (default runs/shapes-demo; prints the time taken)
-# Sizes can be overridden for a quick look: IMAGES, TOK_STEPS, VISION_STEPS, LLAVA_STEPS, STEPS,
-# SCENE_LOSS, TEST_IMAGES.
+# Sizes can be overridden for a quick look: IMAGES, VAL_IMAGES, TOK_STEPS, VISION_STEPS,
+# LLAVA_STEPS, STEPS, SCENE_LOSS, TEST_IMAGES; HTC_BIN runs that `htc` binary instead of building
+# the release one (the CI test of this script runs it at toy sizes that way).
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 cd "$HTC_ROOT"
 work=${1:-runs/shapes-demo}
 dest=${HTC_DEMO_OUT:-models/shapes-demo}
 images=${IMAGES:-6000}
+val_images=${VAL_IMAGES:-200}
 tok_steps=${TOK_STEPS:-300}
 vision_steps=${VISION_STEPS:-300}
 llava_steps=${LLAVA_STEPS:-300}
-steps=${STEPS:-700}
+steps=${STEPS:-1000}
 scene_loss=${SCENE_LOSS:-0.5}
 test_images=${TEST_IMAGES:-2000}
 recipe=recipes/shapes-demo
 start=$(date +%s)
 elapsed() { echo "$(( $(date +%s) - start )) s"; }
 
-log "building the worker (release)"
-cargo build --quiet --release -p htc-worker --bin htc
-htc="$CARGO_TARGET_DIR/release/htc"
+if [ -n "${HTC_BIN:-}" ]; then
+  htc=$HTC_BIN
+else
+  log "building the worker (release)"
+  cargo build --quiet --release -p htc-worker --bin htc
+  htc="$CARGO_TARGET_DIR/release/htc"
+fi
 mkdir -p "$work"
 data="$work/data"
 
 done_() { [ -f "$1" ] && log "   (already done: $1)"; }
 
-log "1. ShapesVQA v1: $images training scenes (4 questions and a description each), 200 held-out, $test_images test"
+log "1. ShapesVQA v1: $images training scenes (4 questions and a description each), $val_images held-out, $test_images test"
 if ! done_ "$data/test.json"; then
   "$htc" data shapes --out "$data" --split train --images "$images" --seed 1 --questions-per-image 4 --describe \
     --grouped
   "$htc" data shapes --out "$work/describe-data" --split train --images "$images" --seed 1 --questions-per-image 0 --describe
-  "$htc" data shapes --out "$data" --split val --images 200 --seed 1 --questions-per-image 1
+  "$htc" data shapes --out "$data" --split val --images "$val_images" --seed 1 --questions-per-image 1
   "$htc" data shapes --out "$data" --split test --images "$test_images" --seed 2 --questions-per-image 1
 fi
 

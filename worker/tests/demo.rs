@@ -2,8 +2,9 @@
 //! tokenizer as a VQ-VAE for 20 steps and writes what it promises, `htc tokenize` reads its
 //! codes and reconstruction, `htc init --config` builds an HTC model from scratch around it,
 //! `htc pretrain-vision` trains its vision tower on scene labels (and nothing else), and
-//! `htc train` trains that model 20 steps into a checkpoint `htc ask` answers with. Bad
-//! inputs to each are refused with an error naming the problem.
+//! `htc train` trains that model 20 steps into a checkpoint `htc ask` answers with, and the
+//! recipe script itself (`scripts/train-demo.sh`) runs end to end at toy sizes. Bad inputs to
+//! each are refused with an error naming the problem.
 
 mod common;
 
@@ -634,4 +635,62 @@ fn the_scene_probe_teaches_voco_and_leaves_no_trace_in_the_checkpoint() {
     assert!(e.contains("--scene-layer 2: the LLM has 2 layers (0 to 1)"), "{e}");
     let e = err(&train("probed", &["--scene-loss", "0.5", "--scenes", s(&scenes), "--resume"]));
     assert!(e.contains("--resume cannot continue a run with --scene-loss"), "{e}");
+}
+
+#[test]
+fn the_recipe_script_runs_end_to_end_at_toy_sizes_and_skips_what_is_done() {
+    let root = tmp("demo-recipe", "");
+    let (work, out) = (root.join("work"), root.join("out"));
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/train-demo.sh");
+    let run = || {
+        std::process::Command::new("bash")
+            .arg(&script)
+            .arg(&work)
+            .env("HTC_BIN", env!("CARGO_BIN_EXE_htc"))
+            .env("HTC_DEMO_OUT", &out)
+            .env("HTC_LOG", "warn")
+            .envs([("IMAGES", "12"), ("VAL_IMAGES", "8"), ("TEST_IMAGES", "6"), ("TOK_STEPS", "2")])
+            .envs([("VISION_STEPS", "2"), ("LLAVA_STEPS", "2"), ("STEPS", "2")])
+            .output()
+            .unwrap()
+    };
+    let o = run();
+    let log = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(o.status.success(), "the recipe failed: {log}");
+    assert!(log.contains("done in"), "{log}");
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "preprocessor_config.json",
+        "loss.png",
+        "llava_metrics.jsonl",
+        "vision_metrics.jsonl",
+        "tokenizer/model.safetensors",
+        "tokenizer/recon.png",
+    ] {
+        assert!(out.join(f).is_file(), "the recipe wrote no {f}");
+    }
+    let eval = std::fs::read_to_string(out.join("eval.txt")).unwrap();
+    assert!(eval.lines().any(|l| l.starts_with("overall") && l.ends_with("/6)")), "6 test questions: {eval}");
+    let cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["htc"]["mode"], "htc");
+    assert_eq!(cfg["htc"]["n_voco"], 1);
+    assert_eq!(cfg["htc"]["n_discrete"], 4);
+    let m = lines(&out.join("metrics.jsonl"));
+    assert_eq!(m.len(), 2);
+    assert!(m.iter().all(|l| l["scene_loss"].as_f64().is_some()), "the HTC stage trains with the probe");
+    // The model it wrote answers.
+    let img = work.join("data/test/000000.png");
+    let a = ok(
+        &htc(&["ask", "--model", s(&out), "--image", s(&img), "--prompt", "What color is the star?"]),
+        "ask",
+    );
+    assert!(!a.trim().is_empty());
+    // A second run finds every stage done and only evaluates and copies again.
+    let o = run();
+    let log = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(o.status.success(), "the rerun failed: {log}");
+    assert_eq!(log.matches("(already done:").count(), 6, "{log}");
 }

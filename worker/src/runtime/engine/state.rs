@@ -49,6 +49,22 @@ struct Active {
     first_ms: Option<f64>,
 }
 
+/// The name a model is served under (the OpenAI `model` field, the model card): its folder or
+/// file name, as `shapes-demo` or `llava-1.5-7b-hf`, not the path, which would tell every
+/// client how the host's disks are laid out; a checkpoint keeps its run's name too
+/// (`run/checkpoint-1000`).
+pub(crate) fn served_name(p: &std::path::Path) -> String {
+    let name = |q: &std::path::Path| q.file_name().map(|n| n.to_string_lossy().to_string());
+    match name(p) {
+        Some(n) if n.starts_with("checkpoint-") => match p.parent().and_then(name) {
+            Some(run) => format!("{run}/{n}"),
+            None => n,
+        },
+        Some(n) => n,
+        None => p.display().to_string(),
+    }
+}
+
 impl EngineState {
     pub(super) fn load(cfg: &EngineConfig, metrics: Arc<Metrics>) -> Result<Self> {
         let device = backend::device();
@@ -69,7 +85,7 @@ impl EngineState {
                         p.display()
                     ),
                 };
-                (m, pre, snap.tokenizer, p.display().to_string(), false)
+                (m, pre, snap.tokenizer, served_name(p), false)
             }
         };
         let model = match cfg.mode {
@@ -298,5 +314,22 @@ impl EngineState {
             cancelled,
             timings,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::served_name;
+    use std::path::Path;
+
+    #[test]
+    fn models_are_served_under_their_folder_name_not_their_path() {
+        assert_eq!(served_name(Path::new("/home/me/models/shapes-demo")), "shapes-demo");
+        assert_eq!(served_name(Path::new("models/shapes-demo/")), "shapes-demo");
+        assert_eq!(served_name(Path::new("/srv/llava-1.5-7b-hf")), "llava-1.5-7b-hf");
+        assert_eq!(served_name(Path::new("/data/smollm2.gguf")), "smollm2.gguf");
+        assert_eq!(served_name(Path::new("/x/runs/demo/checkpoint-1000")), "demo/checkpoint-1000");
+        assert_eq!(served_name(Path::new("checkpoint-5")), "checkpoint-5");
+        assert_eq!(served_name(Path::new("/")), "/");
     }
 }
