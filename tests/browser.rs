@@ -1,6 +1,11 @@
-//! Browser smoke test: the trunk-built web app, served by the worker's HTTP router on
-//! loopback, loads in headless Chromium and reports its compute path: WebGPU when Chromium
-//! grants an adapter (`--enable-unsafe-webgpu`, SwiftShader), the CPU fallback when not.
+//! Browser tests: the trunk-built web app, served by the worker's HTTP router on loopback
+//! with the bundled demo model, in headless Chromium:
+//! - it reports its compute path: WebGPU when Chromium grants an adapter
+//!   (`--enable-unsafe-webgpu`, SwiftShader), the CPU fallback when not;
+//! - a person can choose an image, ask, and read the streamed answer the model really gives
+//!   (the same as `htc ask`), see the attention heatmap drawn, ask a follow-up from the
+//!   one-token cache, stop, and get a clear error for a file that is not an image; the page
+//!   fits a 375-px-wide screen.
 //!
 //! Needs chromium, chromedriver and `dist/` from `trunk build`; `scripts/test.sh` provides them.
 
@@ -32,8 +37,7 @@ fn dist() -> PathBuf {
         .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("dist"))
 }
 
-async fn compute_path(driver_port: u16, url: &str, webgpu: bool) -> (String, String) {
-    let profile = tempdir();
+fn chromium_caps(profile: &std::path::Path, webgpu: bool) -> serde_json::Map<String, serde_json::Value> {
     let mut args = vec![
         "--headless".to_string(),
         "--no-sandbox".into(),
@@ -52,24 +56,50 @@ async fn compute_path(driver_port: u16, url: &str, webgpu: bool) -> (String, Str
         "goog:chromeOptions".into(),
         serde_json::json!({"args": args, "binary": "/usr/bin/chromium"}),
     );
-    let client = ClientBuilder::rustls()
+    caps
+}
+
+async fn open(driver_port: u16, profile: &std::path::Path, webgpu: bool) -> fantoccini::Client {
+    ClientBuilder::rustls()
         .expect("rustls client")
-        .capabilities(caps)
+        .capabilities(chromium_caps(profile, webgpu))
         .connect(&format!("http://127.0.0.1:{driver_port}"))
         .await
-        .expect("connect to chromedriver");
-    client.goto(url).await.unwrap();
-    let el = client
+        .expect("connect to chromedriver")
+}
+
+async fn wait_for(client: &fantoccini::Client, css: &str) -> fantoccini::elements::Element {
+    client
         .wait()
         .at_most(Duration::from_secs(60))
-        .for_element(Locator::Css("#compute-path:not([data-path='probing'])"))
+        .for_element(Locator::Css(css))
         .await
-        .expect("the page reports a compute path");
+        .unwrap_or_else(|e| panic!("the page never showed `{css}`: {e}"))
+}
+
+async fn compute_path(driver_port: u16, url: &str, webgpu: bool) -> (String, String) {
+    let profile = tempdir();
+    let client = open(driver_port, &profile, webgpu).await;
+    client.goto(url).await.unwrap();
+    let el = wait_for(&client, "#compute-path:not([data-path='probing'])").await;
     let path = el.attr("data-path").await.unwrap().unwrap_or_default();
     let text = el.text().await.unwrap();
     client.close().await.unwrap();
     let _ = std::fs::remove_dir_all(profile);
     (path, text)
+}
+
+/// Asks `question` in the page and waits for the answer to finish; returns the live region's
+/// text.
+async fn ask(client: &fantoccini::Client, question: &str) -> String {
+    let before = client.find_all(Locator::Css(".turn")).await.unwrap().len();
+    let q = client.find(Locator::Css("textarea[aria-label='Question']")).await.unwrap();
+    q.send_keys(question).await.unwrap();
+    client.find(Locator::XPath("//button[normalize-space()='Ask']")).await.unwrap().click().await.unwrap();
+    let css = format!(".turn:nth-child({}) .turn-status", before + 1);
+    wait_for(client, &css).await;
+    wait_for(client, "#answer[data-state='done']").await;
+    client.find(Locator::Css("[aria-label='Answer']")).await.unwrap().text().await.unwrap()
 }
 
 fn tempdir() -> PathBuf {
@@ -117,4 +147,129 @@ async fn web_app_reports_webgpu_and_cpu_fallback() {
     eprintln!("without WebGPU: {path}: {text}");
     assert_eq!(path, "cpu", "{text}");
     assert!(text.contains("CPU fallback"), "{text}");
+}
+
+/// Starts the worker with `models/shapes-demo` and the web app, and chromedriver; returns the
+/// page URL and the driver's port.
+async fn demo_server() -> (String, u16, Driver) {
+    let dist = dist();
+    assert!(dist.join("index.html").is_file(), "no trunk build at {} (run trunk build)", dist.display());
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut args = htc_worker::server::ServeArgs::local(dist.clone());
+    args.model = Some(root.join("models/shapes-demo"));
+    let app = htc_worker::server::App::new(args).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        htc_worker::server::serve_on(listener, app, std::future::pending()).await.unwrap()
+    });
+    let port = free_port();
+    let driver = Driver(
+        Command::new(std::env::var("CHROMEDRIVER").unwrap_or_else(|_| "chromedriver".into()))
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver on PATH"),
+    );
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (format!("http://{addr}/"), port, driver)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium, chromedriver and a trunk build in dist/; run by scripts/test.sh"]
+async fn a_person_asks_about_an_image_and_reads_the_answer() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let (url, port, _driver) = demo_server().await;
+    let profile = tempdir();
+    let client = open(port, &profile, false).await;
+    client.goto(&url).await.unwrap();
+    let status = wait_for(&client, "#status[data-connection='ready']").await;
+    let status = status.text().await.unwrap();
+    assert!(status.contains("model: shapes-demo"), "{status}");
+
+    // A file that is not an image is refused in words, before anything is sent.
+    let not_image = profile.join("notes.txt");
+    std::fs::write(&not_image, "hello").unwrap();
+    let input = client.find(Locator::Css("input[type='file'][aria-label='Image']")).await.unwrap();
+    input.send_keys(not_image.to_str().unwrap()).await.unwrap();
+    let err = wait_for(&client, "#image-error:not(:empty)").await.text().await.unwrap();
+    assert!(err.contains("not an image"), "{err}");
+
+    // Asking before choosing an image says so.
+    let q = client.find(Locator::Css("textarea[aria-label='Question']")).await.unwrap();
+    q.send_keys("What color is the star?").await.unwrap();
+    client.find(Locator::XPath("//button[normalize-space()='Ask']")).await.unwrap().click().await.unwrap();
+    let err = wait_for(&client, "#ask-error:not(:empty)").await.text().await.unwrap();
+    assert!(err.contains("choose an image"), "{err}");
+    q.clear().await.unwrap();
+
+    // The demo picture: the answer the model gives from the command line.
+    let star = root.join("docs/demo-star.png");
+    let input = client.find(Locator::Css("input[type='file'][aria-label='Image']")).await.unwrap();
+    input.send_keys(star.to_str().unwrap()).await.unwrap();
+    wait_for(&client, ".preview img").await;
+    let answer = ask(&client, "What color is the star?").await;
+    assert_eq!(answer.trim(), "red");
+
+    // The attention view is drawn: the heatmap canvas holds the image with a red overlay,
+    // and the bars show 4 anchors and the patches.
+    wait_for(&client, "#attention[data-ready='true']").await;
+    let bars = client.find_all(Locator::Css("#attention .bar")).await.unwrap();
+    assert_eq!(bars.len(), 5, "4 anchors + the patches");
+    let painted = client
+        .execute(
+            r#"const c = document.querySelector('#heatmap');
+               const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+               let reddish = 0;
+               for (let i = 0; i < d.length; i += 4) { if (d[i] > d[i + 1] + 40) reddish++; }
+               return reddish;"#,
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert!(painted.as_u64().unwrap() > 1000, "heatmap pixels: {painted}");
+
+    // A follow-up comes from the worker's one-token cache, and the page says what it saved.
+    let answer = ask(&client, "What shape is the red object?").await;
+    assert_eq!(answer.trim(), "star");
+    let saved = client.find(Locator::Css("#cache-saving")).await.unwrap().text().await.unwrap();
+    assert!(saved.starts_with("image compressed once:") && saved.ends_with("ms saved"), "{saved}");
+    let turns = client.find_all(Locator::Css(".turn")).await.unwrap();
+    assert_eq!(turns.len(), 2);
+    let second = turns[1].text().await.unwrap();
+    assert!(second.contains("one-token cache"), "{second}");
+
+    // Enter sends too; Regenerate asks the last question again.
+    let q = client.find(Locator::Css("textarea[aria-label='Question']")).await.unwrap();
+    q.send_keys("What color is the star?\u{E007}").await.unwrap();
+    wait_for(&client, ".turn:nth-child(3) .turn-status").await;
+    wait_for(&client, "#answer[data-state='done']").await;
+    client
+        .find(Locator::XPath("//button[normalize-space()='Regenerate']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for(&client, ".turn:nth-child(4) .turn-status").await;
+    wait_for(&client, "#answer[data-state='done']").await;
+    let last = client.find(Locator::Css("[aria-label='Answer']")).await.unwrap().text().await.unwrap();
+    assert_eq!(last.trim(), "red");
+
+    // A phone-width screen: nothing wider than the window.
+    client.set_window_size(375, 800).await.unwrap();
+    let overflow = client
+        .execute("return document.documentElement.scrollWidth - window.innerWidth;", vec![])
+        .await
+        .unwrap();
+    assert!(overflow.as_i64().unwrap() <= 0, "the page is {overflow} px wider than a 375-px window");
+
+    client.close().await.unwrap();
+    let _ = std::fs::remove_dir_all(profile);
 }

@@ -1,41 +1,61 @@
-//! The page: the [`App`] component. It shows the worker protocol version the page speaks, the
-//! hybrid sequence layout and what its attention mask lets a question read (both from
-//! `htc-shared`), and the compute path, probed once at mount.
+//! The page: the [`App`] component. It provides the [`Session`] to the components (status,
+//! image input, conversation, attention, settings), connects to the worker and probes the
+//! compute path once at mount, and keeps the paper's sequence layout in an "About" section.
 
-use htc_shared::protocol::PROTOCOL_VERSION;
 use leptos::prelude::*;
 use leptos::task::spawn_local;
 
-use crate::compute::{probe, ComputePath};
-use crate::layout::{describe, describe_question_view, topology_name, PAPER_LAYOUT, PAPER_TOPOLOGY};
+use htc_shared::protocol::PROTOCOL_VERSION;
 
-/// The whole page. Stable hooks for tests: `#compute-path` (`data-path`: `probing`, then
-/// `webgpu` or `cpu`), `#protocol-version` (`data-version`), `#sequence-layout`
-/// (`data-positions`: positions before the question) and `#attention-mask` (`data-topology`).
+use crate::attention::Attention;
+use crate::chat::Chat;
+use crate::compute::probe;
+use crate::image_input::ImageInput;
+use crate::layout::{describe, describe_question_view, topology_name, PAPER_LAYOUT, PAPER_TOPOLOGY};
+use crate::session::Session;
+use crate::settings::SettingsPanel;
+use crate::status::Status;
+
+/// The whole page. Stable hooks for tests: `#status` (`data-connection`), `#compute-path`
+/// (`data-path`: `probing`, then `webgpu` or `cpu`), `#answer` (`data-state`), `#attention`
+/// (`data-ready`), `#protocol-version` and `#sequence-layout`.
 #[component]
 pub fn App() -> impl IntoView {
-    let (path, set_path) = signal(ComputePath::Probing);
+    let session = Session::new();
+    provide_context(session);
     spawn_local(async move {
-        set_path.set(probe().await);
+        session.compute.set(probe().await);
     });
+    session.connect();
     let layout = PAPER_LAYOUT;
     view! {
-        <main class="htc">
+        <header class="top">
             <h1>"HTC-VLM"</h1>
-            <p>"One image, one token: ask questions about an image."</p>
-            <p id="compute-path" data-path=move || path.get().id()>
-                "Compute path: " {move || path.get().describe()}
-            </p>
-            <p id="protocol-version" data-version=PROTOCOL_VERSION.to_string()>
-                "Worker protocol: version " {PROTOCOL_VERSION.to_string()}
-            </p>
-            <p id="sequence-layout" data-positions=layout.text_start().to_string()>
-                "Sequence layout: " {describe(&layout)}
-            </p>
-            <p id="attention-mask" data-topology=topology_name(PAPER_TOPOLOGY)>
-                "Attention mask (" {topology_name(PAPER_TOPOLOGY)} "): "
-                {describe_question_view(&layout, PAPER_TOPOLOGY)} "."
-            </p>
+            <p class="tagline">"Ask about an image; the model reads it through one token."</p>
+            <Status />
+        </header>
+        <main class="htc">
+            <div class="column">
+                <ImageInput />
+                <Attention />
+            </div>
+            <div class="column">
+                <Chat />
+                <SettingsPanel />
+                <details class="about">
+                    <summary>"About the model"</summary>
+                    <p id="protocol-version" data-version=PROTOCOL_VERSION.to_string()>
+                        "Worker protocol: version " {PROTOCOL_VERSION.to_string()}
+                    </p>
+                    <p id="sequence-layout" data-positions=layout.text_start().to_string()>
+                        "The paper's sequence: " {describe(&layout)}
+                    </p>
+                    <p id="attention-mask" data-topology=topology_name(PAPER_TOPOLOGY)>
+                        "Attention mask (" {topology_name(PAPER_TOPOLOGY)} "): "
+                        {describe_question_view(&layout, PAPER_TOPOLOGY)} "."
+                    </p>
+                </details>
+            </div>
         </main>
     }
 }

@@ -1,12 +1,24 @@
 //! `htc-web`: the HTC-VLM browser UI (leptos, client-side rendered), as a library so that the
 //! binary (`main.rs`) and `wasm_bindgen_test` tests mount the same components.
 //!
-//! - [`app`]: the page ([`App`]).
-//! - [`compute`]: the WebGPU probe and the compute path it picks for the in-browser MGVQ encoder.
-//! - [`layout`]: the hybrid sequence layout, computed with `htc-shared`'s mask code.
+//! - [`app`]: the page ([`App`]), composing one component per concern:
+//!   [`status`], [`image_input`], [`chat`], [`attention`], [`settings`];
+//! - [`session`]: the shared reactive state and the actions (connect, ask, stop);
+//! - [`client`]: the worker client (the WebSocket protocol of `htc_shared::protocol`);
+//! - [`state`]: the rules without the DOM (conversation, settings, backoff, attention maps),
+//!   tested natively;
+//! - [`compute`]: the WebGPU probe; [`layout`]: the hybrid sequence layout from `htc-shared`.
 
 pub mod app;
+pub mod attention;
+pub mod chat;
+pub mod client;
 pub mod compute;
+pub mod image_input;
 pub mod layout;
+pub mod session;
+pub mod settings;
+pub mod state;
+pub mod status;
 
 pub use app::App;
