@@ -222,18 +222,34 @@ async fn a_person_asks_about_an_image_and_reads_the_answer() {
     wait_for(&client, "#attention[data-ready='true']").await;
     let bars = client.find_all(Locator::Css("#attention .bar")).await.unwrap();
     assert_eq!(bars.len(), 5, "4 anchors + the patches");
-    let painted = client
-        .execute(
-            r#"const c = document.querySelector('#heatmap');
-               const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-               let reddish = 0;
-               for (let i = 0; i < d.length; i += 4) { if (d[i] > d[i + 1] + 40) reddish++; }
-               return reddish;"#,
-            vec![],
-        )
-        .await
-        .unwrap();
-    assert!(painted.as_u64().unwrap() > 1000, "heatmap pixels: {painted}");
+    // The heatmap: over the background of the cell `<voco>` attended most, the canvas is red;
+    // over a cell it barely attended, it stays grey. Sampled 3 px inside each cell's corner,
+    // where a ShapesVQA scene is always background (objects sit ≥ 6 px from a cell's edge).
+    let canvas = wait_for(&client, "#heatmap[data-drawn='true']").await;
+    let heat: Vec<f64> =
+        canvas.attr("data-heat").await.unwrap().unwrap().split(',').map(|h| h.parse().unwrap()).collect();
+    assert_eq!(heat.len(), 9, "the demo model's 3×3 patch grid");
+    let corner = |i: usize| {
+        let cell = 336 / 3;
+        ((i % 3) * cell + 3, (i / 3) * cell + 3)
+    };
+    let redness = |x: usize, y: usize| {
+        let client = client.clone();
+        async move {
+            let script = format!(
+                "const d = document.querySelector('#heatmap').getContext('2d').getImageData({x}, {y}, 1, 1).data; \
+                 return d[0] - d[1];"
+            );
+            client.execute(&script, vec![]).await.unwrap().as_i64().unwrap()
+        }
+    };
+    let hottest = (0..9).max_by(|&a, &b| heat[a].total_cmp(&heat[b])).unwrap();
+    let (x, y) = corner(hottest);
+    assert!(redness(x, y).await > 80, "the hottest cell is drawn red (heat {heat:?})");
+    if let Some(cold) = (0..9).find(|&i| heat[i] < 0.05) {
+        let (x, y) = corner(cold);
+        assert!(redness(x, y).await < 20, "a cold cell stays grey (heat {heat:?})");
+    }
 
     // A follow-up comes from the worker's one-token cache, and the page says what it saved.
     let answer = ask(&client, "What shape is the red object?").await;

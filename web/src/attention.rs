@@ -20,8 +20,10 @@ fn draw(canvas: &web_sys::HtmlCanvasElement, image_url: Option<String>, view: At
         return;
     };
     let side = SIDE as f64;
+    let _ = canvas.remove_attribute("data-drawn");
     let paint_heat = {
         let ctx = ctx.clone();
+        let canvas = canvas.clone();
         move || {
             let g = view.grid.max(1);
             let cell = side / g as f64;
@@ -30,6 +32,8 @@ fn draw(canvas: &web_sys::HtmlCanvasElement, image_url: Option<String>, view: At
                 ctx.set_fill_style_str(&format!("rgba(230, 30, 30, {:.3})", 0.65 * h));
                 ctx.fill_rect(c as f64 * cell, r as f64 * cell, cell, cell);
             }
+            // Tests wait for this: the image and the overlay are on the canvas.
+            let _ = canvas.set_attribute("data-drawn", "true");
         }
     };
     ctx.set_fill_style_str("#fff");
@@ -139,6 +143,11 @@ pub fn Attention() -> impl IntoView {
             <canvas
                 node_ref=canvas_ref
                 id="heatmap"
+                data-heat=move || {
+                    view_now()
+                        .map(|v| v.heat.iter().map(|h| format!("{h:.3}")).collect::<Vec<_>>().join(","))
+                        .unwrap_or_default()
+                }
                 width=SIDE
                 height=SIDE
                 aria-label="Attention heatmap over the image"
