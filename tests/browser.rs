@@ -111,35 +111,7 @@ fn tempdir() -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs chromium, chromedriver and a trunk build in dist/; run by scripts/test.sh"]
 async fn web_app_reports_webgpu_and_cpu_fallback() {
-    let dist = dist();
-    assert!(dist.join("index.html").is_file(), "no trunk build at {} (run trunk build)", dist.display());
-    let app = htc_worker::server::App::new(htc_worker::server::ServeArgs::local(dist.clone())).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        htc_worker::server::serve_on(listener, app, std::future::pending()).await.unwrap()
-    });
-
-    // The server answers on loopback.
-    let health = http::http_get(addr, "/healthz").await.trim().to_string();
-    assert!(health.ends_with("ok"), "healthz: {health}");
-
-    let port = free_port();
-    let _driver = Driver(
-        Command::new(std::env::var("CHROMEDRIVER").unwrap_or_else(|_| "chromedriver".into()))
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("chromedriver on PATH"),
-    );
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let url = format!("http://{addr}/");
+    let (url, port, _driver) = server(None).await;
     let (path, text) = compute_path(port, &url, true).await;
     eprintln!("with --enable-unsafe-webgpu: {path}: {text}");
     assert_eq!(path, "webgpu", "{text}");
@@ -149,20 +121,22 @@ async fn web_app_reports_webgpu_and_cpu_fallback() {
     assert!(text.contains("CPU fallback"), "{text}");
 }
 
-/// Starts the worker with `models/shapes-demo` and the web app, and chromedriver; returns the
-/// page URL and the driver's port.
-async fn demo_server() -> (String, u16, Driver) {
+/// Starts the worker (with `model`, or its random default) serving the web app, checks
+/// `/healthz`, and starts chromedriver; returns the page URL, the driver's port and the driver.
+async fn server(model: Option<PathBuf>) -> (String, u16, Driver) {
     let dist = dist();
     assert!(dist.join("index.html").is_file(), "no trunk build at {} (run trunk build)", dist.display());
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let mut args = htc_worker::server::ServeArgs::local(dist.clone());
-    args.model = Some(root.join("models/shapes-demo"));
+    args.model = model;
     let app = htc_worker::server::App::new(args).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         htc_worker::server::serve_on(listener, app, std::future::pending()).await.unwrap()
     });
+    // The server answers on loopback.
+    let health = http::http_get(addr, "/healthz").await.trim().to_string();
+    assert!(health.ends_with("ok"), "healthz: {health}");
     let port = free_port();
     let driver = Driver(
         Command::new(std::env::var("CHROMEDRIVER").unwrap_or_else(|_| "chromedriver".into()))
@@ -185,7 +159,7 @@ async fn demo_server() -> (String, u16, Driver) {
 #[ignore = "needs chromium, chromedriver and a trunk build in dist/; run by scripts/test.sh"]
 async fn a_person_asks_about_an_image_and_reads_the_answer() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let (url, port, _driver) = demo_server().await;
+    let (url, port, _driver) = server(Some(root.join("models/shapes-demo"))).await;
     let profile = tempdir();
     let client = open(port, &profile, false).await;
     client.goto(&url).await.unwrap();

@@ -48,7 +48,7 @@ pub fn App() -> impl IntoView {
                         "Worker protocol: version " {PROTOCOL_VERSION.to_string()}
                     </p>
                     <p id="sequence-layout" data-positions=layout.text_start().to_string()>
-                        "The paper's sequence: " {describe(&layout)}
+                        "Sequence layout: " {describe(&layout)}
                     </p>
                     <p id="attention-mask" data-topology=topology_name(PAPER_TOPOLOGY)>
                         "Attention mask (" {topology_name(PAPER_TOPOLOGY)} "): "

@@ -15,7 +15,7 @@ use web_sys::{BinaryType, CloseEvent, MessageEvent, WebSocket};
 pub enum Event {
     /// The socket opened and `hello` went out.
     Open,
-    Message(ServerMessage),
+    Message(Box<ServerMessage>),
     /// A frame the page could not read (the protocol's messages are JSON text frames).
     Unreadable(String),
     /// The socket closed (`code`, `reason`).
@@ -51,7 +51,7 @@ impl Client {
         let on_message =
             Closure::<dyn FnMut(MessageEvent)>::new(move |ev: MessageEvent| match ev.data().as_string() {
                 Some(text) => match serde_json::from_str::<ServerMessage>(&text) {
-                    Ok(m) => e2(Event::Message(m)),
+                    Ok(m) => e2(Event::Message(Box::new(m))),
                     Err(err) => e2(Event::Unreadable(format!("unreadable message from the worker: {err}"))),
                 },
                 None => e2(Event::Unreadable("unexpected binary frame from the worker".into())),

@@ -74,16 +74,15 @@ async fn take_file(session: Session, file: File) -> Result<(), String> {
         }
     };
     let (w, h) = (img.natural_width(), img.natural_height());
-    let (blob, url, size, scaled_from): (Blob, String, (u32, u32), Option<(u32, u32)>) =
-        match downscaled(w, h, MAX_SIDE) {
-            Some((sw, sh)) => {
-                let blob = scale(&img, sw, sh).await?;
-                let _ = web_sys::Url::revoke_object_url(&original_url);
-                let url = web_sys::Url::create_object_url_with_blob(&blob).map_err(|e| js_text(&e))?;
-                (blob, url, (sw, sh), Some((w, h)))
-            }
-            None => (file.clone().into(), original_url, (w, h), None),
-        };
+    let (blob, url, size, scaled_from) = match downscaled(w, h, MAX_SIDE) {
+        Some((sw, sh)) => {
+            let blob = scale(&img, sw, sh).await?;
+            let _ = web_sys::Url::revoke_object_url(&original_url);
+            let url = web_sys::Url::create_object_url_with_blob(&blob).map_err(|e| js_text(&e))?;
+            (blob, url, (sw, sh), Some((w, h)))
+        }
+        None => (Blob::from(file.clone()), original_url, (w, h), None),
+    };
     let bytes = blob_bytes(&blob).await?;
     if bytes.len() > MAX_UPLOAD_BYTES {
         let _ = web_sys::Url::revoke_object_url(&url);

@@ -135,32 +135,7 @@ impl Session {
         }
         match ev {
             Event::Open => {}
-            Event::Message(ServerMessage::Ready { model, .. }) => {
-                self.attempt.set_value(0);
-                self.connection.set(Connection::Ready { model: model.name.clone() });
-                self.model.set(Some(model));
-            }
-            Event::Message(msg) => {
-                let sent_at = self.sent_at.get_value();
-                let now = now_ms();
-                let mut mine = false;
-                self.conversation.update(|c| {
-                    mine = c.apply(&msg, |rid| sent_at.get(&rid).map(|t| now - t).unwrap_or(0.0));
-                });
-                if let ServerMessage::Error { code, message, request_id } = &msg {
-                    if !mine {
-                        let words = error_words(*code, message);
-                        if request_id.is_some() && self.image.get_untracked().is_some() {
-                            // The image's own request: the worker did not take the image.
-                            self.sent_image.set_value(None);
-                        }
-                        if matches!(code, htc_shared::protocol::ErrorCode::WrongVersion) {
-                            self.connection.set(Connection::Refused { why: words.clone() });
-                        }
-                        self.notice.set(Some(words));
-                    }
-                }
-            }
+            Event::Message(msg) => self.on_message(*msg),
             Event::Unreadable(why) => self.notice.set(Some(why)),
             Event::Closed { code, reason } => {
                 // The closed client stays until the next `connect` drops it: dropping it here
@@ -186,14 +161,38 @@ impl Session {
         }
     }
 
+    fn on_message(self, msg: ServerMessage) {
+        if let ServerMessage::Ready { model, .. } = msg {
+            self.attempt.set_value(0);
+            self.connection.set(Connection::Ready { model: model.name.clone() });
+            self.model.set(Some(model));
+            return;
+        }
+        let sent_at = self.sent_at.get_value();
+        let now = now_ms();
+        let mut mine = false;
+        self.conversation.update(|c| {
+            mine = c.apply(&msg, |rid| sent_at.get(&rid).map(|t| now - t).unwrap_or(0.0));
+        });
+        if let ServerMessage::Error { code, message, request_id } = &msg {
+            if !mine {
+                let words = error_words(*code, message);
+                if request_id.is_some() && self.image.get_untracked().is_some() {
+                    // The image's own request: the worker did not take the image.
+                    self.sent_image.set_value(None);
+                }
+                if matches!(code, htc_shared::protocol::ErrorCode::WrongVersion) {
+                    self.connection.set(Connection::Refused { why: words.clone() });
+                }
+                self.notice.set(Some(words));
+            }
+        }
+    }
+
     /// The HTTP status of the worker's `/api/model` with the current token.
     async fn probe_auth(self) -> Option<u16> {
         let ws = self.settings.get_untracked().socket_url(&page_origin());
-        let http = ws.replacen("ws://", "http://", 1).replacen("wss://", "https://", 1).replacen(
-            "/ws",
-            "/api/model",
-            1,
-        );
+        let http = crate::state::model_card_url(&ws)?;
         let window = web_sys::window()?;
         let resp = wasm_bindgen_futures::JsFuture::from(window.fetch_with_str(&http)).await.ok()?;
         Some(resp.dyn_into::<web_sys::Response>().ok()?.status())

@@ -271,7 +271,7 @@ impl Settings {
     /// The first problem with these settings, in words.
     pub fn validate(&self) -> Result<(), String> {
         let url = self.worker_url.trim();
-        if !url.is_empty() && !(url.starts_with("ws://") || url.starts_with("wss://")) {
+        if !(url.is_empty() || url.starts_with("ws://") || url.starts_with("wss://")) {
             return Err(format!("worker URL must start with ws:// or wss:// (got `{url}`)"));
         }
         if !(0.0..=2.0).contains(&self.temperature) || !self.temperature.is_finite() {
@@ -306,6 +306,21 @@ impl Settings {
         let sep = if base.contains('?') { '&' } else { '?' };
         format!("{base}{sep}token={}", percent_encode(&self.token))
     }
+}
+
+/// The worker's model card URL (`/api/model`, same query) for a `/ws` socket URL, to ask
+/// over HTTP why a socket was refused; `None` if the URL does not end its path in `/ws`.
+pub fn model_card_url(socket_url: &str) -> Option<String> {
+    let http = if let Some(rest) = socket_url.strip_prefix("wss://") {
+        format!("https://{rest}")
+    } else {
+        format!("http://{}", socket_url.strip_prefix("ws://")?)
+    };
+    let (path, query) = match http.split_once('?') {
+        Some((p, q)) => (p, format!("?{q}")),
+        None => (http.as_str(), String::new()),
+    };
+    Some(format!("{}/api/model{query}", path.strip_suffix("/ws")?))
 }
 
 /// Query-component percent-encoding of a token (unreserved characters kept).
@@ -507,6 +522,12 @@ mod tests {
         assert_eq!(t.socket_url("http://h:1"), "ws://h:1/ws?token=a%20b%26c");
         let u = Settings { worker_url: "wss://gpu.example/ws?x=1".into(), token: "t".into(), ..s.clone() };
         assert_eq!(u.socket_url("http://ignored"), "wss://gpu.example/ws?x=1&token=t");
+        assert_eq!(
+            model_card_url("ws://ws.host:1/ws?token=t").as_deref(),
+            Some("http://ws.host:1/api/model?token=t")
+        );
+        assert_eq!(model_card_url("wss://h/ws").as_deref(), Some("https://h/api/model"));
+        assert_eq!(model_card_url("wss://h/socket"), None);
         let json = serde_json::to_string(&u).unwrap();
         assert_eq!(Settings::from_stored(Some(&json)), u);
         // Unreadable or invalid stored settings fall back to the defaults.

@@ -38,8 +38,10 @@ pub fn Status() -> impl IntoView {
             <span id="connection">{move || session.connection.get().describe()}</span>
             {move || model().map(|m| view! { <span id="model-name">" · model: " {m}</span> })}
             <span id="tokenised-by">" · image tokenised by: worker"</span>
+            " · "
             <span id="compute-path" data-path=move || session.compute.get().id()>
-                " · browser compute found: " {move || session.compute.get().describe()}
+                "Compute path: "
+                {move || session.compute.get().describe()}
             </span>
             {move || speed().map(|s| view! { <span id="speed">" · " {s}</span> })}
         </p>
