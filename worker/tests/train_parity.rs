@@ -6,7 +6,7 @@
 //! from its gradient's tolerance, see [`check_after_steps`]; ndarray gets looser bounds, see
 //! [`GRAD_REL`]), both as one batch of 3 and as 3 accumulated micro-batches of 1;
 //! the learning rate (exactly), gradient norm and loss of every step (rtol 1e-5 before the first
-//! update, 5e-5 after it). The schedule equals transformers' at every step.
+//! update, 5e-5 after it; ndarray: [`STEP_RTOL`]). The schedule equals transformers' at every step.
 
 mod common;
 
@@ -27,13 +27,29 @@ use htc_worker::train::step::{train_step, Optimizer};
 
 type Train = Autodiff<Backend>;
 
-/// The gradient bound, relative to each tensor's largest gradient. ndarray sums in another
-/// order than PyTorch; on the worst-conditioned tensors (bias gradients that are sums of many
-/// cancelling terms) its gradients differ by up to 1.1e-4 (candle: 2.7e-6), so it gets 2e-4.
+/// The gradient bound, relative to each tensor's largest gradient (candle and flex: 2.7e-6
+/// measured).
+///
+/// ndarray is looser for a known reason: autodiff's backward of a division multiplies by
+/// `float_recip(rhs)`, and burn-ndarray computes `float_recip` with the CPU's *approximate*
+/// reciprocal instruction (macerator: `vrcp14ps` on AVX-512, relative error below 2^-14 =
+/// 6.1e-5; `vrcpps` on AVX2, below 1.5 x 2^-12 = 3.7e-4). Every division in the forward pass
+/// (softmax, RMSNorm, the loss mean) passes that error on to the gradients, so ndarray's
+/// precision depends on the machine: measured up to 1.1e-4 with AVX-512, and with AVX2 up to
+/// 6.5e-4 (the same binary under valgrind, which hides AVX-512) and 4.8e-4 (a CI machine),
+/// against 2.7e-6 on candle. The bound is 2e-3: the AVX2 instruction's error compounded over
+/// the few divisions a gradient passes through.
 #[cfg(feature = "ndarray")]
-const GRAD_REL: f32 = 2e-4;
+const GRAD_REL: f32 = 2e-3;
 #[cfg(not(feature = "ndarray"))]
 const GRAD_REL: f32 = 1e-4;
+/// The relative bound on each step's gradient norm and loss before the first update, and after
+/// it (when AdamW's amplified rounding of tiny gradients moves them by about 1e-5). ndarray's
+/// approximate reciprocal (see [`GRAD_REL`]) moved the first norm by up to 4.3e-5 with AVX2.
+#[cfg(feature = "ndarray")]
+const STEP_RTOL: (f64, f64) = (2e-4, 4e-4);
+#[cfg(not(feature = "ndarray"))]
+const STEP_RTOL: (f64, f64) = (1e-5, 5e-5);
 /// The parameter bound after AdamW steps, relative to each tensor's scale, before the
 /// allowance each element inherits from its gradient (see [`check_after_steps`]).
 const PARAM_REL: f32 = 1e-5;
@@ -145,7 +161,7 @@ fn three_steps(micro: usize) {
         // Until the first real update (lr(0) = 0) the parameters are the fixture's own; after
         // it they carry AdamW's amplified rounding of small gradients (see
         // `check_after_steps`), which moves the next norm and loss by about 1e-5.
-        let tol = if lrs[..s].iter().all(|&l| l == 0.0) { 1e-5 } else { 5e-5 };
+        let tol = if lrs[..s].iter().all(|&l| l == 0.0) { STEP_RTOL.0 } else { STEP_RTOL.1 };
         assert!(
             (r.grad_norm - norms[s]).abs() <= tol * norms[s],
             "grad norm {} vs {} (rtol {tol})",
