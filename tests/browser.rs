@@ -5,7 +5,10 @@
 //! - a person can choose an image, ask, and read the streamed answer the model really gives
 //!   (the same as `htc ask`), see the attention heatmap drawn, ask a follow-up from the
 //!   one-token cache, stop, and get a clear error for a file that is not an image; the page
-//!   fits a 375-px-wide screen.
+//!   fits a 375-px-wide screen;
+//! - the page's Web Worker runs the model's MGVQ encoder on the CPU, its codes go with the
+//!   image and the worker accepts them (it refuses codes that differ from its own); the
+//!   encoder's weights come from the browser's cache after a reload (no weight bytes served).
 //!
 //! Needs chromium, chromedriver and `dist/` from `trunk build`; `scripts/test.sh` provides them.
 
@@ -69,12 +72,18 @@ async fn open(driver_port: u16, profile: &std::path::Path, webgpu: bool) -> fant
 }
 
 async fn wait_for(client: &fantoccini::Client, css: &str) -> fantoccini::elements::Element {
-    client
-        .wait()
-        .at_most(Duration::from_secs(60))
-        .for_element(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("the page never showed `{css}`: {e}"))
+    match client.wait().at_most(Duration::from_secs(60)).for_element(Locator::Css(css)).await {
+        Ok(el) => el,
+        Err(e) => {
+            // What the page said instead: its status line and any notice.
+            let said = client
+                .execute("return [...document.querySelectorAll('#status, .error')].map(e => e.textContent).join(' | ');", vec![])
+                .await
+                .map(|v| v.to_string())
+                .unwrap_or_default();
+            panic!("the page never showed `{css}` ({e}); it said: {said}")
+        }
+    }
 }
 
 async fn compute_path(driver_port: u16, url: &str, webgpu: bool) -> (String, String) {
@@ -188,8 +197,17 @@ async fn a_person_asks_about_an_image_and_reads_the_answer() {
     let input = client.find(Locator::Css("input[type='file'][aria-label='Image']")).await.unwrap();
     input.send_keys(star.to_str().unwrap()).await.unwrap();
     wait_for(&client, ".preview img").await;
+    // The page's Web Worker loads the model's MGVQ encoder and encodes the picture itself.
+    let codes = wait_for(&client, "#browser-codes[data-image]").await.text().await.unwrap();
+    assert!(codes.contains("36×4 codes"), "the demo tokenizer's 6×6 latents, 4 groups: {codes}");
+    eprintln!("in the page:{codes}");
     let answer = ask(&client, "What color is the star?").await;
     assert_eq!(answer.trim(), "red");
+    // The worker took the page's codes: it checks them against its own and refuses any that
+    // differ (the page would then say so and send the image alone).
+    let by = client.find(Locator::Css("#tokenised-by")).await.unwrap().text().await.unwrap();
+    assert!(by.contains("image tokenised by: browser, backend: cpu"), "{by}");
+    assert!(!by.contains("differed"), "{by}");
 
     // The attention view is drawn: the heatmap canvas holds the image with a red overlay,
     // and the bars show 4 anchors and the patches.
@@ -260,6 +278,43 @@ async fn a_person_asks_about_an_image_and_reads_the_answer() {
         .unwrap();
     assert!(overflow.as_i64().unwrap() <= 0, "the page is {overflow} px wider than a 375-px window");
 
+    client.close().await.unwrap();
+    let _ = std::fs::remove_dir_all(profile);
+}
+
+/// The encoder weights are fetched once: after a reload the page's encoder reads them from
+/// the browser's cache and the worker serves no weight bytes (its own counter, `/metrics`).
+/// With WebGPU granted, the status still names the CPU: that is where the encoder runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium, chromedriver and a trunk build in dist/; run by scripts/test.sh"]
+async fn a_reload_downloads_no_encoder_weights() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let (url, port, _driver) = server(Some(root.join("models/shapes-demo"))).await;
+    let addr: std::net::SocketAddr = url.trim_start_matches("http://").trim_end_matches('/').parse().unwrap();
+    let served = || async move {
+        let m = http::http_get(addr, "/metrics").await;
+        let line = m.lines().find(|l| l.starts_with("htc_encoder_weight_bytes_total ")).expect("the counter");
+        line.split(' ').nth(1).unwrap().parse::<u64>().unwrap()
+    };
+    let profile = tempdir();
+    let client = open(port, &profile, true).await;
+    client.goto(&url).await.unwrap();
+    let first = wait_for(&client, "#encoder[data-encoder='ready']").await.text().await.unwrap();
+    assert!(first.contains("downloaded") && first.contains("ready on cpu"), "{first}");
+    let bytes = served().await;
+    assert!(bytes > 0, "the first visit downloads the weights");
+    client.refresh().await.unwrap();
+    let again = wait_for(&client, "#encoder[data-encoder='ready']").await.text().await.unwrap();
+    assert!(again.contains("cached"), "{again}");
+    eprintln!("first visit:{first}\nafter a reload:{again}");
+    assert_eq!(served().await, bytes, "a reload downloads no weight bytes");
+    let star = root.join("docs/demo-star.png");
+    let input = client.find(Locator::Css("input[type='file'][aria-label='Image']")).await.unwrap();
+    input.send_keys(star.to_str().unwrap()).await.unwrap();
+    wait_for(&client, "#browser-codes[data-image]").await;
+    assert_eq!(ask(&client, "What color is the star?").await.trim(), "red");
+    let status = client.find(Locator::Css("#status")).await.unwrap().text().await.unwrap();
+    assert!(status.contains("backend: cpu") && !status.contains("backend: webgpu"), "{status}");
     client.close().await.unwrap();
     let _ = std::fs::remove_dir_all(profile);
 }

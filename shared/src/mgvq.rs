@@ -411,6 +411,19 @@ impl<B: Backend> Mgvq<B> {
         Ok(Encoded { latent, q: quantized.q, codes })
     }
 
+    /// The codes of a decoded image, `[h*w][G]`: MGVQ's input pipeline ([`preprocess`]), then
+    /// [`Mgvq::encode`]. The worker's pixels go through the same two steps, so a page that
+    /// runs this gets the worker's codes.
+    pub fn codes_of(&self, img: &RgbImage) -> Result<Vec<Vec<u16>>> {
+        let s = self.config.image_size;
+        let px = preprocess(img, s as u32);
+        let x = Tensor::<B, 4>::from_data(
+            burn::tensor::TensorData::new(px, [1, 3, s, s]),
+            &self.codebook.device(),
+        );
+        Ok(self.encode(x)?.codes)
+    }
+
     /// The stored codebook `[codebook_size, group_dim]` on the host, row-major.
     pub fn codebook_host(&self) -> Result<Vec<f32>> {
         self.codebook

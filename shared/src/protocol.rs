@@ -138,6 +138,34 @@ pub struct ModelCard {
     pub codebook_size: Option<usize>,
 }
 
+/// Where a page gets the model's MGVQ encoder to run it itself: `GET /api/encoder` answers
+/// this, and the weights are one safetensors file (the checkpoint's `mgvq.*` tensors, f32)
+/// whose path carries its SHA-256, so a browser may keep it in its cache for good.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EncoderManifest {
+    pub config: crate::mgvq::Config,
+    /// The weights' path on the worker: `/api/encoder/<sha256>.safetensors`.
+    pub path: String,
+    /// Lowercase hex SHA-256 of the file's bytes.
+    pub sha256: String,
+    pub bytes: u64,
+    /// The key prefix of the encoder's tensors in that file (`mgvq`).
+    pub prefix: String,
+}
+
+impl EncoderManifest {
+    /// The manifest of a weights file with this digest.
+    pub fn new(config: crate::mgvq::Config, sha256: &str, bytes: u64) -> Self {
+        Self {
+            config,
+            path: format!("/api/encoder/{sha256}.safetensors"),
+            sha256: sha256.to_string(),
+            bytes,
+            prefix: "mgvq".into(),
+        }
+    }
+}
+
 /// Server → client messages.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]

@@ -5,7 +5,7 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use htc_shared::protocol::{self, BinaryKind, ClientMessage, ServerMessage, PROTOCOL_VERSION};
+use htc_shared::protocol::{self, BinaryKind, ClientMessage, CodesShape, ServerMessage, PROTOCOL_VERSION};
 use wasm_bindgen::closure::Closure;
 use wasm_bindgen::JsCast;
 use web_sys::{BinaryType, CloseEvent, MessageEvent, WebSocket};
@@ -44,7 +44,8 @@ impl Client {
         let (e1, e2, e3) = (on_event.clone(), on_event.clone(), on_event);
         let hello_socket = socket.clone();
         let on_open = Closure::<dyn FnMut(web_sys::Event)>::new(move |_| {
-            let hello = ClientMessage::Hello { version: PROTOCOL_VERSION, capabilities: vec![] };
+            let hello =
+                ClientMessage::Hello { version: PROTOCOL_VERSION, capabilities: vec!["mgvq-codes".into()] };
             let _ = hello_socket.send_with_str(&serde_json::to_string(&hello).expect("serialises"));
             e1(Event::Open);
         });
@@ -70,17 +71,25 @@ impl Client {
         self.socket.send_with_str(&text).map_err(|e| format!("send failed: {}", js_text(&e)))
     }
 
-    /// Sends an image: the `image` message, then its bytes as a binary frame with the same id.
-    pub fn send_image(&self, request_id: u32, image_id: &str, bytes: &[u8]) -> Result<(), String> {
+    /// Sends an image: the `image` message, then its bytes as a binary frame with the same id,
+    /// and then, when the page computed them, its MGVQ codes (the protocol's codes frame).
+    pub fn send_image(
+        &self, request_id: u32, image_id: &str, bytes: &[u8], codes: Option<(&[u8], CodesShape)>,
+    ) -> Result<(), String> {
         self.send(&ClientMessage::Image {
             request_id,
             image_id: image_id.to_string(),
             byte_len: bytes.len(),
-            codes: None,
+            codes: codes.map(|c| c.1),
             mask_layout: None,
         })?;
         let frame = protocol::encode_binary(BinaryKind::ImageBytes, request_id, bytes);
-        self.socket.send_with_u8_array(&frame).map_err(|e| format!("send failed: {}", js_text(&e)))
+        self.socket.send_with_u8_array(&frame).map_err(|e| format!("send failed: {}", js_text(&e)))?;
+        if let Some((payload, _)) = codes {
+            let frame = protocol::encode_binary(BinaryKind::Codes, request_id, payload);
+            self.socket.send_with_u8_array(&frame).map_err(|e| format!("send failed: {}", js_text(&e)))?;
+        }
+        Ok(())
     }
 
     /// Asks a question about an image sent before.

@@ -5,6 +5,7 @@
 //!   [`status`], [`image_input`], [`chat`], [`attention`], [`settings`];
 //! - [`session`]: the shared reactive state and the actions (connect, ask, stop);
 //! - [`client`]: the worker client (the WebSocket protocol of `htc_shared::protocol`);
+//! - [`runner`]: the in-browser model runner (the MGVQ encoder in a Web Worker, on the CPU);
 //! - [`state`]: the rules without the DOM (conversation, settings, backoff, attention maps),
 //!   tested natively;
 //! - [`compute`]: the WebGPU probe; [`layout`]: the hybrid sequence layout from `htc-shared`.
@@ -16,6 +17,7 @@ pub mod client;
 pub mod compute;
 pub mod image_input;
 pub mod layout;
+pub mod runner;
 pub mod session;
 pub mod settings;
 pub mod state;

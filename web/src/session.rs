@@ -1,18 +1,33 @@
 //! The page's session: the reactive state every component reads ([`Session`], provided as a
 //! leptos context) and the actions that talk to the worker through [`Client`]: connect and
-//! reconnect with backoff, send the image once per connection, ask, stop, regenerate.
+//! reconnect with backoff, send the image once per connection (with the MGVQ codes the
+//! in-browser encoder computed, see [`Runner`]), ask, stop, regenerate.
 
 use std::collections::HashMap;
 
-use htc_shared::protocol::{ModelCard, ServerMessage};
+use htc_shared::config::HtcMode;
+use htc_shared::protocol::{CodesShape, ErrorCode, ModelCard, ServerMessage};
 use leptos::prelude::*;
 use wasm_bindgen::JsCast;
 
 use crate::client::{Client, Event};
 use crate::compute::ComputePath;
+use crate::runner::{self, Reply, Request, Runner};
 use crate::state::{
-    backoff_ms, error_words, Connection, Conversation, LayerPick, Settings, Turn, TurnStatus,
+    backoff_ms, error_words, tokenised_words, Connection, Conversation, EncoderState, LayerPick, Settings,
+    Turn, TurnStatus,
 };
+
+/// Codes the in-browser encoder computed for one image.
+#[derive(Debug, Clone)]
+pub struct ImageCodes {
+    pub image_id: String,
+    /// The protocol's codes frame payload.
+    pub payload: Vec<u8>,
+    pub shape: CodesShape,
+    pub backend: String,
+    pub ms: f64,
+}
 
 /// The image the user chose, as the page holds it.
 #[derive(Debug, Clone, PartialEq)]
@@ -41,10 +56,21 @@ pub struct Session {
     pub notice: RwSignal<Option<String>>,
     pub conversation: RwSignal<Conversation>,
     pub compute: RwSignal<ComputePath>,
+    /// The in-browser MGVQ encoder.
+    pub encoder: RwSignal<EncoderState>,
+    /// Where the image of the newest question was tokenised, in words.
+    pub tokenised: RwSignal<Option<String>>,
     pub layer: RwSignal<LayerPick>,
     /// The attention view shows patches (heatmap) or anchors (bars) first.
     pub show_anchors: RwSignal<bool>,
     client: StoredValue<Option<Client>, LocalStorage>,
+    runner: StoredValue<Option<Runner>, LocalStorage>,
+    /// The current image's codes, once the encoder has them.
+    pub codes: RwSignal<Option<ImageCodes>>,
+    /// The encoding under way: its runner request id and the image's id.
+    encoding: StoredValue<Option<(u32, String)>>,
+    /// Images whose codes the worker refused (they differ from its own): sent without codes.
+    refused: StoredValue<Vec<String>>,
     image_bytes: StoredValue<Option<Vec<u8>>, LocalStorage>,
     /// The image id the current connection already holds.
     sent_image: StoredValue<Option<String>>,
@@ -80,9 +106,15 @@ impl Session {
             notice: RwSignal::new(None),
             conversation: RwSignal::new(Conversation::default()),
             compute: RwSignal::new(ComputePath::Probing),
+            encoder: RwSignal::new(EncoderState::Off("waiting for the worker's model card".into())),
+            tokenised: RwSignal::new(None),
             layer: RwSignal::new(LayerPick::Mean),
             show_anchors: RwSignal::new(false),
             client: StoredValue::new_local(None),
+            runner: StoredValue::new_local(None),
+            codes: RwSignal::new(None),
+            encoding: StoredValue::new(None),
+            refused: StoredValue::new(Vec::new()),
             image_bytes: StoredValue::new_local(None),
             sent_image: StoredValue::new(None),
             next_id: StoredValue::new(1),
@@ -165,8 +197,22 @@ impl Session {
         if let ServerMessage::Ready { model, .. } = msg {
             self.attempt.set_value(0);
             self.connection.set(Connection::Ready { model: model.name.clone() });
+            let takes_codes =
+                model.mgvq.is_some() && matches!(model.mode, Some(HtcMode::Htc | HtcMode::Discrete));
             self.model.set(Some(model));
+            if takes_codes {
+                self.start_encoder();
+            } else {
+                self.runner.set_value(None);
+                self.encoder.set(EncoderState::Off("the model takes no MGVQ codes".into()));
+            }
             return;
+        }
+        if let ServerMessage::Error { code: ErrorCode::CodesMismatch, request_id: Some(rid), message } = &msg
+        {
+            if self.retry_without_codes(*rid, message) {
+                return;
+            }
         }
         let sent_at = self.sent_at.get_value();
         let now = now_ms();
@@ -220,6 +266,8 @@ impl Session {
         if let Some(old) = self.image.get_untracked() {
             let _ = web_sys::Url::revoke_object_url(&old.url);
         }
+        self.codes.set(None);
+        self.encode(&image.id, &bytes);
         self.image_bytes.set_value(Some(bytes));
         self.sent_image.set_value(None);
         self.image.set(Some(image));
@@ -234,8 +282,108 @@ impl Session {
             let _ = web_sys::Url::revoke_object_url(&old.url);
         }
         self.image_bytes.set_value(None);
+        self.codes.set(None);
+        self.encoding.set_value(None);
         self.image.set(None);
         self.conversation.set(Conversation::default());
+    }
+
+    /// Starts the encoder's Web Worker (once) and asks it to load the worker's encoder.
+    fn start_encoder(self) {
+        let Some(url) = runner::manifest_url(&self.settings.get_untracked().socket_url(&page_origin()))
+        else {
+            self.encoder.set(EncoderState::Off("the worker URL is not ws:// or wss://".into()));
+            return;
+        };
+        if self.runner.with_value(Option::is_none) {
+            match Runner::start(move |reply, bytes| self.on_runner(reply, bytes)) {
+                Ok(r) => self.runner.set_value(Some(r)),
+                Err(why) => {
+                    self.encoder.set(EncoderState::Failed(why));
+                    return;
+                }
+            }
+        }
+        self.encoder.set(EncoderState::Loading { loaded: 0, total: 0, from_cache: false });
+        let sent = self
+            .runner
+            .with_value(|r| r.as_ref().map(|r| r.send(&Request::Load { manifest_url: url }, None)));
+        if let Some(Err(why)) = sent {
+            self.encoder.set(EncoderState::Failed(why));
+        }
+    }
+
+    fn on_runner(self, reply: Reply, bytes: Option<Vec<u8>>) {
+        match reply {
+            Reply::Started => {}
+            Reply::Progress { loaded, total, from_cache } => {
+                self.encoder.set(EncoderState::Loading { loaded, total, from_cache })
+            }
+            Reply::Loaded { bytes: size, downloaded, ms, backend, .. } => {
+                self.encoder.set(EncoderState::Ready { backend, bytes: size, downloaded, ms });
+                // An image chosen while the weights were coming: encode it now.
+                if let (Some(img), None) = (self.image.get_untracked(), self.codes.get_untracked()) {
+                    if let Some(b) = self.image_bytes.with_value(|b| b.clone()) {
+                        self.encode(&img.id, &b);
+                    }
+                }
+            }
+            Reply::Codes { id, positions, groups, ms, backend } => {
+                let Some((want, image_id)) = self.encoding.get_value() else { return };
+                if want != id {
+                    return;
+                }
+                self.encoding.set_value(None);
+                let shape = CodesShape { positions, groups };
+                let payload = bytes.unwrap_or_default();
+                self.codes.set(Some(ImageCodes { image_id, payload, shape, backend, ms }));
+            }
+            Reply::Failed { id: Some(id), message } => {
+                if self.encoding.get_value().is_some_and(|(want, _)| want == id) {
+                    self.encoding.set_value(None);
+                    self.notice.set(Some(format!("the in-browser encoder could not read this image ({message}); the worker tokenises it")));
+                }
+            }
+            Reply::Failed { id: None, message } => {
+                self.encoding.set_value(None);
+                self.encoder.set(EncoderState::Failed(message));
+            }
+        }
+    }
+
+    /// Asks the encoder for the codes of image `image_id`, if it is ready.
+    fn encode(self, image_id: &str, bytes: &[u8]) {
+        if !matches!(self.encoder.get_untracked(), EncoderState::Ready { .. }) {
+            return;
+        }
+        let id = self.take_id();
+        self.encoding.set_value(Some((id, image_id.to_string())));
+        let sent =
+            self.runner.with_value(|r| r.as_ref().map(|r| r.send(&Request::Encode { id }, Some(bytes))));
+        if let Some(Err(why)) = sent {
+            self.encoding.set_value(None);
+            self.encoder.set(EncoderState::Failed(why));
+        }
+    }
+
+    /// The worker refused the codes sent with turn `rid`'s image: sends the image again
+    /// without them and asks again. Returns whether it did.
+    fn retry_without_codes(self, rid: u32, message: &str) -> bool {
+        let Some(question) = self.conversation.with_untracked(|c| {
+            c.turns.iter().find(|t| t.request_id == rid && t.is_open()).map(|t| t.question.clone())
+        }) else {
+            return false;
+        };
+        let Some(image) = self.image.get_untracked() else { return false };
+        self.refused.update_value(|r| r.push(image.id.clone()));
+        self.sent_image.set_value(None);
+        self.conversation.update(|c| c.turns.retain(|t| t.request_id != rid));
+        let result = self.ask(&question);
+        self.notice.set(Some(match result {
+            Ok(()) => format!("{message}; the worker tokenised the image instead"),
+            Err(why) => why,
+        }));
+        true
     }
 
     fn take_id(self) -> u32 {
@@ -264,8 +412,22 @@ impl Session {
             };
             if sent.as_deref() != Some(image.id.as_str()) {
                 let bytes = self.image_bytes.with_value(|b| b.clone()).ok_or("the image is gone")?;
-                c.send_image(self.take_id(), &image.id, &bytes)?;
+                let refused = self.refused.with_value(|r| r.contains(&image.id));
+                let codes = self.codes.get_untracked().filter(|k| k.image_id == image.id && !refused);
+                c.send_image(
+                    self.take_id(),
+                    &image.id,
+                    &bytes,
+                    codes.as_ref().map(|k| (&k.payload[..], k.shape)),
+                )?;
                 self.sent_image.set_value(Some(image.id.clone()));
+                let words = tokenised_words(codes.as_ref().map(|k| (k.backend.as_str(), k.ms)));
+                let words = if refused {
+                    format!("{words} (the browser's codes differed from the worker's)")
+                } else {
+                    words
+                };
+                self.tokenised.set(Some(words));
             }
             let rid = self.take_id();
             self.sent_at.update_value(|m| {

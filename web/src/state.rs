@@ -203,6 +203,59 @@ pub fn backoff_ms(attempt: u32) -> u32 {
     (500u32 << exp).min(15_000)
 }
 
+/// The in-browser MGVQ encoder (see `runner`), as the status shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EncoderState {
+    /// Not running; the words say why (the worker tokenises images meanwhile).
+    Off(String),
+    /// Fetching the weights: bytes so far of `total`, from the browser's cache or the network.
+    Loading { loaded: u64, total: u64, from_cache: bool },
+    /// Loaded on `backend`; `downloaded` weight bytes came over the network for it.
+    Ready { backend: String, bytes: u64, downloaded: u64, ms: f64 },
+    /// Loading failed; the words say why (the worker tokenises images).
+    Failed(String),
+}
+
+impl EncoderState {
+    /// The stable id the page exposes as `data-encoder`.
+    pub fn id(&self) -> &'static str {
+        match self {
+            Self::Off(_) => "off",
+            Self::Loading { .. } => "loading",
+            Self::Ready { .. } => "ready",
+            Self::Failed(_) => "failed",
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        let kb = |b: u64| format!("{:.0} KB", b as f64 / 1e3);
+        match self {
+            Self::Off(why) => format!("in-browser encoder off: {why}"),
+            Self::Loading { loaded, total, from_cache } => {
+                let from = if *from_cache { "from the browser cache" } else { "downloading" };
+                format!("encoder weights {from}: {} of {}", kb(*loaded), kb(*total))
+            }
+            Self::Ready { backend, bytes, downloaded, ms } => {
+                let from = if *downloaded == 0 {
+                    "cached".to_string()
+                } else {
+                    format!("{} downloaded", kb(*downloaded))
+                };
+                format!("in-browser encoder ready on {backend} ({} weights, {from}, {ms:.0} ms)", kb(*bytes))
+            }
+            Self::Failed(why) => format!("in-browser encoder failed: {why}; the worker tokenises"),
+        }
+    }
+}
+
+/// Where the image of the newest question was tokenised, in words for the status.
+pub fn tokenised_words(browser: Option<(&str, f64)>) -> String {
+    match browser {
+        Some((backend, ms)) => format!("browser, backend: {backend}, {ms:.0} ms"),
+        None => "worker".into(),
+    }
+}
+
 /// The compute backend the user asks for the in-browser encoder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -577,5 +630,17 @@ mod tests {
         assert_eq!(downscaled(4000, 3000, 1024), Some((1024, 768)));
         assert_eq!(downscaled(300, 5000, 1000), Some((60, 1000)));
         assert_eq!(downscaled(336, 336, 1024), None);
+    }
+
+    #[test]
+    fn encoder_state_in_words() {
+        let r = EncoderState::Ready { backend: "cpu".into(), bytes: 780_000, downloaded: 0, ms: 41.0 };
+        assert_eq!(r.describe(), "in-browser encoder ready on cpu (780 KB weights, cached, 41 ms)");
+        assert_eq!(r.id(), "ready");
+        let l = EncoderState::Loading { loaded: 1000, total: 4000, from_cache: false };
+        assert_eq!(l.describe(), "encoder weights downloading: 1 KB of 4 KB");
+        assert!(EncoderState::Failed("HTTP 404".into()).describe().contains("the worker tokenises"));
+        assert_eq!(tokenised_words(Some(("cpu", 12.4))), "browser, backend: cpu, 12 ms");
+        assert_eq!(tokenised_words(None), "worker");
     }
 }

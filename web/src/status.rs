@@ -1,7 +1,8 @@
 //! The status line: the connection (with its reconnect countdown), the model card's name,
-//! the newest answer's time to first token and tokens/s, and where the image was tokenised
-//! (today always by the worker: the in-browser encoder is not built yet; the page says
-//! which compute backend it found for it, and does not claim it ran).
+//! the newest answer's time to first token and tokens/s, the in-browser encoder (weights
+//! progress, the backend it runs on), where the newest question's image was tokenised
+//! (`browser, backend: cpu, N ms` only when the page's codes went with it; else `worker`), and
+//! the compute path the WebGPU probe found.
 
 use leptos::prelude::*;
 
@@ -37,7 +38,25 @@ pub fn Status() -> impl IntoView {
         <p id="status" class="status" role="status" data-connection=move || session.connection.get().id()>
             <span id="connection">{move || session.connection.get().describe()}</span>
             {move || model().map(|m| view! { <span id="model-name">" · model: " {m}</span> })}
-            <span id="tokenised-by">" · image tokenised by: worker"</span>
+            <span id="encoder" data-encoder=move || session.encoder.get().id()>
+                " · " {move || session.encoder.get().describe()}
+            </span>
+            {move || match session.encoder.get() {
+                crate::state::EncoderState::Loading { loaded, total, .. } if total > 0 => Some(view! {
+                    " "
+                    <progress id="encoder-progress" aria-label="Encoder weights" max=total.to_string() value=loaded.to_string()></progress>
+                }),
+                _ => None,
+            }}
+            {move || session.codes.get().map(|k| view! {
+                <span id="browser-codes" data-image=k.image_id.clone()>
+                    " · image encoded in the page: " {k.shape.positions} "×" {k.shape.groups} " codes, "
+                    {format!("{:.0} ms", k.ms)}
+                </span>
+            })}
+            <span id="tokenised-by">
+                " · image tokenised by: " {move || session.tokenised.get().unwrap_or_else(|| "nothing sent yet".into())}
+            </span>
             " · "
             <span id="compute-path" data-path=move || session.compute.get().id()>
                 "Compute path: "

@@ -340,3 +340,79 @@ async fn long_answer_started(addr: std::net::SocketAddr, tokens: usize) -> Ws {
         }
     }
 }
+
+/// A page can run the model's MGVQ encoder itself: `/api/encoder` names the weights by their
+/// SHA-256; the weights are served immutable and hold exactly the checkpoint's `mgvq.*`
+/// tensors; the encoder built from them gives the worker's own codes for the demo picture;
+/// the worker takes those codes with the image, counts the bytes it served, and answers 404
+/// in words for other names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_encoder_is_served_to_pages_and_gives_the_workers_codes() {
+    use common::http::http_get_bytes;
+    use htc_shared::loader::{Loader, SafetensorsBytes};
+    use htc_shared::mgvq::Mgvq;
+    use htc_shared::protocol::EncoderManifest;
+    use htc_worker::backend::{self, Backend};
+    use htc_worker::formats::checkpoint::{AnyModel, Snapshot};
+    use sha2::Digest;
+
+    let demo = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/shapes-demo");
+    let addr = start(|a| a.model = Some(demo.clone())).await;
+    let (head, body) = http_get_bytes(addr, "/api/encoder").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let m: EncoderManifest = serde_json::from_slice(&body).unwrap();
+    assert_eq!(m.path, format!("/api/encoder/{}.safetensors", m.sha256));
+    let (head, weights) = http_get_bytes(addr, &m.path).await;
+    assert!(head.starts_with("HTTP/1.1 200") && head.contains("immutable"), "{head}");
+    assert_eq!(weights.len() as u64, m.bytes);
+    let digest: String = sha2::Sha256::digest(&weights).iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(digest, m.sha256);
+    let metrics = common::http::http_get(addr, "/metrics").await;
+    assert!(metrics.contains(&format!("htc_encoder_weight_bytes_total {}", m.bytes)), "{metrics}");
+
+    let src = SafetensorsBytes::new(weights, "served").unwrap();
+    let mut names: Vec<&str> = src.names().collect();
+    names.sort();
+    let ckpt = htc_worker::formats::WeightSource::open_dir(&demo).unwrap();
+    let mut want: Vec<String> = ckpt.names().into_iter().filter(|n| n.starts_with("mgvq.")).collect();
+    want.sort();
+    assert_eq!(names, want.iter().map(String::as_str).collect::<Vec<_>>(), "exactly the mgvq.* tensors");
+
+    let dev = backend::device();
+    let served = Mgvq::<Backend>::load(&Loader::new(&src, &dev).pp(&m.prefix), &m.config).unwrap();
+    let png = std::fs::read(demo.join("../../docs/demo-star.png")).unwrap();
+    let img = htc_shared::preprocess::decode_image(&png, Default::default()).unwrap();
+    let codes = served.codes_of(&img).unwrap();
+    let snap = Snapshot::<Backend>::open(&demo, &dev).unwrap();
+    let AnyModel::Htc { model, .. } = snap.model else { panic!("the demo model is an HTC model") };
+    assert_eq!(codes, model.mgvq.as_ref().unwrap().codes_of(&img).unwrap(), "the served encoder's codes");
+
+    // The worker checks the page's codes against its own and answers with them.
+    let mut ws = connect(addr, &[], "").await.unwrap();
+    hello(&mut ws).await;
+    let shape = json!({"positions": codes.len(), "groups": codes[0].len()});
+    send(
+        &mut ws,
+        json!({"type": "image", "request_id": 1, "image_id": "star", "byte_len": png.len(), "codes": shape}),
+    )
+    .await;
+    ws.send(Message::Binary(encode_binary(BinaryKind::ImageBytes, 1, &png).into())).await.unwrap();
+    let payload: Vec<u8> = codes.iter().flatten().flat_map(|c| c.to_le_bytes()).collect();
+    ws.send(Message::Binary(encode_binary(BinaryKind::Codes, 1, &payload).into())).await.unwrap();
+    send(&mut ws, json!({"type": "ask", "request_id": 2, "image_id": "star", "question": "What color is the star?", "max_new_tokens": 4})).await;
+    let (ids, _, _) = answer(&mut ws, 2).await;
+    assert!(!ids.is_empty());
+
+    let (head, body) = http_get_bytes(addr, "/api/encoder/0000.safetensors").await;
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+    assert!(String::from_utf8_lossy(&body).contains("no encoder weights named 0000.safetensors"));
+}
+
+/// A model without encoder weights on disk (the random default) has nothing for pages: 404,
+/// in words.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_encoder_for_pages_without_weights_on_disk() {
+    let addr = start(|_| {}).await;
+    let r = common::http::http_get(addr, "/api/encoder").await;
+    assert!(r.starts_with("HTTP/1.1 404") && r.contains("the worker tokenises images"), "{r}");
+}

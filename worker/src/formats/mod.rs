@@ -7,10 +7,12 @@
 //! - [`checkpoint`]: opening any supported model directory or file into a model + tokenizer.
 //! - [`random`]: random weights in the llava-hf key layout (demo model, benchmarks, tests).
 //! - [`write`]: streaming safetensors writer.
+//! - [`encoder`]: the MGVQ encoder's weights as one file for pages that run it themselves.
 //!
 //! Reading and writing files only: no decoding, serving or command-line parsing here.
 
 pub mod checkpoint;
+pub mod encoder;
 pub mod gguf;
 pub mod random;
 pub mod write;

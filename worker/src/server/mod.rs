@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -28,8 +28,10 @@ use axum::{middleware, Json, Router};
 use tokio::sync::Notify;
 use tower_http::services::{ServeDir, ServeFile};
 
+use crate::formats::encoder::encoder_file;
 use crate::runtime::engine::{Engine, EngineConfig};
 pub use args::ServeArgs;
+use htc_shared::protocol::EncoderManifest;
 
 /// Shared server state.
 #[derive(Clone)]
@@ -38,6 +40,8 @@ pub struct App {
     pub(crate) args: Arc<ServeArgs>,
     shutdown: Arc<Notify>,
     shutting_down: Arc<AtomicBool>,
+    /// The MGVQ encoder for pages, when the model has one and comes from a directory.
+    encoder: Option<Arc<(EncoderManifest, axum::body::Bytes)>>,
 }
 
 impl App {
@@ -50,7 +54,15 @@ impl App {
             trust_client_codes: args.trust_client_codes,
             max_batch: args.max_batch,
         })?;
+        let encoder = match (&args.model, &engine.card.mgvq) {
+            (Some(dir), Some(config)) if dir.is_dir() => encoder_file(dir)?.map(|f| {
+                let manifest = EncoderManifest::new(config.clone(), &f.sha256, f.bytes.len() as u64);
+                Arc::new((manifest, f.bytes.into()))
+            }),
+            _ => None,
+        };
         Ok(Self {
+            encoder,
             engine,
             args: Arc::new(args),
             shutdown: Arc::new(Notify::new()),
@@ -74,6 +86,8 @@ pub fn router(app: App) -> Router {
     let static_dir = app.args.static_dir.clone();
     let guarded = Router::new()
         .route("/api/model", get(model_card))
+        .route("/api/encoder", get(encoder_manifest))
+        .route("/api/encoder/{file}", get(encoder_weights))
         .route("/metrics", get(metrics))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/ws", get(ws_upgrade))
@@ -87,6 +101,36 @@ pub fn router(app: App) -> Router {
 
 async fn model_card(State(app): State<App>) -> Response {
     Json(app.engine.card.clone()).into_response()
+}
+
+async fn encoder_manifest(State(app): State<App>) -> Response {
+    match &app.encoder {
+        Some(e) => Json(e.0.clone()).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            "this model has no MGVQ encoder for the browser: the worker tokenises images",
+        )
+            .into_response(),
+    }
+}
+
+/// The weights under their content address; immutable, so a browser caches them for good.
+async fn encoder_weights(State(app): State<App>, Path(file): Path<String>) -> Response {
+    match &app.encoder {
+        Some(e) if file == format!("{}.safetensors", e.0.sha256) => {
+            app.engine.metrics.encoder_bytes.inc_by(e.1.len() as u64);
+            (
+                [
+                    ("content-type", "application/octet-stream".to_string()),
+                    ("cache-control", "public, max-age=31536000, immutable".to_string()),
+                    ("etag", format!("\"{}\"", e.0.sha256)),
+                ],
+                e.1.clone(),
+            )
+                .into_response()
+        }
+        _ => (StatusCode::NOT_FOUND, format!("no encoder weights named {file}")).into_response(),
+    }
 }
 
 async fn metrics(State(app): State<App>) -> Response {

@@ -12,3 +12,17 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     s.read_to_string(&mut buf).await.unwrap();
     buf
 }
+
+/// `GET path`: the status line and headers as text, and the body as bytes.
+#[allow(dead_code)] // used by the worker's server tests; the browser test includes this file too
+pub async fn http_get_bytes(addr: std::net::SocketAddr, path: &str) -> (String, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let split = buf.windows(4).position(|w| w == b"\r\n\r\n").expect("a header block");
+    (String::from_utf8_lossy(&buf[..split]).into_owned(), buf[split + 4..].to_vec())
+}

@@ -10,6 +10,8 @@ pub struct Metrics {
     pub compressions: prometheus::IntCounter,
     pub tokens: prometheus::IntCounter,
     pub cancelled: prometheus::IntCounter,
+    /// Encoder weight bytes sent to pages (`/api/encoder/<sha256>.safetensors`).
+    pub encoder_bytes: prometheus::IntCounter,
     pub errors: prometheus::IntCounterVec,
     pub connections: prometheus::IntGauge,
     pub answer_seconds: prometheus::Histogram,
@@ -26,6 +28,10 @@ impl Metrics {
             IntCounter::new("htc_compressions_total", "Images compressed (ViT, MGVQ and the voco prefix)")?;
         let tokens = IntCounter::new("htc_generated_tokens_total", "Tokens generated")?;
         let cancelled = IntCounter::new("htc_cancelled_total", "Answers stopped by cancel or disconnect")?;
+        let encoder_bytes = IntCounter::new(
+            "htc_encoder_weight_bytes_total",
+            "MGVQ encoder weight bytes sent to pages that tokenise images themselves",
+        )?;
         let errors =
             IntCounterVec::new(Opts::new("htc_errors_total", "Error frames sent, by code"), &["code"])?;
         let connections = IntGauge::new("htc_open_connections", "Open WebSocket connections")?;
@@ -33,7 +39,7 @@ impl Metrics {
             "htc_answer_seconds",
             "Wall time of an answer, queue excluded",
         ))?;
-        for c in [&questions, &cache_hits, &compressions, &tokens, &cancelled] {
+        for c in [&questions, &cache_hits, &compressions, &tokens, &cancelled, &encoder_bytes] {
             registry.register(Box::new(c.clone()))?;
         }
         registry.register(Box::new(errors.clone()))?;
@@ -44,6 +50,7 @@ impl Metrics {
             questions,
             cache_hits,
             compressions,
+            encoder_bytes,
             tokens,
             cancelled,
             errors,

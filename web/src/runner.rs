@@ -1,0 +1,429 @@
+//! The in-browser model runner: the model's MGVQ encoder and grouped quantiser, the same
+//! `htc_shared::mgvq` code the worker runs, compiled to wasm on burn's CPU backend (ndarray)
+//! and run in a Web Worker so the page stays responsive while it encodes.
+//!
+//! - [`Request`] / [`Reply`]: the messages between the page and the Web Worker;
+//! - [`Runner`] (page side): starts the Web Worker (`/encoder_loader.js`, the `encoder`
+//!   binary), asks it to load the worker's encoder and to encode images, and hands every reply
+//!   to one callback;
+//! - [`worker_main`] (Web Worker side): fetches `/api/encoder` and the content-addressed
+//!   weights through the Cache API (a reload downloads no weight bytes), checks their
+//!   SHA-256, loads them and answers each image with its codes.
+//!
+//! A message is a two-element array: the JSON text of a [`Request`] or [`Reply`], and the
+//! bytes that go with it (the image to encode; the codes as the protocol's little-endian
+//! `u16`s, `[h*w][G]`) or `undefined`.
+
+use serde::{Deserialize, Serialize};
+
+/// Page → Web Worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Request {
+    /// Load the encoder the manifest at `manifest_url` describes (`/api/encoder`, with the
+    /// token in its query if the worker wants one).
+    Load { manifest_url: String },
+    /// Encode the image whose bytes come with this message.
+    Encode { id: u32 },
+}
+
+/// Web Worker → page.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Reply {
+    /// The Web Worker runs and takes requests.
+    Started,
+    /// Weight bytes received so far (`from_cache`: read from the browser's cache).
+    Progress { loaded: u64, total: u64, from_cache: bool },
+    /// The encoder is ready: `downloaded` weight bytes came over the network (0 when the
+    /// cache had them), in `ms` milliseconds from the request to a loaded model.
+    Loaded { sha256: String, bytes: u64, downloaded: u64, ms: f64, backend: String },
+    /// The codes of image `id` (they come with the message), `positions × groups`.
+    Codes { id: u32, positions: usize, groups: usize, ms: f64, backend: String },
+    /// A request failed; `id` names the image when it was an encoding.
+    Failed { id: Option<u32>, message: String },
+}
+
+/// The compute backend the Web Worker's encoder runs on (burn-ndarray compiled to wasm).
+pub const BACKEND: &str = "cpu";
+
+/// The worker's `/api/encoder` URL for its WebSocket URL (`ws[s]://host/…/ws?query` →
+/// `http[s]://host/…/api/encoder?query`, the token kept).
+pub fn manifest_url(socket_url: &str) -> Option<String> {
+    let card = crate::state::model_card_url(socket_url)?;
+    let (path, query) =
+        card.split_once('?').map(|(p, q)| (p, format!("?{q}"))).unwrap_or((&card, String::new()));
+    Some(format!("{}/api/encoder{query}", path.strip_suffix("/api/model")?))
+}
+
+/// The URL of the weights (`path` from the manifest) next to `manifest_url`, and the cache key
+/// they are kept under: the same URL without its query, so a token change keeps the cache.
+pub fn weights_urls(manifest_url: &str, path: &str) -> Option<(String, String)> {
+    let (base, query) = match manifest_url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (manifest_url, String::new()),
+    };
+    let root = base.strip_suffix("/api/encoder")?;
+    let key = format!("{root}{path}");
+    Some((format!("{key}{query}"), key))
+}
+
+/// The codes as the protocol's codes frame payload: little-endian `u16`, `[h*w][G]`.
+pub fn codes_bytes(codes: &[Vec<u16>]) -> Vec<u8> {
+    codes.iter().flatten().flat_map(|c| c.to_le_bytes()).collect()
+}
+
+/// Lowercase hex SHA-256.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub use page::Runner;
+#[cfg(target_arch = "wasm32")]
+pub use worker::worker_main;
+
+mod page {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    use js_sys::{Array, Reflect, Uint8Array};
+    use wasm_bindgen::closure::Closure;
+    use wasm_bindgen::{JsCast, JsValue};
+    use web_sys::{MessageEvent, Worker, WorkerOptions, WorkerType};
+
+    use super::{Reply, Request};
+    use crate::client::js_text;
+
+    pub(super) fn pack(json: String, bytes: Option<&[u8]>) -> Array {
+        let a = Array::new();
+        a.push(&JsValue::from_str(&json));
+        a.push(&bytes.map(|b| JsValue::from(Uint8Array::from(b))).unwrap_or(JsValue::UNDEFINED));
+        a
+    }
+
+    pub(super) fn unpack(data: JsValue) -> Result<(String, Option<Vec<u8>>), String> {
+        let a: Array = data.dyn_into().map_err(|_| "a runner message is not an array".to_string())?;
+        let json = a.get(0).as_string().ok_or("a runner message has no JSON text")?;
+        let bytes = a.get(1).dyn_into::<Uint8Array>().ok().map(|u| u.to_vec());
+        Ok((json, bytes))
+    }
+
+    /// The page's handle on the Web Worker. Requests wait until the Web Worker says it has
+    /// started: before its wasm is instantiated it has no message handler, and a message
+    /// dispatched then would be lost.
+    pub struct Runner {
+        worker: Worker,
+        /// `None` once started; until then, the requests waiting.
+        waiting: Rc<RefCell<Option<Vec<Array>>>>,
+        _on_message: Closure<dyn FnMut(MessageEvent)>,
+        _on_error: Closure<dyn FnMut(web_sys::Event)>,
+    }
+
+    impl Runner {
+        /// Starts the Web Worker; every reply (with its bytes) goes to `on_reply`.
+        pub fn start(on_reply: impl Fn(Reply, Option<Vec<u8>>) + 'static) -> Result<Self, String> {
+            let opts = WorkerOptions::new();
+            opts.set_type(WorkerType::Classic);
+            let worker = Worker::new_with_options("/encoder_loader.js", &opts)
+                .map_err(|e| format!("cannot start the encoder's Web Worker: {}", js_text(&e)))?;
+            let on_reply = Rc::new(on_reply);
+            let r1 = on_reply.clone();
+            let waiting: Rc<RefCell<Option<Vec<Array>>>> = Rc::new(RefCell::new(Some(Vec::new())));
+            let (w1, worker1) = (waiting.clone(), worker.clone());
+            let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |ev: MessageEvent| {
+                match unpack(ev.data()).and_then(|(json, bytes)| {
+                    serde_json::from_str::<Reply>(&json).map(|r| (r, bytes)).map_err(|e| e.to_string())
+                }) {
+                    Ok((Reply::Started, _)) => {
+                        for m in w1.borrow_mut().take().unwrap_or_default() {
+                            let _ = worker1.post_message(&m);
+                        }
+                    }
+                    Ok((reply, bytes)) => r1(reply, bytes),
+                    Err(why) => r1(
+                        Reply::Failed { id: None, message: format!("unreadable runner reply: {why}") },
+                        None,
+                    ),
+                }
+            });
+            let on_error = Closure::<dyn FnMut(web_sys::Event)>::new(move |ev: web_sys::Event| {
+                let msg = Reflect::get(&ev, &"message".into()).ok().and_then(|m| m.as_string());
+                on_reply(
+                    Reply::Failed {
+                        id: None,
+                        message: format!(
+                            "the encoder's Web Worker failed: {}",
+                            msg.unwrap_or_else(|| "no message".into())
+                        ),
+                    },
+                    None,
+                )
+            });
+            worker.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
+            worker.set_onerror(Some(on_error.as_ref().unchecked_ref()));
+            Ok(Self { worker, waiting, _on_message: on_message, _on_error: on_error })
+        }
+
+        pub fn send(&self, req: &Request, bytes: Option<&[u8]>) -> Result<(), String> {
+            let json = serde_json::to_string(req).expect("requests serialise");
+            let message = pack(json, bytes);
+            if let Some(queue) = self.waiting.borrow_mut().as_mut() {
+                queue.push(message);
+                return Ok(());
+            }
+            self.worker.post_message(&message).map_err(|e| js_text(&e))
+        }
+    }
+
+    impl Drop for Runner {
+        fn drop(&mut self) {
+            self.worker.set_onmessage(None);
+            self.worker.set_onerror(None);
+            self.worker.terminate();
+        }
+    }
+}
+
+#[cfg(target_arch = "wasm32")]
+mod worker {
+    use std::cell::RefCell;
+
+    use burn::backend::NdArray;
+    use htc_shared::loader::{Loader, SafetensorsBytes};
+    use htc_shared::mgvq::Mgvq;
+    use htc_shared::preprocess::{decode_image, DecodeLimits};
+    use htc_shared::protocol::EncoderManifest;
+    use js_sys::{Reflect, Uint8Array};
+    use wasm_bindgen::closure::Closure;
+    use wasm_bindgen::JsCast;
+    use wasm_bindgen_futures::JsFuture;
+    use web_sys::{DedicatedWorkerGlobalScope, MessageEvent};
+
+    use super::page::{pack, unpack};
+    use super::{codes_bytes, sha256_hex, weights_urls, Reply, Request, BACKEND};
+    use crate::client::js_text;
+
+    type B = NdArray<f32>;
+
+    fn now_ms() -> f64 {
+        js_sys::Reflect::get(&js_sys::global(), &"performance".into())
+            .ok()
+            .and_then(|p| p.dyn_into::<web_sys::Performance>().ok())
+            .map(|p| p.now())
+            .unwrap_or(0.0)
+    }
+
+    struct Loaded {
+        sha256: String,
+        mgvq: Mgvq<B>,
+    }
+
+    thread_local! {
+        static MODEL: RefCell<Option<Loaded>> = const { RefCell::new(None) };
+    }
+
+    fn scope() -> DedicatedWorkerGlobalScope {
+        js_sys::global().unchecked_into()
+    }
+
+    fn post(reply: &Reply, bytes: Option<&[u8]>) {
+        let json = serde_json::to_string(reply).expect("replies serialise");
+        let _ = scope().post_message(&pack(json, bytes));
+    }
+
+    /// The Web Worker's entry point (the `encoder` binary's `main`).
+    pub fn worker_main() {
+        console_error_panic_hook::set_once();
+        let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |ev: MessageEvent| {
+            wasm_bindgen_futures::spawn_local(async move {
+                let (json, bytes) = match unpack(ev.data()) {
+                    Ok(x) => x,
+                    Err(message) => return post(&Reply::Failed { id: None, message }, None),
+                };
+                match serde_json::from_str::<Request>(&json) {
+                    Ok(Request::Load { manifest_url }) => {
+                        if let Err(message) = load(&manifest_url).await {
+                            post(&Reply::Failed { id: None, message }, None);
+                        }
+                    }
+                    Ok(Request::Encode { id }) => match encode(bytes.unwrap_or_default()) {
+                        Ok((codes, ms)) => {
+                            let (positions, groups) = (codes.len(), codes.first().map_or(0, Vec::len));
+                            let reply = Reply::Codes { id, positions, groups, ms, backend: BACKEND.into() };
+                            post(&reply, Some(&codes_bytes(&codes)));
+                        }
+                        Err(message) => post(&Reply::Failed { id: Some(id), message }, None),
+                    },
+                    Err(e) => {
+                        post(&Reply::Failed { id: None, message: format!("unreadable request: {e}") }, None)
+                    }
+                }
+            });
+        });
+        scope().set_onmessage(Some(on_message.as_ref().unchecked_ref()));
+        on_message.forget();
+        post(&Reply::Started, None);
+    }
+
+    async fn fetch(url: &str) -> Result<web_sys::Response, String> {
+        let resp = JsFuture::from(scope().fetch_with_str(url))
+            .await
+            .map_err(|e| format!("{url}: {}", js_text(&e)))?;
+        let resp: web_sys::Response = resp.dyn_into().map_err(|_| format!("{url}: not a response"))?;
+        if !resp.ok() {
+            let text = match resp.text() {
+                Ok(p) => JsFuture::from(p).await.ok().and_then(|t| t.as_string()).unwrap_or_default(),
+                Err(_) => String::new(),
+            };
+            return Err(format!("{url}: HTTP {} {}", resp.status(), text.trim()));
+        }
+        Ok(resp)
+    }
+
+    /// Reads a response body chunk by chunk, posting progress.
+    async fn read_body(resp: &web_sys::Response, total: u64, from_cache: bool) -> Result<Vec<u8>, String> {
+        let body = resp.body().ok_or("the weights response has no body")?;
+        let reader: web_sys::ReadableStreamDefaultReader =
+            body.get_reader().dyn_into().map_err(|_| "cannot read the weights stream")?;
+        let mut out = Vec::with_capacity(total as usize);
+        loop {
+            let chunk = JsFuture::from(reader.read()).await.map_err(|e| js_text(&e))?;
+            if Reflect::get(&chunk, &"done".into()).ok().and_then(|d| d.as_bool()).unwrap_or(true) {
+                break;
+            }
+            let value: Uint8Array = Reflect::get(&chunk, &"value".into())
+                .map_err(|e| js_text(&e))?
+                .dyn_into()
+                .map_err(|_| "a weights chunk is not bytes")?;
+            out.extend(value.to_vec());
+            post(&Reply::Progress { loaded: out.len() as u64, total, from_cache }, None);
+        }
+        Ok(out)
+    }
+
+    async fn load(manifest_url: &str) -> Result<(), String> {
+        let t0 = now_ms();
+        let manifest_text = JsFuture::from(fetch(manifest_url).await?.text().map_err(|e| js_text(&e))?)
+            .await
+            .map_err(|e| js_text(&e))?
+            .as_string()
+            .unwrap_or_default();
+        let manifest: EncoderManifest = serde_json::from_str(&manifest_text)
+            .map_err(|e| format!("the encoder manifest is unreadable: {e}"))?;
+        if MODEL.with_borrow(|m| m.as_ref().is_some_and(|m| m.sha256 == manifest.sha256)) {
+            post(
+                &Reply::Loaded {
+                    sha256: manifest.sha256,
+                    bytes: manifest.bytes,
+                    downloaded: 0,
+                    ms: 0.0,
+                    backend: BACKEND.into(),
+                },
+                None,
+            );
+            return Ok(());
+        }
+        let (url, key) =
+            weights_urls(manifest_url, &manifest.path).ok_or("the manifest URL has no /api/encoder")?;
+        let caches = scope().caches().map_err(|e| format!("no Cache API: {}", js_text(&e)))?;
+        let cache: web_sys::Cache = JsFuture::from(caches.open("htc-encoder-weights"))
+            .await
+            .map_err(|e| format!("cannot open the weights cache: {}", js_text(&e)))?
+            .unchecked_into();
+        let hit = JsFuture::from(cache.match_with_str(&key)).await.map_err(|e| js_text(&e))?;
+        let (bytes, downloaded) = match hit.dyn_into::<web_sys::Response>() {
+            Ok(resp) => (read_body(&resp, manifest.bytes, true).await?, 0),
+            Err(_) => {
+                let resp = fetch(&url).await?;
+                let bytes = read_body(&resp, manifest.bytes, false).await?;
+                let n = bytes.len() as u64;
+                (bytes, n)
+            }
+        };
+        let digest = sha256_hex(&bytes);
+        if digest != manifest.sha256 {
+            let _ = JsFuture::from(cache.delete_with_str(&key)).await;
+            return Err(format!(
+                "the encoder weights' SHA-256 is {digest}, the manifest says {}",
+                manifest.sha256
+            ));
+        }
+        if downloaded > 0 {
+            let stored = web_sys::Response::new_with_opt_u8_array(Some(&mut bytes.clone()))
+                .map_err(|e| js_text(&e))?;
+            JsFuture::from(cache.put_with_str(&key, &stored))
+                .await
+                .map_err(|e| format!("cannot keep the weights in the cache: {}", js_text(&e)))?;
+        }
+        let src = SafetensorsBytes::new(bytes, &key).map_err(|e| e.to_string())?;
+        let device = Default::default();
+        let vb = Loader::<B>::new(&src, &device);
+        let mgvq = Mgvq::load(&vb.pp(&manifest.prefix), &manifest.config).map_err(|e| e.to_string())?;
+        MODEL.with_borrow_mut(|m| *m = Some(Loaded { sha256: manifest.sha256.clone(), mgvq }));
+        let ms = now_ms() - t0;
+        post(
+            &Reply::Loaded {
+                sha256: manifest.sha256,
+                bytes: manifest.bytes,
+                downloaded,
+                ms,
+                backend: BACKEND.into(),
+            },
+            None,
+        );
+        Ok(())
+    }
+
+    fn encode(bytes: Vec<u8>) -> Result<(Vec<Vec<u16>>, f64), String> {
+        let t0 = now_ms();
+        let img = decode_image(&bytes, DecodeLimits::default()).map_err(|e| e.to_string())?;
+        let codes = MODEL.with_borrow(|m| {
+            let m = m.as_ref().ok_or("the encoder is not loaded")?;
+            m.mgvq.codes_of(&img).map_err(|e| e.to_string())
+        })?;
+        Ok((codes, now_ms() - t0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_follow_the_socket_and_keep_the_token_out_of_the_cache_key() {
+        let m = manifest_url("ws://127.0.0.1:8080/ws").unwrap();
+        assert_eq!(m, "http://127.0.0.1:8080/api/encoder");
+        let m = manifest_url("wss://h.example/htc/ws?token=a%20b").unwrap();
+        assert_eq!(m, "https://h.example/htc/api/encoder?token=a%20b");
+        let (url, key) = weights_urls(&m, "/api/encoder/ab12.safetensors").unwrap();
+        assert_eq!(url, "https://h.example/htc/api/encoder/ab12.safetensors?token=a%20b");
+        assert_eq!(key, "https://h.example/htc/api/encoder/ab12.safetensors");
+        assert!(manifest_url("http://not-a-socket/ws").is_none());
+        assert!(weights_urls("http://h/api/model", "/x").is_none());
+    }
+
+    #[test]
+    fn messages_round_trip_and_codes_are_little_endian_rows() {
+        for r in [
+            Reply::Started,
+            Reply::Progress { loaded: 3, total: 9, from_cache: true },
+            Reply::Codes { id: 7, positions: 2, groups: 2, ms: 1.5, backend: BACKEND.into() },
+            Reply::Failed { id: Some(7), message: "x".into() },
+        ] {
+            let back: Reply = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+            assert_eq!(back, r);
+        }
+        let q = Request::Load { manifest_url: "http://h/api/encoder".into() };
+        assert_eq!(serde_json::from_str::<Request>(&serde_json::to_string(&q).unwrap()).unwrap(), q);
+        assert_eq!(codes_bytes(&[vec![1, 258], vec![3, 4]]), vec![1, 0, 2, 1, 3, 0, 4, 0]);
+        let decoded = htc_shared::protocol::decode_codes(
+            &codes_bytes(&[vec![1, 258], vec![3, 4]]),
+            htc_shared::protocol::CodesShape { positions: 2, groups: 2 },
+            300,
+        )
+        .unwrap();
+        assert_eq!(decoded, vec![vec![1, 258], vec![3, 4]]);
+        assert_eq!(sha256_hex(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
+}
