@@ -318,3 +318,52 @@ async fn a_reload_downloads_no_encoder_weights() {
     client.close().await.unwrap();
     let _ = std::fs::remove_dir_all(profile);
 }
+
+/// The page's codes are the worker's: for fresh ShapesVQA test scenes (a seed no training
+/// saw), the codes the page's Web Worker computes (burn-ndarray in wasm) equal the ones the
+/// worker's own backend computes for the same PNG, position by position. Differences would
+/// be near-ties between two codes; the test counts and prints them, and allows none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium, chromedriver and a trunk build in dist/; run by scripts/test.sh"]
+async fn the_pages_codes_equal_the_workers_on_fresh_test_scenes() {
+    use htc_worker::backend::{self, Backend};
+    use htc_worker::data::shapes::{rng_for, Scene};
+    use htc_worker::formats::checkpoint::{AnyModel, Snapshot};
+
+    const SCENES: usize = 40;
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let demo = root.join("models/shapes-demo");
+    let snap = Snapshot::<Backend>::open(&demo, &backend::device()).unwrap();
+    let AnyModel::Htc { model, .. } = snap.model else { panic!("the demo model is an HTC model") };
+    let mgvq = model.mgvq.as_ref().expect("the demo model has an MGVQ tokenizer");
+    let (url, port, _driver) = server(Some(demo.clone())).await;
+    let profile = tempdir();
+    let client = open(port, &profile, false).await;
+    client.goto(&url).await.unwrap();
+    wait_for(&client, "#encoder[data-encoder='ready']").await;
+    let mut rng = rng_for(77, "test");
+    let (mut differ, mut total, mut images_differing) = (0usize, 0usize, 0usize);
+    for i in 0..SCENES {
+        let img = Scene::sample(&mut rng).render();
+        let name = format!("scene-{i}.png");
+        let path = profile.join(&name);
+        img.save(&path).unwrap();
+        let input = client.find(Locator::Css("input[type='file'][aria-label='Image']")).await.unwrap();
+        input.send_keys(path.to_str().unwrap()).await.unwrap();
+        let el = wait_for(&client, &format!("#browser-codes[data-file='{name}']")).await;
+        let page: Vec<u16> =
+            el.attr("data-codes").await.unwrap().unwrap().split(',').map(|c| c.parse().unwrap()).collect();
+        let png = std::fs::read(&path).unwrap();
+        let decoded = htc_shared::preprocess::decode_image(&png, Default::default()).unwrap();
+        let ours: Vec<u16> = mgvq.codes_of(&decoded).unwrap().into_iter().flatten().collect();
+        assert_eq!(page.len(), ours.len(), "{name}: code count");
+        let d = page.iter().zip(&ours).filter(|(a, b)| a != b).count();
+        differ += d;
+        total += ours.len();
+        images_differing += usize::from(d > 0);
+    }
+    eprintln!("{SCENES} fresh test scenes: {differ} of {total} codes differ between the page and the worker ({images_differing} images)");
+    assert_eq!(differ, 0, "the page's codes differ from the worker's at {differ} of {total} positions");
+    client.close().await.unwrap();
+    let _ = std::fs::remove_dir_all(profile);
+}

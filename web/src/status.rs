@@ -48,11 +48,20 @@ pub fn Status() -> impl IntoView {
                 }),
                 _ => None,
             }}
-            {move || session.codes.get().map(|k| view! {
-                <span id="browser-codes" data-image=k.image_id.clone()>
+            {move || session.codes.get().map(|k| {
+                let codes: Vec<String> =
+                    k.payload.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]).to_string()).collect();
+                view! {
+                <span
+                    id="browser-codes"
+                    data-image=k.image_id.clone()
+                    data-file=move || session.image.get().map(|i| i.name).unwrap_or_default()
+                    data-codes=codes.join(",")
+                >
                     " · image encoded in the page: " {k.shape.positions} "×" {k.shape.groups} " codes, "
                     {format!("{:.0} ms", k.ms)}
                 </span>
+                }
             })}
             <span id="tokenised-by">
                 " · image tokenised by: " {move || session.tokenised.get().unwrap_or_else(|| "nothing sent yet".into())}
