@@ -307,6 +307,10 @@ async fn a_reload_downloads_no_encoder_weights() {
     let again = wait_for(&client, "#encoder[data-encoder='ready']").await.text().await.unwrap();
     assert!(again.contains("cached"), "{again}");
     eprintln!("first visit:{first}\nafter a reload:{again}");
+    // Navigation to a connected page with its encoder loaded, on a warm cache: an upper
+    // bound, since the test polls for the state.
+    let tti = client.execute("return performance.now();", vec![]).await.unwrap().as_f64().unwrap();
+    eprintln!("warm-cache reload: ready with the encoder loaded within {tti:.0} ms of navigation");
     assert_eq!(served().await, bytes, "a reload downloads no weight bytes");
     let star = root.join("docs/demo-star.png");
     let input = client.find(Locator::Css("input[type='file'][aria-label='Image']")).await.unwrap();

@@ -12,7 +12,9 @@
 //!    request id, and, if it announced codes, a binary frame of kind 2 with `h*w*G` little-endian
 //!    `u16` codes (row-major over positions, then groups);
 //! 3. sends `ask` (its request id, the image id, the question, sampling), and receives
-//!    `token` frames, then `attention` (HTC models), then `done` with timings;
+//!    `token` frames, then `attention` (HTC models), then `done` with timings. A client that
+//!    lists [`CAP_ATTENTION_F16`] in `hello` gets the attention maps as a binary frame of
+//!    kind 3 instead ([`encode_attention_f16`]): f16 values, a quarter of the JSON's size or less;
 //! 4. may send `cancel` with a request id at any time.
 //!
 //! Any problem is answered with `error` (a stable `code`, a human message, and the request id
@@ -49,7 +51,12 @@ pub enum BinaryKind {
     ImageBytes = 1,
     /// MGVQ codes, little-endian `u16`, `[h*w][G]`.
     Codes = 2,
+    /// Server → client only: `<voco>`'s attention maps as f16 (see [`encode_attention_f16`]).
+    AttentionF16 = 3,
 }
+
+/// The `hello` capability that asks for attention maps as [`BinaryKind::AttentionF16`] frames.
+pub const CAP_ATTENTION_F16: &str = "attention-f16";
 
 /// The shape of client-computed MGVQ codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -272,15 +279,66 @@ pub fn decode_binary(frame: &[u8]) -> Result<BinaryFrame<'_>, ProtocolError> {
     let kind = match frame[0] {
         1 => BinaryKind::ImageBytes,
         2 => BinaryKind::Codes,
+        3 => BinaryKind::AttentionF16,
         k => {
             return Err(ProtocolError::new(
                 ErrorCode::BadFrame,
-                format!("unknown binary frame kind {k} (expected 1 image bytes or 2 codes)"),
+                format!("unknown binary frame kind {k} (expected 1 image bytes, 2 codes or 3 attention)"),
             ))
         }
     };
     let request_id = u32::from_le_bytes([frame[1], frame[2], frame[3], frame[4]]);
     Ok(BinaryFrame { kind, request_id, payload: &frame[BINARY_HEADER_LEN..] })
+}
+
+/// The payload of a [`BinaryKind::AttentionF16`] frame: `n_discrete`, `n_visual` and the
+/// number of layers as little-endian `u16`, then each layer's `n_discrete + n_visual`
+/// weights as little-endian IEEE f16 (relative error at most 2^-11; weights below 2^-14 keep
+/// an absolute error below 2^-25). Refuses maps whose rows do not have that length or whose
+/// sizes do not fit a `u16`.
+pub fn encode_attention_f16(
+    n_discrete: usize, n_visual: usize, layers: &[Vec<f32>],
+) -> Result<Vec<u8>, ProtocolError> {
+    let row = n_discrete + n_visual;
+    let fits = |n: usize| u16::try_from(n).ok();
+    let (Some(d), Some(v), Some(l)) = (fits(n_discrete), fits(n_visual), fits(layers.len())) else {
+        return Err(ProtocolError::new(ErrorCode::Internal, "attention maps too large for an f16 frame"));
+    };
+    if fits(row).is_none() || layers.iter().any(|r| r.len() != row) {
+        return Err(ProtocolError::new(ErrorCode::Internal, format!("attention rows are not {row} long")));
+    }
+    let mut out = Vec::with_capacity(6 + layers.len() * row * 2);
+    for n in [d, v, l] {
+        out.extend_from_slice(&n.to_le_bytes());
+    }
+    for x in layers.iter().flatten() {
+        out.extend_from_slice(&half::f16::from_f32(*x).to_le_bytes());
+    }
+    Ok(out)
+}
+
+/// Reads a [`BinaryKind::AttentionF16`] payload: `(n_discrete, n_visual, layers)`.
+pub fn decode_attention_f16(payload: &[u8]) -> Result<(usize, usize, Vec<Vec<f32>>), ProtocolError> {
+    let bad = |m: String| ProtocolError::new(ErrorCode::BadFrame, m);
+    if payload.len() < 6 {
+        return Err(bad(format!(
+            "attention frame of {} bytes is shorter than its 6-byte header",
+            payload.len()
+        )));
+    }
+    let u = |i: usize| u16::from_le_bytes([payload[i], payload[i + 1]]) as usize;
+    let (d, v, l) = (u(0), u(2), u(4));
+    let row = d + v;
+    let want = 6 + l * row * 2;
+    if payload.len() != want || row == 0 {
+        return Err(bad(format!(
+            "attention frame has {} bytes; {l} layers of {d}+{v} f16 weights need {want}",
+            payload.len()
+        )));
+    }
+    let values: Vec<f32> =
+        payload[6..].chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect();
+    Ok((d, v, values.chunks(row).map(<[f32]>::to_vec).collect()))
 }
 
 /// Parses a text frame into a client message, naming the problem when it is not one.
@@ -380,5 +438,24 @@ mod tests {
                 Err(e) => prop_assert!(!e.message.is_empty()),
             }
         }
+    }
+
+    #[test]
+    fn attention_f16_frames_round_trip_within_f16_precision_and_refuse_bad_lengths() {
+        let layers = vec![vec![0.5f32, 0.25, 1e-6, 0.123_456], vec![0.0, 1.0, 0.333_333, 0.01]];
+        let payload = encode_attention_f16(1, 3, &layers).unwrap();
+        assert_eq!(payload.len(), 6 + 2 * 4 * 2);
+        let (d, v, back) = decode_attention_f16(&payload).unwrap();
+        assert_eq!((d, v, back.len()), (1, 3, 2));
+        for (a, b) in back.iter().flatten().zip(layers.iter().flatten()) {
+            assert!((a - b).abs() <= b.abs() * 2f32.powi(-11) + 2f32.powi(-25), "{a} vs {b}");
+        }
+        assert!(encode_attention_f16(1, 2, &layers).is_err(), "rows of the wrong length");
+        let e = decode_attention_f16(&payload[..9]).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadFrame);
+        assert!(e.message.contains("need 22"), "{}", e.message);
+        assert!(decode_attention_f16(&[1, 0]).unwrap_err().message.contains("6-byte header"));
+        let frame = encode_binary(BinaryKind::AttentionF16, 9, &payload);
+        assert_eq!(decode_binary(&frame).unwrap().kind, BinaryKind::AttentionF16);
     }
 }

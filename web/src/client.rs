@@ -55,7 +55,7 @@ impl Client {
                     Ok(m) => e2(Event::Message(Box::new(m))),
                     Err(err) => e2(Event::Unreadable(format!("unreadable message from the worker: {err}"))),
                 },
-                None => e2(Event::Unreadable("unexpected binary frame from the worker".into())),
+                None => e2(attention_frame(&js_sys::Uint8Array::new(&ev.data()).to_vec())),
             });
         let on_close = Closure::<dyn FnMut(CloseEvent)>::new(move |ev: CloseEvent| {
             e3(Event::Closed { code: ev.code(), reason: ev.reason() });
@@ -124,6 +124,26 @@ impl Client {
         self.socket.set_onclose(None);
         let _ = self.socket.close();
         self._handlers.borrow_mut().take();
+    }
+}
+
+/// A binary frame from the worker: attention maps as f16 (the only kind it sends), read into
+/// the same message as their JSON form.
+fn attention_frame(frame: &[u8]) -> Event {
+    let read = protocol::decode_binary(frame).and_then(|f| match f.kind {
+        BinaryKind::AttentionF16 => {
+            protocol::decode_attention_f16(f.payload).map(|(n_discrete, n_visual, layers)| {
+                ServerMessage::Attention { request_id: f.request_id, n_discrete, n_visual, layers }
+            })
+        }
+        other => Err(protocol::ProtocolError::new(
+            protocol::ErrorCode::BadFrame,
+            format!("unexpected {other:?} frame from the worker"),
+        )),
+    });
+    match read {
+        Ok(m) => Event::Message(Box::new(m)),
+        Err(e) => Event::Unreadable(format!("unreadable binary frame from the worker: {}", e.message)),
     }
 }
 

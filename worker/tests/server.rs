@@ -416,3 +416,58 @@ async fn no_encoder_for_pages_without_weights_on_disk() {
     let r = common::http::http_get(addr, "/api/encoder").await;
     assert!(r.starts_with("HTTP/1.1 404") && r.contains("the worker tokenises images"), "{r}");
 }
+
+/// A client that lists `attention-f16` in `hello` gets the attention maps as one binary frame
+/// of f16 weights: the same maps as the JSON a plain client gets (to f16 precision), in a
+/// fraction of the bytes; a client may not send such a frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attention_maps_come_as_f16_frames_when_asked() {
+    use htc_shared::protocol::{decode_attention_f16, decode_binary};
+    let addr = start(|_| {}).await;
+    let ask = json!({"type": "ask", "request_id": 2, "image_id": "img", "prompt_ids": [5, 6, 7], "max_new_tokens": 3});
+
+    let mut plain = connect(addr, &[], "").await.unwrap();
+    hello(&mut plain).await;
+    upload(&mut plain, 1, "img", &png()).await;
+    send(&mut plain, ask.clone()).await;
+    let (json_maps, json_bytes) = loop {
+        let Message::Text(t) = plain.next().await.unwrap().unwrap() else { continue };
+        if let ServerMessage::Attention { layers, .. } = serde_json::from_str(t.as_str()).unwrap() {
+            break (layers, t.len());
+        }
+    };
+
+    let mut f16 = connect(addr, &[], "").await.unwrap();
+    send(&mut f16, json!({"type": "hello", "version": 1, "capabilities": ["attention-f16"]})).await;
+    assert!(matches!(recv(&mut f16).await, ServerMessage::Ready { .. }));
+    upload(&mut f16, 1, "img", &png()).await;
+    send(&mut f16, ask).await;
+    let (maps, frame_bytes) = loop {
+        match f16.next().await.unwrap().unwrap() {
+            Message::Binary(b) => {
+                let f = decode_binary(&b).unwrap();
+                assert_eq!((f.kind, f.request_id), (BinaryKind::AttentionF16, 2));
+                let (d, v, layers) = decode_attention_f16(f.payload).unwrap();
+                assert_eq!(layers[0].len(), d + v);
+                break (layers, b.len());
+            }
+            Message::Text(t) => {
+                let m: ServerMessage = serde_json::from_str(t.as_str()).unwrap();
+                assert!(!matches!(m, ServerMessage::Attention { .. } | ServerMessage::Done { .. }), "{m:?}");
+            }
+            _ => {}
+        }
+    };
+    assert_eq!(maps.len(), json_maps.len());
+    for (a, b) in maps.iter().flatten().zip(json_maps.iter().flatten()) {
+        assert!((a - b).abs() <= b.abs() * 2f32.powi(-11) + 2f32.powi(-25), "{a} vs {b}");
+    }
+    eprintln!("attention maps: {json_bytes} bytes as JSON, {frame_bytes} as an f16 frame");
+    assert!(frame_bytes * 4 <= json_bytes, "{frame_bytes} vs {json_bytes}");
+    // The `done` still comes as JSON.
+    assert!(matches!(recv(&mut f16).await, ServerMessage::Done { request_id: 2, .. }));
+    // A client may not send attention frames.
+    send(&mut f16, json!({"type": "image", "request_id": 5, "image_id": "x", "byte_len": 10})).await;
+    f16.send(Message::Binary(encode_binary(BinaryKind::AttentionF16, 5, &[0; 8]).into())).await.unwrap();
+    expect_error(&mut f16, ErrorCode::BadFrame, "from the worker to the page").await;
+}

@@ -1,20 +1,13 @@
 //! A minimal HTTP/1.1 GET over a raw socket for loopback tests (keeps test dependencies
 //! small). Shared with the root package's browser test.
 
-/// The whole response (status line, headers and body) of `GET path`.
+/// The whole response (status line, headers and body) of `GET path`, as text.
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await.unwrap();
-    buf
+    let (head, body) = http_get_bytes(addr, path).await;
+    format!("{head}\r\n\r\n{}", String::from_utf8_lossy(&body))
 }
 
 /// `GET path`: the status line and headers as text, and the body as bytes.
-#[allow(dead_code)] // used by the worker's server tests; the browser test includes this file too
 pub async fn http_get_bytes(addr: std::net::SocketAddr, path: &str) -> (String, Vec<u8>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();

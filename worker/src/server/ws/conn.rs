@@ -53,14 +53,20 @@ pub(super) struct Conn {
     tx: mpsc::UnboundedSender<ServerMessage>,
     inflight: Inflight,
     hello: bool,
+    /// Shared with the writer: send attention maps as f16 binary frames.
+    attention_f16: Arc<AtomicBool>,
     pending: HashMap<u32, Pending>,
     images: LruCache<String, UploadedImage>,
 }
 
 impl Conn {
-    pub(super) fn new(app: App, tx: mpsc::UnboundedSender<ServerMessage>, inflight: Inflight) -> Self {
+    pub(super) fn new(
+        app: App, tx: mpsc::UnboundedSender<ServerMessage>, inflight: Inflight,
+        attention_f16: Arc<AtomicBool>,
+    ) -> Self {
         let cap = NonZeroUsize::new(MAX_IMAGES_PER_CONNECTION).expect("non-zero");
-        Self { app, tx, inflight, hello: false, pending: HashMap::new(), images: LruCache::new(cap) }
+        let (pending, images) = (HashMap::new(), LruCache::new(cap));
+        Self { app, tx, inflight, hello: false, attention_f16, pending, images }
     }
 
     fn send(&self, m: ServerMessage) {
@@ -85,7 +91,7 @@ impl Conn {
             Err(e) => return self.reject(None, e),
         };
         match msg {
-            ClientMessage::Hello { version, .. } => self.on_hello(version),
+            ClientMessage::Hello { version, capabilities } => self.on_hello(version, &capabilities),
             _ if !self.hello => self.refuse(None, ErrorCode::NotReady, "send `hello` first"),
             ClientMessage::Image { request_id, image_id, byte_len, codes, mask_layout } => {
                 let r = self.on_image(request_id, image_id, byte_len, codes, mask_layout);
@@ -110,7 +116,7 @@ impl Conn {
         }
     }
 
-    fn on_hello(&mut self, version: u32) {
+    fn on_hello(&mut self, version: u32, capabilities: &[String]) {
         if version != PROTOCOL_VERSION {
             return self.refuse(
                 None,
@@ -119,6 +125,8 @@ impl Conn {
             );
         }
         self.hello = true;
+        let f16 = capabilities.iter().any(|c| c == protocol::CAP_ATTENTION_F16);
+        self.attention_f16.store(f16, Ordering::Relaxed);
         self.send(ServerMessage::Ready { version: PROTOCOL_VERSION, model: self.app.engine.card.clone() });
     }
 
@@ -262,6 +270,10 @@ impl Conn {
                     return Err(ProtocolError::new(ErrorCode::BadCodes, m));
                 };
                 p.decoded_codes = Some(protocol::decode_codes(payload, shape, per)?);
+            }
+            BinaryKind::AttentionF16 => {
+                let m = "attention frames go from the worker to the page, not the other way";
+                return Err(ProtocolError::new(ErrorCode::BadFrame, m));
             }
         }
         Ok(())

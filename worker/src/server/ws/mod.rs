@@ -12,7 +12,7 @@ use axum::extract::ws::{Message, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 
-use htc_shared::protocol::{ErrorCode, ServerMessage};
+use htc_shared::protocol::{encode_attention_f16, encode_binary, BinaryKind, ErrorCode, ServerMessage};
 
 use super::App;
 use conn::Conn;
@@ -28,6 +28,9 @@ pub(super) async fn connection(socket: WebSocket, app: App) {
     let (tx, mut rx) = mpsc::unbounded_channel::<ServerMessage>();
     let inflight: Inflight = Arc::default();
     let writer_inflight = inflight.clone();
+    // Set by `hello` when the client asks for attention maps as f16 binary frames.
+    let attention_f16 = Arc::new(AtomicBool::new(false));
+    let writer_f16 = attention_f16.clone();
     let writer = tokio::spawn(async move {
         while let Some(msg) = rx.recv().await {
             if let ServerMessage::Done { request_id, .. }
@@ -35,14 +38,28 @@ pub(super) async fn connection(socket: WebSocket, app: App) {
             {
                 writer_inflight.lock().expect("inflight lock").remove(request_id);
             }
-            let text = serde_json::to_string(&msg).expect("server messages serialise");
-            if sink.send(Message::Text(text.into())).await.is_err() {
+            let binary = match &msg {
+                ServerMessage::Attention { request_id, n_discrete, n_visual, layers }
+                    if writer_f16.load(Ordering::Relaxed) =>
+                {
+                    // Maps that do not fit the frame go as JSON.
+                    encode_attention_f16(*n_discrete, *n_visual, layers)
+                        .ok()
+                        .map(|p| encode_binary(BinaryKind::AttentionF16, *request_id, &p))
+                }
+                _ => None,
+            };
+            let frame = match binary {
+                Some(b) => Message::Binary(b.into()),
+                None => Message::Text(serde_json::to_string(&msg).expect("server messages serialise").into()),
+            };
+            if sink.send(frame).await.is_err() {
                 break;
             }
         }
         let _ = sink.close().await;
     });
-    let mut state = Conn::new(app.clone(), tx.clone(), inflight.clone());
+    let mut state = Conn::new(app.clone(), tx.clone(), inflight.clone(), attention_f16);
     let mut draining = app.shutting_down.load(Ordering::SeqCst);
     loop {
         if draining && inflight.lock().expect("inflight lock").is_empty() {
