@@ -133,10 +133,15 @@ async fn web_app_reports_webgpu_and_cpu_fallback() {
 /// Starts the worker (with `model`, or its random default) serving the web app, checks
 /// `/healthz`, and starts chromedriver; returns the page URL, the driver's port and the driver.
 async fn server(model: Option<PathBuf>) -> (String, u16, Driver) {
+    let mut args = htc_worker::server::ServeArgs::local(dist());
+    args.model = model;
+    server_with(args).await
+}
+
+/// [`server`] with these settings.
+async fn server_with(args: htc_worker::server::ServeArgs) -> (String, u16, Driver) {
     let dist = dist();
     assert!(dist.join("index.html").is_file(), "no trunk build at {} (run trunk build)", dist.display());
-    let mut args = htc_worker::server::ServeArgs::local(dist.clone());
-    args.model = model;
     let app = htc_worker::server::App::new(args).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -368,6 +373,105 @@ async fn the_pages_codes_equal_the_workers_on_fresh_test_scenes() {
     }
     eprintln!("{SCENES} fresh test scenes: {differ} of {total} codes differ between the page and the worker ({images_differing} images)");
     assert_eq!(differ, 0, "the page's codes differ from the worker's at {differ} of {total} positions");
+    client.close().await.unwrap();
+    let _ = std::fs::remove_dir_all(profile);
+}
+
+/// Serves one HTML page at `/` on a loopback port of its own: a host site for the widget.
+async fn host_site(listener: tokio::net::TcpListener, html: String) {
+    let app =
+        axum::Router::new().route("/", axum::routing::get(move || async move { axum::response::Html(html) }));
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+}
+
+/// A host page on another origin that embeds the widget with one module script and listens
+/// for its `htc-answer` events, under the strict Content-Security-Policy the README documents
+/// (`web/examples/host.html`).
+fn host_page(worker: std::net::SocketAddr) -> String {
+    format!(
+        r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><title>A host site</title>
+<meta http-equiv="Content-Security-Policy" content="default-src 'self'; script-src 'self' 'unsafe-inline' 'wasm-unsafe-eval' http://{worker}; worker-src blob:; connect-src http://{worker} ws://{worker}; img-src 'self' blob: data:; style-src 'self' 'unsafe-inline'">
+<script type="module" src="http://{worker}/widget.js"></script></head>
+<body><h1>A host site</h1><ol id="answers"></ol>
+<htc-vlm-widget worker="ws://{worker}/ws" backend="auto"></htc-vlm-widget>
+<script>
+document.addEventListener('htc-answer', (e) => {{
+  const li = document.createElement('li');
+  li.textContent = e.detail.question + ' -> ' + e.detail.answer;
+  document.getElementById('answers').appendChild(li);
+}});
+</script></body></html>"#
+    )
+}
+
+/// The element `css` inside the widget's shadow root, once it is there.
+async fn in_widget(client: &fantoccini::Client, css: &str) -> fantoccini::elements::Element {
+    let script = format!(
+        "const w = document.querySelector('htc-vlm-widget'); return w && w.shadowRoot ? w.shadowRoot.querySelector({css:?}) : null;"
+    );
+    for _ in 0..600 {
+        let v = client.execute(&script, vec![]).await.unwrap();
+        if let Some(id) = v.as_object().and_then(|o| o.values().next()).and_then(|v| v.as_str()) {
+            return fantoccini::elements::Element::from_element_id(client.clone(), id.to_string().into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = client
+        .execute(
+            "const w = document.querySelector('htc-vlm-widget'); const s = w && w.shadowRoot && w.shadowRoot.querySelector('#status'); return s ? s.textContent : 'no status';",
+            vec![],
+        )
+        .await
+        .unwrap();
+    panic!("the widget never showed `{css}`; its status: {status}");
+}
+
+/// The widget on a host page from another origin (a second loopback port): it renders in its
+/// shadow root, runs the encoder, answers, and its `htc-answer` events reach the host page; a
+/// host origin that is not on the worker's `--allow-origin` list gets a visible error instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium, chromedriver and a trunk build in dist/; run by scripts/test.sh"]
+async fn the_widget_works_on_another_site_and_the_allowlist_holds() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let allowed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let refused = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (allowed_addr, refused_addr) = (allowed.local_addr().unwrap(), refused.local_addr().unwrap());
+    let mut args = htc_worker::server::ServeArgs::local(dist());
+    args.model = Some(root.join("models/shapes-demo"));
+    args.allow_origins = vec![format!("http://{allowed_addr}")];
+    let (url, port, _driver) = server_with(args).await;
+    let worker: std::net::SocketAddr =
+        url.trim_start_matches("http://").trim_end_matches('/').parse().unwrap();
+    host_site(allowed, host_page(worker)).await;
+    host_site(refused, host_page(worker)).await;
+
+    let profile = tempdir();
+    let client = open(port, &profile, false).await;
+    client.goto(&format!("http://{allowed_addr}/")).await.unwrap();
+    in_widget(&client, "#status[data-connection='ready']").await;
+    let input = in_widget(&client, "input[type='file']").await;
+    input.send_keys(root.join("docs/demo-star.png").to_str().unwrap()).await.unwrap();
+    in_widget(&client, "#browser-codes[data-image]").await;
+    in_widget(&client, "textarea").await.send_keys("What color is the star?\u{E007}").await.unwrap();
+    let answer = in_widget(&client, "#answer[data-state='done']").await.text().await.unwrap();
+    assert_eq!(answer.trim(), "red");
+    let by = in_widget(&client, "#tokenised-by").await.text().await.unwrap();
+    assert!(by.contains("browser, backend: cpu"), "{by}");
+    let event = wait_for(&client, "#answers li").await.text().await.unwrap();
+    assert_eq!(event, "What color is the star? -> red", "the htc-answer event reached the host page");
+    // Removing the element unmounts the app: its shadow root empties of the app.
+    let left = client
+        .execute(
+            "const w = document.querySelector('htc-vlm-widget'); w.remove(); return w.shadowRoot.querySelectorAll('#status').length;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(left.as_i64(), Some(0), "unmounted");
+
+    client.goto(&format!("http://{refused_addr}/")).await.unwrap();
+    let status = in_widget(&client, "#status[data-connection='retrying']").await.text().await.unwrap();
+    assert!(status.contains("does not allow this site"), "{status}");
     client.close().await.unwrap();
     let _ = std::fs::remove_dir_all(profile);
 }

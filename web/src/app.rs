@@ -21,7 +21,11 @@ use crate::status::Status;
 /// (`data-ready`), `#protocol-version` and `#sequence-layout`.
 #[component]
 pub fn App() -> impl IntoView {
-    let session = Session::new();
+    shell(Session::new())
+}
+
+/// The app around a session: the page's ([`App`]) or a widget's (`crate::widget`).
+pub fn shell(session: Session) -> impl IntoView {
     provide_context(session);
     spawn_local(async move {
         session.compute.set(probe().await);

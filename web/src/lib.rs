@@ -8,6 +8,7 @@
 //! - [`runner`]: the in-browser model runner (the MGVQ encoder in a Web Worker, on the CPU);
 //! - [`state`]: the rules without the DOM (conversation, settings, backoff, attention maps),
 //!   tested natively;
+//! - [`widget`]: `<htc-vlm-widget>`, the app in a shadow root for other sites (`widget.js`);
 //! - [`compute`]: the WebGPU probe; [`layout`]: the hybrid sequence layout from `htc-shared`.
 
 pub mod app;
@@ -22,5 +23,6 @@ pub mod session;
 pub mod settings;
 pub mod state;
 pub mod status;
+pub mod widget;
 
 pub use app::App;

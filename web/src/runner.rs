@@ -3,8 +3,8 @@
 //! and run in a Web Worker so the page stays responsive while it encodes.
 //!
 //! - [`Request`] / [`Reply`]: the messages between the page and the Web Worker;
-//! - [`Runner`] (page side): starts the Web Worker (`/encoder_loader.js`, the `encoder`
-//!   binary), asks it to load the worker's encoder and to encode images, and hands every reply
+//! - [`Runner`] (page side): starts the Web Worker (the `encoder` binary's `encoder.js` and
+//!   `encoder_bg.wasm`, from the page's origin or the widget's worker), asks it to load the worker's encoder and to encode images, and hands every reply
 //!   to one callback;
 //! - [`worker_main`] (Web Worker side): fetches `/api/encoder` and the content-addressed
 //!   weights through the Cache API (a reload downloads no weight bytes), checks their
@@ -90,7 +90,7 @@ mod page {
     use js_sys::{Array, Reflect, Uint8Array};
     use wasm_bindgen::closure::Closure;
     use wasm_bindgen::{JsCast, JsValue};
-    use web_sys::{MessageEvent, Worker, WorkerOptions, WorkerType};
+    use web_sys::{Blob, BlobPropertyBag, MessageEvent, Url, Worker, WorkerOptions, WorkerType};
 
     use super::{Reply, Request};
     use crate::client::js_text;
@@ -121,12 +121,29 @@ mod page {
     }
 
     impl Runner {
-        /// Starts the Web Worker; every reply (with its bytes) goes to `on_reply`.
-        pub fn start(on_reply: impl Fn(Reply, Option<Vec<u8>>) + 'static) -> Result<Self, String> {
+        /// Starts the Web Worker from the encoder's files under `assets` (a URL ending in `/`,
+        /// maybe on another origin: the widget's); every reply (with its bytes) goes to
+        /// `on_reply`. The Web Worker is a `blob:` script that imports them, since a page may
+        /// only start Web Workers from its own origin.
+        pub fn start(
+            assets: &str, on_reply: impl Fn(Reply, Option<Vec<u8>>) + 'static,
+        ) -> Result<Self, String> {
+            let script = format!(
+                "importScripts({:?}); wasm_bindgen({{ module_or_path: {:?} }});",
+                format!("{assets}encoder.js"),
+                format!("{assets}encoder_bg.wasm")
+            );
+            let fail = |e: JsValue| format!("cannot start the encoder's Web Worker: {}", js_text(&e));
+            let bag = BlobPropertyBag::new();
+            bag.set_type("text/javascript");
+            let blob =
+                Blob::new_with_str_sequence_and_options(&Array::of1(&script.into()), &bag).map_err(fail)?;
+            let url = Url::create_object_url_with_blob(&blob).map_err(fail)?;
             let opts = WorkerOptions::new();
             opts.set_type(WorkerType::Classic);
-            let worker = Worker::new_with_options("/encoder_loader.js", &opts)
-                .map_err(|e| format!("cannot start the encoder's Web Worker: {}", js_text(&e)))?;
+            // The URL stays valid for the page's life (a few bytes): a Web Worker may fetch its
+            // script after construction.
+            let worker = Worker::new_with_options(&url, &opts).map_err(fail)?;
             let on_reply = Rc::new(on_reply);
             let r1 = on_reply.clone();
             let waiting: Rc<RefCell<Option<Vec<Array>>>> = Rc::new(RefCell::new(Some(Vec::new())));

@@ -79,7 +79,14 @@ pub struct Session {
     attempt: StoredValue<u32>,
     /// Bumped by every (re)connect, so a stale retry timer does nothing.
     generation: StoredValue<u32>,
+    /// Where the encoder's Web Worker files are (`…/encoder.js`), ending in `/`.
+    assets: StoredValue<String>,
+    /// Called with each finished answer (question, answer, request id): the widget's event.
+    on_answer: StoredValue<Option<AnswerHook>, LocalStorage>,
 }
+
+/// What the widget does with a finished answer.
+pub type AnswerHook = Box<dyn Fn(&str, &str, u32)>;
 
 fn now_ms() -> f64 {
     web_sys::window().and_then(|w| w.performance()).map(|p| p.now()).unwrap_or(0.0)
@@ -94,11 +101,18 @@ fn page_origin() -> String {
 }
 
 impl Session {
-    /// A session with the stored settings, not yet connected.
+    /// The page's session: the stored settings, the encoder files next to the page; not yet
+    /// connected.
     pub fn new() -> Self {
         let stored = local_storage().and_then(|s| s.get_item(Settings::STORAGE_KEY).ok().flatten());
+        Self::with(Settings::from_stored(stored.as_deref()), format!("{}/", page_origin()), None)
+    }
+
+    /// A session with these settings, the encoder's files under `assets` (a URL ending in
+    /// `/`) and a hook for finished answers (the widget's).
+    pub fn with(settings: Settings, assets: String, on_answer: Option<AnswerHook>) -> Self {
         Self {
-            settings: RwSignal::new(Settings::from_stored(stored.as_deref())),
+            settings: RwSignal::new(settings),
             connection: RwSignal::new(Connection::Connecting),
             model: RwSignal::new(None),
             image: RwSignal::new(None),
@@ -121,6 +135,8 @@ impl Session {
             sent_at: StoredValue::new(HashMap::new()),
             attempt: StoredValue::new(0),
             generation: StoredValue::new(0),
+            assets: StoredValue::new(assets),
+            on_answer: StoredValue::new_local(on_answer),
         }
     }
 
@@ -185,7 +201,14 @@ impl Session {
                             Some(401) => self.connection.set(Connection::Refused {
                                 why: "the worker refused the token (401); set it under Settings".into(),
                             }),
-                            _ => self.retry_later(why),
+                            Some(_) => self.retry_later(why),
+                            // Not even HTTP answered: the worker is down, or it refuses this
+                            // site's origin (the browser hides which).
+                            None => self.retry_later(format!(
+                                "cannot reach the worker from {}: it is down, or it does not allow this site \
+                                 (the worker's --allow-origin)",
+                                page_origin()
+                            )),
                         }
                     });
                 }
@@ -220,6 +243,17 @@ impl Session {
         self.conversation.update(|c| {
             mine = c.apply(&msg, |rid| sent_at.get(&rid).map(|t| now - t).unwrap_or(0.0));
         });
+        if let ServerMessage::Done { request_id, cancelled: false, .. } = &msg {
+            let done = self.conversation.with_untracked(|c| {
+                c.turns
+                    .iter()
+                    .find(|t| t.request_id == *request_id)
+                    .map(|t| (t.question.clone(), t.answer.clone()))
+            });
+            if let Some((q, a)) = done {
+                self.on_answer.with_value(|h| h.as_ref().map(|h| h(&q, &a, *request_id)));
+            }
+        }
         if let ServerMessage::Error { code, message, request_id } = &msg {
             if !mine {
                 let words = error_words(*code, message);
@@ -296,7 +330,7 @@ impl Session {
             return;
         };
         if self.runner.with_value(Option::is_none) {
-            match Runner::start(move |reply, bytes| self.on_runner(reply, bytes)) {
+            match Runner::start(&self.assets.get_value(), move |reply, bytes| self.on_runner(reply, bytes)) {
                 Ok(r) => self.runner.set_value(Some(r)),
                 Err(why) => {
                     self.encoder.set(EncoderState::Failed(why));

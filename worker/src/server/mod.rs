@@ -26,6 +26,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{middleware, Json, Router};
 use tokio::sync::Notify;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::services::{ServeDir, ServeFile};
 
 use crate::formats::encoder::encoder_file;
@@ -92,11 +93,32 @@ pub fn router(app: App) -> Router {
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/ws", get(ws_upgrade))
         .route_layer(middleware::from_fn_with_state(app.clone(), auth::require_token));
+    // The app's files are public code: any site may load them (the widget's module script,
+    // the wasm, the encoder's Web Worker files). The API follows the Origin allowlist.
+    let files = Router::new()
+        .fallback_service(ServeDir::new(static_dir).fallback(ServeFile::new(index)))
+        .layer(CorsLayer::new().allow_origin(AllowOrigin::any()));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .merge(guarded)
-        .fallback_service(ServeDir::new(static_dir).fallback(ServeFile::new(index)))
+        .merge(guarded.layer(api_cors(&app.args)))
+        .fallback_service(files)
         .with_state(app)
+}
+
+/// Cross-origin reads of `/api/*`, `/metrics` and `/v1/*` for the widget on other sites: the
+/// `--allow-origin` list, or any origin when there is none (as for the WebSocket's Origin
+/// check).
+fn api_cors(args: &ServeArgs) -> CorsLayer {
+    use axum::http::{header, HeaderValue, Method};
+    let origins = if args.allow_origins.is_empty() || args.allow_origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(args.allow_origins.iter().filter_map(|o| o.parse::<HeaderValue>().ok()))
+    };
+    CorsLayer::new()
+        .allow_origin(origins)
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
 }
 
 async fn model_card(State(app): State<App>) -> Response {
