@@ -46,8 +46,9 @@ if [ "$(trunk --version 2>/dev/null | awk '{print $2}')" != "$TRUNK_VERSION" ]; 
   log "cargo install trunk $TRUNK_VERSION (slow, once per machine)"
   cargo install trunk --version "$TRUNK_VERSION" --locked --ignore-rust-version --quiet
 fi
-if [ "$("$HTC_ROOT/node_modules/.bin/wasm-opt" --version 2>/dev/null | awk '{print $3}')" != 132 ]; then
-  log "npm ci (binaryen 132 for wasm-opt)"
+if [ "$("$HTC_ROOT/node_modules/.bin/wasm-opt" --version 2>/dev/null | awk '{print $3}')" != 132 ] \
+  || [ ! -f "$HTC_ROOT/node_modules/axe-core/axe.min.js" ]; then
+  log "npm ci (binaryen 132 for wasm-opt, axe-core for the accessibility check)"
   (cd "$HTC_ROOT" && npm ci --silent --no-audit --no-fund)
 fi
 

@@ -111,6 +111,37 @@ async fn ask(client: &fantoccini::Client, question: &str) -> String {
     client.find(Locator::Css("[aria-label='Answer']")).await.unwrap().text().await.unwrap()
 }
 
+/// Saves a screenshot of the page as `screenshots/NAME.png` (ignored by git; the README's
+/// copies are in docs/screenshots).
+async fn screenshot(client: &fantoccini::Client, name: &str) {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(format!("{name}.png")), client.screenshot().await.unwrap()).unwrap();
+}
+
+/// Runs axe-core (node_modules, from `npm ci`) on the page; returns its serious and critical
+/// violations, in words.
+async fn axe_serious(client: &fantoccini::Client) -> Vec<String> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("node_modules/axe-core/axe.min.js");
+    let src = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e} (run npm ci)", path.display()));
+    let loaded = client.execute(&format!("{src}\nreturn typeof axe;"), vec![]).await.unwrap();
+    assert_eq!(loaded.as_str(), Some("object"), "axe-core loaded in the page");
+    let found = client
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             axe.run(document, { resultTypes: ['violations'] }).then((r) => done([r.passes.length, r.violations
+               .filter((v) => v.impact === 'serious' || v.impact === 'critical')
+               .map((v) => `${v.id} (${v.impact}): ${v.help}: ${v.nodes.map((n) => n.target.join(' ')).join(', ')}`)]));",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let (passed, serious): (usize, Vec<String>) = serde_json::from_value(found).unwrap();
+    assert!(passed > 0, "axe-core checked rules");
+    eprintln!("axe-core: {passed} rules passed, {} serious or critical violations", serious.len());
+    serious
+}
+
 fn tempdir() -> PathBuf {
     let d = std::env::temp_dir().join(format!("htc-chromium-{}-{}", std::process::id(), free_port()));
     std::fs::create_dir_all(&d).unwrap();
@@ -176,10 +207,12 @@ async fn a_person_asks_about_an_image_and_reads_the_answer() {
     let (url, port, _driver) = server(Some(root.join("models/shapes-demo"))).await;
     let profile = tempdir();
     let client = open(port, &profile, false).await;
+    client.set_window_size(1280, 1100).await.unwrap();
     client.goto(&url).await.unwrap();
     let status = wait_for(&client, "#status[data-connection='ready']").await;
     let status = status.text().await.unwrap();
     assert!(status.contains("model: shapes-demo"), "{status}");
+    screenshot(&client, "empty").await;
 
     // A file that is not an image is refused in words, before anything is sent.
     let not_image = profile.join("notes.txt");
@@ -188,6 +221,7 @@ async fn a_person_asks_about_an_image_and_reads_the_answer() {
     input.send_keys(not_image.to_str().unwrap()).await.unwrap();
     let err = wait_for(&client, "#image-error:not(:empty)").await.text().await.unwrap();
     assert!(err.contains("not an image"), "{err}");
+    screenshot(&client, "error").await;
 
     // Asking before choosing an image says so.
     let q = client.find(Locator::Css("textarea[aria-label='Question']")).await.unwrap();
@@ -248,6 +282,11 @@ async fn a_person_asks_about_an_image_and_reads_the_answer() {
         assert!(redness(x, y).await < 20, "a cold cell stays grey (heat {heat:?})");
     }
 
+    screenshot(&client, "answer-with-heatmap").await;
+    // axe-core finds nothing serious on the page with an answer and its attention view.
+    let serious = axe_serious(&client).await;
+    assert!(serious.is_empty(), "axe-core: {serious:#?}");
+
     // A follow-up comes from the worker's one-token cache, and the page says what it saved.
     let answer = ask(&client, "What shape is the red object?").await;
     assert_eq!(answer.trim(), "star");
@@ -282,6 +321,7 @@ async fn a_person_asks_about_an_image_and_reads_the_answer() {
         .await
         .unwrap();
     assert!(overflow.as_i64().unwrap() <= 0, "the page is {overflow} px wider than a 375-px window");
+    screenshot(&client, "mobile-375px").await;
 
     client.close().await.unwrap();
     let _ = std::fs::remove_dir_all(profile);
@@ -447,6 +487,7 @@ async fn the_widget_works_on_another_site_and_the_allowlist_holds() {
 
     let profile = tempdir();
     let client = open(port, &profile, false).await;
+    client.set_window_size(1280, 1100).await.unwrap();
     client.goto(&format!("http://{allowed_addr}/")).await.unwrap();
     in_widget(&client, "#status[data-connection='ready']").await;
     let input = in_widget(&client, "input[type='file']").await;
@@ -459,6 +500,7 @@ async fn the_widget_works_on_another_site_and_the_allowlist_holds() {
     assert!(by.contains("browser, backend: cpu"), "{by}");
     let event = wait_for(&client, "#answers li").await.text().await.unwrap();
     assert_eq!(event, "What color is the star? -> red", "the htc-answer event reached the host page");
+    screenshot(&client, "widget").await;
     // Removing the element unmounts the app: its shadow root empties of the app.
     let left = client
         .execute(
