@@ -123,7 +123,8 @@ async fn screenshot(client: &fantoccini::Client, name: &str) {
 /// violations, in words.
 async fn axe_serious(client: &fantoccini::Client) -> Vec<String> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("node_modules/axe-core/axe.min.js");
-    let src = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e} (run npm ci)", path.display()));
+    let src =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e} (run npm ci)", path.display()));
     let loaded = client.execute(&format!("{src}\nreturn typeof axe;"), vec![]).await.unwrap();
     assert_eq!(loaded.as_str(), Some("object"), "axe-core loaded in the page");
     let found = client
