@@ -284,6 +284,18 @@ async fn a_person_asks_about_an_image_and_reads_the_answer() {
     }
 
     screenshot(&client, "answer-with-heatmap").await;
+    // The page built the served model's sequence layout (sent with the image, checked by the
+    // worker) from the shared mask code.
+    // (Read as textContent: it sits in the closed "About the model" section.)
+    let layout = client
+        .execute("return document.querySelector('#sequence-layout').textContent;", vec![])
+        .await
+        .unwrap();
+    let layout = layout.as_str().unwrap_or_default().to_string();
+    assert!(
+        layout.contains("This model's sequence layout: BOS + 4 anchors + 9 patches + 1 <voco>"),
+        "{layout}"
+    );
     // axe-core finds nothing serious on the page with an answer and its attention view.
     let serious = axe_serious(&client).await;
     assert!(serious.is_empty(), "axe-core: {serious:#?}");

@@ -11,7 +11,9 @@ use crate::attention::Attention;
 use crate::chat::Chat;
 use crate::compute::probe;
 use crate::image_input::ImageInput;
-use crate::layout::{describe, describe_question_view, topology_name, PAPER_LAYOUT, PAPER_TOPOLOGY};
+use crate::layout::{
+    describe, describe_question_view, model_layout, topology_name, PAPER_LAYOUT, PAPER_TOPOLOGY,
+};
 use crate::session::Session;
 use crate::settings::SettingsPanel;
 use crate::status::Status;
@@ -31,7 +33,9 @@ pub fn shell(session: Session) -> impl IntoView {
         session.compute.set(probe().await);
     });
     session.connect();
-    let layout = PAPER_LAYOUT;
+    // The served model's layout once its card is in (built here by the shared mask code and
+    // sent with each image), the paper's until then.
+    let layout = move || session.model.with(|m| m.as_ref().and_then(model_layout)).unwrap_or(PAPER_LAYOUT);
     view! {
         <header class="top">
             <h1>"HTC-VLM"</h1>
@@ -51,12 +55,17 @@ pub fn shell(session: Session) -> impl IntoView {
                     <p id="protocol-version" data-version=PROTOCOL_VERSION.to_string()>
                         "Worker protocol: version " {PROTOCOL_VERSION.to_string()}
                     </p>
-                    <p id="sequence-layout" data-positions=layout.text_start().to_string()>
-                        "Sequence layout: " {describe(&layout)}
+                    <p id="sequence-layout" data-positions=move || layout().text_start().to_string()>
+                        {move || if session.model.with(|m| m.as_ref().and_then(model_layout).is_some()) {
+                            "This model's sequence layout: "
+                        } else {
+                            "The paper's sequence layout: "
+                        }}
+                        {move || describe(&layout())}
                     </p>
                     <p id="attention-mask" data-topology=topology_name(PAPER_TOPOLOGY)>
                         "Attention mask (" {topology_name(PAPER_TOPOLOGY)} "): "
-                        {describe_question_view(&layout, PAPER_TOPOLOGY)} "."
+                        {move || describe_question_view(&layout(), PAPER_TOPOLOGY)} "."
                     </p>
                 </details>
             </div>

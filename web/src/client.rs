@@ -5,6 +5,7 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
+use htc_shared::mask::MaskLayout;
 use htc_shared::protocol::{self, BinaryKind, ClientMessage, CodesShape, ServerMessage, PROTOCOL_VERSION};
 use wasm_bindgen::closure::Closure;
 use wasm_bindgen::JsCast;
@@ -71,17 +72,19 @@ impl Client {
         self.socket.send_with_str(&text).map_err(|e| format!("send failed: {}", js_text(&e)))
     }
 
-    /// Sends an image: the `image` message, then its bytes as a binary frame with the same id,
-    /// and then, when the page computed them, its MGVQ codes (the protocol's codes frame).
+    /// Sends an image: the `image` message (with the sequence layout the page built, which the
+    /// worker checks), then its bytes as a binary frame with the same id, and then, when the
+    /// page computed them, its MGVQ codes (the protocol's codes frame).
     pub fn send_image(
         &self, request_id: u32, image_id: &str, bytes: &[u8], codes: Option<(&[u8], CodesShape)>,
+        mask_layout: Option<MaskLayout>,
     ) -> Result<(), String> {
         self.send(&ClientMessage::Image {
             request_id,
             image_id: image_id.to_string(),
             byte_len: bytes.len(),
             codes: codes.map(|c| c.1),
-            mask_layout: None,
+            mask_layout,
         })?;
         let frame = protocol::encode_binary(BinaryKind::ImageBytes, request_id, bytes);
         self.socket.send_with_u8_array(&frame).map_err(|e| format!("send failed: {}", js_text(&e)))?;

@@ -1,7 +1,10 @@
-//! The hybrid sequence layout the page shows, computed by `htc-shared`'s [`MaskLayout`] (the
-//! same code the worker builds its attention mask with), so page and worker cannot disagree.
+//! The hybrid sequence layout the page shows and sends with each image, computed by
+//! `htc-shared`'s [`MaskLayout`] (the same code the worker builds its attention mask with), so
+//! page and worker cannot disagree; the worker checks the layout it receives.
 
+use htc_shared::config::HtcMode;
 use htc_shared::mask::{MaskLayout, Topology};
+use htc_shared::protocol::ModelCard;
 
 /// The paper's image prefix: BOS, 4 MGVQ anchor tokens, the 576 CLIP ViT-L/14-336 patch tokens
 /// and one `<voco>` token; the question follows.
@@ -10,6 +13,19 @@ pub const PAPER_LAYOUT: MaskLayout =
 
 /// The paper's mask topology: each visual token sees only itself.
 pub const PAPER_TOPOLOGY: Topology = Topology::Star;
+
+/// The served model's image prefix, from its card, for the paper's mode (`htc`: anchors,
+/// patches, `<voco>`); `None` for other modes, whose sequences the card does not describe
+/// segment by segment.
+pub fn model_layout(card: &ModelCard) -> Option<MaskLayout> {
+    (card.mode == Some(HtcMode::Htc)).then_some(MaskLayout {
+        bos: true,
+        n_discrete: card.n_discrete,
+        n_visual: card.image_tokens,
+        n_voco: card.n_voco,
+        n_text: 0,
+    })
+}
 
 /// The topology's name as configs and the CLI spell it.
 pub fn topology_name(topology: Topology) -> &'static str {
@@ -102,5 +118,19 @@ mod tests {
             "a question token reads 2 of the 582 positions before it (BOS and <voco>); the 580 anchor and \
              patch tokens reach it only through <voco>"
         );
+    }
+
+    #[test]
+    fn the_served_models_layout_comes_from_its_card_in_htc_mode_only() {
+        let mut card: ModelCard = serde_json::from_value(serde_json::json!({
+            "name": "m", "architecture": "htc", "random_init": false, "backend": "cpu", "mode": "htc",
+            "n_discrete": 4, "n_voco": 1, "image_size": 168, "image_tokens": 9, "hidden_size": 192,
+            "layers": 4, "vocab_size": 128, "has_tokenizer": true, "mgvq": null, "codebook_size": null
+        }))
+        .unwrap();
+        let l = model_layout(&card).unwrap();
+        assert_eq!(describe(&l), "BOS + 4 anchors + 9 patches + 1 <voco> = 15 positions before the question");
+        card.mode = Some(HtcMode::None);
+        assert_eq!(model_layout(&card), None);
     }
 }

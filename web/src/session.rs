@@ -448,11 +448,13 @@ impl Session {
                 let bytes = self.image_bytes.with_value(|b| b.clone()).ok_or("the image is gone")?;
                 let refused = self.refused.with_value(|r| r.contains(&image.id));
                 let codes = self.codes.get_untracked().filter(|k| k.image_id == image.id && !refused);
+                let layout = self.model.get_untracked().as_ref().and_then(crate::layout::model_layout);
                 c.send_image(
                     self.take_id(),
                     &image.id,
                     &bytes,
                     codes.as_ref().map(|k| (&k.payload[..], k.shape)),
+                    layout,
                 )?;
                 self.sent_image.set_value(Some(image.id.clone()));
                 let words = tokenised_words(codes.as_ref().map(|k| (k.backend.as_str(), k.ms)));

@@ -39,7 +39,7 @@ async fn the_page_shows_shared_values_and_a_compute_path() {
     assert_eq!(layout.get_attribute("data-positions"), Some(paper.len().to_string()));
     assert_eq!(
         layout.text_content().unwrap(),
-        "Sequence layout: BOS + 4 anchors + 576 patches + 1 <voco> = 582 positions before the question"
+        "The paper's sequence layout: BOS + 4 anchors + 576 patches + 1 <voco> = 582 positions before the question"
     );
     assert_eq!(element("attention-mask").get_attribute("data-topology").as_deref(), Some("star"));
 
