@@ -47,6 +47,21 @@ pub enum Reply {
 /// The compute backend the Web Worker's encoder runs on (burn-ndarray compiled to wasm).
 pub const BACKEND: &str = "cpu";
 
+/// The largest encoder the page downloads by itself: the paper's full MGVQ encoder is about
+/// 348 MB in f32, too much to fetch unasked; the worker tokenises for such models.
+pub const MAX_DOWNLOAD_BYTES: u64 = 64 << 20;
+
+/// Why the page does not download weights of `bytes` bytes by itself, if it does not.
+pub fn too_large(bytes: u64) -> Option<String> {
+    (bytes > MAX_DOWNLOAD_BYTES).then(|| {
+        format!(
+            "the encoder's weights are {:.0} MB, over the {} MB the page downloads by itself",
+            bytes as f64 / 1e6,
+            MAX_DOWNLOAD_BYTES >> 20
+        )
+    })
+}
+
 /// The worker's `/api/encoder` URL for its WebSocket URL (`ws[s]://host/…/ws?query` →
 /// `http[s]://host/…/api/encoder?query`, the token kept).
 pub fn manifest_url(socket_url: &str) -> Option<String> {
@@ -352,6 +367,9 @@ mod worker {
         let (bytes, downloaded) = match hit.dyn_into::<web_sys::Response>() {
             Ok(resp) => (read_body(&resp, manifest.bytes, true).await?, 0),
             Err(_) => {
+                if let Some(why) = super::too_large(manifest.bytes) {
+                    return Err(why);
+                }
                 let resp = fetch(&url).await?;
                 let bytes = read_body(&resp, manifest.bytes, false).await?;
                 let n = bytes.len() as u64;
@@ -442,5 +460,12 @@ mod tests {
         .unwrap();
         assert_eq!(decoded, vec![vec![1, 258], vec![3, 4]]);
         assert_eq!(sha256_hex(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
+
+    #[test]
+    fn large_encoders_are_not_downloaded_unasked() {
+        assert_eq!(too_large(784_000), None);
+        let why = too_large(348_000_000).unwrap();
+        assert_eq!(why, "the encoder's weights are 348 MB, over the 64 MB the page downloads by itself");
     }
 }
