@@ -327,6 +327,25 @@ async fn a_person_asks_about_an_image_and_reads_the_answer() {
     let last = client.find(Locator::Css("[aria-label='Answer']")).await.unwrap().text().await.unwrap();
     assert_eq!(last.trim(), "red");
 
+    // Compare: the same question in mode `none` (all patches) and in the model's own mode,
+    // both answers with their times.
+    client.find(Locator::Css("#compare")).await.unwrap().click().await.unwrap();
+    let before = client.find_all(Locator::Css(".turn")).await.unwrap().len();
+    let own = ask(&client, "What color is the star?").await;
+    assert_eq!(own.trim(), "red", "the live region shows the model's own mode");
+    wait_for(&client, &format!(".turn:nth-child({}) .turn-status", before + 1)).await;
+    let pair = client.find_all(Locator::Css(".turn.compare")).await.unwrap();
+    assert_eq!(pair.len(), 2);
+    let (none, htc) = (pair[0].text().await.unwrap(), pair[1].text().await.unwrap());
+    eprintln!("compare:\n{none}\n---\n{htc}");
+    assert!(none.contains("mode none: all patches"), "{none}");
+    assert!(htc.contains("mode htc: the image through the compressed tokens"), "{htc}");
+    for t in [&none, &htc] {
+        assert!(t.contains("first token"), "each answer with its time: {t}");
+    }
+    screenshot(&client, "compare").await;
+    client.find(Locator::Css("#compare")).await.unwrap().click().await.unwrap();
+
     // A phone-width screen: nothing wider than the window.
     client.set_window_size(375, 800).await.unwrap();
     let overflow = client

@@ -101,6 +101,10 @@ pub enum ClientMessage {
         top_p: f32,
         #[serde(default)]
         seed: u64,
+        /// Answer in this mode instead of the model's own (one of the card's `modes`): `none`
+        /// (all patches) beside the compressed mode, for comparison.
+        #[serde(default)]
+        mode: Option<crate::config::HtcMode>,
     },
     Cancel {
         request_id: u32,
@@ -143,6 +147,10 @@ pub struct ModelCard {
     /// The MGVQ config, so a browser can check its own encoder against it.
     pub mgvq: Option<crate::mgvq::Config>,
     pub codebook_size: Option<usize>,
+    /// The modes `ask` may name, the model's own first (e.g. `htc`, then `none`: all patches,
+    /// the upper bound the compressed mode is compared with).
+    #[serde(default)]
+    pub modes: Vec<crate::config::HtcMode>,
 }
 
 /// Where a page gets the model's MGVQ encoder to run it itself: `GET /api/encoder` answers

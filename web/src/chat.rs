@@ -52,9 +52,20 @@ fn TurnView(turn: Turn) -> impl IntoView {
     let answer = turn.answer.clone();
     let failed = matches!(turn.status, TurnStatus::Failed(_));
     let status = status_words(&turn);
+    let compared = turn.mode.is_some();
+    let mode = turn.mode.map(|m| {
+        let name =
+            serde_json::to_value(m).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+        let how = match m {
+            htc_shared::config::HtcMode::None => "all patches, no one-token bottleneck",
+            _ => "the image through the compressed tokens",
+        };
+        view! { <p class="mode">"mode " {name} ": " {how}</p> }
+    });
     view! {
-        <li class="turn" data-request-id=turn.request_id.to_string()>
+        <li class="turn" class:compare=compared data-request-id=turn.request_id.to_string()>
             <p class="question">{turn.question.clone()}</p>
+            {mode}
             <p class="answer">{turn.answer.clone()}</p>
             <p class="turn-status" class:error=failed>
                 {status}
@@ -147,6 +158,30 @@ pub fn Chat() -> impl IntoView {
                     on:input=move |e| question.set(event_target_value(&e))
                     on:keydown=on_key
                 ></textarea>
+                {move || {
+                    session
+                        .model
+                        .with(|m| {
+                            m.as_ref()
+                                .is_some_and(|m| {
+                                    m.mode != Some(htc_shared::config::HtcMode::None)
+                                        && m.modes.contains(&htc_shared::config::HtcMode::None)
+                                })
+                        })
+                        .then(|| {
+                            view! {
+                                <label class="compare-switch">
+                                    <input
+                                        type="checkbox"
+                                        id="compare"
+                                        prop:checked=move || session.compare.get()
+                                        on:change=move |e| session.compare.set(event_target_checked(&e))
+                                    />
+                                    " Compare: also ask with all patches (mode none)"
+                                </label>
+                            }
+                        })
+                }}
                 <div class="buttons">
                     <button type="submit" disabled=busy>
                         "Ask"

@@ -95,9 +95,10 @@ impl Client {
         Ok(())
     }
 
-    /// Asks a question about an image sent before.
+    /// Asks a question about an image sent before, in the model's own mode or in `mode`.
     pub fn ask(
         &self, request_id: u32, image_id: &str, question: &str, s: &crate::state::Settings,
+        mode: Option<htc_shared::config::HtcMode>,
     ) -> Result<(), String> {
         self.send(&ClientMessage::Ask {
             request_id,
@@ -108,6 +109,7 @@ impl Client {
             temperature: s.temperature,
             top_p: s.top_p,
             seed: 0,
+            mode,
         })
     }
 

@@ -60,6 +60,8 @@ pub struct Session {
     pub encoder: RwSignal<EncoderState>,
     /// Where the image of the newest question was tokenised, in words.
     pub tokenised: RwSignal<Option<String>>,
+    /// Ask each question in mode `none` (all patches) too, beside the model's own mode.
+    pub compare: RwSignal<bool>,
     pub layer: RwSignal<LayerPick>,
     /// The attention view shows patches (heatmap) or anchors (bars) first.
     pub show_anchors: RwSignal<bool>,
@@ -122,6 +124,7 @@ impl Session {
             compute: RwSignal::new(ComputePath::Probing),
             encoder: RwSignal::new(EncoderState::Off("waiting for the worker's model card".into())),
             tokenised: RwSignal::new(None),
+            compare: RwSignal::new(false),
             layer: RwSignal::new(LayerPick::Mean),
             show_anchors: RwSignal::new(false),
             client: StoredValue::new_local(None),
@@ -465,29 +468,50 @@ impl Session {
                 };
                 self.tokenised.set(Some(words));
             }
-            let rid = self.take_id();
-            self.sent_at.update_value(|m| {
-                m.insert(rid, now_ms());
-            });
-            self.conversation.update(|conv| conv.turns.push(Turn::new(rid, question)));
-            c.ask(rid, &image.id, question, &settings)
+            // With the compare switch, the same question in mode `none` first, then in the
+            // model's own mode (the newest turn, which the live region shows).
+            let own = self.model.with_untracked(|m| m.as_ref().and_then(|m| m.mode));
+            let modes = match self.compare_mode() {
+                Some(other) => vec![Some(other), own],
+                None => vec![None],
+            };
+            for mode in modes {
+                let rid = self.take_id();
+                self.sent_at.update_value(|m| {
+                    m.insert(rid, now_ms());
+                });
+                self.conversation.update(|conv| conv.turns.push(Turn { mode, ..Turn::new(rid, question) }));
+                c.ask(rid, &image.id, question, &settings, mode)?;
+            }
+            Ok(())
         });
         self.notice.set(None);
         result
     }
 
-    /// Stops the answer that is coming, if any.
+    /// The mode the compare switch adds, when it is on and the model offers `none` beside a
+    /// compressed mode.
+    pub fn compare_mode(self) -> Option<HtcMode> {
+        let offered = self.model.with_untracked(|m| {
+            m.as_ref().is_some_and(|m| m.mode != Some(HtcMode::None) && m.modes.contains(&HtcMode::None))
+        });
+        (self.compare.get_untracked() && offered).then_some(HtcMode::None)
+    }
+
+    /// Stops the answers that are coming, if any.
     pub fn stop(self) {
-        let Some(rid) = self.conversation.with_untracked(|c| c.open_turn().map(|t| t.request_id)) else {
-            return;
-        };
-        let sent = self.client.with_value(|c| c.as_ref().map(|c| c.cancel(rid).is_ok()).unwrap_or(false));
-        if !sent {
-            self.conversation.update(|c| {
-                if let Some(t) = c.turn_mut(rid) {
-                    t.status = TurnStatus::Stopped;
-                }
-            });
+        let open: Vec<u32> = self
+            .conversation
+            .with_untracked(|c| c.turns.iter().filter(|t| t.is_open()).map(|t| t.request_id).collect());
+        for rid in open {
+            let sent = self.client.with_value(|c| c.as_ref().map(|c| c.cancel(rid).is_ok()).unwrap_or(false));
+            if !sent {
+                self.conversation.update(|c| {
+                    if let Some(t) = c.turn_mut(rid) {
+                        t.status = TurnStatus::Stopped;
+                    }
+                });
+            }
         }
     }
 

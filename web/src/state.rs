@@ -36,6 +36,8 @@ pub struct Turn {
     pub tokens: usize,
     /// Per layer, `<voco>`'s attention over `[anchors; patches]`.
     pub attention: Option<AttentionMaps>,
+    /// Asked in another of the model's modes (the compare switch); `None`: its own.
+    pub mode: Option<htc_shared::config::HtcMode>,
 }
 
 impl Turn {
@@ -50,6 +52,7 @@ impl Turn {
             cached: false,
             tokens: 0,
             attention: None,
+            mode: None,
         }
     }
 

@@ -471,3 +471,39 @@ async fn attention_maps_come_as_f16_frames_when_asked() {
     f16.send(Message::Binary(encode_binary(BinaryKind::AttentionF16, 5, &[0; 8]).into())).await.unwrap();
     expect_error(&mut f16, ErrorCode::BadFrame, "from the worker to the page").await;
 }
+
+/// An HTC model also answers in mode `none` (all patches, the upper bound) when a question
+/// asks for it, for side-by-side comparison: the card lists the modes, each mode compresses
+/// the image once and caches it apart, and a mode the model does not offer is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_question_may_ask_for_mode_none_beside_the_compressed_mode() {
+    let demo = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/shapes-demo");
+    let addr = start(|a| a.model = Some(demo.clone())).await;
+    let mut ws = connect(addr, &[], "").await.unwrap();
+    send(&mut ws, json!({"type": "hello", "version": 1})).await;
+    let ServerMessage::Ready { model, .. } = recv(&mut ws).await else { panic!("ready") };
+    use htc_shared::config::HtcMode;
+    assert_eq!(model.modes, vec![HtcMode::Htc, HtcMode::None]);
+    let png = std::fs::read(demo.join("../../docs/demo-star.png")).unwrap();
+    upload(&mut ws, 1, "star", &png).await;
+    let ask = |rid: u32, mode: Option<&str>| {
+        let mut m = json!({"type": "ask", "request_id": rid, "image_id": "star", "question": "What color is the star?", "max_new_tokens": 4});
+        if let Some(mode) = mode {
+            m["mode"] = json!(mode);
+        }
+        m
+    };
+    let mut cached = vec![];
+    for (rid, mode) in [(2, Some("none")), (3, None), (4, Some("none")), (5, Some("htc"))] {
+        send(&mut ws, ask(rid, mode)).await;
+        let (ids, attention, done) = answer(&mut ws, rid).await;
+        assert!(!ids.is_empty());
+        let ServerMessage::Done { cached: c, .. } = done else { unreachable!() };
+        eprintln!("mode {mode:?}: {} tokens, attention {attention:?}, cached {c}", ids.len());
+        cached.push(c);
+    }
+    // Each mode compresses once: `none` first, then `htc`; the repeats come from the cache.
+    assert_eq!(cached, vec![false, false, true, true]);
+    send(&mut ws, ask(6, Some("voco"))).await;
+    expect_error(&mut ws, ErrorCode::BadRequest, "not offered").await;
+}

@@ -189,6 +189,7 @@ pub fn answer_all(
                 image: UploadedImage { image: Arc::new(image), codes: None, key: engine.image_key(&bytes) },
                 question,
                 sampling,
+                mode: None,
                 cancel: Arc::new(AtomicBool::new(false)),
                 reply,
             };

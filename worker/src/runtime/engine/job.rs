@@ -72,6 +72,8 @@ pub struct Job {
     pub image: UploadedImage,
     pub question: Question,
     pub sampling: Sampling,
+    /// Another of the model's modes (the card's `modes`) to answer in; `None`: its own.
+    pub mode: Option<htc_shared::config::HtcMode>,
     pub cancel: Arc<AtomicBool>,
     pub reply: UnboundedSender<ServerMessage>,
 }

@@ -28,6 +28,9 @@ use crate::text::{StreamDecoder, TextTokenizer};
 
 pub(super) struct EngineState {
     model: Htc<Backend>,
+    /// The same weights in the other modes the card offers (`none` beside a compressed mode):
+    /// module clones, sharing the tensors.
+    alternates: Vec<(HtcMode, Htc<Backend>)>,
     preprocess: ClipPreprocess,
     tokenizer: Option<TextTokenizer>,
     cache: LruCache<[u8; 32], Arc<CompressedImage<Backend>>>,
@@ -65,6 +68,15 @@ pub(crate) fn served_name(p: &std::path::Path) -> String {
     }
 }
 
+/// The cache key of an image compressed in another mode than the model's own.
+fn mode_key(key: &[u8; 32], mode: HtcMode) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(key);
+    h.update(format!("{mode:?}").as_bytes());
+    h.finalize().into()
+}
+
 impl EngineState {
     pub(super) fn load(cfg: &EngineConfig, metrics: Arc<Metrics>) -> Result<Self> {
         let device = backend::device();
@@ -92,6 +104,17 @@ impl EngineState {
             Some(mode) => model.with_mode(mode, false)?,
             None => model,
         };
+        // Mode `none` (all patches, no bottleneck) beside a compressed mode, for comparison.
+        let alternates: Vec<(HtcMode, Htc<Backend>)> = match model.config.mode {
+            HtcMode::None => vec![],
+            _ => model
+                .clone()
+                .with_mode(HtcMode::None, false)
+                .ok()
+                .map(|m| (HtcMode::None, m))
+                .into_iter()
+                .collect(),
+        };
         let c = model.llava.llm.config();
         let layout = model.layout(0);
         let card = ModelCard {
@@ -110,10 +133,12 @@ impl EngineState {
             has_tokenizer: tokenizer.is_some(),
             codebook_size: model.config.mgvq.as_ref().map(|m| m.codebook_size),
             mgvq: model.config.mgvq.clone(),
+            modes: std::iter::once(model.config.mode).chain(alternates.iter().map(|a| a.0)).collect(),
         };
         let cap = NonZeroUsize::new(cfg.cache_capacity.max(1)).expect("max(1)");
         Ok(Self {
             model,
+            alternates,
             preprocess,
             tokenizer,
             cache: LruCache::new(cap),
@@ -146,16 +171,18 @@ impl EngineState {
         }
     }
 
+    /// Compresses `img` with `model` (the served model or one of its other modes).
     fn compress(
-        &mut self, img: &UploadedImage, timings: &mut Timings,
+        &self, model: &Htc<Backend>, img: &UploadedImage, timings: &mut Timings,
     ) -> Result<Arc<CompressedImage<Backend>>, ProtocolError> {
         let device = backend::device();
         let t = Instant::now();
         let internal = ErrorCode::Internal;
-        let mut inputs = image_tensors(&self.model, &self.preprocess, &img.image, &device).coded(internal)?;
+        let mut inputs = image_tensors(model, &self.preprocess, &img.image, &device).coded(internal)?;
         timings.preprocess_ms = t.elapsed().as_secs_f64() * 1e3;
         let t = Instant::now();
-        if let (Some(client), Some(m)) = (&img.codes, &self.model.mgvq) {
+        let uses_codes = model.config.uses_discrete();
+        if let (Some(client), Some(m), true) = (&img.codes, &model.mgvq, uses_codes) {
             if self.trust_client_codes {
                 inputs.codes = Some(client.as_ref().clone());
             } else {
@@ -174,10 +201,9 @@ impl EngineState {
                 }
             }
         }
-        let c = Arc::new(self.model.compress(&inputs).context("compressing the image").coded(internal)?);
+        let c = Arc::new(model.compress(&inputs).context("compressing the image").coded(internal)?);
         self.metrics.compressions.inc();
         timings.compress_ms = t.elapsed().as_secs_f64() * 1e3;
-        self.cache.put(img.key, c.clone());
         Ok(c)
     }
 
@@ -220,15 +246,37 @@ impl EngineState {
         };
         let llm = &self.model.llava.llm;
         llm.check_ids(&ids).coded(ErrorCode::BadRequest)?;
-        let (compressed, cached) = match self.cache.get(&job.image.key) {
+        // The model in the asked mode; a compressed image is cached per mode.
+        let (alternate, key) = match job.mode {
+            Some(m) if m != self.model.config.mode => {
+                let i = self.alternates.iter().position(|a| a.0 == m).ok_or_else(|| {
+                    let offered: Vec<HtcMode> = self.card.modes.clone();
+                    ProtocolError::new(
+                        ErrorCode::BadRequest,
+                        format!("mode {m:?} is not offered by this model (it answers in {offered:?})"),
+                    )
+                })?;
+                (Some(i), mode_key(&job.image.key, m))
+            }
+            _ => (None, job.image.key),
+        };
+        let hit = self.cache.get(&key).cloned();
+        let model = match alternate {
+            Some(i) => &self.alternates[i].1,
+            None => &self.model,
+        };
+        let (compressed, cached) = match hit {
             Some(c) => {
                 self.metrics.cache_hits.inc();
-                (c.clone(), true)
+                (c, true)
             }
-            None => (self.compress(&job.image, &mut timings)?, false),
+            None => (self.compress(model, &job.image, &mut timings)?, false),
         };
+        if !cached {
+            self.cache.put(key, compressed.clone());
+        }
         let llm = &self.model.llava.llm;
-        let prompt = self.model.answer_prompt(&compressed, &ids).coded(ErrorCode::BadRequest)?;
+        let prompt = model.answer_prompt(&compressed, &ids).coded(ErrorCode::BadRequest)?;
         let stop = stop_ids(self.tokenizer.as_ref(), llm);
         let (seq, logits, _) =
             Sequence::prefill(llm, prompt, job.sampling, stop, false).coded(ErrorCode::Internal)?;

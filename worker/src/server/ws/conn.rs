@@ -46,6 +46,7 @@ struct Ask {
     question: Option<String>,
     prompt_ids: Option<Vec<u32>>,
     sampling: Sampling,
+    mode: Option<htc_shared::config::HtcMode>,
 }
 
 pub(super) struct Conn {
@@ -108,9 +109,10 @@ impl Conn {
                 temperature,
                 top_p,
                 seed,
+                mode,
             } => {
                 let sampling = Sampling { max_new_tokens, temperature, top_p, seed };
-                self.on_ask(Ask { request_id, image_id, question, prompt_ids, sampling })
+                self.on_ask(Ask { request_id, image_id, question, prompt_ids, sampling, mode })
             }
             ClientMessage::Cancel { request_id } => self.on_cancel(request_id),
         }
@@ -208,7 +210,8 @@ impl Conn {
             }
             inflight.insert(request_id, cancel.clone());
         }
-        let job = Job { request_id, image, question, sampling: ask.sampling, cancel, reply: self.tx.clone() };
+        let reply = self.tx.clone();
+        let job = Job { request_id, image, question, sampling: ask.sampling, mode: ask.mode, cancel, reply };
         if self.app.engine.submit(job).is_err() {
             self.inflight.lock().expect("inflight lock").remove(&request_id);
             return Err(ProtocolError::new(ErrorCode::Busy, "the request queue is full; try again shortly"));
