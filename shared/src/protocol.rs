@@ -11,7 +11,8 @@
 //!    the mask layout it built), then the image bytes as a binary frame of kind 1 with the same
 //!    request id, and, if it announced codes, a binary frame of kind 2 with `h*w*G` little-endian
 //!    `u16` codes (row-major over positions, then groups);
-//! 3. sends `ask` (its request id, the image id, the question, sampling), and receives
+//! 3. sends `ask` (its request id, the image id, the question, sampling, and optionally one of
+//!    the card's `modes`, e.g. `none` to compare with all patches), and receives
 //!    `token` frames, then `attention` (HTC models), then `done` with timings. A client that
 //!    lists [`CAP_ATTENTION_F16`] in `hello` gets the attention maps as a binary frame of
 //!    kind 3 instead ([`encode_attention_f16`]): f16 values, a quarter of the JSON's size or less;
