@@ -406,8 +406,8 @@ impl Session {
     /// The worker refused the codes sent with turn `rid`'s image: sends the image again
     /// without them and asks again. Returns whether it did.
     fn retry_without_codes(self, rid: u32, message: &str) -> bool {
-        let Some(question) = self.conversation.with_untracked(|c| {
-            c.turns.iter().find(|t| t.request_id == rid && t.is_open()).map(|t| t.question.clone())
+        let Some((question, mode)) = self.conversation.with_untracked(|c| {
+            c.turns.iter().find(|t| t.request_id == rid && t.is_open()).map(|t| (t.question.clone(), t.mode))
         }) else {
             return false;
         };
@@ -415,7 +415,8 @@ impl Session {
         self.refused.update_value(|r| r.push(image.id.clone()));
         self.sent_image.set_value(None);
         self.conversation.update(|c| c.turns.retain(|t| t.request_id != rid));
-        let result = self.ask(&question);
+        // That turn alone, in its mode, even while its compare partner is still answering.
+        let result = self.send_turns(&question, vec![mode]);
         self.notice.set(Some(match result {
             Ok(()) => format!("{message}; the worker tokenised the image instead"),
             Err(why) => why,
@@ -435,15 +436,33 @@ impl Session {
         if question.is_empty() {
             return Err("type a question first".into());
         }
-        let Some(image) = self.image.get_untracked() else {
+        if self.image.with_untracked(Option::is_none) {
             return Err("choose an image first".into());
-        };
+        }
         if self.conversation.with_untracked(|c| c.open_turn().is_some()) {
             return Err("an answer is still coming; Stop it first".into());
         }
+        // With the compare switch, the same question in mode `none` first, then in the
+        // model's own mode (the newest turn, which the live region shows).
+        let own = self.model.with_untracked(|m| m.as_ref().and_then(|m| m.mode));
+        let modes = match self.compare_mode() {
+            Some(other) => vec![Some(other), own],
+            None => vec![None],
+        };
+        let result = self.send_turns(question, modes);
+        self.notice.set(None);
+        result
+    }
+
+    /// Sends the image if this connection does not hold it yet, then `question` once per mode
+    /// (`None`: the model's own), each a new turn.
+    fn send_turns(self, question: &str, modes: Vec<Option<HtcMode>>) -> Result<(), String> {
+        let Some(image) = self.image.get_untracked() else {
+            return Err("choose an image first".into());
+        };
         let settings = self.settings.get_untracked();
         let sent = self.sent_image.get_value();
-        let result = self.client.with_value(|c| -> Result<(), String> {
+        self.client.with_value(|c| -> Result<(), String> {
             let Some(c) = c.as_ref().filter(|c| c.is_open()) else {
                 return Err("not connected to the worker".into());
             };
@@ -468,13 +487,6 @@ impl Session {
                 };
                 self.tokenised.set(Some(words));
             }
-            // With the compare switch, the same question in mode `none` first, then in the
-            // model's own mode (the newest turn, which the live region shows).
-            let own = self.model.with_untracked(|m| m.as_ref().and_then(|m| m.mode));
-            let modes = match self.compare_mode() {
-                Some(other) => vec![Some(other), own],
-                None => vec![None],
-            };
             for mode in modes {
                 let rid = self.take_id();
                 self.sent_at.update_value(|m| {
@@ -484,9 +496,7 @@ impl Session {
                 c.ask(rid, &image.id, question, &settings, mode)?;
             }
             Ok(())
-        });
-        self.notice.set(None);
-        result
+        })
     }
 
     /// The mode the compare switch adds, when it is on and the model offers `none` beside a

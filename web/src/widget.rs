@@ -1,11 +1,11 @@
-//! The embeddable widget: `mount_widget`, which `widget.js` (the module script that registers
-//! the `<htc-vlm-widget>` custom element) calls for each element. The whole app renders into
+//! The embeddable widget: [`mount`], which `widget.js` (the module script that registers the
+//! `<htc-vlm-widget>` custom element) calls for each element, as `mount_widget`. The whole app renders into
 //! the element's shadow root with the app's stylesheet inside it, talks to the worker named by
 //! the element's attributes (settings come from them, not from the host site's storage), and
 //! fires a composed `htc-answer` event on the element for every finished answer.
 
-use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
+use wasm_bindgen::JsValue;
 
 use crate::session::Session;
 use crate::state::{BackendChoice, Settings};
@@ -13,27 +13,14 @@ use crate::state::{BackendChoice, Settings};
 /// The app's stylesheet, the same file `index.html` links.
 const STYLE: &str = include_str!("../style.css");
 
-/// A mounted widget; `unmount` (the element's `disconnectedCallback`) removes it.
-#[wasm_bindgen]
-pub struct WidgetHandle {
-    mounted: Option<Box<dyn std::any::Any>>,
-}
-
-#[wasm_bindgen]
-impl WidgetHandle {
-    /// Unmounts the app (its reactive state, listeners and connection go with it).
-    pub fn unmount(&mut self) {
-        self.mounted.take();
-    }
-}
-
 /// Mounts the app into `root`, the shadow root of `host`, for the worker at `worker`
-/// (`ws://…/ws`) with `token` and `backend`; the encoder's files are under `assets`.
-#[wasm_bindgen]
-pub fn mount_widget(
+/// (`ws://…/ws`) with `token` and `backend`; the encoder's files are under `assets`. Dropping
+/// the result unmounts it. (The `htc-web` binary exports this to JavaScript as
+/// `mount_widget`: an export here, in the library, would also land in the encoder's wasm.)
+pub fn mount(
     root: web_sys::ShadowRoot, host: web_sys::HtmlElement, worker: String, token: String, backend: String,
     assets: String,
-) -> Result<WidgetHandle, JsValue> {
+) -> Result<Box<dyn std::any::Any>, JsValue> {
     console_error_panic_hook::set_once();
     let settings = Settings {
         worker_url: worker,
@@ -66,5 +53,5 @@ pub fn mount_widget(
     let mounted = leptos::mount::mount_to(container, move || {
         crate::app::shell(Session::with(settings, assets, Some(Box::new(on_answer))))
     });
-    Ok(WidgetHandle { mounted: Some(Box::new(mounted)) })
+    Ok(Box::new(mounted))
 }
