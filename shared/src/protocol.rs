@@ -169,6 +169,13 @@ pub struct EncoderManifest {
     pub prefix: String,
 }
 
+/// Lowercase hex SHA-256: the digest an [`EncoderManifest`] names its weights by, computed by
+/// the worker that serves them and checked by the page that fetches them.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
 impl EncoderManifest {
     /// The manifest of a weights file with this digest.
     pub fn new(config: crate::mgvq::Config, sha256: &str, bytes: u64) -> Self {

@@ -161,13 +161,7 @@ pub fn Chat() -> impl IntoView {
                 {move || {
                     session
                         .model
-                        .with(|m| {
-                            m.as_ref()
-                                .is_some_and(|m| {
-                                    m.mode != Some(htc_shared::config::HtcMode::None)
-                                        && m.modes.contains(&htc_shared::config::HtcMode::None)
-                                })
-                        })
+                        .with(|m| m.as_ref().and_then(crate::state::compare_mode).is_some())
                         .then(|| {
                             view! {
                                 <label class="compare-switch">

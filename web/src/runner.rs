@@ -88,11 +88,7 @@ pub fn codes_bytes(codes: &[Vec<u16>]) -> Vec<u8> {
     codes.iter().flatten().flat_map(|c| c.to_le_bytes()).collect()
 }
 
-/// Lowercase hex SHA-256.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use htc_shared::protocol::sha256_hex;
 
 pub use page::Runner;
 #[cfg(target_arch = "wasm32")]

@@ -352,6 +352,7 @@ impl Session {
 
     fn on_runner(self, reply: Reply, bytes: Option<Vec<u8>>) {
         match reply {
+            // `Runner` consumes it (it sends the requests it held back).
             Reply::Started => {}
             Reply::Progress { loaded, total, from_cache } => {
                 self.encoder.set(EncoderState::Loading { loaded, total, from_cache })
@@ -502,10 +503,8 @@ impl Session {
     /// The mode the compare switch adds, when it is on and the model offers `none` beside a
     /// compressed mode.
     pub fn compare_mode(self) -> Option<HtcMode> {
-        let offered = self.model.with_untracked(|m| {
-            m.as_ref().is_some_and(|m| m.mode != Some(HtcMode::None) && m.modes.contains(&HtcMode::None))
-        });
-        (self.compare.get_untracked() && offered).then_some(HtcMode::None)
+        let offered = self.model.with_untracked(|m| m.as_ref().and_then(crate::state::compare_mode));
+        offered.filter(|_| self.compare.get_untracked())
     }
 
     /// Stops the answers that are coming, if any.

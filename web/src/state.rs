@@ -251,6 +251,13 @@ impl EncoderState {
     }
 }
 
+/// The mode the compare switch adds for this model: `none` (all patches), when the model
+/// answers in a compressed mode and offers `none` beside it.
+pub fn compare_mode(card: &htc_shared::protocol::ModelCard) -> Option<htc_shared::config::HtcMode> {
+    use htc_shared::config::HtcMode;
+    (card.mode != Some(HtcMode::None) && card.modes.contains(&HtcMode::None)).then_some(HtcMode::None)
+}
+
 /// Where the image of the newest question was tokenised, in words for the status.
 pub fn tokenised_words(browser: Option<(&str, f64)>) -> String {
     match browser {

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use sha2::{Digest, Sha256};
+use htc_shared::protocol::sha256_hex;
 
 use super::WeightSource;
 
@@ -42,6 +42,6 @@ pub fn encoder_file(dir: &Path) -> Result<Option<EncoderFile>> {
         })
         .collect::<Result<Vec<_>>>()?;
     let bytes = safetensors::serialize(views, None).context("writing the encoder weights")?;
-    let sha256 = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+    let sha256 = sha256_hex(&bytes);
     Ok(Some(EncoderFile { bytes, sha256 }))
 }
