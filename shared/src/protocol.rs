@@ -217,6 +217,10 @@ pub enum ServerMessage {
         /// The image came from the compressed-image cache (no ViT, MGVQ or compression ran).
         cached: bool,
         tokens: usize,
+        /// What the answer attended to: the compressed image's kept positions (BOS and the
+        /// `<voco>` tokens) plus the question's (or conversation's) text tokens.
+        #[serde(default)]
+        prompt_tokens: usize,
         cancelled: bool,
         timings: Timings,
     },

@@ -110,7 +110,7 @@ impl Conversation {
                 t.attention = AttentionMaps::new(*n_discrete, *n_visual, layers.clone()).ok();
                 true
             }
-            ServerMessage::Done { request_id, cached, tokens, cancelled, timings } => {
+            ServerMessage::Done { request_id, cached, tokens, cancelled, timings, .. } => {
                 let first_compress = !cached && self.compress_ms.is_none();
                 let Some(t) = self.turn_mut(*request_id) else { return false };
                 t.cached = *cached;
@@ -517,6 +517,7 @@ mod tests {
             request_id: id,
             cached,
             tokens: 2,
+            prompt_tokens: 12,
             cancelled: false,
             timings: timings(ms),
         };
@@ -551,6 +552,7 @@ mod tests {
             request_id: 2,
             cached: true,
             tokens: 1,
+            prompt_tokens: 12,
             cancelled: true,
             timings: timings(0.0),
         };

@@ -1,5 +1,7 @@
 //! The OpenAI-compatible endpoint on loopback: a plain and a streamed (SSE) chat completion
-//! about an image given as a `data:` URL, and clear 4xx answers for what it cannot do.
+//! about an image given as a `data:` URL, a whole conversation (system prompt, earlier turns,
+//! the image in any user message) answered as the model's chat template lays it out, and clear
+//! 4xx answers for what it cannot do.
 
 mod common;
 
@@ -8,9 +10,10 @@ use common::{fixtures, htc, s, tmp};
 use htc_worker::server::{serve_on, App, ServeArgs};
 use serde_json::json;
 
-/// An untrained HTC checkpoint from the tiny LLaVA, with a word-level tokenizer (`w0`..`w127`).
-fn checkpoint() -> std::path::PathBuf {
-    let out = tmp("openai", "ckpt");
+/// An untrained HTC checkpoint from the tiny LLaVA, with a word-level tokenizer (`w0`..`w127`),
+/// in a folder of its own (`name`: tests run in parallel and the server maps the weights).
+fn checkpoint(name: &str) -> std::path::PathBuf {
+    let out = tmp("openai", name);
     let mgvq = fixtures().join("mgvq-tiny/model.safetensors");
     let mcfg = fixtures().join("mgvq-tiny/config.json");
     let r = htc(&[
@@ -69,7 +72,7 @@ fn request(stream: bool, url: &str) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_completions_plain_and_streamed() {
-    let dir = checkpoint();
+    let dir = checkpoint("plain");
     let mut args = ServeArgs::local(std::env::temp_dir());
     args.model = Some(dir);
     let app = tokio::task::spawn_blocking(move || App::new(args)).await.unwrap().unwrap();
@@ -104,10 +107,55 @@ async fn chat_completions_plain_and_streamed() {
     let (status, body) =
         post(addr, &json!({"messages": [{"role": "user", "content": "no image here"}]})).await;
     assert_eq!(status, 400);
-    assert!(body.contains("no image_url part"), "{body}");
+    assert!(body.contains("no user message has an image_url part"), "{body}");
     let (status, body) = post(addr, &json!({"messages": "nope"})).await;
     assert_eq!(status, 400);
     assert!(body.contains("malformed request"), "{body}");
+    let image = |text: &str, url: &str| json!([{"type": "text", "text": text}, {"type": "image_url", "image_url": {"url": url}}]);
+    let other = {
+        let mut png = Vec::new();
+        image::RgbImage::from_pixel(16, 16, image::Rgb([200, 30, 30]))
+            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(png))
+    };
+    for (messages, needle) in [
+        (
+            json!([{"role": "user", "content": image("w5", &url)}, {"role": "assistant", "content": "w6"}]),
+            "must end with a user message",
+        ),
+        (
+            json!([{"role": "user", "content": image("w5", &url)}, {"role": "user", "content": image("w6", &other)}]),
+            "a second, different image",
+        ),
+        (
+            json!([{"role": "tool", "content": "x"}, {"role": "user", "content": image("w5", &url)}]),
+            "role `tool` is not supported",
+        ),
+        (
+            json!([{"role": "user", "content": image("w5", &url)}, {"role": "assistant", "content": null},
+                {"role": "user", "content": "w6"}]),
+            "tool calls are not supported",
+        ),
+        (
+            json!([{"role": "user", "content": "w5"}, {"role": "system", "content": "late"},
+                {"role": "user", "content": image("w6", &url)}]),
+            "system message may only come before",
+        ),
+        (
+            json!([{"role": "user", "content": image("w5", &url)}, {"role": "assistant", "content": image("w6", &url)},
+                {"role": "user", "content": "w7"}]),
+            "only user messages may carry an image",
+        ),
+        (
+            json!([{"role": "user", "content": image(&"w5 ".repeat(2000), &url)}]),
+            "characters of text, more than",
+        ),
+    ] {
+        let (status, body) = post(addr, &json!({"messages": messages})).await;
+        assert_eq!(status, 400, "{messages}: {body}");
+        assert!(body.contains(needle), "{needle:?} not in {body}");
+    }
 
     // A streaming client that goes away cancels its answer.
     {
@@ -138,4 +186,84 @@ async fn chat_completions_plain_and_streamed() {
             .collect::<Vec<_>>()
             .join(" | ")
     );
+}
+
+/// A whole conversation reaches the model: system prompt, earlier turns and the question, with
+/// the image in a later user message, gives the answer the WebSocket protocol gives for the
+/// token ids the model's chat template lays out for that conversation (the layout training
+/// uses; see the unit test beside `Chat`), and usage counts them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_conversation_is_answered() {
+    use common::ws::{recv, send};
+    use futures_util::SinkExt;
+    use htc_shared::protocol::{encode_binary, BinaryKind, ServerMessage};
+    use htc_worker::text::Chat;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let dir = checkpoint("conversation");
+    let snap = htc_worker::formats::checkpoint::Snapshot::<htc_worker::backend::Backend>::open(
+        &dir,
+        &Default::default(),
+    )
+    .unwrap();
+    let tok = snap.tokenizer.as_ref().unwrap();
+    let mut args = ServeArgs::local(std::env::temp_dir());
+    args.model = Some(dir.clone());
+    let app = tokio::task::spawn_blocking(move || App::new(args)).await.unwrap().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { serve_on(listener, app, std::future::pending()).await.unwrap() });
+    let url = data_url();
+
+    let messages = json!([
+        {"role": "system", "content": "w9 w10"},
+        {"role": "user", "content": "w5 w6"},
+        {"role": "assistant", "content": "w7 w8"},
+        {"role": "user", "content": [{"type": "text", "text": "w11 w12"}, {"type": "image_url", "image_url": {"url": url}}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "w13"}]},
+        {"role": "user", "content": [{"type": "text", "text": "w14"}, {"type": "image_url", "image_url": {"url": url}}]},
+    ]);
+    let (status, body) = post(addr, &json!({"max_tokens": 6, "messages": messages})).await;
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let content = v["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+
+    let chat = Chat {
+        system: Some("w9 w10".into()),
+        exchanges: vec![("w5 w6".into(), "w7 w8".into()), ("w11 w12".into(), "w13".into())],
+        question: "w14".into(),
+    };
+    let ids = tok.chat_ids(&chat).unwrap();
+    let alone = tok.chat_ids(&Chat { exchanges: Vec::new(), ..chat.clone() }).unwrap();
+    assert!(ids.len() > alone.len() + 8, "the history is in the prompt: {ids:?} vs {alone:?}");
+    // BOS and the one <voco> token are what is kept of the image.
+    assert_eq!(v["usage"]["prompt_tokens"].as_u64(), Some(2 + ids.len() as u64), "{v}");
+    let n = v["usage"]["completion_tokens"].as_u64().unwrap();
+    assert_eq!(v["usage"]["total_tokens"].as_u64(), Some(2 + ids.len() as u64 + n));
+
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await.unwrap();
+    send(&mut ws, json!({"type": "hello", "version": 1})).await;
+    assert!(matches!(recv(&mut ws).await, ServerMessage::Ready { .. }));
+    let png = std::fs::read(fixtures().join("images/gradient-45x30.png")).unwrap();
+    send(&mut ws, json!({"type": "image", "request_id": 1, "image_id": "img", "byte_len": png.len()})).await;
+    ws.send(Message::Binary(encode_binary(BinaryKind::ImageBytes, 1, &png).into())).await.unwrap();
+    send(
+        &mut ws,
+        json!({"type": "ask", "request_id": 2, "image_id": "img", "prompt_ids": ids, "max_new_tokens": 6}),
+    )
+    .await;
+    let mut text = String::new();
+    loop {
+        match recv(&mut ws).await {
+            ServerMessage::Token { request_id: 2, text: t, .. } => text.push_str(&t),
+            ServerMessage::Done { request_id: 2, cached, prompt_tokens, .. } => {
+                assert!(cached, "the conversation's image was compressed once, by the first request");
+                assert_eq!(prompt_tokens, 2 + ids.len());
+                break;
+            }
+            m @ ServerMessage::Error { .. } => panic!("{m:?}"),
+            _ => {}
+        }
+    }
+    assert_eq!(text, content, "the endpoint answers the conversation the template lays out");
 }

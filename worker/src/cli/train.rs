@@ -115,6 +115,11 @@ pub struct TrainArgs {
     /// early layer leaves the text the layers after it to decode what `<voco>` carries).
     #[arg(long, default_value_t = 1)]
     pub scene_layer: usize,
+    /// Train the compression alone, on the --scene-loss probe: each record's text is cut to its
+    /// first token and no answer is scored, so a row costs the image prefix and `<voco>` only
+    /// (a stage that teaches `<voco>` to carry the scene before the text learns to read it).
+    #[arg(long, requires = "scene_loss")]
+    pub probe_only: bool,
     /// Stop at the first unusable record instead of skipping it.
     #[arg(long)]
     pub strict: bool,
@@ -173,6 +178,7 @@ impl TrainArgs {
                 scenes,
                 weight,
                 layer: self.scene_layer,
+                probe_only: self.probe_only,
             }),
             global_batch: self.global_batch,
             micro_batch: self.micro_batch,

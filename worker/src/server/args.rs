@@ -45,7 +45,7 @@ pub struct ServeArgs {
     /// Largest image side, pixels.
     #[arg(long, default_value_t = 8192)]
     pub max_image_side: u32,
-    /// Longest question, characters.
+    /// Longest question (for the OpenAI endpoint, the whole conversation's text), characters.
     #[arg(long, default_value_t = 4096)]
     pub max_question_chars: usize,
 }

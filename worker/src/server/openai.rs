@@ -1,6 +1,8 @@
 //! OpenAI-compatible `POST /v1/chat/completions`, so existing clients and SDKs work unchanged:
-//! the last user message's text is the question and its first `image_url` part (a `data:` URL)
-//! the image; `stream: true` answers with server-sent events. Questions go through the same
+//! the whole conversation counts (system prompt, earlier turns, the last user message as the
+//! question, laid out by the model's chat template) and the image is the `image_url` part (a
+//! `data:` URL) of whichever user message carries it; `stream: true` answers with server-sent
+//! events. Questions go through the same
 //! admission (upload decoding, question and sampling checks) and engine as the WebSocket
 //! protocol; engine errors map to HTTP statuses.
 
@@ -24,6 +26,7 @@ use super::upload::decode_upload;
 use super::App;
 use crate::runtime::engine::{Job, Question};
 use crate::runtime::sampling::Sampling;
+use crate::text::{Chat, Role};
 
 #[derive(Debug, Deserialize)]
 pub struct ChatRequest {
@@ -64,47 +67,79 @@ fn refusal(e: ProtocolError) -> Response {
     error(status, kind, e.message)
 }
 
-/// The question text and the image bytes of the last user message.
-fn question_and_image(req: &ChatRequest) -> Result<(String, Vec<u8>), String> {
-    let user = req.messages.iter().rev().find(|m| m.role == "user").ok_or("no user message")?;
-    let mut text = String::new();
-    let mut image = None;
-    match &user.content {
-        Value::String(s) => text.push_str(s),
-        Value::Array(parts) => {
-            for p in parts {
-                match p.get("type").and_then(Value::as_str) {
-                    Some("text") => text.push_str(p.get("text").and_then(Value::as_str).unwrap_or("")),
-                    Some("image_url") if image.is_none() => {
-                        let url = p
-                            .pointer("/image_url/url")
-                            .and_then(Value::as_str)
-                            .ok_or("image_url part without image_url.url")?;
-                        let b64 = url
-                            .strip_prefix("data:")
-                            .and_then(|r| r.split_once(";base64,"))
-                            .map(|(_, d)| d)
-                            .ok_or(
-                                "only base64 `data:` image URLs are supported (the worker fetches nothing)",
-                            )?;
-                        image = Some(
-                            base64::engine::general_purpose::STANDARD
-                                .decode(b64.trim())
-                                .map_err(|e| format!("image data URL is not valid base64: {e}"))?,
-                        );
+/// The image of a `data:` URL.
+fn data_url_image(url: &str) -> Result<Vec<u8>, String> {
+    let b64 = url
+        .strip_prefix("data:")
+        .and_then(|r| r.split_once(";base64,"))
+        .map(|(_, d)| d)
+        .ok_or("only base64 `data:` image URLs are supported (the worker fetches nothing)")?;
+    base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .map_err(|e| format!("image data URL is not valid base64: {e}"))
+}
+
+/// The whole conversation and the bytes of its image. Every message counts: system (or
+/// `developer`) prompts, earlier user and assistant turns, and the last user message, the
+/// question. The image may be in any user message; the model compresses one image, so a
+/// conversation may carry one (the same image sent again in a later message is the same
+/// image: it is kept once).
+fn conversation(req: &ChatRequest) -> Result<(Chat, Vec<u8>), String> {
+    let mut messages = Vec::with_capacity(req.messages.len());
+    let mut image: Option<Vec<u8>> = None;
+    for (i, m) in req.messages.iter().enumerate() {
+        let role = match m.role.as_str() {
+            "system" | "developer" => Role::System,
+            "user" => Role::User,
+            "assistant" => Role::Assistant,
+            other => {
+                return Err(format!(
+                    "messages[{i}]: role `{other}` is not supported (system, user, assistant)"
+                ))
+            }
+        };
+        let mut text = String::new();
+        match &m.content {
+            Value::String(s) => text.push_str(s),
+            Value::Array(parts) => {
+                for p in parts {
+                    match p.get("type").and_then(Value::as_str) {
+                        Some("text") => text.push_str(p.get("text").and_then(Value::as_str).unwrap_or("")),
+                        Some("image_url") if role == Role::User => {
+                            let url =
+                                p.pointer("/image_url/url").and_then(Value::as_str).ok_or_else(|| {
+                                    format!("messages[{i}]: image_url part without image_url.url")
+                                })?;
+                            let bytes = data_url_image(url).map_err(|e| format!("messages[{i}]: {e}"))?;
+                            match &image {
+                                Some(prev) if *prev != bytes => return Err(format!(
+                                    "messages[{i}]: a second, different image; this model answers about one \
+                                         image per conversation"
+                                )),
+                                _ => image = Some(bytes),
+                            }
+                        }
+                        Some("image_url") => {
+                            return Err(format!("messages[{i}]: only user messages may carry an image"))
+                        }
+                        other => {
+                            return Err(format!("messages[{i}]: unsupported content part type {other:?}"))
+                        }
                     }
-                    Some("image_url") => return Err("only one image per question is supported".into()),
-                    other => return Err(format!("unsupported content part type {other:?}")),
                 }
             }
+            Value::Null if role == Role::Assistant => {
+                return Err(format!(
+                    "messages[{i}]: an assistant message without content (tool calls are not supported)"
+                ))
+            }
+            _ => return Err(format!("messages[{i}]: content must be a string or a list of parts")),
         }
-        _ => return Err("message content must be a string or a list of parts".into()),
+        messages.push((role, text));
     }
-    let image = image.ok_or("the user message has no image_url part; this model answers about an image")?;
-    if text.trim().is_empty() {
-        return Err("the user message has no text".into());
-    }
-    Ok((text, image))
+    let chat = Chat::from_messages(&messages)?;
+    let image = image.ok_or("no user message has an image_url part; this model answers about an image")?;
+    Ok((chat, image))
 }
 
 pub async fn chat_completions(State(app): State<App>, body: axum::body::Bytes) -> Response {
@@ -121,11 +156,11 @@ pub async fn chat_completions(State(app): State<App>, body: axum::body::Bytes) -
             "this model has no tokenizer; use the WebSocket protocol with prompt_ids",
         );
     }
-    let (question, bytes) = match question_and_image(&req) {
+    let (chat, bytes) = match conversation(&req) {
         Ok(x) => x,
         Err(m) => return error(StatusCode::BAD_REQUEST, "invalid_request_error", m),
     };
-    let question = match Question::new(Some(question), None, app.args.max_question_chars) {
+    let question = match Question::chat(chat, app.args.max_question_chars) {
         Ok(q) => q,
         Err(e) => return refusal(e),
     };
@@ -205,14 +240,17 @@ pub async fn chat_completions(State(app): State<App>, body: axum::body::Bytes) -
         return Sse::new(stream).into_response();
     }
     let mut text = String::new();
-    let mut n = 0;
+    let (mut n, mut prompt) = (0, 0);
     while let Some(m) = rx.recv().await {
         match m {
             ServerMessage::Token { text: t, .. } => {
                 n += 1;
                 text.push_str(&t);
             }
-            ServerMessage::Done { .. } => break,
+            ServerMessage::Done { prompt_tokens, .. } => {
+                prompt = prompt_tokens;
+                break;
+            }
             ServerMessage::Error { message, code, .. } => return refusal(ProtocolError::new(code, message)),
             _ => {}
         }
@@ -220,7 +258,7 @@ pub async fn chat_completions(State(app): State<App>, body: axum::body::Bytes) -
     Json(json!({
         "id": id, "object": "chat.completion", "created": created, "model": model,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": if n >= max_new_tokens { "length" } else { "stop" }}],
-        "usage": {"completion_tokens": n},
+        "usage": {"prompt_tokens": prompt, "completion_tokens": n, "total_tokens": prompt + n},
     }))
     .into_response()
 }

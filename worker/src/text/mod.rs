@@ -7,5 +7,5 @@ pub mod tokenizer;
 pub mod vocab;
 
 pub use stream::StreamDecoder;
-pub use template::{Template, VICUNA_SYSTEM};
+pub use template::{Chat, Role, Template, VICUNA_SYSTEM};
 pub use tokenizer::{stop_ids, TextTokenizer};

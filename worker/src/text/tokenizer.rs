@@ -4,7 +4,7 @@
 use anyhow::{anyhow, Result};
 use tokenizers::Tokenizer;
 
-use super::Template;
+use super::{Chat, Template};
 
 /// A tokenizer plus what the model needs around it.
 pub struct TextTokenizer {
@@ -66,6 +66,42 @@ impl TextTokenizer {
         let rendered =
             if templated { self.template.render(question, false, "", "")? } else { question.to_string() };
         self.encode(&rendered, false)
+    }
+
+    /// Token ids of a whole conversation asked against a compressed image (as
+    /// [`TextTokenizer::question_ids`] for one question): with a Jinja template, the template
+    /// renders every message; otherwise each earlier exchange is laid out as training lays out
+    /// a conversation (the turn, the answer, EOS), then the question's turn.
+    pub fn chat_ids(&self, chat: &Chat) -> Result<Vec<u32>> {
+        if let Template::Jinja(_) = self.template {
+            return self.encode(&self.template.render_jinja(chat, "", "")?, false);
+        }
+        let eos = *self.eos_ids.first().ok_or_else(|| anyhow!("the tokenizer has no EOS token"))?;
+        let mut ids = Vec::new();
+        for (k, (q, a)) in
+            chat.exchanges.iter().map(|(q, a)| (q, Some(a))).chain([(&chat.question, None)]).enumerate()
+        {
+            let prompt = if k == 0 {
+                self.template.render_with_system(q, false, chat.system.as_deref(), "", "")?
+            } else {
+                self.template.next_turn(q)?
+            };
+            let p = self.encode(&prompt, false)?;
+            if let Some(a) = a {
+                let pa = self.encode(&format!("{prompt} {}", a.trim()), false)?;
+                match pa.strip_prefix(p.as_slice()) {
+                    Some(rest) => ids.extend_from_slice(&pa[..p.len() + rest.len()]),
+                    None => {
+                        ids.extend(p);
+                        ids.extend(self.encode(&format!(" {}", a.trim()), false)?);
+                    }
+                }
+                ids.push(eos);
+            } else {
+                ids.extend(p);
+            }
+        }
+        Ok(ids)
     }
 
     fn is_bos(&self, id: u32) -> bool {

@@ -191,3 +191,50 @@ fn tokenize(turns: &[RawTurn], tok: &TextTokenizer) -> Result<(Vec<u32>, Vec<i64
     }
     Ok((ids, labels))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::text::{vocab::word_level, Chat, Template};
+
+    /// A conversation sent to the server (the OpenAI endpoint's `messages`) is laid out exactly
+    /// as training laid out the same conversation: asked the question of its last turn, the
+    /// model sees the token ids it was trained to answer after.
+    #[test]
+    fn a_served_conversation_is_laid_out_as_training_lays_it_out() {
+        let turns = [
+            ("<image>\nWhat color is the star?", "red"),
+            ("Is the red star small or large?", "large"),
+            ("How many circles are there?", "2"),
+        ];
+        let words: Vec<&str> = turns.iter().flat_map(|(q, a)| [*q, *a]).collect();
+        for template in [Template::UserAssistant, Template::VicunaV1] {
+            let tok = TextTokenizer {
+                inner: word_level(words.iter().copied()).unwrap(),
+                template,
+                eos_ids: vec![2],
+            };
+            let raw: Vec<RawTurn> = turns
+                .iter()
+                .flat_map(|(q, a)| {
+                    [
+                        RawTurn { from: "human".into(), value: q.to_string() },
+                        RawTurn { from: "gpt".into(), value: a.to_string() },
+                    ]
+                })
+                .collect();
+            let (trained, labels) = tokenize(&raw, &tok).unwrap();
+            // The last answer and its EOS are what the model is to say.
+            let answer = labels.iter().rev().take_while(|&&l| l != IGNORE).count();
+            let chat = Chat {
+                system: None,
+                exchanges: turns[..2].iter().map(|(q, a)| (strip_placeholder(q), a.to_string())).collect(),
+                question: turns[2].0.to_string(),
+            };
+            let served = tok.chat_ids(&chat).unwrap();
+            assert_eq!(served, trained[..trained.len() - answer], "{:?}", tok.template);
+            assert!(!served.contains(&0), "no unknown words: {served:?}");
+            assert_eq!(served.iter().filter(|&&t| t == 2).count(), 2, "an EOS after each earlier answer");
+        }
+    }
+}

@@ -96,7 +96,7 @@ pub fn losses<B: Backend>(
             }
         }
     }
-    if targets.is_empty() {
+    if targets.is_empty() && probe.is_none() {
         bail!("the batch has no answer tokens");
     }
     let n = targets.len();
@@ -125,6 +125,10 @@ pub fn losses<B: Backend>(
         }
         None => None,
     };
+    if n == 0 {
+        // The probe alone learns (`--probe-only`): no answer token to score.
+        return Ok(Losses { nll_sum: Tensor::zeros([1], &device), scene });
+    }
     let hidden = out.hidden;
     let d = hidden.dims()[2];
     let rows = Tensor::<B, 1, Int>::from_data(TensorData::new(rows, [n]), &device);

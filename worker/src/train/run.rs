@@ -76,7 +76,7 @@ impl RunConfig {
             "scene_loss": self
                 .scene_loss
                 .as_ref()
-                .map(|s| json!({"scenes": s.scenes, "weight": s.weight, "layer": s.layer})),
+                .map(|s| json!({"scenes": s.scenes, "weight": s.weight, "layer": s.layer, "probe_only": s.probe_only})),
         })
     }
 }
@@ -89,6 +89,8 @@ pub struct SceneLoss {
     pub weight: f64,
     /// The LLM layer whose input (at `<voco>`) the probe reads.
     pub layer: usize,
+    /// Train on the probe's loss alone, each text cut to its first token (`--probe-only`).
+    pub probe_only: bool,
 }
 
 /// The cell labels of every scene in `s`, by image path (joined to `images`, as the data's).
@@ -121,10 +123,10 @@ fn global_batch(n: usize, seed: u64, epoch: usize, k: usize, size: usize) -> Vec
 type CodeCache = HashMap<PathBuf, Vec<Vec<u16>>>;
 
 /// Loads images and stacks examples into one batch; MGVQ runs only on images not yet in
-/// `codes`.
+/// `codes`. With `probe_only`, each text is cut to its first token, not a target.
 fn make_batch<B: Backend>(
     model: &Htc<B>, pre: &ClipPreprocess, ex: &[&Example], device: &B::Device, codes: &mut CodeCache,
-    scenes: Option<&HashMap<PathBuf, CellLabels>>,
+    scenes: Option<&HashMap<PathBuf, CellLabels>>, probe_only: bool,
 ) -> Result<Batch<B>> {
     let size = model.llava.vision.image_size();
     let mut clip = Vec::new();
@@ -144,8 +146,14 @@ fn make_batch<B: Backend>(
     }
     Ok(Batch {
         images: ImageTensors { clip: Tensor::cat(clip, 0), mgvq: None, codes: batch_codes },
-        ids: ex.iter().map(|e| e.ids.clone()).collect(),
-        labels: ex.iter().map(|e| e.labels.clone()).collect(),
+        ids: ex
+            .iter()
+            .map(|e| if probe_only { e.ids.iter().take(1).copied().collect() } else { e.ids.clone() })
+            .collect(),
+        labels: ex
+            .iter()
+            .map(|e| if probe_only { vec![super::objective::IGNORE] } else { e.labels.clone() })
+            .collect(),
         scene: scenes
             .map(|s| {
                 ex.iter()
@@ -170,7 +178,7 @@ fn validate<B: AutodiffBackend>(
     let (mut nll, mut n) = (0f64, 0usize);
     for chunk in set.examples.chunks(micro) {
         let refs: Vec<&Example> = chunk.iter().collect();
-        let b = make_batch(&m, pre, &refs, &inner_dev, codes, None)?;
+        let b = make_batch(&m, pre, &refs, &inner_dev, codes, None, false)?;
         n += b.targets();
         nll += nll_sum(&m, &b)?.into_scalar().elem::<f64>();
     }
@@ -314,6 +322,7 @@ pub fn run<B: AutodiffBackend>(cfg: &RunConfig, device: &B::Device) -> Result<Ru
     if trained.probe.is_some() && probe_weight.layer >= layers {
         bail!("--scene-layer {}: the LLM has {layers} layers (0 to {})", probe_weight.layer, layers - 1);
     }
+    let probe_only = cfg.scene_loss.as_ref().is_some_and(|s| s.probe_only);
     let n = train.examples.len();
     let steps_per_epoch = n.div_ceil(cfg.global_batch);
     let total = cfg.max_steps.unwrap_or(cfg.epochs * steps_per_epoch);
@@ -356,7 +365,9 @@ pub fn run<B: AutodiffBackend>(cfg: &RunConfig, device: &B::Device) -> Result<Ru
         let ex: Vec<&Example> = idx.iter().map(|&i| &train.examples[i]).collect();
         let micro = ex
             .chunks(cfg.micro_batch)
-            .map(|c| make_batch(&trained.model, &preprocess, c, device, &mut codes, scenes.as_ref()))
+            .map(|c| {
+                make_batch(&trained.model, &preprocess, c, device, &mut codes, scenes.as_ref(), probe_only)
+            })
             .collect::<Result<Vec<_>>>()?;
         let ts = Instant::now();
         let (m, r) = train_step_probed(trained, &micro, &names, &mut moments, &opt, probe_weight)?;

@@ -79,7 +79,7 @@ pub fn train_step_probed<B: AutodiffBackend>(
     opt: &Optimizer, probe: ProbeWeight,
 ) -> Result<(Probed<B>, StepReport)> {
     let targets: usize = micro.iter().map(Batch::targets).sum();
-    if targets == 0 {
+    if targets == 0 && m.probe.is_none() {
         bail!("the global batch has no answer tokens");
     }
     let rows: usize = micro.iter().map(|b| b.ids.len()).sum();
@@ -87,7 +87,7 @@ pub fn train_step_probed<B: AutodiffBackend>(
     let (mut loss, mut scene_loss, mut scene_right) = (0f64, 0f64, 0usize);
     for b in micro {
         let parts = losses(&m.model, m.probe.as_ref().map(|p| (p, probe.layer)), b)?;
-        let mut l = parts.nll_sum.div_scalar(targets as f64);
+        let mut l = parts.nll_sum.div_scalar(targets.max(1) as f64);
         loss += l.clone().into_scalar().elem::<f64>();
         if let Some((s, right)) = parts.scene {
             let s = s.div_scalar(rows as f64);

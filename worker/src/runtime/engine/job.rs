@@ -44,6 +44,9 @@ pub struct UploadedImage {
 pub enum Question {
     Text(String),
     Ids(Vec<u32>),
+    /// A whole conversation (the OpenAI endpoint's `messages`), laid out by the model's chat
+    /// template.
+    Chat(crate::text::Chat),
 }
 
 impl Question {
@@ -63,6 +66,18 @@ impl Question {
             (None, Some(ids)) if !ids.is_empty() && ids.len() <= max_len => Ok(Question::Ids(ids)),
             _ => Err(bad("give exactly one of `question` or `prompt_ids` (non-empty)".into())),
         }
+    }
+
+    /// A conversation of at most `max_len` characters in all.
+    pub fn chat(chat: crate::text::Chat, max_len: usize) -> Result<Self, ProtocolError> {
+        let n = chat.chars();
+        if n > max_len {
+            return Err(ProtocolError::new(
+                ErrorCode::BadRequest,
+                format!("the conversation has {n} characters of text, more than the {max_len} allowed"),
+            ));
+        }
+        Ok(Question::Chat(chat))
     }
 }
 

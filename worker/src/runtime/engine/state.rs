@@ -50,6 +50,8 @@ struct Active {
     start: Instant,
     gen_start: Instant,
     first_ms: Option<f64>,
+    /// The compressed image's kept positions plus the text tokens.
+    prompt_tokens: usize,
 }
 
 /// The name a model is served under (the OpenAI `model` field, the model card): its folder or
@@ -226,23 +228,25 @@ impl EngineState {
                 request_id: job.request_id,
                 cached: false,
                 tokens: 0,
+                prompt_tokens: 0,
                 cancelled: true,
                 timings,
             };
             let _ = job.reply.send(done);
             return Ok(());
         }
+        let tok = || {
+            self.tokenizer.as_ref().ok_or_else(|| {
+                ProtocolError::new(
+                    ErrorCode::BadRequest,
+                    "this model has no tokenizer; send `prompt_ids` instead of `question`",
+                )
+            })
+        };
         let ids: Vec<u32> = match &job.question {
             Question::Ids(ids) => ids.clone(),
-            Question::Text(q) => {
-                let tok = self.tokenizer.as_ref().ok_or_else(|| {
-                    ProtocolError::new(
-                        ErrorCode::BadRequest,
-                        "this model has no tokenizer; send `prompt_ids` instead of `question`",
-                    )
-                })?;
-                tok.question_ids(q, true).coded(ErrorCode::Internal)?
-            }
+            Question::Text(q) => tok()?.question_ids(q, true).coded(ErrorCode::Internal)?,
+            Question::Chat(c) => tok()?.chat_ids(c).coded(ErrorCode::BadRequest)?,
         };
         let llm = &self.model.llava.llm;
         llm.check_ids(&ids).coded(ErrorCode::BadRequest)?;
@@ -277,6 +281,7 @@ impl EngineState {
         }
         let llm = &self.model.llava.llm;
         let prompt = model.answer_prompt(&compressed, &ids).coded(ErrorCode::BadRequest)?;
+        let prompt_tokens = compressed.kept_positions.len() + ids.len();
         let stop = stop_ids(self.tokenizer.as_ref(), llm);
         let (seq, logits, _) =
             Sequence::prefill(llm, prompt, job.sampling, stop, false).coded(ErrorCode::Internal)?;
@@ -290,6 +295,7 @@ impl EngineState {
             start,
             gen_start: Instant::now(),
             first_ms: None,
+            prompt_tokens,
         };
         if self.accept(&mut a, &logits) {
             active.push(a);
@@ -359,6 +365,7 @@ impl EngineState {
             request_id,
             cached: a.cached,
             tokens,
+            prompt_tokens: a.prompt_tokens,
             cancelled,
             timings,
         });
