@@ -620,6 +620,30 @@ fn the_scene_probe_teaches_voco_and_leaves_no_trace_in_the_checkpoint() {
     let voco = |w: &[(String, Vec<u8>)]| w.iter().find(|(k, _)| k.contains("voco")).unwrap().1.clone();
     assert_ne!(voco(&a), voco(&b), "the probe's loss moved <voco>");
 
+    // --probe-only: the compression learns from the probe alone; no answer is scored, so the
+    // LM head, which only the answers reach, keeps its weights, while <voco> moves.
+    ok(&train("probe-only", &["--scene-loss", "1", "--scenes", s(&scenes), "--probe-only"]), "--probe-only");
+    let only = lines(&sm.root.join("probe-only/metrics.jsonl"));
+    assert_eq!(only.len(), 3);
+    for m in &only {
+        assert_eq!(m["loss"].as_f64(), Some(0.0), "no answer loss: {m}");
+        assert!(m["scene_loss"].as_f64().unwrap() > 0.0, "{m}");
+    }
+    let init_w = {
+        let b = std::fs::read(init.join("model.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&b).unwrap();
+        st.tensor("language_model.lm_head.weight").map(|t| t.data().to_vec()).unwrap()
+    };
+    let c = weights("probe-only");
+    let head = |w: &[(String, Vec<u8>)]| {
+        w.iter().find(|(k, _)| k == "language_model.lm_head.weight").unwrap().1.clone()
+    };
+    assert_eq!(head(&c), init_w, "the LM head does not move without answers");
+    assert_ne!(head(&a), init_w, "(it does when answers are scored)");
+    assert_ne!(voco(&c), voco(&a));
+    let e = err(&train("bad0", &["--probe-only"]));
+    assert!(e.contains("--scene-loss"), "{e}");
+
     // Refusals, naming the problem.
     let e = err(&train("bad1", &["--scene-loss", "0.5"]));
     assert!(e.contains("--scenes"), "{e}");

@@ -112,10 +112,12 @@ fn conversation(req: &ChatRequest) -> Result<(Chat, Vec<u8>), String> {
                                 })?;
                             let bytes = data_url_image(url).map_err(|e| format!("messages[{i}]: {e}"))?;
                             match &image {
-                                Some(prev) if *prev != bytes => return Err(format!(
+                                Some(prev) if *prev != bytes => {
+                                    return Err(format!(
                                     "messages[{i}]: a second, different image; this model answers about one \
                                          image per conversation"
-                                )),
+                                ))
+                                }
                                 _ => image = Some(bytes),
                             }
                         }
