@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything the build and the tests need, idempotently and offline-safe (crates.io,
-# npm, PyPI and Debian only): Chromium + chromedriver, the wasm32 target (rustup, else Debian's
+# npm, PyPI and Debian only): Chromium + chromedriver, HAProxy, the wasm32 target (rustup, else Debian's
 # rustc-web with -Zbuild-std), wasm-bindgen-cli pinned to Cargo.lock, trunk, and wasm-opt.
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
@@ -20,6 +20,9 @@ apt_install() {
 if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
   apt_install chromium chromium-driver
 fi
+
+# 1a. HAProxy, the load balancer of the scale-out test (scripts/scale-test.sh).
+command -v haproxy >/dev/null || apt_install haproxy
 
 # 1b. rustfmt and clippy for the format and lint checks (in rustup's default profile; added
 # if a minimal toolchain lacks them).

@@ -40,6 +40,13 @@ else
   echo "test result: FAILED. 0 passed; 1 failed; (load test)" | tee -a "$logf"; status=1
 fi
 
+log "scale-out test, small: 3 workers behind HAProxy, 16 clients x 40 questions, one worker killed and restarted"
+if CLIENTS=16 QUESTIONS=40 KILL_AFTER=1 "$HTC_ROOT/scripts/scale-test.sh" 2>&1 | tee -a "$logf"; then
+  echo "test result: ok. 1 passed; 0 failed; (scale-out test)" | tee -a "$logf"
+else
+  echo "test result: FAILED. 0 passed; 1 failed; (scale-out test)" | tee -a "$logf"; status=1
+fi
+
 log "wasm build (web UI + shared crate)"
 if "$HTC_ROOT/scripts/build-web.sh" 2>&1 | tee -a "$logf"; then
   echo "test result: ok. 1 passed; 0 failed; (wasm build)" | tee -a "$logf"

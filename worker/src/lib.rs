@@ -12,6 +12,8 @@
 //! - [`server`]: HTTP, WebSocket and OpenAI front ends over the engine.
 //! - [`train`]: the training objective, optimizer, data, checkpoints and loop (beside `server`).
 //! - [`eval`]: batched greedy answering of a question set and exact-match scoring.
+//! - [`loadtest`]: a WebSocket load client for a running service (uses `eval`'s question
+//!   reader only).
 //! - [`cli`]: the `htc` subcommands.
 
 pub mod backend;
@@ -19,6 +21,7 @@ pub mod cli;
 pub mod data;
 pub mod eval;
 pub mod formats;
+pub mod loadtest;
 pub mod models;
 pub mod runtime;
 pub mod server;

@@ -17,7 +17,14 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
         ("server", &["runtime", "formats", "models", "text", "backend"][..]),
         ("train", &["runtime", "formats", "models", "text", "data", "backend"][..]),
         ("eval", &["runtime", "formats", "models", "text", "data", "backend"][..]),
-        ("cli", &["eval", "train", "server", "runtime", "formats", "models", "text", "data", "backend"][..]),
+        ("loadtest", &["eval"][..]),
+        (
+            "cli",
+            &[
+                "loadtest", "eval", "train", "server", "runtime", "formats", "models", "text", "data",
+                "backend",
+            ][..],
+        ),
     ])
 }
 

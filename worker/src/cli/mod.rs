@@ -1,7 +1,7 @@
 //! The `htc` command line: one file per subcommand, each an `Args` struct and a `run`
 //! ([`ask`], [`init`], [`data`], [`train`], [`train_tokenizer`], [`pretrain_vision`],
 //! [`tokenize`], [`eval`],
-//! [`merge_lora`], [`serve`], [`bench`]). Parsing and dispatch only; the work
+//! [`merge_lora`], [`serve`], [`load`], [`bench`]). Parsing and dispatch only; the work
 //! happens in `runtime`, `train`, `server` and `formats`.
 
 pub mod ask;
@@ -10,6 +10,7 @@ pub mod bench_train;
 pub mod data;
 pub mod eval;
 pub mod init;
+pub mod load;
 pub mod merge_lora;
 pub mod pretrain_vision;
 pub mod serve;
@@ -50,6 +51,9 @@ enum Cmd {
     MergeLora(merge_lora::MergeLoraArgs),
     /// Serve the web UI, the WebSocket protocol, the OpenAI endpoint and metrics.
     Serve(crate::server::ServeArgs),
+    /// Load a running service (a worker or a balancer) with many WebSocket clients; report
+    /// answers lost or mixed up, latency, throughput and cache hits.
+    Load(load::LoadArgs),
     /// Measure the compiled backend on matmuls and a decoder forward pass.
     Bench(bench::BenchArgs),
 }
@@ -67,6 +71,7 @@ impl Cli {
             Cmd::MergeLora(a) => merge_lora::run(a),
             Cmd::Eval(a) => eval::run(a),
             Cmd::Serve(a) => serve::run(a),
+            Cmd::Load(a) => load::run(a),
             Cmd::Bench(a) => bench::run(a),
         }
     }

@@ -5,9 +5,10 @@ use anyhow::{bail, Context, Result};
 use crate::server::{serve_on, App, ServeArgs};
 
 pub fn run(args: ServeArgs) -> Result<()> {
-    if !args.static_dir.join("index.html").is_file() {
+    if !args.api_only && !args.static_dir.join("index.html").is_file() {
         bail!(
-            "no built web app at {} (run scripts/build-web.sh first, or pass --static-dir)",
+            "no built web app at {} (run scripts/build-web.sh first, pass --static-dir, or serve the API \
+             alone with --api-only)",
             args.static_dir.display()
         );
     }

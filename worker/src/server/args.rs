@@ -15,6 +15,10 @@ pub struct ServeArgs {
     /// The built web app (trunk's dist/).
     #[arg(long, default_value = "dist")]
     pub static_dir: PathBuf,
+    /// Serve the API alone (WebSocket, OpenAI, model card, metrics, health), without the web
+    /// app: a worker behind a load balancer or in a cluster, where another server hosts the UI.
+    #[arg(long)]
+    pub api_only: bool,
     /// Require `Authorization: Bearer TOKEN` (or `?token=TOKEN` on /ws) on /ws and /api.
     #[arg(long, env = "HTC_AUTH_TOKEN")]
     pub auth_token: Option<String>,
@@ -57,6 +61,7 @@ impl ServeArgs {
             model: None,
             addr: "127.0.0.1:0".parse().expect("literal"),
             static_dir,
+            api_only: false,
             auth_token: None,
             allow_origins: vec![],
             trust_client_codes: false,

@@ -95,9 +95,15 @@ pub fn router(app: App) -> Router {
         .route_layer(middleware::from_fn_with_state(app.clone(), auth::require_token));
     // The app's files are public code: any site may load them (the widget's module script,
     // the wasm, the encoder's Web Worker files). The API follows the Origin allowlist.
-    let files = Router::new()
-        .fallback_service(ServeDir::new(static_dir).fallback(ServeFile::new(index)))
-        .layer(CorsLayer::new().allow_origin(AllowOrigin::any()));
+    let files = if app.args.api_only {
+        Router::new().fallback(|| async {
+            (StatusCode::NOT_FOUND, "this worker serves the API only (--api-only): no web app here")
+        })
+    } else {
+        Router::new()
+            .fallback_service(ServeDir::new(static_dir).fallback(ServeFile::new(index)))
+            .layer(CorsLayer::new().allow_origin(AllowOrigin::any()))
+    };
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .merge(guarded.layer(api_cors(&app.args)))
