@@ -125,6 +125,22 @@ async fn cancel_stops_an_answer_and_a_full_queue_says_busy() {
     for rid in 10..18 {
         send(&mut ws, json!({"type": "ask", "request_id": rid, "image_id": "img", "prompt_ids": [5], "max_new_tokens": 4000})).await;
     }
+    // What an autoscaler watches: one answer decoding, one question waiting.
+    let gauges = |want: &'static str| async move {
+        for _ in 0..200 {
+            let m = common::http::http_get(addr, "/metrics").await;
+            let got: Vec<&str> = m
+                .lines()
+                .filter(|l| l.starts_with("htc_queue_depth ") || l.starts_with("htc_active_answers "))
+                .collect();
+            if got.join(",") == want {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("gauges never read {want}");
+    };
+    gauges("htc_active_answers 1,htc_queue_depth 1").await;
     for rid in 10..18 {
         send(&mut ws, json!({"type": "cancel", "request_id": rid})).await;
     }
@@ -141,6 +157,7 @@ async fn cancel_stops_an_answer_and_a_full_queue_says_busy() {
     }
     assert!(busy >= 1, "one answer decoding and one queued: some of 8 questions must be refused");
     assert!(done.contains(&10), "the first question is accepted and then cancelled");
+    gauges("htc_active_answers 0,htc_queue_depth 0").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,6 +14,10 @@ pub struct Metrics {
     pub encoder_bytes: prometheus::IntCounter,
     pub errors: prometheus::IntCounterVec,
     pub connections: prometheus::IntGauge,
+    /// Questions accepted and waiting for the model (what an autoscaler watches).
+    pub queue_depth: prometheus::IntGauge,
+    /// Answers being decoded (at most `--max-batch`).
+    pub active: prometheus::IntGauge,
     pub answer_seconds: prometheus::Histogram,
 }
 
@@ -35,6 +39,11 @@ impl Metrics {
         let errors =
             IntCounterVec::new(Opts::new("htc_errors_total", "Error frames sent, by code"), &["code"])?;
         let connections = IntGauge::new("htc_open_connections", "Open WebSocket connections")?;
+        let queue_depth = IntGauge::new(
+            "htc_queue_depth",
+            "Questions accepted and waiting for the model (not yet decoding)",
+        )?;
+        let active = IntGauge::new("htc_active_answers", "Answers being decoded together")?;
         let answer_seconds = Histogram::with_opts(HistogramOpts::new(
             "htc_answer_seconds",
             "Wall time of an answer, queue excluded",
@@ -43,7 +52,9 @@ impl Metrics {
             registry.register(Box::new(c.clone()))?;
         }
         registry.register(Box::new(errors.clone()))?;
-        registry.register(Box::new(connections.clone()))?;
+        for g in [&connections, &queue_depth, &active] {
+            registry.register(Box::new(g.clone()))?;
+        }
         registry.register(Box::new(answer_seconds.clone()))?;
         Ok(Self {
             registry,
@@ -55,6 +66,8 @@ impl Metrics {
             cancelled,
             errors,
             connections,
+            queue_depth,
+            active,
             answer_seconds,
         })
     }

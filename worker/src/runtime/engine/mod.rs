@@ -90,6 +90,7 @@ impl Engine {
         match self.tx.try_send(job) {
             Ok(()) => {
                 self.metrics.questions.inc();
+                self.metrics.queue_depth.inc();
                 Ok(())
             }
             Err(TrySendError::Full(j)) | Err(TrySendError::Disconnected(j)) => Err(j),

@@ -157,18 +157,28 @@ impl EngineState {
             // Admit: block when idle, then take whatever else is waiting (up to the batch).
             if active.is_empty() {
                 match rx.recv() {
-                    Ok(job) => self.admit_or_report(job, &mut active),
+                    Ok(job) => {
+                        self.metrics.queue_depth.dec();
+                        self.admit_or_report(job, &mut active)
+                    }
                     Err(_) => break,
                 }
             }
             while active.len() < max_batch.max(1) {
                 match rx.try_recv() {
-                    Ok(job) => self.admit_or_report(job, &mut active),
+                    Ok(job) => {
+                        self.metrics.queue_depth.dec();
+                        self.admit_or_report(job, &mut active)
+                    }
                     Err(_) => break,
                 }
             }
+            self.metrics.active.set(active.len() as i64);
             if !active.is_empty() {
                 self.step(&mut active);
+            }
+            if active.is_empty() {
+                self.metrics.active.set(0);
             }
         }
     }
