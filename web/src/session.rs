@@ -102,6 +102,12 @@ fn page_origin() -> String {
     web_sys::window().and_then(|w| w.location().origin().ok()).unwrap_or_default()
 }
 
+/// This page's session key for the socket URL: random, drawn once per page load.
+fn page_session() -> &'static str {
+    static KEY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| format!("{:012x}", (js_sys::Math::random() * 2f64.powi(48)) as u64))
+}
+
 impl Session {
     /// The page's session: the stored settings, the encoder files next to the page; not yet
     /// connected.
@@ -172,7 +178,7 @@ impl Session {
         self.generation.update_value(|g| *g += 1);
         let generation = self.generation.get_value();
         self.connection.set(Connection::Connecting);
-        let url = self.settings.get_untracked().socket_url(&page_origin());
+        let url = self.settings.get_untracked().socket_url(&page_origin(), page_session());
         let on_event = move |ev: Event| self.on_event(generation, ev);
         match Client::connect(&url, on_event) {
             Ok(c) => self.client.set_value(Some(c)),
@@ -274,7 +280,7 @@ impl Session {
 
     /// The HTTP status of the worker's `/api/model` with the current token.
     async fn probe_auth(self) -> Option<u16> {
-        let ws = self.settings.get_untracked().socket_url(&page_origin());
+        let ws = self.settings.get_untracked().socket_url(&page_origin(), page_session());
         let http = crate::state::model_card_url(&ws)?;
         let window = web_sys::window()?;
         let resp = wasm_bindgen_futures::JsFuture::from(window.fetch_with_str(&http)).await.ok()?;
@@ -327,7 +333,8 @@ impl Session {
 
     /// Starts the encoder's Web Worker (once) and asks it to load the worker's encoder.
     fn start_encoder(self) {
-        let Some(url) = runner::manifest_url(&self.settings.get_untracked().socket_url(&page_origin()))
+        let Some(url) =
+            runner::manifest_url(&self.settings.get_untracked().socket_url(&page_origin(), page_session()))
         else {
             self.encoder.set(EncoderState::Off("the worker URL is not ws:// or wss://".into()));
             return;

@@ -350,8 +350,10 @@ impl Settings {
     }
 
     /// The URL to open: the set one, else `/ws` on the page's origin (`http(s)://host`), with
-    /// the token as a query parameter.
-    pub fn socket_url(&self, page_origin: &str) -> String {
+    /// the page's `session` (a load balancer that hashes it keeps the page on one worker and
+    /// spreads pages over workers; kept if the set URL has one) and the token as query
+    /// parameters.
+    pub fn socket_url(&self, page_origin: &str, session: &str) -> String {
         let base = match self.worker_url.trim() {
             "" => {
                 let ws = page_origin
@@ -363,11 +365,21 @@ impl Settings {
             }
             url => url.to_string(),
         };
-        if self.token.is_empty() {
-            return base;
+        let mut url = base;
+        let has = |url: &str, key: &str| {
+            url.split_once('?').is_some_and(|(_, q)| q.split('&').any(|kv| kv.split('=').next() == Some(key)))
+        };
+        let add = |url: &mut String, key: &str, value: &str| {
+            let sep = if url.contains('?') { '&' } else { '?' };
+            url.push_str(&format!("{sep}{key}={}", percent_encode(value)));
+        };
+        if !session.is_empty() && !has(&url, "session") {
+            add(&mut url, "session", session);
         }
-        let sep = if base.contains('?') { '&' } else { '?' };
-        format!("{base}{sep}token={}", percent_encode(&self.token))
+        if !self.token.is_empty() {
+            add(&mut url, "token", &self.token);
+        }
+        url
     }
 }
 
@@ -581,12 +593,14 @@ mod tests {
     fn settings_validate_round_trip_and_build_the_socket_url() {
         let s = Settings::default();
         assert!(s.validate().is_ok());
-        assert_eq!(s.socket_url("http://127.0.0.1:8080"), "ws://127.0.0.1:8080/ws");
-        assert_eq!(s.socket_url("https://example.org"), "wss://example.org/ws");
+        assert_eq!(s.socket_url("http://127.0.0.1:8080", ""), "ws://127.0.0.1:8080/ws");
+        assert_eq!(s.socket_url("https://example.org", "p1"), "wss://example.org/ws?session=p1");
         let t = Settings { token: "a b&c".into(), ..Settings::default() };
-        assert_eq!(t.socket_url("http://h:1"), "ws://h:1/ws?token=a%20b%26c");
+        assert_eq!(t.socket_url("http://h:1", "p1"), "ws://h:1/ws?session=p1&token=a%20b%26c");
         let u = Settings { worker_url: "wss://gpu.example/ws?x=1".into(), token: "t".into(), ..s.clone() };
-        assert_eq!(u.socket_url("http://ignored"), "wss://gpu.example/ws?x=1&token=t");
+        assert_eq!(u.socket_url("http://ignored", "p1"), "wss://gpu.example/ws?x=1&session=p1&token=t");
+        let own = Settings { worker_url: "ws://lb/ws?session=mine".into(), ..s.clone() };
+        assert_eq!(own.socket_url("http://ignored", "p1"), "ws://lb/ws?session=mine");
         assert_eq!(
             model_card_url("ws://ws.host:1/ws?token=t").as_deref(),
             Some("http://ws.host:1/api/model?token=t")
