@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything the build and the tests need, idempotently and offline-safe (crates.io,
-# npm, PyPI and Debian only): Chromium + chromedriver, HAProxy, the wasm32 target (rustup, else Debian's
+# npm, PyPI and Debian only): Chromium + chromedriver, HAProxy, promtool, the wasm32 target (rustup, else Debian's
 # rustc-web with -Zbuild-std), wasm-bindgen-cli pinned to Cargo.lock, trunk, and wasm-opt.
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
@@ -21,8 +21,10 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; the
   apt_install chromium chromium-driver
 fi
 
-# 1a. HAProxy, the load balancer of the scale-out test (scripts/scale-test.sh).
+# 1a. HAProxy, the load balancer of the scale-out test (scripts/scale-test.sh); promtool (in
+# Debian's prometheus package) for the deploy checks (scripts/check-deploy.sh).
 command -v haproxy >/dev/null || apt_install haproxy
+command -v promtool >/dev/null || apt_install prometheus
 
 # 1b. rustfmt and clippy for the format and lint checks (in rustup's default profile; added
 # if a minimal toolchain lacks them).

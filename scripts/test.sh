@@ -47,6 +47,13 @@ else
   echo "test result: FAILED. 0 passed; 1 failed; (scale-out test)" | tee -a "$logf"; status=1
 fi
 
+log "deploy checks: Dockerfile and manifests consistent with the worker, Kubernetes schemas, promtool"
+if "$HTC_ROOT/scripts/check-deploy.sh" 2>&1 | tee -a "$logf"; then
+  echo "test result: ok. 1 passed; 0 failed; (deploy checks)" | tee -a "$logf"
+else
+  echo "test result: FAILED. 0 passed; 1 failed; (deploy checks)" | tee -a "$logf"; status=1
+fi
+
 log "wasm build (web UI + shared crate)"
 if "$HTC_ROOT/scripts/build-web.sh" 2>&1 | tee -a "$logf"; then
   echo "test result: ok. 1 passed; 0 failed; (wasm build)" | tee -a "$logf"
