@@ -9,10 +9,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{ElementConversion, Tensor};
+use burn::tensor::{ElementConversion, Tensor, TensorData};
 use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 use serde_json::json;
 
@@ -122,23 +122,64 @@ fn global_batch(n: usize, seed: u64, epoch: usize, k: usize, size: usize) -> Vec
 /// so its codes for an image never change): `[h*w][G]` per image, about 7 KB at 336 px.
 type CodeCache = HashMap<PathBuf, Vec<Vec<u16>>>;
 
-/// Loads images and stacks examples into one batch; MGVQ runs only on images not yet in
-/// `codes`. With `probe_only`, each text is cut to its first token, not a target.
+/// The CLIP pixel values of each image, kept while they fit in a byte budget: decoding and
+/// resizing an image costs more than a small model's training step spends on it, and the same
+/// images come back every epoch.
+struct PixelCache {
+    values: HashMap<PathBuf, Vec<f32>>,
+    bytes: usize,
+    budget: usize,
+}
+
+impl PixelCache {
+    /// Up to 4 GiB of pixel values (12,000 images at 168 px, 3,000 at 336 px).
+    const BUDGET: usize = 4 << 30;
+
+    fn new() -> Self {
+        Self { values: HashMap::new(), bytes: 0, budget: Self::BUDGET }
+    }
+}
+
+/// Loads images and stacks examples into one batch; an image is decoded only when its pixel
+/// values are not in `pixels` or (for MGVQ) its codes not in `codes`. With `probe_only`, each
+/// text is cut to its first token, not a target.
+#[allow(clippy::too_many_arguments)]
 fn make_batch<B: Backend>(
     model: &Htc<B>, pre: &ClipPreprocess, ex: &[&Example], device: &B::Device, codes: &mut CodeCache,
-    scenes: Option<&HashMap<PathBuf, CellLabels>>, probe_only: bool,
+    pixels: &mut PixelCache, scenes: Option<&HashMap<PathBuf, CellLabels>>, probe_only: bool,
 ) -> Result<Batch<B>> {
     let size = model.llava.vision.image_size();
     let mut clip = Vec::new();
     let mut batch_codes: Option<Vec<Vec<u16>>> =
         model.mgvq.as_ref().filter(|_| model.config.uses_discrete()).map(|_| Vec::new());
     for e in ex {
-        let img = read_image_file(&e.image).with_context(|| format!("record `{}`", e.id))?;
-        clip.push(clip_pixels(pre, &img, size, device)?);
+        let need_codes = batch_codes.is_some() && !codes.contains_key(&e.image);
+        let img = match (pixels.values.contains_key(&e.image), need_codes) {
+            (true, false) => None,
+            _ => Some(read_image_file(&e.image).with_context(|| format!("record `{}`", e.id))?),
+        };
+        match (pixels.values.get(&e.image), &img) {
+            (Some(v), _) => {
+                clip.push(Tensor::from_data(TensorData::new(v.clone(), [1, 3, size, size]), device))
+            }
+            (None, Some(img)) => {
+                let t = clip_pixels(pre, img, size, device)?;
+                let n = 3 * size * size * std::mem::size_of::<f32>();
+                if pixels.bytes + n <= pixels.budget {
+                    pixels
+                        .values
+                        .insert(e.image.clone(), t.to_data().to_vec::<f32>().map_err(|e| anyhow!("{e:?}"))?);
+                    pixels.bytes += n;
+                }
+                clip.push(t);
+            }
+            (None, None) => unreachable!("an image without cached pixels is decoded"),
+        }
         if let (Some(mgvq), Some(out)) = (&model.mgvq, batch_codes.as_mut()) {
-            if !codes.contains_key(&e.image) {
+            if need_codes {
+                let img = img.as_ref().expect("decoded when its codes are missing");
                 let px =
-                    mgvq_pixels(model, &img, device).context("the model has MGVQ but takes no MGVQ input")?;
+                    mgvq_pixels(model, img, device).context("the model has MGVQ but takes no MGVQ input")?;
                 codes.insert(e.image.clone(), mgvq.encode(px)?.codes);
             }
             out.extend(codes[&e.image].iter().cloned());
@@ -171,14 +212,14 @@ fn make_batch<B: Backend>(
 /// Mean answer-token loss over a data set, without gradients.
 fn validate<B: AutodiffBackend>(
     model: &Htc<B>, pre: &ClipPreprocess, set: &Dataset, micro: usize, device: &B::Device,
-    codes: &mut CodeCache,
+    codes: &mut CodeCache, pixels: &mut PixelCache,
 ) -> Result<f64> {
     let m = model.valid();
     let inner_dev: burn::tensor::Device<B::InnerBackend> = device.clone();
     let (mut nll, mut n) = (0f64, 0usize);
     for chunk in set.examples.chunks(micro) {
         let refs: Vec<&Example> = chunk.iter().collect();
-        let b = make_batch(&m, pre, &refs, &inner_dev, codes, None, false)?;
+        let b = make_batch(&m, pre, &refs, &inner_dev, codes, pixels, None, false)?;
         n += b.targets();
         nll += nll_sum(&m, &b)?.into_scalar().elem::<f64>();
     }
@@ -357,6 +398,7 @@ pub fn run<B: AutodiffBackend>(cfg: &RunConfig, device: &B::Device) -> Result<Ru
     let bar = super::progress(total, cfg.progress);
     bar.set_position(start as u64);
     let mut codes = CodeCache::new();
+    let mut pixels = PixelCache::new();
     let t0 = Instant::now();
     let mut last = (f64::NAN, source.clone());
     for s in start..total {
@@ -366,7 +408,7 @@ pub fn run<B: AutodiffBackend>(cfg: &RunConfig, device: &B::Device) -> Result<Ru
         let micro = ex
             .chunks(cfg.micro_batch)
             .map(|c| {
-                make_batch(&trained.model, &preprocess, c, device, &mut codes, scenes.as_ref(), probe_only)
+                make_batch(&trained.model, &preprocess, c, device, &mut codes, &mut pixels, scenes.as_ref(), probe_only)
             })
             .collect::<Result<Vec<_>>>()?;
         let ts = Instant::now();
@@ -384,8 +426,15 @@ pub fn run<B: AutodiffBackend>(cfg: &RunConfig, device: &B::Device) -> Result<Ru
         }
         if let Some(v) = &val {
             if step % cfg.eval_every.max(1) == 0 || step == total {
-                line["val_loss"] =
-                    json!(validate(&trained.model, &preprocess, v, cfg.micro_batch, device, &mut codes)?);
+                line["val_loss"] = json!(validate(
+                    &trained.model,
+                    &preprocess,
+                    v,
+                    cfg.micro_batch,
+                    device,
+                    &mut codes,
+                    &mut pixels
+                )?);
             }
         }
         writeln!(metrics, "{line}")?;
