@@ -107,9 +107,26 @@ pub struct TensorInfo {
     offset: usize,
 }
 
-/// A memory-mapped GGUF file.
+/// A GGUF file's bytes: mapped from disk, or held in memory (a file read whole, or a fuzzer's
+/// input).
+enum Bytes {
+    Mapped(Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Mapped(m) => m,
+            Bytes::Owned(v) => v,
+        }
+    }
+}
+
+/// A GGUF file: its metadata and tensor directory, over its bytes.
 pub struct GgufFile {
-    mmap: Mmap,
+    mmap: Bytes,
     pub metadata: HashMap<String, MetaValue>,
     pub tensors: HashMap<String, TensorInfo>,
     data_start: usize,
@@ -185,9 +202,18 @@ impl GgufFile {
         let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         // SAFETY: the file is opened read-only and not modified while mapped.
         let mmap = unsafe { Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))?;
+        Self::parse(Bytes::Mapped(mmap)).with_context(|| format!("{}", path.display()))
+    }
+
+    /// A GGUF file held in memory.
+    pub fn from_bytes(bytes: Vec<u8>) -> Result<Self> {
+        Self::parse(Bytes::Owned(bytes))
+    }
+
+    fn parse(mmap: Bytes) -> Result<Self> {
         let mut c = Cursor { buf: &mmap, pos: 0 };
         if c.take(4).ok() != Some(b"GGUF".as_slice()) {
-            bail!("{} is not a GGUF file (bad magic)", path.display());
+            bail!("not a GGUF file (bad magic)");
         }
         let version = c.u32()?;
         if !(2..=3).contains(&version) {
@@ -218,7 +244,11 @@ impl GgufFile {
             ne.reverse();
             tensors.insert(name, TensorInfo { shape: ne, dtype, offset });
         }
-        let align = metadata.get("general.alignment").and_then(MetaValue::as_u64).unwrap_or(32) as usize;
+        let align = match metadata.get("general.alignment").map(MetaValue::as_u64) {
+            None => 32,
+            Some(Some(a)) if (1..=1 << 16).contains(&a) => a as usize,
+            Some(a) => bail!("GGUF general.alignment {a:?} is not a size between 1 and 65536"),
+        };
         let data_start = c.pos.div_ceil(align) * align;
         Ok(Self { mmap, metadata, tensors, data_start })
     }
@@ -237,17 +267,15 @@ impl GgufFile {
     pub fn dequantize(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
         let info =
             self.tensors.get(name).ok_or_else(|| anyhow!("tensor `{name}` is missing from the GGUF file"))?;
-        let n: usize = info.shape.iter().product();
+        let outside = || anyhow!("tensor `{name}` lies outside the GGUF file (truncated?)");
+        let n = info.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(outside)?;
         let (bs, bb) = info.dtype.block();
         if !n.is_multiple_of(bs) {
             bail!("tensor `{name}` has {n} elements, not a multiple of the block size {bs}");
         }
-        let start = self.data_start + info.offset;
-        let len = n / bs * bb;
-        let bytes = self
-            .mmap
-            .get(start..start + len)
-            .ok_or_else(|| anyhow!("tensor `{name}` lies outside the GGUF file (truncated?)"))?;
+        let start = self.data_start.checked_add(info.offset).ok_or_else(outside)?;
+        let len = (n / bs).checked_mul(bb).ok_or_else(outside)?;
+        let bytes = self.mmap.get(start..start.checked_add(len).ok_or_else(outside)?).ok_or_else(outside)?;
         Ok((info.shape.clone(), dequantize(info.dtype, bytes, n)))
     }
 
