@@ -31,7 +31,7 @@ for t in $targets; do
   status=0
   cargo fuzz run -s none -a "$t" "$scratch/$t" "corpus/$t" -- \
     -max_total_time="$secs" -timeout=5 -rss_limit_mb=2048 -print_final_stats=1 >"$log_file" 2>&1 || status=$?
-  execs=$(awk -F: '/stat::number_of_executed_units/ {gsub(/ /, "", $2); print $2}' "$log_file" | tail -1)
+  execs=$(awk '/stat::number_of_executed_units/ {print $2}' "$log_file" | tail -1)
   found=$(find "artifacts/$t" -type f 2>/dev/null | wc -l)
   if [ "$status" != 0 ] && [ "${found:-0}" = 0 ]; then
     tail -20 "$log_file"
