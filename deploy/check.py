@@ -41,21 +41,24 @@ def main(binary):
             stages[current] = []
         elif current is not None:
             stages[current].append((ins["instruction"], ins["value"]))
-    check(set(stages) >= {"build-cpu", "build-cuda", "cpu", "cuda"}, f"Dockerfile stages: {sorted(stages)}")
-    for name in ("cpu", "cuda"):
-        ins = stages.get(name, [])
-        get = lambda k: [v for i, v in ins if i == k]
-        users = get("USER")
-        check(users and users[-1].split(":")[0] not in ("root", "0"), f"{name}: runs as a non-root USER ({users})")
-        check(any("/healthz" in h for h in get("HEALTHCHECK")), f"{name}: HEALTHCHECK on /healthz")
-        check(get("EXPOSE") == ["8080"], f"{name}: EXPOSE 8080")
-        check(any(v.startswith(f"--from=build-{name}") for v in get("COPY")), f"{name}: binary from build-{name}")
-        entry = yaml.safe_load(get("ENTRYPOINT")[-1]) if get("ENTRYPOINT") else []
-        check(entry[:2] == ["/usr/local/bin/htc", "serve"], f"{name}: ENTRYPOINT runs htc serve ({entry})")
-        for flag in [a for a in entry if a.startswith("--")]:
-            check(flag in serve_flags, f"{name}: ENTRYPOINT flag {flag} is an htc serve flag")
-        check("--api-only" in entry and "/models/model" in entry, f"{name}: API only, model from /models/model")
-        docker_uid = users[-1].split(":")[0] if users else None
+    check(set(stages) >= {"build-cpu", "build-cuda", "base-cpu", "base-cuda", "build", "worker"},
+          f"Dockerfile stages: {sorted(stages)}")
+    froms = [i["value"] for i in df.structure if i["instruction"] == "FROM"]
+    check("build-${FLAVOR} AS build" in froms and "base-${FLAVOR} AS worker" in froms,
+          "the final stage takes the binary and the base of the FLAVOR build argument")
+    ins = stages.get("worker", [])
+    get = lambda k: [v for i, v in ins if i == k]
+    users = get("USER")
+    check(users and users[-1].split(":")[0] not in ("root", "0"), f"runs as a non-root USER ({users})")
+    check(any("/healthz" in h for h in get("HEALTHCHECK")), "HEALTHCHECK on /healthz")
+    check(get("EXPOSE") == ["8080"], "EXPOSE 8080")
+    check(any(v.startswith("--from=build ") for v in get("COPY")), "the binary comes from the build stage")
+    entry = yaml.safe_load(get("ENTRYPOINT")[-1]) if get("ENTRYPOINT") else []
+    check(entry[:2] == ["/usr/local/bin/htc", "serve"], f"ENTRYPOINT runs htc serve ({entry})")
+    for flag in [a for a in entry if a.startswith("--")]:
+        check(flag in serve_flags, f"ENTRYPOINT flag {flag} is an htc serve flag")
+    check("--api-only" in entry and "/models/model" in entry, "API only, model from /models/model")
+    docker_uid = users[-1].split(":")[0] if users else None
     check("cuda" in (ROOT / "Dockerfile").read_text().split("--features")[1].split()[0],
           "the CUDA build enables the cuda feature")
 
