@@ -66,7 +66,9 @@ wait_healthy() {
 }
 
 log "ShapesVQA questions for the run"
-[ -f "$work/data/test.json" ] || "$htc" data shapes --out "$work/data" --split test --images 2000 --seed 7 \
+# The run visits clients × questions / (4 per image × 2 revisits) images.
+images=$((clients * questions / 8 + 16))
+[ -f "$work/data/test.json" ] || "$htc" data shapes --out "$work/data" --split test --images "$images" --seed 7 \
   --questions-per-image 4 >/dev/null
 
 log "3 workers on 127.0.0.1:$((port + 1))-$((port + 3))"
