@@ -5,7 +5,9 @@
 
 use crate::config::{ClipVisionConfig, HtcConfig, LlamaConfig, LlavaConfig, MgvqConfig};
 use crate::preprocess::{decode_image, DecodeLimits};
-use crate::protocol::{decode_attention_f16, decode_binary, decode_client, decode_codes, BinaryKind, ClientMessage};
+use crate::protocol::{
+    decode_attention_f16, decode_binary, decode_client, decode_codes, BinaryKind, ClientMessage,
+};
 
 /// What a client sends over the WebSocket: a control frame (JSON text) or a binary frame,
 /// whose codes payload is checked against the shape its `image` message declared.

@@ -408,7 +408,16 @@ pub fn run<B: AutodiffBackend>(cfg: &RunConfig, device: &B::Device) -> Result<Ru
         let micro = ex
             .chunks(cfg.micro_batch)
             .map(|c| {
-                make_batch(&trained.model, &preprocess, c, device, &mut codes, &mut pixels, scenes.as_ref(), probe_only)
+                make_batch(
+                    &trained.model,
+                    &preprocess,
+                    c,
+                    device,
+                    &mut codes,
+                    &mut pixels,
+                    scenes.as_ref(),
+                    probe_only,
+                )
             })
             .collect::<Result<Vec<_>>>()?;
         let ts = Instant::now();
