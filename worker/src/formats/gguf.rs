@@ -533,13 +533,13 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("bad.gguf");
         std::fs::write(&p, b"NOPE0000").unwrap();
-        let e = GgufFile::open(&p).err().unwrap();
-        assert!(e.to_string().contains("bad magic"), "{e}");
+        let e = format!("{:#}", GgufFile::open(&p).err().unwrap());
+        assert!(e.contains("bad.gguf: not a GGUF file (bad magic)"), "{e}");
         let mut trunc = b"GGUF".to_vec();
         trunc.extend_from_slice(&3u32.to_le_bytes());
         trunc.extend_from_slice(&5u64.to_le_bytes());
         std::fs::write(&p, &trunc).unwrap();
-        let e = GgufFile::open(&p).err().unwrap();
-        assert!(e.to_string().contains("truncated"), "{e}");
+        let e = format!("{:#}", GgufFile::open(&p).err().unwrap());
+        assert!(e.contains("bad.gguf: GGUF file is truncated"), "{e}");
     }
 }
