@@ -674,7 +674,7 @@ fn the_recipe_script_runs_end_to_end_at_toy_sizes_and_skips_what_is_done() {
             .env("HTC_DEMO_OUT", &out)
             .env("HTC_LOG", "warn")
             .envs([("IMAGES", "12"), ("VAL_IMAGES", "8"), ("TEST_IMAGES", "6"), ("TOK_STEPS", "2")])
-            .envs([("VISION_STEPS", "2"), ("LLAVA_STEPS", "2"), ("STEPS", "2")])
+            .envs([("VISION_STEPS", "2"), ("LLAVA_STEPS", "2"), ("PROBE_STEPS", "2"), ("STEPS", "2")])
             .output()
             .unwrap()
     };
@@ -705,6 +705,9 @@ fn the_recipe_script_runs_end_to_end_at_toy_sizes_and_skips_what_is_done() {
     let m = lines(&out.join("metrics.jsonl"));
     assert_eq!(m.len(), 2);
     assert!(m.iter().all(|l| l["scene_loss"].as_f64().is_some()), "the HTC stage trains with the probe");
+    let c = lines(&out.join("compress_metrics.jsonl"));
+    assert_eq!(c.len(), 2);
+    assert!(c.iter().all(|l| l["loss"].as_f64() == Some(0.0)), "the compression stage scores no answer");
     // The model it wrote answers.
     let img = work.join("data/test/000000.png");
     let a = ok(
@@ -716,5 +719,5 @@ fn the_recipe_script_runs_end_to_end_at_toy_sizes_and_skips_what_is_done() {
     let o = run();
     let log = String::from_utf8_lossy(&o.stderr).to_string();
     assert!(o.status.success(), "the rerun failed: {log}");
-    assert_eq!(log.matches("(already done:").count(), 6, "{log}");
+    assert_eq!(log.matches("(already done:").count(), 7, "{log}");
 }
