@@ -41,11 +41,18 @@ def main(binary):
             stages[current] = []
         elif current is not None:
             stages[current].append((ins["instruction"], ins["value"]))
-    check(set(stages) >= {"build-cpu", "build-cuda", "base-cpu", "base-cuda", "build", "worker"},
-          f"Dockerfile stages: {sorted(stages)}")
+    check(set(stages) == {"build", "worker"}, f"Dockerfile stages: {sorted(stages)}")
     froms = [i["value"] for i in df.structure if i["instruction"] == "FROM"]
-    check("build-${FLAVOR} AS build" in froms and "base-${FLAVOR} AS worker" in froms,
-          "the final stage takes the binary and the base of the FLAVOR build argument")
+    check(froms == ["${BUILD_BASE} AS build", "${RUN_BASE} AS worker"], f"FROM lines: {froms}")
+    args = dict(a.split("=", 1) for a in re.findall(r"^ARG (\S+=\S+)", (ROOT / "Dockerfile").read_text(), re.M))
+    features = set(re.findall(r"^(\w+) = \[", (ROOT / "worker/Cargo.toml").read_text().split("[features]")[1]
+                              .split("[dependencies]")[0], re.M))
+    check(args.get("FEATURES") in features, f"the default FEATURES ({args.get('FEATURES')}) is a worker feature")
+    build_image = (ROOT / "scripts/build-image.sh").read_text()
+    for feature in re.findall(r"FEATURES=(\w+)", build_image):
+        check(feature in features, f"build-image.sh's FEATURES={feature} is a worker feature")
+    check(args.get("BUILD_BASE", "").startswith("rust:") and args.get("RUN_BASE", "").startswith("debian:"),
+          "the default image is the CPU one")
     ins = stages.get("worker", [])
     get = lambda k: [v for i, v in ins if i == k]
     users = get("USER")
@@ -59,8 +66,6 @@ def main(binary):
         check(flag in serve_flags, f"ENTRYPOINT flag {flag} is an htc serve flag")
     check("--api-only" in entry and "/models/model" in entry, "API only, model from /models/model")
     docker_uid = users[-1].split(":")[0] if users else None
-    check("cuda" in (ROOT / "Dockerfile").read_text().split("--features")[1].split()[0],
-          "the CUDA build enables the cuda feature")
 
     # --- Kubernetes ---------------------------------------------------------------------------
     docs = {}
