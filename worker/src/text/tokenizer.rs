@@ -68,40 +68,62 @@ impl TextTokenizer {
         self.encode(&rendered, false)
     }
 
-    /// Token ids of a whole conversation asked against a compressed image (as
-    /// [`TextTokenizer::question_ids`] for one question): with a Jinja template, the template
-    /// renders every message; otherwise each earlier exchange is laid out as training lays out
-    /// a conversation (the turn, the answer, EOS), then the question's turn.
-    pub fn chat_ids(&self, chat: &Chat) -> Result<Vec<u32>> {
-        if let Template::Jinja(_) = self.template {
-            return self.encode(&self.template.render_jinja(chat, "", "")?, false);
-        }
+    /// The token ids of a conversation's turns as the model reads them (after the image):
+    /// per turn, its prompt (the template's first turn, with `system` if given, then its later
+    /// turns) and, when the turn has one, its answer followed by EOS. The one layout of
+    /// training data and of conversations the server answers; vicuna_v1-style and plain
+    /// templates only.
+    pub fn turn_ids(
+        &self, system: Option<&str>, turns: &[(&str, Option<&str>)],
+    ) -> Result<Vec<(Vec<u32>, Vec<u32>)>> {
         let eos = *self.eos_ids.first().ok_or_else(|| anyhow!("the tokenizer has no EOS token"))?;
-        let mut ids = Vec::new();
-        for (k, (q, a)) in
-            chat.exchanges.iter().map(|(q, a)| (q, Some(a))).chain([(&chat.question, None)]).enumerate()
-        {
+        let mut out = Vec::with_capacity(turns.len());
+        for (k, (q, a)) in turns.iter().enumerate() {
             let prompt = if k == 0 {
-                self.template.render_with_system(q, false, chat.system.as_deref(), "", "")?
+                self.template.render_with_system(q, false, system, "", "")?
             } else {
                 self.template.next_turn(q)?
             };
             let p = self.encode(&prompt, false)?;
-            if let Some(a) = a {
-                let pa = self.encode(&format!("{prompt} {}", a.trim()), false)?;
-                match pa.strip_prefix(p.as_slice()) {
-                    Some(rest) => ids.extend_from_slice(&pa[..p.len() + rest.len()]),
-                    None => {
-                        ids.extend(p);
-                        ids.extend(self.encode(&format!(" {}", a.trim()), false)?);
-                    }
+            let answer = match a {
+                Some(a) => {
+                    let a = a.trim();
+                    let pa = self.encode(&format!("{prompt} {a}"), false)?;
+                    // The answer as it follows the prompt; tokenised alone if the tokenizer
+                    // merges across the boundary.
+                    let mut ids = match pa.strip_prefix(p.as_slice()) {
+                        Some(rest) => rest.to_vec(),
+                        None => self.encode(&format!(" {a}"), false)?,
+                    };
+                    ids.push(eos);
+                    ids
                 }
-                ids.push(eos);
-            } else {
-                ids.extend(p);
-            }
+                None => Vec::new(),
+            };
+            out.push((p, answer));
         }
-        Ok(ids)
+        Ok(out)
+    }
+
+    /// Token ids of a whole conversation asked against a compressed image (as
+    /// [`TextTokenizer::question_ids`] for one question): a Jinja template renders every
+    /// message; otherwise the earlier exchanges and the question are laid out by
+    /// [`TextTokenizer::turn_ids`], as training lays out a conversation.
+    pub fn chat_ids(&self, chat: &Chat) -> Result<Vec<u32>> {
+        if let Template::Jinja(_) = self.template {
+            return self.encode(&self.template.render_jinja(chat, "", "")?, false);
+        }
+        let turns: Vec<(&str, Option<&str>)> = chat
+            .exchanges
+            .iter()
+            .map(|(q, a)| (q.as_str(), Some(a.as_str())))
+            .chain([(chat.question.as_str(), None)])
+            .collect();
+        Ok(self
+            .turn_ids(chat.system.as_deref(), &turns)?
+            .into_iter()
+            .flat_map(|(p, a)| p.into_iter().chain(a))
+            .collect())
     }
 
     fn is_bos(&self, id: u32) -> bool {

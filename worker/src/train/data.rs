@@ -165,29 +165,22 @@ fn example(r: &RawRecord, id: &str, images: &Path, opts: &DataOptions<'_>) -> Re
 }
 
 /// Token ids and labels of a conversation (pairs of human, gpt turns; a trailing question
-/// without an answer is dropped).
+/// without an answer is dropped), laid out by [`TextTokenizer::turn_ids`]: only the answers
+/// and their EOS are targets.
 fn tokenize(turns: &[RawTurn], tok: &TextTokenizer) -> Result<(Vec<u32>, Vec<i64>)> {
-    let eos = *tok.eos_ids.first().context("the tokenizer has no EOS token")?;
+    let questions: Vec<String> =
+        turns.chunks_exact(2).map(|pair| strip_placeholder(&pair[0].value)).collect();
+    let pairs: Vec<(&str, Option<&str>)> = questions
+        .iter()
+        .zip(turns.chunks_exact(2))
+        .map(|(q, pair)| (q.as_str(), Some(pair[1].value.as_str())))
+        .collect();
     let (mut ids, mut labels) = (Vec::new(), Vec::new());
-    for (k, pair) in turns.chunks_exact(2).enumerate() {
-        let q = strip_placeholder(&pair[0].value);
-        let prompt =
-            if k == 0 { tok.template.render(&q, false, "", "")? } else { tok.template.next_turn(&q)? };
-        let answer = pair[1].value.trim();
-        let p = tok.encode(&prompt, false)?;
-        let pa = tok.encode(&format!("{prompt} {answer}"), false)?;
-        // The answer as it follows the prompt; tokenised alone if the tokenizer merges across
-        // the boundary.
-        let a = match pa.strip_prefix(p.as_slice()) {
-            Some(rest) => rest.to_vec(),
-            None => tok.encode(&format!(" {answer}"), false)?,
-        };
+    for (p, a) in tok.turn_ids(None, &pairs)? {
         labels.extend(std::iter::repeat_n(IGNORE, p.len()));
         labels.extend(a.iter().map(|&t| t as i64));
-        labels.push(eos as i64);
         ids.extend(p);
         ids.extend(a);
-        ids.push(eos);
     }
     Ok((ids, labels))
 }
