@@ -154,27 +154,22 @@ fn make_batch<B: Backend>(
         model.mgvq.as_ref().filter(|_| model.config.uses_discrete()).map(|_| Vec::new());
     for e in ex {
         let need_codes = batch_codes.is_some() && !codes.contains_key(&e.image);
-        let img = match (pixels.values.contains_key(&e.image), need_codes) {
-            (true, false) => None,
+        let cached = pixels.values.get(&e.image).cloned();
+        let img = match (&cached, need_codes) {
+            (Some(_), false) => None,
             _ => Some(read_image_file(&e.image).with_context(|| format!("record `{}`", e.id))?),
         };
-        match (pixels.values.get(&e.image), &img) {
-            (Some(v), _) => {
-                clip.push(Tensor::from_data(TensorData::new(v.clone(), [1, 3, size, size]), device))
-            }
-            (None, Some(img)) => {
-                let t = clip_pixels(pre, img, size, device)?;
-                let n = 3 * size * size * std::mem::size_of::<f32>();
-                if pixels.bytes + n <= pixels.budget {
-                    pixels
-                        .values
-                        .insert(e.image.clone(), t.to_data().to_vec::<f32>().map_err(|e| anyhow!("{e:?}"))?);
-                    pixels.bytes += n;
-                }
-                clip.push(t);
-            }
+        let t = match (cached, &img) {
+            (Some(v), _) => Tensor::from_data(TensorData::new(v, [1, 3, size, size]), device),
+            (None, Some(img)) => clip_pixels(pre, img, size, device)?,
             (None, None) => unreachable!("an image without cached pixels is decoded"),
+        };
+        let n = 3 * size * size * std::mem::size_of::<f32>();
+        if !pixels.values.contains_key(&e.image) && pixels.bytes + n <= pixels.budget {
+            pixels.values.insert(e.image.clone(), t.to_data().to_vec::<f32>().map_err(|e| anyhow!("{e:?}"))?);
+            pixels.bytes += n;
         }
+        clip.push(t);
         if let (Some(mgvq), Some(out)) = (&model.mgvq, batch_codes.as_mut()) {
             if need_codes {
                 let img = img.as_ref().expect("decoded when its codes are missing");
