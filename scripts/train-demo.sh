@@ -78,14 +78,14 @@ if ! done_ "$work/vision/model.safetensors"; then
 fi
 
 # stage NAME FROM MODE DATA_DIR TRAIN STEPS [OPTIONS…]: one `htc train` run into $work/NAME
-# (global batch $STAGE_BATCH, 32 unless set).
+# (global batch $STAGE_BATCH, 32 unless set, in two micro-batches that train on two threads).
 stage() {
   local name=$1 from=$2 mode=$3 dir=$4 train=$5 n=$6
   shift 6
   done_ "$work/$name/checkpoint-$n/model.safetensors" && return
   rm -rf "$work/$name"
   "$htc" train --model "$from" --mode "$mode" --data "$dir/train.json" --images "$dir" --out "$work/$name" \
-    --train "$train" --lr 1e-3 --warmup-steps 30 --global-batch "${STAGE_BATCH:-32}" --micro-batch "${STAGE_BATCH:-32}" \
+    --train "$train" --lr 1e-3 --warmup-steps 30 --global-batch "${STAGE_BATCH:-32}" --micro-batch "$(( ${STAGE_BATCH:-32} / 2 ))" \
     --max-steps "$n" \
     --save-every "$n" --keep 1 --seed 0 --quiet "$@"
 }

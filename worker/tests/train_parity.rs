@@ -23,7 +23,7 @@ use htc_worker::formats::checkpoint::{AnyModel, Snapshot};
 use htc_worker::models::htc::{Htc, ImageTensors};
 use htc_worker::train::objective::{nll_sum, Batch, Trainable};
 use htc_worker::train::optim::{AdamW, Moments, WarmupCosine};
-use htc_worker::train::step::{train_step, Optimizer};
+use htc_worker::train::step::{train_step_probed, Optimizer, ProbeWeight, Probed};
 
 type Train = Autodiff<Backend>;
 
@@ -147,7 +147,9 @@ fn loss_and_gradients_match_pytorch() {
     }
 }
 
-fn three_steps(micro: usize) {
+/// Three steps on micro-batches of `micro` rows, differentiated `threads` at a time; returns
+/// the trained parameters.
+fn three_steps(micro: usize, threads: usize) -> HashMap<String, Vec<f32>> {
     let e = expected();
     let (mut model, names) = model();
     let batches: Vec<Batch<Train>> = (0..3).step_by(micro).map(|s| batch(&e, s..s + micro)).collect();
@@ -155,8 +157,17 @@ fn three_steps(micro: usize) {
     let opt = optimizer();
     let (lrs, norms, losses) = (e.f64("steps.lr"), e.f64("steps.grad_norm"), e.f64("steps.loss"));
     for s in 0..3 {
-        let (m, r) = train_step(model, &batches, &names, &mut moments, &opt).unwrap();
-        model = m;
+        let (m, r) = train_step_probed(
+            Probed { model, probe: None },
+            &batches,
+            &names,
+            &mut moments,
+            &opt,
+            ProbeWeight { weight: 0.0, layer: 0 },
+            threads,
+        )
+        .unwrap();
+        model = m.model;
         assert_eq!(r.lr, lrs[s], "lr at step {s}");
         // Until the first real update (lr(0) = 0) the parameters are the fixture's own; after
         // it they carry AdamW's amplified rounding of small gradients (see
@@ -183,6 +194,7 @@ fn three_steps(micro: usize) {
         let g0 = e.f32(&format!("grad.{k}")).1;
         check_after_steps(&format!("micro {micro}: {k} after 3 steps"), &got[&k], &want, &g0, lr_sum as f32);
     }
+    got
 }
 
 /// `max |got - want| <= rel * max |want|`: relative to the tensor's own largest value (a
@@ -231,12 +243,24 @@ fn check_after_steps(what: &str, got: &[f32], want: &[f32], g0: &[f32], lr_sum: 
 
 #[test]
 fn three_adamw_steps_match_pytorch() {
-    three_steps(3);
+    three_steps(3, 1);
 }
 
 #[test]
 fn accumulated_micro_batches_match_pytorch_one_batch() {
-    three_steps(1);
+    three_steps(1, 1);
+}
+
+/// The micro-batches differentiated on 3 threads at once give PyTorch's steps too, and the
+/// very same parameters as one thread (the gradients add up in micro-batch order).
+#[test]
+fn micro_batches_on_threads_match_pytorch_and_one_thread() {
+    let one = three_steps(1, 1);
+    let three = three_steps(1, 3);
+    assert_eq!(one.len(), three.len());
+    for (k, v) in &one {
+        assert!(v == &three[k], "{k}: 3 threads differ from 1");
+    }
 }
 
 #[test]

@@ -38,7 +38,7 @@ enum Cmd {
     #[command(subcommand)]
     Data(data::DataCmd),
     /// Fine-tune an HTC checkpoint on LLaVA conversation data.
-    Train(train::TrainArgs),
+    Train(Box<train::TrainArgs>),
     /// Train the MGVQ image tokenizer as a VQ-VAE (encoder, grouped quantiser, decoder).
     TrainTokenizer(train_tokenizer::TrainTokenizerArgs),
     /// Pretrain a from-scratch vision tower on ShapesVQA scene labels (per-cell heads).
@@ -64,7 +64,7 @@ impl Cli {
             Cmd::Ask(a) => ask::run(a),
             Cmd::Init(a) => init::run(a),
             Cmd::Data(c) => data::run(c),
-            Cmd::Train(a) => train::run(a),
+            Cmd::Train(a) => train::run(*a),
             Cmd::TrainTokenizer(a) => train_tokenizer::run(a),
             Cmd::Tokenize(a) => tokenize::run(a),
             Cmd::PretrainVision(a) => pretrain_vision::run(a),

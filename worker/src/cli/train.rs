@@ -84,6 +84,10 @@ pub struct TrainArgs {
     /// Examples per forward pass; gradients accumulate over global/micro passes.
     #[arg(long, default_value_t = 8)]
     pub micro_batch: usize,
+    /// Micro-batches differentiated at once, one thread each (0: one per CPU core). Only
+    /// speed changes: the step is the same for any count.
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
     /// Passes over the data (unless --max-steps is given).
     #[arg(long, default_value_t = 1)]
     pub epochs: usize,
@@ -182,6 +186,11 @@ impl TrainArgs {
             }),
             global_batch: self.global_batch,
             micro_batch: self.micro_batch,
+            threads: if self.threads == 0 {
+                std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+            } else {
+                self.threads
+            },
             max_steps: self.max_steps,
             epochs: self.epochs,
             seed: self.seed,

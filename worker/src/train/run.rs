@@ -51,6 +51,9 @@ pub struct RunConfig {
     pub scene_loss: Option<SceneLoss>,
     pub global_batch: usize,
     pub micro_batch: usize,
+    /// Micro-batches differentiated at once, each on its own thread (the step is the same
+    /// for any count; more threads use more cores and memory).
+    pub threads: usize,
     /// Stop after this many steps, or after `epochs` epochs.
     pub max_steps: Option<usize>,
     pub epochs: usize,
@@ -416,7 +419,8 @@ pub fn run<B: AutodiffBackend>(cfg: &RunConfig, device: &B::Device) -> Result<Ru
             })
             .collect::<Result<Vec<_>>>()?;
         let ts = Instant::now();
-        let (m, r) = train_step_probed(trained, &micro, &names, &mut moments, &opt, probe_weight)?;
+        let (m, r) =
+            train_step_probed(trained, &micro, &names, &mut moments, &opt, probe_weight, cfg.threads)?;
         trained = m;
         let tps = r.tokens as f64 / ts.elapsed().as_secs_f64().max(1e-9);
         let step = s + 1;

@@ -5,10 +5,11 @@
 //! AdamW.
 
 use anyhow::{bail, Result};
-use burn::module::Module;
+use burn::module::{Module, ModuleMapper, Param};
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::ElementConversion;
+use burn::tensor::Tensor;
 
 use htc_shared::params::ParamNames;
 
@@ -61,6 +62,7 @@ pub fn train_step<B: AutodiffBackend>(
         moments,
         opt,
         ProbeWeight { weight: 0.0, layer: 0 },
+        1,
     )?;
     Ok((m.model, r))
 }
@@ -72,31 +74,88 @@ pub struct ProbeWeight {
     pub layer: usize,
 }
 
+/// Gives every float parameter a new autodiff leaf over the same value, keeping its id and
+/// whether it requires a gradient.
+struct FreshLeaves;
+
+impl<B: AutodiffBackend> ModuleMapper<B> for FreshLeaves {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        param.map(|t| t.detach())
+    }
+}
+
+/// What one micro-batch gives: its share of the loss, the probe's loss and right answers, and
+/// its gradients.
+struct MicroGrads {
+    loss: f64,
+    scene: Option<(f64, usize)>,
+    grads: GradientsParams,
+}
+
+/// Differentiates one micro-batch's loss (its NLL over `targets`, plus the probe's loss over
+/// `rows`, weighted) with respect to `m`'s parameters.
+fn micro_grads<B: AutodiffBackend>(
+    m: &Probed<B>, b: &Batch<B>, targets: usize, rows: usize, probe: ProbeWeight,
+) -> Result<MicroGrads> {
+    let parts = losses(&m.model, m.probe.as_ref().map(|p| (p, probe.layer)), b)?;
+    let mut l = parts.nll_sum.div_scalar(targets.max(1) as f64);
+    let loss = l.clone().into_scalar().elem::<f64>();
+    let mut scene = None;
+    if let Some((s, right)) = parts.scene {
+        let s = s.div_scalar(rows as f64);
+        scene = Some((s.clone().into_scalar().elem::<f64>(), right));
+        l = l + s.mul_scalar(probe.weight);
+    }
+    let grads = GradientsParams::from_grads(l.backward(), m);
+    Ok(MicroGrads { loss, scene, grads })
+}
+
 /// [`train_step`] with the scene probe's loss, weighted, added to the answer-token loss (when
-/// `m` has a probe).
+/// `m` has a probe), and the micro-batches spread over up to `threads` threads.
 pub fn train_step_probed<B: AutodiffBackend>(
     m: Probed<B>, micro: &[Batch<B>], names: &ParamNames, moments: &mut Moments<B::InnerBackend>,
-    opt: &Optimizer, probe: ProbeWeight,
+    opt: &Optimizer, probe: ProbeWeight, threads: usize,
 ) -> Result<(Probed<B>, StepReport)> {
     let targets: usize = micro.iter().map(Batch::targets).sum();
     if targets == 0 && m.probe.is_none() {
         bail!("the global batch has no answer tokens");
     }
     let rows: usize = micro.iter().map(|b| b.ids.len()).sum();
+    let outs: Vec<MicroGrads> = if threads <= 1 || micro.len() <= 1 {
+        micro.iter().map(|b| micro_grads(&m, b, targets, rows, probe)).collect::<Result<_>>()?
+    } else {
+        // Each thread gets fresh autodiff leaves over the same parameter values and ids, so
+        // the threads' graphs stay apart and their gradients add up by parameter id.
+        let mut outs = Vec::with_capacity(micro.len());
+        for wave in micro.chunks(threads) {
+            let done: Vec<Result<MicroGrads>> = std::thread::scope(|s| {
+                let handles: Vec<_> = wave
+                    .iter()
+                    .map(|b| {
+                        let local = m.clone().map(&mut FreshLeaves);
+                        s.spawn(move || micro_grads(&local, b, targets, rows, probe))
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a training thread panicked"))))
+                    .collect()
+            });
+            for d in done {
+                outs.push(d?);
+            }
+        }
+        outs
+    };
     let mut acc = GradientsAccumulator::<Probed<B>>::new();
     let (mut loss, mut scene_loss, mut scene_right) = (0f64, 0f64, 0usize);
-    for b in micro {
-        let parts = losses(&m.model, m.probe.as_ref().map(|p| (p, probe.layer)), b)?;
-        let mut l = parts.nll_sum.div_scalar(targets.max(1) as f64);
-        loss += l.clone().into_scalar().elem::<f64>();
-        if let Some((s, right)) = parts.scene {
-            let s = s.div_scalar(rows as f64);
-            scene_loss += s.clone().into_scalar().elem::<f64>();
+    for o in outs {
+        loss += o.loss;
+        if let Some((l, right)) = o.scene {
+            scene_loss += l;
             scene_right += right;
-            l = l + s.mul_scalar(probe.weight);
         }
-        let grads = GradientsParams::from_grads(l.backward(), &m);
-        acc.accumulate(&m, grads);
+        acc.accumulate(&m, o.grads);
     }
     let grads = acc.grads();
     let grad_norm = optim::global_norm(&m, &grads);
