@@ -187,6 +187,33 @@ fn backend_suite(args: &BenchArgs) -> Result<()> {
         pos += 1;
     });
     println!("SmolLM2-width decoder, 4 layers, one cached decode step + logits: {:.2} ms", s * 1e3);
+    // Decoding should cost about the same at any context length: time one step (decoder
+    // alone) after prefills of growing length.
+    for ctx in [16usize, 512, 2000] {
+        let ids: Vec<u32> = (0..ctx).map(|i| (i * 7 % 32000) as u32).collect();
+        let positions: Vec<usize> = (0..ctx).collect();
+        let mut cache = llm.new_cache();
+        let _ = llm
+            .forward(
+                llm.embed(&ids),
+                Step { positions: &positions, mask: None, want_attention: false, self_only: 0 },
+                &mut cache,
+            )
+            .hidden
+            .into_data();
+        let mut pos = ctx;
+        let s = time(args.reps, || {
+            let p = [pos];
+            let o = llm.forward(
+                llm.embed(&[5]),
+                Step { positions: &p, mask: None, want_attention: false, self_only: 0 },
+                &mut cache,
+            );
+            let _ = o.hidden.into_data();
+            pos += 1;
+        });
+        println!("SmolLM2-width decoder, 4 layers, one decode step at context {ctx}: {:.2} ms", s * 1e3);
+    }
     let h = Tensor::<Backend, 3>::random([1, 1, cfg.hidden_size], Distribution::Default, &device);
     let s = time(args.reps, || {
         let _ = llm.logits(h.clone()).into_data();

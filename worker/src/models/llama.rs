@@ -137,18 +137,27 @@ impl<B: Backend> Attention<B> {
             None => (k, v),
         };
         *cache = Some((k.clone(), v.clone()));
-        let (k, v) = (self.repeat_kv(k), self.repeat_kv(v));
-        let h = self.heads;
+        let (h, kvh) = (self.heads, self.kv_heads);
+        let rep = h / kvh;
+        let (tq, s) = (t - n, k.dims()[2]);
         let q = if n > 0 { q.slice([0..b, 0..h, n..t, 0..hd]) } else { q };
-        let mut scores = q.matmul(k.swap_dims(2, 3)) * (hd as f64).powf(-0.5);
+        // Grouped-query attention without repeating the keys and values per query head (a copy
+        // of the whole cache at every decoding step): the `rep` query heads that share a
+        // key/value head are stacked as rows of one matmul (head i reads key/value head i / rep,
+        // as transformers' `repeat_kv` lays them out).
+        let q = q.reshape([b, kvh, rep * tq, hd]);
+        let mut scores = q.matmul(k.swap_dims(2, 3)).reshape([b, h, tq, s]) * (hd as f64).powf(-0.5);
         if let Some(m) = mask {
             let [mb, mh, mt, ms] = m.dims();
             scores = scores + if n > 0 { m.clone().slice([0..mb, 0..mh, n..mt, 0..ms]) } else { m.clone() };
         }
         let probs = softmax(scores, 3);
-        let scored = probs.clone().matmul(v.clone());
-        let out =
-            if n > 0 { Tensor::cat(vec![v.slice([0..b, 0..h, 0..n, 0..hd]), scored], 2) } else { scored };
+        let scored = probs.clone().reshape([b, kvh, rep * tq, s]).matmul(v.clone()).reshape([b, h, tq, hd]);
+        let out = if n > 0 {
+            Tensor::cat(vec![self.repeat_kv(v.slice([0..b, 0..kvh, 0..n, 0..hd])), scored], 2)
+        } else {
+            scored
+        };
         let out = out.swap_dims(1, 2).reshape([b, t, self.heads * hd]);
         (self.o_proj.forward(out), probs)
     }
