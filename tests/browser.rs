@@ -359,6 +359,81 @@ async fn a_person_asks_about_an_image_and_reads_the_answer() {
     let _ = std::fs::remove_dir_all(profile);
 }
 
+/// Stop ends an answer mid-stream: the tokens that came stay, nothing more arrives, the turn
+/// says "stopped", and the page can ask again. (The random default model stops only at the
+/// token limit, which the settings raise, so the answer is still coming when Stop is pressed.)
+/// The model: the demo model's shape and tokenizer with fresh random weights (`htc init`), so
+/// the question is tokenised and greedy decoding runs to the context limit instead of to an
+/// early end-of-answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium, chromedriver and a trunk build in dist/; run by scripts/test.sh"]
+async fn stop_ends_an_answer_mid_stream() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let profile = tempdir();
+    let model = profile.join("random-demo");
+    htc_worker::cli::init::run(htc_worker::cli::init::InitArgs {
+        llava: None,
+        config: Some(root.join("recipes/shapes-demo/model.json")),
+        tokenizer: Some(root.join("models/shapes-demo/tokenizer.json")),
+        mgvq: Some(root.join("models/shapes-demo/tokenizer/model.safetensors")),
+        init_std: 0.02,
+        mgvq_config: "f16c32_g8".into(),
+        out: model.clone(),
+        mode: "htc".into(),
+        n_discrete: 4,
+        n_voco: 1,
+        topology: "star".into(),
+        discrete_hidden: 256,
+        dtype: None,
+        seed: 0,
+    })
+    .unwrap();
+    let (url, port, _driver) = server(Some(model)).await;
+    let client = open(port, &profile, false).await;
+    client.set_window_size(1280, 1100).await.unwrap();
+    client.goto(&url).await.unwrap();
+    client
+        .execute("localStorage.setItem('htc-vlm.settings', JSON.stringify({max_new_tokens: 4096}));", vec![])
+        .await
+        .unwrap();
+    client.refresh().await.unwrap();
+    wait_for(&client, "#status[data-connection='ready']").await;
+    let input = client.find(Locator::Css("input[type='file'][aria-label='Image']")).await.unwrap();
+    input.send_keys(root.join("docs/demo-star.png").to_str().unwrap()).await.unwrap();
+    wait_for(&client, ".preview img").await;
+    let q = client.find(Locator::Css("textarea[aria-label='Question']")).await.unwrap();
+    q.send_keys("Describe the image.").await.unwrap();
+    client.find(Locator::XPath("//button[normalize-space()='Ask']")).await.unwrap().click().await.unwrap();
+    // Tokens are arriving.
+    wait_for(&client, "#answer[data-state='streaming']:not(:empty)").await;
+    screenshot(&client, "answering").await;
+    client.find(Locator::XPath("//button[normalize-space()='Stop']")).await.unwrap().click().await.unwrap();
+    wait_for(&client, "#answer[data-state='stopped']").await;
+    let status = wait_for(&client, ".turn:nth-child(1) .turn-status").await.text().await.unwrap();
+    assert!(status.contains("stopped"), "{status}");
+    let answer = || {
+        let client = client.clone();
+        async move { client.find(Locator::Css("[aria-label='Answer']")).await.unwrap().text().await.unwrap() }
+    };
+    let kept = answer().await;
+    assert!(!kept.trim().is_empty(), "the tokens that came before Stop are kept");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(answer().await, kept, "nothing arrives after Stop");
+    // The page can ask again at once (Ask is enabled, the socket still open).
+    let ask_button = client.find(Locator::XPath("//button[normalize-space()='Ask']")).await.unwrap();
+    assert!(ask_button.is_enabled().await.unwrap(), "Ask is enabled after Stop");
+    let q = client.find(Locator::Css("textarea[aria-label='Question']")).await.unwrap();
+    q.send_keys("What color is the star?").await.unwrap();
+    ask_button.click().await.unwrap();
+    wait_for(&client, ".turn:nth-child(2) .turn-status").await;
+    wait_for(&client, "#answer[data-state='streaming']:not(:empty)").await;
+    client.find(Locator::XPath("//button[normalize-space()='Stop']")).await.unwrap().click().await.unwrap();
+    wait_for(&client, "#answer[data-state='stopped']").await;
+    wait_for(&client, "#status[data-connection='ready']").await;
+    client.close().await.unwrap();
+    let _ = std::fs::remove_dir_all(profile);
+}
+
 /// The encoder weights are fetched once: after a reload the page's encoder reads them from
 /// the browser's cache and the worker serves no weight bytes (its own counter, `/metrics`).
 /// With WebGPU granted, the status still names the CPU: that is where the encoder runs.
