@@ -8,7 +8,7 @@ use burn::tensor::{Distribution, Tensor};
 
 use crate::backend::{self, Backend};
 use crate::formats::Loader;
-use crate::models::llama::{Llama, Step};
+use crate::models::llama::{KvCache, Llama, Step};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
@@ -157,59 +157,44 @@ fn backend_suite(args: &BenchArgs) -> Result<()> {
         &Loader::new(&src, &device).pp("lm_head"),
         &cfg,
     )?;
-    let ids: Vec<u32> = (0..128).map(|i| (i * 7 % 32000) as u32).collect();
-    let positions: Vec<usize> = (0..ids.len()).collect();
-    let s = time(args.reps, || {
-        let mut cache = llm.new_cache();
+    // A prompt of `n` tokens run through `cache`; one decoded token at `pos`.
+    let prefill = |n: usize, cache: &mut KvCache<Backend>| {
+        let ids: Vec<u32> = (0..n).map(|i| (i * 7 % 32000) as u32).collect();
+        let positions: Vec<usize> = (0..n).collect();
         let o = llm.forward(
             llm.embed(&ids),
             Step { positions: &positions, mask: None, want_attention: false, self_only: 0 },
-            &mut cache,
+            cache,
         );
         let _ = o.hidden.into_data();
-    });
-    println!("SmolLM2-width decoder, 4 layers, prefill 128 tokens: {:.2} ms", s * 1e3);
-    let mut cache = llm.new_cache();
-    let _ = llm.forward(
-        llm.embed(&ids),
-        Step { positions: &positions, mask: None, want_attention: false, self_only: 0 },
-        &mut cache,
-    );
-    let mut pos = ids.len();
-    let s = time(args.reps, || {
+    };
+    let decode = |pos: usize, cache: &mut KvCache<Backend>| {
         let p = [pos];
         let o = llm.forward(
             llm.embed(&[5]),
             Step { positions: &p, mask: None, want_attention: false, self_only: 0 },
-            &mut cache,
+            cache,
         );
-        let _ = llm.logits(o.hidden).into_data();
+        o.hidden
+    };
+    let s = time(args.reps, || prefill(128, &mut llm.new_cache()));
+    println!("SmolLM2-width decoder, 4 layers, prefill 128 tokens: {:.2} ms", s * 1e3);
+    let mut cache = llm.new_cache();
+    prefill(128, &mut cache);
+    let mut pos = 128;
+    let s = time(args.reps, || {
+        let _ = llm.logits(decode(pos, &mut cache)).into_data();
         pos += 1;
     });
     println!("SmolLM2-width decoder, 4 layers, one cached decode step + logits: {:.2} ms", s * 1e3);
     // Decoding should cost about the same at any context length: time one step (decoder
     // alone) after prefills of growing length.
     for ctx in [16usize, 512, 2000] {
-        let ids: Vec<u32> = (0..ctx).map(|i| (i * 7 % 32000) as u32).collect();
-        let positions: Vec<usize> = (0..ctx).collect();
         let mut cache = llm.new_cache();
-        let _ = llm
-            .forward(
-                llm.embed(&ids),
-                Step { positions: &positions, mask: None, want_attention: false, self_only: 0 },
-                &mut cache,
-            )
-            .hidden
-            .into_data();
+        prefill(ctx, &mut cache);
         let mut pos = ctx;
         let s = time(args.reps, || {
-            let p = [pos];
-            let o = llm.forward(
-                llm.embed(&[5]),
-                Step { positions: &p, mask: None, want_attention: false, self_only: 0 },
-                &mut cache,
-            );
-            let _ = o.hidden.into_data();
+            let _ = decode(pos, &mut cache).into_data();
             pos += 1;
         });
         println!("SmolLM2-width decoder, 4 layers, one decode step at context {ctx}: {:.2} ms", s * 1e3);
@@ -231,13 +216,7 @@ fn backend_suite(args: &BenchArgs) -> Result<()> {
     });
     println!("2D matmul 8x576 * 576x32000: {:.2} ms", s * 1e3);
     let s = time(args.reps, || {
-        let p = [pos];
-        let o = llm.forward(
-            llm.embed(&[5]),
-            Step { positions: &p, mask: None, want_attention: false, self_only: 0 },
-            &mut llm.new_cache(),
-        );
-        let _ = o.hidden.into_data();
+        let _ = decode(pos, &mut llm.new_cache()).into_data();
     });
     println!("decoder alone, one token, empty cache: {:.2} ms", s * 1e3);
     Ok(())
