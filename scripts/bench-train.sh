@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Training throughput of `htc` (release build, default backend) side by side with the PyTorch
 # peer (scripts/bench_train_torch.py, same shapes, same step, same thread count), with the
-# ratio htc/PyTorch in samples per second (> 1: htc is faster). Needs the fixture venv
+# ratio htc/PyTorch in samples per second (> 1: htc is faster); htc runs the batch whole on
+# one thread and as one micro-batch per core on as many threads (`--threads`). Needs the fixture venv
 # (see scripts/make_fixtures.py) for the PyTorch side.
 #   scripts/bench-train.sh [STEPS]
 set -euo pipefail
@@ -13,11 +14,15 @@ py="$HTC_ROOT/.venv-fixtures/bin/python"
 [ -x "$py" ] || { echo "no $py: create the fixture venv first (scripts/make_fixtures.py)"; exit 1; }
 cargo build --quiet --release -p htc-worker --bin htc
 for shape in tiny mid; do
-  rs=$("$CARGO_TARGET_DIR/release/htc" bench --suite train --shape "$shape" --steps "$steps" | grep '^train')
   pt=$("$py" scripts/bench_train_torch.py --shape "$shape" --steps "$steps" --threads "$threads" 2>/dev/null | grep '^train')
-  echo "$rs"
   echo "$pt"
-  a=$(sed -E 's/.* ([0-9.]+) samples\/s.*/\1/' <<<"$rs")
   b=$(sed -E 's/.* ([0-9.]+) samples\/s.*/\1/' <<<"$pt")
-  awk -v a="$a" -v b="$b" -v s="$shape" 'BEGIN { printf "%s: htc / PyTorch = %.2fx (samples/s)\n\n", s, a / b }'
+  for t in 1 "$threads"; do
+    rs=$("$CARGO_TARGET_DIR/release/htc" bench --suite train --shape "$shape" --steps "$steps" --threads "$t" | grep '^train')
+    echo "$rs"
+    a=$(sed -E 's/.* ([0-9.]+) samples\/s.*/\1/' <<<"$rs")
+    awk -v a="$a" -v b="$b" -v s="$shape" -v t="$t" \
+      'BEGIN { printf "%s, htc on %s thread(s): htc / PyTorch = %.2fx (samples/s)\n", s, t, a / b }'
+  done
+  echo
 done

@@ -25,6 +25,10 @@ pub struct BenchArgs {
     /// `--suite train`: timed optimizer steps (after two warm-up steps).
     #[arg(long, default_value_t = 10)]
     pub steps: usize,
+    /// `--suite train`: split the batch into this many micro-batches, differentiated on as
+    /// many threads at once (`htc train --threads`); 1 runs the batch whole.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
 }
 
 fn time<F: FnMut()>(reps: usize, mut f: F) -> f64 {
@@ -42,7 +46,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "backend" => backend_suite(&args),
         "htc" => htc_suite(&args),
         "all" => backend_suite(&args).and_then(|_| htc_suite(&args)),
-        "train" => super::bench_train::run(&args.shape, args.steps.max(1)),
+        "train" => super::bench_train::run(&args.shape, args.steps.max(1), args.threads.max(1)),
         other => anyhow::bail!("unknown --suite `{other}` (backend, htc, all, train)"),
     }
 }

@@ -18,7 +18,7 @@ use crate::models::htc::{Htc, ImageTensors};
 use crate::models::llava::{self, Llava};
 use crate::train::objective::{Batch, Trainable, IGNORE};
 use crate::train::optim::{AdamW, Moments, WarmupCosine};
-use crate::train::step::{train_step, Optimizer};
+use crate::train::step::{train_step_probed, Optimizer, ProbeWeight, Probed};
 
 type Train = Autodiff<Backend>;
 
@@ -70,10 +70,13 @@ pub fn peak_rss_mib() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-pub fn run(shape: &str, steps: usize) -> Result<()> {
+pub fn run(shape: &str, steps: usize, threads: usize) -> Result<()> {
     let Some(s) = SHAPES.iter().find(|s| s.name == shape) else {
         bail!("unknown --shape `{shape}` (tiny, mid)")
     };
+    if !s.batch.is_multiple_of(threads) {
+        bail!("--threads {threads} must divide the {} shape's batch of {}", s.name, s.batch);
+    }
     let device = backend::device();
     let (cw, cl, size, patch) = s.clip;
     let (vocab, d, layers, heads, kv, inter) = s.llm;
@@ -107,45 +110,58 @@ pub fn run(shape: &str, steps: usize) -> Result<()> {
     let mut model = Trainable::PAPER.apply(model);
     let seq = model.layout(s.text).len();
     let mut rng = StdRng::seed_from_u64(0);
-    let ids: Vec<Vec<u32>> =
-        (0..s.batch).map(|_| (0..s.text).map(|_| rng.random_range(3..vocab as u32)).collect()).collect();
-    let labels: Vec<Vec<i64>> = ids
-        .iter()
-        .map(|r| {
-            r.iter().enumerate().map(|(j, &t)| if j + 16 >= s.text { t as i64 } else { IGNORE }).collect()
+    // The batch, as `threads` micro-batches of equal size.
+    let rows = s.batch / threads;
+    let batches: Vec<Batch<Train>> = (0..threads)
+        .map(|_| {
+            let ids: Vec<Vec<u32>> =
+                (0..rows).map(|_| (0..s.text).map(|_| rng.random_range(3..vocab as u32)).collect()).collect();
+            let labels: Vec<Vec<i64>> = ids
+                .iter()
+                .map(|r| {
+                    r.iter()
+                        .enumerate()
+                        .map(|(j, &t)| if j + 16 >= s.text { t as i64 } else { IGNORE })
+                        .collect()
+                })
+                .collect();
+            Batch {
+                images: ImageTensors {
+                    clip: Tensor::random([rows, 3, size, size], Distribution::Normal(0.0, 1.0), &device),
+                    mgvq: Some(Tensor::random([rows, 3, 64, 64], Distribution::Uniform(-1.0, 1.0), &device)),
+                    codes: None,
+                },
+                ids,
+                labels,
+                scene: None,
+            }
         })
         .collect();
-    let batch = Batch {
-        images: ImageTensors {
-            clip: Tensor::random([s.batch, 3, size, size], Distribution::Normal(0.0, 1.0), &device),
-            mgvq: Some(Tensor::random([s.batch, 3, 64, 64], Distribution::Uniform(-1.0, 1.0), &device)),
-            codes: None,
-        },
-        ids,
-        labels,
-        scene: None,
-    };
     let opt = Optimizer {
         adamw: AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.1 },
         schedule: WarmupCosine { base: 1e-4, warmup: 0, total: steps + 2 },
         max_grad_norm: Some(1.0),
     };
     let mut moments = Moments::default();
-    let batches = [batch];
+    let no_probe = ProbeWeight { weight: 0.0, layer: 0 };
+    let step = |model: Htc<Train>, moments: &mut Moments<Backend>| {
+        train_step_probed(Probed { model, probe: None }, &batches, &names, moments, &opt, no_probe, threads)
+            .map(|(m, r)| (m.model, r))
+    };
     for _ in 0..2 {
-        model = train_step(model, &batches, &names, &mut moments, &opt)?.0;
+        model = step(model, &mut moments)?.0;
     }
     let after_warmup = peak_rss_mib();
     let t = Instant::now();
     let mut loss = 0.0;
     for _ in 0..steps {
-        let (m, r) = train_step(model, &batches, &names, &mut moments, &opt)?;
+        let (m, r) = step(model, &mut moments)?;
         model = m;
         loss = r.loss;
     }
     let dt = t.elapsed().as_secs_f64() / steps as f64;
     println!(
-        "train {} [{}]: batch {} x {} tokens, {:.1} ms/step, {:.2} samples/s, {:.0} tokens/s, peak RSS {:.0} MiB (after warm-up {:.0}), loss {:.3}",
+        "train {} [{}, {threads} thread(s)]: batch {} x {} tokens, {:.1} ms/step, {:.2} samples/s, {:.0} tokens/s, peak RSS {:.0} MiB (after warm-up {:.0}), loss {:.3}",
         s.name,
         backend::name(),
         s.batch,
