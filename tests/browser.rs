@@ -162,6 +162,82 @@ async fn web_app_reports_webgpu_and_cpu_fallback() {
     assert!(text.contains("CPU fallback"), "{text}");
 }
 
+/// Chromedriver's passthrough to the DevTools protocol: `source` runs in every new document
+/// before the page's own scripts.
+#[derive(Debug)]
+struct BeforePageScripts(&'static str);
+
+impl fantoccini::wd::WebDriverCompatibleCommand for BeforePageScripts {
+    fn endpoint(&self, base: &url::Url, session: Option<&str>) -> Result<url::Url, url::ParseError> {
+        base.join(&format!("session/{}/goog/cdp/execute", session.unwrap_or_default()))
+    }
+
+    fn method_and_body(&self, _: &url::Url) -> (::http::Method, Option<String>) {
+        let body =
+            serde_json::json!({"cmd": "Page.addScriptToEvaluateOnNewDocument", "params": {"source": self.0}});
+        (::http::Method::POST, Some(body.to_string()))
+    }
+}
+
+/// The fallback matrix: WebGPU granted, `navigator.gpu` removed, no adapter granted, and CPU
+/// chosen in the settings. In each the page answers, its compute path says truthfully what it
+/// found, the status names the backend its encoder really ran on, and the codes it sends are
+/// the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium, chromedriver and a trunk build in dist/; run by scripts/test.sh"]
+async fn every_compute_path_answers_truthfully_with_the_same_codes() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let (url, port, _driver) = server(Some(root.join("models/shapes-demo"))).await;
+    // (case, WebGPU flag, remove navigator.gpu, CPU in the settings, compute path, its words)
+    let cases = [
+        ("WebGPU granted", true, false, false, "webgpu", "WebGPU (software fallback adapter)"),
+        ("navigator.gpu removed", true, true, false, "cpu", "navigator.gpu is not available"),
+        ("no adapter granted", false, false, false, "cpu", "no WebGPU adapter was granted"),
+        ("CPU chosen in the settings", true, false, true, "cpu", "CPU chosen in the settings"),
+    ];
+    let mut all_codes: Vec<(String, String)> = Vec::new();
+    for (case, webgpu, remove_gpu, force_cpu, path, words) in cases {
+        let profile = tempdir();
+        let client = open(port, &profile, webgpu).await;
+        if remove_gpu {
+            client.issue_cmd(BeforePageScripts("delete Navigator.prototype.gpu;")).await.unwrap();
+        }
+        client.goto(&url).await.unwrap();
+        if force_cpu {
+            client
+                .execute(
+                    "localStorage.setItem('htc-vlm.settings', JSON.stringify({backend: 'cpu'}));",
+                    vec![],
+                )
+                .await
+                .unwrap();
+            client.refresh().await.unwrap();
+        }
+        wait_for(&client, "#status[data-connection='ready']").await;
+        let el = wait_for(&client, "#compute-path:not([data-path='probing'])").await;
+        let (got_path, text) =
+            (el.attr("data-path").await.unwrap().unwrap_or_default(), el.text().await.unwrap());
+        eprintln!("{case}: {got_path}: {text}");
+        assert_eq!(got_path, path, "{case}: {text}");
+        assert!(text.contains(words), "{case}: {text}");
+        let input = client.find(Locator::Css("input[type='file'][aria-label='Image']")).await.unwrap();
+        input.send_keys(root.join("docs/demo-star.png").to_str().unwrap()).await.unwrap();
+        let codes = wait_for(&client, "#browser-codes[data-image]").await;
+        let codes = codes.attr("data-codes").await.unwrap().unwrap_or_default();
+        assert_eq!(codes.split(',').count(), 36 * 4, "{case}");
+        let answer = ask(&client, "What color is the star?").await;
+        assert_eq!(answer.trim(), "red", "{case}");
+        let by = client.find(Locator::Css("#tokenised-by")).await.unwrap().text().await.unwrap();
+        assert!(by.contains("image tokenised by: browser, backend: cpu"), "{case}: {by}");
+        all_codes.push((case.to_string(), codes));
+        client.close().await.unwrap();
+        let _ = std::fs::remove_dir_all(profile);
+    }
+    for (case, codes) in &all_codes[1..] {
+        assert_eq!(codes, &all_codes[0].1, "{case}: the same codes as with WebGPU granted");
+    }
+}
+
 /// Starts the worker (with `model`, or its random default) serving the web app, checks
 /// `/healthz`, and starts chromedriver; returns the page URL, the driver's port and the driver.
 async fn server(model: Option<PathBuf>) -> (String, u16, Driver) {

@@ -9,13 +9,14 @@ use htc_shared::protocol::PROTOCOL_VERSION;
 
 use crate::attention::Attention;
 use crate::chat::Chat;
-use crate::compute::probe;
+use crate::compute::{probe, ComputePath};
 use crate::image_input::ImageInput;
 use crate::layout::{
     describe, describe_question_view, model_layout, topology_name, PAPER_LAYOUT, PAPER_TOPOLOGY,
 };
 use crate::session::Session;
 use crate::settings::SettingsPanel;
+use crate::state::BackendChoice;
 use crate::status::Status;
 
 /// The whole page. Stable hooks for tests: `#status` (`data-connection`), `#compute-path`
@@ -29,8 +30,17 @@ pub fn App() -> impl IntoView {
 /// The app around a session: the page's ([`App`]) or a widget's (`crate::widget`).
 pub fn shell(session: Session) -> impl IntoView {
     provide_context(session);
-    spawn_local(async move {
-        session.compute.set(probe().await);
+    // The compute path follows the backend setting: CPU when the user chose it, else what the
+    // WebGPU probe finds (probed again when the setting changes).
+    Effect::new(move |_| {
+        let choice = session.settings.with(|s| s.backend);
+        spawn_local(async move {
+            let path = match choice {
+                BackendChoice::Cpu => ComputePath::Cpu { reason: "CPU chosen in the settings".into() },
+                _ => probe().await,
+            };
+            session.compute.set(path);
+        });
     });
     session.connect();
     // The served model's layout once its card is in (built here by the shared mask code and
