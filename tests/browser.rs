@@ -193,7 +193,7 @@ async fn every_compute_path_answers_truthfully_with_the_same_codes() {
         ("WebGPU granted", true, false, false, "webgpu", "WebGPU (software fallback adapter)"),
         ("navigator.gpu removed", true, true, false, "cpu", "navigator.gpu is not available"),
         ("no adapter granted", false, false, false, "cpu", "no WebGPU adapter was granted"),
-        ("CPU chosen in the settings", true, false, true, "cpu", "CPU chosen in the settings"),
+        ("CPU chosen in the settings", true, false, true, "cpu", "CPU (chosen in the settings)"),
     ];
     let mut all_codes: Vec<(String, String)> = Vec::new();
     for (case, webgpu, remove_gpu, force_cpu, path, words) in cases {

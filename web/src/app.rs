@@ -36,7 +36,7 @@ pub fn shell(session: Session) -> impl IntoView {
         let choice = session.settings.with(|s| s.backend);
         spawn_local(async move {
             let path = match choice {
-                BackendChoice::Cpu => ComputePath::Cpu { reason: "CPU chosen in the settings".into() },
+                BackendChoice::Cpu => ComputePath::CpuChosen,
                 _ => probe().await,
             };
             session.compute.set(path);

@@ -8,8 +8,14 @@ use wasm_bindgen_futures::JsFuture;
 #[derive(Debug, Clone, PartialEq)]
 pub enum ComputePath {
     Probing,
-    WebGpu { fallback_adapter: bool },
-    Cpu { reason: String },
+    WebGpu {
+        fallback_adapter: bool,
+    },
+    Cpu {
+        reason: String,
+    },
+    /// The user chose the CPU in the settings (no probe).
+    CpuChosen,
 }
 
 impl ComputePath {
@@ -18,7 +24,7 @@ impl ComputePath {
         match self {
             ComputePath::Probing => "probing",
             ComputePath::WebGpu { .. } => "webgpu",
-            ComputePath::Cpu { .. } => "cpu",
+            ComputePath::Cpu { .. } | ComputePath::CpuChosen => "cpu",
         }
     }
 
@@ -29,6 +35,7 @@ impl ComputePath {
             ComputePath::WebGpu { fallback_adapter: false } => "WebGPU (hardware adapter)".into(),
             ComputePath::WebGpu { fallback_adapter: true } => "WebGPU (software fallback adapter)".into(),
             ComputePath::Cpu { reason } => format!("CPU fallback: {reason}"),
+            ComputePath::CpuChosen => "CPU (chosen in the settings)".into(),
         }
     }
 }
