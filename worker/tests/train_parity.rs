@@ -23,7 +23,7 @@ use htc_worker::formats::checkpoint::{AnyModel, Snapshot};
 use htc_worker::models::htc::{Htc, ImageTensors};
 use htc_worker::train::objective::{nll_sum, Batch, Trainable};
 use htc_worker::train::optim::{AdamW, Moments, WarmupCosine};
-use htc_worker::train::step::{train_step_probed, Optimizer, ProbeWeight, Probed};
+use htc_worker::train::step::{train_step, Optimizer};
 
 type Train = Autodiff<Backend>;
 
@@ -157,17 +157,8 @@ fn three_steps(micro: usize, threads: usize) -> HashMap<String, Vec<f32>> {
     let opt = optimizer();
     let (lrs, norms, losses) = (e.f64("steps.lr"), e.f64("steps.grad_norm"), e.f64("steps.loss"));
     for s in 0..3 {
-        let (m, r) = train_step_probed(
-            Probed { model, probe: None },
-            &batches,
-            &names,
-            &mut moments,
-            &opt,
-            ProbeWeight { weight: 0.0, layer: 0 },
-            threads,
-        )
-        .unwrap();
-        model = m.model;
+        let (m, r) = train_step(model, &batches, &names, &mut moments, &opt, threads).unwrap();
+        model = m;
         assert_eq!(r.lr, lrs[s], "lr at step {s}");
         // Until the first real update (lr(0) = 0) the parameters are the fixture's own; after
         // it they carry AdamW's amplified rounding of small gradients (see

@@ -18,7 +18,7 @@ use crate::models::htc::{Htc, ImageTensors};
 use crate::models::llava::{self, Llava};
 use crate::train::objective::{Batch, Trainable, IGNORE};
 use crate::train::optim::{AdamW, Moments, WarmupCosine};
-use crate::train::step::{train_step_probed, Optimizer, ProbeWeight, Probed};
+use crate::train::step::{train_step, Optimizer};
 
 type Train = Autodiff<Backend>;
 
@@ -143,19 +143,14 @@ pub fn run(shape: &str, steps: usize, threads: usize) -> Result<()> {
         max_grad_norm: Some(1.0),
     };
     let mut moments = Moments::default();
-    let no_probe = ProbeWeight { weight: 0.0, layer: 0 };
-    let step = |model: Htc<Train>, moments: &mut Moments<Backend>| {
-        train_step_probed(Probed { model, probe: None }, &batches, &names, moments, &opt, no_probe, threads)
-            .map(|(m, r)| (m.model, r))
-    };
     for _ in 0..2 {
-        model = step(model, &mut moments)?.0;
+        model = train_step(model, &batches, &names, &mut moments, &opt, threads)?.0;
     }
     let after_warmup = peak_rss_mib();
     let t = Instant::now();
     let mut loss = 0.0;
     for _ in 0..steps {
-        let (m, r) = step(model, &mut moments)?;
+        let (m, r) = train_step(model, &batches, &names, &mut moments, &opt, threads)?;
         model = m;
         loss = r.loss;
     }

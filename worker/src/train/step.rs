@@ -50,10 +50,11 @@ pub struct Probed<B: Backend> {
     pub probe: Option<SceneProbe<B>>,
 }
 
-/// Takes one step on `micro` (the micro-batches of one global batch).
+/// Takes one step on `micro` (the micro-batches of one global batch), up to `threads` of them
+/// at once.
 pub fn train_step<B: AutodiffBackend>(
     model: Htc<B>, micro: &[Batch<B>], names: &ParamNames, moments: &mut Moments<B::InnerBackend>,
-    opt: &Optimizer,
+    opt: &Optimizer, threads: usize,
 ) -> Result<(Htc<B>, StepReport)> {
     let (m, r) = train_step_probed(
         Probed { model, probe: None },
@@ -62,7 +63,7 @@ pub fn train_step<B: AutodiffBackend>(
         moments,
         opt,
         ProbeWeight { weight: 0.0, layer: 0 },
-        1,
+        threads,
     )?;
     Ok((m.model, r))
 }
