@@ -122,12 +122,25 @@ pub fn train_step_probed<B: AutodiffBackend>(
         bail!("the global batch has no answer tokens");
     }
     let rows: usize = micro.iter().map(|b| b.ids.len()).sum();
-    let outs: Vec<MicroGrads> = if threads <= 1 || micro.len() <= 1 {
-        micro.iter().map(|b| micro_grads(&m, b, targets, rows, probe)).collect::<Result<_>>()?
+    // Each micro-batch's gradients join the sum as soon as they exist, so no more than
+    // `threads` of them are held at once.
+    let mut acc = GradientsAccumulator::<Probed<B>>::new();
+    let (mut loss, mut scene_loss, mut scene_right) = (0f64, 0f64, 0usize);
+    let mut add = |o: MicroGrads| {
+        loss += o.loss;
+        if let Some((l, right)) = o.scene {
+            scene_loss += l;
+            scene_right += right;
+        }
+        acc.accumulate(&m, o.grads);
+    };
+    if threads <= 1 || micro.len() <= 1 {
+        for b in micro {
+            add(micro_grads(&m, b, targets, rows, probe)?);
+        }
     } else {
         // Each thread gets fresh autodiff leaves over the same parameter values and ids, so
         // the threads' graphs stay apart and their gradients add up by parameter id.
-        let mut outs = Vec::with_capacity(micro.len());
         for wave in micro.chunks(threads) {
             let done: Vec<Result<MicroGrads>> = std::thread::scope(|s| {
                 let handles: Vec<_> = wave
@@ -143,20 +156,9 @@ pub fn train_step_probed<B: AutodiffBackend>(
                     .collect()
             });
             for d in done {
-                outs.push(d?);
+                add(d?);
             }
         }
-        outs
-    };
-    let mut acc = GradientsAccumulator::<Probed<B>>::new();
-    let (mut loss, mut scene_loss, mut scene_right) = (0f64, 0f64, 0usize);
-    for o in outs {
-        loss += o.loss;
-        if let Some((l, right)) = o.scene {
-            scene_loss += l;
-            scene_right += right;
-        }
-        acc.accumulate(&m, o.grads);
     }
     let grads = acc.grads();
     let grad_norm = optim::global_norm(&m, &grads);
