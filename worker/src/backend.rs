@@ -44,3 +44,13 @@ pub fn name() -> &'static str {
         "ndarray"
     }
 }
+
+/// Threads a decoding step's few-row products are split over: every core on the CPU backends,
+/// whose matmul kernels run a one-row product on one thread; 1 on the GPU backends.
+pub fn row_split() -> usize {
+    if cfg!(any(feature = "cuda", feature = "wgpu")) {
+        1
+    } else {
+        rayon::current_num_threads()
+    }
+}

@@ -78,6 +78,14 @@ fn llama_causal_and_custom_mask_logits_match() {
 #[test]
 fn kv_cache_decoding_equals_full_recompute() {
     let (m, exp) = tiny_llama();
+    // Once with one matmul per product, once with decoding steps split over 3 threads (how
+    // the CPU engine decodes): both against one full recompute without splitting.
+    for split in [1, 3] {
+        kv_cache_decoding_equals_full_recompute_with(&m, &exp, split);
+    }
+}
+
+fn kv_cache_decoding_equals_full_recompute_with(m: &Llama<Backend>, exp: &Expected, split: usize) {
     let ids = ids_u32(&exp.i64("input_ids"));
     let t = ids.len();
     // Full recompute of all t positions.
@@ -93,6 +101,7 @@ fn kv_cache_decoding_equals_full_recompute() {
         ),
     );
     // Prefill 5, then one token at a time through the cache.
+    let m = m.clone().with_row_split(split);
     let mut cache = m.new_cache();
     let p0: Vec<usize> = (0..5).collect();
     let mut got = to_vec(
@@ -114,7 +123,7 @@ fn kv_cache_decoding_equals_full_recompute() {
         got.extend(to_vec(m.logits(o.hidden)));
     }
     assert_eq!(cache.seq_len(), t);
-    assert_close("cached decode vs recompute", &got, &full, 1e-5);
+    assert_close(&format!("cached decode (split {split}) vs recompute"), &got, &full, 1e-5);
 }
 
 #[test]
@@ -122,16 +131,19 @@ fn llama_greedy_generation_matches_hf_generate() {
     let (m, exp) = tiny_llama();
     let ids = ids_u32(&exp.i64("input_ids"));
     let want = ids_u32(&exp.i64("greedy_ids"));
-    let g = htc_worker::runtime::decode::generate(
-        &m,
-        m.embed(&ids),
-        &[],
-        &htc_worker::runtime::sampling::Sampling::greedy(want.len()),
-        false,
-        |_| std::ops::ControlFlow::Continue(()),
-    )
-    .unwrap();
-    assert_eq!(g.ids, want);
+    for split in [1, 2, 3] {
+        let m = m.clone().with_row_split(split);
+        let g = htc_worker::runtime::decode::generate(
+            &m,
+            m.embed(&ids),
+            &[],
+            &htc_worker::runtime::sampling::Sampling::greedy(want.len()),
+            false,
+            |_| std::ops::ControlFlow::Continue(()),
+        )
+        .unwrap();
+        assert_eq!(g.ids, want, "greedy ids with decoding split over {split} thread(s)");
+    }
 }
 
 fn llava_logits(dir: &str, ids_name: &str) -> Vec<f32> {
@@ -198,6 +210,12 @@ fn preprocessing_matches_clip_image_processor() {
 #[test]
 fn batched_decoding_equals_decoding_each_sequence_alone() {
     let (m, exp) = tiny_llama();
+    for split in [1, 3] {
+        batched_decoding_equals_decoding_each_sequence_alone_with(&m.clone().with_row_split(split), &exp);
+    }
+}
+
+fn batched_decoding_equals_decoding_each_sequence_alone_with(m: &Llama<Backend>, exp: &Expected) {
     let ids = ids_u32(&exp.i64("input_ids"));
     // Three sequences with different cached lengths.
     let prompts: Vec<&[u32]> = vec![&ids[..3], &ids[..7], &ids[2..12]];
@@ -231,4 +249,26 @@ fn batched_decoding_equals_decoding_each_sequence_alone() {
     for (a, b) in alone.iter().zip(&batch) {
         assert_eq!(a.seq_len(), b.seq_len(), "padding is dropped after each step");
     }
+}
+
+#[test]
+fn split_products_equal_one_matmul() {
+    use burn::nn::LinearConfig;
+    use burn::tensor::Distribution;
+    use htc_worker::models::lora::{split_linear, SPLIT_MAX_ROWS};
+    let device = backend::device();
+    let linear = LinearConfig::new(200, 70).init::<Backend>(&device);
+    assert!(linear.bias.is_some(), "the bias is added once, after the partial sums");
+    for rows in [1, 3, SPLIT_MAX_ROWS] {
+        let x = Tensor::<Backend, 3>::random([1, rows, 200], Distribution::Default, &device);
+        let want = to_vec(linear.forward(x.clone()));
+        for parts in [2, 3, 7] {
+            let got = split_linear(&linear, x.clone(), parts);
+            assert_eq!(got.dims(), [1, rows, 70]);
+            assert_close(&format!("{rows} rows split in {parts}"), &to_vec(got), &want, 1e-5);
+        }
+    }
+    // Above the row limit the product is one matmul: bit for bit.
+    let x = Tensor::<Backend, 2>::random([SPLIT_MAX_ROWS + 1, 200], Distribution::Default, &device);
+    assert_eq!(to_vec(split_linear(&linear, x.clone(), 3)), to_vec(linear.forward(x)));
 }

@@ -68,7 +68,8 @@ pub fn run(a: AskArgs) -> Result<()> {
     let sampling = Sampling { max_new_tokens: a.max_new_tokens, temperature, top_p: a.top_p, seed: a.seed };
     sampling.validate().map_err(|m| anyhow!("{m} (--top-p, --temperature, --max-new-tokens)"))?;
     let device = backend::device();
-    let snap = Snapshot::<Backend>::open(&a.model, &device)?;
+    let mut snap = Snapshot::<Backend>::open(&a.model, &device)?;
+    snap.model = snap.model.with_row_split(backend::row_split());
     let image = a.image.map(ImageSource::File).or(a.pixel_values.map(ImageSource::PixelValues));
     let req = AskRequest {
         image,

@@ -9,6 +9,7 @@ use burn::tensor::{Distribution, Tensor};
 use crate::backend::{self, Backend};
 use crate::formats::Loader;
 use crate::models::llama::{KvCache, Llama, Step};
+use crate::models::lora::SPLIT_MAX_ROWS;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
@@ -29,6 +30,9 @@ pub struct BenchArgs {
     /// many threads at once (`htc train --threads`); 1 runs the batch whole.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
+    /// `--suite llm`: the language model to time (a GGUF file or a checkpoint directory).
+    #[arg(long)]
+    pub model: Option<std::path::PathBuf>,
 }
 
 fn time<F: FnMut()>(reps: usize, mut f: F) -> f64 {
@@ -47,7 +51,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "htc" => htc_suite(&args),
         "all" => backend_suite(&args).and_then(|_| htc_suite(&args)),
         "train" => super::bench_train::run(&args.shape, args.steps.max(1), args.threads.max(1)),
-        other => anyhow::bail!("unknown --suite `{other}` (backend, htc, all, train)"),
+        "llm" => llm_suite(&args),
+        other => anyhow::bail!("unknown --suite `{other}` (backend, htc, all, train, llm)"),
     }
 }
 
@@ -161,6 +166,30 @@ fn backend_suite(args: &BenchArgs) -> Result<()> {
         &Loader::new(&src, &device).pp("lm_head"),
         &cfg,
     )?;
+    // Decoding steps as the engine runs them on CPU backends (the few-row products split over
+    // every core) and as one matmul each: the same model, so the ratio is the split's gain.
+    let cores = rayon::current_num_threads();
+    for split in [1, cores] {
+        let llm = llm.clone().with_row_split(split);
+        println!("-- products of at most {SPLIT_MAX_ROWS} rows split over {split} thread(s)");
+        decoder_suite(&llm, args.reps);
+    }
+    let w = Tensor::<Backend, 2>::random([cfg.hidden_size, 32000], Distribution::Default, &device);
+    let x = Tensor::<Backend, 2>::random([1, cfg.hidden_size], Distribution::Default, &device);
+    let s = time(args.reps, || {
+        let _ = x.clone().matmul(w.clone()).into_data();
+    });
+    println!("2D matvec 1x576 * 576x32000: {:.2} ms", s * 1e3);
+    let x8 = Tensor::<Backend, 2>::random([8, cfg.hidden_size], Distribution::Default, &device);
+    let s = time(args.reps, || {
+        let _ = x8.clone().matmul(w.clone()).into_data();
+    });
+    println!("2D matmul 8x576 * 576x32000: {:.2} ms", s * 1e3);
+    Ok(())
+}
+
+/// Prefill, decode-step and output-head timings of `llm` (a SmolLM2-width decoder).
+fn decoder_suite(llm: &Llama<Backend>, reps: usize) {
     // A prompt of `n` tokens run through `cache`; one decoded token at `pos`.
     let prefill = |n: usize, cache: &mut KvCache<Backend>| {
         let ids: Vec<u32> = (0..n).map(|i| (i * 7 % 32000) as u32).collect();
@@ -181,12 +210,12 @@ fn backend_suite(args: &BenchArgs) -> Result<()> {
         );
         o.hidden
     };
-    let s = time(args.reps, || prefill(128, &mut llm.new_cache()));
+    let s = time(reps, || prefill(128, &mut llm.new_cache()));
     println!("SmolLM2-width decoder, 4 layers, prefill 128 tokens: {:.2} ms", s * 1e3);
     let mut cache = llm.new_cache();
     prefill(128, &mut cache);
     let mut pos = 128;
-    let s = time(args.reps, || {
+    let s = time(reps, || {
         let _ = llm.logits(decode(pos, &mut cache)).into_data();
         pos += 1;
     });
@@ -197,31 +226,98 @@ fn backend_suite(args: &BenchArgs) -> Result<()> {
         let mut cache = llm.new_cache();
         prefill(ctx, &mut cache);
         let mut pos = ctx;
-        let s = time(args.reps, || {
+        let s = time(reps, || {
             let _ = decode(pos, &mut cache).into_data();
             pos += 1;
         });
         println!("SmolLM2-width decoder, 4 layers, one decode step at context {ctx}: {:.2} ms", s * 1e3);
     }
-    let h = Tensor::<Backend, 3>::random([1, 1, cfg.hidden_size], Distribution::Default, &device);
-    let s = time(args.reps, || {
+    let s = time(reps, || {
+        let _ = decode(0, &mut llm.new_cache()).into_data();
+    });
+    println!("decoder alone, one token, empty cache: {:.2} ms", s * 1e3);
+    let h =
+        Tensor::<Backend, 3>::random([1, 1, llm.config().hidden_size], Distribution::Default, &llm.device());
+    let s = time(reps, || {
         let _ = llm.logits(h.clone()).into_data();
     });
     println!("lm_head alone (576 -> 32000, one token): {:.2} ms", s * 1e3);
-    let w = Tensor::<Backend, 2>::random([cfg.hidden_size, 32000], Distribution::Default, &device);
-    let x = Tensor::<Backend, 2>::random([1, cfg.hidden_size], Distribution::Default, &device);
-    let s = time(args.reps, || {
-        let _ = x.clone().matmul(w.clone()).into_data();
-    });
-    println!("2D matvec 1x576 * 576x32000: {:.2} ms", s * 1e3);
-    let x8 = Tensor::<Backend, 2>::random([8, cfg.hidden_size], Distribution::Default, &device);
-    let s = time(args.reps, || {
-        let _ = x8.clone().matmul(w.clone()).into_data();
-    });
-    println!("2D matmul 8x576 * 576x32000: {:.2} ms", s * 1e3);
-    let s = time(args.reps, || {
-        let _ = decode(pos, &mut llm.new_cache()).into_data();
-    });
-    println!("decoder alone, one token, empty cache: {:.2} ms", s * 1e3);
+}
+
+/// The prompt token ids every side of the LLM benchmark feeds (`scripts/bench-llm.sh` gives
+/// the same to llama.cpp): a fixed walk over the vocabulary, clear of the first 100 ids.
+pub fn bench_ids(n: usize, vocab: usize) -> Vec<u32> {
+    (0..n).map(|i| (100 + (i * 7919) % (vocab - 100)) as u32).collect()
+}
+
+/// Prefill and decode throughput of a real checkpoint's language model, as the engine runs it
+/// (decoding steps split over every core on CPU backends) and with one matmul per product.
+/// Decoding feeds fixed ids (no sampling) and computes the logits of every step.
+fn llm_suite(args: &BenchArgs) -> Result<()> {
+    use crate::formats::checkpoint::Snapshot;
+    let path = args.model.as_ref().ok_or_else(|| anyhow::anyhow!("--suite llm needs --model PATH"))?;
+    let device = backend::device();
+    let snap = Snapshot::<Backend>::open(path, &device)?;
+    let base = snap.model.llm().clone();
+    let c = base.config().clone();
+    println!(
+        "model: {} ({} layers, width {}, vocab {}), f32, {} threads",
+        path.display(),
+        c.num_hidden_layers,
+        c.hidden_size,
+        c.vocab_size,
+        rayon::current_num_threads()
+    );
+    let mut splits = vec![backend::row_split()];
+    if splits[0] != 1 {
+        splits.push(1);
+    }
+    for split in splits {
+        let llm = base.clone().with_row_split(split);
+        let tag = if split == 1 {
+            "one matmul per product".to_string()
+        } else {
+            format!("decode split over {split} threads")
+        };
+        let prefill = |n: usize| {
+            let ids = bench_ids(n, c.vocab_size);
+            let positions: Vec<usize> = (0..n).collect();
+            let mut cache = llm.new_cache();
+            let o = llm.forward(
+                llm.embed(&ids),
+                Step { positions: &positions, mask: None, want_attention: false, self_only: 0 },
+                &mut cache,
+            );
+            // The last position's logits, as a generation would need.
+            let [_, t, d] = o.hidden.dims();
+            let _ = llm.logits(o.hidden.slice([0..1, t - 1..t, 0..d])).into_data();
+            cache
+        };
+        for n in [128usize, 512] {
+            let s = time(args.reps, || {
+                let _ = prefill(n);
+            });
+            println!("llm prefill {n} tokens [{tag}]: {:.1} ms, {:.1} tok/s", s * 1e3, n as f64 / s);
+        }
+        for ctx in [128usize, 512, 2000] {
+            if ctx + 64 > c.max_position_embeddings {
+                continue;
+            }
+            let mut cache = prefill(ctx);
+            let feed = bench_ids(64, c.vocab_size);
+            let t = Instant::now();
+            for (i, &id) in feed.iter().enumerate() {
+                let p = [ctx + i];
+                let o = llm.forward(
+                    llm.embed(&[id]),
+                    Step { positions: &p, mask: None, want_attention: false, self_only: 0 },
+                    &mut cache,
+                );
+                let _ = llm.logits(o.hidden).into_data();
+            }
+            let s = t.elapsed().as_secs_f64() / feed.len() as f64;
+            println!("llm decode at context {ctx} [{tag}]: {:.2} ms/token, {:.1} tok/s", s * 1e3, 1.0 / s);
+        }
+    }
     Ok(())
 }

@@ -35,6 +35,22 @@ pub enum AnyModel<B: Backend> {
 }
 
 impl<B: Backend> AnyModel<B> {
+    /// The model with its language model's decoding steps split over `threads` threads
+    /// ([`Llama::with_row_split`]; `crate::backend::row_split` gives the count for the backend).
+    pub fn with_row_split(self, threads: usize) -> Self {
+        match self {
+            AnyModel::Llama(m) => AnyModel::Llama(m.with_row_split(threads)),
+            AnyModel::Llava { mut model, config, preprocess } => {
+                model.llm = model.llm.with_row_split(threads);
+                AnyModel::Llava { model, config, preprocess }
+            }
+            AnyModel::Htc { mut model, config, preprocess } => {
+                model.llava.llm = model.llava.llm.with_row_split(threads);
+                AnyModel::Htc { model, config, preprocess }
+            }
+        }
+    }
+
     pub fn llm(&self) -> &Llama<B> {
         match self {
             AnyModel::Llama(m) => m,

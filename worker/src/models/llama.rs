@@ -259,6 +259,9 @@ pub struct Llama<B: Backend> {
     rope: Rope,
     #[module(skip)]
     config: Config,
+    /// Threads the output head's few-row products are split over (1: not split).
+    #[module(skip)]
+    split: usize,
 }
 
 impl<B: Backend> Llama<B> {
@@ -287,6 +290,7 @@ impl<B: Backend> Llama<B> {
             lm_head,
             rope: Rope::new(c.head_dim, c.rope_theta),
             config: c.clone(),
+            split: 1,
         };
         Ok(m)
     }
@@ -523,7 +527,7 @@ impl<B: Backend> Llama<B> {
     /// The decoder with every base weight frozen (no gradients kept) and the LoRA adapters
     /// left as they are.
     pub fn freeze_base(self) -> Self {
-        let mut m = self.map_projections(|p| Proj { linear: p.linear.no_grad(), lora: p.lora });
+        let mut m = self.map_projections(|p| Proj { linear: p.linear.no_grad(), ..p });
         m.embed_tokens = m.embed_tokens.no_grad();
         m.norm = m.norm.no_grad();
         m.lm_head = m.lm_head.no_grad();
@@ -534,6 +538,15 @@ impl<B: Backend> Llama<B> {
         m
     }
 
+    /// The decoder with its products of a few rows (decoding steps) split over `threads`
+    /// threads (see [`super::lora::split_linear`]); 1 turns splitting off. For CPU inference:
+    /// the CPU matmul kernels run a one-row product on one core.
+    pub fn with_row_split(mut self, threads: usize) -> Self {
+        let threads = threads.max(1);
+        self.split = threads;
+        self.map_projections(|p| Proj { split: threads, ..p })
+    }
+
     /// The decoder with every LoRA adapter folded into its base weight.
     pub fn merged(self) -> Self {
         self.map_projections(Proj::merged)
@@ -541,7 +554,7 @@ impl<B: Backend> Llama<B> {
 
     /// Logits `[b, t, vocab]` from final hidden states.
     pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.lm_head.forward(hidden)
+        super::lora::split_linear(&self.lm_head, hidden, self.split)
     }
 }
 

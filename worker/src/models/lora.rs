@@ -8,6 +8,7 @@ use anyhow::Result;
 use burn::module::Module;
 use burn::nn::Linear;
 use burn::tensor::{backend::Backend, Tensor};
+use rayon::prelude::*;
 
 use htc_shared::loader::Loader;
 
@@ -54,17 +55,20 @@ impl<B: Backend> Lora<B> {
 pub struct Proj<B: Backend> {
     pub linear: Linear<B>,
     pub lora: Option<Lora<B>>,
+    /// Threads a few-row product is split over (see [`split_linear`]); 1 for one matmul.
+    #[module(skip)]
+    pub split: usize,
 }
 
 impl<B: Backend> Proj<B> {
     pub fn load(vb: &Loader<B>, name: &str, d_in: usize, d_out: usize, bias: bool) -> Result<Self> {
-        Ok(Self { linear: vb.linear(name, d_in, d_out, bias)?, lora: None })
+        Ok(Self { linear: vb.linear(name, d_in, d_out, bias)?, lora: None, split: 1 })
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         match &self.lora {
             Some(l) => self.linear.forward(x.clone()) + l.forward(x),
-            None => self.linear.forward(x),
+            None => split_linear(&self.linear, x, self.split),
         }
     }
 
@@ -81,8 +85,49 @@ impl<B: Backend> Proj<B> {
                 let delta = l.delta();
                 let mut linear = self.linear;
                 linear.weight = linear.weight.map(|w| w + delta);
-                Self { linear, lora: None }
+                Self { linear, lora: None, split: self.split }
             }
         }
     }
+}
+
+/// The most rows (batch × tokens) a product is split for: decoding steps, where the CPU matmul
+/// kernel runs a matrix–vector product on one thread. Larger products are multi-threaded by
+/// the kernel itself.
+pub const SPLIT_MAX_ROWS: usize = 8;
+
+/// `linear.forward(x)`, with products of at most [`SPLIT_MAX_ROWS`] rows split over `parts`
+/// threads when `parts > 1`: the reduction dimension is cut into `parts` contiguous row blocks
+/// of the `[in, out]` weight (views, no copy), each block's product runs on rayon's pool, and
+/// the partial products are summed in block order (deterministic for a given `parts`; the
+/// rounding differs from one matmul's by the order of the additions). Written here because
+/// the matmul kernels do not thread a one-row product and no crate does it for burn tensors.
+pub fn split_linear<B: Backend, const D: usize>(
+    linear: &Linear<B>, x: Tensor<B, D>, parts: usize,
+) -> Tensor<B, D> {
+    let dims = x.dims();
+    let d_in = dims[D - 1];
+    let rows = dims[..D - 1].iter().product::<usize>();
+    // Blocks narrower than this cost more in dispatch than they save.
+    const MIN_BLOCK: usize = 16;
+    let parts = parts.min(d_in / MIN_BLOCK);
+    if parts < 2 || rows > SPLIT_MAX_ROWS || rows == 0 {
+        return linear.forward(x);
+    }
+    let w = linear.weight.val();
+    let d_out = w.dims()[1];
+    let x2 = x.reshape([rows, d_in]);
+    let bounds: Vec<(usize, usize)> =
+        (0..parts).map(|i| (i * d_in / parts, (i + 1) * d_in / parts)).collect();
+    let partials: Vec<Tensor<B, 2>> = bounds
+        .par_iter()
+        .map(|&(a, b)| x2.clone().slice([0..rows, a..b]).matmul(w.clone().slice([a..b, 0..d_out])))
+        .collect();
+    let mut y = partials.into_iter().reduce(|s, p| s + p).expect("parts >= 2");
+    if let Some(bias) = &linear.bias {
+        y = y + bias.val().unsqueeze::<2>();
+    }
+    let mut out = dims;
+    out[D - 1] = d_out;
+    y.reshape(out)
 }
