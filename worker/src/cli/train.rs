@@ -127,6 +127,11 @@ pub struct TrainArgs {
     /// Stop at the first unusable record instead of skipping it.
     #[arg(long)]
     pub strict: bool,
+    /// Score the questions' tokens too, not only the answers (language modelling on the whole
+    /// conversation): many more targets per example, each asking the text to read the image
+    /// ("Is the red ___" needs the red object's shape). For an LLM trained from nothing.
+    #[arg(long)]
+    pub train_on_inputs: bool,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -198,6 +203,7 @@ impl TrainArgs {
             keep: self.keep,
             eval_every: self.eval_every,
             strict: self.strict,
+            train_on_inputs: self.train_on_inputs,
             resume: self.resume,
             progress: !self.quiet,
         })

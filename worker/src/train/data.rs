@@ -2,7 +2,8 @@
 //! `{"id", "image", "conversations": [{"from": "human", "value": "<image>\n…"},
 //! {"from": "gpt", "value": "…"}, …]}` with images relative to an image folder. Every `gpt`
 //! turn is a target: its tokens and the EOS that closes it are labelled, everything else is
-//! `IGNORE`. The first question is rendered exactly as `htc ask` renders it; later turns follow
+//! `IGNORE` — unless `train_on_inputs`, where the questions' tokens are targets too (all
+//! but the very first text token, which nothing precedes). The first question is rendered exactly as `htc ask` renders it; later turns follow
 //! as `USER: q ASSISTANT:` after the EOS, as in LLaVA's vicuna_v1 conversations.
 //!
 //! A record that cannot be used is skipped with its reason and counted; `strict` turns the
@@ -107,6 +108,9 @@ pub struct DataOptions<'a> {
     pub max_text: usize,
     /// Fail on the first unusable record instead of skipping it.
     pub strict: bool,
+    /// Label the questions' tokens too (language modelling on the whole conversation), not
+    /// only the answers.
+    pub train_on_inputs: bool,
 }
 
 /// Reads `data`, resolving images under `images`.
@@ -157,7 +161,7 @@ fn example(r: &RawRecord, id: &str, images: &Path, opts: &DataOptions<'_>) -> Re
     if !turns[0].value.contains("<image>") {
         return Err(Skip::NoImagePlaceholder);
     }
-    let (ids, labels) = tokenize(turns, opts.tokenizer).map_err(|_| Skip::BadTurns)?;
+    let (ids, labels) = tokenize(turns, opts.tokenizer, opts.train_on_inputs).map_err(|_| Skip::BadTurns)?;
     if ids.len() > opts.max_text {
         return Err(Skip::TooLong);
     }
@@ -165,9 +169,9 @@ fn example(r: &RawRecord, id: &str, images: &Path, opts: &DataOptions<'_>) -> Re
 }
 
 /// Token ids and labels of a conversation (pairs of human, gpt turns; a trailing question
-/// without an answer is dropped), laid out by [`TextTokenizer::turn_ids`]: only the answers
-/// and their EOS are targets.
-fn tokenize(turns: &[RawTurn], tok: &TextTokenizer) -> Result<(Vec<u32>, Vec<i64>)> {
+/// without an answer is dropped), laid out by [`TextTokenizer::turn_ids`]: the answers and
+/// their EOS are targets, and with `on_inputs` every question token after the first text token.
+fn tokenize(turns: &[RawTurn], tok: &TextTokenizer, on_inputs: bool) -> Result<(Vec<u32>, Vec<i64>)> {
     let questions: Vec<String> =
         turns.chunks_exact(2).map(|pair| strip_placeholder(&pair[0].value)).collect();
     let pairs: Vec<(&str, Option<&str>)> = questions
@@ -177,7 +181,13 @@ fn tokenize(turns: &[RawTurn], tok: &TextTokenizer) -> Result<(Vec<u32>, Vec<i64
         .collect();
     let (mut ids, mut labels) = (Vec::new(), Vec::new());
     for (p, a) in tok.turn_ids(None, &pairs)? {
-        labels.extend(std::iter::repeat_n(IGNORE, p.len()));
+        if on_inputs {
+            let first = ids.is_empty();
+            labels
+                .extend(p.iter().enumerate().map(|(j, &t)| if first && j == 0 { IGNORE } else { t as i64 }));
+        } else {
+            labels.extend(std::iter::repeat_n(IGNORE, p.len()));
+        }
         labels.extend(a.iter().map(|&t| t as i64));
         ids.extend(p);
         ids.extend(a);
@@ -216,7 +226,7 @@ mod tests {
                     ]
                 })
                 .collect();
-            let (trained, labels) = tokenize(&raw, &tok).unwrap();
+            let (trained, labels) = tokenize(&raw, &tok, false).unwrap();
             // The last answer and its EOS are what the model is to say.
             let answer = labels.iter().rev().take_while(|&&l| l != IGNORE).count();
             let chat = Chat {
@@ -229,5 +239,39 @@ mod tests {
             assert!(!served.contains(&0), "no unknown words: {served:?}");
             assert_eq!(served.iter().filter(|&&t| t == 2).count(), 2, "an EOS after each earlier answer");
         }
+    }
+
+    /// With `train_on_inputs` the questions' tokens are targets as well, except the very first
+    /// text token; the ids and the answers' labels are unchanged.
+    #[test]
+    fn train_on_inputs_labels_the_questions_too() {
+        let turns = [("<image>\nWhat color is the star?", "red"), ("How many circles are there?", "2")];
+        let words: Vec<&str> = turns.iter().flat_map(|(q, a)| [*q, *a]).collect();
+        let tok = TextTokenizer {
+            inner: word_level(words.iter().copied()).unwrap(),
+            template: Template::UserAssistant,
+            eos_ids: vec![2],
+        };
+        let raw: Vec<RawTurn> = turns
+            .iter()
+            .flat_map(|(q, a)| {
+                [
+                    RawTurn { from: "human".into(), value: q.to_string() },
+                    RawTurn { from: "gpt".into(), value: a.to_string() },
+                ]
+            })
+            .collect();
+        let (ids, answers_only) = tokenize(&raw, &tok, false).unwrap();
+        let (ids2, all) = tokenize(&raw, &tok, true).unwrap();
+        assert_eq!(ids, ids2);
+        assert_eq!(all[0], IGNORE, "nothing precedes the first text token");
+        for (j, (&a, &b)) in answers_only.iter().zip(&all).enumerate().skip(1) {
+            assert_eq!(b, ids[j] as i64, "token {j} is a target");
+            if a != IGNORE {
+                assert_eq!(a, b, "answer labels unchanged");
+            }
+        }
+        let questions = answers_only.iter().filter(|&&l| l == IGNORE).count();
+        assert!(questions > 10, "the answer-only labels skip the questions ({questions} tokens)");
     }
 }

@@ -62,6 +62,8 @@ pub struct RunConfig {
     pub keep: usize,
     pub eval_every: usize,
     pub strict: bool,
+    /// Label the questions' tokens too, not only the answers ([`DataOptions::train_on_inputs`]).
+    pub train_on_inputs: bool,
     pub resume: bool,
     pub progress: bool,
 }
@@ -75,7 +77,7 @@ impl RunConfig {
             "lr": o.schedule.base, "warmup": o.schedule.warmup, "weight_decay": o.adamw.weight_decay,
             "betas": [o.adamw.beta1, o.adamw.beta2], "eps": o.adamw.eps, "max_grad_norm": o.max_grad_norm,
             "global_batch": self.global_batch, "micro_batch": self.micro_batch, "lora": self.lora,
-            "mode": self.mode,
+            "mode": self.mode, "train_on_inputs": self.train_on_inputs,
             "scene_loss": self
                 .scene_loss
                 .as_ref()
@@ -317,7 +319,8 @@ pub fn run<B: AutodiffBackend>(cfg: &RunConfig, device: &B::Device) -> Result<Ru
     let model = cfg.trainable.apply(model);
     let ctx = model.llava.llm.config().max_position_embeddings;
     let max_text = ctx.saturating_sub(model.layout(0).len());
-    let opts = DataOptions { tokenizer: &tok, max_text, strict: cfg.strict };
+    let opts =
+        DataOptions { tokenizer: &tok, max_text, strict: cfg.strict, train_on_inputs: cfg.train_on_inputs };
     let train = data::load(&cfg.data, &cfg.images, &opts)?;
     if let Some(s) = train.skip_summary() {
         tracing::warn!("{}: {s}", cfg.data.display());
