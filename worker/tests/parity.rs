@@ -272,3 +272,46 @@ fn split_products_equal_one_matmul() {
     let x = Tensor::<Backend, 2>::random([SPLIT_MAX_ROWS + 1, 200], Distribution::Default, &device);
     assert_eq!(to_vec(split_linear(&linear, x.clone(), 3)), to_vec(linear.forward(x)));
 }
+
+/// Long decoding goes through the cache's tail and its folds (every 256 appended positions):
+/// 300 steps one token at a time give the logits of one full recompute, and `seal` keeps
+/// every position.
+#[test]
+fn long_decoding_through_the_cache_tail_equals_full_recompute() {
+    let (m, _) = tiny_llama();
+    let n = 305;
+    let ids: Vec<u32> = (0..n).map(|i| (3 + i * 7 % 90) as u32).collect();
+    let pos: Vec<usize> = (0..n).collect();
+    let full = to_vec(
+        m.logits(
+            m.forward(
+                m.embed(&ids),
+                Step { positions: &pos, mask: None, want_attention: false, self_only: 0 },
+                &mut m.new_cache(),
+            )
+            .hidden,
+        ),
+    );
+    let vocab = full.len() / n;
+    let mut cache = m.new_cache();
+    m.forward(
+        m.embed(&ids[..5]),
+        Step { positions: &pos[..5], mask: None, want_attention: false, self_only: 0 },
+        &mut cache,
+    );
+    for i in 5..n {
+        let o = m.forward(
+            m.embed(&ids[i..i + 1]),
+            Step { positions: &[i], mask: None, want_attention: false, self_only: 0 },
+            &mut cache,
+        );
+        assert_eq!(cache.seq_len(), i + 1);
+        if i % 50 == 0 || i == n - 1 {
+            let got = to_vec(m.logits(o.hidden));
+            assert_close(&format!("decode step {i}"), &got, &full[i * vocab..(i + 1) * vocab], 1e-4);
+        }
+    }
+    cache.seal();
+    assert_eq!(cache.seq_len(), n);
+    assert_eq!(cache.layers[0].as_ref().unwrap().0.dims()[2], n, "seal folds the tail in");
+}

@@ -280,6 +280,7 @@ impl<B: Backend> Htc<B> {
             let [b, h, _, d] = t.dims();
             Tensor::cat(runs.iter().map(|r| t.clone().slice([0..b, 0..h, r.clone(), 0..d])).collect(), 2)
         };
+        cache.seal();
         for layer in cache.layers.iter_mut() {
             if let Some((k, v)) = layer.take() {
                 *layer = Some((gather(k), gather(v)));

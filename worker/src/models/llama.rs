@@ -64,20 +64,46 @@ fn apply_rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4
     x * cos.clone() + rotated * sin.clone()
 }
 
-/// Per-layer keys and values (before the GQA head repeat), `[b, kv_heads, seq, hd]`.
+/// Query rows per key/value head up to which attention scores are computed as `K qᵀ`.
+const DECODE_ROWS: usize = 16;
+
+/// Keys and values a decoding step appends go to a per-layer tail, folded into the rest of the
+/// cache once it holds this many positions: appending to the whole cache would copy all of it
+/// at every step (the tensors are immutable), so a step would grow with the context.
+const TAIL_ROWS: usize = 256;
+
+/// Per-layer keys and values (before the GQA head repeat), `[b, kv_heads, seq, hd]`: the
+/// positions in `layers`, then those in the layer's tail (the latest decoding steps, see
+/// [`TAIL_ROWS`]; [`KvCache::seal`] folds them in).
 #[derive(Debug, Clone)]
 pub struct KvCache<B: Backend> {
     pub layers: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+    tails: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
 }
 
 impl<B: Backend> KvCache<B> {
     pub fn new(num_layers: usize) -> Self {
-        Self { layers: vec![None; num_layers] }
+        Self { layers: vec![None; num_layers], tails: vec![None; num_layers] }
     }
 
     /// Number of cached key positions.
     pub fn seq_len(&self) -> usize {
-        self.layers.first().and_then(|l| l.as_ref()).map(|(k, _)| k.dims()[2]).unwrap_or(0)
+        let len = |l: Option<&Option<(Tensor<B, 4>, Tensor<B, 4>)>>| {
+            l.and_then(|l| l.as_ref()).map(|(k, _)| k.dims()[2]).unwrap_or(0)
+        };
+        len(self.layers.first()) + len(self.tails.first())
+    }
+
+    /// Folds every layer's tail into `layers`, so that `layers` holds all cached positions.
+    pub fn seal(&mut self) {
+        for (l, t) in self.layers.iter_mut().zip(self.tails.iter_mut()) {
+            if let Some((tk, tv)) = t.take() {
+                *l = Some(match l.take() {
+                    Some((k, v)) => (Tensor::cat(vec![k, tk], 2), Tensor::cat(vec![v, tv], 2)),
+                    None => (tk, tv),
+                });
+            }
+        }
     }
 }
 
@@ -122,7 +148,8 @@ impl<B: Backend> Attention<B> {
     /// alone: their output is their own value.
     fn forward(
         &self, x: Tensor<B, 3>, rope: (&Tensor<B, 4>, &Tensor<B, 4>), mask: Option<&Tensor<B, 4>>,
-        cache: &mut Option<(Tensor<B, 4>, Tensor<B, 4>)>, self_only: usize,
+        cache: &mut Option<(Tensor<B, 4>, Tensor<B, 4>)>, tail: &mut Option<(Tensor<B, 4>, Tensor<B, 4>)>,
+        self_only: usize,
     ) -> (Tensor<B, 3>, Tensor<B, 4>) {
         let [b, t, _] = x.dims();
         let hd = self.head_dim;
@@ -132,27 +159,89 @@ impl<B: Backend> Attention<B> {
         let q = apply_rope(q, rope.0, rope.1);
         let k = apply_rope(k, rope.0, rope.1);
         let n = self_only;
-        let (k, v) = match cache.take() {
-            Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
-            None => (k, v),
+        // The keys and values attended to, in order: the cache, its tail, the new positions.
+        // A decoding step appends to the tail only (a small copy); a longer input, or a tail
+        // of TAIL_ROWS, folds everything into one tensor.
+        let (ks, vs) = match cache.clone() {
+            Some((pk, pv)) if t <= DECODE_ROWS => {
+                let (tk, tv) = match tail.take() {
+                    Some((tk, tv)) => (Tensor::cat(vec![tk, k], 2), Tensor::cat(vec![tv, v], 2)),
+                    None => (k, v),
+                };
+                if tk.dims()[2] >= TAIL_ROWS {
+                    let (fk, fv) = (Tensor::cat(vec![pk, tk], 2), Tensor::cat(vec![pv, tv], 2));
+                    *cache = Some((fk.clone(), fv.clone()));
+                    (vec![fk], vec![fv])
+                } else {
+                    *tail = Some((tk.clone(), tv.clone()));
+                    (vec![pk, tk], vec![pv, tv])
+                }
+            }
+            _ => {
+                let (mut ks, mut vs) = (Vec::new(), Vec::new());
+                for (pk, pv) in [cache.take(), tail.take()].into_iter().flatten() {
+                    ks.push(pk);
+                    vs.push(pv);
+                }
+                // Alone, the new values are a transposed view (`cat` of one tensor returns it as
+                // it is): materialise it here once, or every later decoding step's matmul would
+                // copy the whole view again. The keys left RoPE as a fresh tensor already.
+                let v = if vs.is_empty() { v.mul_scalar(1.0) } else { v };
+                ks.push(k);
+                vs.push(v);
+                let (fk, fv) = (Tensor::cat(ks, 2), Tensor::cat(vs, 2));
+                *cache = Some((fk.clone(), fv.clone()));
+                (vec![fk], vec![fv])
+            }
         };
-        *cache = Some((k.clone(), v.clone()));
         let (h, kvh) = (self.heads, self.kv_heads);
         let rep = h / kvh;
-        let (tq, s) = (t - n, k.dims()[2]);
+        let widths: Vec<usize> = ks.iter().map(|k| k.dims()[2]).collect();
+        let (tq, s) = (t - n, widths.iter().sum::<usize>());
         let q = if n > 0 { q.slice([0..b, 0..h, n..t, 0..hd]) } else { q };
         // Grouped-query attention without repeating the keys and values per query head (a copy
         // of the whole cache at every decoding step): the `rep` query heads that share a
         // key/value head are stacked as rows of one matmul (head i reads key/value head i / rep,
         // as transformers' `repeat_kv` lays them out).
         let q = q.reshape([b, kvh, rep * tq, hd]);
-        let mut scores = q.matmul(k.swap_dims(2, 3)).reshape([b, h, tq, s]) * (hd as f64).powf(-0.5);
+        // For a few query rows (decoding), `K qᵀ` then transposed: the matmul kernels want
+        // contiguous operands, and `q Kᵀ` would copy the whole transposed key cache at every
+        // step (what made a step grow with the context) where this copies `q` and the scores.
+        let part_scores = |k: &Tensor<B, 4>| {
+            if rep * tq <= DECODE_ROWS {
+                k.clone().matmul(q.clone().swap_dims(2, 3)).swap_dims(2, 3)
+            } else {
+                q.clone().matmul(k.clone().swap_dims(2, 3))
+            }
+        };
+        let scores = match ks.len() {
+            1 => part_scores(&ks[0]),
+            _ => Tensor::cat(ks.iter().map(part_scores).collect(), 3),
+        };
+        let mut scores = scores.reshape([b, h, tq, s]) * (hd as f64).powf(-0.5);
         if let Some(m) = mask {
             let [mb, mh, mt, ms] = m.dims();
             scores = scores + if n > 0 { m.clone().slice([0..mb, 0..mh, n..mt, 0..ms]) } else { m.clone() };
         }
         let probs = softmax(scores, 3);
-        let scored = probs.clone().reshape([b, kvh, rep * tq, s]).matmul(v.clone()).reshape([b, h, tq, hd]);
+        let grouped = probs.clone().reshape([b, kvh, rep * tq, s]);
+        let mut start = 0;
+        let mut scored: Option<Tensor<B, 4>> = None;
+        for (v, w) in vs.iter().zip(&widths) {
+            let p = if vs.len() == 1 {
+                grouped.clone()
+            } else {
+                grouped.clone().slice([0..b, 0..kvh, 0..rep * tq, start..start + w])
+            };
+            let part = p.matmul(v.clone());
+            scored = Some(match scored {
+                Some(x) => x + part,
+                None => part,
+            });
+            start += w;
+        }
+        let scored = scored.expect("at least the new positions").reshape([b, h, tq, hd]);
+        let v = vs.into_iter().next().expect("one part");
         let out = if n > 0 {
             Tensor::cat(vec![self.repeat_kv(v.slice([0..b, 0..kvh, 0..n, 0..hd])), scored], 2)
         } else {
@@ -365,10 +454,12 @@ impl<B: Backend> Llama<B> {
         let mut x = embeds;
         let mut attention = Vec::new();
         let mut layer_inputs = Vec::with_capacity(self.layers.len());
-        for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
+        for ((layer, kv), tail) in self.layers.iter().zip(cache.layers.iter_mut()).zip(cache.tails.iter_mut())
+        {
             let normed = layer.input_layernorm.forward(x.clone());
             layer_inputs.push(normed.clone());
-            let (h, probs) = layer.self_attn.forward(normed, (&cos, &sin), mask.as_ref(), kv, self_only);
+            let (h, probs) =
+                layer.self_attn.forward(normed, (&cos, &sin), mask.as_ref(), kv, tail, self_only);
             if step.want_attention {
                 attention.push(probs.mean_dim(1).squeeze_dim::<3>(1));
             }
@@ -386,6 +477,7 @@ impl<B: Backend> Llama<B> {
     pub fn decode_batch(&self, ids: &[u32], positions: &[usize], caches: &mut [KvCache<B>]) -> Tensor<B, 2> {
         let b = ids.len();
         let device = self.device();
+        caches.iter_mut().for_each(KvCache::seal);
         let lens: Vec<usize> = caches.iter().map(KvCache::seq_len).collect();
         let s = lens.iter().copied().max().unwrap_or(0);
         // Key validity: the row's own cache, padding, then the new token.
@@ -426,17 +518,22 @@ impl<B: Backend> Llama<B> {
                 let (ks, vs): (Vec<_>, Vec<_>) = rows.into_iter().unzip();
                 batched = Some((Tensor::cat(ks, 0), Tensor::cat(vs, 0)));
             }
+            let mut tail = None;
             let (h, _) = layer.self_attn.forward(
                 layer.input_layernorm.forward(x.clone()),
                 (&cos, &sin),
                 Some(&mask),
                 &mut batched,
+                &mut tail,
                 0,
             );
             x = x + h;
             x = x.clone() + layer.mlp.forward(layer.post_attention_layernorm.forward(x));
             // Split back, dropping each row's padding.
-            let (k, v) = batched.expect("attention stores the cache");
+            let (k, v) = match (batched.expect("attention stores the cache"), tail) {
+                ((k, v), Some((tk, tv))) => (Tensor::cat(vec![k, tk], 2), Tensor::cat(vec![v, tv], 2)),
+                (kv, None) => kv,
+            };
             let [_, kh, _, d] = k.dims();
             for (i, (c, &l)) in caches.iter_mut().zip(&lens).enumerate() {
                 let take = |t: &Tensor<B, 4>| {
