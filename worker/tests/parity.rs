@@ -44,6 +44,20 @@ fn tiny_llama() -> (Llama<Backend>, Expected) {
     (m, Expected::open("llama-tiny/expected.safetensors"))
 }
 
+/// Logits of every position of `ids` in one forward pass from an empty cache.
+fn full_logits(m: &Llama<Backend>, ids: &[u32], pos: &[usize]) -> Vec<f32> {
+    to_vec(
+        m.logits(
+            m.forward(
+                m.embed(ids),
+                Step { positions: pos, mask: None, want_attention: false, self_only: 0 },
+                &mut m.new_cache(),
+            )
+            .hidden,
+        ),
+    )
+}
+
 fn ids_u32(v: &[i64]) -> Vec<u32> {
     v.iter().map(|&x| x as u32).collect()
 }
@@ -90,16 +104,7 @@ fn kv_cache_decoding_equals_full_recompute_with(m: &Llama<Backend>, exp: &Expect
     let t = ids.len();
     // Full recompute of all t positions.
     let pos: Vec<usize> = (0..t).collect();
-    let full = to_vec(
-        m.logits(
-            m.forward(
-                m.embed(&ids),
-                Step { positions: &pos, mask: None, want_attention: false, self_only: 0 },
-                &mut m.new_cache(),
-            )
-            .hidden,
-        ),
-    );
+    let full = full_logits(m, &ids, &pos);
     // Prefill 5, then one token at a time through the cache.
     let m = m.clone().with_row_split(split);
     let mut cache = m.new_cache();
@@ -282,16 +287,7 @@ fn long_decoding_through_the_cache_tail_equals_full_recompute() {
     let n = 305;
     let ids: Vec<u32> = (0..n).map(|i| (3 + i * 7 % 90) as u32).collect();
     let pos: Vec<usize> = (0..n).collect();
-    let full = to_vec(
-        m.logits(
-            m.forward(
-                m.embed(&ids),
-                Step { positions: &pos, mask: None, want_attention: false, self_only: 0 },
-                &mut m.new_cache(),
-            )
-            .hidden,
-        ),
-    );
+    let full = full_logits(&m, &ids, &pos);
     let vocab = full.len() / n;
     let mut cache = m.new_cache();
     m.forward(

@@ -200,6 +200,19 @@ mod tests {
     use super::*;
     use crate::text::{vocab::word_level, Chat, Template};
 
+    /// `(question, answer)` pairs as a record's human/gpt turns.
+    fn raw_turns(turns: &[(&str, &str)]) -> Vec<RawTurn> {
+        turns
+            .iter()
+            .flat_map(|(q, a)| {
+                [
+                    RawTurn { from: "human".into(), value: q.to_string() },
+                    RawTurn { from: "gpt".into(), value: a.to_string() },
+                ]
+            })
+            .collect()
+    }
+
     /// A conversation sent to the server (the OpenAI endpoint's `messages`) is laid out exactly
     /// as training laid out the same conversation: asked the question of its last turn, the
     /// model sees the token ids it was trained to answer after.
@@ -217,15 +230,7 @@ mod tests {
                 template,
                 eos_ids: vec![2],
             };
-            let raw: Vec<RawTurn> = turns
-                .iter()
-                .flat_map(|(q, a)| {
-                    [
-                        RawTurn { from: "human".into(), value: q.to_string() },
-                        RawTurn { from: "gpt".into(), value: a.to_string() },
-                    ]
-                })
-                .collect();
+            let raw = raw_turns(&turns);
             let (trained, labels) = tokenize(&raw, &tok, false).unwrap();
             // The last answer and its EOS are what the model is to say.
             let answer = labels.iter().rev().take_while(|&&l| l != IGNORE).count();
@@ -252,15 +257,7 @@ mod tests {
             template: Template::UserAssistant,
             eos_ids: vec![2],
         };
-        let raw: Vec<RawTurn> = turns
-            .iter()
-            .flat_map(|(q, a)| {
-                [
-                    RawTurn { from: "human".into(), value: q.to_string() },
-                    RawTurn { from: "gpt".into(), value: a.to_string() },
-                ]
-            })
-            .collect();
+        let raw = raw_turns(&turns);
         let (ids, answers_only) = tokenize(&raw, &tok, false).unwrap();
         let (ids2, all) = tokenize(&raw, &tok, true).unwrap();
         assert_eq!(ids, ids2);
