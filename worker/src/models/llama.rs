@@ -72,6 +72,14 @@ const DECODE_ROWS: usize = 16;
 /// at every step (the tensors are immutable), so a step would grow with the context.
 const TAIL_ROWS: usize = 256;
 
+/// One layer's cached keys and values.
+type Kv<B> = (Tensor<B, 4>, Tensor<B, 4>);
+
+/// `first` then `then` along the positions (a copy of both).
+fn joined<B: Backend>(first: Kv<B>, then: Kv<B>) -> Kv<B> {
+    (Tensor::cat(vec![first.0, then.0], 2), Tensor::cat(vec![first.1, then.1], 2))
+}
+
 /// Per-layer keys and values (before the GQA head repeat), `[b, kv_heads, seq, hd]`: the
 /// positions in `layers`, then those in the layer's tail (the latest decoding steps, see
 /// [`TAIL_ROWS`]; [`KvCache::seal`] folds them in).
@@ -97,10 +105,10 @@ impl<B: Backend> KvCache<B> {
     /// Folds every layer's tail into `layers`, so that `layers` holds all cached positions.
     pub fn seal(&mut self) {
         for (l, t) in self.layers.iter_mut().zip(self.tails.iter_mut()) {
-            if let Some((tk, tv)) = t.take() {
+            if let Some(tail) = t.take() {
                 *l = Some(match l.take() {
-                    Some((k, v)) => (Tensor::cat(vec![k, tk], 2), Tensor::cat(vec![v, tv], 2)),
-                    None => (tk, tv),
+                    Some(kv) => joined(kv, tail),
+                    None => tail,
                 });
             }
         }
@@ -165,11 +173,11 @@ impl<B: Backend> Attention<B> {
         let (ks, vs) = match cache.clone() {
             Some((pk, pv)) if t <= DECODE_ROWS => {
                 let (tk, tv) = match tail.take() {
-                    Some((tk, tv)) => (Tensor::cat(vec![tk, k], 2), Tensor::cat(vec![tv, v], 2)),
+                    Some(old) => joined(old, (k, v)),
                     None => (k, v),
                 };
                 if tk.dims()[2] >= TAIL_ROWS {
-                    let (fk, fv) = (Tensor::cat(vec![pk, tk], 2), Tensor::cat(vec![pv, tv], 2));
+                    let (fk, fv) = joined((pk, pv), (tk, tv));
                     *cache = Some((fk.clone(), fv.clone()));
                     (vec![fk], vec![fv])
                 } else {
@@ -530,9 +538,10 @@ impl<B: Backend> Llama<B> {
             x = x + h;
             x = x.clone() + layer.mlp.forward(layer.post_attention_layernorm.forward(x));
             // Split back, dropping each row's padding.
-            let (k, v) = match (batched.expect("attention stores the cache"), tail) {
-                ((k, v), Some((tk, tv))) => (Tensor::cat(vec![k, tk], 2), Tensor::cat(vec![v, tv], 2)),
-                (kv, None) => kv,
+            let kv = batched.expect("attention stores the cache");
+            let (k, v) = match tail {
+                Some(t) => joined(kv, t),
+                None => kv,
             };
             let [_, kh, _, d] = k.dims();
             for (i, (c, &l)) in caches.iter_mut().zip(&lens).enumerate() {

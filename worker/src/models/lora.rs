@@ -2,7 +2,8 @@
 //! Kaiming-uniform (as `nn.Linear` and PEFT initialise it) and `B` zero, so a fresh adapter
 //! changes nothing. Stored PEFT-style next to the base weight: `….q_proj.lora_A.weight`
 //! `[r, in]` and `….q_proj.lora_B.weight` `[out, r]`. [`Proj::merged`] folds the adapter into
-//! `W` for serving.
+//! `W` for serving. [`split_linear`] runs a projection's few-row products (decoding steps)
+//! on several threads.
 
 use anyhow::Result;
 use burn::module::Module;
