@@ -17,12 +17,29 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 5)]
     pub reps: usize,
     /// Which figures: `backend` (matmuls, decoder), `htc` (compress / answer / cached answer),
-    /// `all` (both), or `train` (training steps of one shape).
+    /// `all` (both), `train` (training steps of one shape), `llm` (a checkpoint's prefill and
+    /// decoding) or `e2e` (one image and question end to end, stage by stage, per mode).
     #[arg(long, default_value = "all")]
     pub suite: String,
-    /// `--suite train`: the model shape (tiny, mid; see `bench_train.rs`).
+    /// `--suite train`: the model shape (tiny, mid; see `bench_train.rs`); `--suite e2e`:
+    /// tiny or 7b (LLaVA-1.5-7B's shape: CLIP ViT-L/14-336, a 7B LLaMA, the paper's MGVQ).
     #[arg(long, default_value = "tiny")]
     pub shape: String,
+    /// `--suite e2e`: LLM layers (default: the shape's; fewer for a quick look).
+    #[arg(long)]
+    pub layers: Option<usize>,
+    /// `--suite e2e`: CLIP layers (default: the shape's).
+    #[arg(long)]
+    pub vision_layers: Option<usize>,
+    /// `--suite e2e`: tokens decoded after the question (decode speed).
+    #[arg(long, default_value_t = 32)]
+    pub new_tokens: usize,
+    /// `--suite e2e`: tokens in the question.
+    #[arg(long, default_value_t = 32)]
+    pub question_tokens: usize,
+    /// `--suite e2e`: also write one JSON line per mode (and the peak memory) to this file.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
     /// `--suite train`: timed optimizer steps (after two warm-up steps).
     #[arg(long, default_value_t = 10)]
     pub steps: usize,
@@ -52,7 +69,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "all" => backend_suite(&args).and_then(|_| htc_suite(&args)),
         "train" => super::bench_train::run(&args.shape, args.steps.max(1), args.threads.max(1)),
         "llm" => llm_suite(&args),
-        other => anyhow::bail!("unknown --suite `{other}` (backend, htc, all, train, llm)"),
+        "e2e" => super::bench_e2e::run(super::bench_e2e::E2eArgs {
+            shape: &args.shape,
+            llm_layers: args.layers,
+            vision_layers: args.vision_layers,
+            reps: args.reps,
+            new_tokens: args.new_tokens,
+            question_tokens: args.question_tokens,
+            json: args.json.as_deref(),
+        }),
+        other => anyhow::bail!("unknown --suite `{other}` (backend, htc, all, train, llm, e2e)"),
     }
 }
 

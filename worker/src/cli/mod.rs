@@ -6,6 +6,7 @@
 
 pub mod ask;
 pub mod bench;
+pub mod bench_e2e;
 pub mod bench_train;
 pub mod data;
 pub mod eval;

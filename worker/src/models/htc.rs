@@ -246,10 +246,17 @@ impl<B: Backend> Htc<B> {
 
     /// Runs the prefix once and keeps what text may see.
     pub fn compress(&self, img: &ImageTensors<B>) -> Result<CompressedImage<B>> {
+        self.compress_embeds(self.prefix_embeds(img)?)
+    }
+
+    /// [`Self::compress`] from the prefix's embeddings ([`Self::prefix_embeds`]): the LLM part.
+    pub fn compress_embeds(&self, embeds: Tensor<B, 3>) -> Result<CompressedImage<B>> {
         let llm = &self.llava.llm;
         let layout = self.layout(0);
-        let embeds = self.prefix_embeds(img)?;
         let n = layout.len();
+        if embeds.dims()[1] != n {
+            bail!("a prefix of {} embeddings for a layout of {n} positions", embeds.dims()[1]);
+        }
         let positions: Vec<usize> = (0..n).collect();
         let mut cache = llm.new_cache();
         let out = llm.forward(

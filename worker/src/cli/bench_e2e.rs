@@ -1,0 +1,260 @@
+//! `htc bench --suite e2e`: one new image and one question, end to end and stage by stage (the
+//! paper's Table 11), for vanilla LLaVA (mode `none`: every patch visible to the text),
+//! VoCo-LLaMA (`voco`) and HTC (`htc`) on one randomly initialised model of a named shape, plus
+//! the answer to a follow-up question on the cached image and the decoding speed; then the
+//! process's peak memory. `scripts/gpu-bench.sh` runs it on a GPU next to transformers'
+//! LLaVA-1.5 (`scripts/bench_gpu_peer.py`) and prints the ratios.
+
+use std::io::Write;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use burn::tensor::{backend::Backend as _, Distribution, Tensor};
+use htc_shared::config::{ClipVisionConfig, HtcConfig, HtcMode, LlamaConfig};
+use serde_json::json;
+
+use crate::backend::{self, Backend};
+use crate::models::htc::{Htc, ImageTensors};
+use crate::models::llama::Step;
+use crate::models::llava::{self, Layout};
+
+/// LLaVA-1.5's image token id.
+const IMAGE_TOKEN: usize = 32000;
+
+/// A model shape the benchmark builds: LLaVA-1.5-7B's (CLIP ViT-L/14-336, Vicuna-7B, the
+/// paper's MGVQ) or a tiny one with the same structure for a CPU check.
+struct Shape {
+    vision: ClipVisionConfig,
+    text: serde_json::Value,
+    mgvq: htc_shared::mgvq::Config,
+    discrete_hidden: usize,
+}
+
+fn shape(name: &str, llm_layers: Option<usize>, vision_layers: Option<usize>) -> Result<Shape> {
+    let (vw, vl, d, inter, layers, heads, vocab) = match name {
+        "7b" => (1024usize, 24usize, 4096usize, 11008usize, 32usize, 32usize, 32064usize),
+        "tiny" => (64, 3, 128, 256, 2, 2, 32064),
+        other => bail!("unknown --shape `{other}` for --suite e2e (7b, tiny)"),
+    };
+    let vl = vision_layers.unwrap_or(vl);
+    let layers = llm_layers.unwrap_or(layers);
+    if vl < 2 || layers == 0 {
+        bail!("--vision-layers must be at least 2 (LLaVA reads the second-to-last) and --layers at least 1");
+    }
+    let vision = ClipVisionConfig {
+        hidden_size: vw,
+        intermediate_size: 4 * vw,
+        num_hidden_layers: vl,
+        num_attention_heads: vw / 64,
+        num_channels: 3,
+        image_size: 336,
+        patch_size: 14,
+        layer_norm_eps: 1e-5,
+    };
+    let text = json!({
+        "vocab_size": vocab, "hidden_size": d, "intermediate_size": inter, "num_hidden_layers": layers,
+        "num_attention_heads": heads, "num_key_value_heads": heads, "rms_norm_eps": 1e-5,
+        "max_position_embeddings": 4096
+    });
+    let mut mgvq = htc_shared::mgvq::Config::f16c32_g8();
+    if name == "tiny" {
+        mgvq.width_list = mgvq.width_list.iter().map(|w| (w / 8).max(16)).collect();
+        mgvq.depth_list = vec![0, 1, 1, 1, 1];
+    }
+    let discrete_hidden = if name == "tiny" { 256 } else { 8192 };
+    Ok(Shape { vision, text, mgvq, discrete_hidden })
+}
+
+/// Seconds per call of `f`, after one warm-up call, waiting for the device after each call.
+fn time<F: FnMut() -> Result<()>>(reps: usize, mut f: F) -> Result<f64> {
+    let device = backend::device();
+    let sync = || Backend::sync(&device).map_err(|e| anyhow::anyhow!("device sync failed: {e:?}"));
+    f()?;
+    sync()?;
+    let t = Instant::now();
+    for _ in 0..reps {
+        f()?;
+        sync()?;
+    }
+    Ok(t.elapsed().as_secs_f64() / reps.max(1) as f64)
+}
+
+/// The process's peak resident memory in MiB (Linux `VmHWM`), when the system reports it.
+pub fn peak_rss_mib() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = s.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+pub struct E2eArgs<'a> {
+    pub shape: &'a str,
+    pub llm_layers: Option<usize>,
+    pub vision_layers: Option<usize>,
+    pub reps: usize,
+    pub new_tokens: usize,
+    pub question_tokens: usize,
+    pub json: Option<&'a std::path::Path>,
+}
+
+pub fn run(a: E2eArgs) -> Result<()> {
+    let device = backend::device();
+    let s = shape(a.shape, a.llm_layers, a.vision_layers)?;
+    let text = LlamaConfig::from_json(&s.text)?;
+    let lc = llava::Config {
+        layout: Layout::LlavaHf,
+        text: text.clone(),
+        vision: s.vision.clone(),
+        image_token_id: IMAGE_TOKEN as i64,
+        select_layer: -2,
+        projector_mlp: true,
+    };
+    let hc = HtcConfig::paper(s.mgvq.clone(), s.discrete_hidden);
+    let t = Instant::now();
+    let mut model = Htc::<Backend>::init(&lc, &hc, &device)?;
+    model.llava.llm = model.llava.llm.with_row_split(backend::row_split());
+    Backend::sync(&device).map_err(|e| anyhow::anyhow!("device sync failed: {e:?}"))?;
+    let init_s = t.elapsed().as_secs_f64();
+    println!(
+        "model: {} shape (CLIP {}w/{}L @336, LLM {}w/{}L, vocab {}), random weights, f32, backend {}, built in {:.1} s",
+        a.shape,
+        s.vision.hidden_size,
+        s.vision.num_hidden_layers,
+        text.hidden_size,
+        text.num_hidden_layers,
+        text.vocab_size,
+        backend::name(),
+        init_s
+    );
+    let img = ImageTensors {
+        clip: Tensor::random([1, 3, 336, 336], Distribution::Normal(0.0, 1.0), &device),
+        mgvq: Some(Tensor::random([1, 3, 336, 336], Distribution::Uniform(-1.0, 1.0), &device)),
+        codes: None,
+    };
+    // The ids `scripts/bench_gpu_peer.py` feeds transformers, where the image token's id
+    // would be taken for an image: it moves one up on both sides.
+    let ids = |n: usize| -> Vec<u32> {
+        super::bench::bench_ids(n.max(1), text.vocab_size)
+            .into_iter()
+            .map(|i| if i as usize == IMAGE_TOKEN { i + 1 } else { i })
+            .collect()
+    };
+    let (question, feed) = (ids(a.question_tokens), ids(a.new_tokens));
+    let mut out = a.json.map(std::fs::File::create).transpose()?;
+    println!(
+        "{:<6} {:>7} {:>9} {:>8} {:>10} {:>10} {:>11} {:>9} {:>12} {:>10}",
+        "mode",
+        "prefix",
+        "vision",
+        "mgvq",
+        "projection",
+        "llm prefill",
+        "ttft new",
+        "ttft cached",
+        "decode ms/tok",
+        "tok/s"
+    );
+    for mode in [HtcMode::None, HtcMode::Voco, HtcMode::Htc] {
+        let m = model.clone().with_mode(mode, true)?;
+        let llava = &m.llava;
+        let feats = llava.vision.patch_features(img.clip.clone(), llava.select_layer());
+        let vision = time(a.reps, || {
+            let _ = llava.vision.patch_features(img.clip.clone(), llava.select_layer());
+            Ok(())
+        })?;
+        let mut projection = time(a.reps, || {
+            let _ = llava.projector.forward(feats.clone());
+            Ok(())
+        })?;
+        let mut mgvq = 0.0;
+        if let (HtcMode::Htc, Some(enc), Some(p)) = (mode, &m.mgvq, &m.discrete) {
+            let px = img.mgvq.clone().expect("set above");
+            mgvq = time(a.reps, || Ok(enc.encode(px.clone()).map(|_| ())?))?;
+            let q = enc.encode(px)?.q;
+            projection += time(a.reps, || {
+                let _ = p.forward(q.clone());
+                Ok(())
+            })?;
+        }
+        let embeds = m.prefix_embeds(&img)?;
+        let prefill = time(a.reps, || m.compress_embeds(embeds.clone()).map(|_| ()))?;
+        let c = m.compress(&img)?;
+        let answer = |c: &crate::models::htc::CompressedImage<Backend>| -> Result<Vec<f32>> {
+            let p = m.answer_prompt(c, &question)?;
+            let (_, row, _) =
+                crate::runtime::decode::Sequence::prefill(&llava.llm, p, Default::default(), vec![], false)?;
+            Ok(row)
+        };
+        let ttft_cached = time(a.reps, || answer(&c).map(|_| ()))?;
+        let ttft_new = time(a.reps, || answer(&m.compress(&img)?).map(|_| ()))?;
+        // Decoding after the question: fixed ids, the logits of every step read back.
+        let p = m.answer_prompt(&c, &question)?;
+        let start = p.first_position + question.len();
+        let positions: Vec<usize> = (p.first_position..start).collect();
+        let mut cache = p.cache;
+        let _ = llava.llm.forward(
+            p.embeds,
+            Step { positions: &positions, mask: p.mask, want_attention: false, self_only: 0 },
+            &mut cache,
+        );
+        let t = Instant::now();
+        for (pos, &id) in (start..).zip(&feed) {
+            let ps = [pos];
+            let o = llava.llm.forward(
+                llava.llm.embed(&[id]),
+                Step { positions: &ps, mask: None, want_attention: false, self_only: 0 },
+                &mut cache,
+            );
+            let _ = llava.llm.logits(o.hidden).into_data();
+        }
+        let decode = t.elapsed().as_secs_f64() / feed.len() as f64;
+        let name = match mode {
+            HtcMode::None => "none",
+            HtcMode::Voco => "voco",
+            _ => "htc",
+        };
+        let prefix_len = m.layout(0).len();
+        let ms = |x: f64| format!("{:.1}", x * 1e3);
+        println!(
+            "{:<6} {:>7} {:>9} {:>8} {:>10} {:>10} {:>11} {:>9} {:>12} {:>10.1}",
+            name,
+            prefix_len,
+            ms(vision),
+            ms(mgvq),
+            ms(projection),
+            ms(prefill),
+            ms(ttft_new),
+            ms(ttft_cached),
+            format!("{:.2}", decode * 1e3),
+            1.0 / decode
+        );
+        if let Some(f) = out.as_mut() {
+            writeln!(
+                f,
+                "{}",
+                json!({
+                    "side": "htc", "backend": backend::name(), "shape": a.shape, "mode": name,
+                    "prefix_tokens": prefix_len, "question_tokens": question.len(),
+                    "vision_ms": vision * 1e3, "mgvq_ms": mgvq * 1e3, "projection_ms": projection * 1e3,
+                    "llm_prefill_ms": prefill * 1e3, "ttft_new_ms": ttft_new * 1e3,
+                    "ttft_cached_ms": ttft_cached * 1e3, "decode_ms_per_token": decode * 1e3,
+                    "decode_tok_s": 1.0 / decode, "new_tokens": feed.len(),
+                })
+            )?;
+        }
+    }
+    println!(
+        "columns: ms per call; prefix = tokens before the question; llm prefill = the prefix's embeddings through the LLM \
+         into the kept cache (with the <voco> attention maps); ttft new = the image from its pixels (encoders, projection, prefill) + {} question tokens + first logits; \
+         ttft cached = the same on the compressed image; decode = {} steps after the question, logits read back",
+        question.len(),
+        feed.len()
+    );
+    let peak = peak_rss_mib();
+    if let Some(p) = peak {
+        println!("peak resident memory: {p:.0} MiB");
+    }
+    if let Some(f) = out.as_mut() {
+        writeln!(f, "{}", json!({"side": "htc", "peak_rss_mib": peak, "init_s": init_s}))?;
+    }
+    Ok(())
+}
