@@ -7,6 +7,7 @@ use burn::module::Module;
 use burn::nn::{Embedding, Linear, RmsNorm};
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+use rayon::prelude::*;
 
 pub use htc_shared::config::LlamaConfig as Config;
 
@@ -159,13 +160,34 @@ impl<B: Backend> Attention<B> {
         cache: &mut Option<(Tensor<B, 4>, Tensor<B, 4>)>, tail: &mut Option<(Tensor<B, 4>, Tensor<B, 4>)>,
         self_only: usize,
     ) -> (Tensor<B, 3>, Tensor<B, 4>) {
+        let (q, k, v) = self.qkv(x, rope);
+        let (out, probs) = self.attend(q, k, v, mask, cache, tail, self_only);
+        (self.o_proj.forward(out), probs)
+    }
+
+    /// Queries `[b, heads, t, hd]`, keys and values `[b, kv_heads, t, hd]` of `x: [b, t, d]`,
+    /// RoPE applied.
+    fn qkv(
+        &self, x: Tensor<B, 3>, rope: (&Tensor<B, 4>, &Tensor<B, 4>),
+    ) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
         let [b, t, _] = x.dims();
         let hd = self.head_dim;
         let q = self.q_proj.forward(x.clone()).reshape([b, t, self.heads, hd]).swap_dims(1, 2);
         let k = self.k_proj.forward(x.clone()).reshape([b, t, self.kv_heads, hd]).swap_dims(1, 2);
         let v = self.v_proj.forward(x).reshape([b, t, self.kv_heads, hd]).swap_dims(1, 2);
-        let q = apply_rope(q, rope.0, rope.1);
-        let k = apply_rope(k, rope.0, rope.1);
+        (apply_rope(q, rope.0, rope.1), apply_rope(k, rope.0, rope.1), v)
+    }
+
+    /// The attention of [`Self::forward`] between the projections: stores `k`, `v` in the
+    /// cache and returns the heads' outputs `[b, t, heads * hd]` (before `o_proj`) and the
+    /// probabilities.
+    #[allow(clippy::too_many_arguments)]
+    fn attend(
+        &self, q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, mask: Option<&Tensor<B, 4>>,
+        cache: &mut Option<(Tensor<B, 4>, Tensor<B, 4>)>, tail: &mut Option<(Tensor<B, 4>, Tensor<B, 4>)>,
+        self_only: usize,
+    ) -> (Tensor<B, 3>, Tensor<B, 4>) {
+        let [b, _, t, hd] = q.dims();
         let n = self_only;
         // The keys and values attended to, in order: the cache, its tail, the new positions.
         // A decoding step appends to the tail only (a small copy); a longer input, or a tail
@@ -255,8 +277,7 @@ impl<B: Backend> Attention<B> {
         } else {
             scored
         };
-        let out = out.swap_dims(1, 2).reshape([b, t, self.heads * hd]);
-        (self.o_proj.forward(out), probs)
+        (out.swap_dims(1, 2).reshape([b, t, self.heads * hd]), probs)
     }
 }
 
@@ -479,90 +500,35 @@ impl<B: Backend> Llama<B> {
 
     /// One decoding step for `b` independent sequences at once (micro-batching). Row `i`
     /// feeds token `ids[i]` at RoPE position `positions[i]`; `caches[i]` holds its keys and
-    /// values, `[1, kv_heads, len_i, hd]`, and grows by one. Shorter caches are padded to the
-    /// longest and the padding masked out, so every row computes what a lone step would.
-    /// Returns logits `[b, vocab]`.
+    /// values and grows by one. The projections and MLPs run on the `b` rows together (each
+    /// weight read once per step); the attention runs per row on the row's own cache and
+    /// tail, as a lone step does (no padding, no copy of the caches), on rayon's pool when the
+    /// decoder splits its products over threads. Returns logits `[b, vocab]`.
     pub fn decode_batch(&self, ids: &[u32], positions: &[usize], caches: &mut [KvCache<B>]) -> Tensor<B, 2> {
         let b = ids.len();
         let device = self.device();
-        caches.iter_mut().for_each(KvCache::seal);
-        let lens: Vec<usize> = caches.iter().map(KvCache::seq_len).collect();
-        let s = lens.iter().copied().max().unwrap_or(0);
-        // Key validity: the row's own cache, padding, then the new token.
-        let mask: Vec<f32> = lens
-            .iter()
-            .flat_map(|&l| (0..=s).map(move |j| if j < l || j == s { 0.0 } else { f32::MIN }))
-            .collect();
-        let mask =
-            Tensor::<B, 2>::from_data(TensorData::new(mask, [b, s + 1]), &device).reshape([b, 1, 1, s + 1]);
         let (cos, sin) = self.rope.tables::<B>(positions, &device);
         let hd = self.config.head_dim;
         let (cos, sin) = (cos.reshape([b, 1, 1, hd]), sin.reshape([b, 1, 1, hd]));
-        let embeds = Tensor::cat(ids.iter().map(|&i| self.embed(&[i])).collect(), 0);
-        let pad = |t: Tensor<B, 4>, l: usize| -> Tensor<B, 4> {
-            if l == s {
-                return t;
-            }
-            let [_, h, _, d] = t.dims();
-            let z = Tensor::zeros([1, h, s - l, d], &device);
-            if l == 0 {
-                z
-            } else {
-                Tensor::cat(vec![t, z], 2)
-            }
+        let mut x = Tensor::cat(ids.iter().map(|&i| self.embed(&[i])).collect(), 0);
+        let row = |t: &Tensor<B, 4>, i: usize| {
+            let [_, h, n, d] = t.dims();
+            t.clone().slice([i..i + 1, 0..h, 0..n, 0..d])
         };
-        let mut x = embeds;
         for (li, layer) in self.layers.iter().enumerate() {
-            let mut batched = None;
-            let rows: Vec<(Tensor<B, 4>, Tensor<B, 4>)> = caches
-                .iter()
-                .zip(&lens)
-                .map(|(c, &l)| {
-                    let (k, v) = c.layers[li].clone().expect("decode_batch needs prefilled caches");
-                    (pad(k, l), pad(v, l))
-                })
-                .collect();
-            if s > 0 {
-                let (ks, vs): (Vec<_>, Vec<_>) = rows.into_iter().unzip();
-                batched = Some((Tensor::cat(ks, 0), Tensor::cat(vs, 0)));
-            }
-            let mut tail = None;
-            let (h, _) = layer.self_attn.forward(
-                layer.input_layernorm.forward(x.clone()),
-                (&cos, &sin),
-                Some(&mask),
-                &mut batched,
-                &mut tail,
-                0,
-            );
-            x = x + h;
-            x = x.clone() + layer.mlp.forward(layer.post_attention_layernorm.forward(x));
-            // Split back, dropping each row's padding.
-            let kv = batched.expect("attention stores the cache");
-            let (k, v) = match tail {
-                Some(t) => joined(kv, t),
-                None => kv,
+            let attn = &layer.self_attn;
+            let (q, k, v) = attn.qkv(layer.input_layernorm.forward(x.clone()), (&cos, &sin));
+            let attend = |(i, c): (usize, &mut KvCache<B>)| {
+                let KvCache { layers, tails } = c;
+                attn.attend(row(&q, i), row(&k, i), row(&v, i), None, &mut layers[li], &mut tails[li], 0).0
             };
-            let [_, kh, _, d] = k.dims();
-            for (i, (c, &l)) in caches.iter_mut().zip(&lens).enumerate() {
-                let take = |t: &Tensor<B, 4>| {
-                    let row = t.clone().slice([i..i + 1, 0..kh, 0..s + 1, 0..d]);
-                    if l == s {
-                        row
-                    } else if l == 0 {
-                        row.slice([0..1, 0..kh, s..s + 1, 0..d])
-                    } else {
-                        Tensor::cat(
-                            vec![
-                                row.clone().slice([0..1, 0..kh, 0..l, 0..d]),
-                                row.slice([0..1, 0..kh, s..s + 1, 0..d]),
-                            ],
-                            2,
-                        )
-                    }
-                };
-                c.layers[li] = Some((take(&k), take(&v)));
-            }
+            let outs: Vec<Tensor<B, 3>> = if self.split > 1 && b > 1 {
+                caches.par_iter_mut().enumerate().map(attend).collect()
+            } else {
+                caches.iter_mut().enumerate().map(attend).collect()
+            };
+            x = x + attn.o_proj.forward(Tensor::cat(outs, 0));
+            x = x.clone() + layer.mlp.forward(layer.post_attention_layernorm.forward(x));
         }
         let logits = self.logits(self.norm.forward(x)); // [b, 1, vocab]
         let [_, _, vocab] = logits.dims();
