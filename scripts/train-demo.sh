@@ -10,6 +10,9 @@
 #   5. stage 1, LLaVA-style (`htc train --mode none`, descriptions): every patch visible, the
 #      projector and LLM learn to read the patches (what HTC starts from in the paper: a trained
 #      LLaVA);
+#   5b. stage 1b, still every patch visible: the conversations, the questions' tokens scored
+#      too (`--train-on-inputs`), where an LLM trained from nothing starts to bind an object's
+#      words to its patch;
 #   6. stage 2, HTC: first the compression alone (`--mode htc --probe-only`: a training-only
 #      probe on <voco>, `--scene-loss`, asks the one token to carry the whole scene, with no
 #      text to answer), then the conversations, the text seeing the image only through <voco>,
@@ -19,7 +22,7 @@
 # Stages whose output already exists in WORK_DIR are skipped (a rerun after an interruption).
 # Usage: scripts/train-demo.sh [WORK_DIR]   (default runs/shapes-demo; prints the time taken)
 # Sizes can be overridden for a quick look: IMAGES, VAL_IMAGES, TOK_STEPS, VISION_STEPS,
-# LLAVA_STEPS, PROBE_STEPS, STEPS, SCENE_LOSS, TEST_IMAGES; HTC_BIN runs that `htc` binary instead of building
+# LLAVA_STEPS, QA_STEPS, PROBE_STEPS, STEPS, SCENE_LOSS, TEST_IMAGES; HTC_BIN runs that `htc` binary instead of building
 # the release one (the CI test of this script runs it at toy sizes that way).
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
@@ -31,6 +34,7 @@ val_images=${VAL_IMAGES:-200}
 tok_steps=${TOK_STEPS:-300}
 vision_steps=${VISION_STEPS:-300}
 llava_steps=${LLAVA_STEPS:-300}
+qa_steps=${QA_STEPS:-1000}
 probe_steps=${PROBE_STEPS:-400}
 steps=${STEPS:-1000}
 scene_loss=${SCENE_LOSS:-0.5}
@@ -78,14 +82,15 @@ if ! done_ "$work/vision/model.safetensors"; then
 fi
 
 # stage NAME FROM MODE DATA_DIR TRAIN STEPS [OPTIONS…]: one `htc train` run into $work/NAME
-# (global batch $STAGE_BATCH, 32 unless set, in two micro-batches that train on two threads).
+# (global batch $STAGE_BATCH, 32 unless set, in two micro-batches that train on two threads;
+# peak learning rate $STAGE_LR, 1e-3 unless set).
 stage() {
   local name=$1 from=$2 mode=$3 dir=$4 train=$5 n=$6
   shift 6
   done_ "$work/$name/checkpoint-$n/model.safetensors" && return
   rm -rf "$work/$name"
   "$htc" train --model "$from" --mode "$mode" --data "$dir/train.json" --images "$dir" --out "$work/$name" \
-    --train "$train" --lr 1e-3 --warmup-steps 30 --global-batch "${STAGE_BATCH:-32}" --micro-batch "$(( ${STAGE_BATCH:-32} / 2 ))" \
+    --train "$train" --lr "${STAGE_LR:-1e-3}" --warmup-steps 30 --global-batch "${STAGE_BATCH:-32}" --micro-batch "$(( ${STAGE_BATCH:-32} / 2 ))" \
     --max-steps "$n" \
     --save-every "$n" --keep 1 --seed 0 --quiet "$@"
 }
@@ -93,13 +98,17 @@ stage() {
 log "5. stage 1, LLaVA-style: all patches visible, descriptions ($llava_steps steps) [$(elapsed)]"
 stage llava "$work/vision" none "$work/describe-data" projector,llm "$llava_steps"
 
+log "5b. stage 1b: all patches visible, the conversations, questions scored too ($qa_steps steps) [$(elapsed)]"
+STAGE_BATCH=16 STAGE_LR=2e-3 stage qa "$work/llava/checkpoint-$llava_steps" none "$data" projector,llm "$qa_steps" \
+  --train-on-inputs
+
 log "6a. stage 2, HTC: the compression alone, on the scene probe ($probe_steps steps) [$(elapsed)]"
-STAGE_BATCH=64 stage compress "$work/llava/checkpoint-$llava_steps" htc "$data" voco,projector,discrete,llm \
+STAGE_BATCH=64 stage compress "$work/qa/checkpoint-$qa_steps" htc "$data" voco,projector,discrete,llm \
   "$probe_steps" --scene-loss 1 --scenes "$data/train.scenes.json" --probe-only
 
 log "6b. stage 2, HTC: the image through <voco> alone, the conversations, scene probe $scene_loss ($steps steps) [$(elapsed)]"
 stage run "$work/compress/checkpoint-$probe_steps" htc "$data" voco,projector,discrete,llm "$steps" \
-  --scene-loss "$scene_loss" --scenes "$data/train.scenes.json"
+  --scene-loss "$scene_loss" --scenes "$data/train.scenes.json" --train-on-inputs
 model="$work/run/checkpoint-$steps"
 
 log "7. evaluation on the fresh test split [$(elapsed)]"
@@ -114,7 +123,7 @@ for f in config.json model.safetensors tokenizer.json preprocessor_config.json; 
 done
 cp "$work/run/metrics.jsonl" "$dest.tmp/metrics.jsonl"
 cp "$work/run/loss.png" "$dest.tmp/loss.png"
-for st in llava compress; do
+for st in llava qa compress; do
   cp "$work/$st/metrics.jsonl" "$dest.tmp/${st}_metrics.jsonl"
   cp "$work/$st/loss.png" "$dest.tmp/${st}_loss.png"
 done

@@ -675,6 +675,7 @@ fn the_recipe_script_runs_end_to_end_at_toy_sizes_and_skips_what_is_done() {
             .env("HTC_LOG", "warn")
             .envs([("IMAGES", "12"), ("VAL_IMAGES", "8"), ("TEST_IMAGES", "6"), ("TOK_STEPS", "2")])
             .envs([("VISION_STEPS", "2"), ("LLAVA_STEPS", "2"), ("PROBE_STEPS", "2"), ("STEPS", "2")])
+            .envs([("QA_STEPS", "2")])
             .output()
             .unwrap()
     };
@@ -689,6 +690,7 @@ fn the_recipe_script_runs_end_to_end_at_toy_sizes_and_skips_what_is_done() {
         "preprocessor_config.json",
         "loss.png",
         "llava_metrics.jsonl",
+        "qa_metrics.jsonl",
         "vision_metrics.jsonl",
         "tokenizer/model.safetensors",
         "tokenizer/recon.png",
@@ -705,6 +707,8 @@ fn the_recipe_script_runs_end_to_end_at_toy_sizes_and_skips_what_is_done() {
     let m = lines(&out.join("metrics.jsonl"));
     assert_eq!(m.len(), 2);
     assert!(m.iter().all(|l| l["scene_loss"].as_f64().is_some()), "the HTC stage trains with the probe");
+    let q = std::fs::read_to_string(work.join("qa/checkpoint-2/trainer_state.json")).unwrap();
+    assert!(q.contains("\"train_on_inputs\": true"), "stage 1b scores the questions too: {q}");
     let c = lines(&out.join("compress_metrics.jsonl"));
     assert_eq!(c.len(), 2);
     assert!(c.iter().all(|l| l["loss"].as_f64() == Some(0.0)), "the compression stage scores no answer");
@@ -719,5 +723,5 @@ fn the_recipe_script_runs_end_to_end_at_toy_sizes_and_skips_what_is_done() {
     let o = run();
     let log = String::from_utf8_lossy(&o.stderr).to_string();
     assert!(o.status.success(), "the rerun failed: {log}");
-    assert_eq!(log.matches("(already done:").count(), 7, "{log}");
+    assert_eq!(log.matches("(already done:").count(), 8, "{log}");
 }
