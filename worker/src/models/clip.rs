@@ -2,6 +2,7 @@
 //! `pre_layrnorm`, pre-norm encoder layers with quick_gelu. LLaVA reads `hidden_states[-2]`
 //! without the CLS token, so [`ClipVision::forward`] can stop early.
 
+use super::lora::flat_linear;
 use anyhow::Result;
 use burn::module::{Initializer, Module, Param};
 use burn::nn::conv::Conv2d;
@@ -38,12 +39,12 @@ impl<B: Backend> Attention<B> {
         let [b, n, d] = x.dims();
         let hd = d / self.heads;
         let split = |t: Tensor<B, 3>| t.reshape([b, n, self.heads, hd]).swap_dims(1, 2);
-        let q = split(self.q_proj.forward(x.clone())) * (hd as f64).powf(-0.5);
-        let k = split(self.k_proj.forward(x.clone()));
-        let v = split(self.v_proj.forward(x));
+        let q = split(flat_linear(&self.q_proj, x.clone())) * (hd as f64).powf(-0.5);
+        let k = split(flat_linear(&self.k_proj, x.clone()));
+        let v = split(flat_linear(&self.v_proj, x));
         let attn = softmax(q.matmul(k.swap_dims(2, 3)), 3);
         let out = attn.matmul(v).swap_dims(1, 2).reshape([b, n, d]);
-        self.out_proj.forward(out)
+        flat_linear(&self.out_proj, out)
     }
 }
 
@@ -74,7 +75,8 @@ impl<B: Backend> EncoderLayer<B> {
 
     fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let x = x.clone() + self.self_attn.forward(self.layer_norm1.forward(x));
-        let h = self.fc2.forward(quick_gelu(self.fc1.forward(self.layer_norm2.forward(x.clone()))));
+        let h =
+            flat_linear(&self.fc2, quick_gelu(flat_linear(&self.fc1, self.layer_norm2.forward(x.clone()))));
         x + h
     }
 }

@@ -13,6 +13,7 @@ use htc_shared::loader::Loader;
 
 use super::clip::ClipVision;
 use super::llama::Llama;
+use super::lora::flat_linear;
 
 /// The multimodal projector: `linear`, or `mlp2x_gelu` (`Linear → GELU (erf) → Linear`).
 #[derive(Module, Debug)]
@@ -29,9 +30,9 @@ pub fn gelu_erf<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
 
 impl<B: Backend> Projector<B> {
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let x = self.linear_1.forward(x);
+        let x = flat_linear(&self.linear_1, x);
         match &self.linear_2 {
-            Some(l2) => l2.forward(gelu_erf(x)),
+            Some(l2) => flat_linear(l2, gelu_erf(x)),
             None => x,
         }
     }

@@ -42,7 +42,7 @@ impl<B: Backend> Lora<B> {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        self.lora_b.forward(self.lora_a.forward(x)).mul_scalar(self.scale)
+        flat_linear(&self.lora_b, flat_linear(&self.lora_a, x)).mul_scalar(self.scale)
     }
 
     /// `(α/r) A B` in burn's `[in, out]` weight layout.
@@ -68,7 +68,7 @@ impl<B: Backend> Proj<B> {
 
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         match &self.lora {
-            Some(l) => self.linear.forward(x.clone()) + l.forward(x),
+            Some(l) => flat_linear(&self.linear, x.clone()) + l.forward(x),
             None => split_linear(&self.linear, x, self.split),
         }
     }
@@ -97,6 +97,23 @@ impl<B: Backend> Proj<B> {
 /// the kernel itself.
 pub const SPLIT_MAX_ROWS: usize = 8;
 
+/// `linear` over the last dimension of `x`, with every leading dimension folded into the
+/// rows of one 2-D matmul. burn's `Linear` multiplies `[b, t, in]` by the weight broadcast
+/// to `[1, in, out]`, and burn-candle concretises a broadcast operand: a copy of the whole
+/// weight for each of the `b` sequences at every call (training batches, batched decoding).
+pub fn flat_linear<B: Backend, const D: usize>(linear: &Linear<B>, x: Tensor<B, D>) -> Tensor<B, D> {
+    let dims = x.dims();
+    if D <= 2 || dims[..D - 2].iter().product::<usize>() <= 1 {
+        return linear.forward(x);
+    }
+    let d_in = dims[D - 1];
+    let rows = dims[..D - 1].iter().product::<usize>();
+    let y = linear.forward(x.reshape([rows, d_in]));
+    let mut out = dims;
+    out[D - 1] = y.dims()[1];
+    y.reshape(out)
+}
+
 /// `linear.forward(x)`, with products of at most [`SPLIT_MAX_ROWS`] rows split over `parts`
 /// threads when `parts > 1`: the reduction dimension is cut into `parts` contiguous row blocks
 /// of the `[in, out]` weight (views, no copy), each block's product runs on rayon's pool, and
@@ -113,7 +130,7 @@ pub fn split_linear<B: Backend, const D: usize>(
     const MIN_BLOCK: usize = 16;
     let parts = parts.min(d_in / MIN_BLOCK);
     if parts < 2 || rows > SPLIT_MAX_ROWS || rows == 0 {
-        return linear.forward(x);
+        return flat_linear(linear, x);
     }
     let w = linear.weight.val();
     let d_out = w.dims()[1];
