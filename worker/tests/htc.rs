@@ -50,6 +50,51 @@ fn compress_then_answer_equals_one_full_forward() {
 }
 
 #[test]
+fn compressing_a_batch_equals_compressing_each_image_alone() {
+    for (mode, topo, k) in [
+        (HtcMode::Htc, Topology::Star, 1),
+        (HtcMode::Voco, Topology::Causal, 2),
+        (HtcMode::None, Topology::Star, 1),
+    ] {
+        let m = model(mode, topo, k);
+        let imgs: Vec<ImageTensors<Backend>> = (1..=3).map(image).collect();
+        let batch = m.compress_batch(&imgs).unwrap();
+        assert_eq!(batch.len(), 3);
+        for (i, (img, c)) in imgs.iter().zip(&batch).enumerate() {
+            let alone = m.compress(img).unwrap();
+            let what = format!("{mode:?} image {i}");
+            assert_eq!(c.kept_positions, alone.kept_positions, "{what}");
+            assert_eq!(c.next_position, alone.next_position, "{what}");
+            assert_eq!(c.cache.seq_len(), alone.cache.seq_len(), "{what}");
+            for (l, (a, b)) in c.cache.layers.iter().zip(&alone.cache.layers).enumerate() {
+                let ((ka, va), (kb, vb)) = (a.clone().unwrap(), b.clone().unwrap());
+                assert_eq!(ka.dims()[0], 1, "{what}: one image per cache");
+                assert_close(&format!("{what} layer {l} keys"), &to_vec(ka), &to_vec(kb), 1e-5);
+                assert_close(&format!("{what} layer {l} values"), &to_vec(va), &to_vec(vb), 1e-5);
+            }
+            let flat = |a: &Vec<Vec<Vec<f32>>>| a.iter().flatten().flatten().copied().collect::<Vec<f32>>();
+            assert_close(
+                &format!("{what} attention"),
+                &flat(&c.voco_attention),
+                &flat(&alone.voco_attention),
+                1e-5,
+            );
+            // Answers from the batch's cache equal the lone image's.
+            let got = to_vec(m.answer_logits(c, &TEXT).unwrap());
+            let want = to_vec(m.answer_logits(&alone, &TEXT).unwrap());
+            assert_close(&format!("{what} answer logits"), &got, &want, 1e-5);
+        }
+    }
+    // Client codes for some images only cannot share one batch.
+    let m = model(HtcMode::Htc, Topology::Star, 1);
+    let mut with_codes = image(2);
+    with_codes.codes = Some(m.mgvq.as_ref().unwrap().encode(with_codes.mgvq.clone().unwrap()).unwrap().codes);
+    let e = m.compress_batch(&[image(1), with_codes]).err().unwrap().to_string();
+    assert!(e.contains("mixes client MGVQ codes and pixels"), "{e}");
+    assert!(m.compress_batch(&[]).unwrap().is_empty());
+}
+
+#[test]
 fn compressed_cache_keeps_only_bos_and_voco_with_original_positions() {
     let m = model(HtcMode::Htc, Topology::Star, 1);
     let c = m.compress(&image(1)).unwrap();

@@ -530,3 +530,52 @@ async fn a_question_may_ask_for_mode_none_beside_the_compressed_mode() {
     send(&mut ws, ask(6, Some("voco"))).await;
     expect_error(&mut ws, ErrorCode::BadRequest, "not offered").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_new_images_answers_as_asked_one_at_a_time() {
+    // Four different pictures, the first one asked about twice.
+    let pngs: Vec<Vec<u8>> = (0..4u8)
+        .map(|i| {
+            let img =
+                image::RgbImage::from_fn(40, 30, |x, y| image::Rgb([60 * i, (x * 6) as u8, (y * 8) as u8]));
+            let mut bytes = vec![];
+            img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png).unwrap();
+            bytes
+        })
+        .collect();
+    let order = [0usize, 1, 2, 3, 0];
+    let ask = |rid: u32| json!({"type": "ask", "request_id": rid, "image_id": "img", "prompt_ids": [5, 6, 7], "max_new_tokens": 6});
+    // One at a time on a fresh server: the answers the burst must give.
+    let addr = start(|_| {}).await;
+    let mut want = vec![];
+    for &k in &order {
+        let mut ws = connect(addr, &[], "").await.unwrap();
+        hello(&mut ws).await;
+        upload(&mut ws, 1, "img", &pngs[k]).await;
+        send(&mut ws, ask(2)).await;
+        want.push(answer(&mut ws, 2).await.0);
+    }
+    // All at once on another fresh server: every question sent before any answer is read, so
+    // the engine admits them together and compresses the new images as a batch.
+    let addr = start(|_| {}).await;
+    let mut conns = vec![];
+    for &k in &order {
+        let mut ws = connect(addr, &[], "").await.unwrap();
+        hello(&mut ws).await;
+        upload(&mut ws, 1, "img", &pngs[k]).await;
+        conns.push(ws);
+    }
+    for ws in conns.iter_mut() {
+        send(ws, ask(2)).await;
+    }
+    for (i, ws) in conns.iter_mut().enumerate() {
+        let (got, _, done) = answer(ws, 2).await;
+        assert_eq!(got, want[i], "question {i}");
+        assert!(matches!(done, ServerMessage::Done { .. }));
+    }
+    let m = common::http::http_get(addr, "/metrics").await;
+    assert_eq!(metric(&m, "htc_compressions_total "), 4.0, "each new image compressed once: {m}");
+    assert_eq!(metric(&m, "htc_cache_hits_total "), 1.0, "the repeated image is a cache hit: {m}");
+    // However the questions fell into batches, the batches hold the 4 images.
+    assert_eq!(metric(&m, "htc_compression_batch_images_sum "), 4.0, "{m}");
+}

@@ -11,7 +11,7 @@
 //! text may see (BOS and the `<voco>` tokens) with their original RoPE positions, plus the
 //! head-averaged attention of `<voco>` over `[v_d; V]`. Answering runs only the text.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use burn::module::{Initializer, Module, Param};
 use burn::nn::Linear;
 use burn::tensor::{backend::Backend, Tensor, TensorData};
@@ -249,9 +249,41 @@ impl<B: Backend> Htc<B> {
         self.compress_embeds(self.prefix_embeds(img)?)
     }
 
+    /// [`Self::compress`] for several images at once: the encoders and the prefix run as one
+    /// batch, then each image gets its own compressed cache (what compressing it alone gives,
+    /// up to the order of float additions). Images must all carry MGVQ codes or all not.
+    pub fn compress_batch(&self, imgs: &[ImageTensors<B>]) -> Result<Vec<CompressedImage<B>>> {
+        if imgs.len() < 2 {
+            return imgs.iter().map(|i| self.compress(i)).collect();
+        }
+        let codes = match imgs.iter().filter(|i| i.codes.is_some()).count() {
+            0 => None,
+            n if n == imgs.len() => {
+                Some(imgs.iter().flat_map(|i| i.codes.clone().unwrap_or_default()).collect())
+            }
+            _ => bail!("a batch of images to compress mixes client MGVQ codes and pixels"),
+        };
+        let mgvq = match (&codes, imgs.iter().all(|i| i.mgvq.is_some())) {
+            (None, true) => Some(Tensor::cat(imgs.iter().filter_map(|i| i.mgvq.clone()).collect(), 0)),
+            _ => None,
+        };
+        let batch =
+            ImageTensors { clip: Tensor::cat(imgs.iter().map(|i| i.clip.clone()).collect(), 0), mgvq, codes };
+        self.compress_rows(self.prefix_embeds(&batch)?)
+    }
+
     /// [`Self::compress`] from the prefix's embeddings ([`Self::prefix_embeds`]): the LLM part.
     pub fn compress_embeds(&self, embeds: Tensor<B, 3>) -> Result<CompressedImage<B>> {
+        if embeds.dims()[0] != 1 {
+            bail!("compress_embeds takes one image's prefix; {} given", embeds.dims()[0]);
+        }
+        self.compress_rows(embeds)?.pop().context("one compressed image")
+    }
+
+    /// Compresses each row of a batch of prefixes `[b, prefix, d]`.
+    fn compress_rows(&self, embeds: Tensor<B, 3>) -> Result<Vec<CompressedImage<B>>> {
         let llm = &self.llava.llm;
+        let rows = embeds.dims()[0];
         let layout = self.layout(0);
         let n = layout.len();
         if embeds.dims()[1] != n {
@@ -294,14 +326,47 @@ impl<B: Backend> Htc<B> {
             }
         }
         let (vis0, vis1) = (layout.bos as usize, layout.voco_start());
-        let mut voco_attention = Vec::with_capacity(out.attention.len());
+        let from = out.attention_from;
+        let (q0, q1) = (layout.voco_start() - from, layout.text_start() - from);
+        // Per layer, the `<voco>` rows of every image: `[rows][q1 - q0][vis1 - vis0]`.
+        let mut attention: Vec<Vec<f32>> = Vec::with_capacity(out.attention.len());
         for a in out.attention {
-            let from = out.attention_from;
-            let rows = a.slice([0..1, layout.voco_start() - from..layout.text_start() - from, vis0..vis1]);
-            let flat = rows.into_data().to_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
-            voco_attention.push(flat.chunks(vis1 - vis0).map(<[f32]>::to_vec).collect());
+            let picked = a.slice([0..rows, q0..q1, vis0..vis1]);
+            attention.push(picked.into_data().to_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?);
         }
-        Ok(CompressedImage { cache, kept_positions: kept, next_position: n, layout, voco_attention })
+        let per_image = (q1 - q0) * (vis1 - vis0);
+        (0..rows)
+            .map(|i| {
+                let mut c = cache.clone();
+                if rows > 1 {
+                    for layer in c.layers.iter_mut() {
+                        if let Some((k, v)) = layer.take() {
+                            let [_, h, t, d] = k.dims();
+                            *layer = Some((
+                                k.slice([i..i + 1, 0..h, 0..t, 0..d]),
+                                v.slice([i..i + 1, 0..h, 0..t, 0..d]),
+                            ));
+                        }
+                    }
+                }
+                let voco_attention = attention
+                    .iter()
+                    .map(|a| {
+                        a[i * per_image..(i + 1) * per_image]
+                            .chunks(vis1 - vis0)
+                            .map(<[f32]>::to_vec)
+                            .collect()
+                    })
+                    .collect();
+                Ok(CompressedImage {
+                    cache: c,
+                    kept_positions: kept.clone(),
+                    next_position: n,
+                    layout,
+                    voco_attention,
+                })
+            })
+            .collect()
     }
 
     /// The prompt that answers `text_ids` against a compressed image.

@@ -19,6 +19,8 @@ pub struct Metrics {
     /// Answers being decoded (at most `--max-batch`).
     pub active: prometheus::IntGauge,
     pub answer_seconds: prometheus::Histogram,
+    /// Images per compression batch (new images admitted together are compressed at once).
+    pub compression_batch: prometheus::Histogram,
 }
 
 impl Metrics {
@@ -48,6 +50,10 @@ impl Metrics {
             "htc_answer_seconds",
             "Wall time of an answer, queue excluded",
         ))?;
+        let compression_batch = Histogram::with_opts(
+            HistogramOpts::new("htc_compression_batch_images", "Images compressed together in one batch")
+                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0]),
+        )?;
         for c in [&questions, &cache_hits, &compressions, &tokens, &cancelled, &encoder_bytes] {
             registry.register(Box::new(c.clone()))?;
         }
@@ -56,6 +62,7 @@ impl Metrics {
             registry.register(Box::new(g.clone()))?;
         }
         registry.register(Box::new(answer_seconds.clone()))?;
+        registry.register(Box::new(compression_batch.clone()))?;
         Ok(Self {
             registry,
             questions,
@@ -69,6 +76,7 @@ impl Metrics {
             queue_depth,
             active,
             answer_seconds,
+            compression_batch,
         })
     }
 

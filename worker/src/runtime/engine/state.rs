@@ -1,6 +1,7 @@
 //! The engine thread's state and loop: the model, its tokenizer, the LRU of compressed images,
-//! and the answers being decoded together. Questions are admitted (ids, compressed image,
-//! prefill), then every active answer advances one token per batched step.
+//! and the answers being decoded together. Questions waiting together are admitted together
+//! (ids checked; the images the cache lacks compressed as one batch per mode; each prefilled),
+//! then every active answer advances one token per batched step.
 
 use std::num::NonZeroUsize;
 use std::sync::atomic::Ordering;
@@ -37,6 +38,20 @@ pub(super) struct EngineState {
     trust_client_codes: bool,
     pub(super) card: ModelCard,
     metrics: Arc<Metrics>,
+}
+
+/// An image compressed for a question, with its preprocessing and compression times, or why not.
+type Compressed = Result<(Arc<CompressedImage<Backend>>, Timings), ProtocolError>;
+
+/// A question checked and ready but for its compressed image.
+struct Prepared {
+    job: Job,
+    ids: Vec<u32>,
+    /// The model in the asked mode: `None` for the served one, else an index in `alternates`.
+    alternate: Option<usize>,
+    /// The compressed image's cache key (per mode).
+    key: [u8; 32],
+    start: Instant,
 }
 
 /// An answer being decoded.
@@ -155,24 +170,24 @@ impl EngineState {
     pub(super) fn run(mut self, rx: Receiver<Job>, max_batch: usize) {
         let mut active: Vec<Active> = Vec::new();
         loop {
-            // Admit: block when idle, then take whatever else is waiting (up to the batch).
+            // Admit: block when idle, then take whatever else is waiting (up to the batch),
+            // and admit them together (their new images compressed as one batch).
+            let mut jobs = Vec::new();
             if active.is_empty() {
                 match rx.recv() {
-                    Ok(job) => {
-                        self.metrics.queue_depth.dec();
-                        self.admit_or_report(job, &mut active)
-                    }
+                    Ok(job) => jobs.push(job),
                     Err(_) => break,
                 }
             }
-            while active.len() < max_batch.max(1) {
+            while active.len() + jobs.len() < max_batch.max(1) {
                 match rx.try_recv() {
-                    Ok(job) => {
-                        self.metrics.queue_depth.dec();
-                        self.admit_or_report(job, &mut active)
-                    }
+                    Ok(job) => jobs.push(job),
                     Err(_) => break,
                 }
+            }
+            if !jobs.is_empty() {
+                self.metrics.queue_depth.sub(jobs.len() as i64);
+                self.admit_all(jobs, &mut active);
             }
             self.metrics.active.set(active.len() as i64);
             if !active.is_empty() {
@@ -184,55 +199,163 @@ impl EngineState {
         }
     }
 
-    /// Compresses `img` with `model` (the served model or one of its other modes).
-    fn compress(
-        &self, model: &Htc<Backend>, img: &UploadedImage, timings: &mut Timings,
-    ) -> Result<Arc<CompressedImage<Backend>>, ProtocolError> {
+    fn model_for(&self, alternate: Option<usize>) -> &Htc<Backend> {
+        match alternate {
+            Some(i) => &self.alternates[i].1,
+            None => &self.model,
+        }
+    }
+
+    fn report(
+        &self, request_id: u32, reply: &tokio::sync::mpsc::UnboundedSender<ServerMessage>, e: ProtocolError,
+    ) {
+        self.metrics.errors.with_label_values(&[&format!("{:?}", e.code)]).inc();
+        let _ = reply.send(e.to_message(Some(request_id)));
+    }
+
+    /// Compresses `images` with `model` (the served model or one of its other modes) in one
+    /// batch: each image is preprocessed and its client codes checked on its own (a failure
+    /// stays with that image), then the images that passed are compressed together. Each
+    /// result carries the image's preprocessing time and the batch's compression time.
+    fn compress_many(&self, model: &Htc<Backend>, images: &[&UploadedImage]) -> Vec<Compressed> {
         let device = backend::device();
-        let t = Instant::now();
         let internal = ErrorCode::Internal;
-        let mut inputs = image_tensors(model, &self.preprocess, &img.image, &device).coded(internal)?;
-        timings.preprocess_ms = t.elapsed().as_secs_f64() * 1e3;
-        let t = Instant::now();
         let uses_codes = model.config.uses_discrete();
-        if let (Some(client), Some(m), true) = (&img.codes, &model.mgvq, uses_codes) {
-            if self.trust_client_codes {
-                inputs.codes = Some(client.as_ref().clone());
-            } else {
-                let px = inputs.mgvq.clone().context("no MGVQ input").coded(internal)?;
-                let ours = m.encode(px).coded(internal)?.codes;
-                let differ = ours.iter().zip(client.iter()).filter(|(a, b)| a != b).count();
-                if ours.len() != client.len() || differ > 0 {
-                    return Err(ProtocolError::new(
-                        ErrorCode::CodesMismatch,
-                        format!(
-                            "client MGVQ codes differ from the worker's at {differ} of {} positions (start the \
-                             worker with --trust-client-codes to use them anyway)",
-                            ours.len()
-                        ),
-                    ));
+        let prepared: Vec<Result<(crate::models::htc::ImageTensors<Backend>, Timings), ProtocolError>> = images
+            .iter()
+            .map(|img| {
+                let t = Instant::now();
+                let mut timings = Timings::default();
+                let mut inputs = image_tensors(model, &self.preprocess, &img.image, &device).coded(internal)?;
+                timings.preprocess_ms = t.elapsed().as_secs_f64() * 1e3;
+                if let (Some(client), Some(m), true) = (&img.codes, &model.mgvq, uses_codes) {
+                    if self.trust_client_codes {
+                        inputs.codes = Some(client.as_ref().clone());
+                    } else {
+                        let px = inputs.mgvq.clone().context("no MGVQ input").coded(internal)?;
+                        let ours = m.encode(px).coded(internal)?.codes;
+                        let differ = ours.iter().zip(client.iter()).filter(|(a, b)| a != b).count();
+                        if ours.len() != client.len() || differ > 0 {
+                            return Err(ProtocolError::new(
+                                ErrorCode::CodesMismatch,
+                                format!(
+                                    "client MGVQ codes differ from the worker's at {differ} of {} positions (start \
+                                     the worker with --trust-client-codes to use them anyway)",
+                                    ours.len()
+                                ),
+                            ));
+                        }
+                    }
+                }
+                Ok((inputs, timings))
+            })
+            .collect();
+        // Trusted client codes replace the MGVQ encoder for some images only: those batches
+        // stay apart from the ones the worker encodes.
+        let mut results: Vec<Option<Compressed>> = vec![None; images.len()];
+        let mut groups: [Vec<(usize, crate::models::htc::ImageTensors<Backend>, Timings)>; 2] =
+            [vec![], vec![]];
+        for (i, p) in prepared.into_iter().enumerate() {
+            match p {
+                Ok((inputs, timings)) => {
+                    groups[usize::from(inputs.codes.is_some())].push((i, inputs, timings))
+                }
+                Err(e) => results[i] = Some(Err(e)),
+            }
+        }
+        for group in groups.into_iter().filter(|g| !g.is_empty()) {
+            let t = Instant::now();
+            let (idx, rest): (Vec<usize>, Vec<_>) = group.into_iter().map(|(i, x, tm)| (i, (x, tm))).unzip();
+            let (inputs, timings): (Vec<_>, Vec<Timings>) = rest.into_iter().unzip();
+            match model.compress_batch(&inputs).context("compressing the image").coded(internal) {
+                Ok(done) => {
+                    let ms = t.elapsed().as_secs_f64() * 1e3;
+                    self.metrics.compressions.inc_by(done.len() as u64);
+                    self.metrics.compression_batch.observe(done.len() as f64);
+                    for ((i, c), mut timings) in idx.into_iter().zip(done).zip(timings) {
+                        timings.compress_ms = ms;
+                        results[i] = Some(Ok((Arc::new(c), timings)));
+                    }
+                }
+                Err(e) => {
+                    for i in idx {
+                        results[i] = Some(Err(e.clone()));
+                    }
                 }
             }
         }
-        let c = Arc::new(model.compress(&inputs).context("compressing the image").coded(internal)?);
-        self.metrics.compressions.inc();
-        timings.compress_ms = t.elapsed().as_secs_f64() * 1e3;
-        Ok(c)
+        results.into_iter().map(|r| r.expect("every image has a result")).collect()
     }
 
-    fn admit_or_report(&mut self, job: Job, active: &mut Vec<Active>) {
-        let (id, reply) = (job.request_id, job.reply.clone());
-        if let Err(e) = self.admit(job, active) {
-            self.metrics.errors.with_label_values(&[&format!("{:?}", e.code)]).inc();
-            let _ = reply.send(e.to_message(Some(id)));
+    /// Admits a batch of jobs: each question's ids and mode are checked; the images the cache
+    /// lacks are compressed, one batch per mode, each image once; then every question is
+    /// prefilled, answers its first token and joins the decoding batch.
+    fn admit_all(&mut self, jobs: Vec<Job>, active: &mut Vec<Active>) {
+        let mut ready = Vec::new();
+        for job in jobs {
+            let (id, reply) = (job.request_id, job.reply.clone());
+            match self.prepare(job) {
+                Ok(Some(p)) => ready.push(p),
+                Ok(None) => {}
+                Err(e) => self.report(id, &reply, e),
+            }
+        }
+        // The images to compress, per model: distinct keys, first asker first.
+        let mut hits: Vec<Option<Arc<CompressedImage<Backend>>>> = Vec::with_capacity(ready.len());
+        let mut wanted: Vec<(Option<usize>, [u8; 32], usize)> = Vec::new();
+        for (i, p) in ready.iter().enumerate() {
+            let hit = self.cache.get(&p.key).cloned();
+            if hit.is_none() && !wanted.iter().any(|w| w.1 == p.key) {
+                wanted.push((p.alternate, p.key, i));
+            }
+            hits.push(hit);
+        }
+        // Each freshly compressed image, and whether a question of this batch used it yet.
+        type Fresh = ([u8; 32], Compressed, bool);
+        let mut fresh: Vec<Fresh> = Vec::new();
+        let mut models: Vec<Option<usize>> = wanted.iter().map(|w| w.0).collect();
+        models.sort();
+        models.dedup();
+        for alt in models {
+            let group: Vec<&(Option<usize>, [u8; 32], usize)> =
+                wanted.iter().filter(|w| w.0 == alt).collect();
+            let images: Vec<&UploadedImage> = group.iter().map(|w| &ready[w.2].job.image).collect();
+            let done = self.compress_many(self.model_for(alt), &images);
+            fresh.extend(group.iter().zip(done).map(|(w, r)| (w.1, r, false)));
+        }
+        for (key, r, _) in &fresh {
+            if let Ok((c, _)) = r {
+                self.cache.put(*key, c.clone());
+            }
+        }
+        for (p, hit) in ready.into_iter().zip(hits) {
+            let (id, reply) = (p.job.request_id, p.job.reply.clone());
+            // An image compressed in this batch counts as compressed for its first question and
+            // as a cache hit for the others, as if they had come one after another.
+            let found = match hit {
+                Some(c) => Ok((c, true, None)),
+                None => match fresh.iter_mut().find(|f| f.0 == p.key).expect("compressed above") {
+                    (_, Ok((c, t)), used @ false) => {
+                        *used = true;
+                        Ok((c.clone(), false, Some(*t)))
+                    }
+                    (_, Ok((c, _)), true) => Ok((c.clone(), true, None)),
+                    (_, Err(e), _) => Err(e.clone()),
+                },
+            };
+            if let Ok((_, true, _)) = &found {
+                self.metrics.cache_hits.inc();
+            }
+            let started = found.and_then(|(c, cached, t)| self.start_answer(p, c, cached, t, active));
+            if let Err(e) = started {
+                self.report(id, &reply, e);
+            }
         }
     }
 
-    /// Prepares a question: its ids, the compressed image (from the cache or compressed now)
-    /// and the prefill of its text; emits its first token and joins the decoding batch.
-    fn admit(&mut self, job: Job, active: &mut Vec<Active>) -> Result<(), ProtocolError> {
+    /// A job's ids and model, checked: `None` when it was cancelled while queued (reported).
+    fn prepare(&mut self, job: Job) -> Result<Option<Prepared>, ProtocolError> {
         let start = Instant::now();
-        let mut timings = Timings::default();
         if job.cancel.load(Ordering::Relaxed) {
             self.metrics.cancelled.inc();
             let done = ServerMessage::Done {
@@ -241,10 +364,10 @@ impl EngineState {
                 tokens: 0,
                 prompt_tokens: 0,
                 cancelled: true,
-                timings,
+                timings: Timings::default(),
             };
             let _ = job.reply.send(done);
-            return Ok(());
+            return Ok(None);
         }
         let tok = || {
             self.tokenizer.as_ref().ok_or_else(|| {
@@ -259,8 +382,7 @@ impl EngineState {
             Question::Text(q) => tok()?.question_ids(q, true).coded(ErrorCode::Internal)?,
             Question::Chat(c) => tok()?.chat_ids(c).coded(ErrorCode::BadRequest)?,
         };
-        let llm = &self.model.llava.llm;
-        llm.check_ids(&ids).coded(ErrorCode::BadRequest)?;
+        self.model.llava.llm.check_ids(&ids).coded(ErrorCode::BadRequest)?;
         // The model in the asked mode; a compressed image is cached per mode.
         let (alternate, key) = match job.mode {
             Some(m) if m != self.model.config.mode => {
@@ -275,21 +397,17 @@ impl EngineState {
             }
             _ => (None, job.image.key),
         };
-        let hit = self.cache.get(&key).cloned();
-        let model = match alternate {
-            Some(i) => &self.alternates[i].1,
-            None => &self.model,
-        };
-        let (compressed, cached) = match hit {
-            Some(c) => {
-                self.metrics.cache_hits.inc();
-                (c, true)
-            }
-            None => (self.compress(model, &job.image, &mut timings)?, false),
-        };
-        if !cached {
-            self.cache.put(key, compressed.clone());
-        }
+        Ok(Some(Prepared { job, ids, alternate, key, start }))
+    }
+
+    /// Prefills a prepared question against its compressed image, emits its first token and
+    /// joins the decoding batch (or finishes at once).
+    fn start_answer(
+        &self, p: Prepared, compressed: Arc<CompressedImage<Backend>>, cached: bool,
+        timings: Option<Timings>, active: &mut Vec<Active>,
+    ) -> Result<(), ProtocolError> {
+        let Prepared { job, ids, alternate, start, .. } = p;
+        let model = self.model_for(alternate);
         let llm = &self.model.llava.llm;
         let prompt = model.answer_prompt(&compressed, &ids).coded(ErrorCode::BadRequest)?;
         let prompt_tokens = compressed.kept_positions.len() + ids.len();
@@ -302,7 +420,7 @@ impl EngineState {
             decoder: StreamDecoder::new(),
             compressed,
             cached,
-            timings,
+            timings: timings.unwrap_or_default(),
             start,
             gen_start: Instant::now(),
             first_ms: None,
