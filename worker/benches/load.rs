@@ -1,6 +1,9 @@
 //! Bounded load test: 32 concurrent WebSocket clients × 10 questions each against one worker
 //! (demo HTC model, loopback). Checks that every answer arrives and that greedy answers equal
-//! the single-client answers, then prints latency percentiles and throughput.
+//! the single-client answers, then prints latency percentiles and throughput. Then a burst of
+//! new images (8 clients, each with its own picture, asking at the same moment) against a
+//! worker that compresses new images one by one (`--max-compress-batch 1`) and one that
+//! compresses them as a batch: the same answers, and the time until the last one.
 //!
 //! Run: `cargo bench -p htc-worker --bench load` (scripts/test.sh runs it with the dev
 //! profile, for its checks).
@@ -65,6 +68,67 @@ async fn client(
     (answers, lat)
 }
 
+const BURST: usize = 8;
+
+async fn start(tweak: impl FnOnce(&mut ServeArgs)) -> std::net::SocketAddr {
+    let mut args = ServeArgs::local(std::env::temp_dir());
+    tweak(&mut args);
+    let app = tokio::task::spawn_blocking(move || App::new(args)).await.unwrap().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { serve_on(listener, app, std::future::pending()).await.unwrap() });
+    addr
+}
+
+/// `BURST` clients upload their own picture, wait for each other, then ask one question each
+/// at once; returns the answers (in client order) and the time from the asks to the last
+/// answer.
+async fn burst(addr: std::net::SocketAddr, pngs: &[Vec<u8>]) -> (Vec<Vec<u32>>, Duration) {
+    let gate = std::sync::Arc::new(tokio::sync::Barrier::new(pngs.len() + 1));
+    let handles: Vec<_> = pngs
+        .iter()
+        .cloned()
+        .map(|png| {
+            let gate = gate.clone();
+            tokio::spawn(async move {
+                let (mut ws, _) =
+                    tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await.expect("connect");
+                ws.send(Message::Text(json!({"type": "hello", "version": 1}).to_string().into())).await.unwrap();
+                assert!(matches!(recv(&mut ws).await, ServerMessage::Ready { .. }));
+                ws.send(Message::Text(
+                    json!({"type": "image", "request_id": 0, "image_id": "img", "byte_len": png.len()})
+                        .to_string()
+                        .into(),
+                ))
+                .await
+                .unwrap();
+                ws.send(Message::Binary(encode_binary(BinaryKind::ImageBytes, 0, &png).into())).await.unwrap();
+                gate.wait().await;
+                ws.send(Message::Text(json!({"type": "ask", "request_id": 1, "image_id": "img", "prompt_ids": [5, 6, 7], "max_new_tokens": TOKENS}).to_string().into())).await.unwrap();
+                let mut ids = vec![];
+                loop {
+                    match recv(&mut ws).await {
+                        ServerMessage::Token { id, .. } => ids.push(id),
+                        ServerMessage::Done { cached, .. } => {
+                            assert!(!cached, "every picture of the burst is new");
+                            return ids;
+                        }
+                        ServerMessage::Error { message, .. } => panic!("error: {message}"),
+                        _ => {}
+                    }
+                }
+            })
+        })
+        .collect();
+    gate.wait().await;
+    let t = Instant::now();
+    let mut answers = vec![];
+    for h in handles {
+        answers.push(h.await.expect("client finished"));
+    }
+    (answers, t.elapsed())
+}
+
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(async {
@@ -101,5 +165,33 @@ fn main() {
         println!("  single client, cached image: p50 {:.1} ms (first question, with compression: {:.1} ms)", single_p50.as_secs_f64() * 1e3, single[0].as_secs_f64() * 1e3);
         println!("  concurrent: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms", pct(0.50).as_secs_f64() * 1e3, pct(0.99).as_secs_f64() * 1e3, lat.last().unwrap().as_secs_f64() * 1e3);
         println!("  throughput: {:.1} answers/s over {:.2} s ({:.1}x the single-client rate)", answers as f64 / wall.as_secs_f64(), wall.as_secs_f64(), (answers as f64 / wall.as_secs_f64()) * single_p50.as_secs_f64());
+
+        // The burst of new images, compressed one by one, then as one batch.
+        let pngs: Vec<Vec<u8>> = (0..BURST as u32)
+            .map(|i| {
+                let img = image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([(i * 30) as u8, (x * 4) as u8, (y * 5) as u8]));
+                let mut bytes = vec![];
+                img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png).unwrap();
+                bytes
+            })
+            .collect();
+        let mut runs = vec![];
+        for limit in [1, BURST] {
+            let addr = start(|a| {
+                a.max_compress_batch = limit;
+                a.max_batch = BURST;
+                a.queue = 64;
+            })
+            .await;
+            runs.push(burst(addr, &pngs).await);
+        }
+        assert_eq!(runs[0].0, runs[1].0, "batched compression changed an answer");
+        let (one, batched) = (runs[0].1.as_secs_f64(), runs[1].1.as_secs_f64());
+        println!(
+            "  burst of {BURST} new images, one question each: compressed one by one {:.0} ms, as a batch {:.0} ms ({:.2}x), answers equal",
+            one * 1e3,
+            batched * 1e3,
+            one / batched
+        );
     });
 }

@@ -169,6 +169,7 @@ pub fn answer_all(
         cache_capacity: 64,
         trust_client_codes: false,
         max_batch: batch,
+        max_compress_batch: batch,
         mode,
     })?;
     for chunk in items.chunks(batch) {

@@ -37,6 +37,10 @@ pub struct ServeArgs {
     /// Answers decoded together in one batched step (micro-batching).
     #[arg(long, default_value_t = 8)]
     pub max_batch: usize,
+    /// New images compressed together in one batch when questions about them arrive together
+    /// (1 compresses them one by one; a GPU with memory to spare takes more).
+    #[arg(long, default_value_t = 8)]
+    pub max_compress_batch: usize,
     /// Questions one connection may have queued or running.
     #[arg(long, default_value_t = 4)]
     pub max_inflight_per_connection: usize,
@@ -68,6 +72,7 @@ impl ServeArgs {
             cache_capacity: 64,
             queue: 16,
             max_batch: 8,
+            max_compress_batch: 8,
             max_inflight_per_connection: 4,
             max_frame_bytes: 16 << 20,
             max_image_bytes: 12 << 20,

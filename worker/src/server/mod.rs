@@ -54,6 +54,7 @@ impl App {
             cache_capacity: args.cache_capacity,
             trust_client_codes: args.trust_client_codes,
             max_batch: args.max_batch,
+            max_compress_batch: args.max_compress_batch,
         })?;
         let encoder = match (&args.model, &engine.card.mgvq) {
             (Some(dir), Some(config)) if dir.is_dir() => encoder_file(dir)?.map(|f| {

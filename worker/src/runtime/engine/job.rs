@@ -25,6 +25,8 @@ pub struct EngineConfig {
     pub trust_client_codes: bool,
     /// Answers decoded together, one token each per batched step.
     pub max_batch: usize,
+    /// New images compressed together in one batch, at most.
+    pub max_compress_batch: usize,
     /// Answer in this mode instead of the checkpoint's own (an ablation; see `Htc::with_mode`).
     pub mode: Option<htc_shared::config::HtcMode>,
 }

@@ -36,6 +36,7 @@ pub(super) struct EngineState {
     tokenizer: Option<TextTokenizer>,
     cache: LruCache<[u8; 32], Arc<CompressedImage<Backend>>>,
     trust_client_codes: bool,
+    max_compress_batch: usize,
     pub(super) card: ModelCard,
     metrics: Arc<Metrics>,
 }
@@ -161,6 +162,7 @@ impl EngineState {
             tokenizer,
             cache: LruCache::new(cap),
             trust_client_codes: cfg.trust_client_codes,
+            max_compress_batch: cfg.max_compress_batch,
             card,
             metrics,
         })
@@ -263,7 +265,16 @@ impl EngineState {
                 Err(e) => results[i] = Some(Err(e)),
             }
         }
-        for group in groups.into_iter().filter(|g| !g.is_empty()) {
+        let limit = self.max_compress_batch.max(1);
+        let chunks = groups.into_iter().flat_map(|g| {
+            let mut g = g.into_iter().peekable();
+            std::iter::from_fn(move || {
+                g.peek()?;
+                Some(g.by_ref().take(limit).collect::<Vec<_>>())
+            })
+            .collect::<Vec<_>>()
+        });
+        for group in chunks {
             let t = Instant::now();
             let (idx, rest): (Vec<usize>, Vec<_>) = group.into_iter().map(|(i, x, tm)| (i, (x, tm))).unzip();
             let (inputs, timings): (Vec<_>, Vec<Timings>) = rest.into_iter().unzip();
