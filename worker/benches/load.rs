@@ -11,8 +11,7 @@
 use std::time::{Duration, Instant};
 
 use futures_util::SinkExt;
-use htc_shared::protocol::{encode_binary, BinaryKind, ServerMessage};
-use htc_worker::server::{serve_on, App, ServeArgs};
+use htc_shared::protocol::ServerMessage;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -28,19 +27,7 @@ use ws::recv;
 async fn client(
     addr: std::net::SocketAddr, png: Vec<u8>, questions: Vec<Vec<u32>>,
 ) -> (Vec<Vec<u32>>, Vec<Duration>) {
-    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(format!("ws://{addr}/ws"), None, true)
-        .await
-        .expect("connect");
-    ws.send(Message::Text(json!({"type": "hello", "version": 1}).to_string().into())).await.unwrap();
-    assert!(matches!(recv(&mut ws).await, ServerMessage::Ready { .. }));
-    ws.send(Message::Text(
-        json!({"type": "image", "request_id": 0, "image_id": "img", "byte_len": png.len()})
-            .to_string()
-            .into(),
-    ))
-    .await
-    .unwrap();
-    ws.send(Message::Binary(encode_binary(BinaryKind::ImageBytes, 0, &png).into())).await.unwrap();
+    let mut ws = ws::open_with_image(addr, &png).await;
     let (mut answers, mut lat) = (vec![], vec![]);
     for (i, q) in questions.into_iter().enumerate() {
         let rid = i as u32 + 1;
@@ -70,16 +57,6 @@ async fn client(
 
 const BURST: usize = 8;
 
-async fn start(tweak: impl FnOnce(&mut ServeArgs)) -> std::net::SocketAddr {
-    let mut args = ServeArgs::local(std::env::temp_dir());
-    tweak(&mut args);
-    let app = tokio::task::spawn_blocking(move || App::new(args)).await.unwrap().unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { serve_on(listener, app, std::future::pending()).await.unwrap() });
-    addr
-}
-
 /// `BURST` clients upload their own picture, wait for each other, then ask one question each
 /// at once; returns the answers (in client order) and the time from the asks to the last
 /// answer.
@@ -91,18 +68,7 @@ async fn burst(addr: std::net::SocketAddr, pngs: &[Vec<u8>]) -> (Vec<Vec<u32>>, 
         .map(|png| {
             let gate = gate.clone();
             tokio::spawn(async move {
-                let (mut ws, _) =
-                    tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await.expect("connect");
-                ws.send(Message::Text(json!({"type": "hello", "version": 1}).to_string().into())).await.unwrap();
-                assert!(matches!(recv(&mut ws).await, ServerMessage::Ready { .. }));
-                ws.send(Message::Text(
-                    json!({"type": "image", "request_id": 0, "image_id": "img", "byte_len": png.len()})
-                        .to_string()
-                        .into(),
-                ))
-                .await
-                .unwrap();
-                ws.send(Message::Binary(encode_binary(BinaryKind::ImageBytes, 0, &png).into())).await.unwrap();
+                let mut ws = ws::open_with_image(addr, &png).await;
                 gate.wait().await;
                 ws.send(Message::Text(json!({"type": "ask", "request_id": 1, "image_id": "img", "prompt_ids": [5, 6, 7], "max_new_tokens": TOKENS}).to_string().into())).await.unwrap();
                 let mut ids = vec![];
@@ -132,12 +98,7 @@ async fn burst(addr: std::net::SocketAddr, pngs: &[Vec<u8>]) -> (Vec<Vec<u32>>, 
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(async {
-        let mut args = ServeArgs::local(std::env::temp_dir());
-        args.queue = 64;
-        let app = tokio::task::spawn_blocking(move || App::new(args)).await.unwrap().unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { serve_on(listener, app, std::future::pending()).await.unwrap() });
+        let addr = ws::serve(|a| a.queue = 64).await;
         let png = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/images/gradient-45x30.png")).unwrap();
         let questions: Vec<Vec<u32>> = (0..QUESTIONS as u32).map(|i| vec![5 + i, 40 + 3 * i, 7]).collect();
 
@@ -177,7 +138,7 @@ fn main() {
             .collect();
         let mut runs = vec![];
         for limit in [1, BURST] {
-            let addr = start(|a| {
+            let addr = ws::serve(|a| {
                 a.max_compress_batch = limit;
                 a.max_batch = BURST;
                 a.queue = 64;

@@ -15,13 +15,7 @@ use serde_json::json;
 use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
 
 async fn start(tweak: impl FnOnce(&mut ServeArgs)) -> std::net::SocketAddr {
-    let mut args = ServeArgs::local(std::env::temp_dir());
-    tweak(&mut args);
-    let app = tokio::task::spawn_blocking(move || App::new(args)).await.unwrap().unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { serve_on(listener, app, std::future::pending()).await.unwrap() });
-    addr
+    common::ws::serve(tweak).await
 }
 
 async fn connect(
@@ -549,9 +543,7 @@ async fn a_burst_of_new_images_answers_as_asked_one_at_a_time() {
     let addr = start(|_| {}).await;
     let mut want = vec![];
     for &k in &order {
-        let mut ws = connect(addr, &[], "").await.unwrap();
-        hello(&mut ws).await;
-        upload(&mut ws, 1, "img", &pngs[k]).await;
+        let mut ws = common::ws::open_with_image(addr, &pngs[k]).await;
         send(&mut ws, ask(2)).await;
         want.push(answer(&mut ws, 2).await.0);
     }
@@ -560,10 +552,7 @@ async fn a_burst_of_new_images_answers_as_asked_one_at_a_time() {
     let addr = start(|_| {}).await;
     let mut conns = vec![];
     for &k in &order {
-        let mut ws = connect(addr, &[], "").await.unwrap();
-        hello(&mut ws).await;
-        upload(&mut ws, 1, "img", &pngs[k]).await;
-        conns.push(ws);
+        conns.push(common::ws::open_with_image(addr, &pngs[k]).await);
     }
     for ws in conns.iter_mut() {
         send(ws, ask(2)).await;

@@ -87,7 +87,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
 fn htc_suite(args: &BenchArgs) -> Result<()> {
     use crate::models::htc::{Htc, ImageTensors};
     use crate::models::llava::{self, Layout, Llava};
-    use htc_shared::config::{ClipVisionConfig, HtcConfig};
+    use htc_shared::config::HtcConfig;
 
     let device = backend::device();
     let question: Vec<u32> = (0..32).map(|i| 10 + i).collect();
@@ -114,16 +114,7 @@ fn htc_suite(args: &BenchArgs) -> Result<()> {
         ),
     ];
     for (name, vw, vl, d, inter, layers, mgvq_div, hidden) in shapes {
-        let vision = ClipVisionConfig {
-            hidden_size: vw,
-            intermediate_size: 4 * vw,
-            num_hidden_layers: vl,
-            num_attention_heads: vw / 64,
-            num_channels: 3,
-            image_size: 336,
-            patch_size: 14,
-            layer_norm_eps: 1e-5,
-        };
+        let vision = super::bench_e2e::clip336(vw, vl);
         let text = htc_shared::config::LlamaConfig::from_json(&serde_json::json!({
             "vocab_size": 32000, "hidden_size": d, "intermediate_size": inter, "num_hidden_layers": layers,
             "num_attention_heads": d / 128, "num_key_value_heads": d / 128, "rms_norm_eps": 1e-5

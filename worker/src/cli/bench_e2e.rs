@@ -41,16 +41,7 @@ fn shape(name: &str, llm_layers: Option<usize>, vision_layers: Option<usize>) ->
     if vl < 2 || layers == 0 {
         bail!("--vision-layers must be at least 2 (LLaVA reads the second-to-last) and --layers at least 1");
     }
-    let vision = ClipVisionConfig {
-        hidden_size: vw,
-        intermediate_size: 4 * vw,
-        num_hidden_layers: vl,
-        num_attention_heads: vw / 64,
-        num_channels: 3,
-        image_size: 336,
-        patch_size: 14,
-        layer_norm_eps: 1e-5,
-    };
+    let vision = clip336(vw, vl);
     let text = json!({
         "vocab_size": vocab, "hidden_size": d, "intermediate_size": inter, "num_hidden_layers": layers,
         "num_attention_heads": heads, "num_key_value_heads": heads, "rms_norm_eps": 1e-5,
@@ -63,6 +54,20 @@ fn shape(name: &str, llm_layers: Option<usize>, vision_layers: Option<usize>) ->
     }
     let discrete_hidden = if name == "tiny" { 256 } else { 8192 };
     Ok(Shape { vision, text, mgvq, discrete_hidden })
+}
+
+/// A CLIP ViT-/14 at 336 px (576 patches) of `width` and `layers`, 64-wide heads.
+pub(super) fn clip336(width: usize, layers: usize) -> ClipVisionConfig {
+    ClipVisionConfig {
+        hidden_size: width,
+        intermediate_size: 4 * width,
+        num_hidden_layers: layers,
+        num_attention_heads: width / 64,
+        num_channels: 3,
+        image_size: 336,
+        patch_size: 14,
+        layer_norm_eps: 1e-5,
+    }
 }
 
 /// Seconds per call of `f`, after one warm-up call, waiting for the device after each call.
