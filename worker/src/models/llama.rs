@@ -226,51 +226,45 @@ impl<B: Backend> Attention<B> {
         };
         let (h, kvh) = (self.heads, self.kv_heads);
         let rep = h / kvh;
-        let widths: Vec<usize> = ks.iter().map(|k| k.dims()[2]).collect();
-        let (tq, s) = (t - n, widths.iter().sum::<usize>());
+        let tq = t - n;
         let q = if n > 0 { q.slice([0..b, 0..h, n..t, 0..hd]) } else { q };
-        // Grouped-query attention without repeating the keys and values per query head (a copy
-        // of the whole cache at every decoding step): the `rep` query heads that share a
-        // key/value head are stacked as rows of one matmul (head i reads key/value head i / rep,
-        // as transformers' `repeat_kv` lays them out).
-        let q = q.reshape([b, kvh, rep * tq, hd]);
-        // For a few query rows (decoding), `K qᵀ` then transposed: the matmul kernels want
-        // contiguous operands, and `q Kᵀ` would copy the whole transposed key cache at every
-        // step (what made a step grow with the context) where this copies `q` and the scores.
-        let part_scores = |k: &Tensor<B, 4>| {
-            if rep * tq <= DECODE_ROWS {
-                k.clone().matmul(q.clone().swap_dims(2, 3)).swap_dims(2, 3)
-            } else {
-                q.clone().matmul(k.clone().swap_dims(2, 3))
-            }
-        };
-        let scores = match ks.len() {
-            1 => part_scores(&ks[0]),
-            _ => Tensor::cat(ks.iter().map(part_scores).collect(), 3),
-        };
-        let mut scores = scores.reshape([b, h, tq, s]) * (hd as f64).powf(-0.5);
-        if let Some(m) = mask {
+        let mask = mask.map(|m| {
             let [mb, mh, mt, ms] = m.dims();
-            scores = scores + if n > 0 { m.clone().slice([0..mb, 0..mh, n..mt, 0..ms]) } else { m.clone() };
-        }
-        let probs = softmax(scores, 3);
-        let grouped = probs.clone().reshape([b, kvh, rep * tq, s]);
-        let mut start = 0;
-        let mut scored: Option<Tensor<B, 4>> = None;
-        for (v, w) in vs.iter().zip(&widths) {
-            let p = if vs.len() == 1 {
-                grouped.clone()
+            if n > 0 {
+                m.clone().slice([0..mb, 0..mh, n..mt, 0..ms])
             } else {
-                grouped.clone().slice([0..b, 0..kvh, 0..rep * tq, start..start + w])
+                m.clone()
+            }
+        });
+        // Decoding on a CPU backend: the key/value heads are split over the threads the
+        // decoder splits its products over, each group reading its own slice of the cache
+        // (the matmul kernels run these few-row products on one core).
+        let threads = self.o_proj.split.min(kvh);
+        let one_mask_row = mask.as_ref().is_none_or(|m| m.dims()[1] == 1);
+        let (scored, probs) = if threads > 1 && b == 1 && rep * tq <= DECODE_ROWS && one_mask_row {
+            let bounds: Vec<(usize, usize)> =
+                (0..threads).map(|i| (i * kvh / threads, (i + 1) * kvh / threads)).collect();
+            let heads = |parts: &[Tensor<B, 4>], a: usize, e: usize| -> Vec<Tensor<B, 4>> {
+                parts
+                    .iter()
+                    .map(|x| {
+                        let [xb, _, w, d] = x.dims();
+                        x.clone().slice([0..xb, a..e, 0..w, 0..d])
+                    })
+                    .collect()
             };
-            let part = p.matmul(v.clone());
-            scored = Some(match scored {
-                Some(x) => x + part,
-                None => part,
-            });
-            start += w;
-        }
-        let scored = scored.expect("at least the new positions").reshape([b, h, tq, hd]);
+            let groups: Vec<(Tensor<B, 4>, Tensor<B, 4>)> = bounds
+                .par_iter()
+                .map(|&(a, e)| {
+                    let qg = q.clone().slice([0..b, a * rep..e * rep, 0..tq, 0..hd]);
+                    grouped_attention(qg, &heads(&ks, a, e), &heads(&vs, a, e), mask.clone(), rep)
+                })
+                .collect();
+            let (scored, probs): (Vec<_>, Vec<_>) = groups.into_iter().unzip();
+            (Tensor::cat(scored, 1), Tensor::cat(probs, 1))
+        } else {
+            grouped_attention(q, &ks, &vs, mask, rep)
+        };
         let v = vs.into_iter().next().expect("one part");
         let out = if n > 0 {
             Tensor::cat(vec![self.repeat_kv(v.slice([0..b, 0..kvh, 0..n, 0..hd])), scored], 2)
@@ -279,6 +273,59 @@ impl<B: Backend> Attention<B> {
         };
         (out.swap_dims(1, 2).reshape([b, t, self.heads * hd]), probs)
     }
+}
+
+/// Attention of queries `q: [b, kvh * rep, tq, hd]` over keys and values given as runs of
+/// positions (`[b, kvh, w_i, hd]` each, in order), under an additive `mask` `[.., tq, Σ w_i]`:
+/// the output `[b, kvh * rep, tq, hd]` and the probabilities `[b, kvh * rep, tq, Σ w_i]`.
+/// Grouped-query attention without repeating the keys and values per query head (a copy of
+/// the whole cache at every decoding step): the `rep` query heads that share a key/value head
+/// are stacked as rows of one matmul (head i reads key/value head i / rep, as transformers'
+/// `repeat_kv` lays them out).
+fn grouped_attention<B: Backend>(
+    q: Tensor<B, 4>, ks: &[Tensor<B, 4>], vs: &[Tensor<B, 4>], mask: Option<Tensor<B, 4>>, rep: usize,
+) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    let [b, h, tq, hd] = q.dims();
+    let kvh = h / rep;
+    let widths: Vec<usize> = ks.iter().map(|k| k.dims()[2]).collect();
+    let s = widths.iter().sum::<usize>();
+    let q = q.reshape([b, kvh, rep * tq, hd]);
+    // For a few query rows (decoding), `K qᵀ` then transposed: the matmul kernels want
+    // contiguous operands, and `q Kᵀ` would copy the whole transposed key cache at every
+    // step (what made a step grow with the context) where this copies `q` and the scores.
+    let part_scores = |k: &Tensor<B, 4>| {
+        if rep * tq <= DECODE_ROWS {
+            k.clone().matmul(q.clone().swap_dims(2, 3)).swap_dims(2, 3)
+        } else {
+            q.clone().matmul(k.clone().swap_dims(2, 3))
+        }
+    };
+    let scores = match ks.len() {
+        1 => part_scores(&ks[0]),
+        _ => Tensor::cat(ks.iter().map(part_scores).collect(), 3),
+    };
+    let mut scores = scores.reshape([b, h, tq, s]) * (hd as f64).powf(-0.5);
+    if let Some(m) = mask {
+        scores = scores + m;
+    }
+    let probs = softmax(scores, 3);
+    let grouped = probs.clone().reshape([b, kvh, rep * tq, s]);
+    let mut start = 0;
+    let mut scored: Option<Tensor<B, 4>> = None;
+    for (v, w) in vs.iter().zip(&widths) {
+        let p = if vs.len() == 1 {
+            grouped.clone()
+        } else {
+            grouped.clone().slice([0..b, 0..kvh, 0..rep * tq, start..start + w])
+        };
+        let part = p.matmul(v.clone());
+        scored = Some(match scored {
+            Some(x) => x + part,
+            None => part,
+        });
+        start += w;
+    }
+    (scored.expect("at least the new positions").reshape([b, h, tq, hd]), probs)
 }
 
 #[derive(Module, Debug)]
