@@ -13,7 +13,7 @@ use common::{htc, s, tmp};
 use serde_json::Value;
 
 /// Measured on these 300 questions when the model was committed: see models/shapes-demo/README.md.
-const MEASURED: f64 = 203.0 / 300.0;
+const MEASURED: f64 = 205.0 / 300.0;
 /// The floor: a little below the measurement, so a change that breaks loading, preprocessing,
 /// the prompt or decoding fails, while a backend's last-bit differences do not.
 const THRESHOLD: f64 = 0.63;
