@@ -54,3 +54,14 @@ pub fn row_split() -> usize {
         rayon::current_num_threads()
     }
 }
+
+/// New images compressed together by default: batching pays on the GPU backends; on the CPU
+/// ones (the matmuls of 576-token prefixes already fill the cores) a burst of 8 images took
+/// 1.14–1.22× as long as one batch as one by one (`cargo bench --bench load`).
+pub fn compress_batch() -> usize {
+    if cfg!(any(feature = "cuda", feature = "wgpu")) {
+        8
+    } else {
+        1
+    }
+}

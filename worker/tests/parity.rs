@@ -283,11 +283,18 @@ fn split_products_equal_one_matmul() {
 /// every position.
 #[test]
 fn long_decoding_through_the_cache_tail_equals_full_recompute() {
+    // Split over 2 threads, steps past 256 cached positions also split the attention's heads.
     let (m, _) = tiny_llama();
+    for split in [1, 2] {
+        long_decoding_equals_full_recompute_with(&m.clone().with_row_split(split));
+    }
+}
+
+fn long_decoding_equals_full_recompute_with(m: &Llama<Backend>) {
     let n = 305;
     let ids: Vec<u32> = (0..n).map(|i| (3 + i * 7 % 90) as u32).collect();
     let pos: Vec<usize> = (0..n).collect();
-    let full = full_logits(&m, &ids, &pos);
+    let full = full_logits(m, &ids, &pos);
     let vocab = full.len() / n;
     let mut cache = m.new_cache();
     m.forward(

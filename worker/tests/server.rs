@@ -549,7 +549,7 @@ async fn a_burst_of_new_images_answers_as_asked_one_at_a_time() {
     }
     // All at once on another fresh server: every question sent before any answer is read, so
     // the engine admits them together and compresses the new images as a batch.
-    let addr = start(|_| {}).await;
+    let addr = start(|a| a.max_compress_batch = 8).await;
     let mut conns = vec![];
     for &k in &order {
         conns.push(common::ws::open_with_image(addr, &pngs[k]).await);

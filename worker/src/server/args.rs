@@ -38,8 +38,9 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 8)]
     pub max_batch: usize,
     /// New images compressed together in one batch when questions about them arrive together
-    /// (1 compresses them one by one; a GPU with memory to spare takes more).
-    #[arg(long, default_value_t = 8)]
+    /// (1 compresses them one by one). Default: 8 on the GPU backends; 1 on the CPU ones,
+    /// where a batch was measured slower than the same images one by one.
+    #[arg(long, default_value_t = crate::backend::compress_batch())]
     pub max_compress_batch: usize,
     /// Questions one connection may have queued or running.
     #[arg(long, default_value_t = 4)]
@@ -72,7 +73,7 @@ impl ServeArgs {
             cache_capacity: 64,
             queue: 16,
             max_batch: 8,
-            max_compress_batch: 8,
+            max_compress_batch: crate::backend::compress_batch(),
             max_inflight_per_connection: 4,
             max_frame_bytes: 16 << 20,
             max_image_bytes: 12 << 20,
