@@ -590,12 +590,51 @@ async fn the_pages_codes_equal_the_workers_on_fresh_test_scenes() {
         let ours: Vec<u16> = mgvq.codes_of(&decoded).unwrap().into_iter().flatten().collect();
         assert_eq!(page.len(), ours.len(), "{name}: code count");
         let d = page.iter().zip(&ours).filter(|(a, b)| a != b).count();
+        if d > 0 {
+            // A difference must be a near tie: the worker's latent sits as close (within 1e-4 in
+            // squared distance between unit vectors) to the page's code as to its own.
+            let side = mgvq.config().image_size;
+            let px = htc_shared::mgvq::preprocess(&decoded, side as u32);
+            let x = burn::tensor::Tensor::<Backend, 4>::from_data(
+                burn::tensor::TensorData::new(px, [1, 3, side, side]),
+                &backend::device(),
+            );
+            let latent = mgvq.latent(x);
+            let [_, c, h, w] = latent.dims();
+            let lat = latent.into_data().to_vec::<f32>().unwrap();
+            let book = mgvq.codebook_host().unwrap();
+            let (g, gd, per) =
+                (mgvq.config().groups, mgvq.config().group_dim(), mgvq.config().codes_per_group());
+            assert_eq!(c, g * gd);
+            let unit = |v: Vec<f64>| {
+                let n = v.iter().map(|a| a * a).sum::<f64>().sqrt();
+                v.into_iter().map(|a| a / n).collect::<Vec<f64>>()
+            };
+            for (i, (a, b)) in page.iter().zip(&ours).enumerate().filter(|(_, (a, b))| a != b) {
+                let (pos, grp) = (i / g, i % g);
+                let z = unit((0..gd).map(|k| lat[(grp * gd + k) * h * w + pos] as f64).collect());
+                let dist = |code: u16| {
+                    let row = grp * per + code as usize;
+                    let e = unit(book[row * gd..(row + 1) * gd].iter().map(|&v| v as f64).collect());
+                    z.iter().zip(&e).map(|(p, q)| (p - q) * (p - q)).sum::<f64>()
+                };
+                let gap = (dist(*a) - dist(*b)).abs();
+                assert!(
+                    gap < 1e-4,
+                    "{name}: position {pos} group {grp}: page {a}, worker {b}, not a near tie (gap {gap:e})"
+                );
+                eprintln!("{name}: near tie at position {pos} group {grp}: page {a}, worker {b}, squared-distance gap {gap:.2e}");
+            }
+        }
         differ += d;
         total += ours.len();
         images_differing += usize::from(d > 0);
     }
-    eprintln!("{SCENES} fresh test scenes: {differ} of {total} codes differ between the page and the worker ({images_differing} images)");
-    assert_eq!(differ, 0, "the page's codes differ from the worker's at {differ} of {total} positions");
+    eprintln!("{SCENES} fresh test scenes: {differ} of {total} codes differ between the page and the worker ({images_differing} images), every one a near tie");
+    assert!(
+        differ * 1000 <= total,
+        "the page's codes differ from the worker's at {differ} of {total} positions"
+    );
     client.close().await.unwrap();
     let _ = std::fs::remove_dir_all(profile);
 }
