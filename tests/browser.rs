@@ -438,8 +438,8 @@ async fn a_person_asks_about_an_image_and_reads_the_answer() {
 /// Stop ends an answer mid-stream: the tokens that came stay, nothing more arrives, the turn
 /// says "stopped", and the page can ask again. (The random default model stops only at the
 /// token limit, which the settings raise, so the answer is still coming when Stop is pressed.)
-/// The model: the demo model's shape and tokenizer with fresh random weights (`htc init`), so
-/// the question is tokenised and greedy decoding runs to the context limit instead of to an
+/// The model: the demo model's shape and tokenizer with fresh random weights (`htc init`) and a
+/// longer context, so the question is tokenised and greedy decoding runs on instead of to an
 /// early end-of-answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs chromium, chromedriver and a trunk build in dist/; run by scripts/test.sh"]
@@ -447,9 +447,16 @@ async fn stop_ends_an_answer_mid_stream() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let profile = tempdir();
     let model = profile.join("random-demo");
+    // A context of 4,096 positions instead of 512: the answer runs for tens of seconds, so Stop
+    // lands mid-stream however slowly a loaded machine takes the screenshot before it.
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("recipes/shapes-demo/model.json")).unwrap()).unwrap();
+    config["text_config"]["max_position_embeddings"] = 4096.into();
+    let config_path = profile.join("random-demo.json");
+    std::fs::write(&config_path, config.to_string()).unwrap();
     htc_worker::cli::init::run(htc_worker::cli::init::InitArgs {
         llava: None,
-        config: Some(root.join("recipes/shapes-demo/model.json")),
+        config: Some(config_path),
         tokenizer: Some(root.join("models/shapes-demo/tokenizer.json")),
         mgvq: Some(root.join("models/shapes-demo/tokenizer/model.safetensors")),
         init_std: 0.02,
