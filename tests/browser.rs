@@ -510,7 +510,15 @@ async fn stop_ends_an_answer_mid_stream() {
     ask_button.click().await.unwrap();
     wait_for(&client, ".turn:nth-child(2) .turn-status").await;
     wait_for(&client, "#answer[data-state='streaming']:not(:empty)").await;
-    client.find(Locator::XPath("//button[normalize-space()='Stop']")).await.unwrap().click().await.unwrap();
+    // The streaming answer grows and moves the button under WebDriver's pointer between its
+    // locating and its click; the element's own click() lands on it wherever it is.
+    client
+        .execute(
+            "[...document.querySelectorAll('button')].find(b => b.textContent.trim() === 'Stop').click()",
+            vec![],
+        )
+        .await
+        .unwrap();
     wait_for(&client, "#answer[data-state='stopped']").await;
     wait_for(&client, "#status[data-connection='ready']").await;
     client.close().await.unwrap();
