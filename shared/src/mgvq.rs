@@ -394,34 +394,30 @@ impl<B: Backend> Mgvq<B> {
     /// Encodes pixels in [-1, 1], `[b, 3, s, s]`, to the latent, `q` and the codes.
     pub fn encode(&self, pixels: Tensor<B, 4>) -> Result<Encoded<B>> {
         let latent = self.latent(pixels);
-        let [b, _, hh, ww] = latent.dims();
-        let n = b * hh * ww;
         let quantized = self.quantize(latent.clone());
-        let mut codes = vec![vec![0u16; self.config.groups]; n];
-        for (i, idx) in quantized.indices.into_iter().enumerate() {
-            let host = idx
-                .into_data()
-                .convert::<i64>()
-                .to_vec::<i64>()
-                .map_err(|e| Error::Tensor(format!("cannot read MGVQ codes: {e:?}")))?;
-            for (row, &c) in codes.iter_mut().zip(&host) {
-                row[i] = c as u16;
-            }
-        }
+        let codes = codes_from_data(Tensor::stack::<2>(quantized.indices, 1).into_data())?;
         Ok(Encoded { latent, q: quantized.q, codes })
     }
 
-    /// The codes of a decoded image, `[h*w][G]`: MGVQ's input pipeline ([`preprocess`]), then
-    /// [`Mgvq::encode`]. The worker's pixels go through the same two steps, so a page that
-    /// runs this gets the worker's codes.
-    pub fn codes_of(&self, img: &RgbImage) -> Result<Vec<Vec<u16>>> {
+    /// MGVQ's input pipeline ([`preprocess`]) for a decoded image: pixels `[1, 3, s, s]` on
+    /// the codebook's device.
+    pub fn pixels_of(&self, img: &RgbImage) -> Tensor<B, 4> {
         let s = self.config.image_size;
         let px = preprocess(img, s as u32);
-        let x = Tensor::<B, 4>::from_data(
-            burn::tensor::TensorData::new(px, [1, 3, s, s]),
-            &self.codebook.device(),
-        );
-        Ok(self.encode(x)?.codes)
+        Tensor::from_data(burn::tensor::TensorData::new(px, [1, 3, s, s]), &self.codebook.device())
+    }
+
+    /// The codes of a decoded image as a tensor on the device, `[h*w, G]`: read it back with
+    /// [`codes_from_data`] (asynchronously where the backend requires it, as WebGPU does).
+    pub fn code_tensor(&self, img: &RgbImage) -> Tensor<B, 2, Int> {
+        Tensor::stack(self.quantize(self.latent(self.pixels_of(img))).indices, 1)
+    }
+
+    /// The codes of a decoded image, `[h*w][G]`: MGVQ's input pipeline ([`preprocess`]), then
+    /// the encoder and quantiser. The worker's pixels go through the same steps, so a page
+    /// that runs this gets the worker's codes.
+    pub fn codes_of(&self, img: &RgbImage) -> Result<Vec<Vec<u16>>> {
+        codes_from_data(self.code_tensor(img).into_data())
     }
 
     /// The stored codebook `[codebook_size, group_dim]` on the host, row-major.
@@ -480,6 +476,24 @@ impl<B: Backend> Mgvq<B> {
             .collect();
         Tensor::cat(qs, 1)
     }
+}
+
+/// Codes `[n][G]` from the data of a code tensor `[n, G]` ([`Mgvq::code_tensor`]).
+pub fn codes_from_data(data: burn::tensor::TensorData) -> Result<Vec<Vec<u16>>> {
+    let groups = data.shape.get(1).copied().unwrap_or(1).max(1);
+    let host = data
+        .convert::<i64>()
+        .to_vec::<i64>()
+        .map_err(|e| Error::Tensor(format!("cannot read MGVQ codes: {e:?}")))?;
+    host.chunks(groups)
+        .map(|row| {
+            row.iter()
+                .map(|&c| {
+                    u16::try_from(c).map_err(|_| Error::Tensor(format!("MGVQ code {c} is out of range")))
+                })
+                .collect()
+        })
+        .collect()
 }
 
 /// Rows divided by their L2 norm (clamped at 1e-12, as `F.normalize`).

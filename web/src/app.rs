@@ -32,8 +32,9 @@ pub fn shell(session: Session) -> impl IntoView {
     provide_context(session);
     // The compute path follows the backend setting: CPU when the user chose it, else what the
     // WebGPU probe finds (probed again when the setting changes).
+    let choice = Memo::new(move |_| session.settings.with(|s| s.backend));
     Effect::new(move |_| {
-        let choice = session.settings.with(|s| s.backend);
+        let choice = choice.get();
         spawn_local(async move {
             let path = match choice {
                 BackendChoice::Cpu => ComputePath::CpuChosen,
@@ -42,6 +43,7 @@ pub fn shell(session: Session) -> impl IntoView {
             session.compute.set(path);
         });
     });
+    session.follow_compute();
     session.connect();
     // The served model's layout once its card is in (built here by the shared mask code and
     // sent with each image), the paper's until then.

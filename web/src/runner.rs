@@ -1,6 +1,7 @@
 //! The in-browser model runner: the model's MGVQ encoder and grouped quantiser, the same
-//! `htc_shared::mgvq` code the worker runs, compiled to wasm on burn's CPU backend (ndarray)
-//! and run in a Web Worker so the page stays responsive while it encodes.
+//! `htc_shared::mgvq` code the worker runs, compiled to wasm and run in a Web Worker so the
+//! page stays responsive while it encodes: on WebGPU (burn-wgpu, its WGSL kernels compiled by
+//! the browser) or on the CPU (burn-ndarray in wasm), as the page asks ([`EncoderBackend`]).
 //!
 //! - [`Request`] / [`Reply`]: the messages between the page and the Web Worker;
 //! - [`Runner`] (page side): starts the Web Worker (the `encoder` binary's `encoder.js` and
@@ -21,8 +22,16 @@ use serde::{Deserialize, Serialize};
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Request {
     /// Load the encoder the manifest at `manifest_url` describes (`/api/encoder`, with the
-    /// token in its query if the worker wants one).
-    Load { manifest_url: String },
+    /// token in its query if the worker wants one), on `backend`.
+    Load {
+        manifest_url: String,
+        #[serde(default)]
+        backend: EncoderBackend,
+    },
+    /// Destroy the WebGPU device, as a GPU reset or a driver crash would: the Web Worker
+    /// reports the loss like any other, and the page falls back to the CPU. For trying the
+    /// fallback (the page answers the `htc-lose-device` window event with it).
+    LoseDevice,
     /// Encode the image whose bytes come with this message.
     Encode { id: u32 },
 }
@@ -36,16 +45,49 @@ pub enum Reply {
     /// Weight bytes received so far (`from_cache`: read from the browser's cache).
     Progress { loaded: u64, total: u64, from_cache: bool },
     /// The encoder is ready: `downloaded` weight bytes came over the network (0 when the
-    /// cache had them), in `ms` milliseconds from the request to a loaded model.
-    Loaded { sha256: String, bytes: u64, downloaded: u64, ms: f64, backend: String },
+    /// cache had them), in `ms` milliseconds from the request to a loaded model, of which
+    /// `warmup_ms` encoded a blank image once (on WebGPU: compiling the kernels).
+    Loaded {
+        sha256: String,
+        bytes: u64,
+        downloaded: u64,
+        ms: f64,
+        #[serde(default)]
+        warmup_ms: f64,
+        backend: EncoderBackend,
+    },
     /// The codes of image `id` (they come with the message), `positions × groups`.
-    Codes { id: u32, positions: usize, groups: usize, ms: f64, backend: String },
-    /// A request failed; `id` names the image when it was an encoding.
-    Failed { id: Option<u32>, message: String },
+    Codes { id: u32, positions: usize, groups: usize, ms: f64, backend: EncoderBackend },
+    /// A request failed; `id` names the image when it was an encoding. `device` is set when
+    /// the compute device failed (WebGPU refused, lost or erred), not the input.
+    Failed {
+        id: Option<u32>,
+        message: String,
+        #[serde(default)]
+        device: bool,
+    },
 }
 
-/// The compute backend the Web Worker's encoder runs on (burn-ndarray compiled to wasm).
-pub const BACKEND: &str = "cpu";
+/// Where the Web Worker's encoder runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EncoderBackend {
+    /// burn-ndarray compiled to wasm.
+    #[default]
+    Cpu,
+    /// burn-wgpu on the browser's WebGPU.
+    Webgpu,
+}
+
+impl EncoderBackend {
+    /// `cpu` or `webgpu`, as the status prints it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Cpu => "cpu",
+            Self::Webgpu => "webgpu",
+        }
+    }
+}
 
 /// The largest encoder the page downloads by itself: the paper's full MGVQ encoder is about
 /// 348 MB in f32, too much to fetch unasked; the worker tokenises for such models.
@@ -103,7 +145,7 @@ mod page {
     use wasm_bindgen::{JsCast, JsValue};
     use web_sys::{Blob, BlobPropertyBag, MessageEvent, Url, Worker, WorkerOptions, WorkerType};
 
-    use super::{Reply, Request};
+    use super::{EncoderBackend, Reply, Request};
     use crate::client::js_text;
 
     pub(super) fn pack(json: String, bytes: Option<&[u8]>) -> Array {
@@ -125,6 +167,7 @@ mod page {
     /// dispatched then would be lost.
     pub struct Runner {
         worker: Worker,
+        backend: EncoderBackend,
         /// `None` once started; until then, the requests waiting.
         waiting: Rc<RefCell<Option<Vec<Array>>>>,
         _on_message: Closure<dyn FnMut(MessageEvent)>,
@@ -137,7 +180,7 @@ mod page {
         /// `on_reply`. The Web Worker is a `blob:` script that imports them, since a page may
         /// only start Web Workers from its own origin.
         pub fn start(
-            assets: &str, on_reply: impl Fn(Reply, Option<Vec<u8>>) + 'static,
+            assets: &str, backend: EncoderBackend, on_reply: impl Fn(Reply, Option<Vec<u8>>) + 'static,
         ) -> Result<Self, String> {
             let script = format!(
                 "importScripts({:?}); wasm_bindgen({{ module_or_path: {:?} }});",
@@ -170,13 +213,19 @@ mod page {
                     }
                     Ok((reply, bytes)) => r1(reply, bytes),
                     Err(why) => r1(
-                        Reply::Failed { id: None, message: format!("unreadable runner reply: {why}") },
+                        Reply::Failed {
+                            id: None,
+                            message: format!("unreadable runner reply: {why}"),
+                            device: false,
+                        },
                         None,
                     ),
                 }
             });
             let on_error = Closure::<dyn FnMut(web_sys::Event)>::new(move |ev: web_sys::Event| {
                 let msg = Reflect::get(&ev, &"message".into()).ok().and_then(|m| m.as_string());
+                // A Web Worker that dies on WebGPU (a panic aborts it) counts as the device's
+                // failure, so the page falls back to the CPU.
                 on_reply(
                     Reply::Failed {
                         id: None,
@@ -184,13 +233,19 @@ mod page {
                             "the encoder's Web Worker failed: {}",
                             msg.unwrap_or_else(|| "no message".into())
                         ),
+                        device: backend == EncoderBackend::Webgpu,
                     },
                     None,
                 )
             });
             worker.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
             worker.set_onerror(Some(on_error.as_ref().unchecked_ref()));
-            Ok(Self { worker, waiting, _on_message: on_message, _on_error: on_error })
+            Ok(Self { worker, backend, waiting, _on_message: on_message, _on_error: on_error })
+        }
+
+        /// The backend this Web Worker's encoder runs on.
+        pub fn backend(&self) -> EncoderBackend {
+            self.backend
         }
 
         pub fn send(&self, req: &Request, bytes: Option<&[u8]>) -> Result<(), String> {
@@ -216,12 +271,15 @@ mod page {
 #[cfg(target_arch = "wasm32")]
 mod worker {
     use std::cell::RefCell;
+    use std::rc::Rc;
 
+    use burn::backend::wgpu::{graphics::WebGpu, init_setup_async, RuntimeOptions, Wgpu, WgpuDevice};
     use burn::backend::NdArray;
     use htc_shared::loader::{Loader, SafetensorsBytes};
-    use htc_shared::mgvq::Mgvq;
+    use htc_shared::mgvq::{codes_from_data, Mgvq};
     use htc_shared::preprocess::{decode_image, DecodeLimits};
     use htc_shared::protocol::EncoderManifest;
+    use image::RgbImage;
     use js_sys::{Reflect, Uint8Array};
     use wasm_bindgen::closure::Closure;
     use wasm_bindgen::JsCast;
@@ -229,10 +287,11 @@ mod worker {
     use web_sys::{DedicatedWorkerGlobalScope, MessageEvent};
 
     use super::page::{pack, unpack};
-    use super::{codes_bytes, sha256_hex, weights_urls, Reply, Request, BACKEND};
+    use super::{codes_bytes, sha256_hex, weights_urls, EncoderBackend, Reply, Request};
     use crate::client::js_text;
 
-    type B = NdArray<f32>;
+    type Cpu = NdArray<f32>;
+    type Gpu = Wgpu<f32, i32>;
 
     fn now_ms() -> f64 {
         js_sys::Reflect::get(&js_sys::global(), &"performance".into())
@@ -242,13 +301,66 @@ mod worker {
             .unwrap_or(0.0)
     }
 
+    /// The same `Mgvq` module on either backend.
+    enum Encoder {
+        Cpu(Box<Mgvq<Cpu>>),
+        Gpu(Box<Mgvq<Gpu>>),
+    }
+
+    impl Encoder {
+        fn backend(&self) -> EncoderBackend {
+            match self {
+                Self::Cpu(_) => EncoderBackend::Cpu,
+                Self::Gpu(_) => EncoderBackend::Webgpu,
+            }
+        }
+
+        fn image_size(&self) -> usize {
+            match self {
+                Self::Cpu(m) => m.config().image_size,
+                Self::Gpu(m) => m.config().image_size,
+            }
+        }
+
+        /// The codes of `img`; an `Err` says whether the device failed.
+        async fn codes(&self, img: &RgbImage) -> Result<Vec<Vec<u16>>, (String, bool)> {
+            match self {
+                Self::Cpu(m) => m.codes_of(img).map_err(|e| (e.to_string(), false)),
+                Self::Gpu(m) => {
+                    if LOST.get() {
+                        return Err(("the WebGPU device was lost".into(), true));
+                    }
+                    // WebGPU reads results back asynchronously only.
+                    let data = m
+                        .code_tensor(img)
+                        .into_data_async()
+                        .await
+                        .map_err(|e| (format!("WebGPU could not run the encoder: {e:?}"), true))?;
+                    codes_from_data(data).map_err(|e| (e.to_string(), true))
+                }
+            }
+        }
+    }
+
     struct Loaded {
         sha256: String,
-        mgvq: Mgvq<B>,
+        encoder: Encoder,
+    }
+
+    /// burn's handle on the WebGPU device, and a way to destroy the device (to try the
+    /// fallback).
+    #[derive(Clone)]
+    struct GpuDevice {
+        device: WgpuDevice,
+        destroy: Rc<dyn Fn()>,
     }
 
     thread_local! {
-        static MODEL: RefCell<Option<Loaded>> = const { RefCell::new(None) };
+        static MODEL: RefCell<Option<Rc<Loaded>>> = const { RefCell::new(None) };
+        /// The WebGPU device, once set up (one per Web Worker).
+        static GPU: RefCell<Option<GpuDevice>> = const { RefCell::new(None) };
+        /// Set when the WebGPU device is lost: every later encoding on it fails.
+        static LOST: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     }
 
     fn scope() -> DedicatedWorkerGlobalScope {
@@ -260,6 +372,10 @@ mod worker {
         let _ = scope().post_message(&pack(json, bytes));
     }
 
+    fn failed(id: Option<u32>, message: String, device: bool) {
+        post(&Reply::Failed { id, message, device }, None)
+    }
+
     /// The Web Worker's entry point (the `encoder` binary's `main`).
     pub fn worker_main() {
         console_error_panic_hook::set_once();
@@ -267,31 +383,67 @@ mod worker {
             wasm_bindgen_futures::spawn_local(async move {
                 let (json, bytes) = match unpack(ev.data()) {
                     Ok(x) => x,
-                    Err(message) => return post(&Reply::Failed { id: None, message }, None),
+                    Err(message) => return failed(None, message, false),
                 };
                 match serde_json::from_str::<Request>(&json) {
-                    Ok(Request::Load { manifest_url }) => {
-                        if let Err(message) = load(&manifest_url).await {
-                            post(&Reply::Failed { id: None, message }, None);
+                    Ok(Request::Load { manifest_url, backend }) => {
+                        if let Err((message, device)) = load(&manifest_url, backend).await {
+                            failed(None, message, device);
                         }
                     }
-                    Ok(Request::Encode { id }) => match encode(bytes.unwrap_or_default()) {
-                        Ok((codes, ms)) => {
+                    Ok(Request::Encode { id }) => match encode(bytes.unwrap_or_default()).await {
+                        Ok((codes, ms, backend)) => {
                             let (positions, groups) = (codes.len(), codes.first().map_or(0, Vec::len));
-                            let reply = Reply::Codes { id, positions, groups, ms, backend: BACKEND.into() };
+                            let reply = Reply::Codes { id, positions, groups, ms, backend };
                             post(&reply, Some(&codes_bytes(&codes)));
                         }
-                        Err(message) => post(&Reply::Failed { id: Some(id), message }, None),
+                        Err((message, device)) => failed(Some(id), message, device),
                     },
-                    Err(e) => {
-                        post(&Reply::Failed { id: None, message: format!("unreadable request: {e}") }, None)
+                    Ok(Request::LoseDevice) => {
+                        match GPU.with_borrow(|g| g.as_ref().map(|g| g.destroy.clone())) {
+                            Some(destroy) => destroy(),
+                            None => failed(None, "no WebGPU device to lose".into(), false),
+                        }
                     }
+                    Err(e) => failed(None, format!("unreadable request: {e}"), false),
                 }
             });
         });
         scope().set_onmessage(Some(on_message.as_ref().unchecked_ref()));
         on_message.forget();
         post(&Reply::Started, None);
+    }
+
+    /// The Web Worker's WebGPU device, set up on first use. `navigator.gpu` and an adapter
+    /// are checked first (burn's setup panics without them); a lost device is reported.
+    async fn gpu() -> Result<WgpuDevice, String> {
+        if let Some(gpu) = GPU.with_borrow(|g| g.clone()) {
+            return Ok(gpu.device);
+        }
+        let nav = Reflect::get(&js_sys::global(), &"navigator".into()).map_err(|e| js_text(&e))?;
+        let gpu = Reflect::get(&nav, &"gpu".into()).unwrap_or(wasm_bindgen::JsValue::UNDEFINED);
+        if gpu.is_undefined() || gpu.is_null() {
+            return Err("navigator.gpu is not available in the Web Worker".into());
+        }
+        let request: js_sys::Function = Reflect::get(&gpu, &"requestAdapter".into())
+            .ok()
+            .and_then(|f| f.dyn_into().ok())
+            .ok_or("navigator.gpu.requestAdapter is missing")?;
+        let promise = request.call0(&gpu).map_err(|e| js_text(&e))?;
+        let adapter = JsFuture::from(js_sys::Promise::from(promise)).await.map_err(|e| js_text(&e))?;
+        if adapter.is_null() || adapter.is_undefined() {
+            return Err("no WebGPU adapter was granted to the Web Worker".into());
+        }
+        let device = WgpuDevice::DefaultDevice;
+        let setup = init_setup_async::<WebGpu>(&device, RuntimeOptions::default()).await;
+        setup.device.set_device_lost_callback(|reason, message| {
+            LOST.set(true);
+            failed(None, format!("the WebGPU device was lost ({reason:?}): {message}"), true);
+        });
+        let handle = setup.device.clone();
+        let destroy: Rc<dyn Fn()> = Rc::new(move || handle.destroy());
+        GPU.with_borrow_mut(|g| *g = Some(GpuDevice { device: device.clone(), destroy }));
+        Ok(device)
     }
 
     async fn fetch(url: &str) -> Result<web_sys::Response, String> {
@@ -330,28 +482,11 @@ mod worker {
         Ok(out)
     }
 
-    async fn load(manifest_url: &str) -> Result<(), String> {
-        let t0 = now_ms();
-        let manifest_text = JsFuture::from(fetch(manifest_url).await?.text().map_err(|e| js_text(&e))?)
-            .await
-            .map_err(|e| js_text(&e))?
-            .as_string()
-            .unwrap_or_default();
-        let manifest: EncoderManifest = serde_json::from_str(&manifest_text)
-            .map_err(|e| format!("the encoder manifest is unreadable: {e}"))?;
-        if MODEL.with_borrow(|m| m.as_ref().is_some_and(|m| m.sha256 == manifest.sha256)) {
-            post(
-                &Reply::Loaded {
-                    sha256: manifest.sha256,
-                    bytes: manifest.bytes,
-                    downloaded: 0,
-                    ms: 0.0,
-                    backend: BACKEND.into(),
-                },
-                None,
-            );
-            return Ok(());
-        }
+    /// The weights the manifest names: from the browser's cache, else downloaded (then kept),
+    /// checked against the manifest's SHA-256. Returns them and the bytes downloaded.
+    async fn weights(
+        manifest_url: &str, manifest: &EncoderManifest,
+    ) -> Result<(Vec<u8>, String, u64), String> {
         let (url, key) =
             weights_urls(manifest_url, &manifest.path).ok_or("the manifest URL has no /api/encoder")?;
         let caches = scope().caches().map_err(|e| format!("no Cache API: {}", js_text(&e)))?;
@@ -387,11 +522,61 @@ mod worker {
                 .await
                 .map_err(|e| format!("cannot keep the weights in the cache: {}", js_text(&e)))?;
         }
-        let src = SafetensorsBytes::new(bytes, &key).map_err(|e| e.to_string())?;
-        let device = Default::default();
-        let vb = Loader::<B>::new(&src, &device);
-        let mgvq = Mgvq::load(&vb.pp(&manifest.prefix), &manifest.config).map_err(|e| e.to_string())?;
-        MODEL.with_borrow_mut(|m| *m = Some(Loaded { sha256: manifest.sha256.clone(), mgvq }));
+        Ok((bytes, key, downloaded))
+    }
+
+    /// Loads the manifest's encoder on `backend`; an `Err` says whether the device failed.
+    async fn load(manifest_url: &str, backend: EncoderBackend) -> Result<(), (String, bool)> {
+        let input = |e: String| (e, false);
+        let t0 = now_ms();
+        let manifest_text =
+            JsFuture::from(fetch(manifest_url).await.map_err(input)?.text().map_err(|e| input(js_text(&e)))?)
+                .await
+                .map_err(|e| input(js_text(&e)))?
+                .as_string()
+                .unwrap_or_default();
+        let manifest: EncoderManifest = serde_json::from_str(&manifest_text)
+            .map_err(|e| input(format!("the encoder manifest is unreadable: {e}")))?;
+        let same = MODEL.with_borrow(|m| {
+            m.as_ref().is_some_and(|m| m.sha256 == manifest.sha256 && m.encoder.backend() == backend)
+        });
+        if same {
+            post(
+                &Reply::Loaded {
+                    sha256: manifest.sha256,
+                    bytes: manifest.bytes,
+                    downloaded: 0,
+                    ms: 0.0,
+                    warmup_ms: 0.0,
+                    backend,
+                },
+                None,
+            );
+            return Ok(());
+        }
+        let (bytes, key, downloaded) = weights(manifest_url, &manifest).await.map_err(input)?;
+        let src = SafetensorsBytes::new(bytes, &key).map_err(|e| input(e.to_string()))?;
+        let encoder = match backend {
+            EncoderBackend::Cpu => {
+                let device = Default::default();
+                let vb = Loader::<Cpu>::new(&src, &device);
+                let mgvq = Mgvq::load(&vb.pp(&manifest.prefix), &manifest.config);
+                Encoder::Cpu(Box::new(mgvq.map_err(|e| input(e.to_string()))?))
+            }
+            EncoderBackend::Webgpu => {
+                let device = gpu().await.map_err(|e| (e, true))?;
+                let vb = Loader::<Gpu>::new(&src, &device);
+                let mgvq = Mgvq::load(&vb.pp(&manifest.prefix), &manifest.config);
+                Encoder::Gpu(Box::new(mgvq.map_err(|e| input(e.to_string()))?))
+            }
+        };
+        // One blank image through the encoder: on WebGPU this compiles its kernels, so the
+        // first real image does not pay for it.
+        let t1 = now_ms();
+        let side = encoder.image_size() as u32;
+        encoder.codes(&RgbImage::new(side, side)).await?;
+        let warmup_ms = now_ms() - t1;
+        MODEL.with_borrow_mut(|m| *m = Some(Rc::new(Loaded { sha256: manifest.sha256.clone(), encoder })));
         let ms = now_ms() - t0;
         post(
             &Reply::Loaded {
@@ -399,21 +584,22 @@ mod worker {
                 bytes: manifest.bytes,
                 downloaded,
                 ms,
-                backend: BACKEND.into(),
+                warmup_ms,
+                backend,
             },
             None,
         );
         Ok(())
     }
 
-    fn encode(bytes: Vec<u8>) -> Result<(Vec<Vec<u16>>, f64), String> {
+    async fn encode(bytes: Vec<u8>) -> Result<(Vec<Vec<u16>>, f64, EncoderBackend), (String, bool)> {
         let t0 = now_ms();
-        let img = decode_image(&bytes, DecodeLimits::default()).map_err(|e| e.to_string())?;
-        let codes = MODEL.with_borrow(|m| {
-            let m = m.as_ref().ok_or("the encoder is not loaded")?;
-            m.mgvq.codes_of(&img).map_err(|e| e.to_string())
-        })?;
-        Ok((codes, now_ms() - t0))
+        let img = decode_image(&bytes, DecodeLimits::default()).map_err(|e| (e.to_string(), false))?;
+        let loaded = MODEL
+            .with_borrow(|m| m.clone())
+            .ok_or_else(|| ("the encoder is not loaded".to_string(), false))?;
+        let codes = loaded.encoder.codes(&img).await?;
+        Ok((codes, now_ms() - t0, loaded.encoder.backend()))
     }
 }
 
@@ -439,14 +625,31 @@ mod tests {
         for r in [
             Reply::Started,
             Reply::Progress { loaded: 3, total: 9, from_cache: true },
-            Reply::Codes { id: 7, positions: 2, groups: 2, ms: 1.5, backend: BACKEND.into() },
-            Reply::Failed { id: Some(7), message: "x".into() },
+            Reply::Codes { id: 7, positions: 2, groups: 2, ms: 1.5, backend: EncoderBackend::Webgpu },
+            Reply::Loaded {
+                sha256: "ab".into(),
+                bytes: 9,
+                downloaded: 0,
+                ms: 2.0,
+                warmup_ms: 1.0,
+                backend: EncoderBackend::Cpu,
+            },
+            Reply::Failed { id: Some(7), message: "x".into(), device: true },
         ] {
             let back: Reply = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
             assert_eq!(back, r);
         }
-        let q = Request::Load { manifest_url: "http://h/api/encoder".into() };
-        assert_eq!(serde_json::from_str::<Request>(&serde_json::to_string(&q).unwrap()).unwrap(), q);
+        for q in [
+            Request::Load { manifest_url: "http://h/api/encoder".into(), backend: EncoderBackend::Webgpu },
+            Request::LoseDevice,
+        ] {
+            assert_eq!(serde_json::from_str::<Request>(&serde_json::to_string(&q).unwrap()).unwrap(), q);
+        }
+        // A load request without a backend is a CPU one; the backend's words are the status's.
+        let old: Request = serde_json::from_str(r#"{"type":"load","manifest_url":"u"}"#).unwrap();
+        assert_eq!(old, Request::Load { manifest_url: "u".into(), backend: EncoderBackend::Cpu });
+        assert_eq!(serde_json::to_string(&EncoderBackend::Webgpu).unwrap(), r#""webgpu""#);
+        assert_eq!(EncoderBackend::Webgpu.name(), "webgpu");
         assert_eq!(codes_bytes(&[vec![1, 258], vec![3, 4]]), vec![1, 0, 2, 1, 3, 0, 4, 0]);
         let decoded = htc_shared::protocol::decode_codes(
             &codes_bytes(&[vec![1, 258], vec![3, 4]]),

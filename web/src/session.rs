@@ -12,7 +12,7 @@ use wasm_bindgen::JsCast;
 
 use crate::client::{Client, Event};
 use crate::compute::ComputePath;
-use crate::runner::{self, Reply, Request, Runner};
+use crate::runner::{self, EncoderBackend, Reply, Request, Runner};
 use crate::state::{
     backoff_ms, error_words, tokenised_words, Connection, Conversation, EncoderState, LayerPick, Settings,
     Turn, TurnStatus,
@@ -67,6 +67,8 @@ pub struct Session {
     pub show_anchors: RwSignal<bool>,
     client: StoredValue<Option<Client>, LocalStorage>,
     runner: StoredValue<Option<Runner>, LocalStorage>,
+    /// The served model takes MGVQ codes, so the page runs the encoder.
+    wants_encoder: StoredValue<bool>,
     /// The current image's codes, once the encoder has them.
     pub codes: RwSignal<Option<ImageCodes>>,
     /// The encoding under way: its runner request id and the image's id.
@@ -92,6 +94,14 @@ pub type AnswerHook = Box<dyn Fn(&str, &str, u32)>;
 
 fn now_ms() -> f64 {
     web_sys::window().and_then(|w| w.performance()).map(|p| p.now()).unwrap_or(0.0)
+}
+
+/// A `performance.mark` for the page's milestones (`htc-connected`, `htc-encoder-ready`), so
+/// tools and tests read when they happened from the browser's own performance timeline.
+fn mark(name: &str) {
+    if let Some(p) = web_sys::window().and_then(|w| w.performance()) {
+        let _ = p.mark(name);
+    }
 }
 
 fn local_storage() -> Option<web_sys::Storage> {
@@ -135,6 +145,7 @@ impl Session {
             show_anchors: RwSignal::new(false),
             client: StoredValue::new_local(None),
             runner: StoredValue::new_local(None),
+            wants_encoder: StoredValue::new(false),
             codes: RwSignal::new(None),
             encoding: StoredValue::new(None),
             refused: StoredValue::new(Vec::new()),
@@ -228,10 +239,12 @@ impl Session {
     fn on_message(self, msg: ServerMessage) {
         if let ServerMessage::Ready { model, .. } = msg {
             self.attempt.set_value(0);
+            mark("htc-connected");
             self.connection.set(Connection::Ready { model: model.name.clone() });
             let takes_codes =
                 model.mgvq.is_some() && matches!(model.mode, Some(HtcMode::Htc | HtcMode::Discrete));
             self.model.set(Some(model));
+            self.wants_encoder.set_value(takes_codes);
             if takes_codes {
                 self.start_encoder();
             } else {
@@ -331,7 +344,40 @@ impl Session {
         self.conversation.set(Conversation::default());
     }
 
-    /// Starts the encoder's Web Worker (once) and asks it to load the worker's encoder.
+    /// Where the encoder should run: WebGPU when the probe found it, else the CPU; `None`
+    /// while the probe runs.
+    fn wanted_backend(self) -> Option<EncoderBackend> {
+        match self.compute.get_untracked() {
+            ComputePath::Probing => None,
+            ComputePath::WebGpu { .. } => Some(EncoderBackend::Webgpu),
+            ComputePath::Cpu { .. } | ComputePath::CpuChosen => Some(EncoderBackend::Cpu),
+        }
+    }
+
+    /// Keeps the encoder on the backend the compute path names: restarts it when the path
+    /// changes (the probe finished, the setting changed, WebGPU failed), and lets the page
+    /// lose the WebGPU device on request (the window's `htc-lose-device` event) to try the
+    /// fallback. Call once, inside the app's reactive owner.
+    pub fn follow_compute(self) {
+        Effect::new(move |_| {
+            let _ = self.compute.get();
+            let running = self.runner.with_value(|r| r.as_ref().map(Runner::backend));
+            if self.wants_encoder.get_value() && running != self.wanted_backend() {
+                self.start_encoder();
+            }
+        });
+        if let Some(window) = web_sys::window() {
+            let lose = wasm_bindgen::closure::Closure::<dyn FnMut()>::new(move || {
+                let _ =
+                    self.runner.try_with_value(|r| r.as_ref().map(|r| r.send(&Request::LoseDevice, None)));
+            });
+            let _ = window.add_event_listener_with_callback("htc-lose-device", lose.as_ref().unchecked_ref());
+            lose.forget();
+        }
+    }
+
+    /// Starts the encoder's Web Worker on the wanted backend (again, if it runs on another)
+    /// and asks it to load the worker's encoder.
     fn start_encoder(self) {
         let Some(url) =
             runner::manifest_url(&self.settings.get_untracked().socket_url(&page_origin(), page_session()))
@@ -339,8 +385,18 @@ impl Session {
             self.encoder.set(EncoderState::Off("the worker URL is not ws:// or wss://".into()));
             return;
         };
+        let Some(backend) = self.wanted_backend() else {
+            self.encoder.set(EncoderState::Off("waiting for the WebGPU probe".into()));
+            return;
+        };
+        if self.runner.with_value(|r| r.as_ref().is_some_and(|r| r.backend() != backend)) {
+            self.encoding.set_value(None);
+            self.runner.set_value(None);
+        }
         if self.runner.with_value(Option::is_none) {
-            match Runner::start(&self.assets.get_value(), move |reply, bytes| self.on_runner(reply, bytes)) {
+            match Runner::start(&self.assets.get_value(), backend, move |reply, bytes| {
+                self.on_runner(reply, bytes)
+            }) {
                 Ok(r) => self.runner.set_value(Some(r)),
                 Err(why) => {
                     self.encoder.set(EncoderState::Failed(why));
@@ -351,10 +407,23 @@ impl Session {
         self.encoder.set(EncoderState::Loading { loaded: 0, total: 0, from_cache: false });
         let sent = self
             .runner
-            .with_value(|r| r.as_ref().map(|r| r.send(&Request::Load { manifest_url: url }, None)));
+            .with_value(|r| r.as_ref().map(|r| r.send(&Request::Load { manifest_url: url, backend }, None)));
         if let Some(Err(why)) = sent {
             self.encoder.set(EncoderState::Failed(why));
         }
+    }
+
+    /// WebGPU failed in the encoder (refused, lost, or its Web Worker died): the compute path
+    /// becomes the CPU, saying why, and [`Session::follow_compute`] restarts the encoder there.
+    /// The image under way is encoded again once the CPU encoder is loaded.
+    fn fall_back_to_cpu(self, message: String) {
+        self.encoding.set_value(None);
+        self.codes.set(None);
+        // Not from inside the failing Web Worker's own message handler, which the restart drops.
+        leptos::task::spawn_local(async move {
+            self.compute
+                .set(ComputePath::Cpu { reason: format!("WebGPU failed in the encoder ({message})") });
+        });
     }
 
     fn on_runner(self, reply: Reply, bytes: Option<Vec<u8>>) {
@@ -364,8 +433,15 @@ impl Session {
             Reply::Progress { loaded, total, from_cache } => {
                 self.encoder.set(EncoderState::Loading { loaded, total, from_cache })
             }
-            Reply::Loaded { bytes: size, downloaded, ms, backend, .. } => {
-                self.encoder.set(EncoderState::Ready { backend, bytes: size, downloaded, ms });
+            Reply::Loaded { bytes: size, downloaded, ms, warmup_ms, backend, .. } => {
+                mark("htc-encoder-ready");
+                self.encoder.set(EncoderState::Ready {
+                    backend: backend.name().into(),
+                    bytes: size,
+                    downloaded,
+                    ms,
+                    warmup_ms,
+                });
                 // An image chosen while the weights were coming: encode it now.
                 if let (Some(img), None) = (self.image.get_untracked(), self.codes.get_untracked()) {
                     if let Some(b) = self.image_bytes.with_value(|b| b.clone()) {
@@ -381,15 +457,22 @@ impl Session {
                 self.encoding.set_value(None);
                 let shape = CodesShape { positions, groups };
                 let payload = bytes.unwrap_or_default();
+                let backend = backend.name().into();
                 self.codes.set(Some(ImageCodes { image_id, payload, shape, backend, ms }));
             }
-            Reply::Failed { id: Some(id), message } => {
+            Reply::Failed { message, device: true, .. }
+                if self.runner.with_value(|r| r.as_ref().map(Runner::backend))
+                    == Some(EncoderBackend::Webgpu) =>
+            {
+                self.fall_back_to_cpu(message)
+            }
+            Reply::Failed { id: Some(id), message, .. } => {
                 if self.encoding.get_value().is_some_and(|(want, _)| want == id) {
                     self.encoding.set_value(None);
                     self.notice.set(Some(format!("the in-browser encoder could not read this image ({message}); the worker tokenises it")));
                 }
             }
-            Reply::Failed { id: None, message } => {
+            Reply::Failed { id: None, message, .. } => {
                 self.encoding.set_value(None);
                 self.encoder.set(EncoderState::Failed(message));
             }

@@ -213,8 +213,9 @@ pub enum EncoderState {
     Off(String),
     /// Fetching the weights: bytes so far of `total`, from the browser's cache or the network.
     Loading { loaded: u64, total: u64, from_cache: bool },
-    /// Loaded on `backend`; `downloaded` weight bytes came over the network for it.
-    Ready { backend: String, bytes: u64, downloaded: u64, ms: f64 },
+    /// Loaded on `backend` in `ms`, of which `warmup_ms` ran a first blank image (on WebGPU:
+    /// compiling its kernels); `downloaded` weight bytes came over the network for it.
+    Ready { backend: String, bytes: u64, downloaded: u64, ms: f64, warmup_ms: f64 },
     /// Loading failed; the words say why (the worker tokenises images).
     Failed(String),
 }
@@ -238,13 +239,16 @@ impl EncoderState {
                 let from = if *from_cache { "from the browser cache" } else { "downloading" };
                 format!("encoder weights {from}: {} of {}", kb(*loaded), kb(*total))
             }
-            Self::Ready { backend, bytes, downloaded, ms } => {
+            Self::Ready { backend, bytes, downloaded, ms, warmup_ms } => {
                 let from = if *downloaded == 0 {
                     "cached".to_string()
                 } else {
                     format!("{} downloaded", kb(*downloaded))
                 };
-                format!("in-browser encoder ready on {backend} ({} weights, {from}, {ms:.0} ms)", kb(*bytes))
+                format!(
+                    "in-browser encoder ready on {backend} ({} weights, {from}, {ms:.0} ms, {warmup_ms:.0} ms of it the first run)",
+                    kb(*bytes)
+                )
             }
             Self::Failed(why) => format!("in-browser encoder failed: {why}; the worker tokenises"),
         }
@@ -660,8 +664,17 @@ mod tests {
 
     #[test]
     fn encoder_state_in_words() {
-        let r = EncoderState::Ready { backend: "cpu".into(), bytes: 780_000, downloaded: 0, ms: 41.0 };
-        assert_eq!(r.describe(), "in-browser encoder ready on cpu (780 KB weights, cached, 41 ms)");
+        let r = EncoderState::Ready {
+            backend: "cpu".into(),
+            bytes: 780_000,
+            downloaded: 0,
+            ms: 41.0,
+            warmup_ms: 12.4,
+        };
+        assert_eq!(
+            r.describe(),
+            "in-browser encoder ready on cpu (780 KB weights, cached, 41 ms, 12 ms of it the first run)"
+        );
         assert_eq!(r.id(), "ready");
         let l = EncoderState::Loading { loaded: 1000, total: 4000, from_cache: false };
         assert_eq!(l.describe(), "encoder weights downloading: 1 KB of 4 KB");
