@@ -25,6 +25,64 @@ pub type Backend = burn::backend::NdArray<f32>;
 )))]
 compile_error!("enable one backend feature: ndarray (default), candle, flex, wgpu or cuda");
 
+/// The float precision the worker computes in (`--dtype`): weights, activations and the KV
+/// cache are stored in it; norms and softmax accumulate in f32 whatever it is (burn's
+/// `RmsNorm`, [`crate::models::softmax_f32`]), and logits are read back as f32.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dtype {
+    #[default]
+    F32,
+    F16,
+    Bf16,
+}
+
+impl Dtype {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::F16 => "f16",
+            Self::Bf16 => "bf16",
+        }
+    }
+
+    /// Bytes per stored element.
+    pub fn bytes(self) -> usize {
+        match self {
+            Self::F32 => 4,
+            Self::F16 | Self::Bf16 => 2,
+        }
+    }
+}
+
+/// Makes `dtype` the float type of every tensor created on the worker's device from now on.
+/// Call it once, before any tensor exists (the device's settings lock at its first tensor).
+/// f32 is the backend's own default and needs no call.
+pub fn set_dtype(dtype: Dtype) -> anyhow::Result<()> {
+    use burn::tensor::{Element, FloatDType};
+    let float = match dtype {
+        Dtype::F32 => return Ok(()),
+        Dtype::F16 => FloatDType::F16,
+        Dtype::Bf16 => FloatDType::BF16,
+    };
+    // burn-candle lists bf16 among its dtypes, but candle's CPU matmul has no bf16 kernel:
+    // the first product would fail deep inside a forward pass, so refuse it here.
+    if dtype == Dtype::Bf16 && cfg!(feature = "candle") && !cfg!(any(feature = "cuda", feature = "wgpu")) {
+        anyhow::bail!(
+            "--dtype bf16: the candle CPU backend has no bf16 matrix product; use --dtype f16 on the CPU \
+             (or bf16 with `--features cuda`)"
+        );
+    }
+    let int = <burn::tensor::ops::IntElem<Backend> as Element>::dtype();
+    burn::tensor::set_default_dtypes::<Backend>(&device(), float, int).map_err(|e| {
+        anyhow::anyhow!(
+            "--dtype {}: the {} backend cannot compute in it ({e}); build with `--features candle` (CPU),              `flex`, `wgpu` or `cuda`",
+            dtype.name(),
+            name()
+        )
+    })
+}
+
 /// The device the worker runs on.
 pub fn device() -> burn::tensor::Device<Backend> {
     Default::default()

@@ -27,6 +27,10 @@ use clap::{Parser, Subcommand};
 pub struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    /// Float precision of weights, activations and the KV cache for inference (ask, serve,
+    /// eval, tokenize, bench); norms and softmax accumulate in f32. Training runs in f32.
+    #[arg(long, global = true, value_enum, default_value = "f32", env = "HTC_DTYPE")]
+    dtype: crate::backend::Dtype,
 }
 
 #[derive(Subcommand)]
@@ -61,6 +65,23 @@ enum Cmd {
 
 impl Cli {
     pub fn run(self) -> Result<()> {
+        if self.dtype != crate::backend::Dtype::F32 {
+            let training = match &self.cmd {
+                Cmd::Train(_) => Some("train"),
+                Cmd::TrainTokenizer(_) => Some("train-tokenizer"),
+                Cmd::PretrainVision(_) => Some("pretrain-vision"),
+                Cmd::Init(_) => Some("init"),
+                Cmd::MergeLora(_) => Some("merge-lora"),
+                _ => None,
+            };
+            if let Some(cmd) = training {
+                anyhow::bail!(
+                    "--dtype {} is for inference; `htc {cmd}` computes and writes f32",
+                    self.dtype.name()
+                );
+            }
+            crate::backend::set_dtype(self.dtype)?;
+        }
         match self.cmd {
             Cmd::Ask(a) => ask::run(a),
             Cmd::Init(a) => init::run(a),

@@ -7,7 +7,7 @@ use anyhow::Result;
 use burn::module::{Initializer, Module, Param};
 use burn::nn::conv::Conv2d;
 use burn::nn::{LayerNorm, Linear};
-use burn::tensor::activation::{sigmoid, softmax};
+use burn::tensor::activation::sigmoid;
 use burn::tensor::{backend::Backend, Tensor};
 
 pub use htc_shared::config::ClipVisionConfig as Config;
@@ -42,7 +42,7 @@ impl<B: Backend> Attention<B> {
         let q = split(flat_linear(&self.q_proj, x.clone())) * (hd as f64).powf(-0.5);
         let k = split(flat_linear(&self.k_proj, x.clone()));
         let v = split(flat_linear(&self.v_proj, x));
-        let attn = softmax(q.matmul(k.swap_dims(2, 3)), 3);
+        let attn = super::softmax_f32(q.matmul(k.swap_dims(2, 3)), 3);
         let out = attn.matmul(v).swap_dims(1, 2).reshape([b, n, d]);
         flat_linear(&self.out_proj, out)
     }

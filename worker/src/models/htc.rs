@@ -332,7 +332,9 @@ impl<B: Backend> Htc<B> {
         let mut attention: Vec<Vec<f32>> = Vec::with_capacity(out.attention.len());
         for a in out.attention {
             let picked = a.slice([0..rows, q0..q1, vis0..vis1]);
-            attention.push(picked.into_data().to_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?);
+            attention.push(
+                picked.into_data().convert::<f32>().to_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?,
+            );
         }
         let per_image = (q1 - q0) * (vis1 - vis0);
         (0..rows)

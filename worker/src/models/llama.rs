@@ -5,7 +5,7 @@
 use anyhow::Result;
 use burn::module::Module;
 use burn::nn::{Embedding, Linear, RmsNorm};
-use burn::tensor::activation::{silu, softmax};
+use burn::tensor::activation::silu;
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 use rayon::prelude::*;
 
@@ -316,7 +316,7 @@ fn grouped_attention<B: Backend>(
     if let Some(m) = mask {
         scores = scores + m;
     }
-    let probs = softmax(scores, 3);
+    let probs = super::softmax_f32(scores, 3);
     let grouped = probs.clone().reshape([b, kvh, rep * tq, s]);
     let mut start = 0;
     let mut scored: Option<Tensor<B, 4>> = None;

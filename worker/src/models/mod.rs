@@ -11,3 +11,15 @@ pub mod llama;
 pub mod llava;
 pub mod lora;
 pub mod mgvq_decoder;
+
+use burn::tensor::{backend::Backend, DType, Tensor};
+
+/// Softmax along `dim`, computed in f32 when `x` is in half precision (as transformers does
+/// for attention), and returned in `x`'s dtype.
+pub fn softmax_f32<B: Backend, const D: usize>(x: Tensor<B, D>, dim: usize) -> Tensor<B, D> {
+    let dtype = x.dtype();
+    if dtype == DType::F32 {
+        return burn::tensor::activation::softmax(x, dim);
+    }
+    burn::tensor::activation::softmax(x.cast(DType::F32), dim).cast(dtype)
+}

@@ -33,7 +33,7 @@ pub struct Sequence<B: Backend> {
 }
 
 fn read_row<B: Backend>(logits: Tensor<B, 3>) -> Result<Vec<f32>> {
-    logits.into_data().to_vec::<f32>().map_err(|e| anyhow!("cannot read logits: {e:?}"))
+    logits.into_data().convert::<f32>().to_vec::<f32>().map_err(|e| anyhow!("cannot read logits: {e:?}"))
 }
 
 impl<B: Backend> Sequence<B> {
@@ -123,7 +123,11 @@ pub fn step_batch<B: Backend>(llm: &Llama<B>, seqs: &mut [&mut Sequence<B>]) -> 
         s.next_position += 1;
     }
     let vocab = llm.config().vocab_size;
-    let rows = logits.into_data().to_vec::<f32>().map_err(|e| anyhow!("cannot read logits: {e:?}"))?;
+    let rows = logits
+        .into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .map_err(|e| anyhow!("cannot read logits: {e:?}"))?;
     Ok(rows.chunks(vocab).map(<[f32]>::to_vec).collect())
 }
 

@@ -171,7 +171,10 @@ fn make_batch<B: Backend>(
         };
         let n = 3 * size * size * std::mem::size_of::<f32>();
         if !pixels.values.contains_key(&e.image) && pixels.bytes + n <= pixels.budget {
-            pixels.values.insert(e.image.clone(), t.to_data().to_vec::<f32>().map_err(|e| anyhow!("{e:?}"))?);
+            pixels.values.insert(
+                e.image.clone(),
+                t.to_data().convert::<f32>().to_vec::<f32>().map_err(|e| anyhow!("{e:?}"))?,
+            );
             pixels.bytes += n;
         }
         clip.push(t);

