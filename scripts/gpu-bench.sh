@@ -13,7 +13,8 @@
 #                 this builds one with HTC_FEATURES (default cuda; wgpu also works)
 #   PYTHON        a python with torch and transformers (default: .venv-fixtures/bin/python,
 #                 see scripts/make_fixtures.py); without one the transformers side is skipped
-#   PEER_DTYPE    the transformers side's dtype on a GPU (default bf16; the worker runs f32)
+#   DTYPE         both sides' dtype (default bf16 on a GPU, f32 with --tiny; with
+#                 HTC_FEATURES=wgpu use f16: WGSL has no bf16)
 #   BENCH_DIR     where the JSON lines go (default runs/gpu-bench)
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
@@ -72,7 +73,8 @@ watch_gpu() {
   return $rc
 }
 
-args=(bench --suite e2e --shape "$shape" --reps "$reps" --json "$dir/htc.jsonl")
+if [ "$shape" = tiny ]; then dtype=${DTYPE:-f32}; else dtype=${DTYPE:-bf16}; fi
+args=(bench --suite e2e --shape "$shape" --reps "$reps" --dtype "$dtype" --json "$dir/htc.jsonl")
 [ -n "$layers" ] && args+=(--layers "$layers")
 log "htc: $htc ${args[*]}"
 mem=()
@@ -90,9 +92,9 @@ fi
 peer=()
 if "$py" -c "import torch, transformers" 2>/dev/null; then
   if [ "$shape" = tiny ]; then
-    pargs=(--device cpu --dtype f32)
+    pargs=(--device cpu --dtype "$dtype")
   else
-    pargs=(--device cuda --dtype "${PEER_DTYPE:-bf16}")
+    pargs=(--device cuda --dtype "$dtype")
   fi
   pargs+=(--shape "$shape" --reps "$reps" --json "$dir/transformers.jsonl")
   [ -n "$layers" ] && pargs+=(--layers "$layers")
@@ -112,7 +114,7 @@ fi
   echo "## End-to-end latency, shape $shape${layers:+ ($layers LLM layers)}"
   echo
   echo "Device: ${gpu:-CPU ($(nproc) cores)}; htc $(git rev-parse --short HEAD 2>/dev/null || echo '?'), $(date -u +%Y-%m-%d);"
-  echo "random weights; batch 1; 32 question tokens; 32 decoded tokens; $reps repetitions after a warm-up."
+  echo "random weights in $dtype on both sides; batch 1; 32 question tokens; 32 decoded tokens; $reps repetitions after a warm-up."
   echo
   python3 scripts/bench_gpu_peer.py report --htc "$dir/htc.jsonl" "${peer[@]}" "${mem[@]}"
 } > "$dir/report.md"

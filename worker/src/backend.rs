@@ -55,6 +55,13 @@ impl Dtype {
     }
 }
 
+static DTYPE: std::sync::OnceLock<Dtype> = std::sync::OnceLock::new();
+
+/// The dtype [`set_dtype`] chose (f32 until it is called).
+pub fn dtype() -> Dtype {
+    DTYPE.get().copied().unwrap_or_default()
+}
+
 /// Makes `dtype` the float type of every tensor created on the worker's device from now on.
 /// Call it once, before any tensor exists (the device's settings lock at its first tensor).
 /// f32 is the backend's own default and needs no call.
@@ -74,6 +81,7 @@ pub fn set_dtype(dtype: Dtype) -> anyhow::Result<()> {
         );
     }
     let int = <burn::tensor::ops::IntElem<Backend> as Element>::dtype();
+    let _ = DTYPE.set(dtype);
     burn::tensor::set_default_dtypes::<Backend>(&device(), float, int).map_err(|e| {
         anyhow::anyhow!(
             "--dtype {}: the {} backend cannot compute in it ({e}); build with `--features candle` (CPU),              `flex`, `wgpu` or `cuda`",

@@ -144,3 +144,39 @@ fn bad_benchmark_options_fail_with_a_clear_error() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("unknown option --fast"));
 }
+
+/// `htc bench --suite memory` in f32 and f16 on the tiny shape: the same parameters, stored in
+/// half the bytes, and a peak memory reported after building and after one answer (no figure
+/// is compared: resident memory depends on the allocator).
+#[test]
+fn the_memory_benchmark_reports_each_dtype() {
+    let mut rows = Vec::new();
+    for dtype in ["f32", "f16"] {
+        let json = common::tmp("bench", &format!("memory-{dtype}.jsonl"));
+        let out = htc(&[
+            "bench",
+            "--suite",
+            "memory",
+            "--shape",
+            "tiny",
+            "--new-tokens",
+            "3",
+            "--dtype",
+            dtype,
+            "--json",
+            s(&json),
+        ]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(stdout.contains(&format!("random weights, {dtype}, backend")), "{stdout}");
+        assert!(stdout.contains(&format!("dtype {dtype}: ")) && stdout.contains("3 new tokens"), "{stdout}");
+        let r = lines(&json).remove(0);
+        assert_eq!(r["dtype"], dtype);
+        assert!(r["peak_rss_mib"].as_f64().unwrap() >= r["peak_rss_built_mib"].as_f64().unwrap());
+        rows.push(r);
+    }
+    assert_eq!(rows[0]["params"], rows[1]["params"]);
+    let (f32_gib, f16_gib) =
+        (rows[0]["stored_gib"].as_f64().unwrap(), rows[1]["stored_gib"].as_f64().unwrap());
+    assert!((f32_gib - 2.0 * f16_gib).abs() < 1e-9, "{f32_gib} vs {f16_gib}");
+}

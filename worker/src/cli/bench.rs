@@ -18,11 +18,12 @@ pub struct BenchArgs {
     pub reps: usize,
     /// Which figures: `backend` (matmuls, decoder), `htc` (compress / answer / cached answer),
     /// `all` (both), `train` (training steps of one shape), `llm` (a checkpoint's prefill and
-    /// decoding) or `e2e` (one image and question end to end, stage by stage, per mode).
+    /// decoding), `e2e` (one image and question end to end, stage by stage, per mode) or
+    /// `memory` (the peak memory of one HTC answer in the current `--dtype`).
     #[arg(long, default_value = "all")]
     pub suite: String,
-    /// `--suite train`: the model shape (tiny, mid; see `bench_train.rs`); `--suite e2e`:
-    /// tiny or 7b (LLaVA-1.5-7B's shape: CLIP ViT-L/14-336, a 7B LLaMA, the paper's MGVQ).
+    /// `--suite train`: the model shape (tiny, mid; see `bench_train.rs`); `--suite e2e` and
+    /// `memory`: tiny or 7b (LLaVA-1.5-7B's shape: CLIP ViT-L/14-336, a 7B LLaMA, the paper's MGVQ).
     #[arg(long, default_value = "tiny")]
     pub shape: String,
     /// `--suite e2e`: LLM layers (default: the shape's; fewer for a quick look).
@@ -69,16 +70,23 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "all" => backend_suite(&args).and_then(|_| htc_suite(&args)),
         "train" => super::bench_train::run(&args.shape, args.steps.max(1), args.threads.max(1)),
         "llm" => llm_suite(&args),
-        "e2e" => super::bench_e2e::run(super::bench_e2e::E2eArgs {
-            shape: &args.shape,
-            llm_layers: args.layers,
-            vision_layers: args.vision_layers,
-            reps: args.reps,
-            new_tokens: args.new_tokens,
-            question_tokens: args.question_tokens,
-            json: args.json.as_deref(),
-        }),
-        other => anyhow::bail!("unknown --suite `{other}` (backend, htc, all, train, llm, e2e)"),
+        "e2e" | "memory" => {
+            let e = super::bench_e2e::E2eArgs {
+                shape: &args.shape,
+                llm_layers: args.layers,
+                vision_layers: args.vision_layers,
+                reps: args.reps,
+                new_tokens: args.new_tokens,
+                question_tokens: args.question_tokens,
+                json: args.json.as_deref(),
+            };
+            if args.suite == "e2e" {
+                super::bench_e2e::run(e)
+            } else {
+                super::bench_e2e::memory(e)
+            }
+        }
+        other => anyhow::bail!("unknown --suite `{other}` (backend, htc, all, train, llm, e2e, memory)"),
     }
 }
 

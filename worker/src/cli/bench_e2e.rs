@@ -101,7 +101,8 @@ pub struct E2eArgs<'a> {
     pub json: Option<&'a std::path::Path>,
 }
 
-pub fn run(a: E2eArgs) -> Result<()> {
+/// The randomly initialised model of `a`'s shape, its text config, and the seconds it took.
+fn build(a: &E2eArgs) -> Result<(Htc<Backend>, LlamaConfig, f64)> {
     let device = backend::device();
     let s = shape(a.shape, a.llm_layers, a.vision_layers)?;
     let text = LlamaConfig::from_json(&s.text)?;
@@ -120,21 +121,80 @@ pub fn run(a: E2eArgs) -> Result<()> {
     Backend::sync(&device).map_err(|e| anyhow::anyhow!("device sync failed: {e:?}"))?;
     let init_s = t.elapsed().as_secs_f64();
     println!(
-        "model: {} shape (CLIP {}w/{}L @336, LLM {}w/{}L, vocab {}), random weights, f32, backend {}, built in {:.1} s",
+        "model: {} shape (CLIP {}w/{}L @336, LLM {}w/{}L, vocab {}), random weights, {}, backend {}, built in {:.1} s",
         a.shape,
         s.vision.hidden_size,
         s.vision.num_hidden_layers,
         text.hidden_size,
         text.num_hidden_layers,
         text.vocab_size,
+        backend::dtype().name(),
         backend::name(),
         init_s
     );
-    let img = ImageTensors {
-        clip: Tensor::random([1, 3, 336, 336], Distribution::Normal(0.0, 1.0), &device),
-        mgvq: Some(Tensor::random([1, 3, 336, 336], Distribution::Uniform(-1.0, 1.0), &device)),
+    Ok((model, text, init_s))
+}
+
+/// A random image for both encoders.
+fn random_image(device: &burn::tensor::Device<Backend>) -> ImageTensors<Backend> {
+    ImageTensors {
+        clip: Tensor::random([1, 3, 336, 336], Distribution::Normal(0.0, 1.0), device),
+        mgvq: Some(Tensor::random([1, 3, 336, 336], Distribution::Uniform(-1.0, 1.0), device)),
         codes: None,
-    };
+    }
+}
+
+/// `htc bench --suite memory`: the memory one HTC answer takes in the current `--dtype`: the
+/// model built at random, then one new image compressed (vision tower, MGVQ, the prefix through
+/// the LLM), the question and `new_tokens` greedy steps; prints the parameters' stored size and
+/// the peak resident memory after building and after answering.
+pub fn memory(a: E2eArgs) -> Result<()> {
+    let device = backend::device();
+    let (model, text, init_s) = build(&a)?;
+    let params = burn::module::Module::num_params(&model);
+    let stored = params as f64 * backend::dtype().bytes() as f64 / (1u64 << 30) as f64;
+    let built = peak_rss_mib();
+    let m = model.with_mode(HtcMode::Htc, true)?;
+    let question = super::bench::bench_ids(a.question_tokens.max(1), text.vocab_size);
+    let t = Instant::now();
+    let c = m.compress(&random_image(&device))?;
+    let p = m.answer_prompt(&c, &question)?;
+    let (mut seq, mut logits, _) =
+        crate::runtime::decode::Sequence::prefill(&m.llava.llm, p, Default::default(), vec![], false)?;
+    let mut ids = Vec::new();
+    while ids.len() < a.new_tokens {
+        let Some(id) = seq.accept(&logits) else { break };
+        ids.push(id);
+        logits = seq.step(&m.llava.llm)?;
+    }
+    let answer_s = t.elapsed().as_secs_f64();
+    let peak = peak_rss_mib();
+    let mib = |x: Option<f64>| x.map_or("unknown".to_string(), |v| format!("{v:.0} MiB"));
+    println!(
+        "dtype {}: {:.2} B parameters, {stored:.2} GiB stored; peak resident memory {} after building, {} after one \
+         answer (a new image compressed, {} question tokens, {} new tokens; {answer_s:.1} s)",
+        backend::dtype().name(),
+        params as f64 / 1e9,
+        mib(built),
+        mib(peak),
+        question.len(),
+        ids.len()
+    );
+    if let Some(path) = a.json {
+        let line = json!({
+            "side": "htc", "suite": "memory", "backend": backend::name(), "dtype": backend::dtype().name(),
+            "shape": a.shape, "params": params, "stored_gib": stored, "peak_rss_built_mib": built,
+            "peak_rss_mib": peak, "init_s": init_s, "answer_s": answer_s,
+        });
+        std::fs::write(path, format!("{line}\n"))?;
+    }
+    Ok(())
+}
+
+pub fn run(a: E2eArgs) -> Result<()> {
+    let device = backend::device();
+    let (model, text, init_s) = build(&a)?;
+    let img = random_image(&device);
     // The ids `scripts/bench_gpu_peer.py` feeds transformers, where the image token's id
     // would be taken for an image: it moves one up on both sides.
     let ids = |n: usize| -> Vec<u32> {
@@ -237,7 +297,7 @@ pub fn run(a: E2eArgs) -> Result<()> {
                 f,
                 "{}",
                 json!({
-                    "side": "htc", "backend": backend::name(), "shape": a.shape, "mode": name,
+                    "side": "htc", "backend": backend::name(), "dtype": backend::dtype().name(), "shape": a.shape, "mode": name,
                     "prefix_tokens": prefix_len, "question_tokens": question.len(),
                     "vision_ms": vision * 1e3, "mgvq_ms": mgvq * 1e3, "projection_ms": projection * 1e3,
                     "llm_prefill_ms": prefill * 1e3, "ttft_new_ms": ttft_new * 1e3,
