@@ -37,6 +37,63 @@ pub enum Dtype {
     Bf16,
 }
 
+/// What `--dtype` asks for: a dtype, or `auto`, the checkpoint's own where the compiled
+/// backend computes in it ([`resolve_dtype`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum DtypeChoice {
+    #[default]
+    Auto,
+    F32,
+    F16,
+    Bf16,
+}
+
+/// The dtype a checkpoint stores its weights in, from its `config.json` (`dtype`, or the older
+/// `torch_dtype`, at the top or in `text_config`); `None` for GGUF files (dequantised to f32
+/// when loaded), checkpoints that do not say, and unknown names.
+pub fn checkpoint_dtype(model: &std::path::Path) -> Option<Dtype> {
+    let text = std::fs::read_to_string(model.join("config.json")).ok()?;
+    let cfg: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let named = |v: &serde_json::Value| {
+        ["dtype", "torch_dtype"].iter().find_map(|k| v.get(*k).and_then(|d| d.as_str()).map(str::to_string))
+    };
+    let name = named(&cfg).or_else(|| cfg.get("text_config").and_then(named))?;
+    match name.as_str() {
+        "float32" => Some(Dtype::F32),
+        "float16" => Some(Dtype::F16),
+        "bfloat16" => Some(Dtype::Bf16),
+        _ => None,
+    }
+}
+
+/// The dtype to compute in for `choice` and the model at `model` (if any), and a note when
+/// `auto` could not keep the checkpoint's own: bf16 on the candle CPU backend, which has no
+/// bf16 matrix product, becomes f32.
+pub fn resolve_dtype(choice: DtypeChoice, model: Option<&std::path::Path>) -> (Dtype, Option<String>) {
+    match choice {
+        DtypeChoice::F32 => (Dtype::F32, None),
+        DtypeChoice::F16 => (Dtype::F16, None),
+        DtypeChoice::Bf16 => (Dtype::Bf16, None),
+        DtypeChoice::Auto => match model.and_then(checkpoint_dtype) {
+            Some(Dtype::Bf16) if !bf16_matmul() => (
+                Dtype::F32,
+                Some(format!(
+                    "the checkpoint is bf16, which the {} backend cannot multiply: computing in f32 \
+                     (--dtype f16 halves the memory)",
+                    name()
+                )),
+            ),
+            Some(d) => (d, None),
+            None => (Dtype::F32, None),
+        },
+    }
+}
+
+/// Whether the compiled backend has a bf16 matrix product.
+fn bf16_matmul() -> bool {
+    !(cfg!(feature = "candle") && !cfg!(any(feature = "cuda", feature = "wgpu")))
+}
+
 impl Dtype {
     pub fn name(self) -> &'static str {
         match self {
@@ -74,7 +131,7 @@ pub fn set_dtype(dtype: Dtype) -> anyhow::Result<()> {
     };
     // burn-candle lists bf16 among its dtypes, but candle's CPU matmul has no bf16 kernel:
     // the first product would fail deep inside a forward pass, so refuse it here.
-    if dtype == Dtype::Bf16 && cfg!(feature = "candle") && !cfg!(any(feature = "cuda", feature = "wgpu")) {
+    if dtype == Dtype::Bf16 && !bf16_matmul() {
         anyhow::bail!(
             "--dtype bf16: the candle CPU backend has no bf16 matrix product; use --dtype f16 on the CPU \
              (or bf16 with `--features cuda`)"
@@ -129,5 +186,46 @@ pub fn compress_batch() -> usize {
         8
     } else {
         1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model_with(config: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("htc-dtype-{}-{}", std::process::id(), config.len()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("config.json"), config).unwrap();
+        dir
+    }
+
+    #[test]
+    fn auto_keeps_the_checkpoints_dtype_where_the_backend_computes_in_it() {
+        let f16 = model_with(r#"{"dtype": "float16"}"#);
+        let bf16 = model_with(r#"{"model_type": "llava", "text_config": {"torch_dtype": "bfloat16"}}"#);
+        let f32 = model_with(r#"{"torch_dtype": "float32", "x": 1}"#);
+        let silent = model_with(r#"{"model_type": "llama", "vocab_size": 3}"#);
+        assert_eq!(checkpoint_dtype(&f16), Some(Dtype::F16));
+        assert_eq!(checkpoint_dtype(&bf16), Some(Dtype::Bf16));
+        assert_eq!(checkpoint_dtype(&f32), Some(Dtype::F32));
+        assert_eq!(checkpoint_dtype(&silent), None);
+        assert_eq!(checkpoint_dtype(std::path::Path::new("model.gguf")), None);
+        assert_eq!(resolve_dtype(DtypeChoice::Auto, Some(&f16)), (Dtype::F16, None));
+        assert_eq!(resolve_dtype(DtypeChoice::Auto, Some(&silent)), (Dtype::F32, None));
+        assert_eq!(resolve_dtype(DtypeChoice::Auto, None), (Dtype::F32, None));
+        let (d, note) = resolve_dtype(DtypeChoice::Auto, Some(&bf16));
+        if bf16_matmul() {
+            assert_eq!((d, note), (Dtype::Bf16, None));
+        } else {
+            assert_eq!(d, Dtype::F32);
+            assert!(note.unwrap().contains("the checkpoint is bf16"));
+        }
+        // An explicit choice wins over the checkpoint.
+        assert_eq!(resolve_dtype(DtypeChoice::F32, Some(&f16)), (Dtype::F32, None));
+        assert_eq!(resolve_dtype(DtypeChoice::F16, Some(&f32)), (Dtype::F16, None));
+        for d in [f16, bf16, f32, silent] {
+            let _ = std::fs::remove_dir_all(d);
+        }
     }
 }

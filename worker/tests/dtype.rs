@@ -56,6 +56,45 @@ fn f16_prefill_logits_and_greedy_ids_follow_transformers_on_the_tiny_llava() {
     assert_close("f16 logits vs the f32 path", &dumps[1], &dumps[0], 1e-2);
 }
 
+/// `--dtype auto` (the default) computes in the checkpoint's own dtype: the tiny LLaVA with
+/// `"dtype": "float16"` in its config gives exactly the logits of `--dtype f16`, not f32's.
+#[test]
+fn auto_follows_the_checkpoints_dtype() {
+    let exp = Expected::open("llava-expected.safetensors");
+    let pv = fixtures().join("llava-expected.safetensors");
+    let src = fixtures().join("llava-hf-tiny");
+    let half = tmp("llava-hf-tiny-f16");
+    std::fs::create_dir_all(&half).unwrap();
+    for f in std::fs::read_dir(&src).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, half.join(f.file_name().unwrap())).unwrap();
+    }
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    cfg["dtype"] = "float16".into();
+    std::fs::write(half.join("config.json"), cfg.to_string()).unwrap();
+    let dump = |model: &PathBuf, dtype: Option<&str>, name: &str| {
+        let path = tmp(name);
+        let ids = ids_arg(&exp.i64("input_ids_one"));
+        let mut args = vec!["ask", "--model", s(model), "--pixel-values", s(&pv), "--prompt-ids", &ids];
+        args.extend(["--max-new-tokens", "1", "--dump-logits", s(&path)]);
+        if let Some(d) = dtype {
+            args.extend(["--dtype", d]);
+        }
+        let out = htc(&args);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        Expected::open(path.to_str().unwrap()).f32("logits").1
+    };
+    let auto = dump(&half, None, "auto.safetensors");
+    assert_eq!(
+        auto,
+        dump(&half, Some("f16"), "explicit-f16.safetensors"),
+        "auto on a float16 checkpoint is f16"
+    );
+    assert_ne!(auto, dump(&half, Some("f32"), "explicit-f32.safetensors"), "and not f32");
+    assert_eq!(dump(&src, None, "auto-silent.safetensors"), dump(&src, Some("f32"), "f32.safetensors"));
+}
+
 /// The demo model (HTC: CLIP, MGVQ anchors, `<voco>`) answers the same in f16 as in f32.
 #[test]
 fn the_demo_model_answers_the_same_in_f16() {

@@ -13,7 +13,7 @@ use crate::runtime::sampling::Sampling;
 pub struct AskArgs {
     /// HF snapshot directory (llava-hf, liuhaotian LLaVA, LLaMA) or a LLaMA .gguf file.
     #[arg(long)]
-    model: PathBuf,
+    pub model: PathBuf,
     /// Image file (PNG, JPEG, WebP, GIF, BMP).
     #[arg(long, conflicts_with = "pixel_values")]
     image: Option<PathBuf>,

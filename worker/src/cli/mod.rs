@@ -28,9 +28,10 @@ pub struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
     /// Float precision of weights, activations and the KV cache for inference (ask, serve,
-    /// eval, tokenize, bench); norms and softmax accumulate in f32. Training runs in f32.
-    #[arg(long, global = true, value_enum, default_value = "f32", env = "HTC_DTYPE")]
-    dtype: crate::backend::Dtype,
+    /// eval, tokenize, bench); norms and softmax accumulate in f32. `auto`: the checkpoint's
+    /// own dtype (config.json) where the backend computes in it, else f32. Training runs in f32.
+    #[arg(long, global = true, value_enum, default_value = "auto", env = "HTC_DTYPE")]
+    dtype: crate::backend::DtypeChoice,
 }
 
 #[derive(Subcommand)]
@@ -65,7 +66,18 @@ enum Cmd {
 
 impl Cli {
     pub fn run(self) -> Result<()> {
-        if self.dtype != crate::backend::Dtype::F32 {
+        let model = match &self.cmd {
+            Cmd::Ask(a) => Some(a.model.as_path()),
+            Cmd::Eval(a) => Some(a.model.as_path()),
+            Cmd::Tokenize(a) => Some(a.model.as_path()),
+            Cmd::Serve(a) => a.model.as_deref(),
+            _ => None,
+        };
+        let (dtype, note) = crate::backend::resolve_dtype(self.dtype, model);
+        if let Some(note) = note {
+            tracing::warn!("{note}");
+        }
+        if dtype != crate::backend::Dtype::F32 {
             let training = match &self.cmd {
                 Cmd::Train(_) => Some("train"),
                 Cmd::TrainTokenizer(_) => Some("train-tokenizer"),
@@ -77,10 +89,10 @@ impl Cli {
             if let Some(cmd) = training {
                 anyhow::bail!(
                     "--dtype {} is for inference; `htc {cmd}` computes and writes f32",
-                    self.dtype.name()
+                    dtype.name()
                 );
             }
-            crate::backend::set_dtype(self.dtype)?;
+            crate::backend::set_dtype(dtype)?;
         }
         match self.cmd {
             Cmd::Ask(a) => ask::run(a),
