@@ -67,16 +67,30 @@ pub struct Loader<'a, B: Backend> {
     prefix: String,
     names: Arc<Mutex<ParamNames>>,
     pub device: B::Device,
+    /// The dtype of every parameter made, when not the device's default ([`Loader::with_dtype`]).
+    dtype: Option<burn::tensor::DType>,
 }
 
 impl<'a, B: Backend> Loader<'a, B> {
     pub fn new(src: &'a dyn TensorSource, device: &B::Device) -> Self {
-        Self { src: Some(src), prefix: String::new(), names: Default::default(), device: device.clone() }
+        Self {
+            src: Some(src),
+            prefix: String::new(),
+            names: Default::default(),
+            device: device.clone(),
+            dtype: None,
+        }
     }
 
     /// A loader that initialises every module at random (no weights read).
     pub fn init(device: &B::Device) -> Self {
-        Self { src: None, prefix: String::new(), names: Default::default(), device: device.clone() }
+        Self {
+            src: None,
+            prefix: String::new(),
+            names: Default::default(),
+            device: device.clone(),
+            dtype: None,
+        }
     }
 
     /// The checkpoint key of every parameter made so far, by id.
@@ -90,11 +104,31 @@ impl<'a, B: Backend> Loader<'a, B> {
         &self, key: String, value: Tensor<B, D>, transposed: bool,
     ) -> Param<Tensor<B, D>> {
         let id = id_for_path(&key);
+        let value = match self.dtype {
+            Some(d) if value.dtype() != d => value.cast(d),
+            _ => value,
+        };
         self.names
             .lock()
             .expect("the name registry is never poisoned")
             .insert(id, ParamName { key, transposed });
         Param::initialized(id, value.require_grad())
+    }
+
+    /// This loader with every parameter it makes in `dtype`, whatever the device's default
+    /// (`--dtype`): the MGVQ tokenizer stays in f32 under a half-precision model, so its codes
+    /// are the browser's.
+    pub fn with_dtype(mut self, dtype: burn::tensor::DType) -> Self {
+        self.dtype = Some(dtype);
+        self
+    }
+
+    /// Where and in which dtype read tensors are made (straight from the host's f32 values).
+    fn options(&self) -> burn::tensor::TensorCreationOptions<B> {
+        match self.dtype {
+            Some(d) => (&self.device, d).into(),
+            None => (&self.device).into(),
+        }
     }
 
     /// Whether this loader initialises at random instead of reading weights.
@@ -112,7 +146,13 @@ impl<'a, B: Backend> Loader<'a, B> {
         } else {
             format!("{}.{}", self.prefix, p)
         };
-        Self { src: self.src, prefix, names: self.names.clone(), device: self.device.clone() }
+        Self {
+            src: self.src,
+            prefix,
+            names: self.names.clone(),
+            device: self.device.clone(),
+            dtype: self.dtype,
+        }
     }
 
     pub fn key(&self, name: &str) -> String {
@@ -137,7 +177,7 @@ impl<'a, B: Backend> Loader<'a, B> {
         &self, name: &str, shape: [usize; D], init: Initializer,
     ) -> Result<Param<Tensor<B, D>>> {
         let value = match self.host(name, &shape)? {
-            Some(t) => Tensor::from_data(TensorData::new(t.data, shape), &self.device),
+            Some(t) => Tensor::from_data(TensorData::new(t.data, shape), self.options()),
             None => init.init::<B, D, _>(shape, &self.device).into_value(),
         };
         Ok(self.named(self.key(name), value, false))
@@ -166,7 +206,7 @@ impl<'a, B: Backend> Loader<'a, B> {
         let weight = match w {
             Some(w) => Tensor::from_data(
                 TensorData::new(transpose(&w.data, d_out, d_in), [d_in, d_out]),
-                &self.device,
+                self.options(),
             ),
             None => l.weight.into_value(),
         };

@@ -10,8 +10,7 @@
 use burn::module::{Initializer, Module, Param};
 use burn::nn::conv::Conv2d;
 use burn::tensor::activation::{relu, silu};
-use burn::tensor::ops::PadMode;
-use burn::tensor::{backend::Backend, Int, Tensor};
+use burn::tensor::{backend::Backend, DType, Int, Tensor};
 use image::{imageops::FilterType, RgbImage};
 
 pub use crate::config::{BlockType, MgvqConfig as Config};
@@ -40,8 +39,11 @@ impl<B: Backend> RmsNorm2d<B> {
 
     fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [_, c, _, _] = x.dims();
-        let rms = (x.clone().powi_scalar(2).mean_dim(1) + self.eps).sqrt();
-        x / rms * self.weight.val().reshape([1, c, 1, 1]) + self.bias.val().reshape([1, c, 1, 1])
+        // The mean of squares in f32 whatever `x`'s dtype (as burn's RmsNorm).
+        let (x32, dtype) = to_f32(x.clone());
+        let rms = (x32.powi_scalar(2).mean_dim(1) + self.eps).sqrt();
+        x / from_f32(rms, dtype) * self.weight.val().reshape([1, c, 1, 1])
+            + self.bias.val().reshape([1, c, 1, 1])
     }
 }
 
@@ -119,7 +121,10 @@ impl<B: Backend> DepthwiseConv<B> {
         let [b, c, h, w] = x.dims();
         let k = self.weight.dims()[2];
         let p = k / 2;
-        let xp = x.pad((p, p, p, p), PadMode::Constant(0.0));
+        // Zero padding in `x`'s own dtype (burn's `pad` builds its canvas in the device's
+        // default dtype, which under a half-precision model is not this f32 encoder's).
+        let xp = Tensor::<B, 4>::zeros([b, c, h + 2 * p, w + 2 * p], (&x.device(), x.dtype()))
+            .slice_assign([0..b, 0..c, p..p + h, p..p + w], x);
         let weight = self.weight.val();
         let mut acc: Option<Tensor<B, 4>> = None;
         for dy in 0..k {
@@ -214,16 +219,18 @@ impl<B: Backend> EvitGlu<B> {
         let [b, c, h, w] = x.dims();
         let d = self.dim;
         let heads = c / d;
-        let qkv = self.qkv.forward(x).reshape([b, heads, 3 * d, h * w]);
+        // The linear attention in f32 whatever the model's dtype, as the reference (its sums
+        // over all positions and the 1e-15 guard are lost in half precision).
+        let (qkv, dtype) = to_f32(self.qkv.forward(x).reshape([b, heads, 3 * d, h * w]));
         let q = relu(qkv.clone().slice([0..b, 0..heads, 0..d, 0..h * w]));
         let k = relu(qkv.clone().slice([0..b, 0..heads, d..2 * d, 0..h * w]));
         let v = qkv.slice([0..b, 0..heads, 2 * d..3 * d, 0..h * w]);
-        let ones = Tensor::<B, 4>::ones([b, heads, 1, h * w], &v.device());
+        let ones = Tensor::<B, 4>::ones([b, heads, 1, h * w], (&v.device(), v.dtype()));
         let v = Tensor::cat(vec![v, ones], 2); // [b, heads, d + 1, hw]
         let out = v.matmul(k.swap_dims(2, 3)).matmul(q); // [b, heads, d + 1, hw]
         let num = out.clone().slice([0..b, 0..heads, 0..d, 0..h * w]);
         let den = out.slice([0..b, 0..heads, d..d + 1, 0..h * w]) + 1e-15;
-        let out = (num / den).reshape([b, c, h, w]);
+        let out = from_f32((num / den).reshape([b, c, h, w]), dtype);
         self.proj_norm.forward(self.proj.forward(out))
     }
 
@@ -348,6 +355,9 @@ impl<B: Backend> Mgvq<B> {
 
     /// The latent after `quant_conv`, `[b, C, h, w]`, of pixels in [-1, 1], `[b, 3, s, s]`.
     pub fn latent(&self, pixels: Tensor<B, 4>) -> Tensor<B, 4> {
+        // In the weights' dtype (f32 under a half-precision model: see `Loader::with_dtype`).
+        let dtype = self.codebook.val().dtype();
+        let pixels = if pixels.dtype() == dtype { pixels } else { pixels.cast(dtype) };
         let mut h = self.project_in.forward(pixels);
         if self.unshuffle_in {
             h = pixel_unshuffle(h);
@@ -367,7 +377,10 @@ impl<B: Backend> Mgvq<B> {
         let [b, _, hh, ww] = latent.dims();
         let (g, gd, per) = (self.config.groups, self.config.group_dim(), self.config.codes_per_group());
         let n = b * hh * ww;
-        let codebook = l2_normalize(self.codebook.val());
+        // Distances in f32 whatever the model's dtype: half precision cannot tell apart codes
+        // a few thousandths apart.
+        let (latent, dtype) = to_f32(latent);
+        let codebook = l2_normalize(to_f32(self.codebook.val()).0);
         let (mut zs, mut qs, mut indices) =
             (Vec::with_capacity(g), Vec::with_capacity(g), Vec::with_capacity(g));
         for i in 0..g {
@@ -388,7 +401,7 @@ impl<B: Backend> Mgvq<B> {
             zs.push(to_map(zi));
             indices.push(idx);
         }
-        Quantized { z: Tensor::cat(zs, 1), q: Tensor::cat(qs, 1), indices }
+        Quantized { z: from_f32(Tensor::cat(zs, 1), dtype), q: from_f32(Tensor::cat(qs, 1), dtype), indices }
     }
 
     /// Encodes pixels in [-1, 1], `[b, 3, s, s]`, to the latent, `q` and the codes.
@@ -404,7 +417,11 @@ impl<B: Backend> Mgvq<B> {
     pub fn pixels_of(&self, img: &RgbImage) -> Tensor<B, 4> {
         let s = self.config.image_size;
         let px = preprocess(img, s as u32);
-        Tensor::from_data(burn::tensor::TensorData::new(px, [1, 3, s, s]), &self.codebook.device())
+        let codebook = self.codebook.val();
+        Tensor::from_data(
+            burn::tensor::TensorData::new(px, [1, 3, s, s]),
+            (&codebook.device(), codebook.dtype()),
+        )
     }
 
     /// The codes of a decoded image as a tensor on the device, `[h*w, G]`: read it back with
@@ -494,6 +511,25 @@ pub fn codes_from_data(data: burn::tensor::TensorData) -> Result<Vec<Vec<u16>>> 
                 .collect()
         })
         .collect()
+}
+
+/// `x` in f32 and its own dtype (no copy when it is f32 already).
+fn to_f32<B: Backend, const D: usize>(x: Tensor<B, D>) -> (Tensor<B, D>, DType) {
+    let dtype = x.dtype();
+    if dtype == DType::F32 {
+        (x, dtype)
+    } else {
+        (x.cast(DType::F32), dtype)
+    }
+}
+
+/// `x` (f32) back in `dtype`.
+fn from_f32<B: Backend, const D: usize>(x: Tensor<B, D>, dtype: DType) -> Tensor<B, D> {
+    if dtype == DType::F32 {
+        x
+    } else {
+        x.cast(dtype)
+    }
 }
 
 /// Rows divided by their L2 norm (clamped at 1e-12, as `F.normalize`).

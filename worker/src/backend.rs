@@ -27,7 +27,8 @@ compile_error!("enable one backend feature: ndarray (default), candle, flex, wgp
 
 /// The float precision the worker computes in (`--dtype`): weights, activations and the KV
 /// cache are stored in it; norms and softmax accumulate in f32 whatever it is (burn's
-/// `RmsNorm`, [`crate::models::softmax_f32`]), and logits are read back as f32.
+/// `RmsNorm`, `models::softmax_f32`, `models::layer_norm_f32`), the MGVQ tokenizer stays f32,
+/// and logits are read back as f32.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Dtype {

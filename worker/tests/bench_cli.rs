@@ -178,5 +178,6 @@ fn the_memory_benchmark_reports_each_dtype() {
     assert_eq!(rows[0]["params"], rows[1]["params"]);
     let (f32_gib, f16_gib) =
         (rows[0]["stored_gib"].as_f64().unwrap(), rows[1]["stored_gib"].as_f64().unwrap());
-    assert!((f32_gib - 2.0 * f16_gib).abs() < 1e-9, "{f32_gib} vs {f16_gib}");
+    // Half the bytes but for the MGVQ tokenizer, which stays f32.
+    assert!(f16_gib < 0.6 * f32_gib && f16_gib > 0.5 * f32_gib, "{f32_gib} vs {f16_gib}");
 }

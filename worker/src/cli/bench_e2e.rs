@@ -135,6 +135,16 @@ fn build(a: &E2eArgs) -> Result<(Htc<Backend>, LlamaConfig, f64)> {
     Ok((model, text, init_s))
 }
 
+/// Bytes of every float parameter in its own dtype (the MGVQ tokenizer stays f32).
+struct StoredBytes(u64);
+
+impl burn::module::ModuleVisitor<Backend> for StoredBytes {
+    fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<Backend, D>>) {
+        let t = param.val();
+        self.0 += (t.shape().num_elements() * t.dtype().size()) as u64;
+    }
+}
+
 /// A random image for both encoders.
 fn random_image(device: &burn::tensor::Device<Backend>) -> ImageTensors<Backend> {
     ImageTensors {
@@ -146,13 +156,16 @@ fn random_image(device: &burn::tensor::Device<Backend>) -> ImageTensors<Backend>
 
 /// `htc bench --suite memory`: the memory one HTC answer takes in the current `--dtype`: the
 /// model built at random, then one new image compressed (vision tower, MGVQ, the prefix through
-/// the LLM), the question and `new_tokens` greedy steps; prints the parameters' stored size and
+/// the LLM), the question and `new_tokens` greedy steps; prints the parameters' stored size (each
+/// in its own dtype) and
 /// the peak resident memory after building and after answering.
 pub fn memory(a: E2eArgs) -> Result<()> {
     let device = backend::device();
     let (model, text, init_s) = build(&a)?;
     let params = burn::module::Module::num_params(&model);
-    let stored = params as f64 * backend::dtype().bytes() as f64 / (1u64 << 30) as f64;
+    let mut bytes = StoredBytes(0);
+    burn::module::Module::visit(&model, &mut bytes);
+    let stored = bytes.0 as f64 / (1u64 << 30) as f64;
     let built = peak_rss_mib();
     let m = model.with_mode(HtcMode::Htc, true)?;
     let question = super::bench::bench_ids(a.question_tokens.max(1), text.vocab_size);

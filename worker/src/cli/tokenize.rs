@@ -32,7 +32,10 @@ pub fn run(a: TokenizeArgs) -> Result<()> {
     let img = read_image_file(&a.image)?;
     let s = c.image_size;
     let px = htc_shared::mgvq::preprocess(&img, s as u32);
-    let x = Tensor::<Backend, 4>::from_data(TensorData::new(px, [1, 3, s, s]), &device);
+    let x = Tensor::<Backend, 4>::from_data(
+        TensorData::new(px, [1, 3, s, s]),
+        (&device, burn::tensor::DType::F32),
+    );
     let e = enc.encode(x)?;
     let side = c.latent_side();
     if a.json {

@@ -55,6 +55,7 @@ pub struct EncoderLayer<B: Backend> {
     fc1: Linear<B>,
     fc2: Linear<B>,
     layer_norm2: LayerNorm<B>,
+    eps: f64,
 }
 
 fn quick_gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
@@ -70,13 +71,15 @@ impl<B: Backend> EncoderLayer<B> {
             fc1: vb.pp("mlp").linear("fc1", d, c.intermediate_size, true)?,
             fc2: vb.pp("mlp").linear("fc2", c.intermediate_size, d, true)?,
             layer_norm2: vb.layer_norm("layer_norm2", d, eps)?,
+            eps,
         })
     }
 
     fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let x = x.clone() + self.self_attn.forward(self.layer_norm1.forward(x));
-        let h =
-            flat_linear(&self.fc2, quick_gelu(flat_linear(&self.fc1, self.layer_norm2.forward(x.clone()))));
+        let norm1 = super::layer_norm_f32(&self.layer_norm1, x.clone(), self.eps);
+        let x = x + self.self_attn.forward(norm1);
+        let norm2 = super::layer_norm_f32(&self.layer_norm2, x.clone(), self.eps);
+        let h = flat_linear(&self.fc2, quick_gelu(flat_linear(&self.fc1, norm2)));
         x + h
     }
 }
@@ -89,6 +92,7 @@ pub struct ClipVision<B: Backend> {
     pre_layrnorm: LayerNorm<B>,
     layers: Vec<EncoderLayer<B>>,
     image_size: usize,
+    eps: f64,
 }
 
 impl<B: Backend> ClipVision<B> {
@@ -133,6 +137,7 @@ impl<B: Backend> ClipVision<B> {
             pre_layrnorm: vb.layer_norm("pre_layrnorm", d, c.layer_norm_eps)?,
             layers,
             image_size: c.image_size,
+            eps: c.layer_norm_eps,
         };
         Ok(m)
     }
@@ -146,7 +151,7 @@ impl<B: Backend> ClipVision<B> {
         let x = x.reshape([b, d, h * w]).swap_dims(1, 2);
         let cls = self.class_embedding.val().reshape([1, 1, d]).expand([b, 1, d]);
         let x = Tensor::cat(vec![cls, x], 1) + self.position_embedding.val().unsqueeze::<3>();
-        let mut x = self.pre_layrnorm.forward(x);
+        let mut x = super::layer_norm_f32(&self.pre_layrnorm, x, self.eps);
         let n = upto.unwrap_or(self.layers.len()).min(self.layers.len());
         let mut states = Vec::with_capacity(n + 1);
         states.push(x.clone());

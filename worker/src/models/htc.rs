@@ -105,7 +105,9 @@ impl<B: Backend> Htc<B> {
         let kept = config.mgvq.is_some() && vb.contains("htc.discrete_projector.linear_1.weight");
         let (mgvq, discrete) = if config.uses_discrete() || kept {
             let mc = config.mgvq.as_ref().expect("validated");
-            let m = Mgvq::load(&vb.pp("mgvq"), mc)?;
+            // In f32 whatever `--dtype`: its codes must be the browser's (and f16 moves 1.7% of
+            // the demo tokenizer's codes).
+            let m = Mgvq::load(&vb.pp("mgvq").with_dtype(burn::tensor::DType::F32), mc)?;
             let p = DiscreteProjector::load(
                 &vb.pp("htc.discrete_projector"),
                 mc.q_len(),
@@ -217,7 +219,8 @@ impl<B: Backend> Htc<B> {
                 (None, Some(px)) => m.encode(px.clone())?.q,
                 (None, None) => bail!("mode {:?} needs MGVQ pixel values", self.config.mode),
             };
-            parts.push(p.forward(q));
+            let dtype = parts[0].dtype();
+            parts.push(p.forward(if q.dtype() == dtype { q } else { q.cast(dtype) }));
         }
         if self.config.uses_continuous() {
             let v = self.llava.image_features(img.clip.clone());

@@ -23,3 +23,22 @@ pub fn softmax_f32<B: Backend, const D: usize>(x: Tensor<B, D>, dim: usize) -> T
     }
     burn::tensor::activation::softmax(x.cast(DType::F32), dim).cast(dtype)
 }
+
+/// `ln(x)` with the mean and variance computed in f32 when `x` is in half precision (as
+/// PyTorch's layer norm kernels accumulate), the affine map in `x`'s dtype.
+pub fn layer_norm_f32<B: Backend, const D: usize>(
+    ln: &burn::nn::LayerNorm<B>, x: Tensor<B, D>, eps: f64,
+) -> Tensor<B, D> {
+    let dtype = x.dtype();
+    if dtype == DType::F32 {
+        return ln.forward(x);
+    }
+    let x = x.cast(DType::F32);
+    let centred = x.clone() - x.mean_dim(D - 1);
+    let var = centred.clone().powi_scalar(2).mean_dim(D - 1);
+    let y = (centred / (var + eps).sqrt()).cast(dtype) * ln.gamma.val().unsqueeze();
+    match &ln.beta {
+        Some(b) => y + b.val().unsqueeze(),
+        None => y,
+    }
+}

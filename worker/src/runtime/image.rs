@@ -56,7 +56,8 @@ pub fn mgvq_pixels<B: Backend>(model: &Htc<B>, img: &RgbImage, device: &B::Devic
         (Some(mc), true) => {
             let s = mc.image_size;
             let px = htc_shared::mgvq::preprocess(img, s as u32);
-            Some(Tensor::from_data(TensorData::new(px, [1, 3, s, s]), device))
+            // f32, the tokenizer's dtype whatever `--dtype` (see `models::htc`).
+            Some(Tensor::from_data(TensorData::new(px, [1, 3, s, s]), (device, burn::tensor::DType::F32)))
         }
         _ => None,
     }

@@ -349,7 +349,8 @@ pub fn load_tokenizer<B: Backend>(dir: &Path, device: &B::Device) -> Result<(Mgv
         mc.with_context(|| format!("{} has no MGVQ tokenizer (no `mgvq` config)", dir.display()))?,
     )?;
     let src = WeightSource::open_dir(dir)?;
-    let vb = Loader::<B>::new(&src, device).pp(prefix);
+    // In f32 whatever `--dtype`, as the HTC model keeps its tokenizer (`models::htc`).
+    let vb = Loader::<B>::new(&src, device).with_dtype(burn::tensor::DType::F32).pp(prefix);
     let enc =
         Mgvq::load(&vb, &mc).with_context(|| format!("loading the MGVQ weights of {}", dir.display()))?;
     let dec = match cfg.get("decoder").filter(|_| tokenizer_dir) {
