@@ -92,7 +92,7 @@ pub fn resolve_dtype(choice: DtypeChoice, model: Option<&std::path::Path>) -> (D
 
 /// Whether the compiled backend has a bf16 matrix product.
 fn bf16_matmul() -> bool {
-    !(cfg!(feature = "candle") && !cfg!(any(feature = "cuda", feature = "wgpu")))
+    !cfg!(feature = "candle") || cfg!(any(feature = "cuda", feature = "wgpu"))
 }
 
 impl Dtype {
