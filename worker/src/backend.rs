@@ -90,9 +90,10 @@ pub fn resolve_dtype(choice: DtypeChoice, model: Option<&std::path::Path>) -> (D
     }
 }
 
-/// Whether the compiled backend has a bf16 matrix product.
+/// Whether the compiled backend computes in bf16: cuda and flex do; candle's CPU matrix
+/// product has no bf16, WGSL (wgpu) has no bf16 type, ndarray no half types.
 fn bf16_matmul() -> bool {
-    !cfg!(feature = "candle") || cfg!(any(feature = "cuda", feature = "wgpu"))
+    matches!(name(), "cuda" | "flex")
 }
 
 impl Dtype {
@@ -132,21 +133,23 @@ pub fn set_dtype(dtype: Dtype) -> anyhow::Result<()> {
     };
     // burn-candle lists bf16 among its dtypes, but candle's CPU matmul has no bf16 kernel:
     // the first product would fail deep inside a forward pass, so refuse it here.
-    if dtype == Dtype::Bf16 && !bf16_matmul() {
+    if dtype == Dtype::Bf16 && name() == "candle" {
         anyhow::bail!(
             "--dtype bf16: the candle CPU backend has no bf16 matrix product; use --dtype f16 on the CPU \
              (or bf16 with `--features cuda`)"
         );
     }
     let int = <burn::tensor::ops::IntElem<Backend> as Element>::dtype();
-    let _ = DTYPE.set(dtype);
     burn::tensor::set_default_dtypes::<Backend>(&device(), float, int).map_err(|e| {
         anyhow::anyhow!(
-            "--dtype {}: the {} backend cannot compute in it ({e}); build with `--features candle` (CPU),              `flex`, `wgpu` or `cuda`",
+            "--dtype {}: the {} backend cannot compute in it ({e}); f16 runs on candle, flex, wgpu and cuda, \
+             bf16 on cuda and flex",
             dtype.name(),
             name()
         )
-    })
+    })?;
+    let _ = DTYPE.set(dtype);
+    Ok(())
 }
 
 /// The device the worker runs on.
