@@ -491,6 +491,34 @@ async fn a_person_asks_about_an_image_and_reads_the_answer() {
     screenshot(&client, "compare").await;
     client.find(Locator::Css("#compare")).await.unwrap().click().await.unwrap();
 
+    // The mode setting (the demo model offers htc and none): asked in mode `none` alone, the
+    // answer says so; then back to the model's own.
+    let choose_mode = |value: &'static str| {
+        let client = client.clone();
+        async move {
+            let js = format!(
+                "document.querySelector('details.settings').open = true;
+                 const s = [...document.querySelectorAll('details.settings label')]
+                   .find(l => l.textContent.startsWith('Mode')).querySelector('select');
+                 s.value = '{value}'; s.dispatchEvent(new Event('change'));
+                 [...document.querySelectorAll('details.settings button')]
+                   .find(b => b.textContent.trim() === 'Save settings').click();"
+            );
+            client.execute(&js, vec![]).await.unwrap();
+            let saved = wait_for(&client, "#settings-message").await.text().await.unwrap();
+            assert_eq!(saved, "saved");
+        }
+    };
+    choose_mode("none").await;
+    assert_eq!(ask(&client, "What color is the star?").await.trim(), "red");
+    let last = client.find_all(Locator::Css(".turn")).await.unwrap().pop().unwrap().text().await.unwrap();
+    assert!(last.contains("mode none: all patches"), "{last}");
+    choose_mode("").await;
+    assert_eq!(ask(&client, "What color is the star?").await.trim(), "red");
+    let last = client.find_all(Locator::Css(".turn")).await.unwrap().pop().unwrap().text().await.unwrap();
+    assert!(!last.contains("mode none"), "the model's own mode again: {last}");
+    client.execute("document.querySelector('details.settings').open = false;", vec![]).await.unwrap();
+
     // A phone-width screen: nothing wider than the window.
     client.set_window_size(375, 800).await.unwrap();
     let overflow = client
@@ -559,7 +587,11 @@ async fn stop_ends_an_answer_mid_stream() {
     // Tokens are arriving.
     wait_for(&client, "#answer[data-state='streaming']:not(:empty)").await;
     screenshot(&client, "answering").await;
-    client.find(Locator::XPath("//button[normalize-space()='Stop']")).await.unwrap().click().await.unwrap();
+    // The streaming answer grows and can move the button under WebDriver's pointer between
+    // its locating and its click; the element's own click() lands on it wherever it is.
+    let click_stop =
+        "[...document.querySelectorAll('button')].find(b => b.textContent.trim() === 'Stop').click()";
+    client.execute(click_stop, vec![]).await.unwrap();
     wait_for(&client, "#answer[data-state='stopped']").await;
     let status = wait_for(&client, ".turn:nth-child(1) .turn-status").await.text().await.unwrap();
     assert!(status.contains("stopped"), "{status}");
@@ -579,15 +611,7 @@ async fn stop_ends_an_answer_mid_stream() {
     ask_button.click().await.unwrap();
     wait_for(&client, ".turn:nth-child(2) .turn-status").await;
     wait_for(&client, "#answer[data-state='streaming']:not(:empty)").await;
-    // The streaming answer grows and moves the button under WebDriver's pointer between its
-    // locating and its click; the element's own click() lands on it wherever it is.
-    client
-        .execute(
-            "[...document.querySelectorAll('button')].find(b => b.textContent.trim() === 'Stop').click()",
-            vec![],
-        )
-        .await
-        .unwrap();
+    client.execute(click_stop, vec![]).await.unwrap();
     wait_for(&client, "#answer[data-state='stopped']").await;
     wait_for(&client, "#status[data-connection='ready']").await;
     client.close().await.unwrap();

@@ -533,12 +533,17 @@ impl Session {
         if self.conversation.with_untracked(|c| c.open_turn().is_some()) {
             return Err("an answer is still coming; Stop it first".into());
         }
-        // With the compare switch, the same question in mode `none` first, then in the
-        // model's own mode (the newest turn, which the live region shows).
-        let own = self.model.with_untracked(|m| m.as_ref().and_then(|m| m.mode));
-        let modes = match self.compare_mode() {
+        // The mode chosen in the settings, where this model offers it (`None`: its own).
+        let chosen = self.settings.with_untracked(|s| s.mode);
+        let asked =
+            self.model.with_untracked(|m| m.as_ref().and_then(|m| crate::state::asked_mode(chosen, m)));
+        // With the compare switch, the same question in mode `none` first, then in the asked
+        // mode (the newest turn, which the live region shows); nothing to compare when the
+        // asked mode is `none` itself.
+        let own = asked.or_else(|| self.model.with_untracked(|m| m.as_ref().and_then(|m| m.mode)));
+        let modes = match self.compare_mode().filter(|other| own != Some(*other)) {
             Some(other) => vec![Some(other), own],
-            None => vec![None],
+            None => vec![asked],
         };
         let result = self.send_turns(question, modes);
         self.notice.set(None);

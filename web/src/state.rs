@@ -262,6 +262,15 @@ pub fn compare_mode(card: &htc_shared::protocol::ModelCard) -> Option<htc_shared
     (card.mode != Some(HtcMode::None) && card.modes.contains(&HtcMode::None)).then_some(HtcMode::None)
 }
 
+/// The mode a question goes in: the one chosen in the settings when this model offers it and
+/// it is not the model's own, else `None` (the model's own; a mode chosen for another model
+/// is ignored).
+pub fn asked_mode(
+    chosen: Option<htc_shared::config::HtcMode>, card: &htc_shared::protocol::ModelCard,
+) -> Option<htc_shared::config::HtcMode> {
+    chosen.filter(|m| card.modes.contains(m) && card.mode != Some(*m))
+}
+
 /// Where the image of the newest question was tokenised, in words for the status.
 pub fn tokenised_words(browser: Option<(&str, f64)>) -> String {
     match browser {
@@ -310,6 +319,8 @@ pub struct Settings {
     pub top_p: f32,
     pub max_new_tokens: usize,
     pub backend: BackendChoice,
+    /// The mode to ask in, when the model offers several; `None`: the model's own.
+    pub mode: Option<htc_shared::config::HtcMode>,
 }
 
 impl Default for Settings {
@@ -321,6 +332,7 @@ impl Default for Settings {
             top_p: 1.0,
             max_new_tokens: 64,
             backend: BackendChoice::Auto,
+            mode: None,
         }
     }
 }
@@ -681,5 +693,29 @@ mod tests {
         assert!(EncoderState::Failed("HTTP 404".into()).describe().contains("the worker tokenises"));
         assert_eq!(tokenised_words(Some(("cpu", 12.4))), "browser, backend: cpu, 12 ms");
         assert_eq!(tokenised_words(None), "worker");
+    }
+
+    #[test]
+    fn the_chosen_mode_applies_only_where_the_model_offers_it() {
+        use htc_shared::config::HtcMode;
+        let card: htc_shared::protocol::ModelCard = serde_json::from_value(serde_json::json!({
+            "name": "m", "architecture": "htc", "random_init": false, "backend": "cpu", "mode": "htc",
+            "n_discrete": 4, "n_voco": 1, "image_size": 168, "image_tokens": 9, "hidden_size": 192,
+            "layers": 4, "vocab_size": 128, "has_tokenizer": true, "mgvq": null, "codebook_size": null,
+            "modes": ["htc", "none"]
+        }))
+        .unwrap();
+        assert_eq!(asked_mode(Some(HtcMode::None), &card), Some(HtcMode::None));
+        assert_eq!(asked_mode(Some(HtcMode::Htc), &card), None, "the model's own mode");
+        assert_eq!(asked_mode(Some(HtcMode::Voco), &card), None, "not offered by this model");
+        assert_eq!(asked_mode(None, &card), None);
+        // Stored settings without a mode (older pages) still load.
+        let old = Settings::from_stored(Some(r#"{"temperature": 0.5}"#));
+        assert_eq!((old.mode, old.temperature), (None, 0.5));
+        let s = Settings { mode: Some(HtcMode::None), ..Settings::default() };
+        assert_eq!(
+            Settings::from_stored(Some(&serde_json::to_string(&s).unwrap())).mode,
+            Some(HtcMode::None)
+        );
     }
 }

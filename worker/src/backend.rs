@@ -49,6 +49,16 @@ pub enum DtypeChoice {
     Bf16,
 }
 
+/// `--dtype` for the inference commands (ask, serve, eval, tokenize, bench).
+#[derive(clap::Args, Clone, Copy, Debug, Default)]
+pub struct DtypeArg {
+    /// Float precision of weights, activations and the KV cache; norms and softmax accumulate
+    /// in f32 and the MGVQ tokenizer stays f32. `auto`: the checkpoint's own dtype
+    /// (config.json) where the backend computes in it, else f32.
+    #[arg(long = "dtype", value_enum, default_value = "auto", env = "HTC_DTYPE")]
+    pub choice: DtypeChoice,
+}
+
 /// The dtype a checkpoint stores its weights in, from its `config.json` (`dtype`, or the older
 /// `torch_dtype`, at the top or in `text_config`); `None` for GGUF files (dequantised to f32
 /// when loaded), checkpoints that do not say, and unknown names.

@@ -11,6 +11,8 @@ use crate::runtime::sampling::Sampling;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct AskArgs {
+    #[command(flatten)]
+    pub dtype: crate::backend::DtypeArg,
     /// HF snapshot directory (llava-hf, liuhaotian LLaVA, LLaMA) or a LLaMA .gguf file.
     #[arg(long)]
     pub model: PathBuf,

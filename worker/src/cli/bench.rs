@@ -13,6 +13,8 @@ use crate::models::lora::SPLIT_MAX_ROWS;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
+    #[command(flatten)]
+    pub dtype: crate::backend::DtypeArg,
     /// Timed repetitions per measurement (after one warm-up).
     #[arg(long, default_value_t = 5)]
     pub reps: usize,

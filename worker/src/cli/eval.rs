@@ -10,6 +10,8 @@ use crate::eval::{answer_all, read_items, Score};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct EvalArgs {
+    #[command(flatten)]
+    pub dtype: crate::backend::DtypeArg,
     /// HTC (or LLaVA) checkpoint directory.
     #[arg(long)]
     pub model: PathBuf,

@@ -27,11 +27,6 @@ use clap::{Parser, Subcommand};
 pub struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
-    /// Float precision of weights, activations and the KV cache for inference (ask, serve,
-    /// eval, tokenize, bench); norms and softmax accumulate in f32. `auto`: the checkpoint's
-    /// own dtype (config.json) where the backend computes in it, else f32. Training runs in f32.
-    #[arg(long, global = true, value_enum, default_value = "auto", env = "HTC_DTYPE")]
-    dtype: crate::backend::DtypeChoice,
 }
 
 #[derive(Subcommand)]
@@ -66,34 +61,20 @@ enum Cmd {
 
 impl Cli {
     pub fn run(self) -> Result<()> {
-        let model = match &self.cmd {
-            Cmd::Ask(a) => Some(a.model.as_path()),
-            Cmd::Eval(a) => Some(a.model.as_path()),
-            Cmd::Tokenize(a) => Some(a.model.as_path()),
-            Cmd::Serve(a) => a.model.as_deref(),
-            _ => None,
+        // The inference commands' `--dtype`, resolved against their model's checkpoint.
+        let (choice, model) = match &self.cmd {
+            Cmd::Ask(a) => (a.dtype.choice, Some(a.model.as_path())),
+            Cmd::Eval(a) => (a.dtype.choice, Some(a.model.as_path())),
+            Cmd::Tokenize(a) => (a.dtype.choice, Some(a.model.as_path())),
+            Cmd::Serve(a) => (a.dtype.choice, a.model.as_deref()),
+            Cmd::Bench(a) => (a.dtype.choice, None),
+            _ => (crate::backend::DtypeChoice::F32, None),
         };
-        let (dtype, note) = crate::backend::resolve_dtype(self.dtype, model);
+        let (dtype, note) = crate::backend::resolve_dtype(choice, model);
         if let Some(note) = note {
             tracing::warn!("{note}");
         }
-        if dtype != crate::backend::Dtype::F32 {
-            let training = match &self.cmd {
-                Cmd::Train(_) => Some("train"),
-                Cmd::TrainTokenizer(_) => Some("train-tokenizer"),
-                Cmd::PretrainVision(_) => Some("pretrain-vision"),
-                Cmd::Init(_) => Some("init"),
-                Cmd::MergeLora(_) => Some("merge-lora"),
-                _ => None,
-            };
-            if let Some(cmd) = training {
-                anyhow::bail!(
-                    "--dtype {} is for inference; `htc {cmd}` computes and writes f32",
-                    dtype.name()
-                );
-            }
-            crate::backend::set_dtype(dtype)?;
-        }
+        crate::backend::set_dtype(dtype)?;
         match self.cmd {
             Cmd::Ask(a) => ask::run(a),
             Cmd::Init(a) => init::run(a),

@@ -12,6 +12,8 @@ use crate::train::tokenizer::{load_tokenizer, to_images};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct TokenizeArgs {
+    #[command(flatten)]
+    pub dtype: crate::backend::DtypeArg,
     /// A `htc train-tokenizer` directory, or an HTC model directory with an MGVQ tokenizer.
     #[arg(long)]
     pub model: PathBuf,

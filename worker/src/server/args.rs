@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServeArgs {
+    #[command(flatten)]
+    pub dtype: crate::backend::DtypeArg,
     /// Model snapshot directory (HTC or LLaVA); without it a small randomly initialised
     /// HTC-shaped demo model is used.
     #[arg(long)]
@@ -63,6 +65,7 @@ impl ServeArgs {
     /// Defaults for tests and embedding: the demo model on an ephemeral loopback port.
     pub fn local(static_dir: PathBuf) -> Self {
         Self {
+            dtype: Default::default(),
             model: None,
             addr: "127.0.0.1:0".parse().expect("literal"),
             static_dir,
