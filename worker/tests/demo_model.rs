@@ -38,23 +38,7 @@ fn norm(a: &str) -> String {
 }
 
 fn questions(dir: &Path) -> Vec<Value> {
-    ok(
-        &htc(&[
-            "data",
-            "shapes",
-            "--out",
-            s(dir),
-            "--split",
-            "test",
-            "--images",
-            "100",
-            "--seed",
-            "4242",
-            "--questions-per-image",
-            "3",
-        ]),
-        "htc data shapes",
-    );
+    common::ci_test_set(dir);
     let v: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("test.json")).unwrap()).unwrap();
     v.as_array().unwrap().clone()
 }

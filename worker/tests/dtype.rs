@@ -103,21 +103,7 @@ fn the_demo_model_answers_the_same_in_f16() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let demo = root.join("models/shapes-demo");
     let dir = tmp("demo-data");
-    let out = htc(&[
-        "data",
-        "shapes",
-        "--out",
-        s(&dir),
-        "--split",
-        "test",
-        "--images",
-        "100",
-        "--seed",
-        "4242",
-        "--questions-per-image",
-        "3",
-    ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    common::ci_test_set(&dir);
     let answers = |dtype: &str| -> Vec<String> {
         let preds = dir.join(format!("preds-{dtype}.jsonl"));
         let out = htc(&[

@@ -20,6 +20,26 @@ pub fn htc(args: &[&str]) -> std::process::Output {
 }
 
 /// A path in this test process's scratch directory (`group` keeps test files apart).
+/// Writes CI's fresh ShapesVQA test questions for the demo model into `dir` (`test.json`
+/// and its images): 100 scenes of seed 4242, a seed no training used, 3 questions each.
+pub fn ci_test_set(dir: &Path) {
+    let out = htc(&[
+        "data",
+        "shapes",
+        "--out",
+        s(dir),
+        "--split",
+        "test",
+        "--images",
+        "100",
+        "--seed",
+        "4242",
+        "--questions-per-image",
+        "3",
+    ]);
+    assert!(out.status.success(), "htc data shapes: {}", String::from_utf8_lossy(&out.stderr));
+}
+
 pub fn tmp(group: &str, name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("htc-{group}-{}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();
