@@ -5,6 +5,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// mimalloc keeps freed memory for reuse, where glibc's malloc returns the large buffers of
+/// every intermediate tensor to the kernel and takes page faults to get them back: prefill of
+/// 512 tokens ran 10% faster with it (`htc bench --suite llm`, README "Measurements").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
