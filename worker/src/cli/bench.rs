@@ -288,11 +288,12 @@ fn llm_suite(args: &BenchArgs) -> Result<()> {
     let base = snap.model.llm().clone();
     let c = base.config().clone();
     println!(
-        "model: {} ({} layers, width {}, vocab {}), f32, {} threads",
+        "model: {} ({} layers, width {}, vocab {}), {}, {} threads",
         path.display(),
         c.num_hidden_layers,
         c.hidden_size,
         c.vocab_size,
+        backend::dtype().name(),
         rayon::current_num_threads()
     );
     let mut splits = vec![backend::row_split()];

@@ -67,7 +67,7 @@ impl Cli {
             Cmd::Eval(a) => (a.dtype.choice, Some(a.model.as_path())),
             Cmd::Tokenize(a) => (a.dtype.choice, Some(a.model.as_path())),
             Cmd::Serve(a) => (a.dtype.choice, a.model.as_deref()),
-            Cmd::Bench(a) => (a.dtype.choice, None),
+            Cmd::Bench(a) => (a.dtype.choice, a.model.as_deref()),
             _ => (crate::backend::DtypeChoice::F32, None),
         };
         let (dtype, note) = crate::backend::resolve_dtype(choice, model);
