@@ -105,8 +105,8 @@ impl<'a, B: Backend> Loader<'a, B> {
     ) -> Param<Tensor<B, D>> {
         let id = id_for_path(&key);
         let value = match self.dtype {
-            Some(d) if value.dtype() != d => value.cast(d),
-            _ => value,
+            Some(d) => value.cast(d),
+            None => value,
         };
         self.names
             .lock()

@@ -40,10 +40,9 @@ impl<B: Backend> RmsNorm2d<B> {
     fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [_, c, _, _] = x.dims();
         // The mean of squares in f32 whatever `x`'s dtype (as burn's RmsNorm).
-        let (x32, dtype) = to_f32(x.clone());
-        let rms = (x32.powi_scalar(2).mean_dim(1) + self.eps).sqrt();
-        x / from_f32(rms, dtype) * self.weight.val().reshape([1, c, 1, 1])
-            + self.bias.val().reshape([1, c, 1, 1])
+        let dtype = x.dtype();
+        let rms = (x.clone().cast(DType::F32).powi_scalar(2).mean_dim(1) + self.eps).sqrt();
+        x / rms.cast(dtype) * self.weight.val().reshape([1, c, 1, 1]) + self.bias.val().reshape([1, c, 1, 1])
     }
 }
 
@@ -221,7 +220,9 @@ impl<B: Backend> EvitGlu<B> {
         let heads = c / d;
         // The linear attention in f32 whatever the model's dtype, as the reference (its sums
         // over all positions and the 1e-15 guard are lost in half precision).
-        let (qkv, dtype) = to_f32(self.qkv.forward(x).reshape([b, heads, 3 * d, h * w]));
+        let qkv = self.qkv.forward(x).reshape([b, heads, 3 * d, h * w]);
+        let dtype = qkv.dtype();
+        let qkv = qkv.cast(DType::F32);
         let q = relu(qkv.clone().slice([0..b, 0..heads, 0..d, 0..h * w]));
         let k = relu(qkv.clone().slice([0..b, 0..heads, d..2 * d, 0..h * w]));
         let v = qkv.slice([0..b, 0..heads, 2 * d..3 * d, 0..h * w]);
@@ -230,7 +231,7 @@ impl<B: Backend> EvitGlu<B> {
         let out = v.matmul(k.swap_dims(2, 3)).matmul(q); // [b, heads, d + 1, hw]
         let num = out.clone().slice([0..b, 0..heads, 0..d, 0..h * w]);
         let den = out.slice([0..b, 0..heads, d..d + 1, 0..h * w]) + 1e-15;
-        let out = from_f32((num / den).reshape([b, c, h, w]), dtype);
+        let out = (num / den).reshape([b, c, h, w]).cast(dtype);
         self.proj_norm.forward(self.proj.forward(out))
     }
 
@@ -357,7 +358,7 @@ impl<B: Backend> Mgvq<B> {
     pub fn latent(&self, pixels: Tensor<B, 4>) -> Tensor<B, 4> {
         // In the weights' dtype (f32 under a half-precision model: see `Loader::with_dtype`).
         let dtype = self.codebook.val().dtype();
-        let pixels = if pixels.dtype() == dtype { pixels } else { pixels.cast(dtype) };
+        let pixels = pixels.cast(dtype);
         let mut h = self.project_in.forward(pixels);
         if self.unshuffle_in {
             h = pixel_unshuffle(h);
@@ -379,8 +380,9 @@ impl<B: Backend> Mgvq<B> {
         let n = b * hh * ww;
         // Distances in f32 whatever the model's dtype: half precision cannot tell apart codes
         // a few thousandths apart.
-        let (latent, dtype) = to_f32(latent);
-        let codebook = l2_normalize(to_f32(self.codebook.val()).0);
+        let dtype = latent.dtype();
+        let latent = latent.cast(DType::F32);
+        let codebook = l2_normalize(self.codebook.val().cast(DType::F32));
         let (mut zs, mut qs, mut indices) =
             (Vec::with_capacity(g), Vec::with_capacity(g), Vec::with_capacity(g));
         for i in 0..g {
@@ -401,7 +403,7 @@ impl<B: Backend> Mgvq<B> {
             zs.push(to_map(zi));
             indices.push(idx);
         }
-        Quantized { z: from_f32(Tensor::cat(zs, 1), dtype), q: from_f32(Tensor::cat(qs, 1), dtype), indices }
+        Quantized { z: Tensor::cat(zs, 1).cast(dtype), q: Tensor::cat(qs, 1).cast(dtype), indices }
     }
 
     /// Encodes pixels in [-1, 1], `[b, 3, s, s]`, to the latent, `q` and the codes.
@@ -511,25 +513,6 @@ pub fn codes_from_data(data: burn::tensor::TensorData) -> Result<Vec<Vec<u16>>> 
                 .collect()
         })
         .collect()
-}
-
-/// `x` in f32 and its own dtype (no copy when it is f32 already).
-fn to_f32<B: Backend, const D: usize>(x: Tensor<B, D>) -> (Tensor<B, D>, DType) {
-    let dtype = x.dtype();
-    if dtype == DType::F32 {
-        (x, dtype)
-    } else {
-        (x.cast(DType::F32), dtype)
-    }
-}
-
-/// `x` (f32) back in `dtype`.
-fn from_f32<B: Backend, const D: usize>(x: Tensor<B, D>, dtype: DType) -> Tensor<B, D> {
-    if dtype == DType::F32 {
-        x
-    } else {
-        x.cast(dtype)
-    }
 }
 
 /// Rows divided by their L2 norm (clamped at 1e-12, as `F.normalize`).

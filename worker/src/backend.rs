@@ -29,8 +29,7 @@ compile_error!("enable one backend feature: ndarray (default), candle, flex, wgp
 /// cache are stored in it; norms and softmax accumulate in f32 whatever it is (burn's
 /// `RmsNorm`, `models::softmax_f32`, `models::layer_norm_f32`), the MGVQ tokenizer stays f32,
 /// and logits are read back as f32.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Dtype {
     #[default]
     F32,
@@ -112,14 +111,6 @@ impl Dtype {
             Self::F32 => "f32",
             Self::F16 => "f16",
             Self::Bf16 => "bf16",
-        }
-    }
-
-    /// Bytes per stored element.
-    pub fn bytes(self) -> usize {
-        match self {
-            Self::F32 => 4,
-            Self::F16 | Self::Bf16 => 2,
         }
     }
 }

@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use burn::tensor::{Tensor, TensorData};
 
 use crate::backend::{self, Backend};
 use crate::runtime::image::read_image_file;
@@ -32,12 +31,7 @@ pub fn run(a: TokenizeArgs) -> Result<()> {
     let (enc, dec) = load_tokenizer::<Backend>(&a.model, &device)?;
     let c = enc.config().clone();
     let img = read_image_file(&a.image)?;
-    let s = c.image_size;
-    let px = htc_shared::mgvq::preprocess(&img, s as u32);
-    let x = Tensor::<Backend, 4>::from_data(
-        TensorData::new(px, [1, 3, s, s]),
-        (&device, burn::tensor::DType::F32),
-    );
+    let x = enc.pixels_of(&img);
     let e = enc.encode(x)?;
     let side = c.latent_side();
     if a.json {

@@ -219,8 +219,7 @@ impl<B: Backend> Htc<B> {
                 (None, Some(px)) => m.encode(px.clone())?.q,
                 (None, None) => bail!("mode {:?} needs MGVQ pixel values", self.config.mode),
             };
-            let dtype = parts[0].dtype();
-            parts.push(p.forward(if q.dtype() == dtype { q } else { q.cast(dtype) }));
+            parts.push(p.forward(q.cast(parts[0].dtype())));
         }
         if self.config.uses_continuous() {
             let v = self.llava.image_features(img.clip.clone());

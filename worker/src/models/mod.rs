@@ -18,9 +18,6 @@ use burn::tensor::{backend::Backend, DType, Tensor};
 /// for attention), and returned in `x`'s dtype.
 pub fn softmax_f32<B: Backend, const D: usize>(x: Tensor<B, D>, dim: usize) -> Tensor<B, D> {
     let dtype = x.dtype();
-    if dtype == DType::F32 {
-        return burn::tensor::activation::softmax(x, dim);
-    }
     burn::tensor::activation::softmax(x.cast(DType::F32), dim).cast(dtype)
 }
 

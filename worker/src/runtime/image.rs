@@ -50,17 +50,10 @@ pub fn pixel_values_file<B: Backend>(p: &Path, size: usize, device: &B::Device) 
     Ok(Tensor::from_data(TensorData::new(t.data, [1, 3, size, size]), device))
 }
 
-/// MGVQ pixel values `[1, 3, s, s]` in [-1, 1], when the model's mode uses MGVQ.
-pub fn mgvq_pixels<B: Backend>(model: &Htc<B>, img: &RgbImage, device: &B::Device) -> Option<Tensor<B, 4>> {
-    match (&model.config.mgvq, model.config.uses_discrete()) {
-        (Some(mc), true) => {
-            let s = mc.image_size;
-            let px = htc_shared::mgvq::preprocess(img, s as u32);
-            // f32, the tokenizer's dtype whatever `--dtype` (see `models::htc`).
-            Some(Tensor::from_data(TensorData::new(px, [1, 3, s, s]), (device, burn::tensor::DType::F32)))
-        }
-        _ => None,
-    }
+/// MGVQ pixel values `[1, 3, s, s]` in [-1, 1], in the tokenizer's dtype
+/// ([`htc_shared::mgvq::Mgvq::pixels_of`]), when the model's mode uses MGVQ.
+pub fn mgvq_pixels<B: Backend>(model: &Htc<B>, img: &RgbImage) -> Option<Tensor<B, 4>> {
+    model.mgvq.as_ref().filter(|_| model.config.uses_discrete()).map(|m| m.pixels_of(img))
 }
 
 /// Both inputs of an HTC model for a decoded image.
@@ -70,7 +63,7 @@ pub fn image_tensors<B: Backend>(
     let size = model.llava.vision.image_size();
     Ok(ImageTensors {
         clip: clip_pixels(preprocess, img, size, device)?,
-        mgvq: mgvq_pixels(model, img, device),
+        mgvq: mgvq_pixels(model, img),
         codes: None,
     })
 }

@@ -181,8 +181,7 @@ fn make_batch<B: Backend>(
         if let (Some(mgvq), Some(out)) = (&model.mgvq, batch_codes.as_mut()) {
             if need_codes {
                 let img = img.as_ref().expect("decoded when its codes are missing");
-                let px =
-                    mgvq_pixels(model, img, device).context("the model has MGVQ but takes no MGVQ input")?;
+                let px = mgvq_pixels(model, img).context("the model has MGVQ but takes no MGVQ input")?;
                 codes.insert(e.image.clone(), mgvq.encode(px)?.codes);
             }
             out.extend(codes[&e.image].iter().cloned());
