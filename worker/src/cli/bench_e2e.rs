@@ -157,8 +157,7 @@ fn random_image(device: &burn::tensor::Device<Backend>) -> ImageTensors<Backend>
 /// `htc bench --suite memory`: the memory one HTC answer takes in the current `--dtype`: the
 /// model built at random, then one new image compressed (vision tower, MGVQ, the prefix through
 /// the LLM), the question and `new_tokens` greedy steps; prints the parameters' stored size (each
-/// in its own dtype) and
-/// the peak resident memory after building and after answering.
+/// in its own dtype) and the peak resident memory after building and after answering.
 pub fn memory(a: E2eArgs) -> Result<()> {
     let device = backend::device();
     let (model, text, init_s) = build(&a)?;
