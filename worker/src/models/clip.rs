@@ -7,7 +7,6 @@ use anyhow::Result;
 use burn::module::{Initializer, Module, Param};
 use burn::nn::conv::Conv2d;
 use burn::nn::{LayerNorm, Linear};
-use burn::tensor::activation::sigmoid;
 use burn::tensor::{backend::Backend, Tensor};
 
 pub use htc_shared::config::ClipVisionConfig as Config;
@@ -59,7 +58,7 @@ pub struct EncoderLayer<B: Backend> {
 }
 
 fn quick_gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    x.clone() * sigmoid(x * 1.702)
+    super::x_sigmoid(x, 1.702)
 }
 
 impl<B: Backend> EncoderLayer<B> {

@@ -21,6 +21,21 @@ pub fn softmax_f32<B: Backend, const D: usize>(x: Tensor<B, D>, dim: usize) -> T
     burn::tensor::activation::softmax(x.cast(DType::F32), dim).cast(dtype)
 }
 
+/// `x * sigmoid(a * x)` (SiLU for `a = 1`, CLIP's quick GELU for `a = 1.702`), as
+/// `x / (1 + exp(-a x))` outside autodiff: burn's sigmoid computes `exp(-ln(1 + exp(-x)))`, three
+/// transcendental passes and six tensors, where this takes one `exp` and four tensors (SmolLM2
+/// prefill spent about a tenth of its time there). In f32 only: half-precision inputs keep burn's
+/// form (sigmoid in f32, the product in the input's dtype), whose answers the half-precision
+/// tests pin; and under autodiff burn's form is kept too, as this one's gradient is NaN where
+/// `exp(-a x)` overflows (a x < -88).
+pub fn x_sigmoid<B: Backend, const D: usize>(x: Tensor<B, D>, a: f64) -> Tensor<B, D> {
+    if B::ad_enabled(&x.device()) || x.dtype() != DType::F32 {
+        let s = if a == 1.0 { x.clone() } else { x.clone().mul_scalar(a) };
+        return x * burn::tensor::activation::sigmoid(s);
+    }
+    x.clone() / x.mul_scalar(-a).exp().add_scalar(1.0)
+}
+
 /// `ln(x)` with the mean and variance computed in f32 when `x` is in half precision (as
 /// PyTorch's layer norm kernels accumulate), the affine map in `x`'s dtype.
 pub fn layer_norm_f32<B: Backend, const D: usize>(
