@@ -89,6 +89,44 @@ fn llama_causal_and_custom_mask_logits_match() {
     assert!(got.iter().zip(&causal).any(|(a, b)| (a - b).abs() > 1e-2));
 }
 
+/// A prefill split over threads (how the CPU engine prefills a long prompt: blocks of query
+/// rows on rayon's pool) gives one pass's logits and attention maps, causal and under a
+/// custom mask, within 1e-5 x the logits' scale (the blocks' products may round differently).
+#[test]
+fn a_prefill_in_row_blocks_on_threads_equals_one_pass() {
+    let (m, _) = tiny_llama();
+    let device = backend::device();
+    // 150 positions: at the tiny model's width the blocks hold 64 rows at 2 threads, 50 at 3.
+    let t = 150;
+    let ids: Vec<u32> = (0..t as u32).map(|i| (i * 37 + 11) % 128).collect();
+    let pos: Vec<usize> = (0..t).collect();
+    // A mask that is not causal: every query also sees the first 10 positions' future
+    // neighbour.
+    let custom: Vec<f32> = (0..t)
+        .flat_map(|q| (0..t).map(move |k| if k <= q || (q < 10 && k == q + 1) { 0.0 } else { f32::MIN }))
+        .collect();
+    let run = |m: &Llama<Backend>, mask: Option<&Vec<f32>>| {
+        let mask = mask.map(|d| Tensor::<Backend, 2>::from_data(TensorData::new(d.clone(), [t, t]), &device));
+        let out = m.forward(
+            m.embed(&ids),
+            Step { positions: &pos, mask, want_attention: true, self_only: 0 },
+            &mut m.new_cache(),
+        );
+        let attention: Vec<f32> = out.attention.into_iter().flat_map(to_vec).collect();
+        (to_vec(m.logits(out.hidden)), attention)
+    };
+    for mask in [None, Some(&custom)] {
+        let (logits, attention) = run(&m, mask);
+        assert_eq!(attention.len(), m.config().num_hidden_layers * t * t);
+        for split in [2, 3] {
+            let (l, a) = run(&m.clone().with_row_split(split), mask);
+            let what = if mask.is_some() { "custom mask" } else { "causal" };
+            assert_close(&format!("{what} logits, split {split}"), &l, &logits, 1e-5);
+            assert_close(&format!("{what} attention, split {split}"), &a, &attention, 1e-5);
+        }
+    }
+}
+
 #[test]
 fn kv_cache_decoding_equals_full_recompute() {
     let (m, exp) = tiny_llama();

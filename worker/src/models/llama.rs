@@ -64,6 +64,10 @@ fn apply_rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4
     x * cos.clone() + rotated * sin.clone()
 }
 
+/// Attention scores per block of query rows in a prefill on a CPU backend (1 MB of f32): a
+/// block's scores stay in cache from the product with the keys to the one with the values.
+const PREFILL_BLOCK_SCORES: usize = 1 << 18;
+
 /// Query rows per key/value head up to which attention scores are computed as `K qᵀ`.
 const DECODE_ROWS: usize = 16;
 
@@ -156,14 +160,15 @@ impl<B: Backend> Attention<B> {
     }
 
     /// `x: [b, t, d]`; `mask: [t, past + t]` additive; returns the output and the attention
-    /// probabilities `[b, heads, t - self_only, past + t]` of the rows that were scored.
+    /// probabilities `[b, heads, t - self_only, past + t]` of the rows that were scored, as
+    /// blocks of rows (see [`Self::attend`]).
     /// The first `self_only` rows (the caller guarantees an empty cache) attend to themselves
     /// alone: their output is their own value.
     fn forward(
         &self, x: Tensor<B, 3>, rope: (&Tensor<B, 4>, &Tensor<B, 4>), mask: Option<&Tensor<B, 4>>,
         cache: &mut Option<(Tensor<B, 4>, Tensor<B, 4>)>, tail: &mut Option<(Tensor<B, 4>, Tensor<B, 4>)>,
         self_only: usize,
-    ) -> (Tensor<B, 3>, Tensor<B, 4>) {
+    ) -> (Tensor<B, 3>, Vec<Tensor<B, 4>>) {
         let (q, k, v) = self.qkv(x, rope);
         let (out, probs) = self.attend(q, k, v, mask, cache, tail, self_only);
         (self.o_proj.forward(out), probs)
@@ -184,13 +189,13 @@ impl<B: Backend> Attention<B> {
 
     /// The attention of [`Self::forward`] between the projections: stores `k`, `v` in the
     /// cache and returns the heads' outputs `[b, t, heads * hd]` (before `o_proj`) and the
-    /// probabilities.
+    /// probabilities, as blocks of rows (dimension 2) to concatenate, in order, if wanted.
     #[allow(clippy::too_many_arguments)]
     fn attend(
         &self, q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, mask: Option<&Tensor<B, 4>>,
         cache: &mut Option<(Tensor<B, 4>, Tensor<B, 4>)>, tail: &mut Option<(Tensor<B, 4>, Tensor<B, 4>)>,
         self_only: usize,
-    ) -> (Tensor<B, 3>, Tensor<B, 4>) {
+    ) -> (Tensor<B, 3>, Vec<Tensor<B, 4>>) {
         let [b, _, t, hd] = q.dims();
         let n = self_only;
         // The keys and values attended to, in order: the cache, its tail, the new positions.
@@ -268,9 +273,33 @@ impl<B: Backend> Attention<B> {
                 })
                 .collect();
             let (scored, probs): (Vec<_>, Vec<_>) = groups.into_iter().unzip();
-            (Tensor::cat(scored, 1), Tensor::cat(probs, 1))
+            (Tensor::cat(scored, 1), vec![Tensor::cat(probs, 1)])
+        } else if self.o_proj.split > 1 && b == 1 && tq > DECODE_ROWS {
+            // A prefill on a CPU backend: blocks of query rows, each block's scores small
+            // enough to stay in cache through the mask, softmax and product with the values,
+            // the blocks on rayon's pool (the elementwise kernels run on one core each, and
+            // the whole score matrix of a long prompt passes through memory several times).
+            let s = ks.iter().map(|k| k.dims()[2]).sum::<usize>();
+            let threads = self.o_proj.split;
+            let rows = (PREFILL_BLOCK_SCORES / (h * s)).max(DECODE_ROWS).min(tq.div_ceil(threads));
+            let blocks: Vec<(usize, usize)> =
+                (0..tq).step_by(rows).map(|a| (a, (a + rows).min(tq))).collect();
+            let done: Vec<(Tensor<B, 4>, Tensor<B, 4>)> = blocks
+                .par_iter()
+                .map(|&(a, e)| {
+                    let qb = q.clone().slice([0..b, 0..h, a..e, 0..hd]);
+                    let mb = mask.as_ref().map(|m| {
+                        let [mb, mh, _, ms] = m.dims();
+                        m.clone().slice([0..mb, 0..mh, a..e, 0..ms])
+                    });
+                    grouped_attention(qb, &ks, &vs, mb, rep)
+                })
+                .collect();
+            let (scored, probs): (Vec<_>, Vec<_>) = done.into_iter().unzip();
+            (Tensor::cat(scored, 2), probs)
         } else {
-            grouped_attention(q, &ks, &vs, mask, rep)
+            let (o, p) = grouped_attention(q, &ks, &vs, mask, rep);
+            (o, vec![p])
         };
         let v = vs.into_iter().next().expect("one part");
         let out = if n > 0 {
@@ -545,7 +574,8 @@ impl<B: Backend> Llama<B> {
             let (h, probs) =
                 layer.self_attn.forward(normed, (&cos, &sin), mask.as_ref(), kv, tail, self_only);
             if step.want_attention {
-                attention.push(probs.mean_dim(1).squeeze_dim::<3>(1));
+                let means = probs.into_iter().map(|p| p.mean_dim(1).squeeze_dim::<3>(1)).collect();
+                attention.push(Tensor::cat(means, 1));
             }
             x = x + h;
             x = x.clone() + layer.mlp.forward(layer.post_attention_layernorm.forward(x));
