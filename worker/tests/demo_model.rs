@@ -13,10 +13,10 @@ use common::{htc, s, tmp};
 use serde_json::Value;
 
 /// Measured on these 300 questions when the model was committed: see models/shapes-demo/README.md.
-const MEASURED: f64 = 205.0 / 300.0;
+const MEASURED: f64 = 206.0 / 300.0;
 /// The floor: a little below the measurement, so a change that breaks loading, preprocessing,
 /// the prompt or decoding fails, while a backend's last-bit differences do not.
-const THRESHOLD: f64 = 0.63;
+const THRESHOLD: f64 = 0.65;
 // The floor sits below the measurement and above the answer prior (about 38%).
 const _: () = assert!(THRESHOLD < MEASURED && THRESHOLD > 0.5);
 
