@@ -252,7 +252,8 @@ impl<B: Backend> Attention<B> {
         // attention itself.
         let threads = self.o_proj.split.min(kvh);
         let one_mask_row = mask.as_ref().is_none_or(|m| m.dims()[1] == 1);
-        let long = ks.iter().map(|k| k.dims()[2]).sum::<usize>() >= ATTENTION_SPLIT_MIN;
+        let keys = ks.iter().map(|k| k.dims()[2]).sum::<usize>();
+        let long = keys >= ATTENTION_SPLIT_MIN;
         let (scored, probs) = if threads > 1 && b == 1 && rep * tq <= DECODE_ROWS && one_mask_row && long {
             let bounds: Vec<(usize, usize)> =
                 (0..threads).map(|i| (i * kvh / threads, (i + 1) * kvh / threads)).collect();
@@ -279,9 +280,8 @@ impl<B: Backend> Attention<B> {
             // enough to stay in cache through the mask, softmax and product with the values,
             // the blocks on rayon's pool (the elementwise kernels run on one core each, and
             // the whole score matrix of a long prompt passes through memory several times).
-            let s = ks.iter().map(|k| k.dims()[2]).sum::<usize>();
             let threads = self.o_proj.split;
-            let rows = (PREFILL_BLOCK_SCORES / (h * s)).max(DECODE_ROWS).min(tq.div_ceil(threads));
+            let rows = (PREFILL_BLOCK_SCORES / (h * keys)).max(DECODE_ROWS).min(tq.div_ceil(threads));
             let blocks: Vec<(usize, usize)> =
                 (0..tq).step_by(rows).map(|a| (a, (a + rows).min(tq))).collect();
             let done: Vec<(Tensor<B, 4>, Tensor<B, 4>)> = blocks
