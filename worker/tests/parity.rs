@@ -316,6 +316,55 @@ fn split_products_equal_one_matmul() {
     assert_eq!(to_vec(split_linear(&linear, x.clone(), 3)), to_vec(linear.forward(x)));
 }
 
+/// Projections of one input joined into one product (how the CPU engine runs q/k/v and
+/// gate/up): the joined product equals the separate ones (within 1e-6 of their scale: the
+/// kernel may block a wider product's sums differently), each projection keeps its values bit
+/// for bit as a view of the joined weight, and projections that
+/// cannot be joined (a LoRA adapter, a bias on some only) are left as they were.
+#[test]
+fn joined_projections_equal_separate_products() {
+    use burn::nn::LinearConfig;
+    use burn::tensor::Distribution;
+    use htc_worker::models::lora::{join_projections, split_last, Lora, Proj};
+    let device = backend::device();
+    let proj = |o: usize, bias: bool| Proj::<Backend> {
+        linear: LinearConfig::new(48, o).with_bias(bias).init(&device),
+        lora: None,
+        split: 1,
+    };
+    let x = Tensor::<Backend, 3>::random([2, 5, 48], Distribution::Default, &device);
+    for bias in [false, true] {
+        let (mut q, mut k, mut v) = (proj(32, bias), proj(16, bias), proj(16, bias));
+        let want: Vec<Vec<f32>> = [&q, &k, &v].iter().map(|p| to_vec(p.forward(x.clone()))).collect();
+        let before = to_vec(k.linear.weight.val());
+        let ids = [q.linear.weight.id, k.linear.weight.id, v.linear.weight.id];
+        let qkv = join_projections(&mut [&mut q, &mut k, &mut v]).expect("joinable");
+        assert_eq!(qkv.weight.dims(), [48, 64]);
+        assert_eq!(qkv.bias.is_some(), bias);
+        let parts = split_last(qkv.forward(x.clone()), &[32, 16, 16]);
+        for (i, (got, p)) in parts.into_iter().zip([&q, &k, &v]).enumerate() {
+            assert_close(
+                &format!("part {i} of the joined product (bias {bias})"),
+                &to_vec(got),
+                &want[i],
+                1e-6,
+            );
+            assert_eq!(to_vec(p.forward(x.clone())), want[i], "projection {i} as a view (bias {bias})");
+        }
+        assert_eq!(to_vec(k.linear.weight.val()), before);
+        assert_eq!([q.linear.weight.id, k.linear.weight.id, v.linear.weight.id], ids, "parameter ids kept");
+    }
+    // Not joinable: a bias on one projection only, or a LoRA adapter.
+    let (mut a, mut b) = (proj(8, true), proj(8, false));
+    assert!(join_projections(&mut [&mut a, &mut b]).is_none());
+    let (mut a, mut b) = (proj(8, false), proj(8, false));
+    let vb = Loader::<Backend>::init(&device);
+    a.lora = Some(Lora::load(&vb.pp("a"), 48, 8, 4, 2.0).expect("fresh adapter"));
+    let before = to_vec(b.linear.weight.val());
+    assert!(join_projections(&mut [&mut a, &mut b]).is_none());
+    assert_eq!(to_vec(b.linear.weight.val()), before, "left as it was");
+}
+
 /// Long decoding goes through the cache's tail and its folds (every 256 appended positions):
 /// 300 steps one token at a time give the logits of one full recompute, and `seal` keeps
 /// every position.

@@ -81,7 +81,6 @@ pub fn run(a: AskArgs) -> Result<()> {
         dump_logits: a.dump_logits,
         attention: a.attention,
     };
-    let stdout = std::io::stdout();
-    ask(&snap, &req, &device, &mut stdout.lock())?;
+    backend::on_pool(|| ask(&snap, &req, &device, &mut std::io::stdout().lock()))?;
     Ok(())
 }

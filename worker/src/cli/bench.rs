@@ -300,7 +300,14 @@ fn llm_suite(args: &BenchArgs) -> Result<()> {
     if splits[0] != 1 {
         splits.push(1);
     }
-    for split in splits {
+    // On the pool, as the engine runs its steps (see `backend::on_pool`).
+    backend::on_pool(|| llm_runs(&base, &c, &splits, args.reps));
+    Ok(())
+}
+
+/// The timed runs of [`llm_suite`], for each row split.
+fn llm_runs(base: &Llama<Backend>, c: &htc_shared::config::LlamaConfig, splits: &[usize], reps: usize) {
+    for &split in splits {
         let llm = base.clone().with_row_split(split);
         let tag = if split == 1 {
             "one matmul per product".to_string()
@@ -322,7 +329,7 @@ fn llm_suite(args: &BenchArgs) -> Result<()> {
             cache
         };
         for n in [128usize, 512] {
-            let s = time(args.reps, || {
+            let s = time(reps, || {
                 let _ = prefill(n);
             });
             println!("llm prefill {n} tokens [{tag}]: {:.1} ms, {:.1} tok/s", s * 1e3, n as f64 / s);
@@ -366,5 +373,4 @@ fn llm_suite(args: &BenchArgs) -> Result<()> {
             );
         }
     }
-    Ok(())
 }

@@ -14,7 +14,7 @@ use htc_shared::config::LoraConfig;
 use htc_shared::loader::Loader;
 use htc_shared::params::ParamNames;
 
-use super::lora::{Lora, Proj};
+use super::lora::{join_projections, split_last, split_linear, Lora, Proj};
 
 /// Rotary position tables, computed as transformers does (f32 `inv_freq`, `cat(freqs, freqs)`).
 #[derive(Debug, Clone)]
@@ -130,6 +130,10 @@ pub struct Attention<B: Backend> {
     k_proj: Proj<B>,
     v_proj: Proj<B>,
     o_proj: Proj<B>,
+    /// `q_proj`, `k_proj` and `v_proj` as one product (inference, see [`Llama::with_row_split`];
+    /// their weights are views of its weight); `None`: three products.
+    #[module(skip)]
+    qkv: Option<Linear<B>>,
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
@@ -144,6 +148,7 @@ impl<B: Backend> Attention<B> {
             k_proj: Proj::load(vb, "k_proj", d, c.num_key_value_heads * hd, bias)?,
             v_proj: Proj::load(vb, "v_proj", d, c.num_key_value_heads * hd, bias)?,
             o_proj: Proj::load(vb, "o_proj", c.num_attention_heads * hd, d, bias)?,
+            qkv: None,
             heads: c.num_attention_heads,
             kv_heads: c.num_key_value_heads,
             head_dim: hd,
@@ -180,10 +185,23 @@ impl<B: Backend> Attention<B> {
         &self, x: Tensor<B, 3>, rope: (&Tensor<B, 4>, &Tensor<B, 4>),
     ) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
         let [b, t, _] = x.dims();
-        let hd = self.head_dim;
-        let q = self.q_proj.forward(x.clone()).reshape([b, t, self.heads, hd]).swap_dims(1, 2);
-        let k = self.k_proj.forward(x.clone()).reshape([b, t, self.kv_heads, hd]).swap_dims(1, 2);
-        let v = self.v_proj.forward(x).reshape([b, t, self.kv_heads, hd]).swap_dims(1, 2);
+        let (hd, h, kvh) = (self.head_dim, self.heads, self.kv_heads);
+        let (q, k, v) = match &self.qkv {
+            // One product; its heads laid out as q's, then k's, then v's.
+            Some(qkv) => {
+                let y =
+                    split_linear(qkv, x, self.o_proj.split).reshape([b, t, h + 2 * kvh, hd]).swap_dims(1, 2);
+                (y.clone().narrow(1, 0, h), y.clone().narrow(1, h, kvh), y.narrow(1, h + kvh, kvh))
+            }
+            None => {
+                let heads = |y: Tensor<B, 3>, n: usize| y.reshape([b, t, n, hd]).swap_dims(1, 2);
+                (
+                    heads(self.q_proj.forward(x.clone()), h),
+                    heads(self.k_proj.forward(x.clone()), kvh),
+                    heads(self.v_proj.forward(x), kvh),
+                )
+            }
+        };
         (apply_rope(q, rope.0, rope.1), apply_rope(k, rope.0, rope.1), v)
     }
 
@@ -369,6 +387,10 @@ pub struct Mlp<B: Backend> {
     gate_proj: Proj<B>,
     up_proj: Proj<B>,
     down_proj: Proj<B>,
+    /// `gate_proj` and `up_proj` as one product (inference, see [`Llama::with_row_split`]);
+    /// `None`: two products.
+    #[module(skip)]
+    gate_up: Option<Linear<B>>,
 }
 
 impl<B: Backend> Mlp<B> {
@@ -378,12 +400,21 @@ impl<B: Backend> Mlp<B> {
             gate_proj: Proj::load(vb, "gate_proj", d, i, bias)?,
             up_proj: Proj::load(vb, "up_proj", d, i, bias)?,
             down_proj: Proj::load(vb, "down_proj", i, d, bias)?,
+            gate_up: None,
         })
     }
 
     fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.down_proj
-            .forward(super::x_sigmoid(self.gate_proj.forward(x.clone()), 1.0) * self.up_proj.forward(x))
+        let (gate, up) = match &self.gate_up {
+            Some(gate_up) => {
+                let i = self.up_proj.dims()[1];
+                let mut parts =
+                    split_last(split_linear(gate_up, x, self.down_proj.split), &[i, i]).into_iter();
+                (parts.next().expect("gate"), parts.next().expect("up"))
+            }
+            None => (self.gate_proj.forward(x.clone()), self.up_proj.forward(x)),
+        };
+        self.down_proj.forward(super::x_sigmoid(gate, 1.0) * up)
     }
 }
 
@@ -660,7 +691,8 @@ impl<B: Backend> Llama<B> {
         })
     }
 
-    /// The decoder with `f` applied to each of the seven projections of every layer.
+    /// The decoder with `f` applied to each of the seven projections of every layer (and their
+    /// joined products dropped).
     fn map_projections(mut self, f: impl Fn(Proj<B>) -> Proj<B>) -> Self {
         self.layers = self
             .layers
@@ -672,9 +704,15 @@ impl<B: Backend> Llama<B> {
                     k_proj: f(a.k_proj),
                     v_proj: f(a.v_proj),
                     o_proj: f(a.o_proj),
+                    qkv: None,
                     ..a
                 };
-                l.mlp = Mlp { gate_proj: f(m.gate_proj), up_proj: f(m.up_proj), down_proj: f(m.down_proj) };
+                l.mlp = Mlp {
+                    gate_proj: f(m.gate_proj),
+                    up_proj: f(m.up_proj),
+                    down_proj: f(m.down_proj),
+                    gate_up: None,
+                };
                 l
             })
             .collect();
@@ -698,10 +736,22 @@ impl<B: Backend> Llama<B> {
     /// The decoder with its products of a few rows (decoding steps) split over `threads`
     /// threads (see [`super::lora::split_linear`]); 1 turns splitting off. For CPU inference:
     /// the CPU matmul kernels run a one-row product on one core.
+    /// With more than one thread (a CPU inference set-up) the products of one input also run
+    /// as one: q, k and v, and gate and up (see [`super::lora::join_projections`]; fewer, larger products,
+    /// each one dispatch over the threads).
     pub fn with_row_split(mut self, threads: usize) -> Self {
         let threads = threads.max(1);
         self.split = threads;
-        self.map_projections(|p| Proj { split: threads, ..p })
+        let mut m = self.map_projections(|p| Proj { split: threads, ..p });
+        if threads > 1 {
+            for l in m.layers.iter_mut() {
+                let a = &mut l.self_attn;
+                a.qkv = join_projections(&mut [&mut a.q_proj, &mut a.k_proj, &mut a.v_proj]);
+                let p = &mut l.mlp;
+                p.gate_up = join_projections(&mut [&mut p.gate_proj, &mut p.up_proj]);
+            }
+        }
+        m
     }
 
     /// The decoder with every LoRA adapter folded into its base weight.

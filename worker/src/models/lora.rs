@@ -6,7 +6,7 @@
 //! on several threads.
 
 use anyhow::Result;
-use burn::module::Module;
+use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::{backend::Backend, Tensor};
 use rayon::prelude::*;
@@ -90,6 +90,52 @@ impl<B: Backend> Proj<B> {
             }
         }
     }
+}
+
+/// The products of several projections of one input as one product: their `[in, out_i]`
+/// weights side by side in one `[in, Σ out_i]` linear (biases likewise), for inference, where
+/// one product reads the input once and is one dispatch over the threads instead of several.
+/// Each projection's weight becomes a view of the joined one, so no second copy is held (the
+/// projections stay usable, and keep their parameter ids). `None`, and nothing changed, when a
+/// projection carries a LoRA adapter or only some have biases.
+pub fn join_projections<B: Backend>(projs: &mut [&mut Proj<B>]) -> Option<Linear<B>> {
+    if projs.iter().any(|p| p.lora.is_some()) {
+        return None;
+    }
+    let biased = projs.iter().filter(|p| p.linear.bias.is_some()).count();
+    if biased != 0 && biased != projs.len() {
+        return None;
+    }
+    let weight = Tensor::cat(projs.iter().map(|p| p.linear.weight.val()).collect(), 1);
+    let bias = (biased > 0).then(|| {
+        Tensor::cat(projs.iter().filter_map(|p| p.linear.bias.as_ref().map(|b| b.val())).collect(), 0)
+    });
+    let [d_in, _] = weight.dims();
+    let mut start = 0;
+    for p in projs.iter_mut() {
+        let [_, w] = p.dims();
+        let view = weight.clone().slice([0..d_in, start..start + w]);
+        p.linear.weight = p.linear.weight.clone().map(|_| view);
+        if let (Some(b), Some(all)) = (p.linear.bias.take(), bias.as_ref()) {
+            let view = all.clone().narrow(0, start, w);
+            p.linear.bias = Some(b.map(|_| view));
+        }
+        start += w;
+    }
+    Some(Linear { weight: Param::from_tensor(weight), bias: bias.map(Param::from_tensor) })
+}
+
+/// `y`'s last dimension cut into consecutive parts of the given widths (views).
+pub fn split_last<B: Backend, const D: usize>(y: Tensor<B, D>, widths: &[usize]) -> Vec<Tensor<B, D>> {
+    let mut start = 0;
+    widths
+        .iter()
+        .map(|&w| {
+            let part = y.clone().narrow(D - 1, start, w);
+            start += w;
+            part
+        })
+        .collect()
 }
 
 /// The most rows (batch × tokens) a product is split for: decoding steps, where the CPU matmul
