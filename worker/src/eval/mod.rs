@@ -154,7 +154,9 @@ impl Score {
 
 /// Answers `items` greedily with the model in `model` through the same engine the server
 /// uses (its prompt, its LRU of compressed images, its micro-batched decoding): up to `batch`
-/// questions are in flight at once, every answer advancing one token per batched step.
+/// questions are in flight at once, every answer advancing one token per batched step. Each
+/// group of `batch` questions is admitted together and answered before the next, so a run's
+/// batches, and with them its answers, do not depend on timing.
 /// `on_answer` sees each item with its answer text (as a client would see it), in order.
 pub fn answer_all(
     model: &Path, mode: Option<HtcMode>, items: &[Item], batch: usize, max_new_tokens: usize,
@@ -174,6 +176,7 @@ pub fn answer_all(
     })?;
     for chunk in items.chunks(batch) {
         let mut replies = Vec::with_capacity(chunk.len());
+        let mut jobs = Vec::with_capacity(chunk.len());
         for (i, item) in chunk.iter().enumerate() {
             let named = || format!("question `{}`", item.id);
             let bytes = std::fs::read(&item.image)
@@ -194,9 +197,10 @@ pub fn answer_all(
                 cancel: Arc::new(AtomicBool::new(false)),
                 reply,
             };
-            engine.submit(job).map_err(|_| anyhow!("the engine's queue is full"))?;
+            jobs.push(job);
             replies.push(rx);
         }
+        engine.submit_all(jobs).map_err(|_| anyhow!("the engine's queue is full"))?;
         for (item, mut rx) in chunk.iter().zip(replies) {
             let mut text = String::new();
             loop {

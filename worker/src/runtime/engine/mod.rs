@@ -30,7 +30,8 @@ use state::EngineState;
 /// A handle to the engine thread.
 #[derive(Clone)]
 pub struct Engine {
-    tx: SyncSender<Job>,
+    /// Jobs to admit together: one for a client's question, a whole group from [`Engine::submit_all`].
+    tx: SyncSender<Vec<Job>>,
     pub card: ModelCard,
     pub metrics: Arc<Metrics>,
 }
@@ -65,7 +66,7 @@ impl Engine {
     }
 
     fn start_inner(cfg: EngineConfig) -> Result<Self> {
-        let (tx, rx) = sync_channel::<Job>(cfg.queue.max(1));
+        let (tx, rx) = sync_channel::<Vec<Job>>(cfg.queue.max(1));
         let metrics = Arc::new(Metrics::new()?);
         let m = metrics.clone();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<ModelCard>>();
@@ -87,10 +88,21 @@ impl Engine {
     /// Queues a job, or gives it back when the queue is full.
     #[allow(clippy::result_large_err)] // the job is handed back whole so the caller can answer it
     pub fn submit(&self, job: Job) -> std::result::Result<(), Job> {
-        match self.tx.try_send(job) {
+        self.submit_all(vec![job]).map_err(|mut j| j.pop().expect("the job given"))
+    }
+
+    /// Queues jobs to be admitted in one step, or gives them back when the queue is full: the
+    /// engine starts them together (new images compressed as one batch) and decodes them as
+    /// one batch, so the batches do not depend on when each job arrived (evaluation runs are
+    /// reproducible; batched and lone products may round differently). A group takes one
+    /// place in the queue.
+    #[allow(clippy::result_large_err)]
+    pub fn submit_all(&self, jobs: Vec<Job>) -> std::result::Result<(), Vec<Job>> {
+        let n = jobs.len() as u64;
+        match self.tx.try_send(jobs) {
             Ok(()) => {
-                self.metrics.questions.inc();
-                self.metrics.queue_depth.inc();
+                self.metrics.questions.inc_by(n);
+                self.metrics.queue_depth.add(n as i64);
                 Ok(())
             }
             Err(TrySendError::Full(j)) | Err(TrySendError::Disconnected(j)) => Err(j),
@@ -104,5 +116,63 @@ impl Engine {
         h.update([0u8]);
         h.update(bytes);
         h.finalize().into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::sampling::Sampling;
+    use htc_shared::protocol::ServerMessage;
+    use std::sync::atomic::AtomicBool;
+
+    fn job(i: u32, shade: u8) -> (Job, tokio::sync::mpsc::UnboundedReceiver<ServerMessage>) {
+        let image = image::RgbImage::from_pixel(64, 64, image::Rgb([shade, 100, 200]));
+        let mut key = [0u8; 32];
+        key[0] = shade;
+        let (reply, rx) = tokio::sync::mpsc::unbounded_channel();
+        let job = Job {
+            request_id: i,
+            image: UploadedImage { image: Arc::new(image), codes: None, key },
+            question: Question::new(None, Some(vec![1, 5, 7]), 100).unwrap(),
+            sampling: Sampling::greedy(2),
+            mode: None,
+            cancel: Arc::new(AtomicBool::new(false)),
+            reply,
+        };
+        (job, rx)
+    }
+
+    /// Jobs given together are admitted in one step: their new images are compressed as one
+    /// batch (each answer reports the batch's one compression time), whatever the timing.
+    #[test]
+    fn jobs_submitted_together_are_compressed_as_one_batch() {
+        let engine = Engine::start(EngineConfig {
+            model: None,
+            queue: 4,
+            cache_capacity: 8,
+            trust_client_codes: false,
+            max_batch: 3,
+            max_compress_batch: 3,
+            mode: None,
+        })
+        .unwrap();
+        let (jobs, rxs): (Vec<_>, Vec<_>) = (0..3).map(|i| job(i, 10 * i as u8)).unzip();
+        assert!(engine.submit_all(jobs).is_ok());
+        let times: Vec<f64> = rxs
+            .into_iter()
+            .map(|mut rx| loop {
+                match rx.blocking_recv().expect("a reply") {
+                    ServerMessage::Done { cached, timings, .. } => {
+                        assert!(!cached, "three distinct images");
+                        break timings.compress_ms;
+                    }
+                    ServerMessage::Error { message, .. } => panic!("{message}"),
+                    _ => {}
+                }
+            })
+            .collect();
+        assert!(times[0] > 0.0);
+        assert!(times.iter().all(|&t| t == times[0]), "one batch, one compression time: {times:?}");
     }
 }

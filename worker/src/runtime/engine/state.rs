@@ -169,7 +169,7 @@ impl EngineState {
     }
 
     /// Admits queued jobs (blocking while idle) and decodes until the queue closes.
-    pub(super) fn run(mut self, rx: Receiver<Job>, max_batch: usize) {
+    pub(super) fn run(mut self, rx: Receiver<Vec<Job>>, max_batch: usize) {
         let mut active: Vec<Active> = Vec::new();
         loop {
             // Admit: block when idle, then take whatever else is waiting (up to the batch),
@@ -177,24 +177,28 @@ impl EngineState {
             let mut jobs = Vec::new();
             if active.is_empty() {
                 match rx.recv() {
-                    Ok(job) => jobs.push(job),
+                    Ok(group) => jobs.extend(group),
                     Err(_) => break,
                 }
             }
             while active.len() + jobs.len() < max_batch.max(1) {
                 match rx.try_recv() {
-                    Ok(job) => jobs.push(job),
+                    Ok(group) => jobs.extend(group),
                     Err(_) => break,
                 }
             }
-            if !jobs.is_empty() {
-                self.metrics.queue_depth.sub(jobs.len() as i64);
-                self.admit_all(jobs, &mut active);
-            }
-            self.metrics.active.set(active.len() as i64);
-            if !active.is_empty() {
-                self.step(&mut active);
-            }
+            // The model's work runs on the pool its kernels use (see `backend::on_pool`);
+            // waiting for jobs stays outside it, which keeps the pool's threads free meanwhile.
+            backend::on_pool(|| {
+                if !jobs.is_empty() {
+                    self.metrics.queue_depth.sub(jobs.len() as i64);
+                    self.admit_all(jobs, &mut active);
+                }
+                self.metrics.active.set(active.len() as i64);
+                if !active.is_empty() {
+                    self.step(&mut active);
+                }
+            });
             if active.is_empty() {
                 self.metrics.active.set(0);
             }
