@@ -63,7 +63,7 @@ def transformers_side(a):
 
     torch.set_num_threads(a.threads)
     d, f = os.path.split(os.path.abspath(a.gguf))
-    m = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, torch_dtype=torch.float32, attn_implementation="eager")
+    m = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32, attn_implementation="eager")
     m.eval()
 
     @torch.inference_mode()
