@@ -202,7 +202,18 @@ impl<B: Backend> Attention<B> {
                 )
             }
         };
-        (apply_rope(q, rope.0, rope.1), apply_rope(k, rope.0, rope.1), v)
+        // Of several positions the heads are strided views (positions lie a row of all heads
+        // apart), and the elementwise kernels take strided operands one index at a time: a
+        // reshape copies q and k into heads of their own once, before RoPE's five passes.
+        let own = |x: Tensor<B, 4>| {
+            let [b, n, t, d] = x.dims();
+            if b * t > 1 {
+                x.reshape([b * n * t, d]).reshape([b, n, t, d])
+            } else {
+                x
+            }
+        };
+        (apply_rope(own(q), rope.0, rope.1), apply_rope(own(k), rope.0, rope.1), v)
     }
 
     /// The attention of [`Self::forward`] between the projections: stores `k`, `v` in the
@@ -408,9 +419,14 @@ impl<B: Backend> Mlp<B> {
         let (gate, up) = match &self.gate_up {
             Some(gate_up) => {
                 let i = self.up_proj.dims()[1];
+                let [b, t, _] = x.dims();
                 let mut parts =
                     split_last(split_linear(gate_up, x, self.down_proj.split), &[i, i]).into_iter();
-                (parts.next().expect("gate"), parts.next().expect("up"))
+                // Of several rows, each part is strided (its rows lie `2 i` apart), and the
+                // elementwise kernels take strided operands one index at a time: a reshape
+                // copies each part into rows of its own once (of one row, it is a view).
+                let mut next = || parts.next().expect("two parts").reshape([b * t, i]).reshape([b, t, i]);
+                (next(), next())
             }
             None => (self.gate_proj.forward(x.clone()), self.up_proj.forward(x)),
         };
