@@ -301,12 +301,13 @@ fn llm_suite(args: &BenchArgs) -> Result<()> {
         splits.push(1);
     }
     // On the pool, as the engine runs its steps (see `backend::on_pool`).
-    backend::on_pool(|| llm_runs(&base, &c, &splits, args.reps));
+    backend::on_pool(|| llm_runs(&base, &splits, args.reps));
     Ok(())
 }
 
 /// The timed runs of [`llm_suite`], for each row split.
-fn llm_runs(base: &Llama<Backend>, c: &htc_shared::config::LlamaConfig, splits: &[usize], reps: usize) {
+fn llm_runs(base: &Llama<Backend>, splits: &[usize], reps: usize) {
+    let c = base.config();
     for &split in splits {
         let llm = base.clone().with_row_split(split);
         let tag = if split == 1 {

@@ -203,17 +203,9 @@ impl<B: Backend> Attention<B> {
             }
         };
         // Of several positions the heads are strided views (positions lie a row of all heads
-        // apart), and the elementwise kernels take strided operands one index at a time: a
-        // reshape copies q and k into heads of their own once, before RoPE's five passes.
-        let own = |x: Tensor<B, 4>| {
-            let [b, n, t, d] = x.dims();
-            if b * t > 1 {
-                x.reshape([b * n * t, d]).reshape([b, n, t, d])
-            } else {
-                x
-            }
-        };
-        (apply_rope(own(q), rope.0, rope.1), apply_rope(own(k), rope.0, rope.1), v)
+        // apart): copied once before RoPE's five elementwise passes.
+        let (q, k) = (super::rows_owned(q), super::rows_owned(k));
+        (apply_rope(q, rope.0, rope.1), apply_rope(k, rope.0, rope.1), v)
     }
 
     /// The attention of [`Self::forward`] between the projections: stores `k`, `v` in the
@@ -419,13 +411,11 @@ impl<B: Backend> Mlp<B> {
         let (gate, up) = match &self.gate_up {
             Some(gate_up) => {
                 let i = self.up_proj.dims()[1];
-                let [b, t, _] = x.dims();
                 let mut parts =
                     split_last(split_linear(gate_up, x, self.down_proj.split), &[i, i]).into_iter();
-                // Of several rows, each part is strided (its rows lie `2 i` apart), and the
-                // elementwise kernels take strided operands one index at a time: a reshape
-                // copies each part into rows of its own once (of one row, it is a view).
-                let mut next = || parts.next().expect("two parts").reshape([b * t, i]).reshape([b, t, i]);
+                // Of several rows each part is strided (its rows lie `2 i` apart): copied once
+                // before the elementwise passes.
+                let mut next = || super::rows_owned(parts.next().expect("two parts"));
                 (next(), next())
             }
             None => (self.gate_proj.forward(x.clone()), self.up_proj.forward(x)),
@@ -751,10 +741,9 @@ impl<B: Backend> Llama<B> {
 
     /// The decoder with its products of a few rows (decoding steps) split over `threads`
     /// threads (see [`super::lora::split_linear`]); 1 turns splitting off. For CPU inference:
-    /// the CPU matmul kernels run a one-row product on one core.
-    /// With more than one thread (a CPU inference set-up) the products of one input also run
-    /// as one: q, k and v, and gate and up (see [`super::lora::join_projections`]; fewer, larger products,
-    /// each one dispatch over the threads).
+    /// the CPU matmul kernels run a one-row product on one core. With more than one thread the
+    /// products of one input also run as one: q, k and v, and gate and up (see
+    /// [`super::lora::join_projections`]: fewer products, each one dispatch over the threads).
     pub fn with_row_split(mut self, threads: usize) -> Self {
         let threads = threads.max(1);
         self.split = threads;

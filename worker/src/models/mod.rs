@@ -36,6 +36,20 @@ pub fn x_sigmoid<B: Backend, const D: usize>(x: Tensor<B, D>, a: f64) -> Tensor<
     x.clone() / x.mul_scalar(-a).exp().add_scalar(1.0)
 }
 
+/// `x` with its rows (everything but the last dimension) copied into a buffer of their own
+/// when it is a strided view of more than one row, unchanged otherwise. The elementwise
+/// kernels of the CPU backend take a strided operand one index at a time, so a view read by
+/// several elementwise passes is cheaper copied once (a reshape of a strided view copies it).
+pub fn rows_owned<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    let dims = x.dims();
+    let last = dims[D - 1];
+    let rows = x.shape().num_elements() / last.max(1);
+    if rows <= 1 {
+        return x;
+    }
+    x.reshape([rows, last]).reshape(dims)
+}
+
 /// `ln(x)` with the mean and variance computed in f32 when `x` is in half precision (as
 /// PyTorch's layer norm kernels accumulate), the affine map in `x`'s dtype.
 pub fn layer_norm_f32<B: Backend, const D: usize>(
