@@ -175,7 +175,7 @@ impl<B: Backend> Attention<B> {
         self_only: usize,
     ) -> (Tensor<B, 3>, Vec<Tensor<B, 4>>) {
         let (q, k, v) = self.qkv(x, rope);
-        let (out, probs) = self.attend(q, k, v, mask, cache, tail, self_only);
+        let (out, probs) = self.attend(q, k, v, mask, cache, tail, self_only, true);
         (self.o_proj.forward(out), probs)
     }
 
@@ -211,11 +211,13 @@ impl<B: Backend> Attention<B> {
     /// The attention of [`Self::forward`] between the projections: stores `k`, `v` in the
     /// cache and returns the heads' outputs `[b, t, heads * hd]` (before `o_proj`) and the
     /// probabilities, as blocks of rows (dimension 2) to concatenate, in order, if wanted.
+    /// `split_heads`: a decoding step's heads may be split over threads (not for the rows of a
+    /// batched step, which already run side by side).
     #[allow(clippy::too_many_arguments)]
     fn attend(
         &self, q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, mask: Option<&Tensor<B, 4>>,
         cache: &mut Option<(Tensor<B, 4>, Tensor<B, 4>)>, tail: &mut Option<(Tensor<B, 4>, Tensor<B, 4>)>,
-        self_only: usize,
+        self_only: usize, split_heads: bool,
     ) -> (Tensor<B, 3>, Vec<Tensor<B, 4>>) {
         let [b, _, t, hd] = q.dims();
         let n = self_only;
@@ -275,53 +277,53 @@ impl<B: Backend> Attention<B> {
         let one_mask_row = mask.as_ref().is_none_or(|m| m.dims()[1] == 1);
         let keys = ks.iter().map(|k| k.dims()[2]).sum::<usize>();
         let long = keys >= ATTENTION_SPLIT_MIN;
-        let (scored, probs) = if threads > 1 && b == 1 && rep * tq <= DECODE_ROWS && one_mask_row && long {
-            let bounds: Vec<(usize, usize)> =
-                (0..threads).map(|i| (i * kvh / threads, (i + 1) * kvh / threads)).collect();
-            let heads = |parts: &[Tensor<B, 4>], a: usize, e: usize| -> Vec<Tensor<B, 4>> {
-                parts
-                    .iter()
-                    .map(|x| {
-                        let [xb, _, w, d] = x.dims();
-                        x.clone().slice([0..xb, a..e, 0..w, 0..d])
-                    })
-                    .collect()
-            };
-            let groups: Vec<(Tensor<B, 4>, Tensor<B, 4>)> = bounds
-                .par_iter()
-                .map(|&(a, e)| {
+        let (scored, probs) =
+            if split_heads && threads > 1 && b == 1 && rep * tq <= DECODE_ROWS && one_mask_row && long {
+                let bounds: Vec<(usize, usize)> =
+                    (0..threads).map(|i| (i * kvh / threads, (i + 1) * kvh / threads)).collect();
+                let heads = |parts: &[Tensor<B, 4>], a: usize, e: usize| -> Vec<Tensor<B, 4>> {
+                    parts
+                        .iter()
+                        .map(|x| {
+                            let [xb, _, w, d] = x.dims();
+                            x.clone().slice([0..xb, a..e, 0..w, 0..d])
+                        })
+                        .collect()
+                };
+                // On the team the step's products run on (see `super::team`).
+                let groups: Vec<(Tensor<B, 4>, Tensor<B, 4>)> = super::team::map(threads, |i| {
+                    let (a, e) = bounds[i];
                     let qg = q.clone().slice([0..b, a * rep..e * rep, 0..tq, 0..hd]);
                     grouped_attention(qg, &heads(&ks, a, e), &heads(&vs, a, e), mask.clone(), rep)
-                })
-                .collect();
-            let (scored, probs): (Vec<_>, Vec<_>) = groups.into_iter().unzip();
-            (Tensor::cat(scored, 1), vec![Tensor::cat(probs, 1)])
-        } else if self.o_proj.split > 1 && b == 1 && tq > DECODE_ROWS {
-            // A prefill on a CPU backend: blocks of query rows, each block's scores small
-            // enough to stay in cache through the mask, softmax and product with the values,
-            // the blocks on rayon's pool (the elementwise kernels run on one core each, and
-            // the whole score matrix of a long prompt passes through memory several times).
-            let threads = self.o_proj.split;
-            let rows = (PREFILL_BLOCK_SCORES / (h * keys)).max(DECODE_ROWS).min(tq.div_ceil(threads));
-            let blocks: Vec<(usize, usize)> =
-                (0..tq).step_by(rows).map(|a| (a, (a + rows).min(tq))).collect();
-            let done: Vec<(Tensor<B, 4>, Tensor<B, 4>)> = blocks
-                .par_iter()
-                .map(|&(a, e)| {
-                    let qb = q.clone().slice([0..b, 0..h, a..e, 0..hd]);
-                    let mb = mask.as_ref().map(|m| {
-                        let [mb, mh, _, ms] = m.dims();
-                        m.clone().slice([0..mb, 0..mh, a..e, 0..ms])
-                    });
-                    grouped_attention(qb, &ks, &vs, mb, rep)
-                })
-                .collect();
-            let (scored, probs): (Vec<_>, Vec<_>) = done.into_iter().unzip();
-            (Tensor::cat(scored, 2), probs)
-        } else {
-            let (o, p) = grouped_attention(q, &ks, &vs, mask, rep);
-            (o, vec![p])
-        };
+                });
+                let (scored, probs): (Vec<_>, Vec<_>) = groups.into_iter().unzip();
+                (Tensor::cat(scored, 1), vec![Tensor::cat(probs, 1)])
+            } else if self.o_proj.split > 1 && b == 1 && tq > DECODE_ROWS {
+                // A prefill on a CPU backend: blocks of query rows, each block's scores small
+                // enough to stay in cache through the mask, softmax and product with the values,
+                // the blocks on rayon's pool (the elementwise kernels run on one core each, and
+                // the whole score matrix of a long prompt passes through memory several times).
+                let threads = self.o_proj.split;
+                let rows = (PREFILL_BLOCK_SCORES / (h * keys)).max(DECODE_ROWS).min(tq.div_ceil(threads));
+                let blocks: Vec<(usize, usize)> =
+                    (0..tq).step_by(rows).map(|a| (a, (a + rows).min(tq))).collect();
+                let done: Vec<(Tensor<B, 4>, Tensor<B, 4>)> = blocks
+                    .par_iter()
+                    .map(|&(a, e)| {
+                        let qb = q.clone().slice([0..b, 0..h, a..e, 0..hd]);
+                        let mb = mask.as_ref().map(|m| {
+                            let [mb, mh, _, ms] = m.dims();
+                            m.clone().slice([0..mb, 0..mh, a..e, 0..ms])
+                        });
+                        grouped_attention(qb, &ks, &vs, mb, rep)
+                    })
+                    .collect();
+                let (scored, probs): (Vec<_>, Vec<_>) = done.into_iter().unzip();
+                (Tensor::cat(scored, 2), probs)
+            } else {
+                let (o, p) = grouped_attention(q, &ks, &vs, mask, rep);
+                (o, vec![p])
+            };
         let v = vs.into_iter().next().expect("one part");
         let out = if n > 0 {
             Tensor::cat(vec![self.repeat_kv(v.slice([0..b, 0..kvh, 0..n, 0..hd])), scored], 2)
@@ -642,7 +644,9 @@ impl<B: Backend> Llama<B> {
             let (q, k, v) = attn.qkv(layer.input_layernorm.forward(x.clone()), (&cos, &sin));
             let attend = |(i, c): (usize, &mut KvCache<B>)| {
                 let KvCache { layers, tails } = c;
-                attn.attend(row(&q, i), row(&k, i), row(&v, i), None, &mut layers[li], &mut tails[li], 0).0
+                let (q, k, v) = (row(&q, i), row(&k, i), row(&v, i));
+                // Rows of a batch run side by side already: their heads are not split again.
+                attn.attend(q, k, v, None, &mut layers[li], &mut tails[li], 0, b == 1).0
             };
             let outs: Vec<Tensor<B, 3>> = if self.split > 1 && b > 1 {
                 caches.par_iter_mut().enumerate().map(attend).collect()

@@ -162,7 +162,7 @@ pub fn flat_linear<B: Backend, const D: usize>(linear: &Linear<B>, x: Tensor<B, 
 
 /// `linear.forward(x)`, with products of at most [`SPLIT_MAX_ROWS`] rows split over `parts`
 /// threads when `parts > 1`: the reduction dimension is cut into `parts` contiguous row blocks
-/// of the `[in, out]` weight (views, no copy), each block's product runs on rayon's pool, and
+/// of the `[in, out]` weight (views, no copy), each block's product runs on its own thread, and
 /// the partial products are summed in block order (deterministic for a given `parts`; the
 /// rounding differs from one matmul's by the order of the additions). Written here because
 /// the matmul kernels do not thread a one-row product and no crate does it for burn tensors.
@@ -181,12 +181,18 @@ pub fn split_linear<B: Backend, const D: usize>(
     let w = linear.weight.val();
     let d_out = w.dims()[1];
     let x2 = x.reshape([rows, d_in]);
-    let bounds: Vec<(usize, usize)> =
-        (0..parts).map(|i| (i * d_in / parts, (i + 1) * d_in / parts)).collect();
-    let partials: Vec<Tensor<B, 2>> = bounds
-        .par_iter()
-        .map(|&(a, b)| x2.clone().slice([0..rows, a..b]).matmul(w.clone().slice([a..b, 0..d_out])))
-        .collect();
+    let part = |i: usize| {
+        let (a, b) = (i * d_in / parts, (i + 1) * d_in / parts);
+        x2.clone().slice([0..rows, a..b]).matmul(w.clone().slice([a..b, 0..d_out]))
+    };
+    // One row (a lone decoding step) on the team, whose helpers spin between a step's products;
+    // several rows on rayon's pool, since their products are big enough for the matmul kernel
+    // to thread them on that pool itself, which a helper thread would wait for.
+    let partials: Vec<Tensor<B, 2>> = if rows == 1 {
+        super::team::map(parts, part)
+    } else {
+        (0..parts).into_par_iter().map(part).collect()
+    };
     let mut y = partials.into_iter().reduce(|s, p| s + p).expect("parts >= 2");
     if let Some(bias) = &linear.bias {
         y = y + bias.val().unsqueeze::<2>();

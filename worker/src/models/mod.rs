@@ -11,6 +11,7 @@ pub mod llama;
 pub mod llava;
 pub mod lora;
 pub mod mgvq_decoder;
+pub mod team;
 
 use burn::tensor::{backend::Backend, DType, Tensor};
 
