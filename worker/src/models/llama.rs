@@ -294,7 +294,7 @@ impl<B: Backend> Attention<B> {
                 let groups: Vec<(Tensor<B, 4>, Tensor<B, 4>)> = super::team::map(threads, |i| {
                     let (a, e) = bounds[i];
                     let qg = q.clone().slice([0..b, a * rep..e * rep, 0..tq, 0..hd]);
-                    grouped_attention(qg, &heads(&ks, a, e), &heads(&vs, a, e), mask.clone(), rep)
+                    grouped_attention(qg, Keys::Rows(&heads(&ks, a, e)), &heads(&vs, a, e), mask.clone(), rep)
                 });
                 let (scored, probs): (Vec<_>, Vec<_>) = groups.into_iter().unzip();
                 (Tensor::cat(scored, 1), vec![Tensor::cat(probs, 1)])
@@ -307,6 +307,9 @@ impl<B: Backend> Attention<B> {
                 let rows = (PREFILL_BLOCK_SCORES / (h * keys)).max(DECODE_ROWS).min(tq.div_ceil(threads));
                 let blocks: Vec<(usize, usize)> =
                     (0..tq).step_by(rows).map(|a| (a, (a + rows).min(tq))).collect();
+                // The keys transposed once for all blocks (each block's product would copy them).
+                let kts: Vec<Tensor<B, 4>> =
+                    ks.iter().map(|k| super::rows_owned(k.clone().swap_dims(2, 3))).collect();
                 let done: Vec<(Tensor<B, 4>, Tensor<B, 4>)> = blocks
                     .par_iter()
                     .map(|&(a, e)| {
@@ -315,13 +318,13 @@ impl<B: Backend> Attention<B> {
                             let [mb, mh, _, ms] = m.dims();
                             m.clone().slice([0..mb, 0..mh, a..e, 0..ms])
                         });
-                        grouped_attention(qb, &ks, &vs, mb, rep)
+                        grouped_attention(qb, Keys::Transposed(&kts), &vs, mb, rep)
                     })
                     .collect();
                 let (scored, probs): (Vec<_>, Vec<_>) = done.into_iter().unzip();
                 (Tensor::cat(scored, 2), probs)
             } else {
-                let (o, p) = grouped_attention(q, &ks, &vs, mask, rep);
+                let (o, p) = grouped_attention(q, Keys::Rows(&ks), &vs, mask, rep);
                 (o, vec![p])
             };
         let v = vs.into_iter().next().expect("one part");
@@ -334,6 +337,15 @@ impl<B: Backend> Attention<B> {
     }
 }
 
+/// Keys as [`grouped_attention`] takes them: runs of positions `[b, kvh, w_i, hd]`, or those
+/// runs transposed into tensors of their own, `[b, kvh, hd, w_i]` (for products of many query
+/// rows, which the matmul kernels want contiguous: blocks of one prefill share one copy).
+#[derive(Clone, Copy)]
+enum Keys<'a, B: Backend> {
+    Rows(&'a [Tensor<B, 4>]),
+    Transposed(&'a [Tensor<B, 4>]),
+}
+
 /// Attention of queries `q: [b, kvh * rep, tq, hd]` over keys and values given as runs of
 /// positions (`[b, kvh, w_i, hd]` each, in order), under an additive `mask` `[.., tq, Σ w_i]`:
 /// the output `[b, kvh * rep, tq, hd]` and the probabilities `[b, kvh * rep, tq, Σ w_i]`.
@@ -342,30 +354,53 @@ impl<B: Backend> Attention<B> {
 /// are stacked as rows of one matmul (head i reads key/value head i / rep, as transformers'
 /// `repeat_kv` lays them out).
 fn grouped_attention<B: Backend>(
-    q: Tensor<B, 4>, ks: &[Tensor<B, 4>], vs: &[Tensor<B, 4>], mask: Option<Tensor<B, 4>>, rep: usize,
+    q: Tensor<B, 4>, keys: Keys<'_, B>, vs: &[Tensor<B, 4>], mask: Option<Tensor<B, 4>>, rep: usize,
 ) -> (Tensor<B, 4>, Tensor<B, 4>) {
     let [b, h, tq, hd] = q.dims();
     let kvh = h / rep;
-    let widths: Vec<usize> = ks.iter().map(|k| k.dims()[2]).collect();
+    let widths: Vec<usize> = vs.iter().map(|v| v.dims()[2]).collect();
     let s = widths.iter().sum::<usize>();
+    // A scale that is a power of two (head width 64: 1/8) multiplies the queries (tq × hd)
+    // instead of the scores (tq × s), one pass over the scores fewer, with the same result to
+    // the bit; any other is applied to the scores, as transformers does.
+    let scale = (hd as f64).powf(-0.5);
+    let exact = scale.log2().fract() == 0.0;
     let q = q.reshape([b, kvh, rep * tq, hd]);
+    let q = if exact { q * scale } else { q };
     // For a few query rows (decoding), `K qᵀ` then transposed: the matmul kernels want
     // contiguous operands, and `q Kᵀ` would copy the whole transposed key cache at every
     // step (what made a step grow with the context) where this copies `q` and the scores.
-    let part_scores = |k: &Tensor<B, 4>| {
-        if rep * tq <= DECODE_ROWS {
+    let part_scores = |k: &Tensor<B, 4>, transposed: bool| {
+        if transposed {
+            q.clone().matmul(k.clone())
+        } else if rep * tq <= DECODE_ROWS {
             k.clone().matmul(q.clone().swap_dims(2, 3)).swap_dims(2, 3)
         } else {
             q.clone().matmul(k.clone().swap_dims(2, 3))
         }
     };
-    let scores = match ks.len() {
-        1 => part_scores(&ks[0]),
-        _ => Tensor::cat(ks.iter().map(part_scores).collect(), 3),
+    let (ks, transposed) = match keys {
+        Keys::Rows(ks) => (ks, false),
+        Keys::Transposed(ks) => (ks, true),
     };
-    let mut scores = scores.reshape([b, h, tq, s]) * (hd as f64).powf(-0.5);
+    let scores = match ks.len() {
+        1 => part_scores(&ks[0], transposed),
+        _ => Tensor::cat(ks.iter().map(|k| part_scores(k, transposed)).collect(), 3),
+    };
+    let mut scores = scores.reshape([b, h, tq, s]);
+    if !exact {
+        scores = scores * scale;
+    }
     if let Some(m) = mask {
-        scores = scores + m;
+        // One sequence: added as `[h, tq, s] + [1 or h, tq, s]`, a broadcast over the leading
+        // dimension, which the CPU backend's kernel runs as a contiguous loop (a broadcast over
+        // the heads in the middle of four dimensions goes index by index).
+        let [mb, mh, _, _] = m.dims();
+        scores = if b == 1 && mb == 1 {
+            (scores.reshape([h, tq, s]) + m.reshape([mh, tq, s])).reshape([b, h, tq, s])
+        } else {
+            scores + m
+        };
     }
     let probs = super::softmax_f32(scores, 3);
     let grouped = probs.clone().reshape([b, kvh, rep * tq, s]);
