@@ -127,6 +127,37 @@ fn a_prefill_in_row_blocks_on_threads_equals_one_pass() {
     }
 }
 
+/// A long input after a cached prefix (a follow-up turn), in row blocks that each see the
+/// keys up to their last row (the causal mask lets them leave out the rest), gives one pass's
+/// logits and attention maps.
+#[test]
+fn a_prefill_after_a_cached_prefix_in_row_blocks_equals_one_pass() {
+    let (m, _) = tiny_llama();
+    let (first, then) = (40, 150);
+    let ids: Vec<u32> = (0..(first + then) as u32).map(|i| (i * 53 + 7) % 128).collect();
+    let run = |m: &Llama<Backend>| {
+        let mut cache = m.new_cache();
+        let p0: Vec<usize> = (0..first).collect();
+        let step = Step { positions: &p0, mask: None, want_attention: false, self_only: 0 };
+        let _ = m.forward(m.embed(&ids[..first]), step, &mut cache);
+        let p1: Vec<usize> = (first..first + then).collect();
+        let step = Step { positions: &p1, mask: None, want_attention: true, self_only: 0 };
+        let out = m.forward(m.embed(&ids[first..]), step, &mut cache);
+        let attention: Vec<f32> = out.attention.into_iter().flat_map(to_vec).collect();
+        (to_vec(m.logits(out.hidden)), attention)
+    };
+    let (logits, attention) = run(&m);
+    assert_eq!(attention.len(), m.config().num_hidden_layers * then * (first + then));
+    // The keys after a row's position get probability 0, the ones before it some.
+    assert_eq!(attention[first + 1], 0.0);
+    assert!(attention[first] > 0.0);
+    for split in [2, 3] {
+        let (l, a) = run(&m.clone().with_row_split(split));
+        assert_close(&format!("logits after a prefix, split {split}"), &l, &logits, 1e-5);
+        assert_close(&format!("attention after a prefix, split {split}"), &a, &attention, 1e-5);
+    }
+}
+
 #[test]
 fn kv_cache_decoding_equals_full_recompute() {
     let (m, exp) = tiny_llama();

@@ -168,14 +168,17 @@ impl<B: Backend> Attention<B> {
     /// probabilities `[b, heads, t - self_only, past + t]` of the rows that were scored, as
     /// blocks of rows (see [`Self::attend`]).
     /// The first `self_only` rows (the caller guarantees an empty cache) attend to themselves
-    /// alone: their output is their own value.
+    /// alone: their output is their own value. `causal`: `mask` is the causal one (see
+    /// [`Split`]).
+    #[allow(clippy::too_many_arguments)]
     fn forward(
         &self, x: Tensor<B, 3>, rope: (&Tensor<B, 4>, &Tensor<B, 4>), mask: Option<&Tensor<B, 4>>,
         cache: &mut Option<(Tensor<B, 4>, Tensor<B, 4>)>, tail: &mut Option<(Tensor<B, 4>, Tensor<B, 4>)>,
-        self_only: usize,
+        self_only: usize, causal: bool,
     ) -> (Tensor<B, 3>, Vec<Tensor<B, 4>>) {
         let (q, k, v) = self.qkv(x, rope);
-        let (out, probs) = self.attend(q, k, v, mask, cache, tail, self_only, true);
+        let split = Split { heads: true, causal };
+        let (out, probs) = self.attend(q, k, v, mask, cache, tail, self_only, split);
         (self.o_proj.forward(out), probs)
     }
 
@@ -211,13 +214,14 @@ impl<B: Backend> Attention<B> {
     /// The attention of [`Self::forward`] between the projections: stores `k`, `v` in the
     /// cache and returns the heads' outputs `[b, t, heads * hd]` (before `o_proj`) and the
     /// probabilities, as blocks of rows (dimension 2) to concatenate, in order, if wanted.
-    /// `split_heads`: a decoding step's heads may be split over threads (not for the rows of a
-    /// batched step, which already run side by side).
+    /// `split`: how the work may be cut (see [`Split`]); the blocks of a causal prefill end at
+    /// their last row's position, so their probabilities may be narrower than `past + t` (the
+    /// keys after it have probability 0).
     #[allow(clippy::too_many_arguments)]
     fn attend(
         &self, q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, mask: Option<&Tensor<B, 4>>,
         cache: &mut Option<(Tensor<B, 4>, Tensor<B, 4>)>, tail: &mut Option<(Tensor<B, 4>, Tensor<B, 4>)>,
-        self_only: usize, split_heads: bool,
+        self_only: usize, split: Split,
     ) -> (Tensor<B, 3>, Vec<Tensor<B, 4>>) {
         let [b, _, t, hd] = q.dims();
         let n = self_only;
@@ -278,7 +282,7 @@ impl<B: Backend> Attention<B> {
         let keys = ks.iter().map(|k| k.dims()[2]).sum::<usize>();
         let long = keys >= ATTENTION_SPLIT_MIN;
         let (scored, probs) =
-            if split_heads && threads > 1 && b == 1 && rep * tq <= DECODE_ROWS && one_mask_row && long {
+            if split.heads && threads > 1 && b == 1 && rep * tq <= DECODE_ROWS && one_mask_row && long {
                 let bounds: Vec<(usize, usize)> =
                     (0..threads).map(|i| (i * kvh / threads, (i + 1) * kvh / threads)).collect();
                 let heads = |parts: &[Tensor<B, 4>], a: usize, e: usize| -> Vec<Tensor<B, 4>> {
@@ -310,10 +314,21 @@ impl<B: Backend> Attention<B> {
                 // The keys transposed once for all blocks (each block's product would copy them).
                 let kts: Vec<Tensor<B, 4>> =
                     ks.iter().map(|k| super::rows_owned(k.clone().swap_dims(2, 3))).collect();
+                // Under the causal mask a block's rows see the keys up to its last row's
+                // position only: the block attends to those (their keys and values copied, a
+                // fraction of the scores it no longer computes) under a causal mask of its own.
+                let past = keys - t;
                 let done: Vec<(Tensor<B, 4>, Tensor<B, 4>)> = blocks
                     .par_iter()
                     .map(|&(a, e)| {
                         let qb = q.clone().slice([0..b, 0..h, a..e, 0..hd]);
+                        let seen = past + n + e;
+                        if split.causal && kts.len() == 1 && seen < keys {
+                            let kt = kts[0].clone().slice([0..b, 0..kvh, 0..hd, 0..seen]);
+                            let v = vs[0].clone().slice([0..b, 0..kvh, 0..seen, 0..hd]);
+                            let mb = causal_mask::<B>(e - a, past + n + a, &q.device()).unsqueeze::<4>();
+                            return grouped_attention(qb, Keys::Transposed(&[kt]), &[v], Some(mb), rep);
+                        }
                         let mb = mask.as_ref().map(|m| {
                             let [mb, mh, _, ms] = m.dims();
                             m.clone().slice([0..mb, 0..mh, a..e, 0..ms])
@@ -335,6 +350,16 @@ impl<B: Backend> Attention<B> {
         };
         (out.swap_dims(1, 2).reshape([b, t, self.heads * hd]), probs)
     }
+}
+
+/// How [`Attention::attend`] may cut its work: `heads`, a decoding step's key/value heads over
+/// threads (not for the rows of a batched step, which already run side by side); `causal`, the
+/// mask is the causal one, so a prefill's blocks of rows may leave out the keys after their
+/// last row.
+#[derive(Clone, Copy)]
+struct Split {
+    heads: bool,
+    causal: bool,
 }
 
 /// Keys as [`grouped_attention`] takes them: runs of positions `[b, kvh, w_i, hd]`, or those
@@ -633,6 +658,7 @@ impl<B: Backend> Llama<B> {
         let past = cache.seq_len();
         let (cos, sin) = self.rope.tables::<B>(step.positions, &device);
         let (cos, sin) = (cos.unsqueeze::<4>(), sin.unsqueeze::<4>());
+        let causal = step.mask.is_none();
         let mask = step
             .mask
             .or_else(|| (t > 1).then(|| causal_mask::<B>(t, past, &device)))
@@ -646,9 +672,20 @@ impl<B: Backend> Llama<B> {
             let normed = layer.input_layernorm.forward(x.clone());
             layer_inputs.push(normed.clone());
             let (h, probs) =
-                layer.self_attn.forward(normed, (&cos, &sin), mask.as_ref(), kv, tail, self_only);
+                layer.self_attn.forward(normed, (&cos, &sin), mask.as_ref(), kv, tail, self_only, causal);
             if step.want_attention {
-                let means = probs.into_iter().map(|p| p.mean_dim(1).squeeze_dim::<3>(1)).collect();
+                // Blocks of a causal prefill end at their last row: zeros for the keys after it.
+                let means = probs
+                    .into_iter()
+                    .map(|p| {
+                        let m = p.mean_dim(1).squeeze_dim::<3>(1);
+                        let [mb, rows, w] = m.dims();
+                        match past + t - w {
+                            0 => m,
+                            after => Tensor::cat(vec![m, Tensor::zeros([mb, rows, after], &device)], 2),
+                        }
+                    })
+                    .collect();
                 attention.push(Tensor::cat(means, 1));
             }
             x = x + h;
@@ -681,7 +718,8 @@ impl<B: Backend> Llama<B> {
                 let KvCache { layers, tails } = c;
                 let (q, k, v) = (row(&q, i), row(&k, i), row(&v, i));
                 // Rows of a batch run side by side already: their heads are not split again.
-                attn.attend(q, k, v, None, &mut layers[li], &mut tails[li], 0, b == 1).0
+                let split = Split { heads: b == 1, causal: true };
+                attn.attend(q, k, v, None, &mut layers[li], &mut tails[li], 0, split).0
             };
             let outs: Vec<Tensor<B, 3>> = if self.split > 1 && b > 1 {
                 caches.par_iter_mut().enumerate().map(attend).collect()
