@@ -3,7 +3,8 @@
 //! browser; [`mgvq_decoder`] turns it into a VQ-VAE for training the tokenizer). Each model has a config (in `htc_shared::config`), a `load` that reads a checkpoint
 //! through a [`htc_shared::loader::Loader`], and an `init` that builds it at random; both give
 //! parameters ids derived from their checkpoint keys. Pure tensor code: no files, tokenizers,
-//! sampling, threads or network here.
+//! sampling or network here; the only threads are those that share out one computation
+//! (rayon's pool, and the [`team`] a CPU decoding step's split products run on).
 
 pub mod clip;
 pub mod htc;
