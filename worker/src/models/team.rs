@@ -151,9 +151,12 @@ fn for_each(parts: usize, run: &(dyn Fn(usize) + Sync)) {
     // The caller's own parts: the first and any beyond the helpers.
     let mine = std::iter::once(0).chain(helpers + 1..parts).filter(|&i| i < parts);
     let own = catch_unwind(AssertUnwindSafe(|| mine.for_each(run)));
+    // Wait for the helpers: spinning (the clock read every 64 rounds), then yielding.
     let start = Instant::now();
+    let mut spins = 0u32;
     while left.load(Ordering::Acquire) != 0 {
-        if start.elapsed() < SPIN {
+        spins = spins.wrapping_add(1);
+        if !spins.is_multiple_of(64) || start.elapsed() < SPIN {
             std::hint::spin_loop();
         } else {
             thread::yield_now();
