@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The peers of `htc bench --suite llm` (scripts/bench-llm.sh): the same prompt ids through
 llama.cpp (llama-cpp-python, an F32 GGUF) or HF transformers (f32, eager), timed the same way:
-prefill of 128 and 512 tokens (logits of the last position), then 64 decoding steps of fixed
+prefill of 128, 512 and 2000 tokens (logits of the last position), then 64 decoding steps of fixed
 ids after 128, 512 and 2000 tokens of context (logits of every step). Prints lines in the
 format `htc bench` prints, tagged with the peer's name.
 
@@ -27,7 +27,7 @@ def timed(reps, f):
 
 
 def report(tag, prefill, decode, reps, vocab):
-    for n in (128, 512):
+    for n in (128, 512, 2000):
         ids = bench_ids(n, vocab)
         s = timed(reps, lambda: prefill(ids))
         print(f"llm prefill {n} tokens [{tag}]: {s * 1e3:.1f} ms, {n / s:.1f} tok/s", flush=True)

@@ -329,7 +329,10 @@ fn llm_runs(base: &Llama<Backend>, splits: &[usize], reps: usize) {
             let _ = llm.logits(o.hidden.slice([0..1, t - 1..t, 0..d])).into_data();
             cache
         };
-        for n in [128usize, 512] {
+        for n in [128usize, 512, 2000] {
+            if n > c.max_position_embeddings {
+                continue;
+            }
             let s = time(reps, || {
                 let _ = prefill(n);
             });

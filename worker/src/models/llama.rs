@@ -5,7 +5,7 @@
 use anyhow::Result;
 use burn::module::Module;
 use burn::nn::{Embedding, Linear, RmsNorm};
-use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+use burn::tensor::{backend::Backend, DType, Int, Tensor, TensorData};
 use rayon::prelude::*;
 
 pub use htc_shared::config::LlamaConfig as Config;
@@ -298,7 +298,14 @@ impl<B: Backend> Attention<B> {
                 let groups: Vec<(Tensor<B, 4>, Tensor<B, 4>)> = super::team::map(threads, |i| {
                     let (a, e) = bounds[i];
                     let qg = q.clone().slice([0..b, a * rep..e * rep, 0..tq, 0..hd]);
-                    grouped_attention(qg, Keys::Rows(&heads(&ks, a, e)), &heads(&vs, a, e), mask.clone(), rep)
+                    grouped_attention(
+                        qg,
+                        Keys::Rows(&heads(&ks, a, e)),
+                        &heads(&vs, a, e),
+                        mask.clone(),
+                        rep,
+                        false,
+                    )
                 });
                 let (scored, probs): (Vec<_>, Vec<_>) = groups.into_iter().unzip();
                 (Tensor::cat(scored, 1), vec![Tensor::cat(probs, 1)])
@@ -327,19 +334,19 @@ impl<B: Backend> Attention<B> {
                             let kt = kts[0].clone().slice([0..b, 0..kvh, 0..hd, 0..seen]);
                             let v = vs[0].clone().slice([0..b, 0..kvh, 0..seen, 0..hd]);
                             let mb = causal_mask::<B>(e - a, past + n + a, &q.device()).unsqueeze::<4>();
-                            return grouped_attention(qb, Keys::Transposed(&[kt]), &[v], Some(mb), rep);
+                            return grouped_attention(qb, Keys::Transposed(&[kt]), &[v], Some(mb), rep, true);
                         }
                         let mb = mask.as_ref().map(|m| {
                             let [mb, mh, _, ms] = m.dims();
                             m.clone().slice([0..mb, 0..mh, a..e, 0..ms])
                         });
-                        grouped_attention(qb, Keys::Transposed(&kts), &vs, mb, rep)
+                        grouped_attention(qb, Keys::Transposed(&kts), &vs, mb, rep, true)
                     })
                     .collect();
                 let (scored, probs): (Vec<_>, Vec<_>) = done.into_iter().unzip();
                 (Tensor::cat(scored, 2), probs)
             } else {
-                let (o, p) = grouped_attention(q, Keys::Rows(&ks), &vs, mask, rep);
+                let (o, p) = grouped_attention(q, Keys::Rows(&ks), &vs, mask, rep, false);
                 (o, vec![p])
             };
         let v = vs.into_iter().next().expect("one part");
@@ -378,8 +385,11 @@ enum Keys<'a, B: Backend> {
 /// the whole cache at every decoding step): the `rep` query heads that share a key/value head
 /// are stacked as rows of one matmul (head i reads key/value head i / rep, as transformers'
 /// `repeat_kv` lays them out).
+/// `host`: the scores are on the CPU, where in f32 the scale, the mask and the softmax run as
+/// one pass per row ([`super::host_softmax`]).
 fn grouped_attention<B: Backend>(
     q: Tensor<B, 4>, keys: Keys<'_, B>, vs: &[Tensor<B, 4>], mask: Option<Tensor<B, 4>>, rep: usize,
+    host: bool,
 ) -> (Tensor<B, 4>, Tensor<B, 4>) {
     let [b, h, tq, hd] = q.dims();
     let kvh = h / rep;
@@ -413,6 +423,10 @@ fn grouped_attention<B: Backend>(
         _ => Tensor::cat(ks.iter().map(|k| part_scores(k, transposed)).collect(), 3),
     };
     let mut scores = scores.reshape([b, h, tq, s]);
+    if host && scores.dtype() == DType::F32 {
+        let probs = super::host_softmax(scores, if exact { 1.0 } else { scale as f32 }, mask);
+        return grouped_values(probs, vs, &widths, [b, h, kvh, rep, tq, hd]);
+    }
     if !exact {
         scores = scores * scale;
     }
@@ -427,11 +441,19 @@ fn grouped_attention<B: Backend>(
             scores + m
         };
     }
-    let probs = super::softmax_f32(scores, 3);
+    grouped_values(super::softmax_f32(scores, 3), vs, &widths, [b, h, kvh, rep, tq, hd])
+}
+
+/// The attention output `[b, h, tq, hd]` of `probs: [b, h, tq, Σ widths]` over the runs of
+/// values `vs`, and `probs`.
+fn grouped_values<B: Backend>(
+    probs: Tensor<B, 4>, vs: &[Tensor<B, 4>], widths: &[usize], [b, h, kvh, rep, tq, hd]: [usize; 6],
+) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    let s = widths.iter().sum::<usize>();
     let grouped = probs.clone().reshape([b, kvh, rep * tq, s]);
     let mut start = 0;
     let mut scored: Option<Tensor<B, 4>> = None;
-    for (v, w) in vs.iter().zip(&widths) {
+    for (v, &w) in vs.iter().zip(widths) {
         let p = if vs.len() == 1 {
             grouped.clone()
         } else {

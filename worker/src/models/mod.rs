@@ -14,13 +14,68 @@ pub mod lora;
 pub mod mgvq_decoder;
 pub mod team;
 
-use burn::tensor::{backend::Backend, DType, Tensor};
+use burn::tensor::{backend::Backend, DType, Tensor, TensorData};
 
 /// Softmax along `dim`, computed in f32 when `x` is in half precision (as transformers does
 /// for attention), and returned in `x`'s dtype.
 pub fn softmax_f32<B: Backend, const D: usize>(x: Tensor<B, D>, dim: usize) -> Tensor<B, D> {
     let dtype = x.dtype();
     burn::tensor::activation::softmax(x.cast(DType::F32), dim).cast(dtype)
+}
+
+/// `softmax(scores * scale + mask)` over the last dimension of f32 `scores: [b, h, tq, s]`
+/// on a CPU backend, with `mask: [1 or b, 1 or h, tq, s]` broadcast over the leading
+/// dimensions. Written by hand (no tensor library fuses it): the scores are read out once, each
+/// row is scaled, masked, exponentiated and normalised while it sits in cache, and written back
+/// once, where the backend's kernels make seven passes and five buffers (scale, mask, max,
+/// subtract, exp, sum, divide). The same operations in the same order per element as those
+/// kernels, so the result differs from theirs only in the order the row's sum is added up.
+pub fn host_softmax<B: Backend>(
+    scores: Tensor<B, 4>, scale: f32, mask: Option<Tensor<B, 4>>,
+) -> Tensor<B, 4> {
+    let [b, h, tq, s] = scores.dims();
+    let device = scores.device();
+    let mut x: Vec<f32> = scores.into_data().into_vec().expect("f32 scores");
+    let mask = mask.map(|m| {
+        let [mb, mh, mt, ms] = m.dims();
+        assert!(
+            (mb == 1 || mb == b) && (mh == 1 || mh == h) && mt == tq && ms == s,
+            "mask {:?} does not broadcast over scores {:?}",
+            [mb, mh, mt, ms],
+            [b, h, tq, s]
+        );
+        let v: Vec<f32> = m.cast(DType::F32).into_data().into_vec().expect("f32 mask");
+        (v, mb, mh)
+    });
+    for (r, row) in x.chunks_exact_mut(s).enumerate() {
+        let (q, hb) = (r % tq, r / tq);
+        let (head, batch) = (hb % h, hb / h);
+        let mut max = f32::NEG_INFINITY;
+        match &mask {
+            Some((m, mb, mh)) => {
+                let mr = ((if *mb == 1 { 0 } else { batch }) * mh + if *mh == 1 { 0 } else { head }) * tq + q;
+                for (v, &a) in row.iter_mut().zip(&m[mr * s..(mr + 1) * s]) {
+                    *v = *v * scale + a;
+                    max = max.max(*v);
+                }
+            }
+            None => {
+                for v in row.iter_mut() {
+                    *v *= scale;
+                    max = max.max(*v);
+                }
+            }
+        }
+        let mut sum = 0.0f32;
+        for v in row.iter_mut() {
+            *v = (*v - max).exp();
+            sum += *v;
+        }
+        for v in row.iter_mut() {
+            *v /= sum;
+        }
+    }
+    Tensor::from_data(TensorData::new(x, [b, h, tq, s]), &device)
 }
 
 /// `x * sigmoid(a * x)` (SiLU for `a = 1`, CLIP's quick GELU for `a = 1.702`), as
@@ -68,5 +123,45 @@ pub fn layer_norm_f32<B: Backend, const D: usize>(
     match &ln.beta {
         Some(b) => y + b.val().unsqueeze(),
         None => y,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Distribution;
+
+    type B = crate::backend::Backend;
+
+    /// The fused host softmax equals the backend's scale, mask add and softmax, for masks
+    /// shared by every head or given per head, with a row blocked entirely (uniform in both).
+    #[test]
+    fn host_softmax_equals_the_backend_kernels() {
+        let device = Default::default();
+        let [b, h, tq, s] = [1, 3, 5, 7];
+        let scores = Tensor::<B, 4>::random([b, h, tq, s], Distribution::Normal(0.0, 4.0), &device);
+        for mh in [1, h] {
+            let mut mask = Tensor::<B, 4>::random([1, mh, tq, s], Distribution::Uniform(-3.0, 0.0), &device);
+            // Row 2 blocked entirely, row 0 all but its first key.
+            let blocked = htc_shared::mask::BLOCKED;
+            mask =
+                mask.slice_assign([0..1, 0..mh, 2..3, 0..s], Tensor::full([1, mh, 1, s], blocked, &device));
+            mask = mask
+                .slice_assign([0..1, 0..mh, 0..1, 1..s], Tensor::full([1, mh, 1, s - 1], blocked, &device));
+            let want = burn::tensor::activation::softmax(scores.clone() * 0.3 + mask.clone(), 3);
+            let got = host_softmax(scores.clone(), 0.3, Some(mask));
+            let (want, got): (Vec<f32>, Vec<f32>) =
+                (want.into_data().into_vec().unwrap(), got.into_data().into_vec().unwrap());
+            for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+                assert!((w - g).abs() <= 1e-6, "mask heads {mh}, element {i}: {g} against {w}");
+            }
+            let uniform = 1.0 / s as f32;
+            assert!((got[2 * s] - uniform).abs() < 1e-6, "a blocked row is uniform: {}", got[2 * s]);
+            assert_eq!(got[1], 0.0, "a blocked key gets nothing");
+        }
+        let want = burn::tensor::activation::softmax(scores.clone(), 3);
+        let got = host_softmax(scores, 1.0, None);
+        let diff = (want - got).abs().max().into_scalar();
+        assert!(diff <= 1e-6, "without a mask: {diff}");
     }
 }
