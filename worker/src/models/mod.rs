@@ -25,7 +25,8 @@ pub fn softmax_f32<B: Backend, const D: usize>(x: Tensor<B, D>, dim: usize) -> T
 
 /// `softmax(scores * scale + mask)` over the last dimension of f32 `scores: [b, h, tq, s]`
 /// on a CPU backend, with `mask: [1 or b, 1 or h, tq, s]` broadcast over the leading
-/// dimensions. Written by hand (no tensor library fuses it): the scores are read out once, each
+/// dimensions. Written by hand (burn has no fused softmax, and burn-candle keeps its candle
+/// tensors private, out of reach of candle's own fused kernel): the scores are read out once, each
 /// row is scaled, masked, exponentiated and normalised while it sits in cache, and written back
 /// once, where the backend's kernels make seven passes and five buffers (scale, mask, max,
 /// subtract, exp, sum, divide). The same operations in the same order per element as those
