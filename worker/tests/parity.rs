@@ -436,3 +436,39 @@ fn long_decoding_equals_full_recompute_with(m: &Llama<Backend>) {
     assert_eq!(cache.seq_len(), n);
     assert_eq!(cache.layers[0].as_ref().unwrap().0.dims()[2], n, "seal folds the tail in");
 }
+
+/// The fused host softmax equals the backend's scale, mask add and softmax, for masks
+/// shared by every head or given per head, with a row blocked entirely (uniform in both).
+#[test]
+fn host_softmax_equals_the_backend_kernels() {
+    let device = Default::default();
+    let [b, h, tq, s] = [1, 3, 5, 7];
+    let scores =
+        Tensor::<Backend, 4>::random([b, h, tq, s], burn::tensor::Distribution::Normal(0.0, 4.0), &device);
+    for mh in [1, h] {
+        let mut mask = Tensor::<Backend, 4>::random(
+            [1, mh, tq, s],
+            burn::tensor::Distribution::Uniform(-3.0, 0.0),
+            &device,
+        );
+        // Row 2 blocked entirely, row 0 all but its first key.
+        let blocked = htc_shared::mask::BLOCKED;
+        mask = mask.slice_assign([0..1, 0..mh, 2..3, 0..s], Tensor::full([1, mh, 1, s], blocked, &device));
+        mask =
+            mask.slice_assign([0..1, 0..mh, 0..1, 1..s], Tensor::full([1, mh, 1, s - 1], blocked, &device));
+        let want = burn::tensor::activation::softmax(scores.clone() * 0.3 + mask.clone(), 3);
+        let got = htc_worker::models::host_softmax(scores.clone(), 0.3, Some(mask));
+        let (want, got): (Vec<f32>, Vec<f32>) =
+            (want.into_data().into_vec().unwrap(), got.into_data().into_vec().unwrap());
+        for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+            assert!((w - g).abs() <= 1e-6, "mask heads {mh}, element {i}: {g} against {w}");
+        }
+        let uniform = 1.0 / s as f32;
+        assert!((got[2 * s] - uniform).abs() < 1e-6, "a blocked row is uniform: {}", got[2 * s]);
+        assert_eq!(got[1], 0.0, "a blocked key gets nothing");
+    }
+    let want = burn::tensor::activation::softmax(scores.clone(), 3);
+    let got = htc_worker::models::host_softmax(scores, 1.0, None);
+    let diff = (want - got).abs().max().into_scalar();
+    assert!(diff <= 1e-6, "without a mask: {diff}");
+}
