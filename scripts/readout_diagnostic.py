@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """How fast does the demo model's LLM, trained from nothing, learn to answer ShapesVQA
 questions when it is handed the scene directly? A PyTorch/transformers reference for the
-limit the model card describes (models/shapes-demo/README.md, "What stays weak"): the same
-LLaMA (hidden 192, 4 layers, 6 heads of 32, intermediate 512), AdamW, warmup + cosine,
+limit the model card describes (models/shapes-demo/README.md, "The readout, measured apart"):
+the same LLaMA (hidden 192, 4 layers, 6 heads of 32, intermediate 512; `--hidden` and
+`--intermediate` widen it), AdamW, warmup + cosine,
 global-norm clipping at 1, answer tokens scored, a fresh procedural scene per example
 (ShapesVQA v1's objects and questions; no pictures).
 
@@ -126,6 +127,8 @@ def main():
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--hidden", type=int, default=192, help="the LLM's width (heads of 32)")
+    ap.add_argument("--intermediate", type=int, default=512, help="the LLM's MLP width")
     ap.add_argument("--named-loss", type=float, default=0.0,
                     help="weight of a training-only probe: linear heads on the last prompt token's state at the"
                     " input of layer --named-layer name the colour and the shape the question names")
@@ -137,12 +140,12 @@ def main():
     torch.manual_seed(a.seed)
     tok = Words()
     cfg = LlamaConfig(
-        vocab_size=len(tok.ids) + 3, hidden_size=192, intermediate_size=512, num_hidden_layers=4,
-        num_attention_heads=6, num_key_value_heads=6, head_dim=32, max_position_embeddings=512,
+        vocab_size=len(tok.ids) + 3, hidden_size=a.hidden, intermediate_size=a.intermediate, num_hidden_layers=4,
+        num_attention_heads=a.hidden // 32, num_key_value_heads=a.hidden // 32, head_dim=32, max_position_embeddings=512,
         tie_word_embeddings=False,
     )
     model = LlamaForCausalLM(cfg)
-    to_voco = torch.nn.Linear(len(PAIRS) * 15, 192)
+    to_voco = torch.nn.Linear(len(PAIRS) * 15, a.hidden)
     embed = model.get_input_embeddings()
     phase = {"vector": a.input == "vector"}
 
@@ -196,7 +199,7 @@ def main():
         overall = sum(t[0] for t in tally.values()) / sum(t[1] for t in tally.values())
         return overall, {f: t[0] / t[1] for f, t in sorted(tally.items())}
 
-    named_heads = torch.nn.ModuleList([torch.nn.Linear(192, len(COLORS) + 1), torch.nn.Linear(192, len(SHAPES) + 1)])
+    named_heads = torch.nn.ModuleList([torch.nn.Linear(a.hidden, len(COLORS) + 1), torch.nn.Linear(a.hidden, len(SHAPES) + 1)])
 
     def train(steps, seed):
         """`steps` steps with a fresh optimiser and schedule, in the current phase's input."""
