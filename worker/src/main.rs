@@ -7,11 +7,13 @@ use clap::Parser;
 
 /// mimalloc keeps freed memory for reuse, where glibc's malloc returns the large buffers of
 /// every intermediate tensor to the kernel and takes page faults to get them back: prefill of
-/// 512 tokens ran 10% faster with it (`htc bench --suite llm`, README "Measurements").
+/// 512 tokens ran 10% faster with it (`htc bench --suite llm`, README "Measurements"), and
+/// more once it keeps freed memory for good (`backend::keep_freed_memory`).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    htc_worker::backend::keep_freed_memory();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("HTC_LOG").unwrap_or_else(|_| "info".into()),
