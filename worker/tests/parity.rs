@@ -472,3 +472,45 @@ fn host_softmax_equals_the_backend_kernels() {
     let diff = (want - got).abs().max().into_scalar();
     assert!(diff <= 1e-6, "without a mask: {diff}");
 }
+
+/// A decoding step past 256 cached positions, its attention's heads split over 2 threads, under
+/// an HTC-style mask (the first 130 positions blocked) and with the attention asked for: the
+/// logits and every layer's attention equal one thread's, the blocked keys get nothing and each
+/// row sums to 1.
+#[test]
+fn a_masked_decoding_step_split_over_threads_equals_one_thread() {
+    let (m, _) = tiny_llama();
+    let device = backend::device();
+    let n = 300;
+    let ids: Vec<u32> = (0..n).map(|i| (3 + i * 11 % 90) as u32).collect();
+    let pos: Vec<usize> = (0..=n).collect();
+    let blocked = 130;
+    let mask: Vec<f32> = (0..=n).map(|j| if j < blocked { htc_shared::mask::BLOCKED } else { 0.0 }).collect();
+    let step = |m: &Llama<Backend>| {
+        let mut cache = m.new_cache();
+        m.forward(
+            m.embed(&ids),
+            Step { positions: &pos[..n], mask: None, want_attention: false, self_only: 0 },
+            &mut cache,
+        );
+        let mask = Tensor::<Backend, 2>::from_data(TensorData::new(mask.clone(), [1, n + 1]), &device);
+        let o = m.forward(
+            m.embed(&[7]),
+            Step { positions: &pos[n..], mask: Some(mask), want_attention: true, self_only: 0 },
+            &mut cache,
+        );
+        let attention: Vec<Vec<f32>> = o.attention.iter().map(|a| to_vec(a.clone())).collect();
+        (to_vec(m.logits(o.hidden)), attention)
+    };
+    let (want, want_attention) = step(&m.clone().with_row_split(1));
+    let (got, got_attention) = step(&m.clone().with_row_split(2));
+    assert_close("logits of the split step", &got, &want, 1e-5);
+    assert_eq!(got_attention.len(), want_attention.len());
+    for (l, (g, w)) in got_attention.iter().zip(&want_attention).enumerate() {
+        assert_eq!(g.len(), n + 1, "layer {l}: one row over every position");
+        assert_close(&format!("layer {l} attention"), g, w, 1e-5);
+        assert!(g[..blocked].iter().all(|&p| p == 0.0), "layer {l}: a blocked key gets nothing");
+        let total: f32 = g.iter().sum();
+        assert!((total - 1.0).abs() < 1e-5, "layer {l}: the row sums to {total}");
+    }
+}
