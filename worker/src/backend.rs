@@ -212,8 +212,8 @@ pub const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// the kernel 10 ms later. Every layer of a prefill allocates and frees the same large buffers
 /// (the attention scores of 2,000 tokens are 144 MB) about 200 ms apart, and got them back as
 /// fresh pages the kernel had to zero (`clear_page_erms`, 12% of a prefill's profile). Never
-/// handing memory back made prefill of 2,000 / 512 / 128 tokens 41% / 34% / 13% faster and
-/// decode 8% (`htc bench --suite llm`, alternate runs; README "Freed memory stays with the
+/// handing memory back made prefill of 2,000 / 512 / 128 tokens 29% / 23% / 12% faster and
+/// decoding 7–10% (`htc bench --suite llm`, alternate runs; README "Freed memory stays with the
 /// worker"). The price: the process keeps its peak heap. mimalloc's own `MIMALLOC_PURGE_DELAY`
 /// (milliseconds) overrides this when set. Call it first thing in `main`, before any thread
 /// starts (mimalloc's option setter is not thread safe).
