@@ -23,6 +23,11 @@ const TOKENS: usize = 8;
 mod ws;
 use ws::recv;
 
+/// The allocator and setting `htc serve` runs with (`src/main.rs`), so the figures are the
+/// server's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// One client: hello, upload, then `QUESTIONS` questions in turn; returns answers and latencies.
 async fn client(
     addr: std::net::SocketAddr, png: Vec<u8>, questions: Vec<Vec<u32>>,
@@ -96,6 +101,7 @@ async fn burst(addr: std::net::SocketAddr, pngs: &[Vec<u8>]) -> (Vec<Vec<u32>>, 
 }
 
 fn main() {
+    htc_worker::backend::keep_freed_memory();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let addr = ws::serve(|a| a.queue = 64).await;
