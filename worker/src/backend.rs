@@ -192,17 +192,6 @@ pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     rayon::scope(|_| f())
 }
 
-/// New images compressed together by default: batching pays on the GPU backends; on the CPU
-/// ones (the matmuls of 576-token prefixes already fill the cores) a burst of 8 images took
-/// 1.14–1.22× as long as one batch as one by one (`cargo bench --bench load`).
-pub fn compress_batch() -> usize {
-    if cfg!(any(feature = "cuda", feature = "wgpu")) {
-        8
-    } else {
-        1
-    }
-}
-
 /// mimalloc's `mi_option_purge_delay`: its place in the `mi_option_e` enum of `mimalloc.h`
 /// (the same in mimalloc v2 and v3; the bindings name no constant for it, so
 /// `tests/allocator.rs` checks that this index is the one `MIMALLOC_PURGE_DELAY` sets).

@@ -51,18 +51,22 @@ fn compress_then_answer_equals_one_full_forward() {
 
 #[test]
 fn compressing_a_batch_equals_compressing_each_image_alone() {
-    for (mode, topo, k) in [
-        (HtcMode::Htc, Topology::Star, 1),
-        (HtcMode::Voco, Topology::Causal, 2),
-        (HtcMode::None, Topology::Star, 1),
+    // Row split 2: as on a CPU backend, where each image's encoders run on a thread of their own.
+    for (mode, topo, k, split) in [
+        (HtcMode::Htc, Topology::Star, 1, 1),
+        (HtcMode::Htc, Topology::Star, 1, 2),
+        (HtcMode::Voco, Topology::Causal, 2, 1),
+        (HtcMode::Voco, Topology::Causal, 2, 2),
+        (HtcMode::None, Topology::Star, 1, 1),
     ] {
-        let m = model(mode, topo, k);
+        let mut m = model(mode, topo, k);
+        m.llava.llm = m.llava.llm.with_row_split(split);
         let imgs: Vec<ImageTensors<Backend>> = (1..=3).map(image).collect();
         let batch = m.compress_batch(&imgs).unwrap();
         assert_eq!(batch.len(), 3);
         for (i, (img, c)) in imgs.iter().zip(&batch).enumerate() {
             let alone = m.compress(img).unwrap();
-            let what = format!("{mode:?} image {i}");
+            let what = format!("{mode:?} split {split} image {i}");
             assert_eq!(c.kept_positions, alone.kept_positions, "{what}");
             assert_eq!(c.next_position, alone.next_position, "{what}");
             assert_eq!(c.cache.seq_len(), alone.cache.seq_len(), "{what}");
@@ -92,6 +96,19 @@ fn compressing_a_batch_equals_compressing_each_image_alone() {
     let e = m.compress_batch(&[image(1), with_codes]).err().unwrap().to_string();
     assert!(e.contains("mixes client MGVQ codes and pixels"), "{e}");
     assert!(m.compress_batch(&[]).unwrap().is_empty());
+    // With the images on threads of their own, one image's bad codes fail the batch in words.
+    let mut m = model(HtcMode::Htc, Topology::Star, 1);
+    m.llava.llm = m.llava.llm.with_row_split(2);
+    let coded = |i: u64, rows: usize| {
+        let mut img = image(i);
+        let mut codes = m.mgvq.as_ref().unwrap().encode(img.mgvq.clone().unwrap()).unwrap().codes;
+        codes.truncate(rows);
+        img.codes = Some(codes);
+        img
+    };
+    let e = m.compress_batch(&[coded(1, usize::MAX), coded(2, 3)]).err().unwrap().to_string();
+    assert!(e.contains("3 rows of MGVQ codes for 1 images"), "{e}");
+    assert_eq!(m.compress_batch(&[coded(1, usize::MAX), coded(2, usize::MAX)]).unwrap().len(), 2);
 }
 
 #[test]

@@ -15,6 +15,7 @@ use anyhow::{bail, Context, Result};
 use burn::module::{Initializer, Module, Param};
 use burn::nn::Linear;
 use burn::tensor::{backend::Backend, Tensor, TensorData};
+use rayon::prelude::*;
 
 use htc_shared::config::{HtcConfig, HtcMode};
 use htc_shared::loader::Loader;
@@ -265,6 +266,14 @@ impl<B: Backend> Htc<B> {
             }
             _ => bail!("a batch of images to compress mixes client MGVQ codes and pixels"),
         };
+        if self.llava.llm.row_split() > 1 {
+            // On a CPU backend the encoders gain nothing from a batch (their convolutions are
+            // already products over every pixel, and their elementwise passes run on one core
+            // each): each image's encoders run on a thread of rayon's pool instead, as they would
+            // alone, and the prefixes then go through the LLM as one batch.
+            let parts = imgs.par_iter().map(|i| self.prefix_embeds(i)).collect::<Result<Vec<_>>>()?;
+            return self.compress_rows(Tensor::cat(parts, 0));
+        }
         let mgvq = match (&codes, imgs.iter().all(|i| i.mgvq.is_some())) {
             (None, true) => Some(Tensor::cat(imgs.iter().filter_map(|i| i.mgvq.clone()).collect(), 0)),
             _ => None,

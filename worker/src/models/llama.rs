@@ -860,6 +860,11 @@ impl<B: Backend> Llama<B> {
         m
     }
 
+    /// The thread count of [`Self::with_row_split`] (1: not split, as on the GPU backends).
+    pub fn row_split(&self) -> usize {
+        self.split
+    }
+
     /// The decoder with every LoRA adapter folded into its base weight.
     pub fn merged(self) -> Self {
         self.map_projections(Proj::merged)

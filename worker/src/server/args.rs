@@ -39,10 +39,10 @@ pub struct ServeArgs {
     /// Answers decoded together in one batched step (micro-batching).
     #[arg(long, default_value_t = 8)]
     pub max_batch: usize,
-    /// New images compressed together in one batch when questions about them arrive together
-    /// (1 compresses them one by one). Default: 8 on the GPU backends; 1 on the CPU ones,
-    /// where a batch was measured slower than the same images one by one.
-    #[arg(long, default_value_t = crate::backend::compress_batch())]
+    /// New images compressed together when questions about them arrive together (1 compresses
+    /// them one by one): on the GPU backends as one batch; on the CPU ones each image's
+    /// encoders on a thread of their own, then the prefixes through the LLM as one batch.
+    #[arg(long, default_value_t = 8)]
     pub max_compress_batch: usize,
     /// Questions one connection may have queued or running.
     #[arg(long, default_value_t = 4)]
@@ -76,7 +76,7 @@ impl ServeArgs {
             cache_capacity: 64,
             queue: 16,
             max_batch: 8,
-            max_compress_batch: crate::backend::compress_batch(),
+            max_compress_batch: 8,
             max_inflight_per_connection: 4,
             max_frame_bytes: 16 << 20,
             max_image_bytes: 12 << 20,
