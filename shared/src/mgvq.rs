@@ -9,6 +9,7 @@
 
 use burn::module::{Initializer, Module, Param};
 use burn::nn::conv::Conv2d;
+use burn::nn::PaddingConfig2d;
 use burn::tensor::activation::{relu, silu};
 use burn::tensor::{backend::Backend, DType, Int, Tensor};
 use image::{imageops::FilterType, RgbImage};
@@ -58,12 +59,65 @@ pub fn channel_average<B: Backend>(x: Tensor<B, 4>, c_out: usize) -> Tensor<B, 4
     x.reshape([b, c_out, c / c_out, h, w]).mean_dim(2).reshape([b, c_out, h, w])
 }
 
+/// `c` applied to `x` (stride 1, "same" padding, one group: every convolution of the encoder
+/// but the depthwise and grouped ones), by burn's `conv2d` or, with `products`, as one matrix
+/// product: a 1×1 convolution multiplies the features `[b, in, h·w]` directly, a `k×k` one the
+/// `k²` shifted copies of the padded input stacked along the channels (im2col out of whole-row
+/// copies), in the order of candle's own im2col (the same results to the bit on the demo
+/// models; `tests/mgvq.rs` checks codes and latents). Written by hand for the CPU: burn-candle's `conv2d` builds its im2col
+/// element by element and copies a 1×1 convolution's input and output the same way, about a
+/// fifth of an encoding (336-px input: 270 → 217 ms). The GPU backends keep their kernels,
+/// and the browser, whose memory the `k²` copies would take, keeps `conv2d`.
+fn conv<B: Backend>(c: &Conv2d<B>, x: Tensor<B, 4>, products: bool) -> Tensor<B, 4> {
+    let [co, _, k, kw] = c.weight.dims();
+    let p = k / 2;
+    let same = c.padding == PaddingConfig2d::Explicit(p, p, p, p);
+    if !products
+        || k != kw
+        || k % 2 == 0
+        || !same
+        || c.stride != [1, 1]
+        || c.dilation != [1, 1]
+        || c.groups != 1
+    {
+        return c.forward(x);
+    }
+    let [b, ci, h, w] = x.dims();
+    if k == 1 {
+        let wt = c.weight.val().reshape([1, co, ci]);
+        let wt = if b > 1 { wt.repeat_dim(0, b) } else { wt };
+        let mut y = wt.matmul(x.reshape([b, ci, h * w])).reshape([b, co, h, w]);
+        if let Some(bias) = &c.bias {
+            y = y + bias.val().reshape([1, co, 1, 1]);
+        }
+        return y;
+    }
+    let xp = Tensor::<B, 4>::zeros([b, ci, h + 2 * p, w + 2 * p], (&x.device(), x.dtype()))
+        .slice_assign([0..b, 0..ci, p..p + h, p..p + w], x);
+    let mut cols = Vec::with_capacity(k * k);
+    for dy in 0..k {
+        for dx in 0..k {
+            cols.push(xp.clone().slice([0..b, 0..ci, dy..dy + h, dx..dx + w]));
+        }
+    }
+    let cols = Tensor::cat(cols, 1).reshape([b, k * k * ci, h * w]);
+    let wt = c.weight.val().permute([0, 2, 3, 1]).reshape([1, co, k * k * ci]);
+    let wt = if b > 1 { wt.repeat_dim(0, b) } else { wt };
+    let mut y = wt.matmul(cols).reshape([b, co, h, w]);
+    if let Some(bias) = &c.bias {
+        y = y + bias.val().reshape([1, co, 1, 1]);
+    }
+    y
+}
+
 /// `ResidualBlock(ResBlock)`: `x + norm(conv2(silu(conv1(x))))`.
 #[derive(Module, Debug)]
 pub struct ResBlock<B: Backend> {
     conv1: Conv2d<B>,
     conv2: Conv2d<B>,
     norm: RmsNorm2d<B>,
+    /// Convolutions as products (see [`conv`]).
+    products: bool,
 }
 
 impl<B: Backend> ResBlock<B> {
@@ -73,11 +127,16 @@ impl<B: Backend> ResBlock<B> {
             conv1: m.conv2d_padded("conv1.conv", c, c, 3, 1, 1, 1, true)?,
             conv2: m.conv2d_padded("conv2.conv", c, c, 3, 1, 1, 1, false)?,
             norm: RmsNorm2d::load(&m.pp("conv2.norm"), c, eps)?,
+            products: false,
         })
     }
 
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let y = self.norm.forward(self.conv2.forward(silu(self.conv1.forward(x.clone()))));
+        let y = self.norm.forward(conv(
+            &self.conv2,
+            silu(conv(&self.conv1, x.clone(), self.products)),
+            self.products,
+        ));
         x + y
     }
 }
@@ -87,15 +146,22 @@ impl<B: Backend> ResBlock<B> {
 pub struct Downsample<B: Backend> {
     conv: Conv2d<B>,
     c_out: usize,
+    /// Convolutions as products (see [`conv`]).
+    products: bool,
 }
 
 impl<B: Backend> Downsample<B> {
     fn load(vb: &Loader<B>, c_in: usize, c_out: usize) -> Result<Self> {
-        Ok(Self { conv: vb.pp("main").conv2d_padded("conv.conv", c_in, c_out / 4, 3, 1, 1, 1, true)?, c_out })
+        Ok(Self {
+            conv: vb.pp("main").conv2d_padded("conv.conv", c_in, c_out / 4, 3, 1, 1, 1, true)?,
+            c_out,
+            products: false,
+        })
     }
 
     fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        pixel_unshuffle(self.conv.forward(x.clone())) + channel_average(pixel_unshuffle(x), self.c_out)
+        pixel_unshuffle(conv(&self.conv, x.clone(), self.products))
+            + channel_average(pixel_unshuffle(x), self.c_out)
     }
 }
 
@@ -186,6 +252,8 @@ pub struct EvitGlu<B: Backend> {
     point_conv: Conv2d<B>,
     point_norm: RmsNorm2d<B>,
     dim: usize,
+    /// Convolutions as products (see [`conv`]).
+    products: bool,
 }
 
 impl<B: Backend> EvitGlu<B> {
@@ -211,6 +279,7 @@ impl<B: Backend> EvitGlu<B> {
             point_conv: local.conv2d("point_conv.conv", mid, c, 1, 1, false)?,
             point_norm: RmsNorm2d::load(&local.pp("point_conv.norm"), c, cfg.norm_eps)?,
             dim: cfg.attention_dim,
+            products: false,
         })
     }
 
@@ -220,7 +289,7 @@ impl<B: Backend> EvitGlu<B> {
         let heads = c / d;
         // The linear attention in f32 whatever the model's dtype, as the reference (its sums
         // over all positions and the 1e-15 guard are lost in half precision).
-        let qkv = self.qkv.forward(x).reshape([b, heads, 3 * d, h * w]);
+        let qkv = conv(&self.qkv, x, self.products).reshape([b, heads, 3 * d, h * w]);
         let dtype = qkv.dtype();
         let qkv = qkv.cast(DType::F32);
         let q = relu(qkv.clone().slice([0..b, 0..heads, 0..d, 0..h * w]));
@@ -232,16 +301,16 @@ impl<B: Backend> EvitGlu<B> {
         let num = out.clone().slice([0..b, 0..heads, 0..d, 0..h * w]);
         let den = out.slice([0..b, 0..heads, d..d + 1, 0..h * w]) + 1e-15;
         let out = (num / den).reshape([b, c, h, w]).cast(dtype);
-        self.proj_norm.forward(self.proj.forward(out))
+        self.proj_norm.forward(conv(&self.proj, out, self.products))
     }
 
     fn glu_mbconv(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let y = self.depth_conv.forward(silu(self.inverted_conv.forward(x)));
+        let y = self.depth_conv.forward(silu(conv(&self.inverted_conv, x, self.products)));
         let [b, c2, h, w] = y.dims();
         let half = c2 / 2;
         let gate = silu(y.clone().slice([0..b, half..c2, 0..h, 0..w]));
         let y = y.slice([0..b, 0..half, 0..h, 0..w]) * gate;
-        self.point_norm.forward(self.point_conv.forward(y))
+        self.point_norm.forward(conv(&self.point_conv, y, self.products))
     }
 
     fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
@@ -290,6 +359,8 @@ pub struct Mgvq<B: Backend> {
     codebook: Param<Tensor<B, 2>>,
     #[module(skip)]
     config: Config,
+    /// Convolutions as products (see [`conv`]; [`Mgvq::with_conv_products`]).
+    products: bool,
 }
 
 impl Config {
@@ -345,8 +416,16 @@ impl<B: Backend> Mgvq<B> {
             [c.codebook_size, c.group_dim()],
             Initializer::Normal { mean: 0.0, std: 1.0 },
         )?;
-        let m =
-            Self { project_in, unshuffle_in, blocks, project_out, quant_conv, codebook, config: c.clone() };
+        let m = Self {
+            project_in,
+            unshuffle_in,
+            blocks,
+            project_out,
+            quant_conv,
+            codebook,
+            config: c.clone(),
+            products: false,
+        };
         Ok(m)
     }
 
@@ -354,12 +433,27 @@ impl<B: Backend> Mgvq<B> {
         &self.config
     }
 
+    /// The encoder with its convolutions computed as plain matrix products (`true`; see
+    /// [`conv`]) or by burn's `conv2d` (`false`, the default): the same results, faster on a
+    /// CPU backend.
+    pub fn with_conv_products(mut self, on: bool) -> Self {
+        self.products = on;
+        for b in self.blocks.iter_mut() {
+            match b {
+                Block::Res(b) => b.products = on,
+                Block::Evit(b) => b.products = on,
+                Block::Down(b) => b.products = on,
+            }
+        }
+        self
+    }
+
     /// The latent after `quant_conv`, `[b, C, h, w]`, of pixels in [-1, 1], `[b, 3, s, s]`.
     pub fn latent(&self, pixels: Tensor<B, 4>) -> Tensor<B, 4> {
         // In the weights' dtype (f32 under a half-precision model: see `Loader::with_dtype`).
         let dtype = self.codebook.val().dtype();
         let pixels = pixels.cast(dtype);
-        let mut h = self.project_in.forward(pixels);
+        let mut h = conv(&self.project_in, pixels, self.products);
         if self.unshuffle_in {
             h = pixel_unshuffle(h);
         }
@@ -367,7 +461,7 @@ impl<B: Backend> Mgvq<B> {
             h = b.forward(h);
         }
         let lc = self.config.latent_channels;
-        let h = self.project_out.forward(h.clone()) + channel_average(h, lc);
+        let h = conv(&self.project_out, h.clone(), self.products) + channel_average(h, lc);
         self.quant_conv.forward(h)
     }
 

@@ -59,8 +59,7 @@ fn compressing_a_batch_equals_compressing_each_image_alone() {
         (HtcMode::Voco, Topology::Causal, 2, 2),
         (HtcMode::None, Topology::Star, 1, 1),
     ] {
-        let mut m = model(mode, topo, k);
-        m.llava.llm = m.llava.llm.with_row_split(split);
+        let m = model(mode, topo, k).with_row_split(split);
         let imgs: Vec<ImageTensors<Backend>> = (1..=3).map(image).collect();
         let batch = m.compress_batch(&imgs).unwrap();
         assert_eq!(batch.len(), 3);
@@ -97,8 +96,7 @@ fn compressing_a_batch_equals_compressing_each_image_alone() {
     assert!(e.contains("mixes client MGVQ codes and pixels"), "{e}");
     assert!(m.compress_batch(&[]).unwrap().is_empty());
     // With the images on threads of their own, one image's bad codes fail the batch in words.
-    let mut m = model(HtcMode::Htc, Topology::Star, 1);
-    m.llava.llm = m.llava.llm.with_row_split(2);
+    let m = model(HtcMode::Htc, Topology::Star, 1).with_row_split(2);
     let coded = |i: u64, rows: usize| {
         let mut img = image(i);
         let mut codes = m.mgvq.as_ref().unwrap().encode(img.mgvq.clone().unwrap()).unwrap().codes;

@@ -22,7 +22,13 @@ fn tiny() -> Mgvq<Backend> {
 
 #[test]
 fn mgvq_latent_q_and_codes_match_the_reference() {
-    let m = tiny();
+    // By burn's conv2d, then with the convolutions as plain products (the CPU inference path).
+    for products in [false, true] {
+        reference_parity(tiny().with_conv_products(products));
+    }
+}
+
+fn reference_parity(m: Mgvq<Backend>) {
     let exp = Expected::open("mgvq-tiny/expected.safetensors");
     let (s, px) = exp.f32("pixel_values");
     let px =
@@ -60,4 +66,21 @@ fn missing_mgvq_weights_are_named() {
     let src = WeightSource::open_dir(&fixtures().join("llama-tiny")).unwrap();
     let e = Mgvq::<Backend>::load(&Loader::new(&src, &backend::device()), &cfg).err().unwrap();
     assert!(e.to_string().contains("encoder.project_in.conv.conv.weight"), "{e}");
+}
+
+#[test]
+fn convolutions_as_products_give_the_demo_tokenizer_s_codes() {
+    // The shipped tokenizer on a real picture, both paths: the same codes, latents within 1e-5
+    // x their scale (on candle, measured equal to the bit).
+    let dir = fixtures().join("../models/shapes-demo/tokenizer");
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+    let cfg = Config::from_json(&json["mgvq"]).unwrap();
+    let src = WeightSource::open_dir(&dir).unwrap();
+    let m = Mgvq::<Backend>::load(&Loader::new(&src, &backend::device()), &cfg).unwrap();
+    let img = image::open(fixtures().join("../docs/demo-star.png")).unwrap().to_rgb8();
+    let a = m.clone().with_conv_products(false).encode(m.pixels_of(&img)).unwrap();
+    let b = m.clone().with_conv_products(true).encode(m.pixels_of(&img)).unwrap();
+    assert_eq!(a.codes, b.codes, "codes");
+    assert_close("latent, products vs conv2d", &to_vec(b.latent), &to_vec(a.latent), 1e-5);
 }

@@ -116,8 +116,7 @@ fn build(a: &E2eArgs) -> Result<(Htc<Backend>, LlamaConfig, f64)> {
     };
     let hc = HtcConfig::paper(s.mgvq.clone(), s.discrete_hidden);
     let t = Instant::now();
-    let mut model = Htc::<Backend>::init(&lc, &hc, &device)?;
-    model.llava.llm = model.llava.llm.with_row_split(backend::row_split());
+    let model = Htc::<Backend>::init(&lc, &hc, &device)?.with_row_split(backend::row_split());
     Backend::sync(&device).map_err(|e| anyhow::anyhow!("device sync failed: {e:?}"))?;
     let init_s = t.elapsed().as_secs_f64();
     println!(

@@ -44,9 +44,8 @@ impl<B: Backend> AnyModel<B> {
                 model.llm = model.llm.with_row_split(threads);
                 AnyModel::Llava { model, config, preprocess }
             }
-            AnyModel::Htc { mut model, config, preprocess } => {
-                model.llava.llm = model.llava.llm.with_row_split(threads);
-                AnyModel::Htc { model, config, preprocess }
+            AnyModel::Htc { model, config, preprocess } => {
+                AnyModel::Htc { model: model.with_row_split(threads), config, preprocess }
             }
         }
     }

@@ -247,6 +247,17 @@ impl<B: Backend> Htc<B> {
         Tensor::from_data(TensorData::new(m, [n, n]), &self.llava.llm.device())
     }
 
+    /// The model tuned for CPU inference on `threads` threads (1: as on the GPU backends): the
+    /// LLM's few-row products split over them ([`llama::Llama::with_row_split`]) and, with more
+    /// than one, the MGVQ encoder's convolutions as plain products
+    /// ([`Mgvq::with_conv_products`]) and a batch of images compressed one image per thread
+    /// ([`Self::compress_batch`]).
+    pub fn with_row_split(mut self, threads: usize) -> Self {
+        self.llava.llm = self.llava.llm.with_row_split(threads);
+        self.mgvq = self.mgvq.map(|m| m.with_conv_products(threads > 1));
+        self
+    }
+
     /// Runs the prefix once and keeps what text may see.
     pub fn compress(&self, img: &ImageTensors<B>) -> Result<CompressedImage<B>> {
         self.compress_embeds(self.prefix_embeds(img)?)

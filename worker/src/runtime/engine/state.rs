@@ -118,11 +118,11 @@ impl EngineState {
                 (m, pre, snap.tokenizer, served_name(p), false)
             }
         };
-        let mut model = match cfg.mode {
+        let model = match cfg.mode {
             Some(mode) => model.with_mode(mode, false)?,
             None => model,
         };
-        model.llava.llm = model.llava.llm.with_row_split(backend::row_split());
+        let model = model.with_row_split(backend::row_split());
         // Mode `none` (all patches, no bottleneck) beside a compressed mode, for comparison.
         let alternates: Vec<(HtcMode, Htc<Backend>)> = match model.config.mode {
             HtcMode::None => vec![],
