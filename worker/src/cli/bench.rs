@@ -143,7 +143,8 @@ fn htc_suite(args: &BenchArgs) -> Result<()> {
         let hc = HtcConfig::paper(mc.clone(), hidden);
         let src = crate::formats::random::random_htc(&lc, &hc, 0);
         let vb = Loader::<Backend>::new(&src, &device);
-        let model = Htc::load(&vb, Llava::load(&vb, &lc)?, &hc)?;
+        // Tuned for the backend as the server and `htc ask` tune it.
+        let model = Htc::load(&vb, Llava::load(&vb, &lc)?, &hc)?.with_row_split(backend::row_split());
         drop(src);
         let img = ImageTensors {
             clip: Tensor::random([1, 3, 336, 336], Distribution::Normal(0.0, 1.0), &device),
