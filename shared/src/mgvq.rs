@@ -64,10 +64,11 @@ pub fn channel_average<B: Backend>(x: Tensor<B, 4>, c_out: usize) -> Tensor<B, 4
 /// product: a 1×1 convolution multiplies the features `[b, in, h·w]` directly, a `k×k` one the
 /// `k²` shifted copies of the padded input stacked along the channels (im2col out of whole-row
 /// copies), in the order of candle's own im2col (the same results to the bit on the demo
-/// models; `tests/mgvq.rs` checks codes and latents). Written by hand for the CPU: burn-candle's `conv2d` builds its im2col
-/// element by element and copies a 1×1 convolution's input and output the same way, about a
-/// fifth of an encoding (336-px input: 270 → 217 ms). The GPU backends keep their kernels,
-/// and the browser, whose memory the `k²` copies would take, keeps `conv2d`.
+/// models; `tests/mgvq.rs` checks codes and latents). Written by hand for the CPU:
+/// burn-candle's `conv2d` builds its im2col element by element and copies a 1×1 convolution's
+/// input and output the same way, about a fifth of an encoding (336-px input: 270 → 217 ms).
+/// The GPU backends keep their kernels, and the browser, whose memory the `k²` copies would
+/// take, keeps `conv2d`.
 fn conv<B: Backend>(c: &Conv2d<B>, x: Tensor<B, 4>, products: bool) -> Tensor<B, 4> {
     let [co, _, k, kw] = c.weight.dims();
     let p = k / 2;
