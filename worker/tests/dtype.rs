@@ -95,9 +95,14 @@ fn auto_follows_the_checkpoints_dtype() {
     assert_eq!(dump(&src, None, "auto-silent.safetensors"), dump(&src, Some("f32"), "f32.safetensors"));
 }
 
-/// The demo model (HTC: CLIP, MGVQ anchors, `<voco>`) in f16 gives every one of CI's 300 test
-/// answers that it gives in f32, and its MGVQ codes are the f32 ones (the tokenizer stays in
-/// f32 under a half-precision model, so a browser's codes stay valid).
+/// The demo model (HTC: CLIP, MGVQ anchors, `<voco>`) in f16 gives CI's 300 test answers that
+/// it gives in f32, except where f16 cannot tell the two best answers apart: an answer may
+/// differ only if its two best f32 first-token logits lie within one f16 step of each other
+/// (2^-7 for logits in [8, 16): in f16 they are then the same number, and the tie goes either
+/// way), and at most 6 of 300 (2%) at all. Measured: 2 of 300 such answers, with f32 gaps of 0.0015 and 0.0046 (logits about 11);
+/// 0 before the worker compressed an evaluation's images one per thread, which rounds the f16
+/// vision tower's products differently from one batch. And its MGVQ codes are the f32 ones
+/// (the tokenizer stays in f32 under a half-precision model, so a browser's codes stay valid).
 #[test]
 fn the_demo_model_answers_the_same_in_f16() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -131,9 +136,49 @@ fn the_demo_model_answers_the_same_in_f16() {
     };
     let (full, half) = (answers("f32"), answers("f16"));
     assert_eq!(full.len(), 300);
-    let differ = full.iter().zip(&half).filter(|(a, b)| a != b).count();
-    eprintln!("the demo model in f16: {differ} of 300 answers differ from f32");
-    assert_eq!(differ, 0);
+    let records: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("test.json")).unwrap()).unwrap();
+    let differ: Vec<usize> = (0..full.len()).filter(|&i| full[i] != half[i]).collect();
+    eprintln!("the demo model in f16: {} of 300 answers differ from f32", differ.len());
+    assert!(differ.len() <= 6, "{} of 300 f16 answers differ from f32", differ.len());
+    for i in differ {
+        // The f32 logits of the answer's first token: the two best must be closer than f16's
+        // step at their size.
+        let r = &records[i];
+        let prompt = r["conversations"][0]["value"].as_str().unwrap().trim_start_matches("<image>\n");
+        let dump = tmp(&format!("near-tie-{i}.safetensors"));
+        let image = dir.join(r["image"].as_str().unwrap());
+        let out = htc(&[
+            "ask",
+            "--model",
+            s(&demo),
+            "--image",
+            s(&image),
+            "--prompt",
+            prompt,
+            "--dtype",
+            "f32",
+            "--max-new-tokens",
+            "1",
+            "--dump-logits",
+            s(&dump),
+        ]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let logits = Expected::open(dump.to_str().unwrap()).f32("logits");
+        let vocab = logits.0[1];
+        let mut last = logits.1[logits.1.len() - vocab..].to_vec();
+        last.sort_by(|a, b| b.total_cmp(a));
+        let step = 2f32.powi(last[0].abs().log2().floor() as i32 - 10);
+        assert!(
+            last[0] - last[1] <= step,
+            "question {i} (`{prompt}`): f16 answers {:?}, f32 {:?}, though f32's two best logits are {} apart, more \
+             than f16's step {step} at {}",
+            half[i],
+            full[i],
+            last[0] - last[1],
+            last[0]
+        );
+    }
     let star = root.join("docs/demo-star.png");
     let codes = |dtype: &str| {
         let out = htc(&["tokenize", "--model", s(&demo), "--image", s(&star), "--json", "--dtype", dtype]);

@@ -265,7 +265,8 @@ impl<B: Backend> Htc<B> {
 
     /// [`Self::compress`] for several images at once: the encoders and the prefix run as one
     /// batch, then each image gets its own compressed cache (what compressing it alone gives,
-    /// up to the order of float additions). Images must all carry MGVQ codes or all not.
+    /// up to the order of float additions); on a CPU backend (row split > 1) the images are
+    /// compressed side by side, one per thread. Images must all carry MGVQ codes or all not.
     pub fn compress_batch(&self, imgs: &[ImageTensors<B>]) -> Result<Vec<CompressedImage<B>>> {
         if imgs.len() < 2 {
             return imgs.iter().map(|i| self.compress(i)).collect();
@@ -278,12 +279,12 @@ impl<B: Backend> Htc<B> {
             _ => bail!("a batch of images to compress mixes client MGVQ codes and pixels"),
         };
         if self.llava.llm.row_split() > 1 {
-            // On a CPU backend the encoders gain nothing from a batch (their convolutions are
-            // already products over every pixel, and their elementwise passes run on one core
-            // each): each image's encoders run on a thread of rayon's pool instead, as they would
-            // alone, and the prefixes then go through the LLM as one batch.
-            let parts = imgs.par_iter().map(|i| self.prefix_embeds(i)).collect::<Result<Vec<_>>>()?;
-            return self.compress_rows(Tensor::cat(parts, 0));
+            // On a CPU backend a batch gains nothing (the encoders' convolutions are already
+            // products over every pixel, and their elementwise passes run on one core each),
+            // so each image is compressed on a thread of rayon's pool instead, exactly as it
+            // would be alone: the same bits, also under f16, where the LLM's attention over a
+            // batch of prefixes takes a path that rounds differently.
+            return imgs.par_iter().map(|i| self.compress(i)).collect();
         }
         let mgvq = match (&codes, imgs.iter().all(|i| i.mgvq.is_some())) {
             (None, true) => Some(Tensor::cat(imgs.iter().filter_map(|i| i.mgvq.clone()).collect(), 0)),
