@@ -84,31 +84,30 @@ fn conv<B: Backend>(c: &Conv2d<B>, x: Tensor<B, 4>, products: bool) -> Tensor<B,
         return c.forward(x);
     }
     let [b, ci, h, w] = x.dims();
-    if k == 1 {
-        let wt = c.weight.val().reshape([1, co, ci]);
-        let wt = if b > 1 { wt.repeat_dim(0, b) } else { wt };
-        let mut y = wt.matmul(x.reshape([b, ci, h * w])).reshape([b, co, h, w]);
-        if let Some(bias) = &c.bias {
-            y = y + bias.val().reshape([1, co, 1, 1]);
-        }
-        return y;
+    let (weight, features) = if k == 1 {
+        (c.weight.val().reshape([1, co, ci]), x.reshape([b, ci, h * w]))
+    } else {
+        let xp = pad_same(x, p);
+        let cols: Vec<Tensor<B, 4>> =
+            (0..k * k).map(|t| xp.clone().slice([0..b, 0..ci, t / k..t / k + h, t % k..t % k + w])).collect();
+        let weight = c.weight.val().permute([0, 2, 3, 1]).reshape([1, co, k * k * ci]);
+        (weight, Tensor::cat(cols, 1).reshape([b, k * k * ci, h * w]))
+    };
+    let weight = if b > 1 { weight.repeat_dim(0, b) } else { weight };
+    let y = weight.matmul(features).reshape([b, co, h, w]);
+    match &c.bias {
+        Some(bias) => y + bias.val().reshape([1, co, 1, 1]),
+        None => y,
     }
-    let xp = Tensor::<B, 4>::zeros([b, ci, h + 2 * p, w + 2 * p], (&x.device(), x.dtype()))
-        .slice_assign([0..b, 0..ci, p..p + h, p..p + w], x);
-    let mut cols = Vec::with_capacity(k * k);
-    for dy in 0..k {
-        for dx in 0..k {
-            cols.push(xp.clone().slice([0..b, 0..ci, dy..dy + h, dx..dx + w]));
-        }
-    }
-    let cols = Tensor::cat(cols, 1).reshape([b, k * k * ci, h * w]);
-    let wt = c.weight.val().permute([0, 2, 3, 1]).reshape([1, co, k * k * ci]);
-    let wt = if b > 1 { wt.repeat_dim(0, b) } else { wt };
-    let mut y = wt.matmul(cols).reshape([b, co, h, w]);
-    if let Some(bias) = &c.bias {
-        y = y + bias.val().reshape([1, co, 1, 1]);
-    }
-    y
+}
+
+/// `x` `[b, c, h, w]` with `p` zeros on every side, in `x`'s own dtype (burn's `pad` builds its
+/// canvas in the device's default dtype, which under a half-precision model is not this f32
+/// encoder's).
+fn pad_same<B: Backend>(x: Tensor<B, 4>, p: usize) -> Tensor<B, 4> {
+    let [b, c, h, w] = x.dims();
+    Tensor::<B, 4>::zeros([b, c, h + 2 * p, w + 2 * p], (&x.device(), x.dtype()))
+        .slice_assign([0..b, 0..c, p..p + h, p..p + w], x)
 }
 
 /// `ResidualBlock(ResBlock)`: `x + norm(conv2(silu(conv1(x))))`.
@@ -187,10 +186,7 @@ impl<B: Backend> DepthwiseConv<B> {
         let [b, c, h, w] = x.dims();
         let k = self.weight.dims()[2];
         let p = k / 2;
-        // Zero padding in `x`'s own dtype (burn's `pad` builds its canvas in the device's
-        // default dtype, which under a half-precision model is not this f32 encoder's).
-        let xp = Tensor::<B, 4>::zeros([b, c, h + 2 * p, w + 2 * p], (&x.device(), x.dtype()))
-            .slice_assign([0..b, 0..c, p..p + h, p..p + w], x);
+        let xp = pad_same(x, p);
         let weight = self.weight.val();
         let mut acc: Option<Tensor<B, 4>> = None;
         for dy in 0..k {
