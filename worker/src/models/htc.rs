@@ -282,8 +282,7 @@ impl<B: Backend> Htc<B> {
             // On a CPU backend a batch gains nothing (the encoders' convolutions are already
             // products over every pixel, and their elementwise passes run on one core each),
             // so each image is compressed on a thread of rayon's pool instead, exactly as it
-            // would be alone: the same bits, also under f16, where the LLM's attention over a
-            // batch of prefixes takes a path that rounds differently.
+            // would be alone: the same bits (a batch rounds half-precision products otherwise).
             return imgs.par_iter().map(|i| self.compress(i)).collect();
         }
         let mgvq = match (&codes, imgs.iter().all(|i| i.mgvq.is_some())) {
