@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything the build and the tests need, idempotently and offline-safe (crates.io,
-# npm, PyPI and Debian only): Chromium + chromedriver, HAProxy, promtool, the wasm32 target (rustup, else Debian's
+# npm, PyPI and Debian only): Chromium + chromedriver, HAProxy, promtool, lavapipe, the wasm32 target (rustup, else Debian's
 # rustc-web with -Zbuild-std), wasm-bindgen-cli pinned to Cargo.lock, trunk, and wasm-opt.
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
@@ -24,6 +24,8 @@ fi
 # 1a. HAProxy, the load balancer of the scale-out test (scripts/scale-test.sh); promtool (in
 # Debian's prometheus package) for the deploy checks (scripts/check-deploy.sh).
 command -v haproxy >/dev/null || apt_install haproxy
+# lavapipe (Vulkan on the CPU) for the native test of the hand-written WGSL encoder.
+apt_install mesa-vulkan-drivers
 command -v promtool >/dev/null || apt_install prometheus
 
 # 1b. rustfmt and clippy for the format and lint checks (in rustup's default profile; added

@@ -4,6 +4,7 @@
 //! - [`preprocess`]: image decoding with limits and the LLaVA/CLIP preprocessing pipeline.
 //! - [`mask`]: the disentanglement attention mask over the hybrid sequence.
 //! - [`mgvq`]: the MGVQ encoder and multi-group quantiser.
+//! - `mgvq_wgsl` (feature `wgsl`): the same encoder as hand-written WGSL kernels on WebGPU.
 //! - [`protocol`]: the worker's WebSocket protocol (messages, binary frames, typed errors).
 //! - [`loader`]: building burn modules from named tensors ([`loader::Loader`]), including a
 //!   safetensors file held in memory.
@@ -18,6 +19,8 @@ pub mod fuzz;
 pub mod loader;
 pub mod mask;
 pub mod mgvq;
+#[cfg(feature = "wgsl")]
+pub mod mgvq_wgsl;
 pub mod params;
 pub mod preprocess;
 pub mod protocol;
