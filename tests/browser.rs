@@ -671,10 +671,11 @@ async fn a_reload_downloads_no_encoder_weights() {
 }
 
 /// The page's codes are the worker's: for fresh ShapesVQA test scenes (a seed no training
-/// saw), the codes the page's Web Worker computes, on the CPU (burn-ndarray in wasm) and on
-/// WebGPU (burn-wgpu), equal the ones the worker's own backend computes for the same PNG,
-/// position by position. Differences would
-/// be near-ties between two codes; the test counts and prints them, and allows none.
+/// saw), the codes the page's Web Worker computes, on the CPU (burn-ndarray in wasm), on
+/// WebGPU (burn-wgpu) and on WebGPU through the hand-written WGSL kernels (the settings'
+/// `wgsl`), equal the ones the worker's own backend computes for the same PNG, position by
+/// position. A difference must be a near tie between two codes, and at most 0.1% of codes
+/// may differ; the test counts and prints them, with each backend's encoding times.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs chromium, chromedriver and a trunk build in dist/; run by scripts/test.sh"]
 async fn the_pages_codes_equal_the_workers_on_fresh_test_scenes() {
@@ -689,14 +690,20 @@ async fn the_pages_codes_equal_the_workers_on_fresh_test_scenes() {
     let AnyModel::Htc { model, .. } = snap.model else { panic!("the demo model is an HTC model") };
     let mgvq = model.mgvq.as_ref().expect("the demo model has an MGVQ tokenizer");
     let (url, port, _driver) = server(Some(demo.clone())).await;
-    for backend in ["cpu", "webgpu"] {
+    for backend in ["cpu", "webgpu", "webgpu-wgsl"] {
         let profile = tempdir();
-        let client = open(port, &profile, backend == "webgpu").await;
+        let client = open(port, &profile, backend != "cpu").await;
         client.goto(&url).await.unwrap();
+        if backend == "webgpu-wgsl" {
+            let js = "localStorage.setItem('htc-vlm.settings', JSON.stringify({backend: 'wgsl'}));";
+            client.execute(js, vec![]).await.unwrap();
+            client.refresh().await.unwrap();
+        }
         let ready = wait_for(&client, "#encoder[data-encoder='ready']").await.text().await.unwrap();
         assert!(ready.contains(&format!("ready on {backend}")), "{ready}");
         let mut rng = rng_for(77, "test");
         let (mut differ, mut total, mut images_differing) = (0usize, 0usize, 0usize);
+        let mut times = Vec::new();
         for i in 0..SCENES {
             let img = Scene::sample(&mut rng).render();
             let name = format!("scene-{i}.png");
@@ -705,6 +712,7 @@ async fn the_pages_codes_equal_the_workers_on_fresh_test_scenes() {
             let input = client.find(Locator::Css("input[type='file'][aria-label='Image']")).await.unwrap();
             input.send_keys(path.to_str().unwrap()).await.unwrap();
             let el = wait_for(&client, &format!("#browser-codes[data-file='{name}']")).await;
+            times.push(el.attr("data-ms").await.unwrap().unwrap().parse::<f64>().unwrap());
             let page: Vec<u16> = el
                 .attr("data-codes")
                 .await
@@ -759,6 +767,13 @@ async fn the_pages_codes_equal_the_workers_on_fresh_test_scenes() {
             images_differing += usize::from(d > 0);
         }
         eprintln!("{backend}: {SCENES} fresh test scenes: {differ} of {total} codes differ between the page and the worker ({images_differing} images), every one a near tie");
+        times.sort_by(f64::total_cmp);
+        eprintln!(
+            "{backend}: {ready}; encoding a scene in the page (decode, preprocess, encoder, read-back): median {:.1} ms, min {:.1}, max {:.1}",
+            times[SCENES / 2],
+            times[0],
+            times[SCENES - 1]
+        );
         assert!(
             differ * 1000 <= total,
             "{backend}: the page's codes differ from the worker's at {differ} of {total} positions"

@@ -10,6 +10,7 @@
 //! back asynchronously, as WebGPU requires. Behind the `wgsl` feature: the `wgpu` crate on the
 //! browser's WebGPU in wasm, on Vulkan/Metal/DX12 natively.
 
+pub use wgpu;
 use wgpu::util::DeviceExt;
 
 use crate::config::{BlockType, MgvqConfig as Config};
@@ -28,6 +29,9 @@ const MAX_GROUPS: u32 = 65_535;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kernel {
     Conv,
+    Conv4,
+    Conv3t,
+    Conv1t,
     RmsNorm,
     Unshuffle,
     AvgAdd,
@@ -39,8 +43,11 @@ enum Kernel {
 }
 
 impl Kernel {
-    const ALL: [Kernel; 9] = [
+    const ALL: [Kernel; 12] = [
         Kernel::Conv,
+        Kernel::Conv4,
+        Kernel::Conv3t,
+        Kernel::Conv1t,
         Kernel::RmsNorm,
         Kernel::Unshuffle,
         Kernel::AvgAdd,
@@ -54,6 +61,9 @@ impl Kernel {
     fn entry(self) -> &'static str {
         match self {
             Kernel::Conv => "conv",
+            Kernel::Conv4 => "conv4",
+            Kernel::Conv3t => "conv3t",
+            Kernel::Conv1t => "conv1t",
             Kernel::RmsNorm => "rms_norm",
             Kernel::Unshuffle => "unshuffle",
             Kernel::AvgAdd => "avg_add",
@@ -179,6 +189,21 @@ impl Recorder<'_> {
         &mut self, x: &Act, name: &str, c_out: usize, k: usize, groups: usize, bias: bool, silu: bool,
     ) -> Result<Act> {
         let w = self.weight(&format!("{name}.weight"), &[c_out, x.c / groups, k, k])?;
+        // Four output channels per invocation where they divide evenly (every convolution
+        // but the depthwise one), with the weight regrouped `[out/4, in/groups, k, k, 4]`.
+        let four = (c_out / groups).is_multiple_of(4);
+        let w = if four {
+            let per = x.c / groups * k * k;
+            let mut g = vec![0f32; w.len()];
+            for (o, row) in w.chunks(per).enumerate() {
+                for (t, v) in row.iter().enumerate() {
+                    g[((o / 4) * per + t) * 4 + o % 4] = *v;
+                }
+            }
+            g
+        } else {
+            w
+        };
         let w = self.upload(&w, wgpu::BufferUsages::empty());
         let b = if bias {
             Some(self.upload(&self.weight(&format!("{name}.bias"), &[c_out])?, wgpu::BufferUsages::empty()))
@@ -187,7 +212,14 @@ impl Recorder<'_> {
         };
         let y = self.output(c_out, x.h, x.w);
         let n = [x.c, c_out, x.h, x.w, k, groups, bias as usize, silu as usize];
-        self.dispatch(Kernel::Conv, n, [Some(&x.buf), Some(&w), b.as_ref()], &y.buf, y.len());
+        let tiles = x.h * x.w.div_ceil(4) * c_out / 4;
+        let (kernel, invocations) = match (four, k) {
+            (true, 3) => (Kernel::Conv3t, tiles),
+            (true, 1) => (Kernel::Conv1t, tiles),
+            (true, _) => (Kernel::Conv4, y.len() / 4),
+            (false, _) => (Kernel::Conv, y.len()),
+        };
+        self.dispatch(kernel, n, [Some(&x.buf), Some(&w), b.as_ref()], &y.buf, invocations);
         Ok(y)
     }
 

@@ -77,6 +77,8 @@ pub enum EncoderBackend {
     Cpu,
     /// burn-wgpu on the browser's WebGPU.
     Webgpu,
+    /// The hand-written WGSL kernels (`htc_shared::mgvq_wgsl`) on the browser's WebGPU.
+    Wgsl,
 }
 
 impl EncoderBackend {
@@ -85,7 +87,13 @@ impl EncoderBackend {
         match self {
             Self::Cpu => "cpu",
             Self::Webgpu => "webgpu",
+            Self::Wgsl => "webgpu-wgsl",
         }
+    }
+
+    /// Whether it runs on WebGPU (a device failure falls back to the CPU).
+    pub fn on_webgpu(self) -> bool {
+        matches!(self, Self::Webgpu | Self::Wgsl)
     }
 }
 
@@ -233,7 +241,7 @@ mod page {
                             "the encoder's Web Worker failed: {}",
                             msg.unwrap_or_else(|| "no message".into())
                         ),
-                        device: backend == EncoderBackend::Webgpu,
+                        device: backend.on_webgpu(),
                     },
                     None,
                 )
@@ -276,7 +284,8 @@ mod worker {
     use burn::backend::wgpu::{graphics::WebGpu, init_setup_async, RuntimeOptions, Wgpu, WgpuDevice};
     use burn::backend::NdArray;
     use htc_shared::loader::{Loader, SafetensorsBytes};
-    use htc_shared::mgvq::{codes_from_data, Mgvq};
+    use htc_shared::mgvq::{codes_from_data, preprocess, Mgvq};
+    use htc_shared::mgvq_wgsl::{wgpu, WgslMgvq};
     use htc_shared::preprocess::{decode_image, DecodeLimits};
     use htc_shared::protocol::EncoderManifest;
     use image::RgbImage;
@@ -301,10 +310,11 @@ mod worker {
             .unwrap_or(0.0)
     }
 
-    /// The same `Mgvq` module on either backend.
+    /// The same `Mgvq` module on either burn backend, or the hand-written WGSL kernels.
     enum Encoder {
         Cpu(Box<Mgvq<Cpu>>),
         Gpu(Box<Mgvq<Gpu>>),
+        Wgsl(Box<WgslMgvq>),
     }
 
     impl Encoder {
@@ -312,6 +322,7 @@ mod worker {
             match self {
                 Self::Cpu(_) => EncoderBackend::Cpu,
                 Self::Gpu(_) => EncoderBackend::Webgpu,
+                Self::Wgsl(_) => EncoderBackend::Wgsl,
             }
         }
 
@@ -319,6 +330,7 @@ mod worker {
             match self {
                 Self::Cpu(m) => m.config().image_size,
                 Self::Gpu(m) => m.config().image_size,
+                Self::Wgsl(m) => m.config().image_size,
             }
         }
 
@@ -337,6 +349,14 @@ mod worker {
                         .await
                         .map_err(|e| (format!("WebGPU could not run the encoder: {e:?}"), true))?;
                     codes_from_data(data).map_err(|e| (e.to_string(), true))
+                }
+                Self::Wgsl(m) => {
+                    if LOST.get() {
+                        return Err(("the WebGPU device was lost".into(), true));
+                    }
+                    let px = preprocess(img, m.config().image_size as u32);
+                    let (codes, _) = m.encode(&px, false).await.map_err(|e| (e.to_string(), true))?;
+                    Ok(codes)
                 }
             }
         }
@@ -359,6 +379,8 @@ mod worker {
         static MODEL: RefCell<Option<Rc<Loaded>>> = const { RefCell::new(None) };
         /// The WebGPU device, once set up (one per Web Worker).
         static GPU: RefCell<Option<GpuDevice>> = const { RefCell::new(None) };
+        /// The WGSL encoder's own WebGPU device, once set up.
+        static WGSL_DEVICE: RefCell<Option<(wgpu::Device, wgpu::Queue)>> = const { RefCell::new(None) };
         /// Set when the WebGPU device is lost: every later encoding on it fails.
         static LOST: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     }
@@ -402,7 +424,10 @@ mod worker {
                     Ok(Request::LoseDevice) => {
                         match GPU.with_borrow(|g| g.as_ref().map(|g| g.destroy.clone())) {
                             Some(destroy) => destroy(),
-                            None => failed(None, "no WebGPU device to lose".into(), false),
+                            None => match WGSL_DEVICE.with_borrow(|d| d.as_ref().map(|d| d.0.clone())) {
+                                Some(device) => device.destroy(),
+                                None => failed(None, "no WebGPU device to lose".into(), false),
+                            },
                         }
                     }
                     Err(e) => failed(None, format!("unreadable request: {e}"), false),
@@ -414,12 +439,9 @@ mod worker {
         post(&Reply::Started, None);
     }
 
-    /// The Web Worker's WebGPU device, set up on first use. `navigator.gpu` and an adapter
-    /// are checked first (burn's setup panics without them); a lost device is reported.
-    async fn gpu() -> Result<WgpuDevice, String> {
-        if let Some(gpu) = GPU.with_borrow(|g| g.clone()) {
-            return Ok(gpu.device);
-        }
+    /// Checks that the Web Worker has `navigator.gpu` and is granted an adapter (burn's setup
+    /// panics without them).
+    async fn check_adapter() -> Result<(), String> {
         let nav = Reflect::get(&js_sys::global(), &"navigator".into()).map_err(|e| js_text(&e))?;
         let gpu = Reflect::get(&nav, &"gpu".into()).unwrap_or(wasm_bindgen::JsValue::UNDEFINED);
         if gpu.is_undefined() || gpu.is_null() {
@@ -434,6 +456,15 @@ mod worker {
         if adapter.is_null() || adapter.is_undefined() {
             return Err("no WebGPU adapter was granted to the Web Worker".into());
         }
+        Ok(())
+    }
+
+    /// The Web Worker's WebGPU device, set up on first use; a lost device is reported.
+    async fn gpu() -> Result<WgpuDevice, String> {
+        if let Some(gpu) = GPU.with_borrow(|g| g.clone()) {
+            return Ok(gpu.device);
+        }
+        check_adapter().await?;
         let device = WgpuDevice::DefaultDevice;
         let setup = init_setup_async::<WebGpu>(&device, RuntimeOptions::default()).await;
         setup.device.set_device_lost_callback(|reason, message| {
@@ -444,6 +475,21 @@ mod worker {
         let destroy: Rc<dyn Fn()> = Rc::new(move || handle.destroy());
         GPU.with_borrow_mut(|g| *g = Some(GpuDevice { device: device.clone(), destroy }));
         Ok(device)
+    }
+
+    /// The WGSL encoder's WebGPU device, set up on first use; a lost device is reported.
+    async fn wgsl_device() -> Result<(wgpu::Device, wgpu::Queue), String> {
+        if let Some(d) = WGSL_DEVICE.with_borrow(|d| d.clone()) {
+            return Ok(d);
+        }
+        check_adapter().await?;
+        let (device, queue) = htc_shared::mgvq_wgsl::request_device().await.map_err(|e| e.to_string())?;
+        device.set_device_lost_callback(|reason, message| {
+            LOST.set(true);
+            failed(None, format!("the WebGPU device was lost ({reason:?}): {message}"), true);
+        });
+        WGSL_DEVICE.with_borrow_mut(|d| *d = Some((device.clone(), queue.clone())));
+        Ok((device, queue))
     }
 
     async fn fetch(url: &str) -> Result<web_sys::Response, String> {
@@ -569,6 +615,15 @@ mod worker {
                 let mgvq = Mgvq::load(&vb.pp(&manifest.prefix), &manifest.config);
                 Encoder::Gpu(Box::new(mgvq.map_err(|e| input(e.to_string()))?))
             }
+            EncoderBackend::Wgsl => {
+                let (device, queue) = wgsl_device().await.map_err(|e| (e, true))?;
+                let prefix = match manifest.prefix.as_str() {
+                    "" => String::new(),
+                    p => format!("{p}."),
+                };
+                let mgvq = WgslMgvq::load(device, queue, &src, &prefix, &manifest.config).await;
+                Encoder::Wgsl(Box::new(mgvq.map_err(|e| input(e.to_string()))?))
+            }
         };
         // One blank image through the encoder: on WebGPU this compiles its kernels, so the
         // first real image does not pay for it.
@@ -650,6 +705,12 @@ mod tests {
         assert_eq!(old, Request::Load { manifest_url: "u".into(), backend: EncoderBackend::Cpu });
         assert_eq!(serde_json::to_string(&EncoderBackend::Webgpu).unwrap(), r#""webgpu""#);
         assert_eq!(EncoderBackend::Webgpu.name(), "webgpu");
+        // The WGSL path runs on WebGPU: its status words say so, and a device failure on it
+        // falls back to the CPU like burn-wgpu's.
+        assert_eq!(serde_json::to_string(&EncoderBackend::Wgsl).unwrap(), r#""wgsl""#);
+        assert_eq!(EncoderBackend::Wgsl.name(), "webgpu-wgsl");
+        assert!(EncoderBackend::Wgsl.on_webgpu() && EncoderBackend::Webgpu.on_webgpu());
+        assert!(!EncoderBackend::Cpu.on_webgpu());
         assert_eq!(codes_bytes(&[vec![1, 258], vec![3, 4]]), vec![1, 0, 2, 1, 3, 0, 4, 0]);
         let decoded = htc_shared::protocol::decode_codes(
             &codes_bytes(&[vec![1, 258], vec![3, 4]]),

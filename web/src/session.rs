@@ -349,7 +349,13 @@ impl Session {
     fn wanted_backend(self) -> Option<EncoderBackend> {
         match self.compute.get_untracked() {
             ComputePath::Probing => None,
-            ComputePath::WebGpu { .. } => Some(EncoderBackend::Webgpu),
+            ComputePath::WebGpu { .. } => {
+                Some(if self.settings.with_untracked(|s| s.backend) == crate::state::BackendChoice::Wgsl {
+                    EncoderBackend::Wgsl
+                } else {
+                    EncoderBackend::Webgpu
+                })
+            }
             ComputePath::Cpu { .. } | ComputePath::CpuChosen => Some(EncoderBackend::Cpu),
         }
     }
@@ -461,8 +467,7 @@ impl Session {
                 self.codes.set(Some(ImageCodes { image_id, payload, shape, backend, ms }));
             }
             Reply::Failed { message, device: true, .. }
-                if self.runner.with_value(|r| r.as_ref().map(Runner::backend))
-                    == Some(EncoderBackend::Webgpu) =>
+                if self.runner.with_value(|r| r.as_ref().is_some_and(|r| r.backend().on_webgpu())) =>
             {
                 self.fall_back_to_cpu(message)
             }

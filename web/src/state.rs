@@ -287,6 +287,8 @@ pub enum BackendChoice {
     Auto,
     Webgpu,
     Cpu,
+    /// WebGPU through the hand-written WGSL kernels of `shaders/` instead of burn-wgpu's.
+    Wgsl,
 }
 
 impl BackendChoice {
@@ -295,6 +297,7 @@ impl BackendChoice {
             "auto" => Some(Self::Auto),
             "webgpu" => Some(Self::Webgpu),
             "cpu" => Some(Self::Cpu),
+            "wgsl" => Some(Self::Wgsl),
             _ => None,
         }
     }
@@ -303,6 +306,7 @@ impl BackendChoice {
             Self::Auto => "auto",
             Self::Webgpu => "webgpu",
             Self::Cpu => "cpu",
+            Self::Wgsl => "wgsl",
         }
     }
 }
@@ -629,6 +633,13 @@ mod tests {
         assert_eq!(Settings::from_stored(Some("{not json")), Settings::default());
         assert_eq!(Settings::from_stored(Some(r#"{"top_p": 7}"#)), Settings::default());
         assert_eq!(Settings::from_stored(None), Settings::default());
+        // Every compute backend round-trips by its name, the hand-written WGSL one included.
+        for b in [BackendChoice::Auto, BackendChoice::Webgpu, BackendChoice::Cpu, BackendChoice::Wgsl] {
+            assert_eq!(BackendChoice::parse(b.name()), Some(b));
+            let stored = serde_json::json!({ "backend": b.name() }).to_string();
+            assert_eq!(Settings::from_stored(Some(&stored)).backend, b);
+        }
+        assert_eq!(BackendChoice::parse("cuda"), None);
         for (bad, words) in [
             (Settings { worker_url: "http://x".into(), ..Settings::default() }, "ws://"),
             (Settings { temperature: -1.0, ..Settings::default() }, "temperature"),

@@ -57,6 +57,7 @@ pub fn Status() -> impl IntoView {
                     data-image=k.image_id.clone()
                     data-file=move || session.image.get().map(|i| i.name).unwrap_or_default()
                     data-codes=codes.join(",")
+                    data-ms=format!("{:.1}", k.ms)
                 >
                     " · image encoded in the page: " {k.shape.positions} "×" {k.shape.groups} " codes, "
                     {format!("{:.0} ms", k.ms)}
