@@ -672,8 +672,8 @@ async fn a_reload_downloads_no_encoder_weights() {
 
 /// The page's codes are the worker's: for fresh ShapesVQA test scenes (a seed no training
 /// saw), the codes the page's Web Worker computes, on the CPU (burn-ndarray in wasm), on
-/// WebGPU (burn-wgpu) and on WebGPU through the hand-written WGSL kernels (the settings'
-/// `wgsl`), equal the ones the worker's own backend computes for the same PNG, position by
+/// WebGPU through the hand-written WGSL kernels (the default) and on WebGPU through burn-wgpu
+/// (the settings' `burn-wgpu`), equal the ones the worker's own backend computes for the same PNG, position by
 /// position. A difference must be a near tie between two codes, and at most 0.1% of codes
 /// may differ; the test counts and prints them, with each backend's encoding times.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -690,12 +690,12 @@ async fn the_pages_codes_equal_the_workers_on_fresh_test_scenes() {
     let AnyModel::Htc { model, .. } = snap.model else { panic!("the demo model is an HTC model") };
     let mgvq = model.mgvq.as_ref().expect("the demo model has an MGVQ tokenizer");
     let (url, port, _driver) = server(Some(demo.clone())).await;
-    for backend in ["cpu", "webgpu", "webgpu-wgsl"] {
+    for backend in ["cpu", "webgpu", "webgpu-burn"] {
         let profile = tempdir();
         let client = open(port, &profile, backend != "cpu").await;
         client.goto(&url).await.unwrap();
-        if backend == "webgpu-wgsl" {
-            let js = "localStorage.setItem('htc-vlm.settings', JSON.stringify({backend: 'wgsl'}));";
+        if backend == "webgpu-burn" {
+            let js = "localStorage.setItem('htc-vlm.settings', JSON.stringify({backend: 'burn-wgpu'}));";
             client.execute(js, vec![]).await.unwrap();
             client.refresh().await.unwrap();
         }

@@ -344,18 +344,19 @@ impl Session {
         self.conversation.set(Conversation::default());
     }
 
-    /// Where the encoder should run: WebGPU when the probe found it, else the CPU; `None`
-    /// while the probe runs.
+    /// Where the encoder should run: WebGPU when the probe found it (through the hand-written
+    /// WGSL kernels, or burn-wgpu's when the settings ask), else the CPU; `None` while the
+    /// probe runs.
     fn wanted_backend(self) -> Option<EncoderBackend> {
         match self.compute.get_untracked() {
             ComputePath::Probing => None,
-            ComputePath::WebGpu { .. } => {
-                Some(if self.settings.with_untracked(|s| s.backend) == crate::state::BackendChoice::Wgsl {
-                    EncoderBackend::Wgsl
+            ComputePath::WebGpu { .. } => Some(
+                if self.settings.with_untracked(|s| s.backend) == crate::state::BackendChoice::BurnWgpu {
+                    EncoderBackend::BurnWgpu
                 } else {
                     EncoderBackend::Webgpu
-                })
-            }
+                },
+            ),
             ComputePath::Cpu { .. } | ComputePath::CpuChosen => Some(EncoderBackend::Cpu),
         }
     }

@@ -100,7 +100,7 @@ pub fn SettingsPanel() -> impl IntoView {
                         <option value="auto">"auto"</option>
                         <option value="webgpu">"webgpu"</option>
                         <option value="cpu">"cpu"</option>
-                        <option value="wgsl">"webgpu, hand-written WGSL kernels"</option>
+                        <option value="burn-wgpu">"webgpu, burn-wgpu's kernels"</option>
                     </select>
                 </label>
                 <button type="submit">"Save settings"</button>

@@ -287,8 +287,10 @@ pub enum BackendChoice {
     Auto,
     Webgpu,
     Cpu,
-    /// WebGPU through the hand-written WGSL kernels of `shaders/` instead of burn-wgpu's.
-    Wgsl,
+    /// WebGPU through burn-wgpu's kernels instead of the hand-written WGSL ones of `shaders/`
+    /// (which `auto` and `webgpu` use).
+    #[serde(rename = "burn-wgpu")]
+    BurnWgpu,
 }
 
 impl BackendChoice {
@@ -297,7 +299,7 @@ impl BackendChoice {
             "auto" => Some(Self::Auto),
             "webgpu" => Some(Self::Webgpu),
             "cpu" => Some(Self::Cpu),
-            "wgsl" => Some(Self::Wgsl),
+            "burn-wgpu" => Some(Self::BurnWgpu),
             _ => None,
         }
     }
@@ -306,7 +308,7 @@ impl BackendChoice {
             Self::Auto => "auto",
             Self::Webgpu => "webgpu",
             Self::Cpu => "cpu",
-            Self::Wgsl => "wgsl",
+            Self::BurnWgpu => "burn-wgpu",
         }
     }
 }
@@ -633,8 +635,8 @@ mod tests {
         assert_eq!(Settings::from_stored(Some("{not json")), Settings::default());
         assert_eq!(Settings::from_stored(Some(r#"{"top_p": 7}"#)), Settings::default());
         assert_eq!(Settings::from_stored(None), Settings::default());
-        // Every compute backend round-trips by its name, the hand-written WGSL one included.
-        for b in [BackendChoice::Auto, BackendChoice::Webgpu, BackendChoice::Cpu, BackendChoice::Wgsl] {
+        // Every compute backend round-trips by its name, burn-wgpu's included.
+        for b in [BackendChoice::Auto, BackendChoice::Webgpu, BackendChoice::Cpu, BackendChoice::BurnWgpu] {
             assert_eq!(BackendChoice::parse(b.name()), Some(b));
             let stored = serde_json::json!({ "backend": b.name() }).to_string();
             assert_eq!(Settings::from_stored(Some(&stored)).backend, b);
