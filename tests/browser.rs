@@ -5,7 +5,8 @@
 //! - a person can choose an image, ask, and read the streamed answer the model really gives
 //!   (the same as `htc ask`), see the attention heatmap drawn, ask a follow-up from the
 //!   one-token cache, stop, and get a clear error for a file that is not an image; the page
-//!   fits a 375-px-wide screen;
+//!   fits a 375-px-wide screen; the keyboard alone asks and regenerates, and the console
+//!   shows no error;
 //! - the page's Web Worker runs the model's MGVQ encoder on the CPU, its codes go with the
 //!   image and the worker accepts them (it refuses codes that differ from its own); the
 //!   encoder's weights come from the browser's cache after a reload (no weight bytes served).
@@ -59,7 +60,52 @@ fn chromium_caps(profile: &std::path::Path, webgpu: bool) -> serde_json::Map<Str
         "goog:chromeOptions".into(),
         serde_json::json!({"args": args, "binary": "/usr/bin/chromium"}),
     );
+    // The browser's console, read back by [`ConsoleLog`].
+    caps.insert("goog:loggingPrefs".into(), serde_json::json!({"browser": "ALL"}));
     caps
+}
+
+/// Chromedriver's log endpoint: the browser console's entries since the last read (messages the
+/// page logged, uncaught errors, failed requests), each `{level, message, ...}`.
+#[derive(Debug)]
+struct ConsoleLog;
+
+impl fantoccini::wd::WebDriverCompatibleCommand for ConsoleLog {
+    fn endpoint(&self, base: &url::Url, session: Option<&str>) -> Result<url::Url, url::ParseError> {
+        base.join(&format!("session/{}/se/log", session.unwrap_or_default()))
+    }
+
+    fn method_and_body(&self, _: &url::Url) -> (::http::Method, Option<String>) {
+        (::http::Method::POST, Some(serde_json::json!({"type": "browser"}).to_string()))
+    }
+}
+
+/// The console's errors (level SEVERE) since the last read, one line each.
+async fn console_errors(client: &fantoccini::Client) -> Vec<String> {
+    let entries = client.issue_cmd(ConsoleLog).await.expect("chromedriver's log endpoint");
+    entries
+        .as_array()
+        .expect("a list of log entries")
+        .iter()
+        .filter(|e| e["level"] == "SEVERE")
+        .map(|e| e["message"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// Types `keys` (characters, or WebDriver key codes such as `\u{E004}`, Tab) as a keyboard
+/// does, into whatever has the focus, and returns what has the focus then: its accessible
+/// name, else its text.
+async fn press(client: &fantoccini::Client, keys: &str) -> String {
+    use fantoccini::actions::{InputSource, KeyAction, KeyActions};
+    let mut typed = KeyActions::new("keyboard".into());
+    for value in keys.chars() {
+        typed = typed.then(KeyAction::Down { value }).then(KeyAction::Up { value });
+    }
+    client.perform_actions(typed).await.unwrap();
+    let js = "const e = document.activeElement;
+              const label = e.labels && e.labels.length ? e.labels[0].textContent.trim() : '';
+              return e.getAttribute('aria-label') || label || e.textContent.trim().slice(0, 40);";
+    client.execute(js, vec![]).await.unwrap().as_str().unwrap_or_default().to_string()
 }
 
 async fn open(driver_port: u16, profile: &std::path::Path, webgpu: bool) -> fantoccini::Client {
@@ -666,6 +712,80 @@ async fn a_reload_downloads_no_encoder_weights() {
     assert_eq!(ask(&client, "What color is the star?").await.trim(), "red");
     let status = client.find(Locator::Css("#status")).await.unwrap().text().await.unwrap();
     assert!(status.contains("backend: webgpu") && !status.contains("backend: cpu"), "{status}");
+    client.close().await.unwrap();
+    let _ = std::fs::remove_dir_all(profile);
+}
+
+/// The keyboard alone: from the top of the page, Tab reaches the image input, the question
+/// box and the settings; the question goes with Enter and its answer arrives; Tab reaches
+/// Regenerate and Enter asks again. (Choosing the file is the one step done by WebDriver: a
+/// keyboard opens the system's file dialog, which no WebDriver can drive.) The console shows
+/// no error of the page's own all along, the favicon included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium, chromedriver and a trunk build in dist/; run by scripts/test.sh"]
+async fn the_keyboard_alone_asks_and_the_console_stays_clean() {
+    const TAB: &str = "\u{E004}";
+    const ENTER: &str = "\u{E007}";
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let (url, port, _driver) = server(Some(root.join("models/shapes-demo"))).await;
+    let profile = tempdir();
+    let client = open(port, &profile, true).await;
+    client.goto(&url).await.unwrap();
+    wait_for(&client, "#status[data-connection='ready']").await;
+    wait_for(&client, "#encoder[data-encoder='ready']").await;
+    // The console so far: nothing but a probe of the check itself.
+    client.execute("console.error('htc-test-probe');", vec![]).await.unwrap();
+    let errors = console_errors(&client).await;
+    assert!(
+        errors.len() == 1 && errors[0].contains("htc-test-probe"),
+        "the console shows the probe alone: {errors:#?}"
+    );
+    // Tab from the top through the page, once round: what it reaches, in order.
+    client.execute("document.activeElement.blur(); window.focus();", vec![]).await.unwrap();
+    let mut reached = Vec::new();
+    for _ in 0..40 {
+        let now = press(&client, TAB).await;
+        if reached.first() == Some(&now) {
+            break;
+        }
+        reached.push(now);
+    }
+    eprintln!("Tab reaches, in order: {reached:?}");
+    for name in ["Image", "Question", "Settings"] {
+        assert!(reached.iter().any(|r| r.starts_with(name)), "Tab never reaches {name}: {reached:?}");
+    }
+    let input = client.find(Locator::Css("input[type='file'][aria-label='Image']")).await.unwrap();
+    input.send_keys(root.join("docs/demo-star.png").to_str().unwrap()).await.unwrap();
+    wait_for(&client, "#browser-codes[data-image]").await;
+    // To the question box by Tab, the question typed, Enter.
+    let mut on = String::new();
+    for _ in 0..40 {
+        on = press(&client, TAB).await;
+        if on == "Question" {
+            break;
+        }
+    }
+    assert_eq!(on, "Question", "Tab reaches the question box");
+    press(&client, &format!("What color is the star?{ENTER}")).await;
+    wait_for(&client, ".turn:nth-child(1) .turn-status").await;
+    wait_for(&client, "#answer[data-state='done']").await;
+    let answer = client.find(Locator::Css("[aria-label='Answer']")).await.unwrap().text().await.unwrap();
+    assert_eq!(answer.trim(), "red");
+    // On to Regenerate by Tab, and Enter.
+    for _ in 0..40 {
+        on = press(&client, TAB).await;
+        if on == "Regenerate" {
+            break;
+        }
+    }
+    assert_eq!(on, "Regenerate", "Tab reaches Regenerate");
+    press(&client, ENTER).await;
+    wait_for(&client, ".turn:nth-child(2) .turn-status").await;
+    wait_for(&client, "#answer[data-state='done']").await;
+    let answer = client.find(Locator::Css("[aria-label='Answer']")).await.unwrap().text().await.unwrap();
+    assert_eq!(answer.trim(), "red");
+    let errors = console_errors(&client).await;
+    assert!(errors.is_empty(), "the console shows errors: {errors:#?}");
     client.close().await.unwrap();
     let _ = std::fs::remove_dir_all(profile);
 }
