@@ -285,10 +285,13 @@ mod worker {
     use std::cell::RefCell;
     use std::rc::Rc;
 
+    #[cfg(feature = "burn-wgpu")]
     use burn::backend::wgpu::{graphics::WebGpu, init_setup_async, RuntimeOptions, Wgpu, WgpuDevice};
     use burn::backend::NdArray;
     use htc_shared::loader::{Loader, SafetensorsBytes};
-    use htc_shared::mgvq::{codes_from_data, preprocess, Mgvq};
+    #[cfg(feature = "burn-wgpu")]
+    use htc_shared::mgvq::codes_from_data;
+    use htc_shared::mgvq::{preprocess, Mgvq};
     use htc_shared::mgvq_wgsl::{wgpu, WgslMgvq};
     use htc_shared::preprocess::{decode_image, DecodeLimits};
     use htc_shared::protocol::EncoderManifest;
@@ -304,6 +307,7 @@ mod worker {
     use crate::client::js_text;
 
     type Cpu = NdArray<f32>;
+    #[cfg(feature = "burn-wgpu")]
     type Gpu = Wgpu<f32, i32>;
 
     fn now_ms() -> f64 {
@@ -317,6 +321,7 @@ mod worker {
     /// The same `Mgvq` module on either burn backend, or the hand-written WGSL kernels.
     enum Encoder {
         Cpu(Box<Mgvq<Cpu>>),
+        #[cfg(feature = "burn-wgpu")]
         Gpu(Box<Mgvq<Gpu>>),
         Wgsl(Box<WgslMgvq>),
     }
@@ -325,6 +330,7 @@ mod worker {
         fn backend(&self) -> EncoderBackend {
             match self {
                 Self::Cpu(_) => EncoderBackend::Cpu,
+                #[cfg(feature = "burn-wgpu")]
                 Self::Gpu(_) => EncoderBackend::BurnWgpu,
                 Self::Wgsl(_) => EncoderBackend::Webgpu,
             }
@@ -333,6 +339,7 @@ mod worker {
         fn image_size(&self) -> usize {
             match self {
                 Self::Cpu(m) => m.config().image_size,
+                #[cfg(feature = "burn-wgpu")]
                 Self::Gpu(m) => m.config().image_size,
                 Self::Wgsl(m) => m.config().image_size,
             }
@@ -342,6 +349,7 @@ mod worker {
         async fn codes(&self, img: &RgbImage) -> Result<Vec<Vec<u16>>, (String, bool)> {
             match self {
                 Self::Cpu(m) => m.codes_of(img).map_err(|e| (e.to_string(), false)),
+                #[cfg(feature = "burn-wgpu")]
                 Self::Gpu(m) => {
                     if LOST.get() {
                         return Err(("the WebGPU device was lost".into(), true));
@@ -373,6 +381,7 @@ mod worker {
 
     /// burn's handle on the WebGPU device, and a way to destroy the device (to try the
     /// fallback).
+    #[cfg(feature = "burn-wgpu")]
     #[derive(Clone)]
     struct GpuDevice {
         device: WgpuDevice,
@@ -381,7 +390,8 @@ mod worker {
 
     thread_local! {
         static MODEL: RefCell<Option<Rc<Loaded>>> = const { RefCell::new(None) };
-        /// The WebGPU device, once set up (one per Web Worker).
+        /// burn-wgpu's WebGPU device, once set up (one per Web Worker).
+        #[cfg(feature = "burn-wgpu")]
         static GPU: RefCell<Option<GpuDevice>> = const { RefCell::new(None) };
         /// The WGSL encoder's own WebGPU device, once set up.
         static WGSL_DEVICE: RefCell<Option<(wgpu::Device, wgpu::Queue)>> = const { RefCell::new(None) };
@@ -426,12 +436,13 @@ mod worker {
                         Err((message, device)) => failed(Some(id), message, device),
                     },
                     Ok(Request::LoseDevice) => {
-                        match GPU.with_borrow(|g| g.as_ref().map(|g| g.destroy.clone())) {
-                            Some(destroy) => destroy(),
-                            None => match WGSL_DEVICE.with_borrow(|d| d.as_ref().map(|d| d.0.clone())) {
-                                Some(device) => device.destroy(),
-                                None => failed(None, "no WebGPU device to lose".into(), false),
-                            },
+                        #[cfg(feature = "burn-wgpu")]
+                        if let Some(destroy) = GPU.with_borrow(|g| g.as_ref().map(|g| g.destroy.clone())) {
+                            return destroy();
+                        }
+                        match WGSL_DEVICE.with_borrow(|d| d.as_ref().map(|d| d.0.clone())) {
+                            Some(device) => device.destroy(),
+                            None => failed(None, "no WebGPU device to lose".into(), false),
                         }
                     }
                     Err(e) => failed(None, format!("unreadable request: {e}"), false),
@@ -463,7 +474,8 @@ mod worker {
         Ok(())
     }
 
-    /// The Web Worker's WebGPU device, set up on first use; a lost device is reported.
+    /// burn-wgpu's WebGPU device, set up on first use; a lost device is reported.
+    #[cfg(feature = "burn-wgpu")]
     async fn gpu() -> Result<WgpuDevice, String> {
         if let Some(gpu) = GPU.with_borrow(|g| g.clone()) {
             return Ok(gpu.device);
@@ -613,6 +625,14 @@ mod worker {
                 let mgvq = Mgvq::load(&vb.pp(&manifest.prefix), &manifest.config);
                 Encoder::Cpu(Box::new(mgvq.map_err(|e| input(e.to_string()))?))
             }
+            #[cfg(not(feature = "burn-wgpu"))]
+            EncoderBackend::BurnWgpu => {
+                return Err((
+                    "this build of the page has no burn-wgpu (built without its feature)".into(),
+                    true,
+                ))
+            }
+            #[cfg(feature = "burn-wgpu")]
             EncoderBackend::BurnWgpu => {
                 let device = gpu().await.map_err(|e| (e, true))?;
                 let vb = Loader::<Gpu>::new(&src, &device);
