@@ -79,55 +79,44 @@ fn conv(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) n
     y[i] = acc;
 }
 
-// The same convolution for four output channels at once, each input value read once for
-// all four: for `out / groups` a multiple of 4. b = the weight regrouped on the host as
-// [out / 4, in / groups, k, k, 4]. Kernel rows and columns that fall outside the image are
-// skipped by bounds, not by branches in the loop. Sizes as `conv`; one invocation per pixel
-// and group of four output channels.
-@compute @workgroup_size(64)
-fn conv4(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
-    let i = index(id, nw);
-    let h = p.n2;
-    let w = p.n3;
-    let hw = h * w;
-    if (i >= (p.n1 / 4u) * hw) {
-        return;
-    }
-    let o4 = i / hw;
-    let o = o4 * 4u;
-    let yy = (i % hw) / w;
-    let xx = i % w;
-    let k = p.n4;
-    let r = k / 2u;
+// The tiled convolutions below (`conv3t`, `conv1t`): each invocation computes four output
+// channels o..o+3 of four pixels x0..x0+3 of one row (4 × 4 outputs), so each weight vector
+// serves four pixels and each input value up to four channels' products. For `out / groups`
+// a multiple of 4; b = the weight regrouped on the host as [out / 4, in / groups, k, k, 4].
+// Sizes as `conv`; one invocation per group of four output channels, row and group of four
+// columns.
+struct Tile {
+    inside: bool,
+    // The group of four output channels, its first input channel, and the input channels
+    // per group.
+    o4: u32,
+    c0: u32,
+    cig: u32,
+    yy: u32,
+    x0: u32,
+}
+
+fn tile(i: u32) -> Tile {
+    let wq = (p.n3 + 3u) / 4u;
+    let tiles = p.n2 * wq;
+    let o4 = i / tiles;
     let cig = p.n0 / p.n5;
-    let c0 = (o / (p.n1 / p.n5)) * cig;
-    let ky0 = select(0u, r - yy, yy < r);
-    let ky1 = min(k, h + r - yy);
-    let kx0 = select(0u, r - xx, xx < r);
-    let kx1 = min(k, w + r - xx);
-    var acc = vec4<f32>(0.0);
+    let c0 = (o4 * 4u / (p.n1 / p.n5)) * cig;
+    return Tile(i < (p.n1 / 4u) * tiles, o4, c0, cig, (i % tiles) / wq, (i % wq) * 4u);
+}
+
+// The bias of channels o..o+3 (or zeros) for each of the four pixels.
+fn bias4(o: u32) -> array<vec4<f32>, 4> {
+    var v = vec4<f32>(0.0);
     if (p.n6 != 0u) {
-        acc = vec4<f32>(c[o], c[o + 1u], c[o + 2u], c[o + 3u]);
+        v = vec4<f32>(c[o], c[o + 1u], c[o + 2u], c[o + 3u]);
     }
-    for (var j = 0u; j < cig; j++) {
-        let xbase = (c0 + j) * hw;
-        let wbase = ((o4 * cig + j) * k * k) * 4u;
-        for (var ky = ky0; ky < ky1; ky++) {
-            let row = xbase + (yy + ky - r) * w + xx - r;
-            for (var kx = kx0; kx < kx1; kx++) {
-                let v = a[row + kx];
-                let t = wbase + (ky * k + kx) * 4u;
-                acc += v * vec4<f32>(b[t], b[t + 1u], b[t + 2u], b[t + 3u]);
-            }
-        }
-    }
-    if (p.n7 != 0u) {
-        acc = acc / (1.0 + exp(-acc));
-    }
-    y[o * hw + i % hw] = acc.x;
-    y[(o + 1u) * hw + i % hw] = acc.y;
-    y[(o + 2u) * hw + i % hw] = acc.z;
-    y[(o + 3u) * hw + i % hw] = acc.w;
+    return array<vec4<f32>, 4>(v, v, v, v);
+}
+
+// The four weights (one per output channel) at offset t of the regrouped weight.
+fn w4(t: u32) -> vec4<f32> {
+    return vec4<f32>(b[t], b[t + 1u], b[t + 2u], b[t + 3u]);
 }
 
 // The input value at column `x` of the row starting at `row`, 0 outside the image.
@@ -135,19 +124,18 @@ fn at(row: u32, x: i32, w: u32) -> f32 {
     return select(0.0, a[row + u32(clamp(x, 0, i32(w) - 1))], x >= 0 && x < i32(w));
 }
 
-// Writes four output channels (o..o+3) of the four pixels x0..x0+3 of row `yy` that are in
-// the image, after SiLU if n7 says so.
-fn store4(o: u32, yy: u32, x0: u32, acc: array<vec4<f32>, 4>) {
-    let h = p.n2;
+// Writes the tile's outputs that are in the image, after SiLU if n7 says so.
+fn store4(t: Tile, acc: array<vec4<f32>, 4>) {
     let w = p.n3;
-    let hw = h * w;
-    for (var t = 0u; t < 4u; t++) {
-        if (x0 + t < w) {
-            var v = acc[t];
+    let hw = p.n2 * w;
+    let o = t.o4 * 4u;
+    for (var j = 0u; j < 4u; j++) {
+        if (t.x0 + j < w) {
+            var v = acc[j];
             if (p.n7 != 0u) {
                 v = v / (1.0 + exp(-v));
             }
-            let at = yy * w + x0 + t;
+            let at = t.yy * w + t.x0 + j;
             y[o * hw + at] = v.x;
             y[(o + 1u) * hw + at] = v.y;
             y[(o + 2u) * hw + at] = v.z;
@@ -156,92 +144,63 @@ fn store4(o: u32, yy: u32, x0: u32, acc: array<vec4<f32>, 4>) {
     }
 }
 
-// `conv4` for a 3×3 kernel, four pixels of a row per invocation as well (4 × 4 outputs):
-// each weight vector serves four pixels and each input value up to twelve products. Sizes
-// and weight layout as `conv4`; one invocation per group of four output channels, row and
-// group of four columns.
+// A 3×3 convolution, tiled. Kernel rows outside the image are skipped by bounds, columns
+// read as zeros.
 @compute @workgroup_size(64)
 fn conv3t(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
-    let i = index(id, nw);
-    let h = p.n2;
-    let w = p.n3;
-    let hw = h * w;
-    let wq = (w + 3u) / 4u;
-    let tiles = h * wq;
-    if (i >= (p.n1 / 4u) * tiles) {
+    let t = tile(index(id, nw));
+    if (!t.inside) {
         return;
     }
-    let o4 = i / tiles;
-    let o = o4 * 4u;
-    let yy = (i % tiles) / wq;
-    let x0 = (i % wq) * 4u;
-    let xs = i32(x0) - 1;
-    let cig = p.n0 / p.n5;
-    let c0 = (o / (p.n1 / p.n5)) * cig;
-    let ky0 = select(0u, 1u, yy == 0u);
-    let ky1 = min(3u, h + 1u - yy);
-    var acc = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
-    if (p.n6 != 0u) {
-        let bias = vec4<f32>(c[o], c[o + 1u], c[o + 2u], c[o + 3u]);
-        acc = array<vec4<f32>, 4>(bias, bias, bias, bias);
-    }
-    for (var j = 0u; j < cig; j++) {
-        let xbase = (c0 + j) * hw;
-        let wbase = (o4 * cig + j) * 36u;
+    let h = p.n2;
+    let w = p.n3;
+    let xs = i32(t.x0) - 1;
+    let ky0 = select(0u, 1u, t.yy == 0u);
+    let ky1 = min(3u, h + 1u - t.yy);
+    var acc = bias4(t.o4 * 4u);
+    for (var j = 0u; j < t.cig; j++) {
+        let xbase = (t.c0 + j) * h * w;
+        let wbase = (t.o4 * t.cig + j) * 36u;
         for (var ky = ky0; ky < ky1; ky++) {
-            let row = xbase + (yy + ky - 1u) * w;
+            let row = xbase + (t.yy + ky - 1u) * w;
             let s0 = at(row, xs, w);
             let s1 = at(row, xs + 1, w);
             let s2 = at(row, xs + 2, w);
             let s3 = at(row, xs + 3, w);
             let s4 = at(row, xs + 4, w);
             let s5 = at(row, xs + 5, w);
-            let t = wbase + ky * 12u;
-            let w0 = vec4<f32>(b[t], b[t + 1u], b[t + 2u], b[t + 3u]);
-            let w1 = vec4<f32>(b[t + 4u], b[t + 5u], b[t + 6u], b[t + 7u]);
-            let w2 = vec4<f32>(b[t + 8u], b[t + 9u], b[t + 10u], b[t + 11u]);
+            let k = wbase + ky * 12u;
+            let w0 = w4(k);
+            let w1 = w4(k + 4u);
+            let w2 = w4(k + 8u);
             acc[0] += s0 * w0 + s1 * w1 + s2 * w2;
             acc[1] += s1 * w0 + s2 * w1 + s3 * w2;
             acc[2] += s2 * w0 + s3 * w1 + s4 * w2;
             acc[3] += s3 * w0 + s4 * w1 + s5 * w2;
         }
     }
-    store4(o, yy, x0, acc);
+    store4(t, acc);
 }
 
-// `conv4` for a 1×1 kernel, four pixels of a row per invocation (4 × 4 outputs).
+// A 1×1 convolution, tiled.
 @compute @workgroup_size(64)
 fn conv1t(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
-    let i = index(id, nw);
-    let h = p.n2;
-    let w = p.n3;
-    let hw = h * w;
-    let wq = (w + 3u) / 4u;
-    let tiles = h * wq;
-    if (i >= (p.n1 / 4u) * tiles) {
+    let t = tile(index(id, nw));
+    if (!t.inside) {
         return;
     }
-    let o4 = i / tiles;
-    let o = o4 * 4u;
-    let yy = (i % tiles) / wq;
-    let x0 = (i % wq) * 4u;
-    let cig = p.n0 / p.n5;
-    let c0 = (o / (p.n1 / p.n5)) * cig;
-    var acc = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
-    if (p.n6 != 0u) {
-        let bias = vec4<f32>(c[o], c[o + 1u], c[o + 2u], c[o + 3u]);
-        acc = array<vec4<f32>, 4>(bias, bias, bias, bias);
+    let w = p.n3;
+    let x0 = i32(t.x0);
+    var acc = bias4(t.o4 * 4u);
+    for (var j = 0u; j < t.cig; j++) {
+        let row = (t.c0 + j) * p.n2 * w + t.yy * w;
+        let wv = w4((t.o4 * t.cig + j) * 4u);
+        acc[0] += at(row, x0, w) * wv;
+        acc[1] += at(row, x0 + 1, w) * wv;
+        acc[2] += at(row, x0 + 2, w) * wv;
+        acc[3] += at(row, x0 + 3, w) * wv;
     }
-    for (var j = 0u; j < cig; j++) {
-        let row = (c0 + j) * hw + yy * w;
-        let t = (o4 * cig + j) * 4u;
-        let wv = vec4<f32>(b[t], b[t + 1u], b[t + 2u], b[t + 3u]);
-        acc[0] += at(row, i32(x0), w) * wv;
-        acc[1] += at(row, i32(x0) + 1, w) * wv;
-        acc[2] += at(row, i32(x0) + 2, w) * wv;
-        acc[3] += at(row, i32(x0) + 3, w) * wv;
-    }
-    store4(o, yy, x0, acc);
+    store4(t, acc);
 }
 
 // TritonRMSNorm2d at each pixel, then an optional residual: y = [c +] a / rms(a) * w + bias.

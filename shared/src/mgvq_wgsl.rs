@@ -29,7 +29,6 @@ const MAX_GROUPS: u32 = 65_535;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kernel {
     Conv,
-    Conv4,
     Conv3t,
     Conv1t,
     RmsNorm,
@@ -43,9 +42,8 @@ enum Kernel {
 }
 
 impl Kernel {
-    const ALL: [Kernel; 12] = [
+    const ALL: [Kernel; 11] = [
         Kernel::Conv,
-        Kernel::Conv4,
         Kernel::Conv3t,
         Kernel::Conv1t,
         Kernel::RmsNorm,
@@ -61,7 +59,6 @@ impl Kernel {
     fn entry(self) -> &'static str {
         match self {
             Kernel::Conv => "conv",
-            Kernel::Conv4 => "conv4",
             Kernel::Conv3t => "conv3t",
             Kernel::Conv1t => "conv1t",
             Kernel::RmsNorm => "rms_norm",
@@ -189,9 +186,10 @@ impl Recorder<'_> {
         &mut self, x: &Act, name: &str, c_out: usize, k: usize, groups: usize, bias: bool, silu: bool,
     ) -> Result<Act> {
         let w = self.weight(&format!("{name}.weight"), &[c_out, x.c / groups, k, k])?;
-        // Four output channels per invocation where they divide evenly (every convolution
-        // but the depthwise one), with the weight regrouped `[out/4, in/groups, k, k, 4]`.
-        let four = (c_out / groups).is_multiple_of(4);
+        // The tiled kernels (4 output channels × 4 pixels per invocation) where the channels
+        // divide evenly (every convolution but the depthwise one), with the weight regrouped
+        // `[out/4, in/groups, k, k, 4]`.
+        let four = (c_out / groups).is_multiple_of(4) && (k == 1 || k == 3);
         let w = if four {
             let per = x.c / groups * k * k;
             let mut g = vec![0f32; w.len()];
@@ -215,8 +213,7 @@ impl Recorder<'_> {
         let tiles = x.h * x.w.div_ceil(4) * c_out / 4;
         let (kernel, invocations) = match (four, k) {
             (true, 3) => (Kernel::Conv3t, tiles),
-            (true, 1) => (Kernel::Conv1t, tiles),
-            (true, _) => (Kernel::Conv4, y.len() / 4),
+            (true, _) => (Kernel::Conv1t, tiles),
             (false, _) => (Kernel::Conv, y.len()),
         };
         self.dispatch(kernel, n, [Some(&x.buf), Some(&w), b.as_ref()], &y.buf, invocations);
