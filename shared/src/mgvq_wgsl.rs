@@ -317,6 +317,8 @@ pub async fn request_device() -> Result<(wgpu::Device, wgpu::Queue)> {
 impl WgslMgvq {
     /// Uploads the encoder `cfg` describes from `src` (keys under `prefix`, e.g. `mgvq.`, as
     /// [`crate::mgvq::Mgvq::load`] names them) and records its forward pass on `device`.
+    /// A bad config or checkpoint is an [`Error::Config`] or [`Error::Weights`] naming it; the
+    /// device refusing the kernels or buffers is an [`Error::Tensor`].
     pub async fn load(
         device: wgpu::Device, queue: wgpu::Queue, src: &dyn TensorSource, prefix: &str, cfg: &Config,
     ) -> Result<Self> {

@@ -645,8 +645,14 @@ mod worker {
                     "" => String::new(),
                     p => format!("{p}."),
                 };
-                let mgvq = WgslMgvq::load(device, queue, &src, &prefix, &manifest.config).await;
-                Encoder::Wgsl(Box::new(mgvq.map_err(|e| input(e.to_string()))?))
+                // Missing or misshapen weights are the input's fault; WebGPU refusing the
+                // kernels or their buffers is the device's, and falls back to the CPU.
+                let mgvq =
+                    WgslMgvq::load(device, queue, &src, &prefix, &manifest.config).await.map_err(|e| {
+                        let device = matches!(e, htc_shared::Error::Tensor(_));
+                        (e.to_string(), device)
+                    })?;
+                Encoder::Wgsl(Box::new(mgvq))
             }
         };
         // One blank image through the encoder: on WebGPU this compiles its kernels, so the
