@@ -1,4 +1,4 @@
-// <htc-vlm-widget worker="ws://host:8080/ws" token="…" backend="auto|webgpu|cpu">: the HTC-VLM
+// <htc-vlm-widget worker="ws://host:8080/ws" token="…" backend="auto|webgpu|cpu|burn-wgpu">: the HTC-VLM
 // app as a custom element for other sites. This one module script, served by the worker next
 // to the app, registers it:
 //   <script type="module" src="http://host:8080/widget.js"></script>
