@@ -29,7 +29,8 @@ cargo test -p htc-web 2>&1 | tee -a "$logf" || status=1
 
 log "the hand-written WGSL encoder (shaders/mgvq.wgsl) on lavapipe, Vulkan on the CPU: against PyTorch and htc_shared::mgvq"
 cargo clippy -p htc-shared --features wgsl-native --all-targets -- -D warnings 2>&1 | tee -a "$logf" || status=1
-cargo test -p htc-shared --features wgsl-native --lib --test mgvq_wgsl 2>&1 | tee -a "$logf" || status=1
+# (Mesa's window-system probe wants a runtime dir, else it prints an "error" line per device.)
+XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-$(mktemp -d)} cargo test -p htc-shared --features wgsl-native --lib --test mgvq_wgsl 2>&1 | tee -a "$logf" || status=1
 
 log "model parity and CLI tests on the ndarray backend too (model code is backend-generic)"
 cargo test -p htc-worker --no-default-features --features ndarray --test parity --test cli --test mgvq --test htc --test trainable --test train_parity 2>&1 | tee -a "$logf" || status=1
