@@ -226,7 +226,8 @@ impl fantoccini::wd::WebDriverCompatibleCommand for BeforePageScripts {
 }
 
 /// The fallback matrix: WebGPU granted, `navigator.gpu` removed, no adapter granted, CPU
-/// chosen in the settings, and the WebGPU device lost after the encoder loaded on it. In each
+/// chosen in the settings, and the WebGPU device lost after the encoder loaded on it; and the
+/// same with burn-wgpu's kernels chosen instead of the WGSL ones (granted, then lost). In each
 /// the page answers, its compute path says truthfully what it found, the status names the
 /// backend its encoder really ran on, and the codes it sends are the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -238,17 +239,18 @@ async fn every_compute_path_answers_truthfully_with_the_same_codes() {
         name: &'static str,
         webgpu_flag: bool,
         remove_gpu: bool,
-        force_cpu: bool,
+        /// The compute backend stored in the settings before the page loads.
+        choice: Option<&'static str>,
         lose_device: bool,
         path: &'static str,
         words: &'static str,
         backend: &'static str,
     }
-    let case = |name, webgpu_flag, remove_gpu, force_cpu, lose_device, path, words, backend| Case {
+    let case = |name, webgpu_flag, remove_gpu, choice, lose_device, path, words, backend| Case {
         name,
         webgpu_flag,
         remove_gpu,
-        force_cpu,
+        choice,
         lose_device,
         path,
         words,
@@ -259,7 +261,7 @@ async fn every_compute_path_answers_truthfully_with_the_same_codes() {
             "WebGPU granted",
             true,
             false,
-            false,
+            None,
             false,
             "webgpu",
             "WebGPU (software fallback adapter)",
@@ -269,18 +271,18 @@ async fn every_compute_path_answers_truthfully_with_the_same_codes() {
             "navigator.gpu removed",
             true,
             true,
-            false,
+            None,
             false,
             "cpu",
             "navigator.gpu is not available",
             "cpu",
         ),
-        case("no adapter granted", false, false, false, false, "cpu", "no WebGPU adapter was granted", "cpu"),
+        case("no adapter granted", false, false, None, false, "cpu", "no WebGPU adapter was granted", "cpu"),
         case(
             "CPU chosen in the settings",
             true,
             false,
-            true,
+            Some("cpu"),
             false,
             "cpu",
             "CPU (chosen in the settings)",
@@ -290,7 +292,27 @@ async fn every_compute_path_answers_truthfully_with_the_same_codes() {
             "WebGPU device lost",
             true,
             false,
+            None,
+            true,
+            "cpu",
+            "WebGPU failed in the encoder (the WebGPU device was lost",
+            "cpu",
+        ),
+        case(
+            "burn-wgpu chosen",
+            true,
             false,
+            Some("burn-wgpu"),
+            false,
+            "webgpu",
+            "WebGPU (software fallback adapter)",
+            "webgpu-burn",
+        ),
+        case(
+            "burn-wgpu's device lost",
+            true,
+            false,
+            Some("burn-wgpu"),
             true,
             "cpu",
             "WebGPU failed in the encoder (the WebGPU device was lost",
@@ -305,14 +327,10 @@ async fn every_compute_path_answers_truthfully_with_the_same_codes() {
             client.issue_cmd(BeforePageScripts("delete Navigator.prototype.gpu;")).await.unwrap();
         }
         client.goto(&url).await.unwrap();
-        if c.force_cpu {
-            client
-                .execute(
-                    "localStorage.setItem('htc-vlm.settings', JSON.stringify({backend: 'cpu'}));",
-                    vec![],
-                )
-                .await
-                .unwrap();
+        if let Some(choice) = c.choice {
+            let js =
+                format!("localStorage.setItem('htc-vlm.settings', JSON.stringify({{backend: '{choice}'}}));");
+            client.execute(&js, vec![]).await.unwrap();
             client.refresh().await.unwrap();
         }
         wait_for(&client, "#status[data-connection='ready']").await;
