@@ -137,11 +137,12 @@ impl Recorder<'_> {
         Ok(self.src.read_shaped(&format!("{}{name}", self.prefix), shape)?.data)
     }
 
-    fn upload(&self, data: &[f32], usage: wgpu::BufferUsages) -> wgpu::Buffer {
+    /// A read-only storage buffer holding `data`.
+    fn upload(&self, data: &[f32]) -> wgpu::Buffer {
         self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: None,
             contents: &bytes_of(data),
-            usage: wgpu::BufferUsages::STORAGE | usage,
+            usage: wgpu::BufferUsages::STORAGE,
         })
     }
 
@@ -202,12 +203,8 @@ impl Recorder<'_> {
         } else {
             w
         };
-        let w = self.upload(&w, wgpu::BufferUsages::empty());
-        let b = if bias {
-            Some(self.upload(&self.weight(&format!("{name}.bias"), &[c_out])?, wgpu::BufferUsages::empty()))
-        } else {
-            None
-        };
+        let w = self.upload(&w);
+        let b = if bias { Some(self.upload(&self.weight(&format!("{name}.bias"), &[c_out])?)) } else { None };
         let y = self.output(c_out, x.h, x.w);
         let n = [x.c, c_out, x.h, x.w, k, groups, bias as usize, silu as usize];
         let tiles = x.h * x.w.div_ceil(4) * c_out / 4;
@@ -224,7 +221,7 @@ impl Recorder<'_> {
     fn rms_norm(&mut self, x: &Act, name: &str, residual: Option<&Act>) -> Result<Act> {
         let mut wb = self.weight(&format!("{name}.weight"), &[x.c])?;
         wb.extend(self.weight(&format!("{name}.bias"), &[x.c])?);
-        let wb = self.upload(&wb, wgpu::BufferUsages::empty());
+        let wb = self.upload(&wb);
         let y = self.output(x.c, x.h, x.w);
         let n = [x.c, x.h * x.w, residual.is_some() as usize, 0, 0, 0, 0, 0];
         self.dispatch(
@@ -441,7 +438,7 @@ impl WgslMgvq {
             let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
             row.iter_mut().for_each(|v| *v /= norm);
         }
-        let book = r.upload(&book, wgpu::BufferUsages::empty());
+        let book = r.upload(&book);
         let hw = latent.h * latent.w;
         let codes = r.output(hw, g, 1);
         r.dispatch(
