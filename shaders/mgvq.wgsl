@@ -345,16 +345,6 @@ fn mla_out(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups
     y[i] = num / (den + 1e-15);
 }
 
-// a + b, elementwise (n0 = length).
-@compute @workgroup_size(64)
-fn add(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
-    let i = index(id, nw);
-    if (i >= p.n0) {
-        return;
-    }
-    y[i] = a[i] + b[i];
-}
-
 // The grouped quantiser: per pixel and group, the L2-normalised latent's nearest code by the
 // reference's score 2 z·e − |z|² − |e|² (first maximum), written as an f32 index.
 // n0 = groups, n1 = group dim, n2 = codes per group, n3 = pixels. a = latent [C, hw],

@@ -37,12 +37,11 @@ enum Kernel {
     Glu,
     MlaVk,
     MlaOut,
-    Add,
     Quantize,
 }
 
 impl Kernel {
-    const ALL: [Kernel; 11] = [
+    const ALL: [Kernel; 10] = [
         Kernel::Conv,
         Kernel::Conv3t,
         Kernel::Conv1t,
@@ -52,7 +51,6 @@ impl Kernel {
         Kernel::Glu,
         Kernel::MlaVk,
         Kernel::MlaOut,
-        Kernel::Add,
         Kernel::Quantize,
     ];
 
@@ -67,7 +65,6 @@ impl Kernel {
             Kernel::Glu => "glu",
             Kernel::MlaVk => "mla_vk",
             Kernel::MlaOut => "mla_out",
-            Kernel::Add => "add",
             Kernel::Quantize => "quantize",
         }
     }
@@ -477,9 +474,8 @@ impl WgslMgvq {
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
             for step in &self.steps {
-                let k =
-                    Kernel::ALL.iter().position(|k| *k == step.kernel).expect("every kernel has a pipeline");
-                pass.set_pipeline(&self.pipelines[k]);
+                // `pipelines` follows `Kernel::ALL`, the declaration order.
+                pass.set_pipeline(&self.pipelines[step.kernel as usize]);
                 pass.set_bind_group(0, &step.bind, &[]);
                 pass.dispatch_workgroups(step.groups[0], step.groups[1], 1);
             }
@@ -531,6 +527,13 @@ mod tests {
         assert_eq!(workgroups(1), [1, 1]);
         assert_eq!(workgroups(64 * 65_535), [65_535, 1]);
         assert_eq!(workgroups(64 * 65_535 + 1), [65_535, 2]);
+    }
+
+    #[test]
+    fn pipelines_are_indexed_by_declaration_order() {
+        for (i, k) in Kernel::ALL.iter().enumerate() {
+            assert_eq!(*k as usize, i, "{}", k.entry());
+        }
     }
 
     #[test]
