@@ -515,3 +515,68 @@ fn a_masked_decoding_step_split_over_threads_equals_one_thread() {
         assert!((total - 1.0).abs() < 1e-5, "layer {l}: the row sums to {total}");
     }
 }
+
+/// The fused host kernels of CPU inference (`models::host`) against the burn operations they
+/// stand in for, on random inputs whose rows are not a multiple of eight lanes wide (a padded
+/// tail), with enough rows to run on rayon's pool and with too few: the residual sum exactly,
+/// the RMS norm within 1e-6 x its scale (the sum of squares is added up in another order),
+/// RoPE with the heads cut out of the joined product to the bit (the same operations per
+/// element), the SwiGLU gate within 1e-6 x its scale (wide's `exp`).
+#[test]
+fn fused_host_kernels_equal_the_backend_operations() {
+    use burn::tensor::Distribution;
+    use htc_worker::models::host;
+    let device = Default::default();
+    let max_diff = |a: Vec<f32>, b: Vec<f32>| {
+        let scale = b.iter().fold(1f32, |m, v| m.max(v.abs()));
+        a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+    };
+    for t in [3usize, 21] {
+        // RMS norm after the residual addition.
+        let d = 37;
+        let x = Tensor::<Backend, 3>::random([1, t, d], Distribution::Normal(0.0, 3.0), &device);
+        let delta = Tensor::<Backend, 3>::random([1, t, d], Distribution::Normal(0.0, 1.0), &device);
+        let mut norm = burn::nn::RmsNormConfig::new(d).with_epsilon(1e-5).init::<Backend>(&device);
+        norm.gamma =
+            burn::module::Param::from_tensor(Tensor::random([d], Distribution::Normal(1.0, 0.5), &device));
+        let sum = x.clone() + delta.clone();
+        let want = norm.forward(sum.clone());
+        let mut stream = host::values(x);
+        let got = host::add_rms_norm(&mut stream, Some(&host::values(delta)), &host::Norm::of(&norm));
+        assert_eq!(stream, host::values(sum), "{t} rows: the residual sum");
+        let diff = max_diff(got, host::values(want));
+        assert!(diff <= 1e-6, "{t} rows: RMS norm off by {diff}");
+
+        // RoPE on queries and keys cut out of a joined product; values copied.
+        let (heads, kv_heads, hd) = (4, 2, 12);
+        let w = (heads + 2 * kv_heads) * hd;
+        let y = Tensor::<Backend, 3>::random([1, t, w], Distribution::Normal(0.0, 1.0), &device);
+        let rope = htc_worker::models::llama::Rope::new(hd, 10000.0);
+        let positions: Vec<usize> = (5..5 + t).collect();
+        let (cos, sin) = rope.host_tables(&positions);
+        let (q, k, v) =
+            host::qkv_rope(y.clone(), heads, kv_heads, hd, &host::RopeRows { cos: &cos, sin: &sin });
+        let (ct, st) = rope.tables::<Backend>(&positions, &device);
+        let (ct, st) = (ct.unsqueeze::<4>(), st.unsqueeze::<4>());
+        let split = |first: usize, n: usize| {
+            y.clone().reshape([1, t, heads + 2 * kv_heads, hd]).swap_dims(1, 2).narrow(1, first, n)
+        };
+        let rotate = |x: Tensor<Backend, 4>| {
+            let [b, h, t, hd] = x.dims();
+            let x1 = x.clone().slice([0..b, 0..h, 0..t, 0..hd / 2]);
+            let x2 = x.clone().slice([0..b, 0..h, 0..t, hd / 2..hd]);
+            x * ct.clone() + Tensor::cat(vec![x2.neg(), x1], 3) * st.clone()
+        };
+        assert_eq!(host::values(q), host::values(rotate(split(0, heads))), "{t} rows: queries");
+        assert_eq!(host::values(k), host::values(rotate(split(heads, kv_heads))), "{t} rows: keys");
+        assert_eq!(host::values(v), host::values(split(heads + kv_heads, kv_heads)), "{t} rows: values");
+
+        // SwiGLU of a joined gate/up product.
+        let i = 29;
+        let y = Tensor::<Backend, 3>::random([1, t, 2 * i], Distribution::Normal(0.0, 4.0), &device);
+        let (gate, up) = (y.clone().narrow(2, 0, i), y.clone().narrow(2, i, i));
+        let want = burn::tensor::activation::silu(gate) * up;
+        let diff = max_diff(host::values(host::swiglu(y)), host::values(want));
+        assert!(diff <= 1e-6, "{t} rows: SwiGLU off by {diff}");
+    }
+}

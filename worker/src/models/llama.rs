@@ -14,6 +14,7 @@ use htc_shared::config::LoraConfig;
 use htc_shared::loader::Loader;
 use htc_shared::params::ParamNames;
 
+use super::host;
 use super::lora::{join_projections, split_last, split_linear, Lora, Proj};
 
 /// Rotary position tables, computed as transformers does (f32 `inv_freq`, `cat(freqs, freqs)`).
@@ -34,6 +35,16 @@ impl Rope {
     pub fn tables<B: Backend>(
         &self, positions: &[usize], device: &B::Device,
     ) -> (Tensor<B, 2>, Tensor<B, 2>) {
+        let (cos, sin) = self.host_tables(positions);
+        let shape = [positions.len(), self.inv_freq.len() * 2];
+        (
+            Tensor::from_data(TensorData::new(cos, shape), device),
+            Tensor::from_data(TensorData::new(sin, shape), device),
+        )
+    }
+
+    /// The tables of [`Self::tables`] as row-major values.
+    pub fn host_tables(&self, positions: &[usize]) -> (Vec<f32>, Vec<f32>) {
         let hd = self.inv_freq.len() * 2;
         let mut cos = Vec::with_capacity(positions.len() * hd);
         let mut sin = Vec::with_capacity(positions.len() * hd);
@@ -46,11 +57,62 @@ impl Rope {
                 }
             }
         }
-        let shape = [positions.len(), hd];
-        (
-            Tensor::from_data(TensorData::new(cos, shape), device),
-            Tensor::from_data(TensorData::new(sin, shape), device),
-        )
+        (cos, sin)
+    }
+
+    /// The tables for one pass over `positions`, as tensors shaped by `shape` (broadcast over
+    /// the heads) and as values for the fused kernels.
+    fn at<B: Backend>(&self, positions: &[usize], shape: [usize; 4], device: &B::Device) -> RopeAt<B> {
+        let (cos, sin) = self.host_tables(positions);
+        let t = |v: &Vec<f32>| Tensor::from_data(TensorData::new(v.clone(), shape), device);
+        RopeAt { cos: t(&cos), sin: t(&sin), host: (cos, sin) }
+    }
+}
+
+/// RoPE tables for one pass (see [`Rope::at`]).
+struct RopeAt<B: Backend> {
+    cos: Tensor<B, 4>,
+    sin: Tensor<B, 4>,
+    host: (Vec<f32>, Vec<f32>),
+}
+
+impl<B: Backend> RopeAt<B> {
+    fn rows(&self) -> host::RopeRows<'_> {
+        host::RopeRows { cos: &self.host.0, sin: &self.host.1 }
+    }
+}
+
+/// The residual stream through the layers: a tensor, or its values on the host when the fused
+/// kernels run the norms (see [`host`]).
+enum Stream<B: Backend> {
+    Tensor(Tensor<B, 3>),
+    Host { x: Vec<f32>, dims: [usize; 3], device: B::Device },
+}
+
+impl<B: Backend> Stream<B> {
+    fn new(x: Tensor<B, 3>, on_host: bool) -> Self {
+        if !on_host {
+            return Self::Tensor(x);
+        }
+        let (dims, device) = (x.dims(), x.device());
+        Self::Host { x: host::values(x), dims, device }
+    }
+
+    /// Adds `delta` to the stream (when given) and returns the stream normed by `norm`.
+    fn add_norm(&mut self, delta: Option<Tensor<B, 3>>, norm: &RmsNorm<B>) -> Tensor<B, 3> {
+        match self {
+            Self::Tensor(x) => {
+                if let Some(d) = delta {
+                    *x = x.clone() + d;
+                }
+                norm.forward(x.clone())
+            }
+            Self::Host { x, dims, device } => {
+                let delta = delta.map(host::values);
+                let y = host::add_rms_norm(x, delta.as_deref(), &host::Norm::of(norm));
+                host::tensor(y, *dims, device)
+            }
+        }
     }
 }
 
@@ -172,7 +234,7 @@ impl<B: Backend> Attention<B> {
     /// [`Split`]).
     #[allow(clippy::too_many_arguments)]
     fn forward(
-        &self, x: Tensor<B, 3>, rope: (&Tensor<B, 4>, &Tensor<B, 4>), mask: Option<&Tensor<B, 4>>,
+        &self, x: Tensor<B, 3>, rope: &RopeAt<B>, mask: Option<&Tensor<B, 4>>,
         cache: &mut Option<(Tensor<B, 4>, Tensor<B, 4>)>, tail: &mut Option<(Tensor<B, 4>, Tensor<B, 4>)>,
         self_only: usize, causal: bool,
     ) -> (Tensor<B, 3>, Vec<Tensor<B, 4>>) {
@@ -184,16 +246,18 @@ impl<B: Backend> Attention<B> {
 
     /// Queries `[b, heads, t, hd]`, keys and values `[b, kv_heads, t, hd]` of `x: [b, t, d]`,
     /// RoPE applied.
-    fn qkv(
-        &self, x: Tensor<B, 3>, rope: (&Tensor<B, 4>, &Tensor<B, 4>),
-    ) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
+    fn qkv(&self, x: Tensor<B, 3>, rope: &RopeAt<B>) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
         let [b, t, _] = x.dims();
         let (hd, h, kvh) = (self.head_dim, self.heads, self.kv_heads);
         let (q, k, v) = match &self.qkv {
             // One product; its heads laid out as q's, then k's, then v's.
             Some(qkv) => {
-                let y =
-                    split_linear(qkv, x, self.o_proj.split).reshape([b, t, h + 2 * kvh, hd]).swap_dims(1, 2);
+                let y = split_linear(qkv, x, self.o_proj.split);
+                // CPU inference in f32: the heads cut out and rotated in one pass.
+                if host::applies(&y) {
+                    return host::qkv_rope(y, h, kvh, hd, &rope.rows());
+                }
+                let y = y.reshape([b, t, h + 2 * kvh, hd]).swap_dims(1, 2);
                 (y.clone().narrow(1, 0, h), y.clone().narrow(1, h, kvh), y.narrow(1, h + kvh, kvh))
             }
             None => {
@@ -208,7 +272,7 @@ impl<B: Backend> Attention<B> {
         // Of several positions the heads are strided views (positions lie a row of all heads
         // apart): copied once before RoPE's five elementwise passes.
         let (q, k) = (super::rows_owned(q), super::rows_owned(k));
-        (apply_rope(q, rope.0, rope.1), apply_rope(k, rope.0, rope.1), v)
+        (apply_rope(q, &rope.cos, &rope.sin), apply_rope(k, &rope.cos, &rope.sin), v)
     }
 
     /// The attention of [`Self::forward`] between the projections: stores `k`, `v` in the
@@ -496,9 +560,13 @@ impl<B: Backend> Mlp<B> {
     fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let (gate, up) = match &self.gate_up {
             Some(gate_up) => {
+                let y = split_linear(gate_up, x, self.down_proj.split);
+                // CPU inference in f32: the gate in one pass.
+                if host::applies(&y) {
+                    return self.down_proj.forward(host::swiglu(y));
+                }
                 let i = self.up_proj.dims()[1];
-                let mut parts =
-                    split_last(split_linear(gate_up, x, self.down_proj.split), &[i, i]).into_iter();
+                let mut parts = split_last(y, &[i, i]).into_iter();
                 // Of several rows each part is strided (its rows lie `2 i` apart): copied once
                 // before the elementwise passes.
                 let mut next = || super::rows_owned(parts.next().expect("two parts"));
@@ -680,23 +748,24 @@ impl<B: Backend> Llama<B> {
         let device = embeds.device();
         let [_, t, _] = embeds.dims();
         let past = cache.seq_len();
-        let (cos, sin) = self.rope.tables::<B>(step.positions, &device);
-        let (cos, sin) = (cos.unsqueeze::<4>(), sin.unsqueeze::<4>());
+        let hd = self.config.head_dim;
+        let rope = self.rope.at::<B>(step.positions, [1, 1, step.positions.len(), hd], &device);
         let causal = step.mask.is_none();
         let mask = step
             .mask
             .or_else(|| (t > 1).then(|| causal_mask::<B>(t, past, &device)))
             .map(|m| m.unsqueeze::<4>());
         let self_only = if past == 0 { step.self_only.min(t) } else { 0 };
-        let mut x = embeds;
+        let mut stream = Stream::new(embeds, self.fused(&device));
+        let mut normed = stream.add_norm(None, self.input_norm(0));
         let mut attention = Vec::new();
         let mut layer_inputs = Vec::with_capacity(self.layers.len());
-        for ((layer, kv), tail) in self.layers.iter().zip(cache.layers.iter_mut()).zip(cache.tails.iter_mut())
+        for (li, ((layer, kv), tail)) in
+            self.layers.iter().zip(cache.layers.iter_mut()).zip(cache.tails.iter_mut()).enumerate()
         {
-            let normed = layer.input_layernorm.forward(x.clone());
             layer_inputs.push(normed.clone());
             let (h, probs) =
-                layer.self_attn.forward(normed, (&cos, &sin), mask.as_ref(), kv, tail, self_only, causal);
+                layer.self_attn.forward(normed, &rope, mask.as_ref(), kv, tail, self_only, causal);
             if step.want_attention {
                 // Blocks of a causal prefill end at their last row: zeros for the keys after it.
                 let means = probs
@@ -712,10 +781,21 @@ impl<B: Backend> Llama<B> {
                     .collect();
                 attention.push(Tensor::cat(means, 1));
             }
-            x = x + h;
-            x = x.clone() + layer.mlp.forward(layer.post_attention_layernorm.forward(x));
+            let m = layer.mlp.forward(stream.add_norm(Some(h), &layer.post_attention_layernorm));
+            normed = stream.add_norm(Some(m), self.input_norm(li + 1));
         }
-        Output { hidden: self.norm.forward(x), attention, attention_from: self_only, layer_inputs }
+        Output { hidden: normed, attention, attention_from: self_only, layer_inputs }
+    }
+
+    /// The norm before layer `i`'s attention; past the last layer, the final norm.
+    fn input_norm(&self, i: usize) -> &RmsNorm<B> {
+        self.layers.get(i).map_or(&self.norm, |l| &l.input_layernorm)
+    }
+
+    /// Whether the norms, RoPE and gate run as fused kernels on the host ([`host`]): CPU
+    /// inference (products split over threads, see [`Self::with_row_split`]) in f32.
+    fn fused(&self, device: &B::Device) -> bool {
+        self.split > 1 && self.embed_tokens.weight.val().dtype() == DType::F32 && !B::ad_enabled(device)
     }
 
     /// One decoding step for `b` independent sequences at once (micro-batching). Row `i`
@@ -727,17 +807,18 @@ impl<B: Backend> Llama<B> {
     pub fn decode_batch(&self, ids: &[u32], positions: &[usize], caches: &mut [KvCache<B>]) -> Tensor<B, 2> {
         let b = ids.len();
         let device = self.device();
-        let (cos, sin) = self.rope.tables::<B>(positions, &device);
         let hd = self.config.head_dim;
-        let (cos, sin) = (cos.reshape([b, 1, 1, hd]), sin.reshape([b, 1, 1, hd]));
-        let mut x = Tensor::cat(ids.iter().map(|&i| self.embed(&[i])).collect(), 0);
+        let rope = self.rope.at::<B>(positions, [b, 1, 1, hd], &device);
+        let x = Tensor::cat(ids.iter().map(|&i| self.embed(&[i])).collect(), 0);
+        let mut stream = Stream::new(x, self.fused(&device));
+        let mut normed = stream.add_norm(None, self.input_norm(0));
         let row = |t: &Tensor<B, 4>, i: usize| {
             let [_, h, n, d] = t.dims();
             t.clone().slice([i..i + 1, 0..h, 0..n, 0..d])
         };
         for (li, layer) in self.layers.iter().enumerate() {
             let attn = &layer.self_attn;
-            let (q, k, v) = attn.qkv(layer.input_layernorm.forward(x.clone()), (&cos, &sin));
+            let (q, k, v) = attn.qkv(normed, &rope);
             let attend = |(i, c): (usize, &mut KvCache<B>)| {
                 let KvCache { layers, tails } = c;
                 let (q, k, v) = (row(&q, i), row(&k, i), row(&v, i));
@@ -750,10 +831,11 @@ impl<B: Backend> Llama<B> {
             } else {
                 caches.iter_mut().enumerate().map(attend).collect()
             };
-            x = x + attn.o_proj.forward(Tensor::cat(outs, 0));
-            x = x.clone() + layer.mlp.forward(layer.post_attention_layernorm.forward(x));
+            let h = attn.o_proj.forward(Tensor::cat(outs, 0));
+            let m = layer.mlp.forward(stream.add_norm(Some(h), &layer.post_attention_layernorm));
+            normed = stream.add_norm(Some(m), self.input_norm(li + 1));
         }
-        let logits = self.logits(self.norm.forward(x)); // [b, 1, vocab]
+        let logits = self.logits(normed); // [b, 1, vocab]
         let [_, _, vocab] = logits.dims();
         logits.reshape([b, vocab])
     }

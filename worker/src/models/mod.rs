@@ -7,6 +7,7 @@
 //! (rayon's pool, and the [`team`] a CPU decoding step's split products run on).
 
 pub mod clip;
+pub mod host;
 pub mod htc;
 pub mod llama;
 pub mod llava;

@@ -1,0 +1,154 @@
+//! Fused kernels for the decoder's elementwise work in f32 CPU inference (the decoder tuned by
+//! `Llama::with_row_split`): RMS norm with the residual addition before it, RoPE with the
+//! heads cut out of the joined query/key/value product, and the SwiGLU gate. Each reads its
+//! input once and writes its output once, rows on rayon's pool, where burn's operations on the
+//! CPU backend make one pass and one buffer per operation on one core (RMS norm five, RoPE six
+//! per tensor after a copy out of the joined product, SwiGLU seven), while the other core
+//! waits for the next product. Written by hand because burn has no fused kernels for these and
+//! burn-candle keeps its candle tensors, and so candle's own fused norm, out of reach. The
+//! operations per element are those of the burn code they replace, in the same order, except
+//! where noted: a row's sum of squares is added up eight lanes at a time, and the gate's `exp`
+//! is wide's polynomial (within a few units in the last place of libm's).
+
+use burn::nn::RmsNorm;
+use burn::tensor::{backend::Backend, DType, Tensor, TensorData};
+use rayon::prelude::*;
+use wide::f32x8;
+
+/// Rows from which a kernel runs on rayon's pool (below, one decoding step's few rows cost
+/// less than the pool's dispatch).
+const PAR_ROWS: usize = 8;
+
+/// Whether the fused kernels can stand in for burn's operations on `x`: f32 and no autodiff
+/// (the caller knows the backend is the CPU one).
+pub fn applies<B: Backend, const D: usize>(x: &Tensor<B, D>) -> bool {
+    x.dtype() == DType::F32 && !B::ad_enabled(&x.device())
+}
+
+/// The tensor's values, row-major (a copy; a strided view is gathered).
+pub fn values<B: Backend, const D: usize>(x: Tensor<B, D>) -> Vec<f32> {
+    x.into_data().into_vec().expect("an f32 tensor")
+}
+
+/// A tensor of `dims` holding `v`.
+pub fn tensor<B: Backend, const D: usize>(v: Vec<f32>, dims: [usize; D], device: &B::Device) -> Tensor<B, D> {
+    Tensor::from_data(TensorData::new(v, dims), device)
+}
+
+/// `f(row index, row)` for each row of `width` values of `out`, on rayon's pool from
+/// [`PAR_ROWS`] rows on.
+fn each_row(out: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+    if out.len() / width.max(1) >= PAR_ROWS {
+        out.par_chunks_mut(width).enumerate().for_each(|(r, row)| f(r, row));
+    } else {
+        out.chunks_mut(width).enumerate().for_each(|(r, row)| f(r, row));
+    }
+}
+
+/// The norm's weight and epsilon, on the host.
+pub struct Norm {
+    gamma: Vec<f32>,
+    eps: f32,
+}
+
+impl Norm {
+    pub fn of<B: Backend>(norm: &RmsNorm<B>) -> Self {
+        Self { gamma: values(norm.gamma.val()), eps: norm.epsilon as f32 }
+    }
+}
+
+/// `stream += delta` (when given), then `stream / sqrt(mean(stream²) + eps) * gamma` per row
+/// of `gamma.len()` values: burn's `RmsNorm` on the updated stream.
+pub fn add_rms_norm(stream: &mut [f32], delta: Option<&[f32]>, norm: &Norm) -> Vec<f32> {
+    let d = norm.gamma.len();
+    if let Some(delta) = delta {
+        assert_eq!(delta.len(), stream.len(), "residual and delta differ in size");
+        let add = |(s, x): (&mut [f32], &[f32])| s.iter_mut().zip(x).for_each(|(s, x)| *s += x);
+        if stream.len() / d >= PAR_ROWS {
+            stream.par_chunks_mut(d).zip(delta.par_chunks(d)).for_each(add);
+        } else {
+            stream.chunks_mut(d).zip(delta.chunks(d)).for_each(add);
+        }
+    }
+    let mut out = stream.to_vec();
+    each_row(&mut out, d, |_, row| {
+        let mut ss = f32x8::ZERO;
+        let full = row.len() / 8 * 8;
+        for c in row[..full].chunks_exact(8) {
+            let v = f32x8::new(c.try_into().expect("eight lanes"));
+            ss += v * v;
+        }
+        let tail: f32 = row[full..].iter().map(|v| v * v).sum();
+        let rms = ((ss.reduce_add() + tail) / d as f32 + norm.eps).sqrt();
+        for (v, g) in row.iter_mut().zip(&norm.gamma) {
+            *v = *v / rms * g;
+        }
+    });
+    out
+}
+
+/// RoPE tables on the host: per position, `cos` and `sin` of `head_dim` values (the layout of
+/// `Rope::tables`).
+pub struct RopeRows<'a> {
+    pub cos: &'a [f32],
+    pub sin: &'a [f32],
+}
+
+/// The queries `[b, heads, t, hd]`, keys and values `[b, kv_heads, t, hd]` of a joined
+/// projection's output `y: [b, t, (heads + 2 kv_heads) hd]` (each position's query heads, then
+/// its key heads, then its value heads), RoPE applied to queries and keys as `Rope`'s
+/// `x cos + rotate_half(x) sin` does. Position `(i, j)` takes row `j` of the tables when they
+/// hold `t` rows (one sequence's positions), else row `i t + j` (one per row of a batch).
+pub fn qkv_rope<B: Backend>(
+    y: Tensor<B, 3>, heads: usize, kv_heads: usize, hd: usize, rope: &RopeRows<'_>,
+) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
+    let [b, t, w] = y.dims();
+    assert_eq!(w, (heads + 2 * kv_heads) * hd, "joined projection width");
+    let device = y.device();
+    let y = values(y);
+    let table_rows = rope.cos.len() / hd;
+    let half = hd / 2;
+    // Output `[b, n, t, hd]` of the `n` heads from `first` on, rotated or not.
+    let part = |first: usize, n: usize, rotate: bool| {
+        let mut out = vec![0.0f32; b * n * t * hd];
+        each_row(&mut out, hd, |r, o| {
+            let (j, head, i) = (r % t, (r / t) % n, r / (t * n));
+            let src = &y[(i * t + j) * w + (first + head) * hd..][..hd];
+            if !rotate {
+                o.copy_from_slice(src);
+                return;
+            }
+            let tr = if table_rows == t { j } else { i * t + j };
+            let (c, s) = (&rope.cos[tr * hd..][..hd], &rope.sin[tr * hd..][..hd]);
+            for k in 0..half {
+                o[k] = src[k] * c[k] + -src[k + half] * s[k];
+                o[k + half] = src[k + half] * c[k + half] + src[k] * s[k + half];
+            }
+        });
+        tensor::<B, 4>(out, [b, n, t, hd], &device)
+    };
+    (part(0, heads, true), part(heads, kv_heads, true), part(heads + kv_heads, kv_heads, false))
+}
+
+/// `silu(gate) * up` of a joined gate/up product `y: [b, t, 2 i]` (each row's gate, then its
+/// up), as `x / (1 + exp(-x)) * up` ([`super::x_sigmoid`]'s form): `[b, t, i]`.
+pub fn swiglu<B: Backend>(y: Tensor<B, 3>) -> Tensor<B, 3> {
+    let [b, t, w] = y.dims();
+    let i = w / 2;
+    let device = y.device();
+    let y = values(y);
+    let mut out = vec![0.0f32; b * t * i];
+    each_row(&mut out, i, |r, o| {
+        let (gate, up) = y[r * w..(r + 1) * w].split_at(i);
+        let full = i / 8 * 8;
+        for ((o, g), u) in o[..full].chunks_exact_mut(8).zip(gate.chunks_exact(8)).zip(up.chunks_exact(8)) {
+            let g = f32x8::new(g.try_into().expect("eight lanes"));
+            let u = f32x8::new(u.try_into().expect("eight lanes"));
+            o.copy_from_slice(&(g / ((-g).exp() + 1.0) * u).to_array());
+        }
+        for k in full..i {
+            o[k] = gate[k] / ((-gate[k]).exp() + 1.0) * up[k];
+        }
+    });
+    tensor::<B, 3>(out, [b, t, i], &device)
+}
