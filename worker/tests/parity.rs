@@ -458,7 +458,7 @@ fn host_softmax_equals_the_backend_kernels() {
         mask =
             mask.slice_assign([0..1, 0..mh, 0..1, 1..s], Tensor::full([1, mh, 1, s - 1], blocked, &device));
         let want = burn::tensor::activation::softmax(scores.clone() * 0.3 + mask.clone(), 3);
-        let got = htc_worker::models::host_softmax(scores.clone(), 0.3, Some(mask));
+        let got = htc_worker::models::host::host_softmax(scores.clone(), 0.3, Some(mask));
         let (want, got): (Vec<f32>, Vec<f32>) =
             (want.into_data().into_vec().unwrap(), got.into_data().into_vec().unwrap());
         for (i, (w, g)) in want.iter().zip(&got).enumerate() {
@@ -469,7 +469,7 @@ fn host_softmax_equals_the_backend_kernels() {
         assert_eq!(got[1], 0.0, "a blocked key gets nothing");
     }
     let want = burn::tensor::activation::softmax(scores.clone(), 3);
-    let got = htc_worker::models::host_softmax(scores, 1.0, None);
+    let got = htc_worker::models::host::host_softmax(scores, 1.0, None);
     let diff = (want - got).abs().max().into_scalar();
     assert!(diff <= 1e-6, "without a mask: {diff}");
 }

@@ -1,6 +1,7 @@
 //! Fused kernels for the decoder's elementwise work in f32 CPU inference (the decoder tuned by
-//! `Llama::with_row_split`): RMS norm with the residual addition before it, RoPE with the
-//! heads cut out of the joined query/key/value product, and the SwiGLU gate. Each reads its
+//! `Llama::with_row_split`): the attention's scale, mask and softmax ([`host_softmax`]), RMS
+//! norm with the residual addition before it, RoPE with the heads cut out of the joined
+//! query/key/value product, and the SwiGLU gate. Each reads its
 //! input once and writes its output once, rows on rayon's pool, where burn's operations on the
 //! CPU backend make one pass and one buffer per operation on one core (RMS norm five, RoPE six
 //! per tensor after a copy out of the joined product, SwiGLU seven), while the other core
@@ -151,4 +152,92 @@ pub fn swiglu<B: Backend>(y: Tensor<B, 3>) -> Tensor<B, 3> {
         }
     });
     tensor::<B, 3>(out, [b, t, i], &device)
+}
+
+/// `softmax(scores * scale + mask)` over the last dimension of f32 `scores: [b, h, tq, s]`
+/// on a CPU backend, with `mask: [1 or b, 1 or h, tq, s]` broadcast over the leading
+/// dimensions. Written by hand (burn has no fused softmax, and burn-candle keeps its candle
+/// tensors private, out of reach of candle's own fused kernel): the scores are read out once, each
+/// row is scaled, masked, exponentiated and normalised while it sits in cache, and written back
+/// once, where the backend's kernels make seven passes and five buffers (scale, mask, max,
+/// subtract, exp, sum, divide). The same operations in the same order per element as those
+/// kernels, eight lanes at a time ([`softmax_row`]); the result differs from theirs in the order
+/// the row's sum is added up and in `exp`, wide's polynomial instead of libm's (within a few
+/// units in the last place; exactly 0 below `exp(-87.3)`, where libm gives a denormal).
+pub fn host_softmax<B: Backend>(
+    scores: Tensor<B, 4>, scale: f32, mask: Option<Tensor<B, 4>>,
+) -> Tensor<B, 4> {
+    let [b, h, tq, s] = scores.dims();
+    let device = scores.device();
+    let mut x: Vec<f32> = scores.into_data().into_vec().expect("f32 scores");
+    let mask = mask.map(|m| {
+        let [mb, mh, mt, ms] = m.dims();
+        assert!(
+            (mb == 1 || mb == b) && (mh == 1 || mh == h) && mt == tq && ms == s,
+            "mask {:?} does not broadcast over scores {:?}",
+            [mb, mh, mt, ms],
+            [b, h, tq, s]
+        );
+        let v: Vec<f32> = m.cast(DType::F32).into_data().into_vec().expect("f32 mask");
+        (v, mb, mh)
+    });
+    for (r, row) in x.chunks_exact_mut(s).enumerate() {
+        let (q, hb) = (r % tq, r / tq);
+        let (head, batch) = (hb % h, hb / h);
+        let mask_row = mask.as_ref().map(|(m, mb, mh)| {
+            let mr = ((if *mb == 1 { 0 } else { batch }) * mh + if *mh == 1 { 0 } else { head }) * tq + q;
+            &m[mr * s..(mr + 1) * s]
+        });
+        softmax_row(row, scale, mask_row);
+    }
+    Tensor::from_data(TensorData::new(x, [b, h, tq, s]), &device)
+}
+
+/// `row <- softmax(row * scale + mask)`, in lanes of eight: wide's `f32x8` (the std library's
+/// `exp` is a scalar libm call, about a third of this function's time before, and its max and
+/// sum reductions are left scalar by the compiler, which may not reorder float additions). The
+/// row's tail is padded with `-inf`, which the max ignores and `exp` turns into 0.
+fn softmax_row(row: &mut [f32], scale: f32, mask: Option<&[f32]>) {
+    let scale8 = f32x8::splat(scale);
+    let mut max8 = f32x8::splat(f32::NEG_INFINITY);
+    lanes(row, mask, f32::NEG_INFINITY, |v, m| {
+        let v = match m {
+            Some(m) => v * scale8 + m,
+            None => v * scale8,
+        };
+        max8 = max8.max(v);
+        v
+    });
+    let max8 = f32x8::splat(max8.to_array().into_iter().fold(f32::NEG_INFINITY, f32::max));
+    let mut sum8 = f32x8::ZERO;
+    lanes(row, None, f32::NEG_INFINITY, |v, _| {
+        let e = (v - max8).exp();
+        sum8 += e;
+        e
+    });
+    let sum8 = f32x8::splat(sum8.reduce_add());
+    lanes(row, None, 0.0, |v, _| v / sum8);
+}
+
+/// `row[i] <- f(row[i], mask[i])` eight lanes at a time, the last lanes padded with `pad` (and
+/// a mask of 0) and their results dropped.
+fn lanes(row: &mut [f32], mask: Option<&[f32]>, pad: f32, mut f: impl FnMut(f32x8, Option<f32x8>) -> f32x8) {
+    const L: usize = 8;
+    let full = row.len() / L * L;
+    for (i, c) in row[..full].chunks_exact_mut(L).enumerate() {
+        let v = f32x8::new(<[f32; L]>::try_from(&*c).expect("eight lanes"));
+        let m = mask.map(|m| f32x8::new(<[f32; L]>::try_from(&m[i * L..(i + 1) * L]).expect("eight lanes")));
+        c.copy_from_slice(&f(v, m).to_array());
+    }
+    let rest = row.len() - full;
+    if rest > 0 {
+        let mut v = [pad; L];
+        v[..rest].copy_from_slice(&row[full..]);
+        let m = mask.map(|m| {
+            let mut a = [0.0; L];
+            a[..rest].copy_from_slice(&m[full..]);
+            f32x8::new(a)
+        });
+        row[full..].copy_from_slice(&f(f32x8::new(v), m).to_array()[..rest]);
+    }
 }

@@ -452,7 +452,7 @@ enum Keys<'a, B: Backend> {
 /// are stacked as rows of one matmul (head i reads key/value head i / rep, as transformers'
 /// `repeat_kv` lays them out).
 /// `host`: the scores are on the CPU, where in f32 the scale, the mask and the softmax run as
-/// one pass per row ([`super::host_softmax`]).
+/// one pass per row ([`host::host_softmax`]).
 fn grouped_attention<B: Backend>(
     q: Tensor<B, 4>, keys: Keys<'_, B>, vs: &[Tensor<B, 4>], mask: Option<Tensor<B, 4>>, rep: usize,
     host: bool,
@@ -490,7 +490,7 @@ fn grouped_attention<B: Backend>(
     };
     let mut scores = scores.reshape([b, h, tq, s]);
     if host && scores.dtype() == DType::F32 {
-        let probs = super::host_softmax(scores, if exact { 1.0 } else { scale as f32 }, mask);
+        let probs = host::host_softmax(scores, if exact { 1.0 } else { scale as f32 }, mask);
         return grouped_values(probs, vs, &widths, [b, h, kvh, rep, tq, hd]);
     }
     if !exact {

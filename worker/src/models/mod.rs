@@ -4,7 +4,8 @@
 //! through a [`htc_shared::loader::Loader`], and an `init` that builds it at random; both give
 //! parameters ids derived from their checkpoint keys. Pure tensor code: no files, tokenizers,
 //! sampling or network here; the only threads are those that share out one computation
-//! (rayon's pool, and the [`team`] a CPU decoding step's split products run on).
+//! (rayon's pool, and the [`team`] a CPU decoding step's split products run on). [`host`]
+//! holds the fused kernels f32 CPU inference runs between the products.
 
 pub mod clip;
 pub mod host;
@@ -15,102 +16,13 @@ pub mod lora;
 pub mod mgvq_decoder;
 pub mod team;
 
-use burn::tensor::{backend::Backend, DType, Tensor, TensorData};
-use wide::f32x8;
+use burn::tensor::{backend::Backend, DType, Tensor};
 
 /// Softmax along `dim`, computed in f32 when `x` is in half precision (as transformers does
 /// for attention), and returned in `x`'s dtype.
 pub fn softmax_f32<B: Backend, const D: usize>(x: Tensor<B, D>, dim: usize) -> Tensor<B, D> {
     let dtype = x.dtype();
     burn::tensor::activation::softmax(x.cast(DType::F32), dim).cast(dtype)
-}
-
-/// `softmax(scores * scale + mask)` over the last dimension of f32 `scores: [b, h, tq, s]`
-/// on a CPU backend, with `mask: [1 or b, 1 or h, tq, s]` broadcast over the leading
-/// dimensions. Written by hand (burn has no fused softmax, and burn-candle keeps its candle
-/// tensors private, out of reach of candle's own fused kernel): the scores are read out once, each
-/// row is scaled, masked, exponentiated and normalised while it sits in cache, and written back
-/// once, where the backend's kernels make seven passes and five buffers (scale, mask, max,
-/// subtract, exp, sum, divide). The same operations in the same order per element as those
-/// kernels, eight lanes at a time ([`softmax_row`]); the result differs from theirs in the order
-/// the row's sum is added up and in `exp`, wide's polynomial instead of libm's (within a few
-/// units in the last place; exactly 0 below `exp(-87.3)`, where libm gives a denormal).
-pub fn host_softmax<B: Backend>(
-    scores: Tensor<B, 4>, scale: f32, mask: Option<Tensor<B, 4>>,
-) -> Tensor<B, 4> {
-    let [b, h, tq, s] = scores.dims();
-    let device = scores.device();
-    let mut x: Vec<f32> = scores.into_data().into_vec().expect("f32 scores");
-    let mask = mask.map(|m| {
-        let [mb, mh, mt, ms] = m.dims();
-        assert!(
-            (mb == 1 || mb == b) && (mh == 1 || mh == h) && mt == tq && ms == s,
-            "mask {:?} does not broadcast over scores {:?}",
-            [mb, mh, mt, ms],
-            [b, h, tq, s]
-        );
-        let v: Vec<f32> = m.cast(DType::F32).into_data().into_vec().expect("f32 mask");
-        (v, mb, mh)
-    });
-    for (r, row) in x.chunks_exact_mut(s).enumerate() {
-        let (q, hb) = (r % tq, r / tq);
-        let (head, batch) = (hb % h, hb / h);
-        let mask_row = mask.as_ref().map(|(m, mb, mh)| {
-            let mr = ((if *mb == 1 { 0 } else { batch }) * mh + if *mh == 1 { 0 } else { head }) * tq + q;
-            &m[mr * s..(mr + 1) * s]
-        });
-        softmax_row(row, scale, mask_row);
-    }
-    Tensor::from_data(TensorData::new(x, [b, h, tq, s]), &device)
-}
-
-/// `row <- softmax(row * scale + mask)`, in lanes of eight: wide's `f32x8` (the std library's
-/// `exp` is a scalar libm call, about a third of this function's time before, and its max and
-/// sum reductions are left scalar by the compiler, which may not reorder float additions). The
-/// row's tail is padded with `-inf`, which the max ignores and `exp` turns into 0.
-fn softmax_row(row: &mut [f32], scale: f32, mask: Option<&[f32]>) {
-    let scale8 = f32x8::splat(scale);
-    let mut max8 = f32x8::splat(f32::NEG_INFINITY);
-    lanes(row, mask, f32::NEG_INFINITY, |v, m| {
-        let v = match m {
-            Some(m) => v * scale8 + m,
-            None => v * scale8,
-        };
-        max8 = max8.max(v);
-        v
-    });
-    let max8 = f32x8::splat(max8.to_array().into_iter().fold(f32::NEG_INFINITY, f32::max));
-    let mut sum8 = f32x8::ZERO;
-    lanes(row, None, f32::NEG_INFINITY, |v, _| {
-        let e = (v - max8).exp();
-        sum8 += e;
-        e
-    });
-    let sum8 = f32x8::splat(sum8.reduce_add());
-    lanes(row, None, 0.0, |v, _| v / sum8);
-}
-
-/// `row[i] <- f(row[i], mask[i])` eight lanes at a time, the last lanes padded with `pad` (and
-/// a mask of 0) and their results dropped.
-fn lanes(row: &mut [f32], mask: Option<&[f32]>, pad: f32, mut f: impl FnMut(f32x8, Option<f32x8>) -> f32x8) {
-    const L: usize = 8;
-    let full = row.len() / L * L;
-    for (i, c) in row[..full].chunks_exact_mut(L).enumerate() {
-        let v = f32x8::new(<[f32; L]>::try_from(&*c).expect("eight lanes"));
-        let m = mask.map(|m| f32x8::new(<[f32; L]>::try_from(&m[i * L..(i + 1) * L]).expect("eight lanes")));
-        c.copy_from_slice(&f(v, m).to_array());
-    }
-    let rest = row.len() - full;
-    if rest > 0 {
-        let mut v = [pad; L];
-        v[..rest].copy_from_slice(&row[full..]);
-        let m = mask.map(|m| {
-            let mut a = [0.0; L];
-            a[..rest].copy_from_slice(&m[full..]);
-            f32x8::new(a)
-        });
-        row[full..].copy_from_slice(&f(f32x8::new(v), m).to_array()[..rest]);
-    }
 }
 
 /// `x * sigmoid(a * x)` (SiLU for `a = 1`, CLIP's quick GELU for `a = 1.702`), as
