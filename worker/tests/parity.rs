@@ -29,11 +29,21 @@ fn clip_hidden_states_match_every_layer() {
     let (hs_shape, hs) = exp.f32("hidden_states");
     let pixels =
         Tensor::<Backend, 4>::from_data(TensorData::new(pixels, [ps[0], ps[1], ps[2], ps[3]]), &device);
-    let states = clip.forward(pixels, None);
-    assert_eq!(states.len(), hs_shape[0], "number of hidden states");
     let per = hs.len() / hs_shape[0];
-    for (i, s) in states.into_iter().enumerate() {
-        assert_close(&format!("CLIP hidden_states[{i}]"), &to_vec(s), &hs[i * per..(i + 1) * per], TOL);
+    // As burn's operations, then with the fused host kernels of CPU inference (layer norms,
+    // softmax, quick GELU; `models::host`), against transformers either way, and the two
+    // within 1e-5 of each other's scale.
+    let plain = clip.forward(pixels.clone(), None);
+    let fused = clip.clone().with_host_kernels(true).forward(pixels, None);
+    for (what, states) in [("", &plain), ("fused ", &fused)] {
+        assert_eq!(states.len(), hs_shape[0], "number of hidden states");
+        for (i, s) in states.iter().enumerate() {
+            let want = &hs[i * per..(i + 1) * per];
+            assert_close(&format!("{what}CLIP hidden_states[{i}]"), &to_vec(s.clone()), want, TOL);
+        }
+    }
+    for (i, (p, f)) in plain.into_iter().zip(fused).enumerate() {
+        assert_close(&format!("fused against plain, hidden_states[{i}]"), &to_vec(f), &to_vec(p), 1e-5);
     }
 }
 
@@ -519,9 +529,9 @@ fn a_masked_decoding_step_split_over_threads_equals_one_thread() {
 /// The fused host kernels of CPU inference (`models::host`) against the burn operations they
 /// stand in for, on random inputs whose rows are not a multiple of eight lanes wide (a padded
 /// tail), with enough rows to run on rayon's pool and with too few: the residual sum exactly,
-/// the RMS norm within 1e-6 x its scale (the sum of squares is added up in another order),
+/// the RMS and layer norms within 1e-6 x their scale (the sums are added up in another order),
 /// RoPE with the heads cut out of the joined product to the bit (the same operations per
-/// element), the SwiGLU gate within 1e-6 x its scale (wide's `exp`).
+/// element), quick GELU and the SwiGLU gate within 1e-6 x their scale (wide's `exp`).
 #[test]
 fn fused_host_kernels_equal_the_backend_operations() {
     use burn::tensor::Distribution;
@@ -570,6 +580,25 @@ fn fused_host_kernels_equal_the_backend_operations() {
         assert_eq!(host::values(q), host::values(rotate(split(0, heads))), "{t} rows: queries");
         assert_eq!(host::values(k), host::values(rotate(split(heads, kv_heads))), "{t} rows: keys");
         assert_eq!(host::values(v), host::values(split(heads + kv_heads, kv_heads)), "{t} rows: values");
+
+        // Layer norm (with a bias) and quick GELU, as CLIP uses them.
+        let mut ln = burn::nn::LayerNormConfig::new(d).with_epsilon(1e-5).init::<Backend>(&device);
+        ln.gamma =
+            burn::module::Param::from_tensor(Tensor::random([d], Distribution::Normal(1.0, 0.5), &device));
+        ln.beta = Some(burn::module::Param::from_tensor(Tensor::random(
+            [d],
+            Distribution::Normal(0.0, 0.5),
+            &device,
+        )));
+        let x = Tensor::<Backend, 3>::random([1, t, d], Distribution::Normal(2.0, 3.0), &device);
+        let diff = max_diff(
+            host::values(host::layer_norm(x.clone(), &ln, 1e-5)),
+            host::values(ln.forward(x.clone())),
+        );
+        assert!(diff <= 1e-6, "{t} rows: layer norm off by {diff}");
+        let want = htc_worker::models::x_sigmoid(x.clone(), 1.702);
+        let diff = max_diff(host::values(host::x_sigmoid(x, 1.702)), host::values(want));
+        assert!(diff <= 1e-6, "{t} rows: quick GELU off by {diff}");
 
         // SwiGLU of a joined gate/up product.
         let i = 29;

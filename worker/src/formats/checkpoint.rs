@@ -42,6 +42,7 @@ impl<B: Backend> AnyModel<B> {
             AnyModel::Llama(m) => AnyModel::Llama(m.with_row_split(threads)),
             AnyModel::Llava { mut model, config, preprocess } => {
                 model.llm = model.llm.with_row_split(threads);
+                model.vision = model.vision.with_host_kernels(threads > 1);
                 AnyModel::Llava { model, config, preprocess }
             }
             AnyModel::Htc { model, config, preprocess } => {

@@ -34,14 +34,17 @@ impl<B: Backend> Attention<B> {
         })
     }
 
-    fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    /// `host`: the softmax as [`super::host::host_softmax`] (see [`ClipVision::with_host_kernels`]).
+    fn forward(&self, x: Tensor<B, 3>, host: bool) -> Tensor<B, 3> {
         let [b, n, d] = x.dims();
         let hd = d / self.heads;
         let split = |t: Tensor<B, 3>| t.reshape([b, n, self.heads, hd]).swap_dims(1, 2);
         let q = split(flat_linear(&self.q_proj, x.clone())) * (hd as f64).powf(-0.5);
         let k = split(flat_linear(&self.k_proj, x.clone()));
         let v = split(flat_linear(&self.v_proj, x));
-        let attn = super::softmax_f32(q.matmul(k.swap_dims(2, 3)), 3);
+        let scores = q.matmul(k.swap_dims(2, 3));
+        let attn =
+            if host { super::host::host_softmax(scores, 1.0, None) } else { super::softmax_f32(scores, 3) };
         let out = attn.matmul(v).swap_dims(1, 2).reshape([b, n, d]);
         flat_linear(&self.out_proj, out)
     }
@@ -74,12 +77,17 @@ impl<B: Backend> EncoderLayer<B> {
         })
     }
 
-    fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let norm1 = super::layer_norm_f32(&self.layer_norm1, x.clone(), self.eps);
-        let x = x + self.self_attn.forward(norm1);
-        let norm2 = super::layer_norm_f32(&self.layer_norm2, x.clone(), self.eps);
-        let h = flat_linear(&self.fc2, quick_gelu(flat_linear(&self.fc1, norm2)));
-        x + h
+    /// `host`: the norms, the softmax and the activation as fused kernels on the host
+    /// ([`super::host`]), for f32 CPU inference.
+    fn forward(&self, x: Tensor<B, 3>, host: bool) -> Tensor<B, 3> {
+        let norm = |ln: &LayerNorm<B>, x: Tensor<B, 3>| match host {
+            true => super::host::layer_norm(x, ln, self.eps),
+            false => super::layer_norm_f32(ln, x, self.eps),
+        };
+        let x = x.clone() + self.self_attn.forward(norm(&self.layer_norm1, x), host);
+        let up = flat_linear(&self.fc1, norm(&self.layer_norm2, x.clone()));
+        let act = if host { super::host::x_sigmoid(up, 1.702) } else { quick_gelu(up) };
+        x + flat_linear(&self.fc2, act)
     }
 }
 
@@ -92,6 +100,8 @@ pub struct ClipVision<B: Backend> {
     layers: Vec<EncoderLayer<B>>,
     image_size: usize,
     eps: f64,
+    /// Norms, softmax and activation as fused host kernels (see [`Self::with_host_kernels`]).
+    host: bool,
 }
 
 impl<B: Backend> ClipVision<B> {
@@ -137,6 +147,7 @@ impl<B: Backend> ClipVision<B> {
             layers,
             image_size: c.image_size,
             eps: c.layer_norm_eps,
+            host: false,
         };
         Ok(m)
     }
@@ -154,8 +165,9 @@ impl<B: Backend> ClipVision<B> {
         let n = upto.unwrap_or(self.layers.len()).min(self.layers.len());
         let mut states = Vec::with_capacity(n + 1);
         states.push(x.clone());
+        let host = self.host && super::host::applies(&x);
         for layer in &self.layers[..n] {
-            x = layer.forward(x);
+            x = layer.forward(x, host);
             states.push(x.clone());
         }
         states
@@ -171,6 +183,14 @@ impl<B: Backend> ClipVision<B> {
         let x = states.pop().expect("at least the embedding state");
         let [b, n, d] = x.dims();
         x.slice([0..b, 1..n, 0..d])
+    }
+
+    /// The tower with its layer norms, attention softmax and quick GELU run as fused kernels on
+    /// the host ([`super::host`]; rows on rayon's pool) in f32 without autodiff, for CPU
+    /// inference (`on`), or as burn's operations.
+    pub fn with_host_kernels(mut self, on: bool) -> Self {
+        self.host = on;
+        self
     }
 
     pub fn num_patches(&self) -> usize {

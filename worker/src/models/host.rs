@@ -11,7 +11,7 @@
 //! where noted: a row's sum of squares is added up eight lanes at a time, and the gate's `exp`
 //! is wide's polynomial (within a few units in the last place of libm's).
 
-use burn::nn::RmsNorm;
+use burn::nn::{LayerNorm, RmsNorm};
 use burn::tensor::{backend::Backend, DType, Tensor, TensorData};
 use rayon::prelude::*;
 use wide::f32x8;
@@ -131,6 +131,60 @@ pub fn qkv_rope<B: Backend>(
     (part(0, heads, true), part(heads, kv_heads, true), part(heads + kv_heads, kv_heads, false))
 }
 
+/// burn's `LayerNorm` over the last dimension of `x`: `(x - mean) / sqrt(var + eps) * gamma +
+/// beta`, the mean and the (biased) variance per row, in f32.
+pub fn layer_norm<B: Backend, const D: usize>(x: Tensor<B, D>, ln: &LayerNorm<B>, eps: f64) -> Tensor<B, D> {
+    let (dims, device) = (x.dims(), x.device());
+    let gamma = values(ln.gamma.val());
+    let beta = ln.beta.as_ref().map(|b| values(b.val()));
+    let d = gamma.len();
+    let eps = eps as f32;
+    let mut out = values(x);
+    each_row(&mut out, d, |_, row| {
+        let mean = lane_sum(row, |v| v) / d as f32;
+        row.iter_mut().for_each(|v| *v -= mean);
+        let var = lane_sum(row, |v| v * v) / d as f32;
+        let denom = (var + eps).sqrt();
+        for (i, v) in row.iter_mut().enumerate() {
+            *v = *v / denom * gamma[i];
+            if let Some(b) = &beta {
+                *v += b[i];
+            }
+        }
+    });
+    tensor(out, dims, &device)
+}
+
+/// `Σ f(v)` over `row`, eight lanes at a time (the tail one by one).
+fn lane_sum(row: &[f32], f: impl Fn(f32x8) -> f32x8) -> f32 {
+    let full = row.len() / 8 * 8;
+    let mut acc = f32x8::ZERO;
+    for c in row[..full].chunks_exact(8) {
+        acc += f(f32x8::new(c.try_into().expect("eight lanes")));
+    }
+    let tail: f32 = row[full..].iter().map(|&v| f(f32x8::splat(v)).to_array()[0]).sum();
+    acc.reduce_add() + tail
+}
+
+/// `x / (1 + exp(-a x))` ([`super::x_sigmoid`]'s form; CLIP's quick GELU for `a = 1.702`).
+pub fn x_sigmoid<B: Backend, const D: usize>(x: Tensor<B, D>, a: f32) -> Tensor<B, D> {
+    let (dims, device) = (x.dims(), x.device());
+    let mut out = values(x);
+    let width = dims[D - 1];
+    each_row(&mut out, width, |_, row| {
+        let full = row.len() / 8 * 8;
+        let a8 = f32x8::splat(-a);
+        for c in row[..full].chunks_exact_mut(8) {
+            let v = f32x8::new((&*c).try_into().expect("eight lanes"));
+            c.copy_from_slice(&(v / ((v * a8).exp() + 1.0)).to_array());
+        }
+        for v in row[full..].iter_mut() {
+            *v = *v / ((*v * -a).exp() + 1.0);
+        }
+    });
+    tensor(out, dims, &device)
+}
+
 /// `silu(gate) * up` of a joined gate/up product `y: [b, t, 2 i]` (each row's gate, then its
 /// up), as `x / (1 + exp(-x)) * up` ([`super::x_sigmoid`]'s form): `[b, t, i]`.
 pub fn swiglu<B: Backend>(y: Tensor<B, 3>) -> Tensor<B, 3> {
@@ -181,7 +235,7 @@ pub fn host_softmax<B: Backend>(
         let v: Vec<f32> = m.cast(DType::F32).into_data().into_vec().expect("f32 mask");
         (v, mb, mh)
     });
-    for (r, row) in x.chunks_exact_mut(s).enumerate() {
+    each_row(&mut x, s, |r, row| {
         let (q, hb) = (r % tq, r / tq);
         let (head, batch) = (hb % h, hb / h);
         let mask_row = mask.as_ref().map(|(m, mb, mh)| {
@@ -189,7 +243,7 @@ pub fn host_softmax<B: Backend>(
             &m[mr * s..(mr + 1) * s]
         });
         softmax_row(row, scale, mask_row);
-    }
+    });
     Tensor::from_data(TensorData::new(x, [b, h, tq, s]), &device)
 }
 

@@ -250,10 +250,12 @@ impl<B: Backend> Htc<B> {
     /// The model tuned for CPU inference on `threads` threads (1: as on the GPU backends): the
     /// LLM's few-row products split over them ([`llama::Llama::with_row_split`]) and, with more
     /// than one, the MGVQ encoder's convolutions as plain products
-    /// ([`Mgvq::with_conv_products`]) and a batch of images compressed one image per thread
+    /// ([`Mgvq::with_conv_products`]), the vision tower's elementwise work as fused kernels
+    /// ([`super::clip::ClipVision::with_host_kernels`]) and a batch of images compressed one image per thread
     /// ([`Self::compress_batch`]).
     pub fn with_row_split(mut self, threads: usize) -> Self {
         self.llava.llm = self.llava.llm.with_row_split(threads);
+        self.llava.vision = self.llava.vision.with_host_kernels(threads > 1);
         self.mgvq = self.mgvq.map(|m| m.with_conv_products(threads > 1));
         self
     }
