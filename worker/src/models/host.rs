@@ -1,15 +1,17 @@
-//! Fused kernels for the decoder's elementwise work in f32 CPU inference (the decoder tuned by
-//! `Llama::with_row_split`): the attention's scale, mask and softmax ([`host_softmax`]), RMS
-//! norm with the residual addition before it, RoPE with the heads cut out of the joined
-//! query/key/value product, and the SwiGLU gate. Each reads its
-//! input once and writes its output once, rows on rayon's pool, where burn's operations on the
-//! CPU backend make one pass and one buffer per operation on one core (RMS norm five, RoPE six
-//! per tensor after a copy out of the joined product, SwiGLU seven), while the other core
-//! waits for the next product. Written by hand because burn has no fused kernels for these and
-//! burn-candle keeps its candle tensors, and so candle's own fused norm, out of reach. The
-//! operations per element are those of the burn code they replace, in the same order, except
-//! where noted: a row's sum of squares is added up eight lanes at a time, and the gate's `exp`
-//! is wide's polynomial (within a few units in the last place of libm's).
+//! Fused kernels for the elementwise work between the products in f32 CPU inference (the
+//! decoder tuned by `Llama::with_row_split`, the vision tower by
+//! `ClipVision::with_host_kernels`): the attention's scale, mask and softmax
+//! ([`host_softmax`]); for the decoder, RMS norm with the residual addition before it, RoPE
+//! with the heads cut out of the joined query/key/value product, and the SwiGLU gate; for the
+//! vision tower, layer norm and quick GELU. Each reads its input once and writes its output
+//! once, rows on rayon's pool, where burn's operations on the CPU backend make one pass and
+//! one buffer per operation on one core (RMS norm five, RoPE six per tensor after a copy out of
+//! the joined product, SwiGLU seven), while the other core waits for the next product. Written
+//! by hand because burn has no fused kernels for these and burn-candle keeps its candle
+//! tensors, and so candle's own fused kernels, out of reach. The operations per element are
+//! those of the burn code they replace, in the same order, except where noted: a row's sums
+//! are added up eight lanes at a time, and `exp` is wide's polynomial (within a few units in
+//! the last place of libm's).
 
 use burn::nn::{LayerNorm, RmsNorm};
 use burn::tensor::{backend::Backend, DType, Tensor, TensorData};
@@ -73,14 +75,7 @@ pub fn add_rms_norm(stream: &mut [f32], delta: Option<&[f32]>, norm: &Norm) -> V
     }
     let mut out = stream.to_vec();
     each_row(&mut out, d, |_, row| {
-        let mut ss = f32x8::ZERO;
-        let full = row.len() / 8 * 8;
-        for c in row[..full].chunks_exact(8) {
-            let v = f32x8::new(c.try_into().expect("eight lanes"));
-            ss += v * v;
-        }
-        let tail: f32 = row[full..].iter().map(|v| v * v).sum();
-        let rms = ((ss.reduce_add() + tail) / d as f32 + norm.eps).sqrt();
+        let rms = (lane_sum(row, |v| v * v) / d as f32 + norm.eps).sqrt();
         for (v, g) in row.iter_mut().zip(&norm.gamma) {
             *v = *v / rms * g;
         }
