@@ -411,9 +411,10 @@ fn joined_projections_equal_separate_products() {
 /// every position.
 #[test]
 fn long_decoding_through_the_cache_tail_equals_full_recompute() {
-    // Split over 2 threads, steps past 256 cached positions also split the attention's heads.
+    // Split over 2 threads, steps past 256 cached positions also split the attention's 2
+    // key/value heads; over 3, its cached positions (the heads do not divide among 3).
     let (m, _) = tiny_llama();
-    for split in [1, 2] {
+    for split in [1, 2, 3] {
         long_decoding_equals_full_recompute_with(&m.clone().with_row_split(split));
     }
 }
@@ -484,10 +485,11 @@ fn host_softmax_equals_the_backend_kernels() {
     assert!(diff <= 1e-6, "without a mask: {diff}");
 }
 
-/// A decoding step past 256 cached positions, its attention's heads split over 2 threads, under
-/// an HTC-style mask (the first 130 positions blocked) and with the attention asked for: the
-/// logits and every layer's attention equal one thread's, the blocked keys get nothing and each
-/// row sums to 1.
+/// A decoding step past 256 cached positions, its attention split over threads (2: by its 2
+/// key/value heads; 3: by cached positions, the threads' ranges cutting the cache and its tail),
+/// under an HTC-style mask (the first 130 positions blocked) and with the attention asked for:
+/// the logits and every layer's attention equal one thread's, the blocked keys get nothing and
+/// each row sums to 1.
 #[test]
 fn a_masked_decoding_step_split_over_threads_equals_one_thread() {
     let (m, _) = tiny_llama();
@@ -514,15 +516,17 @@ fn a_masked_decoding_step_split_over_threads_equals_one_thread() {
         (to_vec(m.logits(o.hidden)), attention)
     };
     let (want, want_attention) = step(&m.clone().with_row_split(1));
-    let (got, got_attention) = step(&m.clone().with_row_split(2));
-    assert_close("logits of the split step", &got, &want, 1e-5);
-    assert_eq!(got_attention.len(), want_attention.len());
-    for (l, (g, w)) in got_attention.iter().zip(&want_attention).enumerate() {
-        assert_eq!(g.len(), n + 1, "layer {l}: one row over every position");
-        assert_close(&format!("layer {l} attention"), g, w, 1e-5);
-        assert!(g[..blocked].iter().all(|&p| p == 0.0), "layer {l}: a blocked key gets nothing");
-        let total: f32 = g.iter().sum();
-        assert!((total - 1.0).abs() < 1e-5, "layer {l}: the row sums to {total}");
+    for split in [2, 3] {
+        let (got, got_attention) = step(&m.clone().with_row_split(split));
+        assert_close(&format!("logits of the step split over {split}"), &got, &want, 1e-5);
+        assert_eq!(got_attention.len(), want_attention.len());
+        for (l, (g, w)) in got_attention.iter().zip(&want_attention).enumerate() {
+            assert_eq!(g.len(), n + 1, "layer {l}: one row over every position");
+            assert_close(&format!("layer {l} attention, split {split}"), g, w, 1e-5);
+            assert!(g[..blocked].iter().all(|&p| p == 0.0), "layer {l}: a blocked key gets nothing");
+            let total: f32 = g.iter().sum();
+            assert!((total - 1.0).abs() < 1e-5, "layer {l}: the row sums to {total}");
+        }
     }
 }
 

@@ -336,85 +336,91 @@ impl<B: Backend> Attention<B> {
                 m.clone()
             }
         });
-        // Decoding on a CPU backend: the key/value heads are split over the threads the
-        // decoder splits its products over, each group reading its own slice of the cache
-        // (the matmul kernels run these few-row products on one core), and their softmax on
-        // the host, eight lanes at a time (context 2,000: 31.3–32.3 → 33.8–34.4 tok/s; with
-        // libm's scalar `exp` the host copies had cost more than they saved).
+        // Decoding on a CPU backend: the attention is split over the threads the decoder
+        // splits its products over, each reading its own part of the cache (the matmul kernels
+        // run these few-row products on one core), the softmax on the host, eight lanes at a
+        // time (context 2,000: 31.3–32.3 → 33.8–34.4 tok/s; with libm's scalar `exp` the host
+        // copies had cost more than they saved). By key/value heads where they divide evenly
+        // among the threads (one dispatch); otherwise by cached positions (see
+        // [`attend_by_positions`]).
         // Below ATTENTION_SPLIT_MIN cached positions the threads' dispatch costs more than the
         // attention itself.
-        let threads = self.o_proj.split.min(kvh);
+        let threads = self.o_proj.split;
         let one_mask_row = mask.as_ref().is_none_or(|m| m.dims()[1] == 1);
         let keys = ks.iter().map(|k| k.dims()[2]).sum::<usize>();
         let long = keys >= ATTENTION_SPLIT_MIN;
-        let (scored, probs) =
-            if split.heads && threads > 1 && b == 1 && rep * tq <= DECODE_ROWS && one_mask_row && long {
-                let bounds: Vec<(usize, usize)> =
-                    (0..threads).map(|i| (i * kvh / threads, (i + 1) * kvh / threads)).collect();
-                let heads = |parts: &[Tensor<B, 4>], a: usize, e: usize| -> Vec<Tensor<B, 4>> {
-                    parts
-                        .iter()
-                        .map(|x| {
-                            let [xb, _, w, d] = x.dims();
-                            x.clone().slice([0..xb, a..e, 0..w, 0..d])
-                        })
-                        .collect()
-                };
-                // On the team the step's products run on (see `super::team`).
-                let groups: Vec<(Tensor<B, 4>, Tensor<B, 4>)> = super::team::map(threads, |i| {
-                    let (a, e) = bounds[i];
-                    let qg = q.clone().slice([0..b, a * rep..e * rep, 0..tq, 0..hd]);
-                    grouped_attention(
-                        qg,
-                        Keys::Rows(&heads(&ks, a, e)),
-                        &heads(&vs, a, e),
-                        mask.clone(),
-                        rep,
-                        true,
-                    )
-                });
-                let (scored, probs): (Vec<_>, Vec<_>) = groups.into_iter().unzip();
-                (Tensor::cat(scored, 1), vec![Tensor::cat(probs, 1)])
-            } else if self.o_proj.split > 1 && b == 1 && tq > DECODE_ROWS {
-                // A prefill on a CPU backend: blocks of query rows, each block's scores small
-                // enough to stay in cache through the mask, softmax and product with the values,
-                // the blocks on rayon's pool (the elementwise kernels run on one core each, and
-                // the whole score matrix of a long prompt passes through memory several times).
-                let threads = self.o_proj.split;
-                let rows = (PREFILL_BLOCK_SCORES / (h * keys)).max(DECODE_ROWS).min(tq.div_ceil(threads));
-                let blocks: Vec<(usize, usize)> =
-                    (0..tq).step_by(rows).map(|a| (a, (a + rows).min(tq))).collect();
-                // The keys transposed once for all blocks (each block's product would copy them).
-                let kts: Vec<Tensor<B, 4>> =
-                    ks.iter().map(|k| super::rows_owned(k.clone().swap_dims(2, 3))).collect();
-                // Under the causal mask a block's rows see the keys up to its last row's
-                // position only: the block attends to those (their keys and values copied, a
-                // fraction of the scores it no longer computes) under a causal mask of its own.
-                let past = keys - t;
-                let done: Vec<(Tensor<B, 4>, Tensor<B, 4>)> = blocks
-                    .par_iter()
-                    .map(|&(a, e)| {
-                        let qb = q.clone().slice([0..b, 0..h, a..e, 0..hd]);
-                        let seen = past + n + e;
-                        if split.causal && kts.len() == 1 && seen < keys {
-                            let kt = kts[0].clone().slice([0..b, 0..kvh, 0..hd, 0..seen]);
-                            let v = vs[0].clone().slice([0..b, 0..kvh, 0..seen, 0..hd]);
-                            let mb = causal_mask::<B>(e - a, past + n + a, &q.device()).unsqueeze::<4>();
-                            return grouped_attention(qb, Keys::Transposed(&[kt]), &[v], Some(mb), rep, true);
-                        }
-                        let mb = mask.as_ref().map(|m| {
-                            let [mb, mh, _, ms] = m.dims();
-                            m.clone().slice([0..mb, 0..mh, a..e, 0..ms])
-                        });
-                        grouped_attention(qb, Keys::Transposed(&kts), &vs, mb, rep, true)
+        let decode_split =
+            split.heads && threads > 1 && b == 1 && rep * tq <= DECODE_ROWS && one_mask_row && long;
+        let (scored, probs) = if decode_split && kvh % threads != 0 {
+            let (o, p) = attend_by_positions(q, &ks, &vs, mask, rep, threads);
+            (o, vec![p])
+        } else if decode_split {
+            let bounds: Vec<(usize, usize)> =
+                (0..threads).map(|i| (i * kvh / threads, (i + 1) * kvh / threads)).collect();
+            let heads = |parts: &[Tensor<B, 4>], a: usize, e: usize| -> Vec<Tensor<B, 4>> {
+                parts
+                    .iter()
+                    .map(|x| {
+                        let [xb, _, w, d] = x.dims();
+                        x.clone().slice([0..xb, a..e, 0..w, 0..d])
                     })
-                    .collect();
-                let (scored, probs): (Vec<_>, Vec<_>) = done.into_iter().unzip();
-                (Tensor::cat(scored, 2), probs)
-            } else {
-                let (o, p) = grouped_attention(q, Keys::Rows(&ks), &vs, mask, rep, false);
-                (o, vec![p])
+                    .collect()
             };
+            // On the team the step's products run on (see `super::team`).
+            let groups: Vec<(Tensor<B, 4>, Tensor<B, 4>)> = super::team::map(threads, |i| {
+                let (a, e) = bounds[i];
+                let qg = q.clone().slice([0..b, a * rep..e * rep, 0..tq, 0..hd]);
+                grouped_attention(
+                    qg,
+                    Keys::Rows(&heads(&ks, a, e)),
+                    &heads(&vs, a, e),
+                    mask.clone(),
+                    rep,
+                    true,
+                )
+            });
+            let (scored, probs): (Vec<_>, Vec<_>) = groups.into_iter().unzip();
+            (Tensor::cat(scored, 1), vec![Tensor::cat(probs, 1)])
+        } else if self.o_proj.split > 1 && b == 1 && tq > DECODE_ROWS {
+            // A prefill on a CPU backend: blocks of query rows, each block's scores small
+            // enough to stay in cache through the mask, softmax and product with the values,
+            // the blocks on rayon's pool (the elementwise kernels run on one core each, and
+            // the whole score matrix of a long prompt passes through memory several times).
+            let threads = self.o_proj.split;
+            let rows = (PREFILL_BLOCK_SCORES / (h * keys)).max(DECODE_ROWS).min(tq.div_ceil(threads));
+            let blocks: Vec<(usize, usize)> =
+                (0..tq).step_by(rows).map(|a| (a, (a + rows).min(tq))).collect();
+            // The keys transposed once for all blocks (each block's product would copy them).
+            let kts: Vec<Tensor<B, 4>> =
+                ks.iter().map(|k| super::rows_owned(k.clone().swap_dims(2, 3))).collect();
+            // Under the causal mask a block's rows see the keys up to its last row's
+            // position only: the block attends to those (their keys and values copied, a
+            // fraction of the scores it no longer computes) under a causal mask of its own.
+            let past = keys - t;
+            let done: Vec<(Tensor<B, 4>, Tensor<B, 4>)> = blocks
+                .par_iter()
+                .map(|&(a, e)| {
+                    let qb = q.clone().slice([0..b, 0..h, a..e, 0..hd]);
+                    let seen = past + n + e;
+                    if split.causal && kts.len() == 1 && seen < keys {
+                        let kt = kts[0].clone().slice([0..b, 0..kvh, 0..hd, 0..seen]);
+                        let v = vs[0].clone().slice([0..b, 0..kvh, 0..seen, 0..hd]);
+                        let mb = causal_mask::<B>(e - a, past + n + a, &q.device()).unsqueeze::<4>();
+                        return grouped_attention(qb, Keys::Transposed(&[kt]), &[v], Some(mb), rep, true);
+                    }
+                    let mb = mask.as_ref().map(|m| {
+                        let [mb, mh, _, ms] = m.dims();
+                        m.clone().slice([0..mb, 0..mh, a..e, 0..ms])
+                    });
+                    grouped_attention(qb, Keys::Transposed(&kts), &vs, mb, rep, true)
+                })
+                .collect();
+            let (scored, probs): (Vec<_>, Vec<_>) = done.into_iter().unzip();
+            (Tensor::cat(scored, 2), probs)
+        } else {
+            let (o, p) = grouped_attention(q, Keys::Rows(&ks), &vs, mask, rep, false);
+            (o, vec![p])
+        };
         let v = vs.into_iter().next().expect("one part");
         let out = if n > 0 {
             Tensor::cat(vec![self.repeat_kv(v.slice([0..b, 0..kvh, 0..n, 0..hd])), scored], 2)
@@ -461,39 +467,65 @@ fn grouped_attention<B: Backend>(
     let kvh = h / rep;
     let widths: Vec<usize> = vs.iter().map(|v| v.dims()[2]).collect();
     let s = widths.iter().sum::<usize>();
-    // A scale that is a power of two (head width 64: 1/8) multiplies the queries (tq × hd)
-    // instead of the scores (tq × s), one pass over the scores fewer, with the same result to
-    // the bit; any other is applied to the scores, as transformers does.
+    let (q, scale) = grouped_queries(q, rep);
+    let (ks, transposed) = match keys {
+        Keys::Rows(ks) => (ks, false),
+        Keys::Transposed(ks) => (ks, true),
+    };
+    let scores = run_scores(&q, ks, transposed).reshape([b, h, tq, s]);
+    let probs = normalised(scores, scale, mask, host);
+    grouped_values(probs, vs, &widths, [b, h, kvh, rep, tq, hd])
+}
+
+/// The queries `[b, kvh * rep, tq, hd]` as `[b, kvh, rep * tq, hd]`, the `rep` query heads that
+/// share a key/value head stacked as rows, and the attention scale still to apply to the
+/// scores. A scale that is a power of two (head width 64: 1/8) multiplies the queries (tq × hd)
+/// instead of the scores (tq × s), one pass over the scores fewer, with the same result to
+/// the bit (1 is left to apply); any other is applied to the scores, as transformers does.
+fn grouped_queries<B: Backend>(q: Tensor<B, 4>, rep: usize) -> (Tensor<B, 4>, f64) {
+    let [b, h, tq, hd] = q.dims();
     let scale = (hd as f64).powf(-0.5);
-    let exact = scale.log2().fract() == 0.0;
-    let q = q.reshape([b, kvh, rep * tq, hd]);
-    let q = if exact { q * scale } else { q };
-    // For a few query rows (decoding), `K qᵀ` then transposed: the matmul kernels want
-    // contiguous operands, and `q Kᵀ` would copy the whole transposed key cache at every
-    // step (what made a step grow with the context) where this copies `q` and the scores.
-    let part_scores = |k: &Tensor<B, 4>, transposed: bool| {
+    let q = q.reshape([b, h / rep, rep * tq, hd]);
+    if scale.log2().fract() == 0.0 {
+        (q * scale, 1.0)
+    } else {
+        (q, scale)
+    }
+}
+
+/// The scores `[b, kvh, rows, Σ w_i]` of grouped queries `q: [b, kvh, rows, hd]` against runs
+/// of keys (`[b, kvh, w_i, hd]`, or `[b, kvh, hd, w_i]` when `transposed`), in order.
+/// For a few query rows (decoding), `K qᵀ` then transposed: the matmul kernels want contiguous
+/// operands, and `q Kᵀ` would copy the whole transposed key cache at every step (what made a
+/// step grow with the context) where this copies `q` and the scores.
+fn run_scores<B: Backend>(q: &Tensor<B, 4>, ks: &[Tensor<B, 4>], transposed: bool) -> Tensor<B, 4> {
+    let rows = q.dims()[2];
+    let part = |k: &Tensor<B, 4>| {
         if transposed {
             q.clone().matmul(k.clone())
-        } else if rep * tq <= DECODE_ROWS {
+        } else if rows <= DECODE_ROWS {
             k.clone().matmul(q.clone().swap_dims(2, 3)).swap_dims(2, 3)
         } else {
             q.clone().matmul(k.clone().swap_dims(2, 3))
         }
     };
-    let (ks, transposed) = match keys {
-        Keys::Rows(ks) => (ks, false),
-        Keys::Transposed(ks) => (ks, true),
-    };
-    let scores = match ks.len() {
-        1 => part_scores(&ks[0], transposed),
-        _ => Tensor::cat(ks.iter().map(|k| part_scores(k, transposed)).collect(), 3),
-    };
-    let mut scores = scores.reshape([b, h, tq, s]);
-    if host && scores.dtype() == DType::F32 {
-        let probs = host::host_softmax(scores, if exact { 1.0 } else { scale as f32 }, mask);
-        return grouped_values(probs, vs, &widths, [b, h, kvh, rep, tq, hd]);
+    match ks.len() {
+        1 => part(&ks[0]),
+        _ => Tensor::cat(ks.iter().map(part).collect(), 3),
     }
-    if !exact {
+}
+
+/// `softmax(scores * scale + mask)` over the keys of `scores: [b, h, tq, s]`. `host`: the scores
+/// are on the CPU, where in f32 the scale, the mask and the softmax run as one pass per row
+/// ([`host::host_softmax`]).
+fn normalised<B: Backend>(
+    mut scores: Tensor<B, 4>, scale: f64, mask: Option<Tensor<B, 4>>, host: bool,
+) -> Tensor<B, 4> {
+    if host && scores.dtype() == DType::F32 {
+        return host::host_softmax(scores, scale as f32, mask);
+    }
+    let [b, h, tq, s] = scores.dims();
+    if scale != 1.0 {
         scores = scores * scale;
     }
     if let Some(m) = mask {
@@ -507,7 +539,50 @@ fn grouped_attention<B: Backend>(
             scores + m
         };
     }
-    grouped_values(super::softmax_f32(scores, 3), vs, &widths, [b, h, kvh, rep, tq, hd])
+    super::softmax_f32(scores, 3)
+}
+
+/// A decoding step's attention (queries `[b, kvh * rep, tq, hd]`, runs of keys and values as
+/// for [`grouped_attention`]) with the cached positions cut into `threads` equal ranges on the
+/// team (`super::team`): each thread scores its range for every head, the rows are normalised
+/// whole on the host, then each thread multiplies its range's probabilities by its values and
+/// the parts are added up. Two dispatches where a split by heads takes one, but every thread
+/// gets the same share where the heads do not divide evenly among the threads (SmolLM2's 3
+/// key/value heads on 2 threads: one thread had 2 heads' work, the other one's).
+/// Returns the output `[b, h, tq, hd]` and the probabilities `[b, h, tq, Σ w_i]`.
+fn attend_by_positions<B: Backend>(
+    q: Tensor<B, 4>, ks: &[Tensor<B, 4>], vs: &[Tensor<B, 4>], mask: Option<Tensor<B, 4>>, rep: usize,
+    threads: usize,
+) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    let [b, h, tq, hd] = q.dims();
+    let kvh = h / rep;
+    let s = vs.iter().map(|v| v.dims()[2]).sum::<usize>();
+    let ranges: Vec<(usize, usize)> =
+        (0..threads).map(|i| (i * s / threads, (i + 1) * s / threads)).collect();
+    // The parts of the runs `parts` that lie in positions `a..e`, in order.
+    let within = |parts: &[Tensor<B, 4>], (a, e): (usize, usize)| -> Vec<Tensor<B, 4>> {
+        let mut start = 0;
+        let mut out = Vec::new();
+        for x in parts {
+            let [xb, xh, w, d] = x.dims();
+            let (from, to) = (a.max(start), e.min(start + w));
+            if from < to {
+                out.push(x.clone().slice([0..xb, 0..xh, from - start..to - start, 0..d]));
+            }
+            start += w;
+        }
+        out
+    };
+    let (q, scale) = grouped_queries(q, rep);
+    let scores = super::team::map(threads, |i| run_scores(&q, &within(ks, ranges[i]), false));
+    let probs = normalised(Tensor::cat(scores, 3).reshape([b, h, tq, s]), scale, mask, true);
+    let grouped = probs.clone().reshape([b, kvh, rep * tq, s]);
+    let parts = super::team::map(threads, |i| {
+        let (a, e) = ranges[i];
+        run_values(&grouped.clone().slice([0..b, 0..kvh, 0..rep * tq, a..e]), &within(vs, (a, e)))
+    });
+    let out = parts.into_iter().reduce(|x, y| x + y).expect("one thread at least");
+    (out.reshape([b, h, tq, hd]), probs)
 }
 
 /// The attention output `[b, h, tq, hd]` of `probs: [b, h, tq, Σ widths]` over the runs of
@@ -517,22 +592,30 @@ fn grouped_values<B: Backend>(
 ) -> (Tensor<B, 4>, Tensor<B, 4>) {
     let s = widths.iter().sum::<usize>();
     let grouped = probs.clone().reshape([b, kvh, rep * tq, s]);
+    (run_values(&grouped, vs).reshape([b, h, tq, hd]), probs)
+}
+
+/// `Σ_i p_i v_i` of grouped probabilities `p: [b, kvh, rows, Σ w_i]` (`p_i` its columns of run
+/// `i`) and runs of values `v_i: [b, kvh, w_i, hd]`: `[b, kvh, rows, hd]`.
+fn run_values<B: Backend>(p: &Tensor<B, 4>, vs: &[Tensor<B, 4>]) -> Tensor<B, 4> {
+    let [b, kvh, rows, _] = p.dims();
     let mut start = 0;
     let mut scored: Option<Tensor<B, 4>> = None;
-    for (v, &w) in vs.iter().zip(widths) {
-        let p = if vs.len() == 1 {
-            grouped.clone()
+    for v in vs {
+        let w = v.dims()[2];
+        let pi = if vs.len() == 1 {
+            p.clone()
         } else {
-            grouped.clone().slice([0..b, 0..kvh, 0..rep * tq, start..start + w])
+            p.clone().slice([0..b, 0..kvh, 0..rows, start..start + w])
         };
-        let part = p.matmul(v.clone());
+        let part = pi.matmul(v.clone());
         scored = Some(match scored {
             Some(x) => x + part,
             None => part,
         });
         start += w;
     }
-    (scored.expect("at least the new positions").reshape([b, h, tq, hd]), probs)
+    scored.expect("at least the new positions")
 }
 
 #[derive(Module, Debug)]
