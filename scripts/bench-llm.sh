@@ -24,7 +24,9 @@ cargo build --quiet --release -p htc-worker --bin htc
 out=$(mktemp -d)
 "$CARGO_TARGET_DIR/release/htc" bench --suite llm --model "$gguf" --reps "$reps" | tee "$out/htc"
 "$venv/bin/python" scripts/bench_llm_peer.py llama.cpp --gguf "$f32" --threads "$threads" --reps "$reps" | tee "$out/llama.cpp"
-peers=(llama.cpp)
+"$venv/bin/python" scripts/bench_llm_peer.py llama.cpp --kv f32 --gguf "$f32" --threads "$threads" --reps "$reps" \
+  | tee "$out/llama.cpp-kv32"
+peers=(llama.cpp llama.cpp-kv32)
 py="$HTC_ROOT/.venv-fixtures/bin/python"
 if [ -x "$py" ] && "$py" -c "import torch, transformers" 2>/dev/null; then
   "$py" scripts/bench_llm_peer.py transformers --gguf "$gguf" --threads "$threads" --reps "$reps" | tee "$out/transformers"

@@ -3,9 +3,10 @@
 llama.cpp (llama-cpp-python, an F32 GGUF) or HF transformers (f32, eager), timed the same way:
 prefill of 128, 512 and 2000 tokens (logits of the last position), then 64 decoding steps of fixed
 ids after 128, 512 and 2000 tokens of context (logits of every step). Prints lines in the
-format `htc bench` prints, tagged with the peer's name.
+format `htc bench` prints, tagged with the peer's name. llama.cpp keeps its key/value cache in
+f16 unless told otherwise (`--kv f32`: in f32, as htc and transformers keep theirs).
 
-    bench_llm_peer.py llama.cpp --gguf MODEL-F32.gguf --threads N [--reps R]
+    bench_llm_peer.py llama.cpp --gguf MODEL-F32.gguf --threads N [--reps R] [--kv f16|f32]
     bench_llm_peer.py transformers --gguf MODEL.gguf --threads N [--reps R]
     bench_llm_peer.py to-f32 --gguf MODEL.gguf --out MODEL-F32.gguf   (llama.cpp's quantizer)
 """
@@ -39,8 +40,10 @@ def report(tag, prefill, decode, reps, vocab):
 def llama_cpp_side(a):
     import llama_cpp
 
+    # ggml's type ids: 0 is F32, 1 is F16 (llama.cpp's default for the cache).
+    kv = {"f16": 1, "f32": 0}[a.kv]
     llm = llama_cpp.Llama(model_path=a.gguf, n_ctx=4096, n_batch=512, n_ubatch=512, n_threads=a.threads,
-                          n_threads_batch=a.threads, logits_all=False, verbose=False)
+                          n_threads_batch=a.threads, logits_all=False, verbose=False, type_k=kv, type_v=kv)
 
     def prefill(ids):
         llm.reset()
@@ -53,7 +56,8 @@ def llama_cpp_side(a):
             llm.eval([i])
         return (time.perf_counter() - t) / len(feed)
 
-    report("llama.cpp F32", prefill, decode, a.reps, llm.n_vocab())
+    report("llama.cpp F32" if a.kv == "f16" else "llama.cpp F32, f32 KV cache", prefill, decode, a.reps,
+           llm.n_vocab())
 
 
 def transformers_side(a):
@@ -100,6 +104,7 @@ def main():
     ap.add_argument("--out")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--kv", choices=["f16", "f32"], default="f16", help="llama.cpp's key/value cache type")
     a = ap.parse_args()
     {"llama.cpp": llama_cpp_side, "transformers": transformers_side, "to-f32": to_f32}[a.peer](a)
 
