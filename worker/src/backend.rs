@@ -25,6 +25,8 @@ pub type Backend = burn::backend::NdArray<f32>;
 )))]
 compile_error!("enable one backend feature: ndarray (default), candle, flex, wgpu or cuda");
 
+use crate::models::kv_host::KvDtype;
+
 /// The float precision the worker computes in (`--dtype`): weights, activations and the KV
 /// cache are stored in it; norms and softmax accumulate in f32 whatever it is (burn's
 /// `RmsNorm`, `models::softmax_f32`, `models::layer_norm_f32`), the MGVQ tokenizer stays f32,
@@ -56,6 +58,35 @@ pub struct DtypeArg {
     /// (config.json) where the backend computes in it, else f32.
     #[arg(long = "dtype", value_enum, default_value = "auto", env = "HTC_DTYPE")]
     pub choice: DtypeChoice,
+    /// Storage of the key/value cache a decoding step reads, in f32 CPU inference (the cache
+    /// is held on the host there): f16 halves its memory and what a step reads at long
+    /// contexts, the arithmetic stays f32. Elsewhere the cache is kept in `--dtype`.
+    #[arg(long = "kv-cache", value_enum, default_value = "f32", env = "HTC_KV_CACHE")]
+    pub kv_cache: KvCacheChoice,
+}
+
+/// What `--kv-cache` asks for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum KvCacheChoice {
+    #[default]
+    F32,
+    F16,
+}
+
+static KV_DTYPE: std::sync::OnceLock<KvDtype> = std::sync::OnceLock::new();
+
+/// The key/value cache storage [`set_kv_dtype`] chose (f32 until it is called); the models
+/// take it through `Llama::with_kv_dtype`.
+pub fn kv_dtype() -> KvDtype {
+    KV_DTYPE.get().copied().unwrap_or_default()
+}
+
+/// Records `--kv-cache` for the models built from now on (the first call wins).
+pub fn set_kv_dtype(choice: KvCacheChoice) {
+    let _ = KV_DTYPE.set(match choice {
+        KvCacheChoice::F32 => KvDtype::F32,
+        KvCacheChoice::F16 => KvDtype::F16,
+    });
 }
 
 /// The dtype a checkpoint stores its weights in, from its `config.json` (`dtype`, or the older

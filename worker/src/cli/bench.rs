@@ -144,7 +144,9 @@ fn htc_suite(args: &BenchArgs) -> Result<()> {
         let src = crate::formats::random::random_htc(&lc, &hc, 0);
         let vb = Loader::<Backend>::new(&src, &device);
         // Tuned for the backend as the server and `htc ask` tune it.
-        let model = Htc::load(&vb, Llava::load(&vb, &lc)?, &hc)?.with_row_split(backend::row_split());
+        let model = Htc::load(&vb, Llava::load(&vb, &lc)?, &hc)?
+            .with_row_split(backend::row_split())
+            .with_kv_dtype(backend::kv_dtype());
         drop(src);
         let img = ImageTensors {
             clip: Tensor::random([1, 3, 336, 336], Distribution::Normal(0.0, 1.0), &device),
@@ -289,12 +291,13 @@ fn llm_suite(args: &BenchArgs) -> Result<()> {
     let base = snap.model.llm().clone();
     let c = base.config().clone();
     println!(
-        "model: {} ({} layers, width {}, vocab {}), {}, {} threads",
+        "model: {} ({} layers, width {}, vocab {}), {}, key/value cache {} when decoding on the host, {} threads",
         path.display(),
         c.num_hidden_layers,
         c.hidden_size,
         c.vocab_size,
         backend::dtype().name(),
+        backend::kv_dtype().name(),
         rayon::current_num_threads()
     );
     let mut splits = vec![backend::row_split()];
@@ -310,7 +313,7 @@ fn llm_suite(args: &BenchArgs) -> Result<()> {
 fn llm_runs(base: &Llama<Backend>, splits: &[usize], reps: usize) {
     let c = base.config();
     for &split in splits {
-        let llm = base.clone().with_row_split(split);
+        let llm = base.clone().with_row_split(split).with_kv_dtype(backend::kv_dtype());
         let tag = if split == 1 {
             "one matmul per product".to_string()
         } else {

@@ -63,13 +63,18 @@ impl Cli {
     pub fn run(self) -> Result<()> {
         // The inference commands' `--dtype`, resolved against their model's checkpoint.
         let (choice, model) = match &self.cmd {
-            Cmd::Ask(a) => (a.dtype.choice, Some(a.model.as_path())),
-            Cmd::Eval(a) => (a.dtype.choice, Some(a.model.as_path())),
-            Cmd::Tokenize(a) => (a.dtype.choice, Some(a.model.as_path())),
-            Cmd::Serve(a) => (a.dtype.choice, a.model.as_deref()),
-            Cmd::Bench(a) => (a.dtype.choice, a.model.as_deref()),
-            _ => (crate::backend::DtypeChoice::F32, None),
+            Cmd::Ask(a) => (a.dtype, Some(a.model.as_path())),
+            Cmd::Eval(a) => (a.dtype, Some(a.model.as_path())),
+            Cmd::Tokenize(a) => (a.dtype, Some(a.model.as_path())),
+            Cmd::Serve(a) => (a.dtype, a.model.as_deref()),
+            Cmd::Bench(a) => (a.dtype, a.model.as_deref()),
+            _ => (
+                crate::backend::DtypeArg { choice: crate::backend::DtypeChoice::F32, ..Default::default() },
+                None,
+            ),
         };
+        crate::backend::set_kv_dtype(choice.kv_cache);
+        let choice = choice.choice;
         let (dtype, note) = crate::backend::resolve_dtype(choice, model);
         if let Some(note) = note {
             tracing::warn!("{note}");

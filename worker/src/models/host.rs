@@ -246,7 +246,7 @@ pub fn host_softmax<B: Backend>(
 /// `exp` is a scalar libm call, about a third of this function's time before, and its max and
 /// sum reductions are left scalar by the compiler, which may not reorder float additions). The
 /// row's tail is padded with `-inf`, which the max ignores and `exp` turns into 0.
-fn softmax_row(row: &mut [f32], scale: f32, mask: Option<&[f32]>) {
+pub(crate) fn softmax_row(row: &mut [f32], scale: f32, mask: Option<&[f32]>) {
     let scale8 = f32x8::splat(scale);
     let mut max8 = f32x8::splat(f32::NEG_INFINITY);
     lanes(row, mask, f32::NEG_INFINITY, |v, m| {

@@ -260,6 +260,13 @@ impl<B: Backend> Htc<B> {
         self
     }
 
+    /// The model's LLM storing the caches it decodes on in `dtype` in f32 CPU inference
+    /// ([`llama::Llama::with_kv_dtype`]).
+    pub fn with_kv_dtype(mut self, dtype: super::kv_host::KvDtype) -> Self {
+        self.llava.llm = self.llava.llm.with_kv_dtype(dtype);
+        self
+    }
+
     /// Runs the prefix once and keeps what text may see.
     pub fn compress(&self, img: &ImageTensors<B>) -> Result<CompressedImage<B>> {
         self.compress_embeds(self.prefix_embeds(img)?)

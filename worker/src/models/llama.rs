@@ -15,6 +15,7 @@ use htc_shared::loader::Loader;
 use htc_shared::params::ParamNames;
 
 use super::host;
+use super::kv_host::{HostKv, KvDtype};
 use super::lora::{join_projections, split_last, split_linear, Lora, Proj};
 
 /// Rotary position tables, computed as transformers does (f32 `inv_freq`, `cat(freqs, freqs)`).
@@ -153,16 +154,18 @@ fn joined<B: Backend>(first: Kv<B>, then: Kv<B>) -> Kv<B> {
 
 /// Per-layer keys and values (before the GQA head repeat), `[b, kv_heads, seq, hd]`: the
 /// positions in `layers`, then those in the layer's tail (the latest decoding steps, see
-/// [`TAIL_ROWS`]; [`KvCache::seal`] folds them in).
+/// [`TAIL_ROWS`]; [`KvCache::seal`] folds them in); or, once f32 CPU inference decodes, all of
+/// them on the host, in `hosts` (see [`super::kv_host`]; `seal` brings them back).
 #[derive(Debug, Clone)]
 pub struct KvCache<B: Backend> {
     pub layers: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
     tails: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+    hosts: Vec<Option<HostKv>>,
 }
 
 impl<B: Backend> KvCache<B> {
     pub fn new(num_layers: usize) -> Self {
-        Self { layers: vec![None; num_layers], tails: vec![None; num_layers] }
+        Self { layers: vec![None; num_layers], tails: vec![None; num_layers], hosts: vec![None; num_layers] }
     }
 
     /// Number of cached key positions.
@@ -170,11 +173,24 @@ impl<B: Backend> KvCache<B> {
         let len = |l: Option<&Option<(Tensor<B, 4>, Tensor<B, 4>)>>| {
             l.and_then(|l| l.as_ref()).map(|(k, _)| k.dims()[2]).unwrap_or(0)
         };
-        len(self.layers.first()) + len(self.tails.first())
+        let host = self.hosts.first().and_then(|h| h.as_ref()).map_or(0, HostKv::len);
+        len(self.layers.first()) + len(self.tails.first()) + host
     }
 
-    /// Folds every layer's tail into `layers`, so that `layers` holds all cached positions.
+    /// Whether the first layer's positions are held on the host (f32 CPU inference decoding).
+    pub fn on_host(&self) -> bool {
+        self.hosts.first().is_some_and(|h| h.is_some())
+    }
+
+    /// Folds every layer's tail into `layers`, and brings positions held on the host back as
+    /// tensors, so that `layers` holds all cached positions.
     pub fn seal(&mut self) {
+        for (l, h) in self.layers.iter_mut().zip(self.hosts.iter_mut()) {
+            if let Some(host) = h.take() {
+                // Only CPU backends hold caches on the host: their one device.
+                *l = Some(host_tensors(&host, &Default::default()));
+            }
+        }
         for (l, t) in self.layers.iter_mut().zip(self.tails.iter_mut()) {
             if let Some(tail) = t.take() {
                 *l = Some(match l.take() {
@@ -184,6 +200,13 @@ impl<B: Backend> KvCache<B> {
             }
         }
     }
+}
+
+/// A host cache's keys and values as tensors `[1, kv_heads, len, hd]`.
+fn host_tensors<B: Backend>(h: &HostKv, device: &B::Device) -> Kv<B> {
+    let (k, v) = h.to_f32();
+    let dims = [1, h.kv_heads(), h.len(), h.head_dim()];
+    (host::tensor(k, dims, device), host::tensor(v, dims, device))
 }
 
 #[derive(Module, Debug)]
@@ -196,6 +219,9 @@ pub struct Attention<B: Backend> {
     /// their weights are views of its weight); `None`: three products.
     #[module(skip)]
     qkv: Option<Linear<B>>,
+    /// How f32 CPU inference stores the cache it decodes on (see [`super::kv_host`]).
+    #[module(skip)]
+    kv_dtype: KvDtype,
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
@@ -211,6 +237,7 @@ impl<B: Backend> Attention<B> {
             v_proj: Proj::load(vb, "v_proj", d, c.num_key_value_heads * hd, bias)?,
             o_proj: Proj::load(vb, "o_proj", c.num_attention_heads * hd, d, bias)?,
             qkv: None,
+            kv_dtype: KvDtype::F32,
             heads: c.num_attention_heads,
             kv_heads: c.num_key_value_heads,
             head_dim: hd,
@@ -234,13 +261,12 @@ impl<B: Backend> Attention<B> {
     /// [`Split`]).
     #[allow(clippy::too_many_arguments)]
     fn forward(
-        &self, x: Tensor<B, 3>, rope: &RopeAt<B>, mask: Option<&Tensor<B, 4>>,
-        cache: &mut Option<(Tensor<B, 4>, Tensor<B, 4>)>, tail: &mut Option<(Tensor<B, 4>, Tensor<B, 4>)>,
-        self_only: usize, causal: bool,
+        &self, x: Tensor<B, 3>, rope: &RopeAt<B>, mask: Option<&Tensor<B, 4>>, cache: Slots<'_, B>,
+        self_only: usize, causal: bool, probs: bool,
     ) -> (Tensor<B, 3>, Vec<Tensor<B, 4>>) {
         let (q, k, v) = self.qkv(x, rope);
-        let split = Split { heads: true, causal };
-        let (out, probs) = self.attend(q, k, v, mask, cache, tail, self_only, split);
+        let split = Split { heads: true, causal, probs };
+        let (out, probs) = self.attend(q, k, v, mask, cache, self_only, split);
         (self.o_proj.forward(out), probs)
     }
 
@@ -284,11 +310,21 @@ impl<B: Backend> Attention<B> {
     #[allow(clippy::too_many_arguments)]
     fn attend(
         &self, q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, mask: Option<&Tensor<B, 4>>,
-        cache: &mut Option<(Tensor<B, 4>, Tensor<B, 4>)>, tail: &mut Option<(Tensor<B, 4>, Tensor<B, 4>)>,
-        self_only: usize, split: Split,
+        slots: Slots<'_, B>, self_only: usize, split: Split,
     ) -> (Tensor<B, 3>, Vec<Tensor<B, 4>>) {
         let [b, _, t, hd] = q.dims();
         let n = self_only;
+        let Slots { cache, tail, host: on_host } = slots;
+        // Decoding in f32 CPU inference: the cache moves to the host (once) and the step's
+        // attention runs there ([`Self::attend_on_host`]). Anything else reads it as tensors.
+        let one_mask = mask.is_none_or(|m| m.dims()[0] == 1 && m.dims()[1] == 1);
+        let decoding = t <= DECODE_ROWS && (on_host.is_some() || cache.is_some());
+        if self.o_proj.split > 1 && b == 1 && n == 0 && one_mask && decoding && host::applies(&q) {
+            return self.attend_on_host(q, k, v, mask, Slots { cache, tail, host: on_host }, split);
+        }
+        if let Some(h) = on_host.take() {
+            *cache = Some(host_tensors(&h, &q.device()));
+        }
         // The keys and values attended to, in order: the cache, its tail, the new positions.
         // A decoding step appends to the tail only (a small copy); a longer input, or a tail
         // of TAIL_ROWS, folds everything into one tensor.
@@ -429,6 +465,51 @@ impl<B: Backend> Attention<B> {
         };
         (out.swap_dims(1, 2).reshape([b, t, self.heads * hd]), probs)
     }
+
+    /// [`Self::attend`] for a decoding step of one sequence in f32 CPU inference: the cache on
+    /// the host, moved there from its tensors at the first such step (a copy, once; in
+    /// `kv_dtype`), the step's keys and values appended, and the attention computed there
+    /// ([`HostKv::attend`]), over the decoder's threads from [`ATTENTION_SPLIT_MIN`] cached
+    /// positions on (`split.heads`). The probabilities only when `split.probs`.
+    fn attend_on_host(
+        &self, q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, mask: Option<&Tensor<B, 4>>,
+        slots: Slots<'_, B>, split: Split,
+    ) -> (Tensor<B, 3>, Vec<Tensor<B, 4>>) {
+        let device = q.device();
+        let [_, h, t, hd] = q.dims();
+        let kvh = self.kv_heads;
+        let (k, v) = (host::values(k), host::values(v));
+        let Slots { cache, tail, host: slot } = slots;
+        let kv = match slot {
+            Some(kv) => {
+                kv.append(&k, &v);
+                kv
+            }
+            None => {
+                let (pk, pv) = match (cache.take(), tail.take()) {
+                    (Some(c), Some(tl)) => joined(c, tl),
+                    (Some(c), None) => c,
+                    (None, Some(tl)) => tl,
+                    (None, None) => unreachable!("attend calls this with a cache"),
+                };
+                let mut kv = HostKv::new(self.kv_dtype, kvh, hd, &host::values(pk), &host::values(pv));
+                kv.append(&k, &v);
+                slot.insert(kv)
+            }
+        };
+        let s = kv.len();
+        let threads = if split.heads && s >= ATTENTION_SPLIT_MIN { self.o_proj.split } else { 1 };
+        // Queries `[1, h, t, hd]`: the `rep` heads of a key/value head are consecutive, so its
+        // `rep t` rows are too.
+        let q = host::values(q);
+        let mask = mask.map(|m| host::values(m.clone()));
+        let scale = (hd as f64).powf(-0.5) as f32;
+        let rows = h / kvh * t;
+        let (out, probs) = kv.attend(&q, rows, mask.as_deref().map(|m| (m, t)), scale, threads, split.probs);
+        let out = host::tensor::<B, 4>(out, [1, h, t, hd], &device).swap_dims(1, 2).reshape([1, t, h * hd]);
+        let probs = probs.map(|p| host::tensor::<B, 4>(p, [1, h, t, s], &device)).into_iter().collect();
+        (out, probs)
+    }
 }
 
 /// How [`Attention::attend`] may cut its work: `heads`, a decoding step's key/value heads over
@@ -439,6 +520,15 @@ impl<B: Backend> Attention<B> {
 struct Split {
     heads: bool,
     causal: bool,
+    /// The probabilities are wanted back (on the host path they are otherwise not built).
+    probs: bool,
+}
+
+/// One layer's places in a [`KvCache`].
+struct Slots<'a, B: Backend> {
+    cache: &'a mut Option<Kv<B>>,
+    tail: &'a mut Option<Kv<B>>,
+    host: &'a mut Option<HostKv>,
 }
 
 /// Keys as [`grouped_attention`] takes them: runs of positions `[b, kvh, w_i, hd]`, or those
@@ -843,12 +933,21 @@ impl<B: Backend> Llama<B> {
         let mut normed = stream.add_norm(None, self.input_norm(0));
         let mut attention = Vec::new();
         let mut layer_inputs = Vec::with_capacity(self.layers.len());
-        for (li, ((layer, kv), tail)) in
-            self.layers.iter().zip(cache.layers.iter_mut()).zip(cache.tails.iter_mut()).enumerate()
+        let KvCache { layers: kvs, tails, hosts } = cache;
+        for (li, (((layer, kv), tail), host)) in
+            self.layers.iter().zip(kvs.iter_mut()).zip(tails.iter_mut()).zip(hosts.iter_mut()).enumerate()
         {
             layer_inputs.push(normed.clone());
-            let (h, probs) =
-                layer.self_attn.forward(normed, &rope, mask.as_ref(), kv, tail, self_only, causal);
+            let slots = Slots { cache: kv, tail, host };
+            let (h, probs) = layer.self_attn.forward(
+                normed,
+                &rope,
+                mask.as_ref(),
+                slots,
+                self_only,
+                causal,
+                step.want_attention,
+            );
             if step.want_attention {
                 // Blocks of a causal prefill end at their last row: zeros for the keys after it.
                 let means = probs
@@ -903,11 +1002,12 @@ impl<B: Backend> Llama<B> {
             let attn = &layer.self_attn;
             let (q, k, v) = attn.qkv(normed, &rope);
             let attend = |(i, c): (usize, &mut KvCache<B>)| {
-                let KvCache { layers, tails } = c;
+                let KvCache { layers, tails, hosts } = c;
                 let (q, k, v) = (row(&q, i), row(&k, i), row(&v, i));
                 // Rows of a batch run side by side already: their heads are not split again.
-                let split = Split { heads: b == 1, causal: true };
-                attn.attend(q, k, v, None, &mut layers[li], &mut tails[li], 0, split).0
+                let split = Split { heads: b == 1, causal: true, probs: false };
+                let slots = Slots { cache: &mut layers[li], tail: &mut tails[li], host: &mut hosts[li] };
+                attn.attend(q, k, v, None, slots, 0, split).0
             };
             let outs: Vec<Tensor<B, 3>> = if self.split > 1 && b > 1 {
                 caches.par_iter_mut().enumerate().map(attend).collect()
@@ -1023,6 +1123,16 @@ impl<B: Backend> Llama<B> {
             }
         }
         m
+    }
+
+    /// The decoder storing the caches it decodes on in f32 CPU inference (see
+    /// [`Self::with_row_split`]) in `dtype` (see [`super::kv_host`]); elsewhere the caches stay
+    /// tensors in the model's dtype.
+    pub fn with_kv_dtype(mut self, dtype: KvDtype) -> Self {
+        for l in self.layers.iter_mut() {
+            l.self_attn.kv_dtype = dtype;
+        }
+        self
     }
 
     /// The thread count of [`Self::with_row_split`] (1: not split, as on the GPU backends).

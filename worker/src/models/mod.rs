@@ -5,11 +5,13 @@
 //! parameters ids derived from their checkpoint keys. Pure tensor code: no files, tokenizers,
 //! sampling or network here; the only threads are those that share out one computation
 //! (rayon's pool, and the [`team`] a CPU decoding step's split products run on). [`host`]
-//! holds the fused kernels f32 CPU inference runs between the products.
+//! holds the fused kernels f32 CPU inference runs between the products, [`kv_host`] the
+//! key/value cache it decodes on (f32 or f16) and a decoding step's attention over it.
 
 pub mod clip;
 pub mod host;
 pub mod htc;
+pub mod kv_host;
 pub mod llama;
 pub mod llava;
 pub mod lora;
