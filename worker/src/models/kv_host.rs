@@ -207,11 +207,8 @@ impl HostKv {
                 let stop = (start + BLOCK).min(e);
                 let ks = keys.f32s(start * hd, stop * hd, &mut buf);
                 for r in g * rows..(g + 1) * rows {
-                    let qr = &q[r * hd..(r + 1) * hd];
                     let o = &mut out[r * w + start - a..r * w + stop - a];
-                    for (o, k) in o.iter_mut().zip(ks.chunks_exact(hd)) {
-                        *o = dot(qr, k);
-                    }
+                    dots(&q[r * hd..(r + 1) * hd], ks, o);
                 }
             }
         }
@@ -238,6 +235,45 @@ impl HostKv {
     }
 }
 
+/// `out[j] = q·k_j` for the rows `k_j` of `keys` (`q.len()` values each). Head widths of 16,
+/// 32, 64 and 128 run [`dots_lanes`], the query in registers; others one row at a time.
+fn dots(q: &[f32], keys: &[f32], out: &mut [f32]) {
+    match q.len() {
+        16 => dots_lanes::<2>(q, keys, out),
+        32 => dots_lanes::<4>(q, keys, out),
+        64 => dots_lanes::<8>(q, keys, out),
+        128 => dots_lanes::<16>(q, keys, out),
+        hd => {
+            for (o, k) in out.iter_mut().zip(keys.chunks_exact(hd)) {
+                *o = dot(q, k);
+            }
+        }
+    }
+}
+
+/// [`dots`] for a query of `8 N` values held in `N` lanes of eight: each key's `N` products are
+/// independent and summed as a tree, so successive keys overlap in the pipeline (one
+/// accumulator would chain every multiply-add on the one before).
+fn dots_lanes<const N: usize>(q: &[f32], keys: &[f32], out: &mut [f32]) {
+    let q: [f32x8; N] = std::array::from_fn(|c| lanes_at(q, c));
+    for (o, k) in out.iter_mut().zip(keys.chunks_exact(8 * N)) {
+        let mut p: [f32x8; N] = std::array::from_fn(|c| q[c] * lanes_at(k, c));
+        let mut n = N;
+        while n > 1 {
+            n /= 2;
+            for c in 0..n {
+                p[c] += p[c + n];
+            }
+        }
+        *o = p[0].reduce_add();
+    }
+}
+
+/// Lanes `8 c .. 8 c + 8` of `x`.
+fn lanes_at(x: &[f32], c: usize) -> f32x8 {
+    f32x8::new(x[8 * c..8 * c + 8].try_into().expect("eight lanes"))
+}
+
 /// `a·b`, eight lanes at a time (the tail one by one).
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let full = a.len() / 8 * 8;
@@ -250,22 +286,35 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.reduce_add() + a[full..].iter().zip(&b[full..]).map(|(x, y)| x * y).sum::<f32>()
 }
 
-/// `out += Σ_j p_j rows_j` for rows of `out.len()` values.
+/// `out += Σ_j p_j rows_j` for rows of `out.len()` values. Head widths of 16, 32, 64 and 128
+/// keep `out` in registers across the rows ([`add_weighted_lanes`]).
 fn add_weighted(out: &mut [f32], p: &[f32], rows: &[f32]) {
-    let hd = out.len();
-    let full = hd / 8 * 8;
-    for (o, c) in out[..full].chunks_exact_mut(8).enumerate() {
-        let mut acc = f32x8::new((&*c).try_into().expect("eight lanes"));
-        for (&pj, v) in p.iter().zip(rows.chunks_exact(hd)) {
-            let v = f32x8::new(v[o * 8..o * 8 + 8].try_into().expect("eight lanes"));
-            acc = v.mul_add(f32x8::splat(pj), acc);
+    match out.len() {
+        16 => add_weighted_lanes::<2>(out, p, rows),
+        32 => add_weighted_lanes::<4>(out, p, rows),
+        64 => add_weighted_lanes::<8>(out, p, rows),
+        128 => add_weighted_lanes::<16>(out, p, rows),
+        hd => {
+            for (&pj, v) in p.iter().zip(rows.chunks_exact(hd)) {
+                for (o, x) in out.iter_mut().zip(v) {
+                    *o += pj * x;
+                }
+            }
         }
-        c.copy_from_slice(&acc.to_array());
     }
-    for (&pj, v) in p.iter().zip(rows.chunks_exact(hd)) {
-        for (o, x) in out[full..].iter_mut().zip(&v[full..]) {
-            *o += pj * x;
+}
+
+/// [`add_weighted`] for `8 N` values: `N` independent accumulators of eight lanes.
+fn add_weighted_lanes<const N: usize>(out: &mut [f32], p: &[f32], rows: &[f32]) {
+    let mut acc: [f32x8; N] = std::array::from_fn(|c| lanes_at(out, c));
+    for (&pj, v) in p.iter().zip(rows.chunks_exact(8 * N)) {
+        let pj = f32x8::splat(pj);
+        for (c, a) in acc.iter_mut().enumerate() {
+            *a = lanes_at(v, c).mul_add(pj, *a);
         }
+    }
+    for (c, a) in acc.iter().enumerate() {
+        out[8 * c..8 * c + 8].copy_from_slice(&a.to_array());
     }
 }
 
@@ -318,18 +367,25 @@ mod tests {
 
     /// The host attention against an f64 reference (outputs within 2e-6, probabilities within
     /// 1e-6; scores reach about 20, whose f32 rounding is the error): 3 key/value heads of 2
-    /// query heads × 2 rows each, head width 20 (two full lanes of eight and a tail), 301
+    /// query heads × 2 rows each, head widths 20 (two full lanes of eight and a tail) and 64
+    /// (the kernels with the query and the output in registers), 301
     /// positions (blocks of 64 and a partial one), a two-row mask with blocked keys, on 1, 2
     /// and 3 threads; the cache built in one piece or appended to position by position gives
     /// the same bits.
     #[test]
     fn attention_on_the_host_matches_a_reference() {
-        let [kvh, rows, s, hd] = [3, 4, 301, 20];
+        for hd in [20, 64] {
+            attention_on_the_host_matches_a_reference_at(hd);
+        }
+    }
+
+    fn attention_on_the_host_matches_a_reference_at(hd: usize) {
+        let [kvh, rows, s] = [3, 4, 301];
         let (keys, vals) = (values(kvh * s * hd, 1), values(kvh * s * hd, 2));
         let q = values(kvh * rows * hd, 3);
         let mut mask = values(2 * s, 4);
         mask[..40].fill(htc_shared::mask::BLOCKED);
-        let scale = 0.3;
+        let scale = 1.3 / (hd as f32).sqrt();
         let (want_out, want_probs) =
             reference(&q, &keys, &vals, [kvh, rows, s, hd], Some((&mask, 2)), scale as f64);
         let whole = HostKv::new(KvDtype::F32, kvh, hd, &keys, &vals);
