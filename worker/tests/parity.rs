@@ -412,8 +412,8 @@ fn joined_projections_equal_separate_products() {
 /// every position.
 #[test]
 fn long_decoding_through_the_cache_tail_equals_full_recompute() {
-    // Split over 2 threads, steps past 256 cached positions also split the attention's 2
-    // key/value heads; over 3, its cached positions (the heads do not divide among 3).
+    // Split over 2 or 3 threads, the steps decode over the cache on the host, and past 256
+    // cached positions split its attention by positions over the threads.
     let (m, _) = tiny_llama();
     for split in [1, 2, 3] {
         long_decoding_equals_full_recompute_with(&m.clone().with_row_split(split), 1e-4);
@@ -499,11 +499,11 @@ fn host_softmax_equals_the_backend_kernels() {
     assert!(diff <= 1e-6, "without a mask: {diff}");
 }
 
-/// A decoding step past 256 cached positions, its attention split over threads (2: by its 2
-/// key/value heads; 3: by cached positions, the threads' ranges cutting the cache and its tail),
-/// under an HTC-style mask (the first 130 positions blocked) and with the attention asked for:
-/// the logits and every layer's attention equal one thread's, the blocked keys get nothing and
-/// each row sums to 1.
+/// A decoding step past 256 cached positions, its attention on the host split over 2 or 3
+/// threads by cached positions (the cache moved there at this first step), under an HTC-style
+/// mask (the first 130 positions blocked) and with the attention asked for: the logits and
+/// every layer's attention equal one thread's (the backend's tensors), the blocked keys get
+/// nothing and each row sums to 1.
 #[test]
 fn a_masked_decoding_step_split_over_threads_equals_one_thread() {
     let (m, _) = tiny_llama();

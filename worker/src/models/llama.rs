@@ -372,91 +372,84 @@ impl<B: Backend> Attention<B> {
                 m.clone()
             }
         });
-        // Decoding on a CPU backend: the attention is split over the threads the decoder
-        // splits its products over, each reading its own part of the cache (the matmul kernels
-        // run these few-row products on one core), the softmax on the host, eight lanes at a
-        // time (context 2,000: 31.3–32.3 → 33.8–34.4 tok/s; with libm's scalar `exp` the host
-        // copies had cost more than they saved). By key/value heads where they divide evenly
-        // among the threads (one dispatch); otherwise by cached positions (see
-        // [`attend_by_positions`]).
+        // Decoding on a CPU backend in half precision (f32 runs on the host, see above): the
+        // key/value heads are split over the threads the decoder splits its products over,
+        // each group reading its own slice of the cache (the matmul kernels run these few-row
+        // products on one core), and their softmax on the host, eight lanes at a time.
         // Below ATTENTION_SPLIT_MIN cached positions the threads' dispatch costs more than the
         // attention itself.
-        let threads = self.o_proj.split;
+        let threads = self.o_proj.split.min(kvh);
         let one_mask_row = mask.as_ref().is_none_or(|m| m.dims()[1] == 1);
         let keys = ks.iter().map(|k| k.dims()[2]).sum::<usize>();
         let long = keys >= ATTENTION_SPLIT_MIN;
-        let decode_split =
-            split.heads && threads > 1 && b == 1 && rep * tq <= DECODE_ROWS && one_mask_row && long;
-        let (scored, probs) = if decode_split && kvh % threads != 0 {
-            let (o, p) = attend_by_positions(q, &ks, &vs, mask, rep, threads);
-            (o, vec![p])
-        } else if decode_split {
-            let bounds: Vec<(usize, usize)> =
-                (0..threads).map(|i| (i * kvh / threads, (i + 1) * kvh / threads)).collect();
-            let heads = |parts: &[Tensor<B, 4>], a: usize, e: usize| -> Vec<Tensor<B, 4>> {
-                parts
-                    .iter()
-                    .map(|x| {
-                        let [xb, _, w, d] = x.dims();
-                        x.clone().slice([0..xb, a..e, 0..w, 0..d])
+        let (scored, probs) =
+            if split.heads && threads > 1 && b == 1 && rep * tq <= DECODE_ROWS && one_mask_row && long {
+                let bounds: Vec<(usize, usize)> =
+                    (0..threads).map(|i| (i * kvh / threads, (i + 1) * kvh / threads)).collect();
+                let heads = |parts: &[Tensor<B, 4>], a: usize, e: usize| -> Vec<Tensor<B, 4>> {
+                    parts
+                        .iter()
+                        .map(|x| {
+                            let [xb, _, w, d] = x.dims();
+                            x.clone().slice([0..xb, a..e, 0..w, 0..d])
+                        })
+                        .collect()
+                };
+                // On the team the step's products run on (see `super::team`).
+                let groups: Vec<(Tensor<B, 4>, Tensor<B, 4>)> = super::team::map(threads, |i| {
+                    let (a, e) = bounds[i];
+                    let qg = q.clone().slice([0..b, a * rep..e * rep, 0..tq, 0..hd]);
+                    grouped_attention(
+                        qg,
+                        Keys::Rows(&heads(&ks, a, e)),
+                        &heads(&vs, a, e),
+                        mask.clone(),
+                        rep,
+                        true,
+                    )
+                });
+                let (scored, probs): (Vec<_>, Vec<_>) = groups.into_iter().unzip();
+                (Tensor::cat(scored, 1), vec![Tensor::cat(probs, 1)])
+            } else if self.o_proj.split > 1 && b == 1 && tq > DECODE_ROWS {
+                // A prefill on a CPU backend: blocks of query rows, each block's scores small
+                // enough to stay in cache through the mask, softmax and product with the values,
+                // the blocks on rayon's pool (the elementwise kernels run on one core each, and
+                // the whole score matrix of a long prompt passes through memory several times).
+                let threads = self.o_proj.split;
+                let rows = (PREFILL_BLOCK_SCORES / (h * keys)).max(DECODE_ROWS).min(tq.div_ceil(threads));
+                let blocks: Vec<(usize, usize)> =
+                    (0..tq).step_by(rows).map(|a| (a, (a + rows).min(tq))).collect();
+                // The keys transposed once for all blocks (each block's product would copy them).
+                let kts: Vec<Tensor<B, 4>> =
+                    ks.iter().map(|k| super::rows_owned(k.clone().swap_dims(2, 3))).collect();
+                // Under the causal mask a block's rows see the keys up to its last row's
+                // position only: the block attends to those (their keys and values copied, a
+                // fraction of the scores it no longer computes) under a causal mask of its own.
+                let past = keys - t;
+                let done: Vec<(Tensor<B, 4>, Tensor<B, 4>)> = blocks
+                    .par_iter()
+                    .map(|&(a, e)| {
+                        let qb = q.clone().slice([0..b, 0..h, a..e, 0..hd]);
+                        let seen = past + n + e;
+                        if split.causal && kts.len() == 1 && seen < keys {
+                            let kt = kts[0].clone().slice([0..b, 0..kvh, 0..hd, 0..seen]);
+                            let v = vs[0].clone().slice([0..b, 0..kvh, 0..seen, 0..hd]);
+                            let mb = causal_mask::<B>(e - a, past + n + a, &q.device()).unsqueeze::<4>();
+                            return grouped_attention(qb, Keys::Transposed(&[kt]), &[v], Some(mb), rep, true);
+                        }
+                        let mb = mask.as_ref().map(|m| {
+                            let [mb, mh, _, ms] = m.dims();
+                            m.clone().slice([0..mb, 0..mh, a..e, 0..ms])
+                        });
+                        grouped_attention(qb, Keys::Transposed(&kts), &vs, mb, rep, true)
                     })
-                    .collect()
+                    .collect();
+                let (scored, probs): (Vec<_>, Vec<_>) = done.into_iter().unzip();
+                (Tensor::cat(scored, 2), probs)
+            } else {
+                let (o, p) = grouped_attention(q, Keys::Rows(&ks), &vs, mask, rep, false);
+                (o, vec![p])
             };
-            // On the team the step's products run on (see `super::team`).
-            let groups: Vec<(Tensor<B, 4>, Tensor<B, 4>)> = super::team::map(threads, |i| {
-                let (a, e) = bounds[i];
-                let qg = q.clone().slice([0..b, a * rep..e * rep, 0..tq, 0..hd]);
-                grouped_attention(
-                    qg,
-                    Keys::Rows(&heads(&ks, a, e)),
-                    &heads(&vs, a, e),
-                    mask.clone(),
-                    rep,
-                    true,
-                )
-            });
-            let (scored, probs): (Vec<_>, Vec<_>) = groups.into_iter().unzip();
-            (Tensor::cat(scored, 1), vec![Tensor::cat(probs, 1)])
-        } else if self.o_proj.split > 1 && b == 1 && tq > DECODE_ROWS {
-            // A prefill on a CPU backend: blocks of query rows, each block's scores small
-            // enough to stay in cache through the mask, softmax and product with the values,
-            // the blocks on rayon's pool (the elementwise kernels run on one core each, and
-            // the whole score matrix of a long prompt passes through memory several times).
-            let threads = self.o_proj.split;
-            let rows = (PREFILL_BLOCK_SCORES / (h * keys)).max(DECODE_ROWS).min(tq.div_ceil(threads));
-            let blocks: Vec<(usize, usize)> =
-                (0..tq).step_by(rows).map(|a| (a, (a + rows).min(tq))).collect();
-            // The keys transposed once for all blocks (each block's product would copy them).
-            let kts: Vec<Tensor<B, 4>> =
-                ks.iter().map(|k| super::rows_owned(k.clone().swap_dims(2, 3))).collect();
-            // Under the causal mask a block's rows see the keys up to its last row's
-            // position only: the block attends to those (their keys and values copied, a
-            // fraction of the scores it no longer computes) under a causal mask of its own.
-            let past = keys - t;
-            let done: Vec<(Tensor<B, 4>, Tensor<B, 4>)> = blocks
-                .par_iter()
-                .map(|&(a, e)| {
-                    let qb = q.clone().slice([0..b, 0..h, a..e, 0..hd]);
-                    let seen = past + n + e;
-                    if split.causal && kts.len() == 1 && seen < keys {
-                        let kt = kts[0].clone().slice([0..b, 0..kvh, 0..hd, 0..seen]);
-                        let v = vs[0].clone().slice([0..b, 0..kvh, 0..seen, 0..hd]);
-                        let mb = causal_mask::<B>(e - a, past + n + a, &q.device()).unsqueeze::<4>();
-                        return grouped_attention(qb, Keys::Transposed(&[kt]), &[v], Some(mb), rep, true);
-                    }
-                    let mb = mask.as_ref().map(|m| {
-                        let [mb, mh, _, ms] = m.dims();
-                        m.clone().slice([0..mb, 0..mh, a..e, 0..ms])
-                    });
-                    grouped_attention(qb, Keys::Transposed(&kts), &vs, mb, rep, true)
-                })
-                .collect();
-            let (scored, probs): (Vec<_>, Vec<_>) = done.into_iter().unzip();
-            (Tensor::cat(scored, 2), probs)
-        } else {
-            let (o, p) = grouped_attention(q, Keys::Rows(&ks), &vs, mask, rep, false);
-            (o, vec![p])
-        };
         let v = vs.into_iter().next().expect("one part");
         let out = if n > 0 {
             Tensor::cat(vec![self.repeat_kv(v.slice([0..b, 0..kvh, 0..n, 0..hd])), scored], 2)
@@ -630,49 +623,6 @@ fn normalised<B: Backend>(
         };
     }
     super::softmax_f32(scores, 3)
-}
-
-/// A decoding step's attention (queries `[b, kvh * rep, tq, hd]`, runs of keys and values as
-/// for [`grouped_attention`]) with the cached positions cut into `threads` equal ranges on the
-/// team (`super::team`): each thread scores its range for every head, the rows are normalised
-/// whole on the host, then each thread multiplies its range's probabilities by its values and
-/// the parts are added up. Two dispatches where a split by heads takes one, but every thread
-/// gets the same share where the heads do not divide evenly among the threads (SmolLM2's 3
-/// key/value heads on 2 threads: one thread had 2 heads' work, the other one's).
-/// Returns the output `[b, h, tq, hd]` and the probabilities `[b, h, tq, Σ w_i]`.
-fn attend_by_positions<B: Backend>(
-    q: Tensor<B, 4>, ks: &[Tensor<B, 4>], vs: &[Tensor<B, 4>], mask: Option<Tensor<B, 4>>, rep: usize,
-    threads: usize,
-) -> (Tensor<B, 4>, Tensor<B, 4>) {
-    let [b, h, tq, hd] = q.dims();
-    let kvh = h / rep;
-    let s = vs.iter().map(|v| v.dims()[2]).sum::<usize>();
-    let ranges: Vec<(usize, usize)> =
-        (0..threads).map(|i| (i * s / threads, (i + 1) * s / threads)).collect();
-    // The parts of the runs `parts` that lie in positions `a..e`, in order.
-    let within = |parts: &[Tensor<B, 4>], (a, e): (usize, usize)| -> Vec<Tensor<B, 4>> {
-        let mut start = 0;
-        let mut out = Vec::new();
-        for x in parts {
-            let [xb, xh, w, d] = x.dims();
-            let (from, to) = (a.max(start), e.min(start + w));
-            if from < to {
-                out.push(x.clone().slice([0..xb, 0..xh, from - start..to - start, 0..d]));
-            }
-            start += w;
-        }
-        out
-    };
-    let (q, scale) = grouped_queries(q, rep);
-    let scores = super::team::map(threads, |i| run_scores(&q, &within(ks, ranges[i]), false));
-    let probs = normalised(Tensor::cat(scores, 3).reshape([b, h, tq, s]), scale, mask, true);
-    let grouped = probs.clone().reshape([b, kvh, rep * tq, s]);
-    let parts = super::team::map(threads, |i| {
-        let (a, e) = ranges[i];
-        run_values(&grouped.clone().slice([0..b, 0..kvh, 0..rep * tq, a..e]), &within(vs, (a, e)))
-    });
-    let out = parts.into_iter().reduce(|x, y| x + y).expect("one thread at least");
-    (out.reshape([b, h, tq, hd]), probs)
 }
 
 /// The attention output `[b, h, tq, hd]` of `probs: [b, h, tq, Σ widths]` over the runs of
