@@ -251,4 +251,45 @@ fn unsupported_half_precision_is_refused_in_one_line() {
     let out = htc(&["ask", "--model", s(&model), "--prompt-ids", "1,2", "--dtype", "f64"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid value 'f64' for '--dtype"));
+    let out = htc(&["ask", "--model", s(&model), "--prompt-ids", "1,2", "--kv-cache", "f8"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid value 'f8' for '--kv-cache"));
+}
+
+/// `--kv-cache f16` (CPU inference in f32 decoding over a cache on the host, stored in f16):
+/// the tiny LLaVA's greedy ids still equal transformers', and the first step's logits (a
+/// prefill, before the cache moves to the host) equal the f32 cache's to the bit.
+#[test]
+fn an_f16_key_value_cache_keeps_the_greedy_ids_of_transformers() {
+    let exp = Expected::open("llava-expected.safetensors");
+    let pv = fixtures().join("llava-expected.safetensors");
+    let model = fixtures().join("llava-hf-tiny");
+    let mut firsts = Vec::new();
+    for kv in ["f32", "f16"] {
+        let dump = tmp(&format!("tiny-kv-{kv}.safetensors"));
+        let out = htc(&[
+            "ask",
+            "--model",
+            s(&model),
+            "--pixel-values",
+            s(&pv),
+            "--prompt-ids",
+            &ids_arg(&exp.i64("input_ids_one")),
+            "--greedy",
+            "--max-new-tokens",
+            "8",
+            "--dump-logits",
+            s(&dump),
+            "--dtype",
+            "f32",
+            "--kv-cache",
+            kv,
+        ]);
+        assert!(out.status.success(), "{kv}: {}", String::from_utf8_lossy(&out.stderr));
+        let printed: Vec<i64> =
+            String::from_utf8_lossy(&out.stdout).split_whitespace().map(|x| x.parse().unwrap()).collect();
+        assert_eq!(printed, exp.i64("greedy_ids"), "cache in {kv}: greedy ids vs transformers");
+        firsts.push(Expected::open(dump.to_str().unwrap()).f32("logits").1);
+    }
+    assert_eq!(firsts[0], firsts[1], "the prefill does not depend on how the cache is stored");
 }

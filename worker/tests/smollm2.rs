@@ -9,6 +9,7 @@ use std::process::Command;
 
 use htc_worker::backend::{self, Backend};
 use htc_worker::formats::checkpoint::Snapshot;
+use htc_worker::models::kv_host::KvDtype;
 use htc_worker::runtime::ask::{prompt_ids, PromptInput};
 use htc_worker::runtime::decode::generate;
 use htc_worker::runtime::sampling::Sampling;
@@ -57,9 +58,9 @@ fn smollm2_tokenizes_and_decodes_greedily_like_transformers() {
         assert_eq!(p, ids(&case["prompt_ids"]), "chat-templated prompt ids for {prompt:?}");
         let p32: Vec<u32> = p.iter().map(|&x| x as u32).collect();
         // One matmul per product (the GPU backends), and decoding steps split over 2 threads
-        // (the CPU engine on a 2-core machine).
-        for split in [1, 2] {
-            let llm = snap.model.llm().clone().with_row_split(split);
+        // (the CPU engine on a 2-core machine), over a cache on the host in f32 and in f16.
+        for (split, kv) in [(1, KvDtype::F32), (2, KvDtype::F32), (2, KvDtype::F16)] {
+            let llm = snap.model.llm().clone().with_row_split(split).with_kv_dtype(kv);
             let g = generate(&llm, llm.embed(&p32), &tok.eos_ids, &Sampling::greedy(max_new), false, |_| {
                 std::ops::ControlFlow::Continue(())
             })
@@ -69,7 +70,12 @@ fn smollm2_tokenizes_and_decodes_greedily_like_transformers() {
                 // transformers' generate keeps the end-of-sequence token it stopped at.
                 got.push(*ids(&case["greedy_ids"]).last().unwrap());
             }
-            assert_eq!(got, ids(&case["greedy_ids"]), "greedy ids for {prompt:?}, split {split}");
+            assert_eq!(
+                got,
+                ids(&case["greedy_ids"]),
+                "greedy ids for {prompt:?}, split {split}, cache in {}",
+                kv.name()
+            );
         }
         eprintln!("{prompt:?} -> {:?}", case["greedy_text"]);
     }
