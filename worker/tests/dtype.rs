@@ -18,6 +18,38 @@ fn ids_arg(v: &[i64]) -> String {
     v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",")
 }
 
+/// `htc ask` on the tiny LLaVA fixture's image and prompt, greedy, 8 new tokens, with `--dtype
+/// dtype --kv-cache kv`: the printed ids and the dumped prefill logits.
+fn ask_tiny_llava(dtype: &str, kv: &str) -> (Vec<i64>, Vec<f32>) {
+    let exp = Expected::open("llava-expected.safetensors");
+    let pv = fixtures().join("llava-expected.safetensors");
+    let model = fixtures().join("llava-hf-tiny");
+    let dump = tmp(&format!("tiny-{dtype}-kv-{kv}.safetensors"));
+    let ids = ids_arg(&exp.i64("input_ids_one"));
+    let out = htc(&[
+        "ask",
+        "--model",
+        s(&model),
+        "--pixel-values",
+        s(&pv),
+        "--prompt-ids",
+        &ids,
+        "--greedy",
+        "--max-new-tokens",
+        "8",
+        "--dump-logits",
+        s(&dump),
+        "--dtype",
+        dtype,
+        "--kv-cache",
+        kv,
+    ]);
+    assert!(out.status.success(), "{dtype}, cache {kv}: {}", String::from_utf8_lossy(&out.stderr));
+    let printed =
+        String::from_utf8_lossy(&out.stdout).split_whitespace().map(|x| x.parse().unwrap()).collect();
+    (printed, Expected::open(dump.to_str().unwrap()).f32("logits").1)
+}
+
 /// f16 stores 11 significant bits (relative rounding 2^-11 ≈ 4.9e-4 per value); through the
 /// tiny model's few layers the logits stay within 1e-2 of the largest logit (the f32 path is
 /// held to 1e-4 in `cli.rs`), and the greedy ids equal transformers'.
@@ -25,32 +57,11 @@ fn ids_arg(v: &[i64]) -> String {
 fn f16_prefill_logits_and_greedy_ids_follow_transformers_on_the_tiny_llava() {
     let exp = Expected::open("llava-expected.safetensors");
     let want = exp.f32("logits").1;
-    let pv = fixtures().join("llava-expected.safetensors");
-    let model = fixtures().join("llava-hf-tiny");
     let mut dumps = Vec::new();
     for dtype in ["f32", "f16"] {
-        let dump = tmp(&format!("tiny-{dtype}.safetensors"));
-        let out = htc(&[
-            "ask",
-            "--model",
-            s(&model),
-            "--pixel-values",
-            s(&pv),
-            "--prompt-ids",
-            &ids_arg(&exp.i64("input_ids_one")),
-            "--greedy",
-            "--max-new-tokens",
-            "8",
-            "--dump-logits",
-            s(&dump),
-            "--dtype",
-            dtype,
-        ]);
-        assert!(out.status.success(), "{dtype}: {}", String::from_utf8_lossy(&out.stderr));
-        let printed: Vec<i64> =
-            String::from_utf8_lossy(&out.stdout).split_whitespace().map(|x| x.parse().unwrap()).collect();
+        let (printed, logits) = ask_tiny_llava(dtype, "f32");
         assert_eq!(printed, exp.i64("greedy_ids"), "{dtype}: greedy ids vs transformers");
-        dumps.push(Expected::open(dump.to_str().unwrap()).f32("logits").1);
+        dumps.push(logits);
     }
     assert_close("f16 logits vs transformers (f32)", &dumps[1], &want, 1e-2);
     assert_close("f16 logits vs the f32 path", &dumps[1], &dumps[0], 1e-2);
@@ -257,39 +268,16 @@ fn unsupported_half_precision_is_refused_in_one_line() {
 }
 
 /// `--kv-cache f16` (CPU inference in f32 decoding over a cache on the host, stored in f16):
-/// the tiny LLaVA's greedy ids still equal transformers', and the first step's logits (a
-/// prefill, before the cache moves to the host) equal the f32 cache's to the bit.
+/// the tiny LLaVA's greedy ids still equal transformers', and the prefill's logits (computed
+/// before the cache moves to the host) equal the f32 cache's to the bit.
 #[test]
 fn an_f16_key_value_cache_keeps_the_greedy_ids_of_transformers() {
     let exp = Expected::open("llava-expected.safetensors");
-    let pv = fixtures().join("llava-expected.safetensors");
-    let model = fixtures().join("llava-hf-tiny");
     let mut firsts = Vec::new();
     for kv in ["f32", "f16"] {
-        let dump = tmp(&format!("tiny-kv-{kv}.safetensors"));
-        let out = htc(&[
-            "ask",
-            "--model",
-            s(&model),
-            "--pixel-values",
-            s(&pv),
-            "--prompt-ids",
-            &ids_arg(&exp.i64("input_ids_one")),
-            "--greedy",
-            "--max-new-tokens",
-            "8",
-            "--dump-logits",
-            s(&dump),
-            "--dtype",
-            "f32",
-            "--kv-cache",
-            kv,
-        ]);
-        assert!(out.status.success(), "{kv}: {}", String::from_utf8_lossy(&out.stderr));
-        let printed: Vec<i64> =
-            String::from_utf8_lossy(&out.stdout).split_whitespace().map(|x| x.parse().unwrap()).collect();
+        let (printed, logits) = ask_tiny_llava("f32", kv);
         assert_eq!(printed, exp.i64("greedy_ids"), "cache in {kv}: greedy ids vs transformers");
-        firsts.push(Expected::open(dump.to_str().unwrap()).f32("logits").1);
+        firsts.push(logits);
     }
     assert_eq!(firsts[0], firsts[1], "the prefill does not depend on how the cache is stored");
 }
