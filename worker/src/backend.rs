@@ -25,8 +25,6 @@ pub type Backend = burn::backend::NdArray<f32>;
 )))]
 compile_error!("enable one backend feature: ndarray (default), candle, flex, wgpu or cuda");
 
-use crate::models::kv_host::KvDtype;
-
 /// The float precision the worker computes in (`--dtype`): weights, activations and the KV
 /// cache are stored in it; norms and softmax accumulate in f32 whatever it is (burn's
 /// `RmsNorm`, `models::softmax_f32`, `models::layer_norm_f32`), the MGVQ tokenizer stays f32,
@@ -73,20 +71,17 @@ pub enum KvCacheChoice {
     F16,
 }
 
-static KV_DTYPE: std::sync::OnceLock<KvDtype> = std::sync::OnceLock::new();
+static KV_CACHE: std::sync::OnceLock<KvCacheChoice> = std::sync::OnceLock::new();
 
-/// The key/value cache storage [`set_kv_dtype`] chose (f32 until it is called); the models
-/// take it through `Llama::with_kv_dtype`.
-pub fn kv_dtype() -> KvDtype {
-    KV_DTYPE.get().copied().unwrap_or_default()
+/// The key/value cache storage [`set_kv_cache`] recorded (f32 until it is called); the models
+/// take it through `runtime::kv_dtype` and `Llama::with_kv_dtype`.
+pub fn kv_cache() -> KvCacheChoice {
+    KV_CACHE.get().copied().unwrap_or_default()
 }
 
 /// Records `--kv-cache` for the models built from now on (the first call wins).
-pub fn set_kv_dtype(choice: KvCacheChoice) {
-    let _ = KV_DTYPE.set(match choice {
-        KvCacheChoice::F32 => KvDtype::F32,
-        KvCacheChoice::F16 => KvDtype::F16,
-    });
+pub fn set_kv_cache(choice: KvCacheChoice) {
+    let _ = KV_CACHE.set(choice);
 }
 
 /// The dtype a checkpoint stores its weights in, from its `config.json` (`dtype`, or the older

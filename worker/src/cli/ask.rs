@@ -71,7 +71,7 @@ pub fn run(a: AskArgs) -> Result<()> {
     sampling.validate().map_err(|m| anyhow!("{m} (--top-p, --temperature, --max-new-tokens)"))?;
     let device = backend::device();
     let mut snap = Snapshot::<Backend>::open(&a.model, &device)?;
-    snap.model = snap.model.with_row_split(backend::row_split()).with_kv_dtype(backend::kv_dtype());
+    snap.model = snap.model.with_row_split(backend::row_split()).with_kv_dtype(crate::runtime::kv_dtype());
     let image = a.image.map(ImageSource::File).or(a.pixel_values.map(ImageSource::PixelValues));
     let req = AskRequest {
         image,

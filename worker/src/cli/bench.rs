@@ -146,7 +146,7 @@ fn htc_suite(args: &BenchArgs) -> Result<()> {
         // Tuned for the backend as the server and `htc ask` tune it.
         let model = Htc::load(&vb, Llava::load(&vb, &lc)?, &hc)?
             .with_row_split(backend::row_split())
-            .with_kv_dtype(backend::kv_dtype());
+            .with_kv_dtype(crate::runtime::kv_dtype());
         drop(src);
         let img = ImageTensors {
             clip: Tensor::random([1, 3, 336, 336], Distribution::Normal(0.0, 1.0), &device),
@@ -297,7 +297,7 @@ fn llm_suite(args: &BenchArgs) -> Result<()> {
         c.hidden_size,
         c.vocab_size,
         backend::dtype().name(),
-        backend::kv_dtype().name(),
+        crate::runtime::kv_dtype().name(),
         rayon::current_num_threads()
     );
     let mut splits = vec![backend::row_split()];
@@ -313,7 +313,7 @@ fn llm_suite(args: &BenchArgs) -> Result<()> {
 fn llm_runs(base: &Llama<Backend>, splits: &[usize], reps: usize) {
     let c = base.config();
     for &split in splits {
-        let llm = base.clone().with_row_split(split).with_kv_dtype(backend::kv_dtype());
+        let llm = base.clone().with_row_split(split).with_kv_dtype(crate::runtime::kv_dtype());
         let tag = if split == 1 {
             "one matmul per product".to_string()
         } else {

@@ -118,7 +118,7 @@ fn build(a: &E2eArgs) -> Result<(Htc<Backend>, LlamaConfig, f64)> {
     let t = Instant::now();
     let model = Htc::<Backend>::init(&lc, &hc, &device)?
         .with_row_split(backend::row_split())
-        .with_kv_dtype(backend::kv_dtype());
+        .with_kv_dtype(crate::runtime::kv_dtype());
     Backend::sync(&device).map_err(|e| anyhow::anyhow!("device sync failed: {e:?}"))?;
     let init_s = t.elapsed().as_secs_f64();
     println!(

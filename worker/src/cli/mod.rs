@@ -73,7 +73,7 @@ impl Cli {
                 None,
             ),
         };
-        crate::backend::set_kv_dtype(choice.kv_cache);
+        crate::backend::set_kv_cache(choice.kv_cache);
         let choice = choice.choice;
         let (dtype, note) = crate::backend::resolve_dtype(choice, model);
         if let Some(note) = note {

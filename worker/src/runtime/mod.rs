@@ -10,3 +10,15 @@ pub mod engine;
 pub mod error;
 pub mod image;
 pub mod sampling;
+
+use crate::backend::{self, KvCacheChoice};
+use crate::models::kv_host::KvDtype;
+
+/// How the models store the key/value cache they decode on in f32 CPU inference, as
+/// `--kv-cache` chose it ([`backend::kv_cache`]; see `Llama::with_kv_dtype`).
+pub fn kv_dtype() -> KvDtype {
+    match backend::kv_cache() {
+        KvCacheChoice::F32 => KvDtype::F32,
+        KvCacheChoice::F16 => KvDtype::F16,
+    }
+}

@@ -122,7 +122,7 @@ impl EngineState {
             Some(mode) => model.with_mode(mode, false)?,
             None => model,
         };
-        let model = model.with_row_split(backend::row_split()).with_kv_dtype(backend::kv_dtype());
+        let model = model.with_row_split(backend::row_split()).with_kv_dtype(crate::runtime::kv_dtype());
         // Mode `none` (all patches, no bottleneck) beside a compressed mode, for comparison.
         let alternates: Vec<(HtcMode, Htc<Backend>)> = match model.config.mode {
             HtcMode::None => vec![],
