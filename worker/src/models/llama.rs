@@ -505,8 +505,9 @@ impl<B: Backend> Attention<B> {
     }
 }
 
-/// How [`Attention::attend`] may cut its work: `heads`, a decoding step's key/value heads over
-/// threads (not for the rows of a batched step, which already run side by side); `causal`, the
+/// How [`Attention::attend`] may cut its work: `heads`, a decoding step's attention over
+/// threads (by cached positions on the host cache, by key/value heads on tensors; not for the
+/// rows of a batched step, which already run side by side); `causal`, the
 /// mask is the causal one, so a prefill's blocks of rows may leave out the keys after their
 /// last row.
 #[derive(Clone, Copy)]
