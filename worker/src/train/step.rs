@@ -77,6 +77,18 @@ pub struct ProbeWeight {
 
 /// Gives every float parameter a new autodiff leaf over the same value, keeping its id and
 /// whether it requires a gradient.
+///
+/// Every micro-batch is differentiated through fresh leaves, on one thread or several, because
+/// burn-autodiff 0.21 loses gradients when graphs are built while another thread runs a
+/// backward pass: after each backward pass it frees, in every graph of the process, the nodes
+/// that no tensor holds and whose parents lie outside that graph, and so unless the graph also
+/// holds a node that some tensor still references. A graph built over parameters already
+/// differentiated once (their leaves were consumed by that pass) holds nothing else, so in the
+/// instant an operation has consumed its input and not yet registered its output, that input's
+/// step can be freed, and the parameters behind it get no gradient. A fresh leaf is registered
+/// in the graph it starts and stays referenced by the model until the pass, which keeps the
+/// graph alive. `worker/tests/train_parity.rs` (`concurrent_training_steps_lose_no_gradient`)
+/// catches the loss.
 struct FreshLeaves;
 
 impl<B: AutodiffBackend> ModuleMapper<B> for FreshLeaves {
@@ -134,13 +146,13 @@ pub fn train_step_probed<B: AutodiffBackend>(
         }
         acc.accumulate(&m, o.grads);
     };
+    // Each micro-batch gets fresh autodiff leaves over the same parameter values and ids (see
+    // `FreshLeaves`), so the graphs stay apart and their gradients add up by parameter id.
     if threads <= 1 || micro.len() <= 1 {
         for b in micro {
-            add(micro_grads(&m, b, targets, rows, probe)?);
+            add(micro_grads(&m.clone().map(&mut FreshLeaves), b, targets, rows, probe)?);
         }
     } else {
-        // Each thread gets fresh autodiff leaves over the same parameter values and ids, so
-        // the threads' graphs stay apart and their gradients add up by parameter id.
         for wave in micro.chunks(threads) {
             let done: Vec<Result<MicroGrads>> = std::thread::scope(|s| {
                 let handles: Vec<_> = wave
