@@ -215,7 +215,38 @@ fn backend_suite(args: &BenchArgs) -> Result<()> {
         let _ = x8.clone().matmul(w.clone()).into_data();
     });
     println!("2D matmul 8x576 * 576x32000: {:.2} ms", s * 1e3);
+    host_attention(args.reps);
     Ok(())
+}
+
+/// A decoding step's attention over a cache on the host (`models::kv_host`) at SmolLM2's
+/// shape and 2,000 cached positions, for every layer's cache (92 MB in f32, more than the
+/// CPU's caches hold, as in a real step), on each instruction set this CPU runs.
+fn host_attention(reps: usize) {
+    use crate::models::kv_host::{HostKv, Isa, KvDtype};
+    let (layers, kvh, rep, hd, s) = (30, 3, 3, 64, 2000);
+    let caches: Vec<HostKv> = (0..layers)
+        .map(|l| {
+            let x: Vec<f32> = (0..kvh * s * hd).map(|i| ((i * 31 + l) % 97) as f32 / 97.0 - 0.5).collect();
+            HostKv::new(KvDtype::F32, kvh, hd, &x, &x)
+        })
+        .collect();
+    let q: Vec<f32> = (0..kvh * rep * hd).map(|i| (i % 7) as f32 / 7.0 - 0.5).collect();
+    let threads = rayon::current_num_threads();
+    let mut first = None;
+    for isa in Isa::available() {
+        let t = time(reps, || {
+            for c in &caches {
+                std::hint::black_box(c.attend_on(isa, &q, rep, None, 0.125, threads, false));
+            }
+        });
+        let ratio = first.map_or(String::new(), |f: f64| format!(" ({:.2}x the first)", t / f));
+        first.get_or_insert(t);
+        println!(
+            "host attention over {s} cached positions, {layers} layers of SmolLM2's shape, {threads} threads, {isa:?}: {:.2} ms per token{ratio}",
+            t * 1e3
+        );
+    }
 }
 
 /// Prefill, decode-step and output-head timings of `llm` (a SmolLM2-width decoder).

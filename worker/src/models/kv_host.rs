@@ -32,9 +32,10 @@ const BLOCK: usize = 64;
 /// Positions per transposed block of keys (one vector register of scores).
 const KEY_LANES: usize = 8;
 
-/// Which instructions the products run on.
+/// Which instructions the products run on ([`HostKv::attend`] takes the best the CPU has;
+/// `htc bench --suite backend` times each).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Isa {
+pub enum Isa {
     /// x86-64 with AVX2 and FMA: 256-bit fused multiply-adds.
     #[cfg(target_arch = "x86_64")]
     Avx2Fma,
@@ -44,7 +45,7 @@ enum Isa {
 
 impl Isa {
     /// The best this CPU runs (the detection is cached by the standard library).
-    fn detect() -> Self {
+    pub fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
             return Self::Avx2Fma;
@@ -52,9 +53,8 @@ impl Isa {
         Self::Portable
     }
 
-    /// Every kind this CPU can run, the best first (for tests).
-    #[cfg(test)]
-    fn available() -> Vec<Self> {
+    /// Every kind this CPU can run, the best first.
+    pub fn available() -> Vec<Self> {
         let best = Self::detect();
         if best == Self::Portable {
             vec![best]
@@ -247,8 +247,9 @@ impl HostKv {
         self.attend_on(Isa::detect(), q, rows, mask, scale, threads, want_probs)
     }
 
+    /// [`HostKv::attend`] on the instructions `isa` (one of [`Isa::available`]).
     #[allow(clippy::too_many_arguments)]
-    fn attend_on(
+    pub fn attend_on(
         &self, isa: Isa, q: &[f32], rows: usize, mask: Option<(&[f32], usize)>, scale: f32, threads: usize,
         want_probs: bool,
     ) -> (Vec<f32>, Option<Vec<f32>>) {
