@@ -247,12 +247,14 @@ impl HostKv {
         self.attend_on(Isa::detect(), q, rows, mask, scale, threads, want_probs)
     }
 
-    /// [`HostKv::attend`] on the instructions `isa` (one of [`Isa::available`]).
+    /// [`HostKv::attend`] on the instructions `isa`, which must be one of [`Isa::available`]
+    /// (panics otherwise: the AVX2 kernels must never run on a CPU without AVX2).
     #[allow(clippy::too_many_arguments)]
     pub fn attend_on(
         &self, isa: Isa, q: &[f32], rows: usize, mask: Option<(&[f32], usize)>, scale: f32, threads: usize,
         want_probs: bool,
     ) -> (Vec<f32>, Option<Vec<f32>>) {
+        assert!(isa == Isa::Portable || isa == Isa::detect(), "{isa:?} is not available on this CPU");
         let (kvh, hd, s) = (self.keys.len(), self.head_dim, self.len);
         assert_eq!(q.len(), kvh * rows * hd, "query rows of every key/value head");
         let threads = threads.clamp(1, s.max(1));
@@ -332,8 +334,8 @@ fn dots_t(isa: Isa, q: &[f32], kt: &[f32], out: &mut [f32]) {
     assert_eq!(out.len() % KEY_LANES, 0, "whole blocks of scores");
     assert!(kt.len() >= out.len() * q.len(), "a block of keys per block of scores");
     match isa {
-        // SAFETY: `Isa::Avx2Fma` is chosen only where the CPU has AVX2 and FMA, and the
-        // lengths the kernel reads and writes were checked above.
+        // SAFETY: `HostKv::attend_on`, the only caller, refuses `Isa::Avx2Fma` unless the CPU
+        // has AVX2 and FMA, and the lengths the kernel reads and writes were checked above.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2Fma => unsafe { avx2::dots_t(q, kt, out) },
         Isa::Portable => dots_t_portable(q, kt, out),
