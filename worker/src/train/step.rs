@@ -80,14 +80,13 @@ pub struct ProbeWeight {
 ///
 /// Every micro-batch is differentiated through fresh leaves, on one thread or several, because
 /// burn-autodiff 0.21 loses gradients when graphs are built while another thread runs a
-/// backward pass: after each backward pass it frees, in every graph of the process, the nodes
-/// that no tensor holds and whose parents lie outside that graph, and so unless the graph also
-/// holds a node that some tensor still references. A graph built over parameters already
-/// differentiated once (their leaves were consumed by that pass) holds nothing else, so in the
-/// instant an operation has consumed its input and not yet registered its output, that input's
-/// step can be freed, and the parameters behind it get no gradient. A fresh leaf is registered
-/// in the graph it starts and stays referenced by the model until the pass, which keeps the
-/// graph alive. `worker/tests/train_parity.rs` (`concurrent_training_steps_lose_no_gradient`)
+/// backward pass: after each backward pass it visits every graph of the process, and in each
+/// that holds no node a tensor still references, it frees the nodes whose parents lie outside
+/// that graph. A graph built over parameters already differentiated once (their leaves were
+/// consumed by that pass) holds no other node, so in the instant an operation has consumed its
+/// input and not yet registered its output, that input's step can be freed, and the
+/// parameters behind it get no gradient. A fresh leaf is registered in the graph it starts and
+/// stays referenced by the model until the pass, which keeps the graph from looking unused. `worker/tests/train_parity.rs` (`concurrent_training_steps_lose_no_gradient`)
 /// catches the loss.
 struct FreshLeaves;
 
