@@ -17,7 +17,7 @@
 //! sum wants.
 //!
 //! On x86-64 CPUs with AVX2 and FMA (detected at run time: the binary is built for any x86-64)
-//! both products run as 256-bit fused multiply-adds ([`Isa::Avx2Fma`]); elsewhere as `wide`'s
+//! both products run as 256-bit fused multiply-adds (`Isa`); elsewhere as `wide`'s
 //! eight lanes, which a build for plain x86-64 runs as two 128-bit halves and separate
 //! multiplies and adds. Written by hand because no crate offers attention over a growing
 //! f16/f32 store on the CPU, nor dispatches on the running CPU for code of this shape.
@@ -33,9 +33,13 @@ const BLOCK: usize = 64;
 const KEY_LANES: usize = 8;
 
 /// Which instructions the products run on ([`HostKv::attend`] takes the best the CPU has;
-/// `htc bench --suite backend` times each).
+/// `htc bench --suite backend` times each). Obtained only from [`Isa::detect`] and
+/// [`Isa::available`], so it never names instructions the running CPU lacks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Isa(Kind);
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Isa {
+enum Kind {
     /// x86-64 with AVX2 and FMA: 256-bit fused multiply-adds.
     #[cfg(target_arch = "x86_64")]
     Avx2Fma,
@@ -48,19 +52,25 @@ impl Isa {
     pub fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            return Self::Avx2Fma;
+            return Self(Kind::Avx2Fma);
         }
-        Self::Portable
+        Self(Kind::Portable)
     }
 
     /// Every kind this CPU can run, the best first.
     pub fn available() -> Vec<Self> {
         let best = Self::detect();
-        if best == Self::Portable {
+        if best.0 == Kind::Portable {
             vec![best]
         } else {
-            vec![best, Self::Portable]
+            vec![best, Self(Kind::Portable)]
         }
+    }
+}
+
+impl std::fmt::Debug for Isa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
     }
 }
 
@@ -247,14 +257,12 @@ impl HostKv {
         self.attend_on(Isa::detect(), q, rows, mask, scale, threads, want_probs)
     }
 
-    /// [`HostKv::attend`] on the instructions `isa`, which must be one of [`Isa::available`]
-    /// (panics otherwise: the AVX2 kernels must never run on a CPU without AVX2).
+    /// [`HostKv::attend`] on the instructions `isa` (one of [`Isa::available`]).
     #[allow(clippy::too_many_arguments)]
     pub fn attend_on(
         &self, isa: Isa, q: &[f32], rows: usize, mask: Option<(&[f32], usize)>, scale: f32, threads: usize,
         want_probs: bool,
     ) -> (Vec<f32>, Option<Vec<f32>>) {
-        assert!(isa == Isa::Portable || isa == Isa::detect(), "{isa:?} is not available on this CPU");
         let (kvh, hd, s) = (self.keys.len(), self.head_dim, self.len);
         assert_eq!(q.len(), kvh * rows * hd, "query rows of every key/value head");
         let threads = threads.clamp(1, s.max(1));
@@ -333,12 +341,12 @@ impl HostKv {
 fn dots_t(isa: Isa, q: &[f32], kt: &[f32], out: &mut [f32]) {
     assert_eq!(out.len() % KEY_LANES, 0, "whole blocks of scores");
     assert!(kt.len() >= out.len() * q.len(), "a block of keys per block of scores");
-    match isa {
-        // SAFETY: `HostKv::attend_on`, the only caller, refuses `Isa::Avx2Fma` unless the CPU
-        // has AVX2 and FMA, and the lengths the kernel reads and writes were checked above.
+    match isa.0 {
+        // SAFETY: an `Isa` names AVX2 and FMA only where `Isa::detect` found them on this CPU,
+        // and the lengths the kernel reads and writes were checked above.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2Fma => unsafe { avx2::dots_t(q, kt, out) },
-        Isa::Portable => dots_t_portable(q, kt, out),
+        Kind::Avx2Fma => unsafe { avx2::dots_t(q, kt, out) },
+        Kind::Portable => dots_t_portable(q, kt, out),
     }
 }
 
@@ -382,16 +390,16 @@ fn lanes_at(x: &[f32], c: usize) -> f32x8 {
 /// keep `out` in registers across the rows.
 fn add_weighted(isa: Isa, out: &mut [f32], p: &[f32], rows: &[f32]) {
     assert!(rows.len() >= p.len() * out.len(), "a row per weight");
-    match (isa, out.len()) {
+    match (isa.0, out.len()) {
         // SAFETY: as in `dots_t`: the CPU has AVX2 and FMA, the lengths are checked above.
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2Fma, 16) => unsafe { avx2::add_weighted::<2>(out, p, rows) },
+        (Kind::Avx2Fma, 16) => unsafe { avx2::add_weighted::<2>(out, p, rows) },
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2Fma, 32) => unsafe { avx2::add_weighted::<4>(out, p, rows) },
+        (Kind::Avx2Fma, 32) => unsafe { avx2::add_weighted::<4>(out, p, rows) },
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2Fma, 64) => unsafe { avx2::add_weighted::<8>(out, p, rows) },
+        (Kind::Avx2Fma, 64) => unsafe { avx2::add_weighted::<8>(out, p, rows) },
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2Fma, 128) => unsafe { avx2::add_weighted::<16>(out, p, rows) },
+        (Kind::Avx2Fma, 128) => unsafe { avx2::add_weighted::<16>(out, p, rows) },
         (_, 16) => add_weighted_lanes::<2>(out, p, rows),
         (_, 32) => add_weighted_lanes::<4>(out, p, rows),
         (_, 64) => add_weighted_lanes::<8>(out, p, rows),
