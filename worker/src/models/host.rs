@@ -247,6 +247,15 @@ pub fn host_softmax<B: Backend>(
 /// sum reductions are left scalar by the compiler, which may not reorder float additions). The
 /// row's tail is padded with `-inf`, which the max ignores and `exp` turns into 0.
 pub(crate) fn softmax_row(row: &mut [f32], scale: f32, mask: Option<&[f32]>) {
+    let (_, sum) = exp_row(row, scale, mask);
+    let sum8 = f32x8::splat(sum);
+    lanes(row, None, 0.0, |v, _| v / sum8);
+}
+
+/// The unnormalised half of [`softmax_row`]: `row <- exp(row * scale + mask - max)`, returning
+/// `max` (of `row * scale + mask`; `-inf` when every value is) and the sum of the new `row`.
+/// A row cut into pieces can be normalised by joining the pieces' `(max, sum)` pairs.
+pub(crate) fn exp_row(row: &mut [f32], scale: f32, mask: Option<&[f32]>) -> (f32, f32) {
     let scale8 = f32x8::splat(scale);
     let mut max8 = f32x8::splat(f32::NEG_INFINITY);
     lanes(row, mask, f32::NEG_INFINITY, |v, m| {
@@ -257,15 +266,15 @@ pub(crate) fn softmax_row(row: &mut [f32], scale: f32, mask: Option<&[f32]>) {
         max8 = max8.max(v);
         v
     });
-    let max8 = f32x8::splat(max8.to_array().into_iter().fold(f32::NEG_INFINITY, f32::max));
+    let max = max8.to_array().into_iter().fold(f32::NEG_INFINITY, f32::max);
+    let max8 = f32x8::splat(max);
     let mut sum8 = f32x8::ZERO;
     lanes(row, None, f32::NEG_INFINITY, |v, _| {
         let e = (v - max8).exp();
         sum8 += e;
         e
     });
-    let sum8 = f32x8::splat(sum8.reduce_add());
-    lanes(row, None, 0.0, |v, _| v / sum8);
+    (max, sum8.reduce_add())
 }
 
 /// `row[i] <- f(row[i], mask[i])` eight lanes at a time, the last lanes padded with `pad` (and

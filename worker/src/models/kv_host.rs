@@ -246,8 +246,10 @@ impl HostKv {
     /// `rows = rep tq`). Row `r` of a head is scored `q·k scale` plus `mask` row `r % mask_rows`
     /// (`mask`: `mask_rows` rows of `len` additive values), normalised by the host softmax, and
     /// multiplied by the values. The positions are cut into `threads` ranges on the team
-    /// (`super::team`; whole blocks of keys but the last): each thread scores its range, the
-    /// rows are normalised whole, then each thread adds its range's share of the output.
+    /// (`super::team`; whole blocks of keys but the last). Without `want_probs` each thread
+    /// scores its range, normalises it by its own maximum and adds its share of the output,
+    /// and the shares are joined by their maxima and sums; with it, each thread scores its
+    /// range, the rows are normalised whole, then each thread adds its range's share.
     /// Returns the output, per query row `head_dim` values, and, when `want_probs`, the
     /// probabilities, per query row `len` values.
     pub fn attend(
@@ -268,6 +270,9 @@ impl HostKv {
         let threads = threads.clamp(1, s.max(1));
         let cut = |i: usize| if i == threads { s } else { i * s / threads / KEY_LANES * KEY_LANES };
         let ranges: Vec<(usize, usize)> = (0..threads).map(|i| (cut(i), cut(i + 1))).collect();
+        if !want_probs {
+            return (self.attend_joined(isa, q, rows, mask, scale, &ranges), None);
+        }
         let parts = super::team::map(threads, |i| self.scores(isa, q, rows, ranges[i]));
         // The rows whole: each thread's columns in place, then the softmax per row.
         let mut probs = vec![0.0f32; kvh * rows * s];
@@ -284,12 +289,61 @@ impl HostKv {
             });
             super::host::softmax_row(row, scale, m);
         }
-        let parts = super::team::map(threads, |i| self.weighted_values(isa, &probs, rows, ranges[i]));
+        let parts =
+            super::team::map(threads, |i| self.weighted_values(isa, (&probs, s, 0), None, rows, ranges[i]));
         let mut out = vec![0.0f32; kvh * rows * hd];
         for part in parts {
             out.iter_mut().zip(part).for_each(|(o, p)| *o += p);
         }
         (out, want_probs.then_some(probs))
+    }
+
+    /// [`HostKv::attend_on`]'s output without the probabilities, in one pass over the team:
+    /// each thread scores its range of positions, normalises it by its own maximum
+    /// ([`super::host::exp_row`]) and adds its share of the values; the shares are then joined
+    /// by their maxima and sums (the log-sum-exp of the whole row), so no row is normalised
+    /// whole on the calling thread between two dispatches.
+    fn attend_joined(
+        &self, isa: Isa, q: &[f32], rows: usize, mask: Option<(&[f32], usize)>, scale: f32,
+        ranges: &[(usize, usize)],
+    ) -> Vec<f32> {
+        let (kvh, hd, s) = (self.keys.len(), self.head_dim, self.len);
+        let shares = super::team::map(ranges.len(), |i| {
+            let (a, e) = ranges[i];
+            let w = e - a;
+            let mut scores = self.scores(isa, q, rows, (a, e));
+            let mut stats = Vec::with_capacity(kvh * rows);
+            for (r, row) in scores.chunks_exact_mut(w.max(1)).enumerate().take(kvh * rows) {
+                let m = mask.map(|(m, mask_rows)| {
+                    let mr = (r % rows) % mask_rows;
+                    &m[mr * s + a..mr * s + e]
+                });
+                let (max, sum) = if w == 0 {
+                    (f32::NEG_INFINITY, 0.0)
+                } else {
+                    super::host::exp_row(&mut row[..w], scale, m)
+                };
+                stats.push((max, sum));
+            }
+            let out = self.weighted_values(isa, (&scores, w, a), Some(&stats), rows, (a, e));
+            (out, stats)
+        });
+        let mut out = vec![0.0f32; kvh * rows * hd];
+        for (r, o) in out.chunks_exact_mut(hd.max(1)).enumerate().take(kvh * rows) {
+            let max = shares.iter().map(|(_, st)| st[r].0).fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0.0f32;
+            for (share, st) in &shares {
+                let (m, z) = st[r];
+                if m == f32::NEG_INFINITY {
+                    continue;
+                }
+                let f = (m - max).exp();
+                sum += f * z;
+                o.iter_mut().zip(&share[r * hd..(r + 1) * hd]).for_each(|(o, p)| *o += f * p);
+            }
+            o.iter_mut().for_each(|o| *o /= sum);
+        }
+        out
     }
 
     /// `q·k` of every query row and the positions `a..e` (`a` a multiple of [`KEY_LANES`]): per
@@ -313,10 +367,15 @@ impl HostKv {
         out
     }
 
-    /// `Σ_j p_j v_j` over the positions `a..e` for every query row of `probs` (`len` values
-    /// per row): per row, `head_dim` values.
-    fn weighted_values(&self, isa: Isa, probs: &[f32], rows: usize, (a, e): (usize, usize)) -> Vec<f32> {
-        let (hd, s) = (self.head_dim, self.len);
+    /// `Σ_j p_j v_j` over the positions `a..e` for every query row: `p_j` of row `r` and
+    /// position `j` at `weights[r stride + j - base]` (`(weights, stride, base)`). Per row,
+    /// `head_dim` values; rows whose `stats` maximum is `-inf` (every position masked: their
+    /// weights are not numbers) are left at zero.
+    fn weighted_values(
+        &self, isa: Isa, (weights, stride, base): (&[f32], usize, usize), stats: Option<&[(f32, f32)]>,
+        rows: usize, (a, e): (usize, usize),
+    ) -> Vec<f32> {
+        let hd = self.head_dim;
         let mut out = vec![0.0f32; self.values.len() * rows * hd];
         let mut buf = Vec::new();
         for (g, values) in self.values.iter().enumerate() {
@@ -324,7 +383,10 @@ impl HostKv {
                 let stop = (start + BLOCK).min(e);
                 let vs = values.f32s(start * hd, stop * hd, &mut buf);
                 for r in g * rows..(g + 1) * rows {
-                    let p = &probs[r * s + start..r * s + stop];
+                    if stats.is_some_and(|st| st[r].0 == f32::NEG_INFINITY) {
+                        continue;
+                    }
+                    let p = &weights[r * stride + start - base..r * stride + stop - base];
                     add_weighted(isa, &mut out[r * hd..(r + 1) * hd], p, vs);
                 }
             }
@@ -551,25 +613,32 @@ mod tests {
     /// The host attention against an f64 reference, on every instruction set this CPU runs:
     /// probabilities within 1e-6 (scores reach about 20, whose f32 rounding is the error: each
     /// is two chains of multiply-adds; measured 7.1e-7) and outputs within 4e-6 (each adds up
-    /// those errors over 301 positions, times values up to 2; measured 2.5e-6). 3 key/value
-    /// heads of 2 query heads × 2 rows each, head widths 20 (a width without a register
-    /// kernel for the values) and 64 (the values' output in registers), 301 positions (blocks
-    /// of 64, a partial one, and a partial block of keys), a two-row mask with blocked keys, on
-    /// 1, 2 and 3 threads; the cache built in one piece or appended to position by position
-    /// gives the same bits.
+    /// those errors over 301 positions, times values up to 2; measured 2.5e-6 with the rows
+    /// normalised whole, 3.1e-6 with ranges joined), both with the probabilities asked for
+    /// (rows normalised whole) and without (ranges joined by their maxima and sums). 3
+    /// key/value heads of 2 query heads × 2 rows each, head widths 20 (a width without a
+    /// register kernel for the values) and 64 (the values' output in registers), 301 positions (blocks of 64, a partial one, and a partial block of keys), a
+    /// two-row mask blocking the first 40 keys, or the first 200 (so that on 3 threads the
+    /// first range is blocked whole) with the project's `BLOCKED` or with `-inf`, on 1, 2 and 3
+    /// threads; the cache built in one piece or appended to position by position gives the
+    /// same bits.
     #[test]
     fn attention_on_the_host_matches_a_reference() {
         for hd in [20, 64] {
-            attention_on_the_host_matches_a_reference_at(hd);
+            for (blocked, value) in
+                [(40, htc_shared::mask::BLOCKED), (200, htc_shared::mask::BLOCKED), (200, f32::NEG_INFINITY)]
+            {
+                attention_on_the_host_matches_a_reference_at(hd, blocked, value);
+            }
         }
     }
 
-    fn attention_on_the_host_matches_a_reference_at(hd: usize) {
+    fn attention_on_the_host_matches_a_reference_at(hd: usize, blocked: usize, value: f32) {
         let [kvh, rows, s] = [3, 4, 301];
         let (keys, vals) = (values(kvh * s * hd, 1), values(kvh * s * hd, 2));
         let q = values(kvh * rows * hd, 3);
         let mut mask = values(2 * s, 4);
-        mask[..40].fill(htc_shared::mask::BLOCKED);
+        mask[..blocked].fill(value);
         let scale = 1.3 / (hd as f32).sqrt();
         let (want_out, want_probs) =
             reference(&q, &keys, &vals, [kvh, rows, s, hd], Some((&mask, 2)), scale as f64);
@@ -585,19 +654,23 @@ mod tests {
         assert_eq!(grown.len(), s);
         assert_eq!(grown.to_f32(), (keys.clone(), vals.clone()), "appending keeps every value in place");
         for (isa, threads) in Isa::available().into_iter().flat_map(|i| [(i, 1), (i, 2), (i, 3)]) {
+            let what = format!("{isa:?}, {threads} threads, first {blocked} keys blocked with {value}");
             let (out, probs) = whole.attend_on(isa, &q, rows, Some((&mask, 2)), scale, threads, true);
             let probs = probs.expect("asked for");
-            let what = format!("{isa:?}, {threads} threads");
             assert!(worst(&out, &want_out) < 4e-6, "output, {what}: {}", worst(&out, &want_out));
             assert!(
                 worst(&probs, &want_probs) < 1e-6,
                 "probabilities, {what}: {}",
                 worst(&probs, &want_probs)
             );
-            assert!(probs[..40].iter().all(|&p| p == 0.0), "a blocked key gets nothing");
-            let (again, none) = grown.attend_on(isa, &q, rows, Some((&mask, 2)), scale, threads, false);
-            assert_eq!(again, out, "a grown cache attends as one built whole ({what})");
+            assert!(probs[..blocked].iter().all(|&p| p == 0.0), "a blocked key gets nothing");
+            let (joined, none) = whole.attend_on(isa, &q, rows, Some((&mask, 2)), scale, threads, false);
             assert!(none.is_none(), "no probabilities unless asked");
+            assert!(worst(&joined, &want_out) < 4e-6, "joined output, {what}: {}", worst(&joined, &want_out));
+            for (want, want_probs) in [(&out, true), (&joined, false)] {
+                let (again, _) = grown.attend_on(isa, &q, rows, Some((&mask, 2)), scale, threads, want_probs);
+                assert_eq!(&again, want, "a grown cache attends as one built whole ({what})");
+            }
         }
     }
 
