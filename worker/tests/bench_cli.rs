@@ -126,6 +126,37 @@ fn the_report_divides_the_transformers_figures_by_htc_s() {
     assert!(text.contains("htc peak GPU memory used (nvidia-smi): 20480 MiB"), "{text}");
 }
 
+/// `htc bench --suite llm` on the tiny LLaMA fixture: the weights' reads it times count every
+/// tensor of the checkpoint but the embedding table (a decoding step reads one row of it), and
+/// every figure is a positive number. The fixture holds 256 positions, so of the suite's
+/// contexts only the shortest runs.
+#[test]
+fn the_llm_suite_times_reading_the_weights_a_step_reads() {
+    let model = root().join("fixtures/llama-tiny");
+    let file = std::fs::read(model.join("model.safetensors")).unwrap();
+    let tensors = safetensors::SafeTensors::deserialize(&file).unwrap();
+    let read: usize = tensors
+        .tensors()
+        .iter()
+        .filter(|(name, _)| name != "model.embed_tokens.weight")
+        .map(|(_, t)| t.data().len())
+        .sum();
+    let o = htc(&["bench", "--suite", "llm", "--model", s(&model), "--reps", "1"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}{}", String::from_utf8_lossy(&o.stderr));
+    let line = out.lines().find(|l| l.starts_with("llm weights read once")).expect(&out);
+    assert!(line.starts_with(&format!("llm weights read once, {read} bytes ")), "{line} ({read} bytes)");
+    let figures: Vec<f64> = line
+        .rsplit(": ")
+        .next()
+        .unwrap()
+        .split(", ")
+        .map(|f| f.split(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(figures.len(), 2, "{line}");
+    assert!(figures.iter().all(|f| *f > 0.0 && f.is_finite()), "{line}");
+}
+
 #[test]
 fn bad_benchmark_options_fail_with_a_clear_error() {
     let o = htc(&["bench", "--suite", "e2e", "--shape", "huge"]);

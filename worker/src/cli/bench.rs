@@ -331,6 +331,17 @@ fn llm_suite(args: &BenchArgs) -> Result<()> {
         crate::runtime::kv_dtype().name(),
         rayon::current_num_threads()
     );
+    // A decoding step reads every weight once but the embedding table, of which it reads a row
+    // (the output head has its own copy, tied or not).
+    let params = burn::module::Module::num_params(&base).saturating_sub(c.vocab_size * c.hidden_size);
+    let bytes = params * if backend::dtype() == backend::Dtype::F32 { 4 } else { 2 };
+    let threads = backend::row_split();
+    let s = read_once(bytes, threads, args.reps);
+    println!(
+        "llm weights read once, {bytes} bytes (a decoding step's reads from memory, as a plain sum) [{threads} threads]: {:.2} ms, {:.1} GB/s",
+        s * 1e3,
+        bytes as f64 / s / 1e9
+    );
     let mut splits = vec![backend::row_split()];
     if splits[0] != 1 {
         splits.push(1);
@@ -338,6 +349,34 @@ fn llm_suite(args: &BenchArgs) -> Result<()> {
     // On the pool, as the engine runs its steps (see `backend::on_pool`).
     backend::on_pool(|| llm_runs(&base, &splits, args.reps));
     Ok(())
+}
+
+/// Seconds to read `bytes` of f32s once from memory (a plain sum), cut into `threads` ranges on
+/// the team a decoding step splits its products over: the cost of a step's reads of the
+/// weights alone, which bounds how fast it can be (a step can come out a little faster, since
+/// part of its weights may stay in the last-level cache between steps). The buffer is larger
+/// than the caches, as the weights are.
+fn read_once(bytes: usize, threads: usize, reps: usize) -> f64 {
+    use wide::f32x8;
+    let data = vec![1.0f32; bytes / 4];
+    let parts = threads.max(1);
+    let s = time(reps, || {
+        let sums = crate::models::team::map(parts, |i| {
+            let chunk = &data[i * data.len() / parts..(i + 1) * data.len() / parts];
+            // Four chains, so the adds do not wait on each other.
+            let mut acc = [f32x8::ZERO; 4];
+            let mut blocks = chunk.chunks_exact(32);
+            for b in &mut blocks {
+                for (k, a) in acc.iter_mut().enumerate() {
+                    *a += f32x8::new(b[k * 8..k * 8 + 8].try_into().expect("eight lanes"));
+                }
+            }
+            (acc[0] + acc[1] + acc[2] + acc[3]).reduce_add() + blocks.remainder().iter().sum::<f32>()
+        });
+        // The sums are kept, so the reads cannot be left out.
+        std::hint::black_box(sums);
+    });
+    s
 }
 
 /// The timed runs of [`llm_suite`], for each row split.
