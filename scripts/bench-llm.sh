@@ -25,7 +25,7 @@ f32="$HTC_ROOT/.cache/$(basename "${gguf%.gguf}")-F32.gguf"
 cargo build --quiet --release -p htc-worker --bin htc
 out=$(mktemp -d)
 busy=()
-trap 'kill "${busy[@]}" 2>/dev/null; rm -rf "$out"' EXIT
+trap 'if [ ${#busy[@]} -gt 0 ]; then kill "${busy[@]}" 2>/dev/null || true; fi; rm -rf "$out"' EXIT
 for _ in $(seq 1 "${BUSY:-0}"); do
   sh -c 'while :; do :; done' &
   busy+=($!)
