@@ -14,8 +14,8 @@
 //! Parts are claimed, not assigned: whoever is free takes the next one, and the caller takes
 //! back a job no helper has picked up by the time its own parts are done. On a machine whose
 //! cores are shared with other work, a helper may be descheduled; with parts assigned, the
-//! caller then spun until the helper ran again (a SmolLM2 decoding step went from 22 to
-//! 143 ms beside one busy process on this 2-core machine), where it now runs the part itself.
+//! caller then spun until the helper ran again (a SmolLM2 decoding step went from 21 to
+//! 179 ms beside one busy process on a 2-core machine), where it now runs the part itself.
 
 use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
