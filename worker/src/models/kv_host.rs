@@ -278,7 +278,7 @@ impl HostKv {
         let mut probs = vec![0.0f32; kvh * rows * s];
         for ((a, e), part) in ranges.iter().zip(&parts) {
             let w = e - a;
-            for (row, src) in probs.chunks_exact_mut(s).zip(part.chunks_exact(w.max(1))) {
+            for (row, src) in probs.chunks_exact_mut(s.max(1)).zip(part.chunks_exact(w.max(1))) {
                 row[*a..*e].copy_from_slice(&src[..w]);
             }
         }
@@ -312,19 +312,19 @@ impl HostKv {
             let (a, e) = ranges[i];
             let w = e - a;
             let mut scores = self.scores(isa, q, rows, (a, e));
-            let mut stats = Vec::with_capacity(kvh * rows);
-            for (r, row) in scores.chunks_exact_mut(w.max(1)).enumerate().take(kvh * rows) {
-                let m = mask.map(|(m, mask_rows)| {
-                    let mr = (r % rows) % mask_rows;
-                    &m[mr * s + a..mr * s + e]
-                });
-                let (max, sum) = if w == 0 {
-                    (f32::NEG_INFINITY, 0.0)
-                } else {
-                    super::host::exp_row(&mut row[..w], scale, m)
-                };
-                stats.push((max, sum));
-            }
+            // A range can be empty (fewer positions than threads × a block of keys).
+            let stats: Vec<(f32, f32)> = (0..kvh * rows)
+                .map(|r| {
+                    if w == 0 {
+                        return (f32::NEG_INFINITY, 0.0);
+                    }
+                    let m = mask.map(|(m, mask_rows)| {
+                        let mr = (r % rows) % mask_rows;
+                        &m[mr * s + a..mr * s + e]
+                    });
+                    super::host::exp_row(&mut scores[r * w..(r + 1) * w], scale, m)
+                })
+                .collect();
             let out = self.weighted_values(isa, (&scores, w, a), Some(&stats), rows, (a, e));
             (out, stats)
         });
@@ -341,7 +341,11 @@ impl HostKv {
                 sum += f * z;
                 o.iter_mut().zip(&share[r * hd..(r + 1) * hd]).for_each(|(o, p)| *o += f * p);
             }
-            o.iter_mut().for_each(|o| *o /= sum);
+            // Nothing to normalise over an empty cache: the output stays zero, as normalised
+            // whole.
+            if sum > 0.0 {
+                o.iter_mut().for_each(|o| *o /= sum);
+            }
         }
         out
     }
@@ -670,6 +674,32 @@ mod tests {
             for (want, want_probs) in [(&out, true), (&joined, false)] {
                 let (again, _) = grown.attend_on(isa, &q, rows, Some((&mask, 2)), scale, threads, want_probs);
                 assert_eq!(&again, want, "a grown cache attends as one built whole ({what})");
+            }
+        }
+    }
+
+    /// Fewer positions than the threads' blocks of keys leave some threads an empty range, and
+    /// an empty cache leaves every range empty: both ways of normalising agree with each other
+    /// (and, with positions, with the reference) instead of failing.
+    #[test]
+    fn short_and_empty_caches_attend_on_several_threads() {
+        let [kvh, rows, hd] = [2, 3, 8];
+        let q = values(kvh * rows * hd, 9);
+        for s in [0, 1, 10] {
+            let (keys, vals) = (values(kvh * s * hd, 10), values(kvh * s * hd, 11));
+            let cache = HostKv::new(KvDtype::F32, kvh, hd, &keys, &vals);
+            let (want, _) = reference(&q, &keys, &vals, [kvh, rows, s, hd], None, 0.5);
+            for isa in Isa::available() {
+                for threads in [1, 2, 3] {
+                    let (whole, _) = cache.attend_on(isa, &q, rows, None, 0.5, threads, true);
+                    let (joined, _) = cache.attend_on(isa, &q, rows, None, 0.5, threads, false);
+                    let what = format!("{s} positions, {isa:?}, {threads} threads");
+                    assert!(worst(&whole, &want) < 4e-6, "whole, {what}: {}", worst(&whole, &want));
+                    assert!(worst(&joined, &want) < 4e-6, "joined, {what}: {}", worst(&joined, &want));
+                    if s == 0 {
+                        assert!(joined.iter().chain(&whole).all(|&o| o == 0.0), "{what}: {joined:?}");
+                    }
+                }
             }
         }
     }
