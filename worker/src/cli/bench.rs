@@ -360,7 +360,7 @@ fn read_once(bytes: usize, threads: usize, reps: usize) -> f64 {
     use wide::f32x8;
     let data = vec![1.0f32; bytes / 4];
     let parts = threads.max(1);
-    let s = time(reps, || {
+    time(reps, || {
         let sums = crate::models::team::map(parts, |i| {
             let chunk = &data[i * data.len() / parts..(i + 1) * data.len() / parts];
             // Four chains, so the adds do not wait on each other.
@@ -375,8 +375,7 @@ fn read_once(bytes: usize, threads: usize, reps: usize) -> f64 {
         });
         // The sums are kept, so the reads cannot be left out.
         std::hint::black_box(sums);
-    });
-    s
+    })
 }
 
 /// The timed runs of [`llm_suite`], for each row split.

@@ -295,7 +295,7 @@ impl HostKv {
         for part in parts {
             out.iter_mut().zip(part).for_each(|(o, p)| *o += p);
         }
-        (out, want_probs.then_some(probs))
+        (out, Some(probs))
     }
 
     /// [`HostKv::attend_on`]'s output without the probabilities, in one pass over the team:
