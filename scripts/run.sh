@@ -5,13 +5,13 @@
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 cd "$HTC_ROOT"
-"$HTC_ROOT/scripts/setup.sh"
+"$HTC_ROOT/scripts/setup.sh" --run
 "$HTC_ROOT/scripts/build-web.sh"
-log "building the worker"
-cargo build --quiet -p htc-worker --bin htc
+log "building the worker (release)"
+cargo build --quiet --release -p htc-worker --bin htc
 model=()
 case " $* " in
   *" --model "* | *" --model="*) ;;
   *) model=(--model "$HTC_ROOT/models/shapes-demo") ;;
 esac
-exec "$CARGO_TARGET_DIR/debug/htc" serve --static-dir "$HTC_ROOT/dist" "${model[@]}" "$@"
+exec "$CARGO_TARGET_DIR/release/htc" serve --static-dir "$HTC_ROOT/dist" "${model[@]}" "$@"

@@ -1,10 +1,18 @@
 #!/usr/bin/env bash
-# Installs everything the build and the tests need, idempotently and offline-safe (crates.io,
-# npm, PyPI and Debian only): Chromium + chromedriver, HAProxy, promtool, lavapipe, the wasm32 target (rustup, else Debian's
-# rustc-web with -Zbuild-std), wasm-bindgen-cli pinned to Cargo.lock, trunk, and wasm-opt.
+# Installs what the project needs, idempotently and offline-safe (crates.io, npm, PyPI and
+# Debian only). `setup.sh --run` installs what serving needs (README command 1): the wasm32
+# target (rustup, else Debian's rustc-web with -Zbuild-std), wasm-bindgen-cli pinned to
+# Cargo.lock, trunk, and wasm-opt. Without it (README command 2) it adds what the tests need:
+# Chromium + chromedriver, HAProxy, promtool, lavapipe, rustfmt and clippy.
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 mkdir -p "$HTC_ROOT/.cache"
+for_tests=1
+case "${1:-}" in
+  --run) for_tests=0 ;;
+  "") ;;
+  *) echo "setup.sh: unknown argument '$1' (expected --run or nothing)" >&2; exit 2 ;;
+esac
 
 apt_install() {
   local missing=()
@@ -16,6 +24,7 @@ apt_install() {
   fi
 }
 
+if [ "$for_tests" = 1 ]; then
 # 1. Browser for the UI tests.
 if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
   apt_install chromium chromium-driver
@@ -32,6 +41,7 @@ command -v promtool >/dev/null || apt_install prometheus
 # if a minimal toolchain lacks them).
 if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
   rustup component add rustfmt clippy >&2
+fi
 fi
 
 # 2. The wasm32 target: rustup first, Debian's rustc-web + build-std as the fallback.
