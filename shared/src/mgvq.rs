@@ -5,7 +5,7 @@
 //! G groups, each with its own slice of the codebook, L2-normalised vectors and codes.
 //!
 //! Loads the official key names (`encoder.*`, `quant_conv.*`, `quantize.embedding.weight`);
-//! `scripts/convert_mgvq.py` turns the official `.pt` files into safetensors.
+//! `fixtures/convert_mgvq.py` turns the official `.pt` files into safetensors.
 
 use burn::module::{Initializer, Module, Param};
 use burn::nn::conv::Conv2d;

@@ -1,4 +1,4 @@
-//! The end-to-end benchmark as a user runs it: `scripts/gpu-bench.sh --tiny` (the CPU check of
+//! The end-to-end benchmark as a user runs it: `bench/gpu-bench.sh --tiny` (the CPU check of
 //! the GPU benchmark: `htc bench --suite e2e` on the tiny shape, and the report), the report's
 //! ratios against a transformers side, and clear errors for bad options. No timing is asserted:
 //! only that every figure is there, positive and consistent with the JSON lines.
@@ -34,7 +34,7 @@ fn gpu_bench_script_runs_the_tiny_shape_on_the_cpu_and_reports_every_stage() {
     let dir = common::tmp("bench", "gpu-bench-tiny");
     let _ = std::fs::remove_dir_all(&dir);
     let out = std::process::Command::new("bash")
-        .arg(root().join("scripts/gpu-bench.sh"))
+        .arg(root().join("bench/gpu-bench.sh"))
         .args(["--tiny", "--reps", "1"])
         .env("HTC_BIN", env!("CARGO_BIN_EXE_htc"))
         .env("BENCH_DIR", &dir)
@@ -113,7 +113,7 @@ fn the_report_divides_the_transformers_figures_by_htc_s() {
     )
     .unwrap();
     let out = std::process::Command::new("python3")
-        .arg(root().join("scripts/bench_gpu_peer.py"))
+        .arg(root().join("bench/bench_gpu_peer.py"))
         .args(["report", "--htc", s(&h), "--peer", s(&p), "--gpu-mem", "htc=20480"])
         .output()
         .unwrap();
@@ -168,7 +168,7 @@ fn bad_benchmark_options_fail_with_a_clear_error() {
     let o = htc(&["bench", "--suite", "nope"]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("unknown --suite `nope`"));
     let o = std::process::Command::new("bash")
-        .arg(root().join("scripts/gpu-bench.sh"))
+        .arg(root().join("bench/gpu-bench.sh"))
         .arg("--fast")
         .output()
         .unwrap();

@@ -1,5 +1,5 @@
-//! MGVQ encoder parity with the PyTorch reference in `scripts/make_fixtures.py` (official key
-//! names, converted from a `.pt` by `scripts/convert_mgvq.py`). Latent and `q` within f32 max
+//! MGVQ encoder parity with the PyTorch reference in `fixtures/make_fixtures.py` (official key
+//! names, converted from a `.pt` by `fixtures/convert_mgvq.py`). Latent and `q` within f32 max
 //! abs error <= 1e-4 x the output scale; codes exactly equal (the fixture has no near-ties:
 //! the top-2 score gap is at least 1e-3).
 

@@ -1,5 +1,5 @@
 //! Numerical parity with HF transformers on the committed fixtures
-//! (`scripts/make_fixtures.py`). Tolerance everywhere: f32, max abs error <= 1e-4 x the
+//! (`fixtures/make_fixtures.py`). Tolerance everywhere: f32, max abs error <= 1e-4 x the
 //! output scale (max |reference|, at least 1).
 
 mod common;

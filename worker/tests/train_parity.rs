@@ -1,5 +1,5 @@
 //! Training matches PyTorch step for step on a tiny HTC model (fixtures from
-//! `scripts/make_train_fixtures.py`): the loss of a padded, multi-turn batch (rtol 1e-5), the
+//! `fixtures/make_train_fixtures.py`): the loss of a padded, multi-turn batch (rtol 1e-5), the
 //! gradient of every trainable tensor (1e-4 of the tensor's largest gradient; CLIP and MGVQ get
 //! none), and the parameters after 3 AdamW steps with two decay groups, global-norm clipping
 //! and warmup-cosine (1e-5 of each tensor's scale plus the allowance each element inherits

@@ -1,5 +1,5 @@
 //! `htc bench`: figures for the compiled backend, printed as a table. Run the same command
-//! built with each backend feature to compare them (`scripts/bench-backends.sh`).
+//! built with each backend feature to compare them (`bench/bench-backends.sh`).
 
 use std::time::Instant;
 
@@ -305,7 +305,7 @@ fn decoder_suite(llm: &Llama<Backend>, reps: usize) {
     println!("lm_head alone (576 -> 32000, one token): {:.2} ms", s * 1e3);
 }
 
-/// The prompt token ids every side of the LLM benchmark feeds (`scripts/bench-llm.sh` gives
+/// The prompt token ids every side of the LLM benchmark feeds (`bench/bench-llm.sh` gives
 /// the same to llama.cpp): a fixed walk over the vocabulary, clear of the first 100 ids.
 pub fn bench_ids(n: usize, vocab: usize) -> Vec<u32> {
     (0..n).map(|i| (100 + (i * 7919) % (vocab - 100)) as u32).collect()

@@ -2,8 +2,8 @@
 //! paper's Table 11), for vanilla LLaVA (mode `none`: every patch visible to the text),
 //! VoCo-LLaMA (`voco`) and HTC (`htc`) on one randomly initialised model of a named shape, plus
 //! the answer to a follow-up question on the cached image and the decoding speed; then the
-//! process's peak memory. `scripts/gpu-bench.sh` runs it on a GPU next to transformers'
-//! LLaVA-1.5 (`scripts/bench_gpu_peer.py`) and prints the ratios.
+//! process's peak memory. `bench/gpu-bench.sh` runs it on a GPU next to transformers'
+//! LLaVA-1.5 (`bench/bench_gpu_peer.py`) and prints the ratios.
 
 use std::io::Write;
 use std::time::Instant;
@@ -208,7 +208,7 @@ pub fn run(a: E2eArgs) -> Result<()> {
     let device = backend::device();
     let (model, text, init_s) = build(&a)?;
     let img = random_image(&device);
-    // The ids `scripts/bench_gpu_peer.py` feeds transformers, where the image token's id
+    // The ids `bench/bench_gpu_peer.py` feeds transformers, where the image token's id
     // would be taken for an image: it moves one up on both sides.
     let ids = |n: usize| -> Vec<u32> {
         super::bench::bench_ids(n.max(1), text.vocab_size)

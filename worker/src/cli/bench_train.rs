@@ -1,7 +1,7 @@
 //! `htc bench --suite train`: training throughput (samples/s, sequence tokens/s) and peak
 //! memory of one AdamW step (forward, backward, global-norm clip, update) on a random HTC
-//! model, for the shapes `scripts/bench_train_torch.py` builds in PyTorch, so the two can be
-//! run the same way on the same machine and compared (`scripts/bench-train.sh`).
+//! model, for the shapes `bench/bench_train_torch.py` builds in PyTorch, so the two can be
+//! run the same way on the same machine and compared (`bench/bench-train.sh`).
 
 use std::time::Instant;
 

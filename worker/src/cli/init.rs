@@ -1,6 +1,6 @@
 //! `htc init`: builds an untrained HTC checkpoint, either
 //! - from a LLaVA-1.5 snapshot (either layout) and an MGVQ checkpoint (safetensors; see
-//!   `scripts/convert_mgvq.py`): P_d gets PyTorch's default `nn.Linear` init (U(±1/√fan_in)),
+//!   `fixtures/convert_mgvq.py`): P_d gets PyTorch's default `nn.Linear` init (U(±1/√fan_in)),
 //!   the `<voco>` embeddings the mean of the input embeddings (transformers'
 //!   `resize_token_embeddings` default), and the LLaVA projector is reused as P_v; or
 //! - from scratch (`--config`): every part drawn as transformers initialises LLaMA/CLIP

@@ -4,7 +4,7 @@
 # HTC modes) next to transformers' LLaVA-1.5 (sdpa) on the same device, with the ratios and the
 # peak memory of each side; a markdown report on stdout (and in --out FILE).
 #
-# Usage: scripts/gpu-bench.sh [--tiny] [--out docs/perf.md] [--layers N] [--reps R]
+# Usage: bench/gpu-bench.sh [--tiny] [--out docs/perf.md] [--layers N] [--reps R]
 #   --tiny      the tiny shape on the CPU, f32 on both sides: the check the test suite runs
 #   --out FILE  also write the report there (with the device named)
 #   --layers N  fewer LLM layers than the shape's (a quick look; the report says so)
@@ -12,12 +12,12 @@
 #   HTC_BIN       an `htc` built elsewhere (a GPU machine without a Rust toolchain); otherwise
 #                 this builds one with HTC_FEATURES (default cuda; wgpu also works)
 #   PYTHON        a python with torch and transformers (default: .venv-fixtures/bin/python,
-#                 see scripts/make_fixtures.py); without one the transformers side is skipped
+#                 see fixtures/make_fixtures.py); without one the transformers side is skipped
 #   DTYPE         both sides' dtype (default bf16 on a GPU, f32 with --tiny; with
 #                 HTC_FEATURES=wgpu use f16: WGSL has no bf16)
 #   BENCH_DIR     where the JSON lines go (default runs/gpu-bench)
 set -euo pipefail
-source "$(dirname "$0")/env.sh"
+source "$(dirname "$0")/../scripts/env.sh"
 cd "$HTC_ROOT"
 
 shape=7b out="" layers="" reps=5
@@ -100,14 +100,14 @@ if "$py" -c "import torch, transformers" 2>/dev/null; then
   [ -n "$layers" ] && pargs+=(--layers "$layers")
   log "transformers: ${pargs[*]}"
   if [ -n "$gpu" ] && [ "$shape" = 7b ]; then
-    watch_gpu "$dir/transformers.gpu-mem" "$py" scripts/bench_gpu_peer.py transformers "${pargs[@]}"
+    watch_gpu "$dir/transformers.gpu-mem" "$py" bench/bench_gpu_peer.py transformers "${pargs[@]}"
     mem+=(--gpu-mem "transformers=$(cat "$dir/transformers.gpu-mem")")
   else
-    "$py" scripts/bench_gpu_peer.py transformers "${pargs[@]}"
+    "$py" bench/bench_gpu_peer.py transformers "${pargs[@]}"
   fi
   peer=(--peer "$dir/transformers.jsonl")
 else
-  log "no torch/transformers in $py: the transformers side is skipped (see scripts/make_fixtures.py)"
+  log "no torch/transformers in $py: the transformers side is skipped (see fixtures/make_fixtures.py)"
 fi
 
 {
@@ -116,7 +116,7 @@ fi
   echo "Device: ${gpu:-CPU ($(nproc) cores)}; htc $(git rev-parse --short HEAD 2>/dev/null || echo '?'), $(date -u +%Y-%m-%d);"
   echo "random weights in $dtype on both sides; batch 1; 32 question tokens; 32 decoded tokens; $reps repetitions after a warm-up."
   echo
-  python3 scripts/bench_gpu_peer.py report --htc "$dir/htc.jsonl" "${peer[@]}" "${mem[@]}"
+  python3 bench/bench_gpu_peer.py report --htc "$dir/htc.jsonl" "${peer[@]}" "${mem[@]}"
 } > "$dir/report.md"
 cat "$dir/report.md"
 if [ -n "$out" ]; then

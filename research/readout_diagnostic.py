@@ -17,9 +17,9 @@ global-norm clipping at 1, answer tokens scored, a fresh procedural scene per ex
 learnt to answer from the scene in words, then made to read it from one token. Prints test
 accuracy per question family every 250 steps, on 700 held-out scenes.
 
-    .venv-fixtures/bin/python scripts/readout_diagnostic.py --input vector --steps 3000
+    .venv-fixtures/bin/python research/readout_diagnostic.py --input vector --steps 3000
 
-The venv is the one scripts/make_fixtures.py uses (torch, transformers).
+The venv is the one fixtures/make_fixtures.py uses (torch, transformers).
 """
 import argparse
 import math

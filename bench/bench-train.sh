@@ -1,20 +1,20 @@
 #!/usr/bin/env bash
 # Training throughput of `htc` (release build, default backend) side by side with the PyTorch
-# peer (scripts/bench_train_torch.py, same shapes, same step, same thread count), with the
+# peer (bench/bench_train_torch.py, same shapes, same step, same thread count), with the
 # ratio htc/PyTorch in samples per second (> 1: htc is faster); htc runs the batch whole on
 # one thread and as one micro-batch per core on as many threads (`--threads`). Needs the fixture venv
-# (see scripts/make_fixtures.py) for the PyTorch side.
-#   scripts/bench-train.sh [STEPS]
+# (see fixtures/make_fixtures.py) for the PyTorch side.
+#   bench/bench-train.sh [STEPS]
 set -euo pipefail
-source "$(dirname "$0")/env.sh"
+source "$(dirname "$0")/../scripts/env.sh"
 cd "$HTC_ROOT"
 steps=${1:-5}
 threads=$(nproc)
 py="$HTC_ROOT/.venv-fixtures/bin/python"
-[ -x "$py" ] || { echo "no $py: create the fixture venv first (scripts/make_fixtures.py)"; exit 1; }
+[ -x "$py" ] || { echo "no $py: create the fixture venv first (fixtures/make_fixtures.py)"; exit 1; }
 cargo build --quiet --release -p htc-worker --bin htc
 for shape in tiny mid; do
-  pt=$("$py" scripts/bench_train_torch.py --shape "$shape" --steps "$steps" --threads "$threads" 2>/dev/null | grep '^train')
+  pt=$("$py" bench/bench_train_torch.py --shape "$shape" --steps "$steps" --threads "$threads" 2>/dev/null | grep '^train')
   echo "$pt"
   b=$(sed -E 's/.* ([0-9.]+) samples\/s.*/\1/' <<<"$pt")
   for t in 1 "$threads"; do

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The transformers side of `scripts/gpu-bench.sh`, and its report.
+"""The transformers side of `bench/gpu-bench.sh`, and its report.
 
   bench_gpu_peer.py transformers --shape 7b|tiny [--device cuda|cpu] [--dtype bf16|f16|f32]
                                  [--layers N] [--vision-layers N] [--reps R] [--new-tokens N]

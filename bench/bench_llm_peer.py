@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The peers of `htc bench --suite llm` (scripts/bench-llm.sh): the same prompt ids through
+"""The peers of `htc bench --suite llm` (bench/bench-llm.sh): the same prompt ids through
 llama.cpp (llama-cpp-python, an F32 GGUF) or HF transformers (f32, eager), timed the same way:
 prefill of 128, 512 and 2000 tokens (logits of the last position), then 64 decoding steps of fixed
 ids after 128, 512 and 2000 tokens of context (logits of every step). Prints lines in the

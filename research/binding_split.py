@@ -4,7 +4,7 @@ shape, size, texture and position, whether the asked-for attribute takes one val
 scene (answerable from the scene's set of attributes alone) or several (the question's object
 must be told apart); for existence and counts, by the number of objects.
 
-    scripts/binding_split.py PREDS.jsonl TEST.json TEST.scenes.json
+    research/binding_split.py PREDS.jsonl TEST.json TEST.scenes.json
 
 PREDS is `htc eval --out` (LLaVA answer-file JSONL); TEST and its scenes are what
 `htc data shapes --split test` wrote. Standard library only.

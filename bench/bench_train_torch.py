@@ -3,7 +3,7 @@
 (forward, backward, clip_grad_norm_, AdamW with two decay groups), timed the same way
 (2 warm-up steps, then the mean of N), on CPU with a fixed thread count.
 
-    .venv-fixtures/bin/python scripts/bench_train_torch.py --shape mid --steps 10 --threads 2
+    .venv-fixtures/bin/python bench/bench_train_torch.py --shape mid --steps 10 --threads 2
 """
 import argparse
 import resource
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "fixtures"))
 from make_train_fixtures import HtcRef, no_decay  # noqa: E402
 
 # Must match worker/src/cli/bench_train.rs.

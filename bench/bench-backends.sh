@@ -2,7 +2,7 @@
 # Builds `htc` once per CPU backend (ndarray, flex, candle), runs `htc bench` with each, and
 # prints every figure with its ratio to ndarray (time ratio < 1 means faster than ndarray).
 set -euo pipefail
-source "$(dirname "$0")/env.sh"
+source "$(dirname "$0")/../scripts/env.sh"
 cd "$HTC_ROOT"
 out=$(mktemp -d)
 for b in ndarray flex candle; do
