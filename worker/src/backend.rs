@@ -27,7 +27,7 @@ compile_error!("enable one backend feature: ndarray (default), candle, flex, wgp
 
 /// The float precision the worker computes in (`--dtype`): weights, activations and the KV
 /// cache are stored in it; norms and softmax accumulate in f32 whatever it is (burn's
-/// `RmsNorm`, `models::softmax_f32`, `models::layer_norm_f32`), the MGVQ tokenizer stays f32,
+/// `RmsNorm`, `kernels::ops::softmax_f32`, `kernels::ops::layer_norm_f32`), the MGVQ tokenizer stays f32,
 /// and logits are read back as f32.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Dtype {

@@ -2,7 +2,10 @@
 //! this list; `tests/layers.rs` checks it):
 //!
 //! - [`backend`]: the burn backend chosen by cargo feature.
-//! - [`models`]: CLIP, LLaMA, LLaVA-1.5 and HTC, pure and generic over the backend.
+//! - [`kernels`]: what the models compute with besides burn's operations: shared ops, RoPE,
+//!   thread-split linear products, attention over the key/value cache, and the CPU kernels
+//!   (fused host kernels, the host cache, the thread team).
+//! - [`models`]: CLIP, LLaMA, LLaVA-1.5 and HTC: plain forward passes, generic over the backend.
 //! - [`text`]: chat templates, the tokenizer and its stop ids, streaming detokenisation.
 //! - [`data`]: data sets the project generates (ShapesVQA).
 //! - [`formats`]: safetensors and GGUF weight sources, checkpoint opening, random weights,
@@ -21,6 +24,7 @@ pub mod cli;
 pub mod data;
 pub mod eval;
 pub mod formats;
+pub mod kernels;
 pub mod loadtest;
 pub mod models;
 pub mod runtime;

@@ -10,7 +10,7 @@ use htc_worker::backend::{self, Backend};
 use htc_worker::formats::checkpoint::{AnyModel, Snapshot};
 use htc_worker::formats::{Loader, WeightSource};
 use htc_worker::models::clip::{ClipVision, Config as ClipConfig};
-use htc_worker::models::kv_host::KvDtype;
+use htc_worker::kernels::kv_cache::KvDtype;
 use htc_worker::models::llama::{Llama, Step};
 
 const TOL: f32 = 1e-4;
@@ -32,7 +32,7 @@ fn clip_hidden_states_match_every_layer() {
         Tensor::<Backend, 4>::from_data(TensorData::new(pixels, [ps[0], ps[1], ps[2], ps[3]]), &device);
     let per = hs.len() / hs_shape[0];
     // As burn's operations, then with the fused host kernels of CPU inference (layer norms,
-    // softmax, quick GELU; `models::host`), against transformers either way, and the two
+    // softmax, quick GELU; `kernels::host`), against transformers either way, and the two
     // within 1e-5 of each other's scale.
     let plain = clip.forward(pixels.clone(), None);
     let fused = clip.clone().with_host_kernels(true).forward(pixels, None);
@@ -340,7 +340,7 @@ fn batched_decoding_equals_decoding_each_sequence_alone_with(m: &Llama<Backend>,
 fn split_products_equal_one_matmul() {
     use burn::nn::LinearConfig;
     use burn::tensor::Distribution;
-    use htc_worker::models::lora::{split_linear, SPLIT_MAX_ROWS};
+    use htc_worker::kernels::linear::{split_linear, SPLIT_MAX_ROWS};
     let device = backend::device();
     let linear = LinearConfig::new(200, 70).init::<Backend>(&device);
     assert!(linear.bias.is_some(), "the bias is added once, after the partial sums");
@@ -483,7 +483,7 @@ fn host_softmax_equals_the_backend_kernels() {
         mask =
             mask.slice_assign([0..1, 0..mh, 0..1, 1..s], Tensor::full([1, mh, 1, s - 1], blocked, &device));
         let want = burn::tensor::activation::softmax(scores.clone() * 0.3 + mask.clone(), 3);
-        let got = htc_worker::models::host::host_softmax(scores.clone(), 0.3, Some(mask));
+        let got = htc_worker::kernels::host::host_softmax(scores.clone(), 0.3, Some(mask));
         let (want, got): (Vec<f32>, Vec<f32>) =
             (want.into_data().into_vec().unwrap(), got.into_data().into_vec().unwrap());
         for (i, (w, g)) in want.iter().zip(&got).enumerate() {
@@ -494,7 +494,7 @@ fn host_softmax_equals_the_backend_kernels() {
         assert_eq!(got[1], 0.0, "a blocked key gets nothing");
     }
     let want = burn::tensor::activation::softmax(scores.clone(), 3);
-    let got = htc_worker::models::host::host_softmax(scores, 1.0, None);
+    let got = htc_worker::kernels::host::host_softmax(scores, 1.0, None);
     let diff = (want - got).abs().max().into_scalar();
     assert!(diff <= 1e-6, "without a mask: {diff}");
 }
@@ -544,7 +544,7 @@ fn a_masked_decoding_step_split_over_threads_equals_one_thread() {
     }
 }
 
-/// The fused host kernels of CPU inference (`models::host`) against the burn operations they
+/// The fused host kernels of CPU inference (`kernels::host`) against the burn operations they
 /// stand in for, on random inputs whose rows are not a multiple of eight lanes wide (a padded
 /// tail), with enough rows to run on rayon's pool and with too few: the residual sum exactly,
 /// the RMS and layer norms within 1e-6 x their scale (the sums are added up in another order),
@@ -553,7 +553,7 @@ fn a_masked_decoding_step_split_over_threads_equals_one_thread() {
 #[test]
 fn fused_host_kernels_equal_the_backend_operations() {
     use burn::tensor::Distribution;
-    use htc_worker::models::host;
+    use htc_worker::kernels::host;
     let device = Default::default();
     let max_diff = |a: Vec<f32>, b: Vec<f32>| {
         let scale = b.iter().fold(1f32, |m, v| m.max(v.abs()));
@@ -579,7 +579,7 @@ fn fused_host_kernels_equal_the_backend_operations() {
         let (heads, kv_heads, hd) = (4, 2, 12);
         let w = (heads + 2 * kv_heads) * hd;
         let y = Tensor::<Backend, 3>::random([1, t, w], Distribution::Normal(0.0, 1.0), &device);
-        let rope = htc_worker::models::llama::Rope::new(hd, 10000.0);
+        let rope = htc_worker::kernels::rope::Rope::new(hd, 10000.0);
         let positions: Vec<usize> = (5..5 + t).collect();
         let (cos, sin) = rope.host_tables(&positions);
         let (q, k, v) =
@@ -614,7 +614,7 @@ fn fused_host_kernels_equal_the_backend_operations() {
             host::values(ln.forward(x.clone())),
         );
         assert!(diff <= 1e-6, "{t} rows: layer norm off by {diff}");
-        let want = htc_worker::models::x_sigmoid(x.clone(), 1.702);
+        let want = htc_worker::kernels::ops::x_sigmoid(x.clone(), 1.702);
         let diff = max_diff(host::values(host::x_sigmoid(x, 1.702)), host::values(want));
         assert!(diff <= 1e-6, "{t} rows: quick GELU off by {diff}");
 

@@ -9,7 +9,7 @@ use std::process::Command;
 
 use htc_worker::backend::{self, Backend};
 use htc_worker::formats::checkpoint::Snapshot;
-use htc_worker::models::kv_host::KvDtype;
+use htc_worker::kernels::kv_cache::KvDtype;
 use htc_worker::runtime::ask::{prompt_ids, PromptInput};
 use htc_worker::runtime::decode::generate;
 use htc_worker::runtime::sampling::Sampling;

@@ -9,7 +9,7 @@ use burn::tensor::{Distribution, Tensor};
 use crate::backend::{self, Backend};
 use crate::formats::Loader;
 use crate::models::llama::{KvCache, Llama, Step};
-use crate::models::lora::SPLIT_MAX_ROWS;
+use crate::kernels::linear::SPLIT_MAX_ROWS;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
@@ -219,11 +219,11 @@ fn backend_suite(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// A decoding step's attention over a cache on the host (`models::kv_host`) at SmolLM2's
+/// A decoding step's attention over a cache on the host (`kernels::kv_cache`) at SmolLM2's
 /// shape and 2,000 cached positions, for every layer's cache (92 MB in f32, more than the
 /// CPU's caches hold, as in a real step), on each instruction set this CPU runs.
 fn host_attention(reps: usize) {
-    use crate::models::kv_host::{HostKv, Isa, KvDtype};
+    use crate::kernels::kv_cache::{HostKv, Isa, KvDtype};
     let (layers, kvh, rep, hd, s) = (30, 3, 3, 64, 2000);
     let caches: Vec<HostKv> = (0..layers)
         .map(|l| {
@@ -361,7 +361,7 @@ fn read_once(bytes: usize, threads: usize, reps: usize) -> f64 {
     let data = vec![1.0f32; bytes / 4];
     let parts = threads.max(1);
     time(reps, || {
-        let sums = crate::models::team::map(parts, |i| {
+        let sums = crate::kernels::team::map(parts, |i| {
             let chunk = &data[i * data.len() / parts..(i + 1) * data.len() / parts];
             // Four chains, so the adds do not wait on each other.
             let mut acc = [f32x8::ZERO; 4];

@@ -53,7 +53,7 @@ impl<B: Backend> AnyModel<B> {
 
     /// The model with its language model storing the caches it decodes on in `dtype` in f32
     /// CPU inference ([`Llama::with_kv_dtype`]; `crate::backend::kv_dtype` gives `--kv-cache`).
-    pub fn with_kv_dtype(self, dtype: crate::models::kv_host::KvDtype) -> Self {
+    pub fn with_kv_dtype(self, dtype: crate::kernels::kv_cache::KvDtype) -> Self {
         match self {
             AnyModel::Llama(m) => AnyModel::Llama(m.with_kv_dtype(dtype)),
             AnyModel::Llava { mut model, config, preprocess } => {

@@ -2,7 +2,7 @@
 //! `pre_layrnorm`, pre-norm encoder layers with quick_gelu. LLaVA reads `hidden_states[-2]`
 //! without the CLS token, so [`ClipVision::forward`] can stop early.
 
-use super::lora::flat_linear;
+use crate::kernels::linear::flat_linear;
 use anyhow::Result;
 use burn::module::{Initializer, Module, Param};
 use burn::nn::conv::Conv2d;
@@ -34,7 +34,7 @@ impl<B: Backend> Attention<B> {
         })
     }
 
-    /// `host`: the softmax as [`super::host::host_softmax`] (see [`ClipVision::with_host_kernels`]).
+    /// `host`: the softmax as [`crate::kernels::host::host_softmax`] (see [`ClipVision::with_host_kernels`]).
     fn forward(&self, x: Tensor<B, 3>, host: bool) -> Tensor<B, 3> {
         let [b, n, d] = x.dims();
         let hd = d / self.heads;
@@ -44,7 +44,7 @@ impl<B: Backend> Attention<B> {
         let v = split(flat_linear(&self.v_proj, x));
         let scores = q.matmul(k.swap_dims(2, 3));
         let attn =
-            if host { super::host::host_softmax(scores, 1.0, None) } else { super::softmax_f32(scores, 3) };
+            if host { crate::kernels::host::host_softmax(scores, 1.0, None) } else { crate::kernels::ops::softmax_f32(scores, 3) };
         let out = attn.matmul(v).swap_dims(1, 2).reshape([b, n, d]);
         flat_linear(&self.out_proj, out)
     }
@@ -61,7 +61,7 @@ pub struct EncoderLayer<B: Backend> {
 }
 
 fn quick_gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    super::x_sigmoid(x, 1.702)
+    crate::kernels::ops::x_sigmoid(x, 1.702)
 }
 
 impl<B: Backend> EncoderLayer<B> {
@@ -81,12 +81,12 @@ impl<B: Backend> EncoderLayer<B> {
     /// ([`super::host`]), for f32 CPU inference.
     fn forward(&self, x: Tensor<B, 3>, host: bool) -> Tensor<B, 3> {
         let norm = |ln: &LayerNorm<B>, x: Tensor<B, 3>| match host {
-            true => super::host::layer_norm(x, ln, self.eps),
-            false => super::layer_norm_f32(ln, x, self.eps),
+            true => crate::kernels::host::layer_norm(x, ln, self.eps),
+            false => crate::kernels::ops::layer_norm_f32(ln, x, self.eps),
         };
         let x = x.clone() + self.self_attn.forward(norm(&self.layer_norm1, x), host);
         let up = flat_linear(&self.fc1, norm(&self.layer_norm2, x.clone()));
-        let act = if host { super::host::x_sigmoid(up, 1.702) } else { quick_gelu(up) };
+        let act = if host { crate::kernels::host::x_sigmoid(up, 1.702) } else { quick_gelu(up) };
         x + flat_linear(&self.fc2, act)
     }
 }
@@ -161,11 +161,11 @@ impl<B: Backend> ClipVision<B> {
         let x = x.reshape([b, d, h * w]).swap_dims(1, 2);
         let cls = self.class_embedding.val().reshape([1, 1, d]).expand([b, 1, d]);
         let x = Tensor::cat(vec![cls, x], 1) + self.position_embedding.val().unsqueeze::<3>();
-        let mut x = super::layer_norm_f32(&self.pre_layrnorm, x, self.eps);
+        let mut x = crate::kernels::ops::layer_norm_f32(&self.pre_layrnorm, x, self.eps);
         let n = upto.unwrap_or(self.layers.len()).min(self.layers.len());
         let mut states = Vec::with_capacity(n + 1);
         states.push(x.clone());
-        let host = self.host && super::host::applies(&x);
+        let host = self.host && crate::kernels::host::applies(&x);
         for layer in &self.layers[..n] {
             x = layer.forward(x, host);
             states.push(x.clone());

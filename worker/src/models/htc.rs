@@ -262,7 +262,7 @@ impl<B: Backend> Htc<B> {
 
     /// The model's LLM storing the caches it decodes on in `dtype` in f32 CPU inference
     /// ([`llama::Llama::with_kv_dtype`]).
-    pub fn with_kv_dtype(mut self, dtype: super::kv_host::KvDtype) -> Self {
+    pub fn with_kv_dtype(mut self, dtype: crate::kernels::kv_cache::KvDtype) -> Self {
         self.llava.llm = self.llava.llm.with_kv_dtype(dtype);
         self
     }

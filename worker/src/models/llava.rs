@@ -13,7 +13,7 @@ use htc_shared::loader::Loader;
 
 use super::clip::ClipVision;
 use super::llama::Llama;
-use super::lora::flat_linear;
+use crate::kernels::linear::flat_linear;
 
 /// The multimodal projector: `linear`, or `mlp2x_gelu` (`Linear → GELU (erf) → Linear`).
 #[derive(Module, Debug)]

@@ -1,76 +1,16 @@
 //! Model definitions, one file each, generic over the burn backend: [`clip`], [`llama`],
 //! [`llava`] and [`htc`] (the MGVQ encoder lives in `htc_shared::mgvq`, shared with the
-//! browser; [`mgvq_decoder`] turns it into a VQ-VAE for training the tokenizer). Each model has a config (in `htc_shared::config`), a `load` that reads a checkpoint
-//! through a [`htc_shared::loader::Loader`], and an `init` that builds it at random; both give
-//! parameters ids derived from their checkpoint keys. Pure tensor code: no files, tokenizers,
-//! sampling or network here; the only threads are those that share out one computation
-//! (rayon's pool, and the [`team`] a CPU decoding step's split products run on). [`host`]
-//! holds the fused kernels f32 CPU inference runs between the products, [`kv_host`] the
-//! key/value cache it decodes on (f32 or f16) and a decoding step's attention over it.
+//! browser; [`mgvq_decoder`] turns it into a VQ-VAE for training the tokenizer), and [`lora`]
+//! adapters on their projections. Each model has a config (in `htc_shared::config`), a `load`
+//! that reads a checkpoint through a [`htc_shared::loader::Loader`], and an `init` that builds
+//! it at random; both give parameters ids derived from their checkpoint keys. Plain forward
+//! passes: no files, tokenizers, sampling or network here, and no CPU kernels (the fused host
+//! kernels, the key/value cache, attention strategies and thread team are in
+//! [`crate::kernels`]).
 
 pub mod clip;
-pub mod host;
 pub mod htc;
-pub mod kv_host;
 pub mod llama;
 pub mod llava;
 pub mod lora;
 pub mod mgvq_decoder;
-pub mod team;
-
-use burn::tensor::{backend::Backend, DType, Tensor};
-
-/// Softmax along `dim`, computed in f32 when `x` is in half precision (as transformers does
-/// for attention), and returned in `x`'s dtype.
-pub fn softmax_f32<B: Backend, const D: usize>(x: Tensor<B, D>, dim: usize) -> Tensor<B, D> {
-    let dtype = x.dtype();
-    burn::tensor::activation::softmax(x.cast(DType::F32), dim).cast(dtype)
-}
-
-/// `x * sigmoid(a * x)` (SiLU for `a = 1`, CLIP's quick GELU for `a = 1.702`), as
-/// `x / (1 + exp(-a x))` outside autodiff: burn's sigmoid computes `exp(-ln(1 + exp(-x)))`, three
-/// transcendental passes and six tensors, where this takes one `exp` and four tensors (SmolLM2
-/// prefill spent about a tenth of its time there). In f32 only: half-precision inputs keep burn's
-/// form (sigmoid in f32, the product in the input's dtype), whose answers the half-precision
-/// tests pin; and under autodiff burn's form is kept too, as this one's gradient is NaN where
-/// `exp(-a x)` overflows (a x < -88).
-pub fn x_sigmoid<B: Backend, const D: usize>(x: Tensor<B, D>, a: f64) -> Tensor<B, D> {
-    if B::ad_enabled(&x.device()) || x.dtype() != DType::F32 {
-        let s = if a == 1.0 { x.clone() } else { x.clone().mul_scalar(a) };
-        return x * burn::tensor::activation::sigmoid(s);
-    }
-    x.clone() / x.mul_scalar(-a).exp().add_scalar(1.0)
-}
-
-/// `x` with its rows (everything but the last dimension) copied into a buffer of their own
-/// when it is a strided view of more than one row, unchanged otherwise. The elementwise
-/// kernels of the CPU backend take a strided operand one index at a time, so a view read by
-/// several elementwise passes is cheaper copied once (a reshape of a strided view copies it).
-pub fn rows_owned<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    let dims = x.dims();
-    let last = dims[D - 1];
-    let rows = x.shape().num_elements() / last.max(1);
-    if rows <= 1 {
-        return x;
-    }
-    x.reshape([rows, last]).reshape(dims)
-}
-
-/// `ln(x)` with the mean and variance computed in f32 when `x` is in half precision (as
-/// PyTorch's layer norm kernels accumulate), the affine map in `x`'s dtype.
-pub fn layer_norm_f32<B: Backend, const D: usize>(
-    ln: &burn::nn::LayerNorm<B>, x: Tensor<B, D>, eps: f64,
-) -> Tensor<B, D> {
-    let dtype = x.dtype();
-    if dtype == DType::F32 {
-        return ln.forward(x);
-    }
-    let x = x.cast(DType::F32);
-    let centred = x.clone() - x.mean_dim(D - 1);
-    let var = centred.clone().powi_scalar(2).mean_dim(D - 1);
-    let y = (centred / (var + eps).sqrt()).cast(dtype) * ln.gamma.val().unsqueeze();
-    match &ln.beta {
-        Some(b) => y + b.val().unsqueeze(),
-        None => y,
-    }
-}

@@ -12,7 +12,7 @@ pub mod image;
 pub mod sampling;
 
 use crate::backend::{self, KvCacheChoice};
-use crate::models::kv_host::KvDtype;
+use crate::kernels::kv_cache::KvDtype;
 
 /// How the models store the key/value cache they decode on in f32 CPU inference, as
 /// `--kv-cache` chose it ([`backend::kv_cache`]; see `Llama::with_kv_dtype`).

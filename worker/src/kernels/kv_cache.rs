@@ -1,4 +1,7 @@
-//! A decoder layer's key/value cache kept on the host for f32 CPU inference (the decoder tuned
+//! The decoder's key/value cache ([`KvCache`]): per layer, tensors (with a tail the latest
+//! decoding steps append to), or, for f32 CPU inference, [`HostKv`].
+//!
+//! [`HostKv`]: a decoder layer's key/value cache kept on the host for f32 CPU inference (the decoder tuned
 //! by `Llama::with_row_split`), in f32 or f16, and a decoding step's attention over it
 //! ([`HostKv::attend`]).
 //!
@@ -25,6 +28,103 @@
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 use wide::f32x8;
+
+use burn::tensor::{backend::Backend, Tensor};
+
+use super::host;
+
+/// Keys and values a decoding step appends go to a per-layer tail, folded into the rest of the
+/// cache once it holds this many positions: appending to the whole cache would copy all of it
+/// at every step (the tensors are immutable), so a step would grow with the context.
+pub(super) const TAIL_ROWS: usize = 256;
+
+/// One layer's cached keys and values.
+pub(super) type Kv<B> = (Tensor<B, 4>, Tensor<B, 4>);
+
+/// `first` then `then` along the positions (a copy of both).
+pub(super) fn joined<B: Backend>(first: Kv<B>, then: Kv<B>) -> Kv<B> {
+    (Tensor::cat(vec![first.0, then.0], 2), Tensor::cat(vec![first.1, then.1], 2))
+}
+
+/// Per-layer keys and values (before the GQA head repeat), `[b, kv_heads, seq, hd]`: the
+/// positions in `layers`, then those in the layer's tail (the latest decoding steps, see
+/// [`TAIL_ROWS`]; [`KvCache::seal`] folds them in); or, once f32 CPU inference decodes, all of
+/// them on the host, in `hosts` (see [`HostKv`]; `seal` brings them back).
+#[derive(Debug, Clone)]
+pub struct KvCache<B: Backend> {
+    pub layers: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+    tails: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+    hosts: Vec<Option<HostKv>>,
+}
+
+impl<B: Backend> KvCache<B> {
+    pub fn new(num_layers: usize) -> Self {
+        Self { layers: vec![None; num_layers], tails: vec![None; num_layers], hosts: vec![None; num_layers] }
+    }
+
+    /// One layer's places (see [`Slots`]).
+    pub fn slots(&mut self, layer: usize) -> Slots<'_, B> {
+        Slots { cache: &mut self.layers[layer], tail: &mut self.tails[layer], host: &mut self.hosts[layer] }
+    }
+
+    /// Every layer's places, in order.
+    pub fn all_slots(&mut self) -> impl Iterator<Item = Slots<'_, B>> {
+        let Self { layers, tails, hosts } = self;
+        layers
+            .iter_mut()
+            .zip(tails.iter_mut())
+            .zip(hosts.iter_mut())
+            .map(|((cache, tail), host)| Slots { cache, tail, host })
+    }
+
+    /// Number of cached key positions.
+    pub fn seq_len(&self) -> usize {
+        let len = |l: Option<&Option<(Tensor<B, 4>, Tensor<B, 4>)>>| {
+            l.and_then(|l| l.as_ref()).map(|(k, _)| k.dims()[2]).unwrap_or(0)
+        };
+        let host = self.hosts.first().and_then(|h| h.as_ref()).map_or(0, HostKv::len);
+        len(self.layers.first()) + len(self.tails.first()) + host
+    }
+
+    /// Whether the first layer's positions are held on the host (f32 CPU inference decoding).
+    pub fn on_host(&self) -> bool {
+        self.hosts.first().is_some_and(|h| h.is_some())
+    }
+
+    /// Folds every layer's tail into `layers`, and brings positions held on the host back as
+    /// tensors, so that `layers` holds all cached positions.
+    pub fn seal(&mut self) {
+        for (l, h) in self.layers.iter_mut().zip(self.hosts.iter_mut()) {
+            if let Some(host) = h.take() {
+                // Only CPU backends hold caches on the host: their one device.
+                *l = Some(host_tensors(&host, &Default::default()));
+            }
+        }
+        for (l, t) in self.layers.iter_mut().zip(self.tails.iter_mut()) {
+            if let Some(tail) = t.take() {
+                *l = Some(match l.take() {
+                    Some(kv) => joined(kv, tail),
+                    None => tail,
+                });
+            }
+        }
+    }
+}
+
+/// A host cache's keys and values as tensors `[1, kv_heads, len, hd]`.
+pub(super) fn host_tensors<B: Backend>(h: &HostKv, device: &B::Device) -> Kv<B> {
+    let (k, v) = h.to_f32();
+    let dims = [1, h.kv_heads(), h.len(), h.head_dim()];
+    (host::tensor(k, dims, device), host::tensor(v, dims, device))
+}
+
+/// One layer's places in a [`KvCache`].
+pub struct Slots<'a, B: Backend> {
+    pub(super) cache: &'a mut Option<Kv<B>>,
+    pub(super) tail: &'a mut Option<Kv<B>>,
+    pub(super) host: &'a mut Option<HostKv>,
+}
+
 
 /// Positions read (and, from f16, converted) at a time: a block of keys or values of a
 /// 64-wide head is 16 KB in f32, in the first-level cache while the query rows use it.
