@@ -25,23 +25,23 @@ apt_install() {
 }
 
 if [ "$for_tests" = 1 ]; then
-# 1. Browser for the UI tests.
-if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
-  apt_install chromium chromium-driver
-fi
+  # 1. Browser for the UI tests.
+  if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    apt_install chromium chromium-driver
+  fi
 
-# 1a. HAProxy, the load balancer of the scale-out test (scripts/scale-test.sh); promtool (in
-# Debian's prometheus package) for the deploy checks (scripts/check-deploy.sh).
-command -v haproxy >/dev/null || apt_install haproxy
-# lavapipe (Vulkan on the CPU) for the native test of the hand-written WGSL encoder.
-apt_install mesa-vulkan-drivers
-command -v promtool >/dev/null || apt_install prometheus
+  # 1a. HAProxy, the load balancer of the scale-out test (scripts/scale-test.sh); promtool (in
+  # Debian's prometheus package) for the deploy checks (scripts/check-deploy.sh).
+  command -v haproxy >/dev/null || apt_install haproxy
+  # lavapipe (Vulkan on the CPU) for the native test of the hand-written WGSL encoder.
+  apt_install mesa-vulkan-drivers
+  command -v promtool >/dev/null || apt_install prometheus
 
-# 1b. rustfmt and clippy for the format and lint checks (in rustup's default profile; added
-# if a minimal toolchain lacks them).
-if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
-  rustup component add rustfmt clippy >&2
-fi
+  # 1b. rustfmt and clippy for the format and lint checks (in rustup's default profile; added
+  # if a minimal toolchain lacks them).
+  if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+    rustup component add rustfmt clippy >&2
+  fi
 fi
 
 # 2. The wasm32 target: rustup first, Debian's rustc-web + build-std as the fallback.

@@ -505,6 +505,16 @@ async fn a_person_asks_about_an_image_and_reads_the_answer() {
         layout.contains("This model's sequence layout: BOS + 4 anchors + 9 patches + 1 <voco>"),
         "{layout}"
     );
+    // The protocol version and the mask topology the page shows come from the shared crate.
+    let shared = client
+        .execute(
+            "return [document.querySelector('#protocol-version').dataset.version, \
+             document.querySelector('#attention-mask').dataset.topology];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(shared, serde_json::json!([htc_shared::protocol::PROTOCOL_VERSION.to_string(), "star"]));
     // axe-core finds nothing serious on the page with an answer and its attention view.
     let serious = axe_serious(&client).await;
     assert!(serious.is_empty(), "axe-core: {serious:#?}");

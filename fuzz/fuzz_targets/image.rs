@@ -1,2 +1,4 @@
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| htc_shared::fuzz::image(data));
+#[path = "../entry.rs"]
+mod entry;
+libfuzzer_sys::fuzz_target!(|data: &[u8]| entry::image(data));

@@ -15,7 +15,6 @@
 //! [`Error`] (no `anyhow` here).
 
 pub mod config;
-pub mod fuzz;
 pub mod loader;
 pub mod mask;
 pub mod mgvq;

@@ -22,6 +22,7 @@ fn main() -> ExitCode {
         .init();
     match htc_worker::cli::Cli::parse().run() {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if htc_worker::cli::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

@@ -143,3 +143,25 @@ fn image_files_run_through_the_preprocessor() {
     assert_eq!(ids.len(), 3);
     assert!(ids.iter().all(|&i| i < 128));
 }
+
+/// A command whose reader has gone (`htc ... | head`) stops quietly: its first write to
+/// stdout meets a closed pipe, and it exits successfully without a panic message.
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    use std::process::{Command, Stdio};
+    let dir = tmp("closed-pipe");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_htc"))
+        .args(["data", "shapes", "--out", s(&dir), "--split", "val", "--images", "1", "--seed", "1"])
+        .env("HTC_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close the reading end before the command writes its summary line.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {:?}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(dir.join("val.json").is_file(), "the data set is still written");
+}

@@ -576,9 +576,9 @@ fn training_stages_switch_modes_and_eval_answers_in_another_mode() {
     let e = err(&eval(&none, "htc"));
     assert!(e.contains("no trained <voco>"), "{e}");
     let e = err(&eval(&hybrid, "sideways"));
-    assert!(e.contains("unknown --mode `sideways`"), "{e}");
+    assert!(e.contains("invalid value 'sideways' for '--mode"), "{e}");
     let e = err(&train(&init, &sm.root.join("bad"), "sideways"));
-    assert!(e.contains("unknown --mode `sideways`"), "{e}");
+    assert!(e.contains("invalid value 'sideways' for '--mode"), "{e}");
 }
 
 #[test]

@@ -6,6 +6,9 @@
 
 use std::path::{Path, PathBuf};
 
+#[path = "../../fuzz/entry.rs"]
+mod entry;
+
 fn inputs(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
     let mut out = Vec::new();
@@ -32,7 +35,7 @@ fn run(target: &str, f: fn(&[u8])) -> Vec<(PathBuf, Vec<u8>)> {
 
 #[test]
 fn protocol_inputs() {
-    for (p, data) in run("protocol", htc_shared::fuzz::protocol) {
+    for (p, data) in run("protocol", entry::protocol) {
         let text = std::str::from_utf8(&data).ok();
         let ok = text.is_some_and(|t| htc_shared::protocol::decode_client(t).is_ok())
             || htc_shared::protocol::decode_binary(&data).is_ok();
@@ -42,7 +45,7 @@ fn protocol_inputs() {
 
 #[test]
 fn image_inputs() {
-    for (p, data) in run("image", htc_shared::fuzz::image) {
+    for (p, data) in run("image", entry::image) {
         let img = htc_shared::preprocess::decode_image(&data, Default::default());
         assert!(img.is_ok(), "seed {} does not decode: {:?}", p.display(), img.err());
     }
@@ -50,14 +53,14 @@ fn image_inputs() {
 
 #[test]
 fn config_inputs() {
-    for (p, data) in run("config", htc_shared::fuzz::config) {
+    for (p, data) in run("config", entry::config) {
         assert!(serde_json::from_slice::<serde_json::Value>(&data).is_ok(), "{} is not JSON", p.display());
     }
 }
 
 #[test]
 fn gguf_inputs() {
-    for (p, data) in run("gguf", htc_worker::formats::fuzz::gguf) {
+    for (p, data) in run("gguf", entry::gguf) {
         let g = htc_worker::formats::gguf::GgufFile::from_bytes(data).unwrap();
         let cfg = g.llama_config().unwrap();
         assert_eq!((cfg.hidden_size, cfg.num_hidden_layers), (8, 1), "{}", p.display());
@@ -70,7 +73,7 @@ fn gguf_inputs() {
 
 #[test]
 fn safetensors_inputs() {
-    for (p, data) in run("safetensors", htc_worker::formats::fuzz::safetensors) {
+    for (p, data) in run("safetensors", entry::safetensors) {
         assert!(safetensors::SafeTensors::deserialize(&data).is_ok(), "{}", p.display());
     }
 }
@@ -89,5 +92,5 @@ fn gguf_sizes_that_overflow_are_refused() {
     let g = htc_worker::formats::gguf::GgufFile::from_bytes(bad).unwrap();
     let e = g.dequantize("blk.0.attn_q.weight").unwrap_err().to_string();
     assert!(e.contains("lies outside the GGUF file"), "{e}");
-    htc_worker::formats::fuzz::gguf(&seed);
+    entry::gguf(&seed);
 }

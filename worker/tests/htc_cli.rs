@@ -148,5 +148,5 @@ fn bad_init_and_ask_inputs_are_named() {
         String::from_utf8_lossy(&r.stderr)
     );
     let r = init("llava-hf-tiny", "sideways", &tmp("bad-mode"), &[]);
-    assert!(String::from_utf8_lossy(&r.stderr).contains("unknown --mode `sideways`"));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("invalid value 'sideways' for '--mode"));
 }

@@ -67,16 +67,15 @@ fn super_uses(text: &str, module: &[String]) -> Vec<String> {
     let mut rest = text;
     while let Some(i) = rest.find("super::") {
         let before = rest[..i].chars().last();
-        let after_prev = &rest[i..];
-        rest = &rest[i + "super::".len()..];
-        if before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':') {
-            continue; // the second and later links of a chain, or e.g. `my_super::`
-        }
         let mut ups = 0;
-        let mut tail = after_prev;
+        let mut tail = &rest[i..];
         while let Some(t) = tail.strip_prefix("super::") {
             ups += 1;
             tail = t;
+        }
+        rest = tail;
+        if before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':') {
+            continue; // e.g. `my_super::`, or `self::super::`
         }
         let name: String = tail.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
         if ups < module.len() {

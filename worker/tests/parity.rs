@@ -9,8 +9,8 @@ use common::{assert_close, fixtures, to_vec, Expected};
 use htc_worker::backend::{self, Backend};
 use htc_worker::formats::checkpoint::{AnyModel, Snapshot};
 use htc_worker::formats::{Loader, WeightSource};
-use htc_worker::models::clip::{ClipVision, Config as ClipConfig};
 use htc_worker::kernels::kv_cache::KvDtype;
+use htc_worker::models::clip::{ClipVision, Config as ClipConfig};
 use htc_worker::models::llama::{Llama, Step};
 
 const TOL: f32 = 1e-4;

@@ -8,8 +8,8 @@ use burn::tensor::{Distribution, Tensor};
 
 use crate::backend::{self, Backend};
 use crate::formats::Loader;
-use crate::models::llama::{KvCache, Llama, Step};
 use crate::kernels::linear::SPLIT_MAX_ROWS;
+use crate::models::llama::{KvCache, Llama, Step};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
@@ -65,7 +65,7 @@ fn time<F: FnMut()>(reps: usize, mut f: F) -> f64 {
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
-    println!("backend: {}", backend::name());
+    outln!("backend: {}", backend::name());
     match args.suite.as_str() {
         "backend" => backend_suite(&args),
         "htc" => htc_suite(&args),
@@ -154,7 +154,7 @@ fn htc_suite(args: &BenchArgs) -> Result<()> {
             codes: None,
         };
         let reps = args.reps.min(3);
-        println!("HTC {name}");
+        outln!("HTC {name}");
         let compress = time(reps, || {
             let _ = model.compress(&img).expect("compress");
         });
@@ -165,9 +165,9 @@ fn htc_suite(args: &BenchArgs) -> Result<()> {
         let cached = time(reps, || {
             let _ = model.answer_logits(&c, &question).expect("answer").into_data();
         });
-        println!("  compress (CLIP + MGVQ + 582-token prefix): {:.1} ms", compress * 1e3);
-        println!("  answer 32 tokens, full sequence (no cache): {:.1} ms", full * 1e3);
-        println!(
+        outln!("  compress (CLIP + MGVQ + 582-token prefix): {:.1} ms", compress * 1e3);
+        outln!("  answer 32 tokens, full sequence (no cache): {:.1} ms", full * 1e3);
+        outln!(
             "  answer 32 tokens from the compressed image: {:.1} ms  ({:.1}x faster than the full sequence)",
             cached * 1e3,
             full / cached
@@ -184,7 +184,7 @@ fn backend_suite(args: &BenchArgs) -> Result<()> {
         let s = time(args.reps, || {
             let _ = a.clone().matmul(b.clone()).into_data();
         });
-        println!("matmul {n}x{n}: {:.3} ms  ({:.1} GFLOP/s)", s * 1e3, 2.0 * (n as f64).powi(3) / s / 1e9);
+        outln!("matmul {n}x{n}: {:.3} ms  ({:.1} GFLOP/s)", s * 1e3, 2.0 * (n as f64).powi(3) / s / 1e9);
     }
     let cfg = htc_shared::config::LlamaConfig::from_json(&serde_json::json!({
         "vocab_size": 32000, "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 4,
@@ -201,7 +201,7 @@ fn backend_suite(args: &BenchArgs) -> Result<()> {
     let cores = rayon::current_num_threads();
     for split in [1, cores] {
         let llm = llm.clone().with_row_split(split);
-        println!("-- products of at most {SPLIT_MAX_ROWS} rows split over {split} thread(s)");
+        outln!("-- products of at most {SPLIT_MAX_ROWS} rows split over {split} thread(s)");
         decoder_suite(&llm, args.reps);
     }
     let w = Tensor::<Backend, 2>::random([cfg.hidden_size, 32000], Distribution::Default, &device);
@@ -209,12 +209,12 @@ fn backend_suite(args: &BenchArgs) -> Result<()> {
     let s = time(args.reps, || {
         let _ = x.clone().matmul(w.clone()).into_data();
     });
-    println!("2D matvec 1x576 * 576x32000: {:.2} ms", s * 1e3);
+    outln!("2D matvec 1x576 * 576x32000: {:.2} ms", s * 1e3);
     let x8 = Tensor::<Backend, 2>::random([8, cfg.hidden_size], Distribution::Default, &device);
     let s = time(args.reps, || {
         let _ = x8.clone().matmul(w.clone()).into_data();
     });
-    println!("2D matmul 8x576 * 576x32000: {:.2} ms", s * 1e3);
+    outln!("2D matmul 8x576 * 576x32000: {:.2} ms", s * 1e3);
     host_attention(args.reps);
     Ok(())
 }
@@ -242,7 +242,7 @@ fn host_attention(reps: usize) {
         });
         let ratio = first.map_or(String::new(), |f: f64| format!(" ({:.2}x the first)", t / f));
         first.get_or_insert(t);
-        println!(
+        outln!(
             "host attention over {s} cached positions, {layers} layers of SmolLM2's shape, {threads} threads, {isa:?}: {:.2} ms per token{ratio}",
             t * 1e3
         );
@@ -272,7 +272,7 @@ fn decoder_suite(llm: &Llama<Backend>, reps: usize) {
         o.hidden
     };
     let s = time(reps, || prefill(128, &mut llm.new_cache()));
-    println!("SmolLM2-width decoder, 4 layers, prefill 128 tokens: {:.2} ms", s * 1e3);
+    outln!("SmolLM2-width decoder, 4 layers, prefill 128 tokens: {:.2} ms", s * 1e3);
     let mut cache = llm.new_cache();
     prefill(128, &mut cache);
     let mut pos = 128;
@@ -280,7 +280,7 @@ fn decoder_suite(llm: &Llama<Backend>, reps: usize) {
         let _ = llm.logits(decode(pos, &mut cache)).into_data();
         pos += 1;
     });
-    println!("SmolLM2-width decoder, 4 layers, one cached decode step + logits: {:.2} ms", s * 1e3);
+    outln!("SmolLM2-width decoder, 4 layers, one cached decode step + logits: {:.2} ms", s * 1e3);
     // Decoding should cost about the same at any context length: time one step (decoder
     // alone) after prefills of growing length.
     for ctx in [16usize, 512, 2000] {
@@ -291,18 +291,18 @@ fn decoder_suite(llm: &Llama<Backend>, reps: usize) {
             let _ = decode(pos, &mut cache).into_data();
             pos += 1;
         });
-        println!("SmolLM2-width decoder, 4 layers, one decode step at context {ctx}: {:.2} ms", s * 1e3);
+        outln!("SmolLM2-width decoder, 4 layers, one decode step at context {ctx}: {:.2} ms", s * 1e3);
     }
     let s = time(reps, || {
         let _ = decode(0, &mut llm.new_cache()).into_data();
     });
-    println!("decoder alone, one token, empty cache: {:.2} ms", s * 1e3);
+    outln!("decoder alone, one token, empty cache: {:.2} ms", s * 1e3);
     let h =
         Tensor::<Backend, 3>::random([1, 1, llm.config().hidden_size], Distribution::Default, &llm.device());
     let s = time(reps, || {
         let _ = llm.logits(h.clone()).into_data();
     });
-    println!("lm_head alone (576 -> 32000, one token): {:.2} ms", s * 1e3);
+    outln!("lm_head alone (576 -> 32000, one token): {:.2} ms", s * 1e3);
 }
 
 /// The prompt token ids every side of the LLM benchmark feeds (`bench/bench-llm.sh` gives
@@ -321,7 +321,7 @@ fn llm_suite(args: &BenchArgs) -> Result<()> {
     let snap = Snapshot::<Backend>::open(path, &device)?;
     let base = snap.model.llm().clone();
     let c = base.config().clone();
-    println!(
+    outln!(
         "model: {} ({} layers, width {}, vocab {}), {}, key/value cache {} when decoding on the host, {} threads",
         path.display(),
         c.num_hidden_layers,
@@ -337,7 +337,7 @@ fn llm_suite(args: &BenchArgs) -> Result<()> {
     let bytes = params * if backend::dtype() == backend::Dtype::F32 { 4 } else { 2 };
     let threads = backend::row_split();
     let s = read_once(bytes, threads, args.reps);
-    println!(
+    outln!(
         "llm weights read once, {bytes} bytes (a decoding step's reads from memory, as a plain sum) [{threads} threads]: {:.2} ms, {:.1} GB/s",
         s * 1e3,
         bytes as f64 / s / 1e9
@@ -409,7 +409,7 @@ fn llm_runs(base: &Llama<Backend>, splits: &[usize], reps: usize) {
             let s = time(reps, || {
                 let _ = prefill(n);
             });
-            println!("llm prefill {n} tokens [{tag}]: {:.1} ms, {:.1} tok/s", s * 1e3, n as f64 / s);
+            outln!("llm prefill {n} tokens [{tag}]: {:.1} ms, {:.1} tok/s", s * 1e3, n as f64 / s);
         }
         for ctx in [128usize, 512, 2000] {
             if ctx + 64 > c.max_position_embeddings {
@@ -428,7 +428,7 @@ fn llm_runs(base: &Llama<Backend>, splits: &[usize], reps: usize) {
                 let _ = llm.logits(o.hidden).into_data();
             }
             let s = t.elapsed().as_secs_f64() / feed.len() as f64;
-            println!("llm decode at context {ctx} [{tag}]: {:.2} ms/token, {:.1} tok/s", s * 1e3, 1.0 / s);
+            outln!("llm decode at context {ctx} [{tag}]: {:.2} ms/token, {:.1} tok/s", s * 1e3, 1.0 / s);
         }
         // The server's micro-batched decoding: 4 sequences with contexts of 128..512 tokens
         // advanced together, 32 steps, every row's logits read back.
@@ -443,7 +443,7 @@ fn llm_runs(base: &Llama<Backend>, splits: &[usize], reps: usize) {
                 let _ = llm.decode_batch(&ids, &positions, &mut caches).into_data();
             }
             let s = t.elapsed().as_secs_f64() / feed.len() as f64;
-            println!(
+            outln!(
                 "llm batched decode, 4 sequences at contexts 128-512 [{tag}]: {:.2} ms/step, {:.1} tok/s in all",
                 s * 1e3,
                 4.0 / s

@@ -121,7 +121,7 @@ fn build(a: &E2eArgs) -> Result<(Htc<Backend>, LlamaConfig, f64)> {
         .with_kv_dtype(crate::runtime::kv_dtype());
     Backend::sync(&device).map_err(|e| anyhow::anyhow!("device sync failed: {e:?}"))?;
     let init_s = t.elapsed().as_secs_f64();
-    println!(
+    outln!(
         "model: {} shape (CLIP {}w/{}L @336, LLM {}w/{}L, vocab {}), random weights, {}, backend {}, built in {:.1} s",
         a.shape,
         s.vision.hidden_size,
@@ -183,7 +183,7 @@ pub fn memory(a: E2eArgs) -> Result<()> {
     let answer_s = t.elapsed().as_secs_f64();
     let peak = peak_rss_mib();
     let mib = |x: Option<f64>| x.map_or("unknown".to_string(), |v| format!("{v:.0} MiB"));
-    println!(
+    outln!(
         "dtype {}: {:.2} B parameters, {stored:.2} GiB stored; peak resident memory {} after building, {} after one \
          answer (a new image compressed, {} question tokens, {} new tokens; {answer_s:.1} s)",
         backend::dtype().name(),
@@ -218,7 +218,7 @@ pub fn run(a: E2eArgs) -> Result<()> {
     };
     let (question, feed) = (ids(a.question_tokens), ids(a.new_tokens));
     let mut out = a.json.map(std::fs::File::create).transpose()?;
-    println!(
+    outln!(
         "{:<6} {:>7} {:>9} {:>8} {:>10} {:>10} {:>11} {:>9} {:>12} {:>10}",
         "mode",
         "prefix",
@@ -292,7 +292,7 @@ pub fn run(a: E2eArgs) -> Result<()> {
         };
         let prefix_len = m.layout(0).len();
         let ms = |x: f64| format!("{:.1}", x * 1e3);
-        println!(
+        outln!(
             "{:<6} {:>7} {:>9} {:>8} {:>10} {:>10} {:>11} {:>9} {:>12} {:>10.1}",
             name,
             prefix_len,
@@ -320,7 +320,7 @@ pub fn run(a: E2eArgs) -> Result<()> {
             )?;
         }
     }
-    println!(
+    outln!(
         "columns: ms per call; prefix = tokens before the question; llm prefill = the prefix's embeddings through the LLM \
          into the kept cache (with the <voco> attention maps); ttft new = the image from its pixels (encoders, projection, prefill) + {} question tokens + first logits; \
          ttft cached = the same on the compressed image; decode = {} steps after the question, logits read back",
@@ -329,7 +329,7 @@ pub fn run(a: E2eArgs) -> Result<()> {
     );
     let peak = peak_rss_mib();
     if let Some(p) = peak {
-        println!("peak resident memory: {p:.0} MiB");
+        outln!("peak resident memory: {p:.0} MiB");
     }
     if let Some(f) = out.as_mut() {
         writeln!(f, "{}", json!({"side": "htc", "peak_rss_mib": peak, "init_s": init_s}))?;

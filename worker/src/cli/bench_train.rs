@@ -155,7 +155,7 @@ pub fn run(shape: &str, steps: usize, threads: usize) -> Result<()> {
         loss = r.loss;
     }
     let dt = t.elapsed().as_secs_f64() / steps as f64;
-    println!(
+    outln!(
         "train {} [{}, {threads} thread(s)]: batch {} x {} tokens, {:.1} ms/step, {:.2} samples/s, {:.0} tokens/s, peak RSS {:.0} MiB (after warm-up {:.0}), loss {:.3}",
         s.name,
         backend::name(),

@@ -67,7 +67,7 @@ pub fn run(cmd: DataCmd) -> Result<()> {
                 a.describe,
             )?;
             let families: Vec<String> = s.per_family.iter().map(|(f, n)| format!("{f} {n}")).collect();
-            println!(
+            outln!(
                 "wrote {} images and {} records to {} ({})",
                 s.images,
                 s.records,
@@ -91,7 +91,7 @@ pub fn run(cmd: DataCmd) -> Result<()> {
             }
             let tok = crate::text::vocab::word_level(texts.iter().map(String::as_str))?;
             tok.save(&a.out, true).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", a.out.display()))?;
-            println!("wrote {} ({} tokens)", a.out.display(), tok.get_vocab_size(true));
+            outln!("wrote {} ({} tokens)", a.out.display(), tok.get_vocab_size(true));
             Ok(())
         }
     }

@@ -31,15 +31,15 @@ pub struct EvalArgs {
     pub max_new_tokens: usize,
     /// Answer in this mode instead of the checkpoint's own: none, voco, htc, discrete, avgpool
     /// (an ablation: the weights are the checkpoint's, trained in its own mode).
-    #[arg(long)]
-    pub mode: Option<String>,
+    #[arg(long, value_enum)]
+    pub mode: Option<super::Mode>,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {
-    let mode = a.mode.as_deref().map(super::parse_mode).transpose()?;
+    let mode = a.mode.map(Into::into);
     let items = read_items(&a.data, &a.images)?;
     let model_id = a.model.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
     let mut out = std::io::BufWriter::new(
@@ -63,9 +63,9 @@ pub fn run(a: EvalArgs) -> Result<()> {
     })?;
     out.flush()?;
     bar.finish_and_clear();
-    println!("answered {} questions into {}", items.len(), a.out.display());
+    outln!("answered {} questions into {}", items.len(), a.out.display());
     if score.total > 0 {
-        print!("{}", score.report());
+        out!("{}", score.report());
     }
     Ok(())
 }

@@ -51,8 +51,8 @@ pub struct InitArgs {
     pub mgvq_config: String,
     #[arg(long)]
     pub out: PathBuf,
-    #[arg(long, default_value = "htc")]
-    pub mode: String,
+    #[arg(long, value_enum, default_value_t = super::Mode::Htc)]
+    pub mode: super::Mode,
     #[arg(long, default_value_t = 4)]
     pub n_discrete: usize,
     #[arg(long, default_value_t = 1)]
@@ -111,7 +111,7 @@ pub fn run(a: InitArgs) -> Result<()> {
     let (Some(llava_dir), Some(mgvq_path)) = (&a.llava, &a.mgvq) else {
         return scratch(&a, half);
     };
-    let mode: HtcMode = super::parse_mode(&a.mode)?;
+    let mode: HtcMode = a.mode.into();
     let topology: Topology = a.topology.parse()?;
     let mgvq_cfg = if a.mgvq_config == "f16c32_g8" {
         mgvq::Config::f16c32_g8()

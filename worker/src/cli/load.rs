@@ -84,7 +84,7 @@ pub fn run(a: LoadArgs) -> Result<()> {
         None => None,
     };
     let r = summarise(&cfg, &done, expected.as_ref());
-    println!(
+    outln!(
         "{} clients, {} questions: {} answered, {} lost, {} mixed up, {} retried\n\
          latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; {:.1} answers/s over {:.1} s; cache hit rate {:.1}%",
         r.clients,
@@ -103,7 +103,7 @@ pub fn run(a: LoadArgs) -> Result<()> {
     let mut errors: Vec<_> = r.errors.iter().collect();
     errors.sort();
     for (what, n) in errors {
-        println!("  failed attempts, {what}: {n} (retried)");
+        outln!("  failed attempts, {what}: {n} (retried)");
     }
     if let Some(p) = &a.json {
         std::fs::write(p, serde_json::to_string_pretty(&r)?)

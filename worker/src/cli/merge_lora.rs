@@ -31,6 +31,6 @@ pub fn run(a: MergeLoraArgs) -> Result<()> {
     }
     model.llava.llm = model.llava.llm.merged();
     write_model_dir(&a.out, &a.model, &model, &snap.names, None)?;
-    println!("merged the LoRA adapters of {} into {}", a.model.display(), a.out.display());
+    outln!("merged the LoRA adapters of {} into {}", a.model.display(), a.out.display());
     Ok(())
 }

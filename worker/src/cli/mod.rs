@@ -4,6 +4,25 @@
 //! [`merge_lora`], [`serve`], [`load`], [`bench`]). Parsing and dispatch only; the work
 //! happens in `runtime`, `train`, `server` and `formats`.
 
+/// `println!` for the subcommands' output, returning the write's error instead of panicking
+/// when stdout is closed early (`htc ... | head`); [`is_broken_pipe`] tells `main` to stop
+/// quietly then. Use in functions returning `anyhow::Result`.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*)?
+    }};
+}
+
+/// `print!` counterpart of `outln!`.
+#[allow(unused_macros)]
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout(), $($arg)*)?
+    }};
+}
+
 pub mod ask;
 pub mod bench;
 pub mod bench_e2e;
@@ -21,6 +40,15 @@ pub mod train_tokenizer;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+
+/// Whether `e` comes from writing to a pipe whose reader has gone (`htc ... | head`): the
+/// command's output was cut short on purpose, which is not a failure. The server never
+/// writes to stdout, so its own broken connections stay errors.
+pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
 
 #[derive(Parser)]
 #[command(name = "htc", version, about = "HTC-VLM worker: ask questions about images, serve the web UI")]
@@ -98,7 +126,29 @@ impl Cli {
 }
 
 /// A `--mode` value (`htc init`, `htc train`, `htc eval`): one of the modes HTC configs name.
-pub fn parse_mode(m: &str) -> Result<htc_shared::config::HtcMode> {
-    serde_json::from_value(serde_json::json!(m))
-        .map_err(|_| anyhow::anyhow!("unknown --mode `{m}` (none, voco, htc, discrete, avgpool)"))
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// All patch tokens visible (vanilla LLaVA, the upper bound).
+    None,
+    /// Continuous only (VoCo-LLaMA).
+    Voco,
+    /// Discrete anchors and patches through `<voco>` (the paper).
+    Htc,
+    /// Discrete anchors only.
+    Discrete,
+    /// The patches average-pooled.
+    Avgpool,
+}
+
+impl From<Mode> for htc_shared::config::HtcMode {
+    fn from(m: Mode) -> Self {
+        use htc_shared::config::HtcMode as H;
+        match m {
+            Mode::None => H::None,
+            Mode::Voco => H::Voco,
+            Mode::Htc => H::Htc,
+            Mode::Discrete => H::Discrete,
+            Mode::Avgpool => H::Avgpool,
+        }
+    }
 }

@@ -73,7 +73,7 @@ pub fn run(a: PretrainVisionArgs) -> Result<()> {
             acc.join(", ")
         }
     };
-    println!(
+    outln!(
         "pretrained the vision tower {} steps in {:.0} s: final loss {:.4}; held-out cell accuracy per patch: {}; \
          from the mean patch feature: {}; wrote {}",
         s.steps,

@@ -35,9 +35,9 @@ pub fn run(a: TokenizeArgs) -> Result<()> {
     let e = enc.encode(x)?;
     let side = c.latent_side();
     if a.json {
-        println!("{}", serde_json::json!({"side": side, "groups": c.groups, "codes": e.codes}));
+        outln!("{}", serde_json::json!({"side": side, "groups": c.groups, "codes": e.codes}));
     } else {
-        println!(
+        outln!(
             "{side}x{side} positions, {} groups of {} codes (one `g0.g1...` per position):",
             c.groups,
             c.codes_per_group()
@@ -45,7 +45,7 @@ pub fn run(a: TokenizeArgs) -> Result<()> {
         for row in e.codes.chunks(side) {
             let cells: Vec<String> =
                 row.iter().map(|p| p.iter().map(u16::to_string).collect::<Vec<_>>().join(".")).collect();
-            println!("{}", cells.join(" "));
+            outln!("{}", cells.join(" "));
         }
     }
     if let Some(out) = &a.recon {

@@ -30,8 +30,8 @@ pub struct TrainArgs {
     /// Train in this mode instead of the checkpoint's (none, voco, htc, discrete, avgpool);
     /// the checkpoints record it. A curriculum: `none` first (the LLM learns to read the
     /// patches), then `htc` (it learns to read them through <voco>).
-    #[arg(long)]
-    pub mode: Option<String>,
+    #[arg(long, value_enum)]
+    pub mode: Option<super::Mode>,
     /// Validation data (same format); its loss is logged every --eval-every steps.
     #[arg(long, requires = "val_images")]
     pub val_data: Option<PathBuf>,
@@ -165,7 +165,7 @@ impl TrainArgs {
             val: self.val_data.clone().zip(self.val_images.clone()),
             out: self.out.clone(),
             trainable: Trainable::parse(&self.train)?,
-            mode: self.mode.as_deref().map(super::parse_mode).transpose()?,
+            mode: self.mode.map(Into::into),
             lora: match self.lora_rank {
                 Some(rank) => {
                     let l = LoraConfig {
@@ -213,7 +213,7 @@ impl TrainArgs {
 pub fn run(a: TrainArgs) -> Result<()> {
     let cfg = a.config()?;
     let s = run_training::<Autodiff<Backend>>(&cfg, &backend::device())?;
-    println!(
+    outln!(
         "trained {} steps on {} examples ({} skipped); final loss {:.4}; checkpoint {}",
         s.steps,
         s.examples,

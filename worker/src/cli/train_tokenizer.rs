@@ -94,7 +94,7 @@ pub fn run(a: TrainTokenizerArgs) -> Result<()> {
         progress: !a.quiet,
     };
     let s = train::<Autodiff<Backend>>(&r, &backend::device())?;
-    println!(
+    outln!(
         "trained the tokenizer {} steps in {:.0} s: held-out reconstruction MSE {:.5}, code perplexity {:.1} \
          per group, {} of {} codes unused on held-out images, {} restarts; wrote {}",
         s.steps,

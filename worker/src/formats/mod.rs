@@ -8,13 +8,11 @@
 //! - [`random`]: random weights in the llava-hf key layout (demo model, benchmarks, tests).
 //! - [`write`]: streaming safetensors writer.
 //! - [`encoder`]: the MGVQ encoder's weights as one file for pages that run it themselves.
-//! - [`fuzz`]: the fuzz targets' entry points for the GGUF and safetensors readers.
 //!
 //! Reading and writing files only: no decoding, serving or command-line parsing here.
 
 pub mod checkpoint;
 pub mod encoder;
-pub mod fuzz;
 pub mod gguf;
 pub mod random;
 pub mod write;

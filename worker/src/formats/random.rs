@@ -68,13 +68,6 @@ impl Gen {
     }
 }
 
-/// Random llava-hf-layout weights for `c` (unit-scale).
-pub fn random_llava(c: &Config, seed: u64) -> WeightSource {
-    let mut g = Gen::new(seed, Init::UnitScale);
-    llava_into(&mut g, c);
-    WeightSource::Memory(g.map)
-}
-
 fn llava_into(g: &mut Gen, c: &Config) {
     let v = &c.vision;
     let vp = "vision_tower.vision_model";

@@ -17,8 +17,6 @@ const PREFILL_BLOCK_SCORES: usize = 1 << 18;
 /// Query rows per key/value head up to which attention scores are computed as `K qᵀ`.
 const DECODE_ROWS: usize = 16;
 
-
-
 /// Cached positions from which a decoding step's attention is split over threads (measured:
 /// SmolLM2 gains 1% at 128 positions, 7% at 512, 31% at 2,000; a model with a few cached
 /// positions loses to the dispatch).
@@ -117,77 +115,77 @@ pub fn attend<B: Backend>(
     let one_mask_row = mask.as_ref().is_none_or(|m| m.dims()[1] == 1);
     let keys = ks.iter().map(|k| k.dims()[2]).sum::<usize>();
     let long = keys >= ATTENTION_SPLIT_MIN;
-    let (scored, probs) =
-        if split.heads && threads > 1 && b == 1 && rep * tq <= DECODE_ROWS && one_mask_row && long {
-            let bounds: Vec<(usize, usize)> =
-                (0..threads).map(|i| (i * kvh / threads, (i + 1) * kvh / threads)).collect();
-            let heads = |parts: &[Tensor<B, 4>], a: usize, e: usize| -> Vec<Tensor<B, 4>> {
-                parts
-                    .iter()
-                    .map(|x| {
-                        let [xb, _, w, d] = x.dims();
-                        x.clone().slice([0..xb, a..e, 0..w, 0..d])
-                    })
-                    .collect()
-            };
-            // On the team the step's products run on (see `super::team`).
-            let groups: Vec<(Tensor<B, 4>, Tensor<B, 4>)> = super::team::map(threads, |i| {
-                let (a, e) = bounds[i];
-                let qg = q.clone().slice([0..b, a * rep..e * rep, 0..tq, 0..hd]);
-                grouped_attention(
-                    qg,
-                    Keys::Rows(&heads(&ks, a, e)),
-                    &heads(&vs, a, e),
-                    mask.clone(),
-                    rep,
-                    true,
-                )
-            });
-            let (scored, probs): (Vec<_>, Vec<_>) = groups.into_iter().unzip();
-            (Tensor::cat(scored, 1), vec![Tensor::cat(probs, 1)])
-        } else if shape.threads > 1 && b == 1 && tq > DECODE_ROWS {
-            // A prefill on a CPU backend: blocks of query rows, each block's scores small
-            // enough to stay in cache through the mask, softmax and product with the values,
-            // the blocks on rayon's pool (the elementwise kernels run on one core each, and
-            // the whole score matrix of a long prompt passes through memory several times).
-            let threads = shape.threads;
-            let rows = (PREFILL_BLOCK_SCORES / (h * keys)).max(DECODE_ROWS).min(tq.div_ceil(threads));
-            let blocks: Vec<(usize, usize)> =
-                (0..tq).step_by(rows).map(|a| (a, (a + rows).min(tq))).collect();
-            // The keys transposed once for all blocks (each block's product would copy them).
-            let kts: Vec<Tensor<B, 4>> =
-                ks.iter().map(|k| super::ops::rows_owned(k.clone().swap_dims(2, 3))).collect();
-            // Under the causal mask a block's rows see the keys up to its last row's
-            // position only: the block attends to those (their keys and values copied, a
-            // fraction of the scores it no longer computes) under a causal mask of its own.
-            let past = keys - t;
-            let done: Vec<(Tensor<B, 4>, Tensor<B, 4>)> = blocks
-                .par_iter()
-                .map(|&(a, e)| {
-                    let qb = q.clone().slice([0..b, 0..h, a..e, 0..hd]);
-                    let seen = past + n + e;
-                    if split.causal && kts.len() == 1 && seen < keys {
-                        let kt = kts[0].clone().slice([0..b, 0..kvh, 0..hd, 0..seen]);
-                        let v = vs[0].clone().slice([0..b, 0..kvh, 0..seen, 0..hd]);
-                        let mb = causal_mask::<B>(e - a, past + n + a, &q.device()).unsqueeze::<4>();
-                        return grouped_attention(qb, Keys::Transposed(&[kt]), &[v], Some(mb), rep, true);
-                    }
-                    let mb = mask.as_ref().map(|m| {
-                        let [mb, mh, _, ms] = m.dims();
-                        m.clone().slice([0..mb, 0..mh, a..e, 0..ms])
-                    });
-                    grouped_attention(qb, Keys::Transposed(&kts), &vs, mb, rep, true)
+    let (scored, probs) = if split.heads
+        && threads > 1
+        && b == 1
+        && rep * tq <= DECODE_ROWS
+        && one_mask_row
+        && long
+    {
+        let bounds: Vec<(usize, usize)> =
+            (0..threads).map(|i| (i * kvh / threads, (i + 1) * kvh / threads)).collect();
+        let heads = |parts: &[Tensor<B, 4>], a: usize, e: usize| -> Vec<Tensor<B, 4>> {
+            parts
+                .iter()
+                .map(|x| {
+                    let [xb, _, w, d] = x.dims();
+                    x.clone().slice([0..xb, a..e, 0..w, 0..d])
                 })
-                .collect();
-            let (scored, probs): (Vec<_>, Vec<_>) = done.into_iter().unzip();
-            (Tensor::cat(scored, 2), probs)
-        } else {
-            let (o, p) = grouped_attention(q, Keys::Rows(&ks), &vs, mask, rep, false);
-            (o, vec![p])
+                .collect()
         };
+        // On the team the step's products run on (see `super::team`).
+        let groups: Vec<(Tensor<B, 4>, Tensor<B, 4>)> = super::team::map(threads, |i| {
+            let (a, e) = bounds[i];
+            let qg = q.clone().slice([0..b, a * rep..e * rep, 0..tq, 0..hd]);
+            grouped_attention(qg, Keys::Rows(&heads(&ks, a, e)), &heads(&vs, a, e), mask.clone(), rep, true)
+        });
+        let (scored, probs): (Vec<_>, Vec<_>) = groups.into_iter().unzip();
+        (Tensor::cat(scored, 1), vec![Tensor::cat(probs, 1)])
+    } else if shape.threads > 1 && b == 1 && tq > DECODE_ROWS {
+        // A prefill on a CPU backend: blocks of query rows, each block's scores small
+        // enough to stay in cache through the mask, softmax and product with the values,
+        // the blocks on rayon's pool (the elementwise kernels run on one core each, and
+        // the whole score matrix of a long prompt passes through memory several times).
+        let threads = shape.threads;
+        let rows = (PREFILL_BLOCK_SCORES / (h * keys)).max(DECODE_ROWS).min(tq.div_ceil(threads));
+        let blocks: Vec<(usize, usize)> = (0..tq).step_by(rows).map(|a| (a, (a + rows).min(tq))).collect();
+        // The keys transposed once for all blocks (each block's product would copy them).
+        let kts: Vec<Tensor<B, 4>> =
+            ks.iter().map(|k| super::ops::rows_owned(k.clone().swap_dims(2, 3))).collect();
+        // Under the causal mask a block's rows see the keys up to its last row's
+        // position only: the block attends to those (their keys and values copied, a
+        // fraction of the scores it no longer computes) under a causal mask of its own.
+        let past = keys - t;
+        let done: Vec<(Tensor<B, 4>, Tensor<B, 4>)> = blocks
+            .par_iter()
+            .map(|&(a, e)| {
+                let qb = q.clone().slice([0..b, 0..h, a..e, 0..hd]);
+                let seen = past + n + e;
+                if split.causal && kts.len() == 1 && seen < keys {
+                    let kt = kts[0].clone().slice([0..b, 0..kvh, 0..hd, 0..seen]);
+                    let v = vs[0].clone().slice([0..b, 0..kvh, 0..seen, 0..hd]);
+                    let mb = causal_mask::<B>(e - a, past + n + a, &q.device()).unsqueeze::<4>();
+                    return grouped_attention(qb, Keys::Transposed(&[kt]), &[v], Some(mb), rep, true);
+                }
+                let mb = mask.as_ref().map(|m| {
+                    let [mb, mh, _, ms] = m.dims();
+                    m.clone().slice([0..mb, 0..mh, a..e, 0..ms])
+                });
+                grouped_attention(qb, Keys::Transposed(&kts), &vs, mb, rep, true)
+            })
+            .collect();
+        let (scored, probs): (Vec<_>, Vec<_>) = done.into_iter().unzip();
+        (Tensor::cat(scored, 2), probs)
+    } else {
+        let (o, p) = grouped_attention(q, Keys::Rows(&ks), &vs, mask, rep, false);
+        (o, vec![p])
+    };
     let v = vs.into_iter().next().expect("one part");
     let out = if n > 0 {
-        Tensor::cat(vec![repeat_kv(shape.heads / shape.kv_heads, v.slice([0..b, 0..kvh, 0..n, 0..hd])), scored], 2)
+        Tensor::cat(
+            vec![repeat_kv(shape.heads / shape.kv_heads, v.slice([0..b, 0..kvh, 0..n, 0..hd])), scored],
+            2,
+        )
     } else {
         scored
     };
@@ -260,7 +258,6 @@ pub struct Split {
     /// The probabilities are wanted back (on the host path they are otherwise not built).
     pub probs: bool,
 }
-
 
 /// Keys as [`grouped_attention`] takes them: runs of positions `[b, kvh, w_i, hd]`, or those
 /// runs transposed into tensors of their own, `[b, kvh, hd, w_i]` (for products of many query

@@ -70,11 +70,11 @@ impl<B: Backend> KvCache<B> {
     /// Every layer's places, in order.
     pub fn all_slots(&mut self) -> impl Iterator<Item = Slots<'_, B>> {
         let Self { layers, tails, hosts } = self;
-        layers
-            .iter_mut()
-            .zip(tails.iter_mut())
-            .zip(hosts.iter_mut())
-            .map(|((cache, tail), host)| Slots { cache, tail, host })
+        layers.iter_mut().zip(tails.iter_mut()).zip(hosts.iter_mut()).map(|((cache, tail), host)| Slots {
+            cache,
+            tail,
+            host,
+        })
     }
 
     /// Number of cached key positions.
@@ -124,7 +124,6 @@ pub struct Slots<'a, B: Backend> {
     pub(super) tail: &'a mut Option<Kv<B>>,
     pub(super) host: &'a mut Option<HostKv>,
 }
-
 
 /// Positions read (and, from f16, converted) at a time: a block of keys or values of a
 /// 64-wide head is 16 KB in f32, in the first-level cache while the query rows use it.

@@ -43,8 +43,11 @@ impl<B: Backend> Attention<B> {
         let k = split(flat_linear(&self.k_proj, x.clone()));
         let v = split(flat_linear(&self.v_proj, x));
         let scores = q.matmul(k.swap_dims(2, 3));
-        let attn =
-            if host { crate::kernels::host::host_softmax(scores, 1.0, None) } else { crate::kernels::ops::softmax_f32(scores, 3) };
+        let attn = if host {
+            crate::kernels::host::host_softmax(scores, 1.0, None)
+        } else {
+            crate::kernels::ops::softmax_f32(scores, 3)
+        };
         let out = attn.matmul(v).swap_dims(1, 2).reshape([b, n, d]);
         flat_linear(&self.out_proj, out)
     }

@@ -14,11 +14,11 @@ use htc_shared::loader::Loader;
 use htc_shared::params::ParamNames;
 
 use super::lora::{join_projections, split_last, Lora, Proj};
-use crate::kernels::attention::{self, Heads, Split};
 pub use crate::kernels::attention::causal_mask;
+use crate::kernels::attention::{self, Heads, Split};
 use crate::kernels::host;
-use crate::kernels::kv_cache::{KvDtype, Slots};
 pub use crate::kernels::kv_cache::KvCache;
+use crate::kernels::kv_cache::{KvDtype, Slots};
 use crate::kernels::linear::split_linear;
 use crate::kernels::ops::{rows_owned, x_sigmoid, Residual};
 pub use crate::kernels::rope::Rope;
@@ -78,7 +78,12 @@ impl<B: Backend> Attention<B> {
 
     /// The attention's heads and how it runs (see [`Heads`]).
     fn shape(&self) -> Heads {
-        Heads { heads: self.heads, kv_heads: self.kv_heads, threads: self.o_proj.split, kv_dtype: self.kv_dtype }
+        Heads {
+            heads: self.heads,
+            kv_heads: self.kv_heads,
+            threads: self.o_proj.split,
+            kv_dtype: self.kv_dtype,
+        }
     }
 
     /// Queries `[b, heads, t, hd]`, keys and values `[b, kv_heads, t, hd]` of `x: [b, t, d]`,
@@ -536,4 +541,3 @@ impl<B: Backend> Llama<B> {
         split_linear(&self.lm_head, hidden, self.split)
     }
 }
-
