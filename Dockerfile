@@ -9,7 +9,7 @@
 # read-only:
 #   docker run --rm -p 8080:8080 -v "$PWD/models/shapes-demo:/models/model:ro" htc-worker:cpu
 # The web app is not in the image: serve `dist/` (scripts/build-web.sh) from any static host or
-# embed the widget, pointed at this worker (see README, "The widget").
+# embed the widget, pointed at this worker (see docs/widget.md).
 
 ARG BUILD_BASE=rust:1.95-bookworm
 ARG RUN_BASE=debian:bookworm-slim

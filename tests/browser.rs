@@ -157,8 +157,8 @@ async fn ask(client: &fantoccini::Client, question: &str) -> String {
     client.find(Locator::Css("[aria-label='Answer']")).await.unwrap().text().await.unwrap()
 }
 
-/// Saves a screenshot of the page as `screenshots/NAME.png` (ignored by git; the README's
-/// copies are in docs/screenshots).
+/// Saves a screenshot of the page as `screenshots/NAME.png` (ignored by git; the copies the
+/// docs show are in docs/screenshots, see docs/browser.md#accessibility-and-screenshots).
 async fn screenshot(client: &fantoccini::Client, name: &str) {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("screenshots");
     std::fs::create_dir_all(&dir).unwrap();
@@ -939,8 +939,8 @@ async fn host_site(listener: tokio::net::TcpListener, html: String) {
 }
 
 /// A host page on another origin that embeds the widget with one module script and listens
-/// for its `htc-answer` events, under the strict Content-Security-Policy the README documents
-/// (`web/examples/host.html`).
+/// for its `htc-answer` events, under the strict Content-Security-Policy that
+/// docs/widget.md#the-host-pages-content-security-policy documents (`web/examples/host.html`).
 fn host_page(worker: std::net::SocketAddr) -> String {
     format!(
         r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><title>A host site</title>

@@ -66,7 +66,8 @@ pub fn channel_average<B: Backend>(x: Tensor<B, 4>, c_out: usize) -> Tensor<B, 4
 /// copies), in the order of candle's own im2col (the same results to the bit on the demo
 /// models; `tests/mgvq.rs` checks codes and latents). Written by hand for the CPU:
 /// burn-candle's `conv2d` builds its im2col element by element and copies a 1×1 convolution's
-/// input and output the same way, about a fifth of an encoding (336-px input: 270 → 217 ms).
+/// input and output the same way, a sizeable share of an encoding (see
+/// docs/performance.md#serving).
 /// The GPU backends keep their kernels, and the browser, whose memory the `k²` copies would
 /// take, keeps `conv2d`.
 fn conv<B: Backend>(c: &Conv2d<B>, x: Tensor<B, 4>, products: bool) -> Tensor<B, 4> {

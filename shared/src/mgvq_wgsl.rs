@@ -1,8 +1,9 @@
 //! The MGVQ encoder and grouped quantiser on WebGPU through the hand-written WGSL kernels of
-//! `shaders/mgvq.wgsl`, for one image: the page's measured alternative to burn-wgpu (see the
-//! README's "burn-wgpu or hand-written WGSL"). It reads the same checkpoint keys and walks the
-//! same config as [`crate::mgvq::Mgvq`], which stays the reference; the kernels are written by
-//! hand because that is the alternative being measured.
+//! `shaders/mgvq.wgsl`, for one image: the page's alternative to burn-wgpu, its default on
+//! WebGPU (see docs/browser.md#the-wgsl-kernels; figures in docs/performance.md#browser). It
+//! reads the same checkpoint keys and walks the same config as [`crate::mgvq::Mgvq`], which
+//! stays the reference; the kernels are written by hand, as the alternative to burn-wgpu's
+//! generated ones that the page offers beside them.
 //!
 //! [`WgslMgvq::load`] uploads the weights and records the whole forward pass once (a buffer per
 //! activation, a uniform and a bind group per dispatch); [`WgslMgvq::encode`] writes the pixels,

@@ -1,10 +1,10 @@
 //! The in-browser model runner: the model's MGVQ encoder and grouped quantiser, run in a Web
 //! Worker so the page stays responsive while it encodes, as the page asks
 //! ([`EncoderBackend`]): on WebGPU through the hand-written WGSL kernels of `shaders/`
-//! (`htc_shared::mgvq_wgsl`, the default: 2.9× faster per image than burn-wgpu on the
-//! headless browser's software adapter, and ready in 62 ms instead of 3.3 s), on WebGPU
-//! through burn-wgpu (the `htc_shared::mgvq` code the worker runs, compiled to wasm; the
-//! settings' `burn-wgpu`), or on the CPU (the same code on burn-ndarray in wasm).
+//! (`htc_shared::mgvq_wgsl`, the default: faster per image than burn-wgpu, and ready far
+//! sooner, since its few kernels compile quickly; see docs/performance.md#browser), on
+//! WebGPU through burn-wgpu (the `htc_shared::mgvq` code the worker runs, compiled to wasm;
+//! the settings' `burn-wgpu`), or on the CPU (the same code on burn-ndarray in wasm).
 //!
 //! - [`Request`] / [`Reply`]: the messages between the page and the Web Worker;
 //! - [`Runner`] (page side): starts the Web Worker (the `encoder` binary's `encoder.js` and

@@ -1,12 +1,14 @@
-//! Backend selection by cargo feature: `cuda` > `wgpu` > `candle` > `flex` > `ndarray` (the
-//! default).
+//! Backend selection by cargo feature: `cuda` > `wgpu` > `candle` > `flex` > `ndarray`; the
+//! default feature is `candle` (worker/Cargo.toml).
 
 #[cfg(feature = "cuda")]
 pub type Backend = burn::backend::Cuda;
 #[cfg(all(feature = "wgpu", not(feature = "cuda")))]
 pub type Backend = burn::backend::Wgpu;
+// burn-candle is deprecated upstream after 0.21; it is the fastest CPU backend here
+// (docs/performance.md#llm-on-the-cpu).
 #[cfg(all(feature = "candle", not(any(feature = "cuda", feature = "wgpu"))))]
-#[allow(deprecated)] // burn-candle is deprecated upstream after 0.21; measured fastest here.
+#[allow(deprecated)]
 pub type Backend = burn::backend::Candle<f32>;
 #[cfg(all(feature = "flex", not(any(feature = "cuda", feature = "wgpu", feature = "candle"))))]
 pub type Backend = burn::backend::Flex;
@@ -23,7 +25,7 @@ pub type Backend = burn::backend::NdArray<f32>;
     feature = "flex",
     feature = "ndarray"
 )))]
-compile_error!("enable one backend feature: ndarray (default), candle, flex, wgpu or cuda");
+compile_error!("enable one backend feature: candle (default), ndarray, flex, wgpu or cuda");
 
 /// The float precision the worker computes in (`--dtype`): weights, activations and the KV
 /// cache are stored in it; norms and softmax accumulate in f32 whatever it is (burn's
@@ -212,8 +214,8 @@ pub fn row_split() -> usize {
 /// Runs `f` on a thread of rayon's pool, the pool the CPU kernels and the decoder's split
 /// products run on: the calling thread then computes a share of each parallel product instead
 /// of sleeping until the pool's threads are done and being woken again, twice per product
-/// (measured on SmolLM2 decoding). For model work only: a thread blocked in `f` is one thread
-/// fewer for the pool.
+/// (see docs/performance.md#llm-on-the-cpu). For model work only: a thread blocked in `f` is
+/// one thread fewer for the pool.
 pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     rayon::scope(|_| f())
 }
@@ -224,14 +226,14 @@ pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 pub const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// Keeps the memory mimalloc frees committed for reuse, where by default it hands it back to
-/// the kernel 10 ms later. Every layer of a prefill allocates and frees the same large buffers
-/// (the attention scores of 2,000 tokens are 144 MB) about 200 ms apart, and got them back as
-/// fresh pages the kernel had to zero (`clear_page_erms`, 12% of a prefill's profile). Never
-/// handing memory back made prefill of 2,000 / 512 / 128 tokens 29% / 23% / 12% faster and
-/// decoding 7–10% (`htc bench --suite llm`, alternate runs; README "Freed memory stays with the
-/// worker"). The price: the process keeps its peak heap. mimalloc's own `MIMALLOC_PURGE_DELAY`
-/// (milliseconds) overrides this when set. Call it first thing in `main`, before any thread
-/// starts (mimalloc's option setter is not thread safe).
+/// the kernel after a purge delay of a few milliseconds. Every layer of a prefill allocates and frees
+/// the same large buffers (the attention scores of 2,000 tokens are 144 MB), further apart
+/// than that delay, and would get them back as fresh pages the kernel has to zero
+/// (`clear_page_erms`); keeping them makes prefill and decoding faster (figures in
+/// docs/performance.md#llm-on-the-cpu). The price: the process keeps its peak heap (see
+/// docs/performance.md#memory). mimalloc's own `MIMALLOC_PURGE_DELAY` (milliseconds)
+/// overrides this when set. Call it first thing in `main`, before any thread starts
+/// (mimalloc's option setter is not thread safe).
 pub fn keep_freed_memory() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         // SAFETY: a plain store into mimalloc's option table, made before other threads exist.

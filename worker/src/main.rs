@@ -6,9 +6,9 @@ use std::process::ExitCode;
 use clap::Parser;
 
 /// mimalloc keeps freed memory for reuse, where glibc's malloc returns the large buffers of
-/// every intermediate tensor to the kernel and takes page faults to get them back: prefill of
-/// 512 tokens ran 10% faster with it (`htc bench --suite llm`, README "Measurements"), and
-/// more once it keeps freed memory for good (`backend::keep_freed_memory`).
+/// every intermediate tensor to the kernel and takes page faults to get them back; it keeps
+/// it for good once told so (`backend::keep_freed_memory`). Figures in
+/// docs/performance.md#llm-on-the-cpu.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

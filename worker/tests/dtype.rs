@@ -110,9 +110,10 @@ fn auto_follows_the_checkpoints_dtype() {
 /// it gives in f32, except where f16 cannot tell the two best answers apart: an answer may
 /// differ only if its two best f32 first-token logits lie within one f16 step of each other
 /// (2^-7 for logits in [8, 16): in f16 they are then the same number, and the tie goes either
-/// way), and at most 6 of 300 (2%) at all. Measured: 2 of 300 such answers, with f32 gaps of 0.0015 and 0.0046 (logits about 11);
-/// 0 before the worker compressed an evaluation's images one per thread, which rounds the f16
-/// vision tower's products differently from one batch. And its MGVQ codes are the f32 ones
+/// way), and at most 6 of 300 (2%) at all. Measured: 2 of 300 such answers, with f32 gaps of
+/// 0.0015 and 0.0046 (logits about 11); which answers land on a tie depends on how the f16
+/// vision tower's products are rounded, so compressing the images one per thread rather than as
+/// one batch changes them. And its MGVQ codes are the f32 ones
 /// (the tokenizer stays in f32 under a half-precision model, so a browser's codes stay valid).
 #[test]
 fn the_demo_model_answers_the_same_in_f16() {

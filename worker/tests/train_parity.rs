@@ -52,10 +52,9 @@ const GRAD_REL: f32 = 1e-4;
 /// ndarray's bound follows from its gradient bound (see [`GRAD_REL`]) the way candle's does
 /// (half of it): 1e-3 before and after. Measured here with AVX-512: 6.8e-6 and 9.0e-6.
 ///
-/// (Earlier runs of this file saw ndarray's norm move by 2.2e-4 between two steps on unchanged
-/// parameters, and flex's by 2.9e-4, only in full test runs. That was burn-autodiff losing
-/// gradients while other tests ran backward passes at the same time, not the backends; see
-/// [`concurrent_training_steps_lose_no_gradient`].)
+/// (The bound leaves no room for gradients lost while other tests run backward passes at the
+/// same time: a step taken beside others must give the numbers of the same step taken alone,
+/// which [`concurrent_training_steps_lose_no_gradient`] checks.)
 #[cfg(feature = "ndarray")]
 const STEP_RTOL: (f64, f64) = (1e-3, 1e-3);
 #[cfg(not(feature = "ndarray"))]

@@ -1,8 +1,8 @@
 //! The size floor of a hand-written WGSL path for the page's encoder: the `wgpu` crate on
 //! WebGPU with one compute pipeline (a 9-tap convolution kernel), a dispatch and a read-back.
 //! `bench/wgsl-size-floor.sh` builds it like the page's wasm and prints its size, the floor
-//! a WGSL-only build of the page's encoder (`shaders/mgvq.wgsl`) would start from (README,
-//! "burn-wgpu or hand-written WGSL, measured").
+//! a WGSL-only build of the page's encoder (`shaders/mgvq.wgsl`) would start from (sizes in
+//! docs/performance.md#browser).
 
 use wasm_bindgen::prelude::*;
 

@@ -17,9 +17,9 @@ const PREFILL_BLOCK_SCORES: usize = 1 << 18;
 /// Query rows per key/value head up to which attention scores are computed as `K qᵀ`.
 const DECODE_ROWS: usize = 16;
 
-/// Cached positions from which a decoding step's attention is split over threads (measured:
-/// SmolLM2 gains 1% at 128 positions, 7% at 512, 31% at 2,000; a model with a few cached
-/// positions loses to the dispatch).
+/// Cached positions from which a decoding step's attention is split over threads: below this
+/// many the threads' dispatch costs more than the split attention saves, and the gain grows
+/// with the cache (see docs/performance.md#llm-on-the-cpu).
 const ATTENTION_SPLIT_MIN: usize = 256;
 
 /// The shape of a layer's attention and how it runs: `heads` query heads over `kv_heads`
@@ -396,7 +396,8 @@ fn run_values<B: Backend>(p: &Tensor<B, 4>, vs: &[Tensor<B, 4>]) -> Tensor<B, 4>
 /// The additive causal mask `[t, past + t]` for queries at positions `past..past + t`. Closed
 /// keys get `-inf` (every row keeps its own position open, so none is closed throughout):
 /// `exp` of `f32::MIN`, transformers' value, gives the same 0 but through libm's slow underflow
-/// path, about 3% of a SmolLM2 prefill.
+/// path, a cost paid for every closed key of a prefill (see
+/// docs/performance.md#llm-on-the-cpu).
 pub fn causal_mask<B: Backend>(t: usize, past: usize, device: &B::Device) -> Tensor<B, 2> {
     let s = past + t;
     let data: Vec<f32> = (0..t)

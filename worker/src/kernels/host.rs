@@ -243,9 +243,10 @@ pub fn host_softmax<B: Backend>(
 }
 
 /// `row <- softmax(row * scale + mask)`, in lanes of eight: wide's `f32x8` (the std library's
-/// `exp` is a scalar libm call, about a third of this function's time before, and its max and
-/// sum reductions are left scalar by the compiler, which may not reorder float additions). The
-/// row's tail is padded with `-inf`, which the max ignores and `exp` turns into 0.
+/// `exp` is a scalar libm call per element, a large share of a scalar softmax's time, and the
+/// compiler keeps max and sum reductions scalar, since it may not reorder float additions; see
+/// docs/performance.md#llm-on-the-cpu). The row's tail is padded with `-inf`, which the max
+/// ignores and `exp` turns into 0.
 pub(crate) fn softmax_row(row: &mut [f32], scale: f32, mask: Option<&[f32]>) {
     let (_, sum) = exp_row(row, scale, mask);
     let sum8 = f32x8::splat(sum);

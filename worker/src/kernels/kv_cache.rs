@@ -6,8 +6,8 @@
 //! ([`HostKv::attend`]).
 //!
 //! Why on the host: a decoding step's attention reads the whole cache once for the scores and
-//! once for the values, and at long contexts that traffic is what grows (SmolLM2 at 2,000
-//! positions: 92 MB per token in f32, beside 540 MB of weights). Held as burn tensors, the
+//! once for the values, and at long contexts that traffic is what grows, toward the size of
+//! the weights a step reads (sizes in docs/performance.md#memory). Held as burn tensors, the
 //! cache can only be read by burn's operations, so it could be neither stored in f16 and read
 //! as f32 on the fly (candle's f16 product converts whole panels first) nor scored without a
 //! matmul dispatch per head and range; and a step appended to it by concatenation. Here each

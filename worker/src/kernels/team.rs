@@ -3,19 +3,22 @@
 //! products instead of sleeping.
 //!
 //! Written here rather than taken from rayon (used everywhere else) because of how a decoding
-//! step is shaped: about 150 products of 50–200 µs each, with a few microseconds of
-//! elementwise work between them on the caller alone. rayon's idle workers go to sleep after a
-//! few yields and a sleeping one takes tens of microseconds to wake (a futex), so the second
-//! half of a product was often picked up late, or run by the caller after its own; waking and
-//! sleeping took about 12% of a SmolLM2 decoding profile. The crates that offer low-latency
-//! fork-join (chili's heartbeat scheduling) share work only at a heartbeat, too late for a
-//! 100 µs product. The helpers here spin for [`SPIN`] after each part, then park.
+//! step is shaped: many products (about 150 for SmolLM2), each a fraction of a millisecond,
+//! with a few microseconds of elementwise work between them on the caller alone. rayon's idle
+//! workers go to sleep after a few yields and a sleeping one takes tens of microseconds to
+//! wake (a futex), so the second half of a product is often picked up late, or run by the
+//! caller after its own, and waking and sleeping become a sizeable share of a step. The crates
+//! that offer low-latency fork-join (chili's heartbeat scheduling) share work only at a
+//! heartbeat, too late for products this short. The helpers here spin for [`SPIN`] after each
+//! part, then park.
 //!
 //! Parts are claimed, not assigned: whoever is free takes the next one, and the caller takes
 //! back a job no helper has picked up by the time its own parts are done. On a machine whose
-//! cores are shared with other work, a helper may be descheduled; with parts assigned, the
-//! caller then spun until the helper ran again (a SmolLM2 decoding step went from 21 to
-//! 179 ms beside one busy process on a 2-core machine), where it now runs the part itself.
+//! cores are shared with other work, a helper may be descheduled; with parts assigned to it,
+//! the caller would spin until the helper ran again, a wait several times longer than the
+//! step itself, where with parts claimed it runs the part itself.
+//!
+//! The figures behind both choices are in docs/performance.md#llm-on-the-cpu.
 
 use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};

@@ -106,8 +106,8 @@ impl<B: Backend> Htc<B> {
         let kept = config.mgvq.is_some() && vb.contains("htc.discrete_projector.linear_1.weight");
         let (mgvq, discrete) = if config.uses_discrete() || kept {
             let mc = config.mgvq.as_ref().expect("validated");
-            // In f32 whatever `--dtype`: its codes must be the browser's (and f16 moves 1.7% of
-            // the demo tokenizer's codes).
+            // In f32 whatever `--dtype`: its codes must be the browser's, and in f16 some of
+            // them move (see docs/backends.md#precision).
             let m = Mgvq::load(&vb.pp("mgvq").with_dtype(burn::tensor::DType::F32), mc)?;
             let p = DiscreteProjector::load(
                 &vb.pp("htc.discrete_projector"),

@@ -21,10 +21,12 @@ pub struct ServeArgs {
     /// app: a worker behind a load balancer or in a cluster, where another server hosts the UI.
     #[arg(long)]
     pub api_only: bool,
-    /// Require `Authorization: Bearer TOKEN` (or `?token=TOKEN` on /ws) on /ws and /api.
+    /// Require `Authorization: Bearer TOKEN` (or `?token=TOKEN`, for browsers' WebSockets) on
+    /// /ws, /api/*, /metrics and /v1/*.
     #[arg(long, env = "HTC_AUTH_TOKEN")]
     pub auth_token: Option<String>,
-    /// Origins allowed to open /ws from a browser (repeatable); none means any.
+    /// Origins a browser page may come from (repeatable): to open /ws (the worker's own host
+    /// always may), and the CORS policy of /api/*, /metrics and /v1/*; none means any.
     #[arg(long = "allow-origin")]
     pub allow_origins: Vec<String>,
     /// Use client-sent MGVQ codes without recomputing them.
@@ -40,8 +42,8 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 8)]
     pub max_batch: usize,
     /// New images compressed together when questions about them arrive together (1 compresses
-    /// them one by one): on the GPU backends as one batch; on the CPU ones each image's
-    /// encoders on a thread of their own, then the prefixes through the LLM as one batch.
+    /// them one by one): on the GPU backends as one batch; on the CPU ones side by side, each
+    /// image's whole compression (encoders and LLM) on a thread of its own.
     #[arg(long, default_value_t = 8)]
     pub max_compress_batch: usize,
     /// Questions one connection may have queued or running.
