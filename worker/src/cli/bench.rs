@@ -202,7 +202,7 @@ fn backend_suite(args: &BenchArgs) -> Result<()> {
     for split in [1, cores] {
         let llm = llm.clone().with_row_split(split);
         outln!("-- products of at most {SPLIT_MAX_ROWS} rows split over {split} thread(s)");
-        decoder_suite(&llm, args.reps);
+        decoder_suite(&llm, args.reps)?;
     }
     let w = Tensor::<Backend, 2>::random([cfg.hidden_size, 32000], Distribution::Default, &device);
     let x = Tensor::<Backend, 2>::random([1, cfg.hidden_size], Distribution::Default, &device);
@@ -215,14 +215,14 @@ fn backend_suite(args: &BenchArgs) -> Result<()> {
         let _ = x8.clone().matmul(w.clone()).into_data();
     });
     outln!("2D matmul 8x576 * 576x32000: {:.2} ms", s * 1e3);
-    host_attention(args.reps);
+    host_attention(args.reps)?;
     Ok(())
 }
 
 /// A decoding step's attention over a cache on the host (`kernels::kv_cache`) at SmolLM2's
 /// shape and 2,000 cached positions, for every layer's cache (92 MB in f32, more than the
 /// CPU's caches hold, as in a real step), on each instruction set this CPU runs.
-fn host_attention(reps: usize) {
+fn host_attention(reps: usize) -> Result<()> {
     use crate::kernels::kv_cache::{HostKv, Isa, KvDtype};
     let (layers, kvh, rep, hd, s) = (30, 3, 3, 64, 2000);
     let caches: Vec<HostKv> = (0..layers)
@@ -247,10 +247,11 @@ fn host_attention(reps: usize) {
             t * 1e3
         );
     }
+    Ok(())
 }
 
 /// Prefill, decode-step and output-head timings of `llm` (a SmolLM2-width decoder).
-fn decoder_suite(llm: &Llama<Backend>, reps: usize) {
+fn decoder_suite(llm: &Llama<Backend>, reps: usize) -> Result<()> {
     // A prompt of `n` tokens run through `cache`; one decoded token at `pos`.
     let prefill = |n: usize, cache: &mut KvCache<Backend>| {
         let ids: Vec<u32> = (0..n).map(|i| (i * 7 % 32000) as u32).collect();
@@ -303,6 +304,7 @@ fn decoder_suite(llm: &Llama<Backend>, reps: usize) {
         let _ = llm.logits(h.clone()).into_data();
     });
     outln!("lm_head alone (576 -> 32000, one token): {:.2} ms", s * 1e3);
+    Ok(())
 }
 
 /// The prompt token ids every side of the LLM benchmark feeds (`bench/bench-llm.sh` gives
@@ -347,7 +349,7 @@ fn llm_suite(args: &BenchArgs) -> Result<()> {
         splits.push(1);
     }
     // On the pool, as the engine runs its steps (see `backend::on_pool`).
-    backend::on_pool(|| llm_runs(&base, &splits, args.reps));
+    backend::on_pool(|| llm_runs(&base, &splits, args.reps))?;
     Ok(())
 }
 
@@ -379,7 +381,7 @@ fn read_once(bytes: usize, threads: usize, reps: usize) -> f64 {
 }
 
 /// The timed runs of [`llm_suite`], for each row split.
-fn llm_runs(base: &Llama<Backend>, splits: &[usize], reps: usize) {
+fn llm_runs(base: &Llama<Backend>, splits: &[usize], reps: usize) -> Result<()> {
     let c = base.config();
     for &split in splits {
         let llm = base.clone().with_row_split(split).with_kv_dtype(crate::runtime::kv_dtype());
@@ -450,4 +452,5 @@ fn llm_runs(base: &Llama<Backend>, splits: &[usize], reps: usize) {
             );
         }
     }
+    Ok(())
 }
