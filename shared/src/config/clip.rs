@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{get_f64, get_str, get_usize};
+use super::parse;
 use crate::Error;
 
 /// A CLIP vision tower config (`CLIPVisionConfig` in transformers).
@@ -19,27 +19,86 @@ pub struct ClipVisionConfig {
     pub layer_norm_eps: f64,
 }
 
-impl ClipVisionConfig {
-    /// Parses a CLIP vision config with transformers' `CLIPVisionConfig` defaults. Accepts a full
-    /// `CLIPModel` config too (it reads its `vision_config`).
-    pub fn from_json(v: &Value) -> Result<Self, Error> {
-        let v = match v.get("vision_config") {
-            Some(inner) if inner.is_object() => inner,
-            _ => v,
-        };
-        let act = get_str(v, "hidden_act", "quick_gelu");
-        if act != "quick_gelu" {
-            return Err(Error::Config(format!("unsupported CLIP hidden_act `{act}` (expected quick_gelu)")));
+/// transformers' `CLIPVisionConfig` defaults, for the fields a hub snapshot leaves out.
+mod defaults {
+    pub fn hidden_size() -> usize {
+        768
+    }
+    pub fn intermediate_size() -> usize {
+        3072
+    }
+    pub fn num_hidden_layers() -> usize {
+        12
+    }
+    pub fn num_attention_heads() -> usize {
+        12
+    }
+    pub fn num_channels() -> usize {
+        3
+    }
+    pub fn image_size() -> usize {
+        224
+    }
+    pub fn patch_size() -> usize {
+        32
+    }
+    pub fn layer_norm_eps() -> f64 {
+        1e-5
+    }
+    pub fn hidden_act() -> String {
+        "quick_gelu".into()
+    }
+}
+
+/// A CLIP vision `config.json` (or a LLaVA `vision_config`) as transformers writes it: the
+/// fields it may leave out carry transformers' defaults; unknown fields are ignored.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(expecting = "a CLIP vision config object")]
+pub(crate) struct RawClipVision {
+    #[serde(default = "defaults::hidden_size")]
+    hidden_size: usize,
+    #[serde(default = "defaults::intermediate_size")]
+    intermediate_size: usize,
+    #[serde(default = "defaults::num_hidden_layers")]
+    num_hidden_layers: usize,
+    #[serde(default = "defaults::num_attention_heads")]
+    num_attention_heads: usize,
+    #[serde(default = "defaults::num_channels")]
+    num_channels: usize,
+    #[serde(default = "defaults::image_size")]
+    image_size: usize,
+    #[serde(default = "defaults::patch_size")]
+    patch_size: usize,
+    #[serde(default = "defaults::layer_norm_eps")]
+    layer_norm_eps: f64,
+    #[serde(default = "defaults::hidden_act")]
+    hidden_act: String,
+}
+
+/// A whole `CLIPModel` config: the vision tower is its `vision_config`.
+#[derive(Deserialize)]
+struct ClipModelFile {
+    vision_config: RawClipVision,
+}
+
+impl RawClipVision {
+    /// Checks the activation and that the patches and heads divide the image and the width.
+    pub(crate) fn into_config(self) -> Result<ClipVisionConfig, Error> {
+        if self.hidden_act != "quick_gelu" {
+            return Err(Error::Config(format!(
+                "unsupported CLIP hidden_act `{}` (expected quick_gelu)",
+                self.hidden_act
+            )));
         }
-        let c = Self {
-            hidden_size: get_usize(v, "hidden_size", 768)?,
-            intermediate_size: get_usize(v, "intermediate_size", 3072)?,
-            num_hidden_layers: get_usize(v, "num_hidden_layers", 12)?,
-            num_attention_heads: get_usize(v, "num_attention_heads", 12)?,
-            num_channels: get_usize(v, "num_channels", 3)?,
-            image_size: get_usize(v, "image_size", 224)?,
-            patch_size: get_usize(v, "patch_size", 32)?,
-            layer_norm_eps: get_f64(v, "layer_norm_eps", 1e-5)?,
+        let c = ClipVisionConfig {
+            hidden_size: self.hidden_size,
+            intermediate_size: self.intermediate_size,
+            num_hidden_layers: self.num_hidden_layers,
+            num_attention_heads: self.num_attention_heads,
+            num_channels: self.num_channels,
+            image_size: self.image_size,
+            patch_size: self.patch_size,
+            layer_norm_eps: self.layer_norm_eps,
         };
         if c.patch_size == 0 || !c.image_size.is_multiple_of(c.patch_size) {
             return Err(Error::Config(format!(
@@ -51,6 +110,19 @@ impl ClipVisionConfig {
             return Err(Error::Config("CLIP hidden_size must be a multiple of num_attention_heads".into()));
         }
         Ok(c)
+    }
+}
+
+impl ClipVisionConfig {
+    /// Parses a CLIP vision config with transformers' `CLIPVisionConfig` defaults. Accepts a full
+    /// `CLIPModel` config too (it reads its `vision_config`).
+    pub fn from_json(v: &Value) -> Result<Self, Error> {
+        let raw = if v.get("vision_config").is_some_and(Value::is_object) {
+            parse::<ClipModelFile>(v, "")?.vision_config
+        } else {
+            parse::<RawClipVision>(v, "")?
+        };
+        raw.into_config()
     }
 
     /// CLIP ViT-L/14 at 336 px, the LLaVA-1.5 vision tower.

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::MgvqConfig;
+use super::{parse, MgvqConfig};
 use crate::mask::Topology;
 use crate::Error;
 
@@ -100,8 +100,7 @@ impl HtcConfig {
     }
 
     pub fn from_json(v: &Value) -> Result<Self, Error> {
-        let c: Self = serde_json::from_value(v.clone())
-            .map_err(|e| Error::Config(format!("invalid `htc` section: {e}")))?;
+        let c: Self = parse(v, "invalid `htc` section: ")?;
         c.validate()?;
         Ok(c)
     }
@@ -179,8 +178,7 @@ impl LoraConfig {
         match htc.get("lora") {
             None | Some(Value::Null) => Ok(None),
             Some(v) => {
-                let c: Self = serde_json::from_value(v.clone())
-                    .map_err(|e| Error::Config(format!("invalid `htc.lora` section: {e}")))?;
+                let c: Self = parse(v, "invalid `htc.lora` section: ")?;
                 c.validate()?;
                 Ok(Some(c))
             }

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::parse;
 use crate::Error;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,8 +64,7 @@ impl MgvqConfig {
 
     /// Parses and validates a config (`mgvq` section or standalone JSON).
     pub fn from_json(v: &serde_json::Value) -> Result<Self, Error> {
-        let c: Self = serde_json::from_value(v.clone())
-            .map_err(|e| Error::Config(format!("invalid MGVQ config: {e}")))?;
+        let c: Self = parse(v, "invalid MGVQ config: ")?;
         c.validate()?;
         Ok(c)
     }

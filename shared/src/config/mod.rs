@@ -1,11 +1,20 @@
-//! Every model config, in one place: read from HF `config.json` files with transformers'
-//! defaults for absent fields, so real hub snapshots (which omit default values) load as they
-//! are. Parsing only: no file access here (the worker's checkpoint opener reads the files).
+//! Every model config, in one place: parsed by serde from HF `config.json` files with
+//! transformers' defaults for absent fields, so real hub snapshots (which omit default values)
+//! load as they are. Parsing only: no file access here (the worker's checkpoint opener reads the
+//! files and names them in its errors).
+//!
+//! Each file layout has a raw serde struct that mirrors it (`#[serde(default = ...)]` for the
+//! defaults, `Option` where transformers derives a default from other fields); `into_config`
+//! checks it and returns the config the models use:
 //!
 //! - [`LlamaConfig`], [`ClipVisionConfig`]: the text and vision towers;
 //! - [`LlavaConfig`]: LLaVA-1.5 in either checkpoint layout;
 //! - [`HtcConfig`]: the `htc` section (modes, N_d, k, topology, projectors);
 //! - [`MgvqConfig`]: the MGVQ encoder and quantiser.
+//!
+//! A field of the wrong type, or a required field left out, is an [`Error::Config`] naming the
+//! field by its path in the file: "config: `text_config.hidden_size`: invalid type: string
+//! "big", expected usize".
 
 mod clip;
 mod htc;
@@ -19,36 +28,20 @@ pub use llama::LlamaConfig;
 pub use llava::{LlavaConfig, LlavaLayout, LIUHAOTIAN_IMAGE_TOKEN};
 pub use mgvq::{BlockType, MgvqConfig};
 
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::Error;
 
-pub(crate) fn get_usize(v: &Value, key: &str, default: usize) -> Result<usize, Error> {
-    match v.get(key) {
-        None | Some(Value::Null) => Ok(default),
-        Some(x) => x
-            .as_u64()
-            .map(|n| n as usize)
-            .ok_or_else(|| Error::Config(format!("`{key}` must be a non-negative integer, got {x}"))),
-    }
-}
-
-pub(crate) fn get_f64(v: &Value, key: &str, default: f64) -> Result<f64, Error> {
-    match v.get(key) {
-        None | Some(Value::Null) => Ok(default),
-        Some(x) => x.as_f64().ok_or_else(|| Error::Config(format!("`{key}` must be a number, got {x}"))),
-    }
-}
-
-pub(crate) fn get_bool(v: &Value, key: &str, default: bool) -> Result<bool, Error> {
-    match v.get(key) {
-        None | Some(Value::Null) => Ok(default),
-        Some(x) => x.as_bool().ok_or_else(|| Error::Config(format!("`{key}` must be a boolean, got {x}"))),
-    }
-}
-
-pub(crate) fn get_str<'a>(v: &'a Value, key: &str, default: &'a str) -> &'a str {
-    v.get(key).and_then(Value::as_str).unwrap_or(default)
+/// Deserializes one config object as `T`. A failure names the field by its path below `v`
+/// (`text_config.hidden_size`; none when `v` itself is wrong or a field of its own is missing)
+/// after `what`, which says which section it is ("" for a whole config.json).
+pub(crate) fn parse<T: DeserializeOwned>(v: &Value, what: &str) -> Result<T, Error> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." { String::new() } else { format!("`{path}`: ") };
+        Error::Config(format!("{what}{field}{}", e.into_inner()))
+    })
 }
 
 #[cfg(test)]
@@ -91,6 +84,131 @@ mod tests {
         assert!(e.to_string().contains("llama3"), "{e}");
         let e = ClipVisionConfig::from_json(&json!({"image_size": 30, "patch_size": 14})).unwrap_err();
         assert!(e.to_string().contains("multiple of patch_size"), "{e}");
+    }
+
+    /// The text of a config error.
+    fn err<T: std::fmt::Debug>(r: Result<T, Error>) -> String {
+        r.unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_missing_required_field_is_named() {
+        let e = err(HtcConfig::from_json(&json!({"n_voco": 1})));
+        assert_eq!(e, "config: invalid `htc` section: missing field `mode`");
+        let mut mgvq = serde_json::to_value(MgvqConfig::f16c32_g8()).unwrap();
+        mgvq.as_object_mut().unwrap().remove("groups");
+        let e = err(HtcConfig::from_json(&json!({"mode": "htc", "mgvq": mgvq})));
+        assert_eq!(e, "config: invalid `htc` section: `mgvq`: missing field `groups`");
+        let e = err(LoraConfig::from_htc_json(&json!({"lora": {"rank": 8, "alpha": 16}})));
+        assert_eq!(e, "config: invalid `htc.lora` section: missing field `targets`");
+    }
+
+    #[test]
+    fn a_wrongly_typed_field_is_named_by_its_path() {
+        let e = err(LlavaConfig::from_json(&json!({"text_config": {"hidden_size": "big"}}), None));
+        assert!(e.starts_with("config: `text_config.hidden_size`: invalid type: string \"big\""), "{e}");
+        let e = err(LlavaConfig::from_json(&json!({"vision_config": {"patch_size": -14}}), None));
+        assert!(e.starts_with("config: `vision_config.patch_size`: invalid value: integer `-14`"), "{e}");
+        let e = err(LlavaConfig::from_json(&json!({"text_config": {}, "vision_feature_layer": [-2]}), None));
+        assert!(e.starts_with("config: `vision_feature_layer`: invalid type: sequence"), "{e}");
+        // liuhaotian's flat layout: the LLaMA fields sit at the top level.
+        let flat = json!({"mm_vision_tower": "openai/clip-vit-large-patch14-336", "rms_norm_eps": "small"});
+        let e = err(LlavaConfig::from_json(&flat, None));
+        assert!(e.starts_with("config: `rms_norm_eps`: invalid type: string \"small\""), "{e}");
+        let e = err(LlavaConfig::from_json(&json!({"mm_projector_type": 2}), None));
+        assert!(e.starts_with("config: `mm_projector_type`: invalid type: integer `2`"), "{e}");
+        let tower = json!({"hidden_act": "quick_gelu", "layer_norm_eps": false});
+        let e = err(LlavaConfig::from_json(&json!({"mm_vision_tower": "clip"}), Some(&tower)));
+        assert!(
+            e.starts_with("config: the vision tower `clip`'s config.json: `layer_norm_eps`: invalid type"),
+            "{e}"
+        );
+        let e = err(LlamaConfig::from_json(&json!({"eos_token_id": "</s>"})));
+        assert!(e.contains("`eos_token_id`: ") && e.contains("a token id or a list of token ids"), "{e}");
+        let e = err(LlamaConfig::from_json(&json!({"rope_parameters": {"rope_theta": "1e4"}})));
+        assert!(e.starts_with("config: `rope_parameters.rope_theta`: invalid type"), "{e}");
+        let e = err(LlamaConfig::from_json(&json!([1, 2])));
+        assert!(e.contains("expected a LLaMA config object"), "{e}");
+        let e = err(ClipVisionConfig::from_json(&json!({"vision_config": {"image_size": 33.5}})));
+        assert!(e.starts_with("config: `vision_config.image_size`: invalid type: floating point"), "{e}");
+        let e = err(MgvqConfig::from_json(&json!({"width_list": [16, "32"]})));
+        assert!(e.starts_with("config: invalid MGVQ config: `width_list[1]`: invalid type"), "{e}");
+        let e = err(HtcConfig::from_json(&json!({"mode": "htc", "n_voco": "one"})));
+        assert!(e.starts_with("config: invalid `htc` section: `n_voco`: invalid type"), "{e}");
+    }
+
+    #[test]
+    fn absent_fields_take_the_defaults() {
+        let c = ClipVisionConfig::from_json(&json!({})).unwrap();
+        assert_eq!(
+            (c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.num_attention_heads),
+            (768, 3072, 12, 12)
+        );
+        assert_eq!((c.num_channels, c.image_size, c.patch_size, c.layer_norm_eps), (3, 224, 32, 1e-5));
+        let t = LlamaConfig::from_json(&json!({})).unwrap();
+        assert_eq!((t.hidden_size, t.intermediate_size, t.num_hidden_layers), (4096, 11008, 32));
+        assert_eq!((t.num_attention_heads, t.num_key_value_heads, t.head_dim), (32, 32, 128));
+        assert_eq!((t.bos_token_id, t.eos_token_ids.clone()), (Some(1), vec![2]));
+        assert!(!t.attention_bias && !t.mlp_bias);
+
+        // llava-hf: no vision_config means LLaVA-1.5's tower; no text_config, LLaMA's defaults.
+        let hf = LlavaConfig::from_json(&json!({"vision_config": null}), None).unwrap();
+        assert_eq!(hf.layout, LlavaLayout::LlavaHf);
+        assert_eq!(hf.text, t);
+        assert_eq!(hf.vision, ClipVisionConfig::vit_large_patch14_336());
+        assert_eq!((hf.image_token_id, hf.select_layer, hf.projector_mlp), (32000, -2, true));
+        let hf = LlavaConfig::from_json(&json!({"text_config": {}, "image_token_id": 7}), None).unwrap();
+        assert_eq!(hf.image_token_id, 7);
+
+        let lt =
+            LlavaConfig::from_json(&json!({"mm_vision_tower": "openai/clip-vit-large-patch14-336"}), None)
+                .unwrap();
+        assert_eq!(lt.layout, LlavaLayout::Liuhaotian);
+        assert_eq!(lt.text, t);
+        assert_eq!(
+            (lt.image_token_id, lt.select_layer, lt.projector_mlp),
+            (LIUHAOTIAN_IMAGE_TOKEN, -2, false)
+        );
+
+        let mut mgvq = serde_json::to_value(MgvqConfig::f16c32_g8()).unwrap();
+        for k in ["attention_dim", "expand_ratio", "norm_eps"] {
+            mgvq.as_object_mut().unwrap().remove(k);
+        }
+        let h = HtcConfig::from_json(&json!({"mode": "htc", "mgvq": mgvq})).unwrap();
+        assert_eq!(h, HtcConfig::paper(MgvqConfig::f16c32_g8(), 8192));
+    }
+
+    #[test]
+    fn null_ids_mean_none_and_derived_fields_follow_the_others() {
+        let c = LlamaConfig::from_json(
+            &json!({"bos_token_id": null, "eos_token_id": null, "num_key_value_heads": null, "head_dim": null,
+                    "hidden_size": 96, "num_attention_heads": 6, "rope_scaling": null}),
+        )
+        .unwrap();
+        assert_eq!((c.bos_token_id, c.eos_token_ids), (None, vec![]));
+        assert_eq!((c.num_key_value_heads, c.head_dim), (6, 16));
+        let c = LlamaConfig::from_json(&json!({"eos_token_id": [2, 32007], "head_dim": 64})).unwrap();
+        assert_eq!((c.eos_token_ids, c.head_dim), (vec![2, 32007], 64));
+    }
+
+    #[test]
+    fn files_carrying_both_names_of_a_field_read_the_newer_one() {
+        // transformers keeps the legacy `type` beside `rope_type`, and `rope_scaling` beside
+        // `rope_parameters`; llava-hf files may carry both `image_token_index` and `_id`.
+        let c = LlamaConfig::from_json(&json!({
+            "rope_parameters": {"rope_type": "default", "type": "default", "rope_theta": 20000.0},
+            "rope_scaling": {"rope_type": "default", "rope_theta": 30000.0},
+        }))
+        .unwrap();
+        assert_eq!(c.rope_theta, 20000.0);
+        let e = err(LlamaConfig::from_json(&json!({"rope_scaling": {"type": "linear", "factor": 2.0}})));
+        assert!(e.contains("unsupported rope type `linear`"), "{e}");
+        let hf = LlavaConfig::from_json(
+            &json!({"text_config": {}, "image_token_index": 5, "image_token_id": 6}),
+            None,
+        )
+        .unwrap();
+        assert_eq!(hf.image_token_id, 5);
     }
 
     #[test]

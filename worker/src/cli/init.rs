@@ -120,13 +120,15 @@ pub fn run(a: InitArgs) -> Result<()> {
             .with_context(|| format!("cannot read MGVQ config {}", a.mgvq_config))?;
         mgvq::Config::from_json(
             &serde_json::from_slice(&raw).with_context(|| format!("{} is not valid JSON", a.mgvq_config))?,
-        )?
+        )
+        .with_context(|| a.mgvq_config.clone())?
     };
     let raw = std::fs::read(llava_dir.join("config.json"))
         .with_context(|| format!("missing config.json in {}", llava_dir.display()))?;
     let src_cfg: Value = serde_json::from_slice(&raw).context("LLaVA config.json is not valid JSON")?;
     let tower = crate::formats::checkpoint::vision_tower_config(&src_cfg, llava_dir)?;
-    let lc = llava::Config::from_json(&src_cfg, tower.as_ref())?;
+    let lc = llava::Config::from_json(&src_cfg, tower.as_ref())
+        .with_context(|| llava_dir.join("config.json").display().to_string())?;
     let htc = HtcConfig {
         mode,
         n_discrete: a.n_discrete,
@@ -254,7 +256,8 @@ fn scratch(a: &InitArgs, half: bool) -> Result<()> {
         .with_context(|| format!("{} is not a LLaVA config", cfg_path.display()))?;
     let htc = HtcConfig::from_json(
         cfg.get("htc").with_context(|| format!("{} has no `htc` section", cfg_path.display()))?,
-    )?;
+    )
+    .with_context(|| cfg_path.display().to_string())?;
     let tok = tokenizers::Tokenizer::from_file(tok_path)
         .map_err(|e| anyhow::anyhow!("cannot read the tokenizer {}: {e}", tok_path.display()))?;
     let t = &lc.text;

@@ -61,7 +61,8 @@ pub fn run(a: TrainTokenizerArgs) -> Result<()> {
     let config = MgvqConfig::from_json(
         &serde_json::from_slice::<serde_json::Value>(&raw)
             .with_context(|| format!("{} is not valid JSON", a.config.display()))?,
-    )?;
+    )
+    .with_context(|| a.config.display().to_string())?;
     if !(a.foreground_weight.is_finite() && a.foreground_weight > 0.0) {
         bail!("--foreground-weight must be a positive number, got {}", a.foreground_weight);
     }

@@ -145,9 +145,11 @@ impl<B: Backend> Snapshot<B> {
         let vb = Loader::<B>::new(&src, device);
         let tok_path = path.join("tokenizer.json");
         let tok = if tok_path.is_file() { Some(TextTokenizer::from_file(&tok_path)?) } else { None };
+        // Config errors name the field; the file is named here.
+        let in_cfg = || cfg_path.display().to_string();
         let (model, template, text_cfg) = if is_llava {
             let tower = vision_tower_config(&cfg, path)?;
-            let mut config = llava::Config::from_json(&cfg, tower.as_ref())?;
+            let mut config = llava::Config::from_json(&cfg, tower.as_ref()).with_context(in_cfg)?;
             if let Some(kind) =
                 cfg.get("htc").and_then(|h| h.get("continuous_projector")).and_then(Value::as_str)
             {
@@ -162,9 +164,11 @@ impl<B: Backend> Snapshot<B> {
             let text = config.text.clone();
             match cfg.get("htc") {
                 Some(h) => {
-                    let hc = HtcConfig::from_json(h)?;
+                    let hc = HtcConfig::from_json(h).with_context(in_cfg)?;
                     let mut model = Htc::load(&vb, model, &hc).context("loading the HTC weights")?;
-                    if let Some(lora) = htc_shared::config::LoraConfig::from_htc_json(h)? {
+                    if let Some(lora) =
+                        htc_shared::config::LoraConfig::from_htc_json(h).with_context(in_cfg)?
+                    {
                         model.llava.llm = model
                             .llava
                             .llm
@@ -180,7 +184,7 @@ impl<B: Backend> Snapshot<B> {
                 None => (AnyModel::Llava { model, config, preprocess }, Template::VicunaV1, text),
             }
         } else {
-            let config = htc_shared::config::LlamaConfig::from_json(&cfg)?;
+            let config = htc_shared::config::LlamaConfig::from_json(&cfg).with_context(in_cfg)?;
             let prefix = if src.contains("model.embed_tokens.weight") { "model" } else { "" };
             let model = Llama::load(&vb.pp(prefix), &vb.pp("lm_head"), &config)
                 .context("loading the LLaMA weights")?;

@@ -347,7 +347,8 @@ pub fn load_tokenizer<B: Backend>(dir: &Path, device: &B::Device) -> Result<(Mgv
     };
     let mc = MgvqConfig::from_json(
         mc.with_context(|| format!("{} has no MGVQ tokenizer (no `mgvq` config)", dir.display()))?,
-    )?;
+    )
+    .with_context(|| p.display().to_string())?;
     let src = WeightSource::open_dir(dir)?;
     // In f32 whatever `--dtype`, as the HTC model keeps its tokenizer (`models::htc`).
     let vb = Loader::<B>::new(&src, device).with_dtype(burn::tensor::DType::F32).pp(prefix);
