@@ -633,7 +633,7 @@ async fn stop_ends_an_answer_mid_stream() {
         init_std: 0.02,
         mgvq_config: "f16c32_g8".into(),
         out: model.clone(),
-        mode: "htc".into(),
+        mode: htc_worker::cli::Mode::Htc,
         n_discrete: 4,
         n_voco: 1,
         topology: "star".into(),
