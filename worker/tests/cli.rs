@@ -1,5 +1,6 @@
 //! The `htc ask` contract: prompt ids with image expansion, logits dumps, id output for
-//! tokenizer-less snapshots, and one clear error line for each kind of bad input.
+//! tokenizer-less snapshots, answers through the engine equal to transformers' for LLaVA and
+//! plain LLaMA, and one clear error line for each kind of bad input.
 
 mod common;
 
@@ -61,6 +62,62 @@ fn dump_logits_matches_transformers_for_both_llava_layouts() {
             String::from_utf8_lossy(&out.stdout).split_whitespace().map(|x| x.parse().unwrap()).collect();
         assert_eq!(printed, exp.i64("greedy_ids"), "{dir} greedy ids vs transformers");
     }
+}
+
+/// Without a dump the question goes through the engine (as the server's do): the same
+/// prompts, pre-expanded or not, give transformers' greedy ids on both LLaVA layouts.
+#[test]
+fn the_engine_answers_both_llava_layouts_like_transformers() {
+    let exp = Expected::open("llava-expected.safetensors");
+    let pv = fixtures().join("llava-expected.safetensors");
+    for (dir, ids) in [
+        ("llava-hf-tiny", "input_ids_one"),
+        ("llava-hf-tiny", "input_ids_expanded"),
+        ("llava-liuhaotian-tiny", "input_ids_liuhaotian"),
+    ] {
+        let model = fixtures().join(dir);
+        let out = htc(&[
+            "ask",
+            "--model",
+            s(&model),
+            "--pixel-values",
+            s(&pv),
+            "--prompt-ids",
+            &ids_arg(&exp.i64(ids)),
+            "--greedy",
+            "--max-new-tokens",
+            "8",
+        ]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let printed: Vec<i64> =
+            String::from_utf8_lossy(&out.stdout).split_whitespace().map(|x| x.parse().unwrap()).collect();
+        assert_eq!(
+            printed,
+            exp.i64("greedy_ids"),
+            "{dir} {ids}: greedy ids through the engine vs transformers"
+        );
+    }
+}
+
+/// A plain LLaMA answers text-only questions through the engine with transformers' greedy
+/// ids, and refuses a question with an image in one line.
+#[test]
+fn a_text_only_model_answers_text_and_refuses_an_image() {
+    let exp = Expected::open("llama-tiny/expected.safetensors");
+    let model = fixtures().join("llama-tiny");
+    let want = exp.i64("greedy_ids");
+    let ids = ids_arg(&exp.i64("input_ids"));
+    let n = want.len().to_string();
+    let out = htc(&["ask", "--model", s(&model), "--prompt-ids", &ids, "--greedy", "--max-new-tokens", &n]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed: Vec<i64> =
+        String::from_utf8_lossy(&out.stdout).split_whitespace().map(|x| x.parse().unwrap()).collect();
+    assert_eq!(printed, want, "llama-tiny greedy ids vs transformers");
+    let img = fixtures().join("images/gradient-45x30.png");
+    assert_fails(
+        &htc(&["ask", "--model", s(&model), "--image", s(&img), "--prompt-ids", &ids]),
+        "takes no images",
+    );
 }
 
 #[test]

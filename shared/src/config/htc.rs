@@ -24,6 +24,13 @@ pub enum HtcMode {
     Avgpool,
 }
 
+impl HtcMode {
+    /// Whether the mode reads MGVQ anchors (the MGVQ tokenizer runs on the image itself).
+    pub fn uses_discrete(self) -> bool {
+        matches!(self, HtcMode::Htc | HtcMode::Discrete)
+    }
+}
+
 /// How a question becomes the text after the image prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -106,7 +113,7 @@ impl HtcConfig {
     }
 
     pub fn uses_discrete(&self) -> bool {
-        matches!(self.mode, HtcMode::Htc | HtcMode::Discrete)
+        self.mode.uses_discrete()
     }
 
     pub fn uses_continuous(&self) -> bool {

@@ -1,4 +1,5 @@
-//! `htc ask`: one question, the answer streamed to stdout.
+//! `htc ask`: one question, submitted to the engine every front end uses, the answer streamed
+//! to stdout.
 
 use std::path::PathBuf;
 
@@ -6,7 +7,7 @@ use anyhow::{anyhow, bail, Result};
 
 use crate::backend::{self, Backend};
 use crate::formats::checkpoint::Snapshot;
-use crate::runtime::ask::{ask, AskRequest, ImageSource, PromptInput};
+use crate::runtime::ask::{ask, ask_direct, AskRequest, ImageSource, PromptInput};
 use crate::runtime::sampling::Sampling;
 
 #[derive(clap::Args, Debug, Clone)]
@@ -69,9 +70,6 @@ pub fn run(a: AskArgs) -> Result<()> {
     let temperature = if a.greedy { 0.0 } else { a.temperature };
     let sampling = Sampling { max_new_tokens: a.max_new_tokens, temperature, top_p: a.top_p, seed: a.seed };
     sampling.validate().map_err(|m| anyhow!("{m} (--top-p, --temperature, --max-new-tokens)"))?;
-    let device = backend::device();
-    let mut snap = Snapshot::<Backend>::open(&a.model, &device)?;
-    snap.model = snap.model.with_row_split(backend::row_split()).with_kv_dtype(crate::runtime::kv_dtype());
     let image = a.image.map(ImageSource::File).or(a.pixel_values.map(ImageSource::PixelValues));
     let req = AskRequest {
         image,
@@ -81,6 +79,15 @@ pub fn run(a: AskArgs) -> Result<()> {
         dump_logits: a.dump_logits,
         attention: a.attention,
     };
-    backend::on_pool(|| ask(&snap, &req, &device, &mut std::io::stdout().lock()))?;
+    if req.dump_logits.is_none() && req.attention.is_none() {
+        return ask(&a.model, &req, &mut std::io::stdout().lock());
+    }
+    // The engine streams tokens; the prefill logits of every position and every `<voco>`
+    // token's attention in every layer are not among its replies, so these dumps decode on
+    // the checkpoint here, with the same prompt and the same decoding core.
+    let device = backend::device();
+    let mut snap = Snapshot::<Backend>::open(&a.model, &device)?;
+    snap.model = snap.model.with_row_split(backend::row_split()).with_kv_dtype(crate::runtime::kv_dtype());
+    backend::on_pool(|| ask_direct(&snap, &req, &device, &mut std::io::stdout().lock()))?;
     Ok(())
 }

@@ -173,6 +173,7 @@ pub fn answer_all(
         max_batch: batch,
         max_compress_batch: batch,
         mode,
+        require_images: true,
     })?;
     for chunk in items.chunks(batch) {
         let mut replies = Vec::with_capacity(chunk.len());
@@ -190,7 +191,11 @@ pub fn answer_all(
             let (reply, rx) = tokio::sync::mpsc::unbounded_channel();
             let job = Job {
                 request_id: i as u32,
-                image: UploadedImage { image: Arc::new(image), codes: None, key: engine.image_key(&bytes) },
+                image: Some(UploadedImage {
+                    image: image.into(),
+                    codes: None,
+                    key: engine.image_key(&bytes),
+                }),
                 question,
                 sampling,
                 mode: None,

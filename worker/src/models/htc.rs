@@ -150,23 +150,6 @@ impl<B: Backend> Htc<B> {
         Ok(self)
     }
 
-    /// Serves a vanilla LLaVA through the same interface, as mode `none`.
-    pub fn from_llava(llava: Llava<B>) -> Self {
-        let d = llava.llm.config().hidden_size;
-        let voco = Param::from_tensor(Tensor::zeros([1, d], &llava.llm.device()));
-        let config = HtcConfig {
-            mode: HtcMode::None,
-            n_discrete: 0,
-            n_voco: 1,
-            topology: htc_shared::mask::Topology::Causal,
-            continuous_projector: htc_shared::config::ProjectorKind::Mlp2xGelu,
-            discrete_hidden: 0,
-            mgvq: None,
-            chat_format: Default::default(),
-        };
-        Self { llava, mgvq: None, discrete: None, voco, config }
-    }
-
     fn n_visual(&self) -> usize {
         match self.config.mode {
             HtcMode::Discrete => 0,

@@ -1,23 +1,36 @@
-//! One question against a loaded checkpoint, as `htc ask` runs it: prompt construction,
-//! image tensors, the decoding core and streaming of the answer (text, or ids when the model
-//! has no tokenizer). Any architecture: LLaMA, LLaVA, and HTC (compress once, then answer).
+//! One question from the command line, as `htc ask` runs it. [`ask`] submits it as a job to
+//! the [engine](super::engine) the server and `htc eval` use (one engine for every front end)
+//! and streams the replies: text, or the generated ids when the model has no tokenizer.
+//! [`ask_direct`] decodes on a loaded checkpoint without the engine, only for what the engine
+//! does not report: the prefill logits (`--dump-logits`) and every `<voco>` token's attention
+//! (`--attention`). Both lay out a prompt the same way ([`TextTokenizer::prompt_ids`] for
+//! LLaMA and LLaVA; `question_ids` after an HTC model's compressed image).
+//!
+//! [`TextTokenizer::prompt_ids`]: crate::text::TextTokenizer::prompt_ids
 
 use std::io::Write;
 use std::ops::ControlFlow;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
 use burn::tensor::{backend::Backend, Tensor};
 
+use htc_shared::protocol::ServerMessage;
+
 use super::decode::{generate_from, stop_ids, Generation};
-use super::image::{clip_pixels, image_tensors, pixel_values_file, read_image_file};
+use super::engine::{Engine, EngineConfig, ImageData, Job, Question, UploadedImage};
+use super::image::{
+    clip_pixels, image_tensors, pixel_values_file, read_image_bytes, read_image_file, PixelValues,
+};
 use super::sampling::Sampling;
 use crate::formats::checkpoint::{AnyModel, Snapshot};
 use crate::formats::write::write_f32;
 use crate::models::htc::{CompressedImage, Htc, ImageTensors};
 use crate::models::llama::Prompt;
 use crate::models::llava::expand_image_tokens;
-use crate::text::{StreamDecoder, Template};
+use crate::text::StreamDecoder;
 
 /// Where the image of a CLI question comes from.
 #[derive(Debug, Clone)]
@@ -112,27 +125,96 @@ pub fn prompt_ids<B: Backend>(
                 .tokenizer
                 .as_ref()
                 .ok_or_else(|| anyhow!("the model has no tokenizer.json; pass --prompt-ids"))?;
-            let marker = snap.image_marker();
-            if no_template {
-                let text = if image && !text.contains("<image>") {
-                    format!("<image>\n{text}")
-                } else {
-                    text.clone()
-                };
-                return tok.encode_prompt(&text, true, marker);
-            }
-            let bos = tok.token_str(snap.model.llm().config().bos_token_id);
-            let eos = tok.token_str(snap.model.llm().config().eos_token_ids.first().copied());
-            let rendered = tok.template.render(text, image, &bos, &eos)?;
-            let add_special = !tok.template.adds_special_tokens() || matches!(tok.template, Template::Plain);
-            tok.encode_prompt(&rendered, add_special, marker)
+            let c = snap.model.llm().config();
+            let (bos, eos) = (c.bos_token_id, c.eos_token_ids.first().copied());
+            tok.prompt_ids(text, image, !no_template, snap.image_marker(), bos, eos)
         }
     }
 }
 
-/// Runs one question and streams the answer to `out`: text when the model has a tokenizer,
-/// otherwise the generated ids on one line separated by spaces.
-pub fn ask<B: Backend>(
+/// Asks the question through the engine (loading `model` in it) and streams the answer to
+/// `out`: text when the model has a tokenizer, otherwise the generated ids on one line
+/// separated by spaces.
+pub fn ask(model: &Path, req: &AskRequest, out: &mut dyn Write) -> Result<()> {
+    // The input files first: a bad one fails before a large model loads.
+    let image = match &req.image {
+        None => None,
+        Some(ImageSource::File(p)) => {
+            let (bytes, img) = read_image_bytes(p)?;
+            Some((bytes, ImageData::from(img)))
+        }
+        Some(ImageSource::PixelValues(p)) => {
+            let pv = PixelValues::read(p)?;
+            let bytes: Vec<u8> = pv.data.iter().flat_map(|x| x.to_le_bytes()).collect();
+            Some((bytes, ImageData::PixelValues(Arc::new(pv))))
+        }
+    };
+    let engine = Engine::start(EngineConfig {
+        model: Some(model.to_path_buf()),
+        queue: 1,
+        cache_capacity: 1,
+        trust_client_codes: false,
+        max_batch: 1,
+        max_compress_batch: 1,
+        mode: None,
+        require_images: false,
+    })?;
+    let card = &engine.card;
+    let question = match &req.prompt {
+        PromptInput::Ids(ids) => Question::Ids(ids.clone()),
+        PromptInput::Text(_) if !card.has_tokenizer => {
+            bail!("the model has no tokenizer.json; pass --prompt-ids")
+        }
+        PromptInput::Text(t) if req.no_template => Question::Plain(t.clone()),
+        PromptInput::Text(t) => Question::Text(t.clone()),
+    };
+    if let (Some(ImageSource::PixelValues(p)), Some(mode)) = (&req.image, card.mode) {
+        if mode.uses_discrete() {
+            bail!(
+                "mode {mode:?} runs MGVQ on the image itself: pass --image instead of --pixel-values ({})",
+                p.display()
+            );
+        }
+    }
+    let image =
+        image.map(|(bytes, image)| UploadedImage { image, codes: None, key: engine.image_key(&bytes) });
+    let (reply, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let cancel = Arc::new(AtomicBool::new(false));
+    let job = Job {
+        request_id: 0,
+        image,
+        question,
+        sampling: req.sampling,
+        mode: None,
+        cancel: cancel.clone(),
+        reply,
+    };
+    engine.submit(job).map_err(|_| anyhow!("the engine's queue is full"))?;
+    loop {
+        match rx.blocking_recv() {
+            Some(ServerMessage::Token { id, text, .. }) => {
+                let written =
+                    if card.has_tokenizer { out.write_all(text.as_bytes()) } else { write!(out, "{id} ") };
+                if let Err(e) = written.and_then(|_| out.flush()) {
+                    // Stop decoding: nobody reads the rest.
+                    cancel.store(true, Ordering::Relaxed);
+                    return Err(anyhow::Error::new(e).context("writing the answer"));
+                }
+            }
+            Some(ServerMessage::Done { .. }) => break,
+            Some(ServerMessage::Error { message, .. }) => bail!("{message}"),
+            // The first `<voco>`'s attention map: `--attention` writes them all on the direct path.
+            Some(_) => {}
+            None => bail!("the engine stopped before the answer was done"),
+        }
+    }
+    writeln!(out)?;
+    Ok(())
+}
+
+/// Runs one question on a loaded checkpoint without the engine and streams the answer to
+/// `out` as [`ask`] does, writing the prefill logits and the `<voco>` attention when asked.
+pub fn ask_direct<B: Backend>(
     snap: &Snapshot<B>, req: &AskRequest, device: &B::Device, out: &mut dyn Write,
 ) -> Result<Generation> {
     let llm = snap.model.llm();

@@ -14,8 +14,14 @@ use crate::models::htc::{Htc, ImageTensors};
 
 /// Reads and decodes an image file (default limits), naming the file in errors.
 pub fn read_image_file(path: &Path) -> Result<RgbImage> {
+    Ok(read_image_bytes(path)?.1)
+}
+
+/// [`read_image_file`] with the file's bytes (what the compressed-image cache is keyed by).
+pub fn read_image_bytes(path: &Path) -> Result<(Vec<u8>, RgbImage)> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read image {}", path.display()))?;
-    decode_image(&bytes, DecodeLimits::default()).with_context(|| format!("{}", path.display()))
+    let img = decode_image(&bytes, DecodeLimits::default()).with_context(|| format!("{}", path.display()))?;
+    Ok((bytes, img))
 }
 
 /// CLIP pixel values `[1, 3, s, s]` through `preprocess`, whose crop must equal the vision
@@ -33,21 +39,44 @@ pub fn clip_pixels<B: Backend>(
 /// Ready CLIP pixel values from a safetensors file with `pixel_values` `[1, 3, s, s]` or
 /// `[3, s, s]`.
 pub fn pixel_values_file<B: Backend>(p: &Path, size: usize, device: &B::Device) -> Result<Tensor<B, 4>> {
-    let src = WeightSource::open_files(&[p.to_path_buf()])?;
-    let t =
-        src.read("pixel_values").with_context(|| format!("{} has no `pixel_values` tensor", p.display()))?;
-    let ok = match t.shape.as_slice() {
-        [1, 3, h, w] | [3, h, w] => *h == size && *w == size,
-        _ => false,
-    };
-    if !ok {
-        bail!(
-            "pixel_values in {} has shape {:?}; the model expects [1, 3, {size}, {size}]",
-            p.display(),
-            t.shape
-        );
+    PixelValues::read(p)?.tensor(size, device)
+}
+
+/// CLIP pixel values preprocessed elsewhere, as read from a file: checked against a model's
+/// image size only when a model takes them ([`PixelValues::tensor`]).
+#[derive(Debug, Clone)]
+pub struct PixelValues {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+    /// The file they came from, for error messages.
+    pub source: String,
+}
+
+impl PixelValues {
+    /// Reads `pixel_values` from a safetensors file.
+    pub fn read(p: &Path) -> Result<Self> {
+        let src = WeightSource::open_files(&[p.to_path_buf()])?;
+        let t = src
+            .read("pixel_values")
+            .with_context(|| format!("{} has no `pixel_values` tensor", p.display()))?;
+        Ok(Self { shape: t.shape, data: t.data, source: p.display().to_string() })
     }
-    Ok(Tensor::from_data(TensorData::new(t.data, [1, 3, size, size]), device))
+
+    /// The values as `[1, 3, size, size]`, if they have that shape (or `[3, size, size]`).
+    pub fn tensor<B: Backend>(&self, size: usize, device: &B::Device) -> Result<Tensor<B, 4>> {
+        let ok = match self.shape.as_slice() {
+            [1, 3, h, w] | [3, h, w] => *h == size && *w == size,
+            _ => false,
+        };
+        if !ok {
+            bail!(
+                "pixel_values in {} has shape {:?}; the model expects [1, 3, {size}, {size}]",
+                self.source,
+                self.shape
+            );
+        }
+        Ok(Tensor::from_data(TensorData::new(self.data.clone(), [1, 3, size, size]), device))
+    }
 }
 
 /// MGVQ pixel values `[1, 3, s, s]` in [-1, 1], in the tokenizer's dtype

@@ -47,8 +47,14 @@ pub struct App {
 
 impl App {
     pub fn new(args: ServeArgs) -> Result<Self> {
+        match &args.model {
+            Some(p) => tracing::info!(model = %p.display(), "loading model"),
+            None => tracing::info!("no --model given: using the randomly initialised HTC demo model"),
+        }
         let engine = Engine::start(EngineConfig {
             mode: None,
+            // The WebSocket protocol and the OpenAI endpoint ask about images.
+            require_images: true,
             model: args.model.clone(),
             queue: args.queue,
             cache_capacity: args.cache_capacity,

@@ -183,6 +183,7 @@ pub async fn chat_completions(State(app): State<App>, body: axum::body::Bytes) -
     let key = image.key;
     let (tx, mut rx) = mpsc::unbounded_channel::<ServerMessage>();
     let cancel = Arc::new(AtomicBool::new(false));
+    let image = Some(image);
     let job = Job { request_id: 0, image, question, sampling, mode: None, cancel: cancel.clone(), reply: tx };
     if app.engine.submit(job).is_err() {
         return refusal(ProtocolError::new(ErrorCode::Busy, "the request queue is full; try again shortly"));

@@ -31,7 +31,7 @@ pub async fn decode_upload(
     };
     let key = engine.image_key(&bytes);
     match tokio::task::spawn_blocking(move || decode_image(&bytes, limits)).await {
-        Ok(Ok(img)) => Ok(UploadedImage { image: Arc::new(img), codes: codes.map(Arc::new), key }),
+        Ok(Ok(img)) => Ok(UploadedImage { image: img.into(), codes: codes.map(Arc::new), key }),
         Ok(Err(e)) => Err(ProtocolError::new(ErrorCode::BadImage, e.to_string())),
         Err(e) => Err(ProtocolError::new(ErrorCode::Internal, format!("image decoding failed: {e}"))),
     }

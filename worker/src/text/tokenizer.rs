@@ -126,6 +126,67 @@ impl TextTokenizer {
             .collect())
     }
 
+    /// Token ids of a question put to a model that reads its image inside the prompt (a
+    /// plain LLaVA or LLaMA; an HTC model reads it from a compressed prefix, see
+    /// [`Self::question_ids`]): the chat template's one user turn with its generation prompt,
+    /// or the text as given (`templated = false`), with `<image>\n` before the question when
+    /// `image` (and the text lacks one). `<image>` becomes `marker` ([`Self::encode_prompt`]);
+    /// `bos` and `eos` are the model's, for Jinja templates that write them. The one prompt
+    /// construction of `htc ask` and the engine.
+    pub fn prompt_ids(
+        &self, text: &str, image: bool, templated: bool, marker: Option<i64>, bos: Option<u32>,
+        eos: Option<u32>,
+    ) -> Result<Vec<i64>> {
+        if !templated {
+            let text = if image && !text.contains("<image>") {
+                format!("<image>\n{text}")
+            } else {
+                text.to_string()
+            };
+            return self.encode_prompt(&text, true, marker);
+        }
+        let rendered = self.template.render(text, image, &self.token_str(bos), &self.token_str(eos))?;
+        // HF tokenises a rendered Jinja template without special tokens (it writes its own).
+        let add_special = !self.template.adds_special_tokens();
+        self.encode_prompt(&rendered, add_special, marker)
+    }
+
+    /// Token ids of a whole conversation put to a model that reads its image inside the
+    /// prompt ([`Self::prompt_ids`] for one question): a Jinja template renders every message;
+    /// otherwise BOS, the first turn as [`Self::prompt_ids`] lays it out, then the answer and
+    /// the later turns as [`Self::turn_ids`] does. With `marker`, `<image>\n` goes before the
+    /// first user message, where LLaVA-1.5 puts the image.
+    pub fn chat_prompt_ids(
+        &self, chat: &Chat, marker: Option<i64>, bos: Option<u32>, eos: Option<u32>,
+    ) -> Result<Vec<i64>> {
+        let image = marker.is_some();
+        if let Template::Jinja(_) = self.template {
+            let mut chat = chat.clone();
+            if image {
+                let first = chat.exchanges.first_mut().map(|e| &mut e.0).unwrap_or(&mut chat.question);
+                *first = format!("<image>\n{first}");
+            }
+            let rendered = self.template.render_jinja(&chat, &self.token_str(bos), &self.token_str(eos))?;
+            return self.encode_prompt(&rendered, false, marker);
+        }
+        let turns: Vec<(&str, Option<&str>)> = chat
+            .exchanges
+            .iter()
+            .map(|(q, a)| (q.as_str(), Some(a.as_str())))
+            .chain([(chat.question.as_str(), None)])
+            .collect();
+        let laid = self.turn_ids(chat.system.as_deref(), &turns)?;
+        let first = self.template.render_with_system(turns[0].0, image, chat.system.as_deref(), "", "")?;
+        let mut ids = self.encode_prompt(&first, true, marker)?;
+        for (k, (prompt, answer)) in laid.into_iter().enumerate() {
+            if k > 0 {
+                ids.extend(prompt.into_iter().map(i64::from));
+            }
+            ids.extend(answer.into_iter().map(i64::from));
+        }
+        Ok(ids)
+    }
+
     fn is_bos(&self, id: u32) -> bool {
         matches!(
             self.inner.id_to_token(id).as_deref(),
@@ -150,4 +211,46 @@ pub fn stop_ids(config_eos: &[u32], tok: &Tokenizer) -> Vec<u32> {
         }
     }
     ids
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::text::vocab::word_level;
+
+    /// A conversation of one question is laid out as that question alone; with earlier
+    /// exchanges the image goes with the first question and the rest follows as
+    /// [`TextTokenizer::chat_ids`] lays it out.
+    #[test]
+    fn a_conversation_puts_the_image_in_its_first_question() {
+        let marker = -200;
+        let tok = TextTokenizer {
+            inner: word_level(["What color is the star?", "red", "And its size?"]).unwrap(),
+            template: Template::VicunaV1,
+            eos_ids: vec![2],
+        };
+        let q = "What color is the star?";
+        let one = tok.prompt_ids(q, true, true, Some(marker), None, None).unwrap();
+        assert_eq!(one.iter().filter(|&&i| i == marker).count(), 1, "{one:?}");
+        let user = tok.encode("USER:", false).unwrap()[0] as i64;
+        let at = one.iter().position(|&i| i == marker).unwrap();
+        assert_eq!(one[at - 1], user, "the image follows `USER:`: {one:?}");
+        assert!(!one.contains(&0), "no unknown words: {one:?}");
+        let alone = Chat { system: None, exchanges: vec![], question: q.into() };
+        assert_eq!(tok.chat_prompt_ids(&alone, Some(marker), None, None).unwrap(), one);
+        let chat = Chat {
+            system: None,
+            exchanges: vec![(q.into(), "red".into())],
+            question: "And its size?".into(),
+        };
+        let ids = tok.chat_prompt_ids(&chat, Some(marker), None, None).unwrap();
+        assert!(ids.starts_with(&one), "{ids:?}");
+        let (whole, first) = (tok.chat_ids(&chat).unwrap(), tok.chat_ids(&alone).unwrap());
+        let rest: Vec<i64> = whole[first.len()..].iter().map(|&i| i64::from(i)).collect();
+        assert_eq!(ids[one.len()..], rest[..]);
+        // Without an image the conversation has no marker.
+        let text = tok.chat_prompt_ids(&chat, None, None, None).unwrap();
+        assert!(!text.contains(&marker));
+        assert_eq!(text.len() + 1, ids.len());
+    }
 }

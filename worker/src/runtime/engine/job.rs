@@ -1,5 +1,5 @@
-//! What the engine is given: its setup, and the questions it answers (an uploaded image, the
-//! question, sampling, a cancel flag and where replies go).
+//! What the engine is given: its setup, and the questions it answers (an image when the model
+//! takes one, the question, sampling, a cancel flag and where replies go).
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -10,6 +10,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use htc_shared::protocol::{ErrorCode, ProtocolError, ServerMessage};
 
+use crate::runtime::image::PixelValues;
 use crate::runtime::sampling::Sampling;
 
 /// How the engine is set up.
@@ -29,12 +30,31 @@ pub struct EngineConfig {
     pub max_compress_batch: usize,
     /// Answer in this mode instead of the checkpoint's own (an ablation; see `Htc::with_mode`).
     pub mode: Option<htc_shared::config::HtcMode>,
+    /// Refuse a model that takes no images (a plain LLaMA): for front ends that only ask
+    /// about images (the server, `htc eval`).
+    pub require_images: bool,
+}
+
+/// An image as a front end hands it over.
+#[derive(Clone)]
+pub enum ImageData {
+    /// A decoded image, preprocessed as the model's image processor does.
+    Decoded(Arc<RgbImage>),
+    /// CLIP pixel values preprocessed elsewhere (`htc ask --pixel-values`), checked against the
+    /// model's image size when admitted; refused by modes that run MGVQ on the image itself.
+    PixelValues(Arc<PixelValues>),
+}
+
+impl From<RgbImage> for ImageData {
+    fn from(img: RgbImage) -> Self {
+        ImageData::Decoded(Arc::new(img))
+    }
 }
 
 /// An uploaded image, decoded and hashed.
 #[derive(Clone)]
 pub struct UploadedImage {
-    pub image: Arc<RgbImage>,
+    pub image: ImageData,
     /// Client MGVQ codes `[h*w][G]`, already checked for shape and range.
     pub codes: Option<Arc<Vec<Vec<u16>>>>,
     /// SHA-256 of (model id, image bytes).
@@ -44,8 +64,14 @@ pub struct UploadedImage {
 /// The question of an `ask`.
 #[derive(Debug, Clone)]
 pub enum Question {
+    /// Text laid out by the model's chat template.
     Text(String),
-    Ids(Vec<u32>),
+    /// Text tokenised exactly as given, without the chat template (`htc ask --no-template`).
+    Plain(String),
+    /// Token ids as given. For a model that reads its image from a compressed prefix (HTC) they
+    /// are the text after it; for a plain LLaVA they are the whole prompt, the image token id
+    /// (llava-hf: the config's `image_token_index`; liuhaotian: -200) marking the image.
+    Ids(Vec<i64>),
     /// A whole conversation (the OpenAI endpoint's `messages`), laid out by the model's chat
     /// template.
     Chat(crate::text::Chat),
@@ -65,7 +91,9 @@ impl Question {
                 }
                 Ok(Question::Text(q))
             }
-            (None, Some(ids)) if !ids.is_empty() && ids.len() <= max_len => Ok(Question::Ids(ids)),
+            (None, Some(ids)) if !ids.is_empty() && ids.len() <= max_len => {
+                Ok(Question::Ids(ids.into_iter().map(i64::from).collect()))
+            }
             _ => Err(bad("give exactly one of `question` or `prompt_ids` (non-empty)".into())),
         }
     }
@@ -86,7 +114,8 @@ impl Question {
 /// One question to answer.
 pub struct Job {
     pub request_id: u32,
-    pub image: UploadedImage,
+    /// The image asked about; `None` for a text-only question (a plain LLaMA or LLaVA).
+    pub image: Option<UploadedImage>,
     pub question: Question,
     pub sampling: Sampling,
     /// Another of the model's modes (the card's `modes`) to answer in; `None`: its own.

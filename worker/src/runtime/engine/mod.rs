@@ -1,14 +1,16 @@
-//! The inference engine behind the server: one model instance on its own thread, a bounded
-//! job queue, micro-batched decoding, and an LRU of compressed images keyed by a content hash
+//! The inference engine behind every front end (the server, `htc eval`, `htc ask`): one model
+//! instance on its own thread, a bounded job queue, micro-batched decoding, and an LRU of the
+//! images made ready (compressed for HTC, a plain LLaVA's features) keyed by a content hash
 //! of (model id, image bytes), so a follow-up question on a cached image skips the ViT, MGVQ
-//! and compression.
+//! and compression. It serves HTC checkpoints, plain LLaVA snapshots and plain LLaMA models
+//! (HF snapshots, GGUF files; text-only questions).
 //!
 //! - [`job`]: the engine's setup and the questions it takes;
 //! - [`metrics`]: Prometheus metrics;
 //! - `state`: the thread's state and loop (admission, batched steps, replies).
 //!
-//! Errors reach clients as typed [`htc_shared::protocol::ProtocolError`]s. No HTTP or
-//! WebSocket code here: the server feeds [`Job`]s in and forwards their replies.
+//! Errors reach clients as typed [`htc_shared::protocol::ProtocolError`]s. No HTTP, WebSocket
+//! or terminal code here: front ends feed [`Job`]s in and forward their replies.
 
 pub mod job;
 pub mod metrics;
@@ -23,7 +25,7 @@ use sha2::{Digest, Sha256};
 
 use htc_shared::protocol::ModelCard;
 
-pub use job::{EngineConfig, Job, Question, UploadedImage};
+pub use job::{EngineConfig, ImageData, Job, Question, UploadedImage};
 pub use metrics::Metrics;
 use state::EngineState;
 
@@ -133,7 +135,7 @@ mod tests {
         let (reply, rx) = tokio::sync::mpsc::unbounded_channel();
         let job = Job {
             request_id: i,
-            image: UploadedImage { image: Arc::new(image), codes: None, key },
+            image: Some(UploadedImage { image: image.into(), codes: None, key }),
             question: Question::new(None, Some(vec![1, 5, 7]), 100).unwrap(),
             sampling: Sampling::greedy(2),
             mode: None,
@@ -155,6 +157,7 @@ mod tests {
             max_batch: 3,
             max_compress_batch: 3,
             mode: None,
+            require_images: true,
         })
         .unwrap();
         let (jobs, rxs): (Vec<_>, Vec<_>) = (0..3).map(|i| job(i, 10 * i as u8)).unzip();

@@ -211,6 +211,7 @@ impl Conn {
             inflight.insert(request_id, cancel.clone());
         }
         let reply = self.tx.clone();
+        let image = Some(image);
         let job = Job { request_id, image, question, sampling: ask.sampling, mode: ask.mode, cancel, reply };
         if self.app.engine.submit(job).is_err() {
             self.inflight.lock().expect("inflight lock").remove(&request_id);
