@@ -51,8 +51,8 @@ impl Session {
         }
     }
 
-    /// Starts the encoder's Web Worker on the wanted backend (again, if it runs on another)
-    /// and asks it to load the worker's encoder.
+    /// Starts the encoder thread (a Web Worker) on the wanted backend (again, if it runs on
+    /// another) and asks it to load the worker's encoder.
     pub(super) fn start_encoder(self) {
         let Some(url) =
             runner::manifest_url(&self.settings.get_untracked().socket_url(&page_origin(), page_session()))
@@ -88,13 +88,14 @@ impl Session {
         }
     }
 
-    /// WebGPU failed in the encoder (refused, lost, or its Web Worker died): the compute path
-    /// becomes the CPU, saying why, and [`Session::follow_compute`] restarts the encoder there.
-    /// The image under way is encoded again once the CPU encoder is loaded.
+    /// WebGPU failed in the encoder (refused, lost, or its encoder thread died): the compute
+    /// path becomes the CPU, saying why, and [`Session::follow_compute`] restarts the encoder
+    /// there. The image under way is encoded again once the CPU encoder is loaded.
     fn fall_back_to_cpu(self, message: String) {
         self.encoding.set_value(None);
         self.codes.set(None);
-        // Not from inside the failing Web Worker's own message handler, which the restart drops.
+        // Not from inside the failing encoder thread's own message handler, which the restart
+        // drops.
         leptos::task::spawn_local(async move {
             self.compute
                 .set(ComputePath::Cpu { reason: format!("WebGPU failed in the encoder ({message})") });

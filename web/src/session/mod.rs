@@ -90,7 +90,7 @@ pub struct Session {
     attempt: StoredValue<u32>,
     /// Bumped by every (re)connect, so a stale retry timer does nothing.
     generation: StoredValue<u32>,
-    /// Where the encoder's Web Worker files are (`…/encoder.js`), ending in `/`.
+    /// Where the encoder thread's files are (`…/encoder.js`), ending in `/`.
     assets: StoredValue<String>,
     /// Called with each finished answer (question, answer, request id): the widget's event.
     on_answer: StoredValue<Option<AnswerHook>, LocalStorage>,
