@@ -22,17 +22,30 @@ pub enum Connection {
 }
 
 impl Connection {
-    pub fn describe(&self) -> String {
+    /// The status's badge: `connecting`, `connected`, `reconnecting` (closed; the next try is
+    /// timed) or `offline` (refused: retrying cannot help until the settings change).
+    pub fn badge(&self) -> &'static str {
         match self {
-            Connection::Connecting => "connecting…".into(),
-            Connection::Ready { model } => format!("connected, model {model}"),
-            Connection::Retrying { attempt, retry_ms, why } => {
-                format!("disconnected ({why}); retry {attempt} in {:.1} s", *retry_ms as f64 / 1000.0)
-            }
-            Connection::Refused { why } => format!("refused: {why}"),
+            Connection::Connecting => "connecting",
+            Connection::Ready { .. } => "connected",
+            Connection::Retrying { .. } => "reconnecting",
+            Connection::Refused { .. } => "offline",
         }
     }
 
+    /// What the badge leaves out while the connection is down: why, and when the next try
+    /// is; `None` while connecting or connected.
+    pub fn detail(&self) -> Option<String> {
+        match self {
+            Connection::Connecting | Connection::Ready { .. } => None,
+            Connection::Retrying { attempt, retry_ms, why } => {
+                Some(format!("{why}; retry {attempt} in {:.1} s", *retry_ms as f64 / 1000.0))
+            }
+            Connection::Refused { why } => Some(format!("refused: {why}")),
+        }
+    }
+
+    /// The stable id the page exposes as `data-connection`.
     pub fn id(&self) -> &'static str {
         match self {
             Connection::Connecting => "connecting",
@@ -74,5 +87,18 @@ mod tests {
         assert_eq!(v, [500, 1000, 2000, 4000, 8000, 15000, 15000, 15000]);
         assert_eq!(backoff_ms(0), 500);
         assert_eq!(backoff_ms(u32::MAX), 15000);
+    }
+
+    #[test]
+    fn the_badge_and_its_detail_say_where_the_connection_stands() {
+        assert_eq!((Connection::Connecting.badge(), Connection::Connecting.detail()), ("connecting", None));
+        let ready = Connection::Ready { model: "shapes-demo".into() };
+        assert_eq!((ready.badge(), ready.detail(), ready.id()), ("connected", None, "ready"));
+        let retrying = Connection::Retrying { attempt: 2, retry_ms: 1000, why: "closed, code 1006".into() };
+        assert_eq!((retrying.badge(), retrying.id()), ("reconnecting", "retrying"));
+        assert_eq!(retrying.detail().as_deref(), Some("closed, code 1006; retry 2 in 1.0 s"));
+        let refused = Connection::Refused { why: "the worker refused the token (401)".into() };
+        assert_eq!((refused.badge(), refused.id()), ("offline", "refused"));
+        assert_eq!(refused.detail().as_deref(), Some("refused: the worker refused the token (401)"));
     }
 }

@@ -26,6 +26,22 @@ impl EncoderState {
         }
     }
 
+    /// The short form the status always shows: whether the encoder runs, and when it is
+    /// ready, its backend and whether its weights came from the cache or the network.
+    pub fn summary(&self) -> String {
+        match self {
+            Self::Off(_) => "in-browser encoder off; the worker tokenises".into(),
+            Self::Loading { .. } => "in-browser encoder loading its weights…".into(),
+            Self::Ready { backend, downloaded, .. } => {
+                let weights = if *downloaded == 0 { "cached" } else { "downloaded" };
+                format!("in-browser encoder ready on {backend}, weights {weights}")
+            }
+            Self::Failed(_) => "in-browser encoder failed; the worker tokenises".into(),
+        }
+    }
+
+    /// The full words, for the status's details: why it is off or failed, the weights'
+    /// progress, or their size, where they came from and the load time.
     pub fn describe(&self) -> String {
         let kb = |b: u64| format!("{:.0} KB", b as f64 / 1e3);
         match self {
@@ -81,5 +97,26 @@ mod tests {
         assert!(EncoderState::Failed("HTTP 404".into()).describe().contains("the worker tokenises"));
         assert_eq!(tokenised_words(Some(("cpu", 12.4))), "browser, backend: cpu, 12 ms");
         assert_eq!(tokenised_words(None), "worker");
+    }
+
+    #[test]
+    fn the_short_form_keeps_the_backend_and_where_the_weights_came_from() {
+        let ready = |downloaded| EncoderState::Ready {
+            backend: "webgpu".into(),
+            bytes: 780_000,
+            downloaded,
+            ms: 41.0,
+            warmup_ms: 12.0,
+        };
+        assert_eq!(ready(0).summary(), "in-browser encoder ready on webgpu, weights cached");
+        assert_eq!(ready(780_000).summary(), "in-browser encoder ready on webgpu, weights downloaded");
+        let loading = EncoderState::Loading { loaded: 1000, total: 4000, from_cache: true };
+        assert_eq!(loading.summary(), "in-browser encoder loading its weights…");
+        let off = EncoderState::Off("the model takes no MGVQ codes".into());
+        assert_eq!(off.summary(), "in-browser encoder off; the worker tokenises");
+        assert!(off.describe().ends_with("the model takes no MGVQ codes"), "the details say why");
+        let failed = EncoderState::Failed("HTTP 404".into());
+        assert_eq!(failed.summary(), "in-browser encoder failed; the worker tokenises");
+        assert!(failed.describe().contains("HTTP 404"), "the details say why");
     }
 }
