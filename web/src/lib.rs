@@ -5,9 +5,10 @@
 //!   [`status`], [`image_input`], [`chat`], [`attention`], [`settings`];
 //! - [`session`]: the shared reactive state and the actions (connect, ask, stop);
 //! - [`client`]: the worker client (the WebSocket protocol of `htc_shared::protocol`);
-//! - [`runner`]: the in-browser model runner (the MGVQ encoder in a Web Worker, on the CPU);
-//! - [`state`]: the rules without the DOM (conversation, settings, backoff, attention maps),
-//!   tested natively;
+//! - [`runner`]: the in-browser model runner: the MGVQ encoder on its encoder thread (a Web
+//!   Worker), on WebGPU (the WGSL kernels, or burn-wgpu's) with a CPU fallback (burn-ndarray);
+//! - [`state`]: the rules without the DOM (conversation, connection and backoff, encoder
+//!   words, settings, modes, attention maps, image files), tested natively;
 //! - [`widget`]: `<htc-vlm-widget>`, the app in a shadow root for other sites (`widget.js`);
 //! - [`compute`]: the WebGPU probe; [`layout`]: the hybrid sequence layout from `htc-shared`.
 
