@@ -14,7 +14,7 @@
       Markdown tables of both sides and the ratios (standard library only).
 
 The question and decoded ids are the ones `htc bench` uses (`bench_ids` in
-worker/src/cli/bench.rs), with the image token's id moved one up so no question token is
+worker/src/bench/mod.rs), with the image token's id moved one up so no question token is
 taken for an image token.
 """
 import argparse

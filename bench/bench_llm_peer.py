@@ -15,7 +15,7 @@ import time
 
 
 def bench_ids(n, vocab):
-    # The same walk over the vocabulary as `htc_worker::cli::bench::bench_ids`.
+    # The same walk over the vocabulary as `htc_worker::bench::bench_ids`.
     return [100 + (i * 7919) % (vocab - 100) for i in range(n)]
 
 

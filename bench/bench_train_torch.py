@@ -16,7 +16,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "fixtures"))
 from make_train_fixtures import HtcRef, no_decay  # noqa: E402
 
-# Must match worker/src/cli/bench_train.rs.
+# Must match worker/src/bench/train.rs.
 SHAPES = {
     "tiny": dict(clip=(32, 3, 16, 4), llm=(128, 64, 2, 4, 2, 96), discrete_hidden=48, batch=8, text=24),
     "mid": dict(clip=(64, 2, 336, 14), llm=(4096, 512, 8, 8, 8, 1376), discrete_hidden=512, batch=4, text=48),

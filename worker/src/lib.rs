@@ -17,9 +17,12 @@
 //! - [`eval`]: batched greedy answering of a question set and exact-match scoring.
 //! - [`loadtest`]: a WebSocket load client for a running service (uses `eval`'s question
 //!   reader only).
+//! - [`bench`]: the `htc bench` suites (backend, LLM, HTC stages, end to end, training,
+//!   memory), each writing its report to a writer it is given (beside `server` and `eval`).
 //! - [`cli`]: the `htc` subcommands.
 
 pub mod backend;
+pub mod bench;
 pub mod cli;
 pub mod data;
 pub mod eval;

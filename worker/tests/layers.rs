@@ -20,11 +20,12 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
         ("train", &["runtime", "formats", "models", "kernels", "text", "data", "backend"][..]),
         ("eval", &["runtime", "formats", "models", "kernels", "text", "data", "backend"][..]),
         ("loadtest", &["eval"][..]),
+        ("bench", &["train", "runtime", "formats", "models", "kernels", "backend"][..]),
         (
             "cli",
             &[
-                "loadtest", "eval", "train", "server", "runtime", "formats", "models", "kernels", "text",
-                "data", "backend",
+                "bench", "loadtest", "eval", "train", "server", "runtime", "formats", "models", "kernels",
+                "text", "data", "backend",
             ][..],
         ),
     ])

@@ -2,7 +2,7 @@
 //! ([`ask`], [`init`], [`data`], [`train`], [`train_tokenizer`], [`pretrain_vision`],
 //! [`tokenize`], [`eval`],
 //! [`merge_lora`], [`serve`], [`load`], [`bench`]). Parsing and dispatch only; the work
-//! happens in `runtime`, `train`, `server` and `formats`.
+//! happens in `runtime`, `train`, `server`, `formats`, `eval`, `loadtest` and `bench`.
 
 /// `println!` for the subcommands' output, returning the write's error instead of panicking
 /// when stdout is closed early (`htc ... | head`); [`is_broken_pipe`] tells `main` to stop
@@ -25,8 +25,6 @@ macro_rules! out {
 
 pub mod ask;
 pub mod bench;
-pub mod bench_e2e;
-pub mod bench_train;
 pub mod data;
 pub mod eval;
 pub mod init;

@@ -17,6 +17,7 @@ use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 use serde_json::json;
 
 use htc_shared::config::LoraConfig;
+use htc_shared::params::ParamNames;
 use htc_shared::preprocess::ClipPreprocess;
 
 use super::checkpoint::{self, TrainerState};
@@ -24,11 +25,12 @@ use super::data::{self, DataOptions, Dataset, Example};
 use super::objective::{nll_sum, Batch, SceneProbe, Trainable};
 use super::optim::Moments;
 use super::plot;
-use super::step::{train_step_probed, Optimizer, ProbeWeight, Probed};
+use super::step::{train_step_probed, Optimizer, ProbeWeight, Probed, StepReport};
 use super::vision::{read_scenes, CellLabels};
 use crate::formats::checkpoint::{AnyModel, Snapshot};
 use crate::models::htc::{Htc, ImageTensors};
 use crate::runtime::image::{clip_pixels, mgvq_pixels, read_image_file};
+use crate::text::TextTokenizer;
 
 /// Everything a run needs.
 #[derive(Debug, Clone)]
@@ -98,8 +100,11 @@ pub struct SceneLoss {
     pub probe_only: bool,
 }
 
+/// The cell labels of the scenes the scene probe learns, by image path.
+type SceneLabels = HashMap<PathBuf, CellLabels>;
+
 /// The cell labels of every scene in `s`, by image path (joined to `images`, as the data's).
-fn scene_labels(s: &SceneLoss, images: &Path) -> Result<HashMap<PathBuf, CellLabels>> {
+fn scene_labels(s: &SceneLoss, images: &Path) -> Result<SceneLabels> {
     if !(s.weight.is_finite() && s.weight > 0.0) {
         bail!("--scene-loss must be a positive number, got {}", s.weight);
     }
@@ -145,87 +150,101 @@ impl PixelCache {
     }
 }
 
-/// Loads images and stacks examples into one batch; an image is decoded only when its pixel
-/// values are not in `pixels` or (for MGVQ) its codes not in `codes`. With `probe_only`, each
-/// text is cut to its first token, not a target.
-#[allow(clippy::too_many_arguments)]
-fn make_batch<B: Backend>(
-    model: &Htc<B>, pre: &ClipPreprocess, ex: &[&Example], device: &B::Device, codes: &mut CodeCache,
-    pixels: &mut PixelCache, scenes: Option<&HashMap<PathBuf, CellLabels>>, probe_only: bool,
-) -> Result<Batch<B>> {
-    let size = model.llava.vision.image_size();
-    let mut clip = Vec::new();
-    let mut batch_codes: Option<Vec<Vec<u16>>> =
-        model.mgvq.as_ref().filter(|_| model.config.uses_discrete()).map(|_| Vec::new());
-    for e in ex {
-        let need_codes = batch_codes.is_some() && !codes.contains_key(&e.image);
-        let cached = pixels.values.get(&e.image).cloned();
-        let img = match (&cached, need_codes) {
-            (Some(_), false) => None,
-            _ => Some(read_image_file(&e.image).with_context(|| format!("record `{}`", e.id))?),
-        };
-        let t = match (cached, &img) {
-            (Some(v), _) => Tensor::from_data(TensorData::new(v, [1, 3, size, size]), device),
-            (None, Some(img)) => clip_pixels(pre, img, size, device)?,
-            (None, None) => unreachable!("an image without cached pixels is decoded"),
-        };
-        let n = 3 * size * size * std::mem::size_of::<f32>();
-        if !pixels.values.contains_key(&e.image) && pixels.bytes + n <= pixels.budget {
-            pixels.values.insert(
-                e.image.clone(),
-                t.to_data().convert::<f32>().to_vec::<f32>().map_err(|e| anyhow!("{e:?}"))?,
-            );
-            pixels.bytes += n;
-        }
-        clip.push(t);
-        if let (Some(mgvq), Some(out)) = (&model.mgvq, batch_codes.as_mut()) {
-            if need_codes {
-                let img = img.as_ref().expect("decoded when its codes are missing");
-                let px = mgvq_pixels(model, img).context("the model has MGVQ but takes no MGVQ input")?;
-                codes.insert(e.image.clone(), mgvq.encode(px)?.codes);
-            }
-            out.extend(codes[&e.image].iter().cloned());
-        }
-    }
-    Ok(Batch {
-        images: ImageTensors { clip: Tensor::cat(clip, 0), mgvq: None, codes: batch_codes },
-        ids: ex
-            .iter()
-            .map(|e| if probe_only { e.ids.iter().take(1).copied().collect() } else { e.ids.clone() })
-            .collect(),
-        labels: ex
-            .iter()
-            .map(|e| if probe_only { vec![super::objective::IGNORE] } else { e.labels.clone() })
-            .collect(),
-        scene: scenes
-            .map(|s| {
-                ex.iter()
-                    .map(|e| {
-                        s.get(&e.image)
-                            .copied()
-                            .with_context(|| format!("no scene for {}", e.image.display()))
-                    })
-                    .collect::<Result<Vec<_>>>()
-            })
-            .transpose()?,
-    })
+/// Turns examples into batches: the model's CLIP preprocessing, the code and pixel caches,
+/// and, with `--scene-loss`, the scene labels the training batches carry.
+struct Batcher {
+    preprocess: ClipPreprocess,
+    codes: CodeCache,
+    pixels: PixelCache,
+    scenes: Option<SceneLabels>,
+    /// Cut each training text to its first token, not a target (`--probe-only`).
+    probe_only: bool,
 }
 
-/// Mean answer-token loss over a data set, without gradients.
-fn validate<B: AutodiffBackend>(
-    model: &Htc<B>, pre: &ClipPreprocess, set: &Dataset, micro: usize, device: &B::Device,
-    codes: &mut CodeCache, pixels: &mut PixelCache,
-) -> Result<f64> {
-    let m = model.valid();
-    let inner_dev: burn::tensor::Device<B::InnerBackend> = device.clone();
-    let (mut nll, mut n) = (0f64, 0usize);
-    for chunk in set.examples.chunks(micro) {
-        let refs: Vec<&Example> = chunk.iter().collect();
-        let b = make_batch(&m, pre, &refs, &inner_dev, codes, pixels, None, false)?;
-        n += b.targets();
-        nll += nll_sum(&m, &b)?.into_scalar().elem::<f64>();
+impl Batcher {
+    /// Loads images and stacks examples into one batch; an image is decoded only when its
+    /// pixel values are not in the pixel cache or (for MGVQ) its codes not in the code cache.
+    /// A `training` batch carries the scene labels and, with `probe_only`, each text cut to its
+    /// first token; a validation batch neither.
+    fn batch<B: Backend>(
+        &mut self, model: &Htc<B>, ex: &[&Example], device: &B::Device, training: bool,
+    ) -> Result<Batch<B>> {
+        let (scenes, probe_only) =
+            if training { (self.scenes.as_ref(), self.probe_only) } else { (None, false) };
+        let (codes, pixels) = (&mut self.codes, &mut self.pixels);
+        let size = model.llava.vision.image_size();
+        let mut clip = Vec::new();
+        let mut batch_codes: Option<Vec<Vec<u16>>> =
+            model.mgvq.as_ref().filter(|_| model.config.uses_discrete()).map(|_| Vec::new());
+        for e in ex {
+            let need_codes = batch_codes.is_some() && !codes.contains_key(&e.image);
+            let cached = pixels.values.get(&e.image).cloned();
+            let img = match (&cached, need_codes) {
+                (Some(_), false) => None,
+                _ => Some(read_image_file(&e.image).with_context(|| format!("record `{}`", e.id))?),
+            };
+            let t = match (cached, &img) {
+                (Some(v), _) => Tensor::from_data(TensorData::new(v, [1, 3, size, size]), device),
+                (None, Some(img)) => clip_pixels(&self.preprocess, img, size, device)?,
+                (None, None) => unreachable!("an image without cached pixels is decoded"),
+            };
+            let n = 3 * size * size * std::mem::size_of::<f32>();
+            if !pixels.values.contains_key(&e.image) && pixels.bytes + n <= pixels.budget {
+                pixels.values.insert(
+                    e.image.clone(),
+                    t.to_data().convert::<f32>().to_vec::<f32>().map_err(|e| anyhow!("{e:?}"))?,
+                );
+                pixels.bytes += n;
+            }
+            clip.push(t);
+            if let (Some(mgvq), Some(out)) = (&model.mgvq, batch_codes.as_mut()) {
+                if need_codes {
+                    let img = img.as_ref().expect("decoded when its codes are missing");
+                    let px = mgvq_pixels(model, img).context("the model has MGVQ but takes no MGVQ input")?;
+                    codes.insert(e.image.clone(), mgvq.encode(px)?.codes);
+                }
+                out.extend(codes[&e.image].iter().cloned());
+            }
+        }
+        Ok(Batch {
+            images: ImageTensors { clip: Tensor::cat(clip, 0), mgvq: None, codes: batch_codes },
+            ids: ex
+                .iter()
+                .map(|e| if probe_only { e.ids.iter().take(1).copied().collect() } else { e.ids.clone() })
+                .collect(),
+            labels: ex
+                .iter()
+                .map(|e| if probe_only { vec![super::objective::IGNORE] } else { e.labels.clone() })
+                .collect(),
+            scene: scenes
+                .map(|s| {
+                    ex.iter()
+                        .map(|e| {
+                            s.get(&e.image)
+                                .copied()
+                                .with_context(|| format!("no scene for {}", e.image.display()))
+                        })
+                        .collect::<Result<Vec<_>>>()
+                })
+                .transpose()?,
+        })
     }
-    Ok(nll / n.max(1) as f64)
+
+    /// Mean answer-token loss over a data set, without gradients.
+    fn validate<B: AutodiffBackend>(
+        &mut self, model: &Htc<B>, set: &Dataset, micro: usize, device: &B::Device,
+    ) -> Result<f64> {
+        let m = model.valid();
+        let inner_dev: burn::tensor::Device<B::InnerBackend> = device.clone();
+        let (mut nll, mut n) = (0f64, 0usize);
+        for chunk in set.examples.chunks(micro) {
+            let refs: Vec<&Example> = chunk.iter().collect();
+            let b = self.batch(&m, &refs, &inner_dev, false)?;
+            n += b.targets();
+            nll += nll_sum(&m, &b)?.into_scalar().elem::<f64>();
+        }
+        Ok(nll / n.max(1) as f64)
+    }
 }
 
 /// Keeps the metrics lines of steps up to `step` (a resumed run rewrites what follows) and
@@ -253,8 +272,8 @@ fn trim_metrics(path: &Path, step: usize) -> Result<Vec<plot::Point>> {
         .collect())
 }
 
-/// Runs training to the end and returns where the last checkpoint is.
-pub fn run<B: AutodiffBackend>(cfg: &RunConfig, device: &B::Device) -> Result<RunSummary> {
+/// The options no run can start with.
+fn check_options(cfg: &RunConfig) -> Result<()> {
     if cfg.micro_batch == 0 || cfg.global_batch == 0 || !cfg.global_batch.is_multiple_of(cfg.micro_batch) {
         bail!(
             "--global-batch ({}) must be a positive multiple of --micro-batch ({})",
@@ -271,8 +290,20 @@ pub fn run<B: AutodiffBackend>(cfg: &RunConfig, device: &B::Device) -> Result<Ru
              not checkpointed; start the stage again"
         );
     }
+    Ok(())
+}
+
+/// The trainer state and optimizer moments of the checkpoint a resume continues from.
+type Resumed<B> = (TrainerState, Moments<<B as AutodiffBackend>::InnerBackend>);
+
+/// The checkpoint the run starts from: `cfg.model`, or with `--resume` the last checkpoint in
+/// `cfg.out` and its trainer state (which must have been trained with the same settings). A
+/// fresh run refuses an `out` that already holds checkpoints.
+fn starting_point<B: AutodiffBackend>(
+    cfg: &RunConfig, device: &B::Device,
+) -> Result<(PathBuf, Option<Resumed<B>>)> {
     let existing = checkpoint::checkpoints(&cfg.out)?;
-    let (source, resumed) = match (cfg.resume, existing.last()) {
+    match (cfg.resume, existing.last()) {
         (true, Some((_, dir))) => {
             let (state, moments) = checkpoint::load_state::<B::InnerBackend>(dir, device)?;
             if state.settings != cfg.settings() {
@@ -282,7 +313,7 @@ pub fn run<B: AutodiffBackend>(cfg: &RunConfig, device: &B::Device) -> Result<Ru
                     state.settings
                 );
             }
-            (dir.clone(), Some((state, moments)))
+            Ok((dir.clone(), Some((state, moments))))
         }
         (true, None) => bail!("--resume: {} has no checkpoint to resume from", cfg.out.display()),
         (false, Some((_, dir))) => bail!(
@@ -290,9 +321,22 @@ pub fn run<B: AutodiffBackend>(cfg: &RunConfig, device: &B::Device) -> Result<Ru
             cfg.out.display(),
             dir.display()
         ),
-        (false, None) => (cfg.model.clone(), None),
-    };
-    let snap = Snapshot::<B>::open(&source, device)?;
+        (false, None) => Ok((cfg.model.clone(), None)),
+    }
+}
+
+/// The model a run trains, as opened from its starting checkpoint.
+struct Opened<B: Backend> {
+    model: Htc<B>,
+    names: ParamNames,
+    preprocess: ClipPreprocess,
+    tokenizer: TextTokenizer,
+}
+
+/// Opens the HTC checkpoint at `source` in the run's mode, adds fresh LoRA adapters when the
+/// run asks for them and the checkpoint has none, and marks what trains.
+fn open_model<B: AutodiffBackend>(cfg: &RunConfig, source: &Path, device: &B::Device) -> Result<Opened<B>> {
+    let snap = Snapshot::<B>::open(source, device)?;
     let mut names = snap.names;
     let AnyModel::Htc { mut model, preprocess, .. } = snap.model else {
         bail!(
@@ -303,7 +347,7 @@ pub fn run<B: AutodiffBackend>(cfg: &RunConfig, device: &B::Device) -> Result<Ru
     if let Some(mode) = cfg.mode {
         model = model.with_mode(mode, true)?;
     }
-    let tok =
+    let tokenizer =
         snap.tokenizer.context("the model has no tokenizer.json; training needs one to read the data")?;
     if let Some(lc) = &cfg.lora {
         if !cfg.trainable.llm {
@@ -318,11 +362,17 @@ pub fn run<B: AutodiffBackend>(cfg: &RunConfig, device: &B::Device) -> Result<Ru
             names.extend(fresh.names());
         }
     }
-    let model = cfg.trainable.apply(model);
+    Ok(Opened { model: cfg.trainable.apply(model), names, preprocess, tokenizer })
+}
+
+/// The training set and the validation set, if any, their texts cut to what fits in the
+/// model's context after the image prefix.
+fn load_data<B: Backend>(
+    cfg: &RunConfig, model: &Htc<B>, tokenizer: &TextTokenizer,
+) -> Result<(Dataset, Option<Dataset>)> {
     let ctx = model.llava.llm.config().max_position_embeddings;
     let max_text = ctx.saturating_sub(model.layout(0).len());
-    let opts =
-        DataOptions { tokenizer: &tok, max_text, strict: cfg.strict, train_on_inputs: cfg.train_on_inputs };
+    let opts = DataOptions { tokenizer, max_text, strict: cfg.strict, train_on_inputs: cfg.train_on_inputs };
     let train = data::load(&cfg.data, &cfg.images, &opts)?;
     if let Some(s) = train.skip_summary() {
         tracing::warn!("{}: {s}", cfg.data.display());
@@ -331,6 +381,14 @@ pub fn run<B: AutodiffBackend>(cfg: &RunConfig, device: &B::Device) -> Result<Ru
         Some((d, i)) => Some(data::load(d, i, &opts)?),
         None => None,
     };
+    Ok((train, val))
+}
+
+/// With `--scene-loss`: the scene labels of every training image and a fresh scene probe
+/// beside the model (its parameters' names added to `names`); without, the model alone.
+fn attach_probe<B: AutodiffBackend>(
+    cfg: &RunConfig, train: &Dataset, model: Htc<B>, names: &mut ParamNames, device: &B::Device,
+) -> Result<(Probed<B>, ProbeWeight, Option<SceneLabels>)> {
     let scenes = match &cfg.scene_loss {
         Some(s) => {
             let labels = scene_labels(s, &cfg.images)?;
@@ -357,7 +415,7 @@ pub fn run<B: AutodiffBackend>(cfg: &RunConfig, device: &B::Device) -> Result<Ru
         }
         None => None,
     };
-    let mut trained = Probed { model, probe };
+    let trained = Probed { model, probe };
     let probe_weight = cfg
         .scene_loss
         .as_ref()
@@ -366,6 +424,190 @@ pub fn run<B: AutodiffBackend>(cfg: &RunConfig, device: &B::Device) -> Result<Ru
     if trained.probe.is_some() && probe_weight.layer >= layers {
         bail!("--scene-layer {}: the LLM has {layers} layers (0 to {})", probe_weight.layer, layers - 1);
     }
+    Ok((trained, probe_weight, scenes))
+}
+
+/// The step to start from and the optimizer moments to start with: a resumed run's, which
+/// must have been planned for the same `total` steps and seed, or step 0 and no moments.
+fn resume_point<B: AutodiffBackend>(
+    resumed: Option<Resumed<B>>, total: usize, seed: u64,
+) -> Result<(usize, Moments<B::InnerBackend>)> {
+    match resumed {
+        Some((state, moments)) => {
+            if state.total_steps != total || state.seed != seed {
+                bail!(
+                    "the run was planned for {} steps with seed {}; this resume asks for {total} with seed {}",
+                    state.total_steps,
+                    state.seed,
+                    seed
+                );
+            }
+            Ok((state.step, moments))
+        }
+        None => Ok((0, Moments::<B::InnerBackend>::default())),
+    }
+}
+
+/// Where a run reports its steps: `metrics.jsonl` (one line per step), the loss plot and the
+/// progress bar.
+struct Log {
+    metrics: std::fs::File,
+    /// Every step's losses so far, for the plot.
+    history: Vec<plot::Point>,
+    plot_path: PathBuf,
+    bar: indicatif::ProgressBar,
+    total: usize,
+    save_every: usize,
+}
+
+impl Log {
+    /// Creates `cfg.out`, keeps the metrics of the steps up to `start` and opens the metrics
+    /// file to append the rest.
+    fn open(cfg: &RunConfig, start: usize, total: usize) -> Result<Self> {
+        std::fs::create_dir_all(&cfg.out).with_context(|| format!("cannot create {}", cfg.out.display()))?;
+        let metrics_path = cfg.out.join("metrics.jsonl");
+        let history = trim_metrics(&metrics_path, start)?;
+        let plot_path = cfg.out.join("loss.png");
+        let metrics = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&metrics_path)
+            .with_context(|| format!("cannot open {}", metrics_path.display()))?;
+        let bar = super::progress(total, cfg.progress);
+        bar.set_position(start as u64);
+        Ok(Self { metrics, history, plot_path, bar, total, save_every: cfg.save_every })
+    }
+
+    /// Appends step `step`'s metrics `line`, redraws the plot every 10 steps, at each
+    /// checkpoint and at the end, and advances the bar.
+    fn record(&mut self, step: usize, line: &serde_json::Value, r: &StepReport, tps: f64) -> Result<()> {
+        writeln!(self.metrics, "{line}")?;
+        self.metrics.flush()?;
+        self.history.push((step, r.loss, line["val_loss"].as_f64()));
+        if step.is_multiple_of(10) || step == self.total || step.is_multiple_of(self.save_every) {
+            plot::draw(&self.history, &self.plot_path)?;
+        }
+        self.bar.set_message(format!("loss {:.4} lr {:.2e} {:.0} tok/s", r.loss, r.lr, tps));
+        self.bar.inc(1);
+        Ok(())
+    }
+}
+
+/// The metrics line of one step.
+fn metrics_line(step: usize, epoch: usize, r: &StepReport, tps: f64, elapsed_s: f64) -> serde_json::Value {
+    let mut line = json!({
+        "step": step, "epoch": epoch, "loss": r.loss, "lr": r.lr, "grad_norm": r.grad_norm,
+        "tokens_per_s": tps, "elapsed_s": elapsed_s,
+    });
+    if let Some((l, acc)) = r.scene {
+        line["scene_loss"] = json!(l);
+        line["scene_accuracy"] = json!(acc);
+    }
+    line
+}
+
+/// The steps of a run, once its model, data and optimizer state are set up.
+struct Steps<'a, B: AutodiffBackend> {
+    cfg: &'a RunConfig,
+    device: &'a B::Device,
+    /// The checkpoint the run started from (recorded in each checkpoint it saves).
+    source: PathBuf,
+    names: ParamNames,
+    train: Dataset,
+    val: Option<Dataset>,
+    batcher: Batcher,
+    moments: Moments<B::InnerBackend>,
+    opt: Optimizer,
+    probe_weight: ProbeWeight,
+    steps_per_epoch: usize,
+    total: usize,
+}
+
+impl<B: AutodiffBackend> Steps<'_, B> {
+    /// Takes steps `start..total`, logging each and saving checkpoints; returns the last
+    /// step's loss and the last checkpoint (`source` if none was saved).
+    fn run(&mut self, mut trained: Probed<B>, start: usize, log: &mut Log) -> Result<(f64, PathBuf)> {
+        let t0 = Instant::now();
+        let mut last = (f64::NAN, self.source.clone());
+        for s in start..self.total {
+            let epoch = s / self.steps_per_epoch;
+            let micro = self.micro_batches(&trained.model, s)?;
+            let ts = Instant::now();
+            let (m, r) = train_step_probed(
+                trained,
+                &micro,
+                &self.names,
+                &mut self.moments,
+                &self.opt,
+                self.probe_weight,
+                self.cfg.threads,
+            )?;
+            trained = m;
+            let tps = r.tokens as f64 / ts.elapsed().as_secs_f64().max(1e-9);
+            let step = s + 1;
+            let mut line = metrics_line(step, epoch, &r, tps, t0.elapsed().as_secs_f64());
+            if let Some(v) = self.val_loss(&trained.model, step)? {
+                line["val_loss"] = json!(v);
+            }
+            log.record(step, &line, &r, tps)?;
+            last.0 = r.loss;
+            if step.is_multiple_of(self.cfg.save_every) || step == self.total {
+                last.1 = self.save(&trained.model, step)?;
+            }
+        }
+        Ok(last)
+    }
+
+    /// The micro-batches of step `s` (counted from 0): its global batch in the data order of
+    /// its epoch, cut into `--micro-batch` pieces.
+    fn micro_batches(&mut self, model: &Htc<B>, s: usize) -> Result<Vec<Batch<B>>> {
+        let (epoch, k) = (s / self.steps_per_epoch, s % self.steps_per_epoch);
+        let idx = global_batch(self.train.examples.len(), self.cfg.seed, epoch, k, self.cfg.global_batch);
+        let ex: Vec<&Example> = idx.iter().map(|&i| &self.train.examples[i]).collect();
+        ex.chunks(self.cfg.micro_batch).map(|c| self.batcher.batch(model, c, self.device, true)).collect()
+    }
+
+    /// The validation loss after step `step`, when there is a validation set and the step is
+    /// due (every `--eval-every` steps and the last).
+    fn val_loss(&mut self, model: &Htc<B>, step: usize) -> Result<Option<f64>> {
+        let Some(v) = &self.val else { return Ok(None) };
+        if step.is_multiple_of(self.cfg.eval_every.max(1)) || step == self.total {
+            return Ok(Some(self.batcher.validate(model, v, self.cfg.micro_batch, self.device)?));
+        }
+        Ok(None)
+    }
+
+    /// Saves the checkpoint of step `step` with the trainer state a resume needs, and returns
+    /// its directory.
+    fn save(&self, model: &Htc<B>, step: usize) -> Result<PathBuf> {
+        let cfg = self.cfg;
+        let state = TrainerState {
+            step,
+            total_steps: self.total,
+            steps_per_epoch: self.steps_per_epoch,
+            seed: cfg.seed,
+            settings: cfg.settings(),
+        };
+        checkpoint::save(
+            &cfg.out,
+            &self.source,
+            model,
+            &self.names,
+            cfg.lora.as_ref(),
+            &self.moments,
+            &state,
+            cfg.keep,
+        )
+    }
+}
+
+/// Runs training to the end and returns where the last checkpoint is.
+pub fn run<B: AutodiffBackend>(cfg: &RunConfig, device: &B::Device) -> Result<RunSummary> {
+    check_options(cfg)?;
+    let (source, resumed) = starting_point::<B>(cfg, device)?;
+    let Opened { model, mut names, preprocess, tokenizer } = open_model::<B>(cfg, &source, device)?;
+    let (train, val) = load_data(cfg, &model, &tokenizer)?;
+    let (trained, probe_weight, scenes) = attach_probe(cfg, &train, model, &mut names, device)?;
     let probe_only = cfg.scene_loss.as_ref().is_some_and(|s| s.probe_only);
     let n = train.examples.len();
     let steps_per_epoch = n.div_ceil(cfg.global_batch);
@@ -375,116 +617,26 @@ pub fn run<B: AutodiffBackend>(cfg: &RunConfig, device: &B::Device) -> Result<Ru
     }
     let mut opt = cfg.optimizer;
     opt.schedule.total = total;
-    let (start, mut moments) = match resumed {
-        Some((state, moments)) => {
-            if state.total_steps != total || state.seed != cfg.seed {
-                bail!(
-                    "the run was planned for {} steps with seed {}; this resume asks for {total} with seed {}",
-                    state.total_steps,
-                    state.seed,
-                    cfg.seed
-                );
-            }
-            (state.step, moments)
-        }
-        None => (0, Moments::<B::InnerBackend>::default()),
+    let (start, moments) = resume_point::<B>(resumed, total, cfg.seed)?;
+    let mut log = Log::open(cfg, start, total)?;
+    let batcher =
+        Batcher { preprocess, codes: CodeCache::new(), pixels: PixelCache::new(), scenes, probe_only };
+    let skipped = train.skipped_count();
+    let mut steps = Steps {
+        cfg,
+        device,
+        source,
+        names,
+        train,
+        val,
+        batcher,
+        moments,
+        opt,
+        probe_weight,
+        steps_per_epoch,
+        total,
     };
-    std::fs::create_dir_all(&cfg.out).with_context(|| format!("cannot create {}", cfg.out.display()))?;
-    let metrics_path = cfg.out.join("metrics.jsonl");
-    let mut history = trim_metrics(&metrics_path, start)?;
-    let plot_path = cfg.out.join("loss.png");
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .with_context(|| format!("cannot open {}", metrics_path.display()))?;
-    let bar = super::progress(total, cfg.progress);
-    bar.set_position(start as u64);
-    let mut codes = CodeCache::new();
-    let mut pixels = PixelCache::new();
-    let t0 = Instant::now();
-    let mut last = (f64::NAN, source.clone());
-    for s in start..total {
-        let (epoch, k) = (s / steps_per_epoch, s % steps_per_epoch);
-        let idx = global_batch(n, cfg.seed, epoch, k, cfg.global_batch);
-        let ex: Vec<&Example> = idx.iter().map(|&i| &train.examples[i]).collect();
-        let micro = ex
-            .chunks(cfg.micro_batch)
-            .map(|c| {
-                make_batch(
-                    &trained.model,
-                    &preprocess,
-                    c,
-                    device,
-                    &mut codes,
-                    &mut pixels,
-                    scenes.as_ref(),
-                    probe_only,
-                )
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let ts = Instant::now();
-        let (m, r) =
-            train_step_probed(trained, &micro, &names, &mut moments, &opt, probe_weight, cfg.threads)?;
-        trained = m;
-        let tps = r.tokens as f64 / ts.elapsed().as_secs_f64().max(1e-9);
-        let step = s + 1;
-        let mut line = json!({
-            "step": step, "epoch": epoch, "loss": r.loss, "lr": r.lr, "grad_norm": r.grad_norm,
-            "tokens_per_s": tps, "elapsed_s": t0.elapsed().as_secs_f64(),
-        });
-        if let Some((l, acc)) = r.scene {
-            line["scene_loss"] = json!(l);
-            line["scene_accuracy"] = json!(acc);
-        }
-        if let Some(v) = &val {
-            if step % cfg.eval_every.max(1) == 0 || step == total {
-                line["val_loss"] = json!(validate(
-                    &trained.model,
-                    &preprocess,
-                    v,
-                    cfg.micro_batch,
-                    device,
-                    &mut codes,
-                    &mut pixels
-                )?);
-            }
-        }
-        writeln!(metrics, "{line}")?;
-        metrics.flush()?;
-        history.push((step, r.loss, line["val_loss"].as_f64()));
-        if step % 10 == 0 || step == total || step % cfg.save_every == 0 {
-            plot::draw(&history, &plot_path)?;
-        }
-        bar.set_message(format!("loss {:.4} lr {:.2e} {:.0} tok/s", r.loss, r.lr, tps));
-        bar.inc(1);
-        last.0 = r.loss;
-        if step % cfg.save_every == 0 || step == total {
-            let state = TrainerState {
-                step,
-                total_steps: total,
-                steps_per_epoch,
-                seed: cfg.seed,
-                settings: cfg.settings(),
-            };
-            last.1 = checkpoint::save(
-                &cfg.out,
-                &source,
-                &trained.model,
-                &names,
-                cfg.lora.as_ref(),
-                &moments,
-                &state,
-                cfg.keep,
-            )?;
-        }
-    }
-    bar.finish();
-    Ok(RunSummary {
-        steps: total,
-        final_loss: last.0,
-        checkpoint: last.1,
-        examples: n,
-        skipped: train.skipped_count(),
-    })
+    let (final_loss, checkpoint) = steps.run(trained, start, &mut log)?;
+    log.bar.finish();
+    Ok(RunSummary { steps: total, final_loss, checkpoint, examples: n, skipped })
 }

@@ -12,6 +12,7 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 
 use htc_shared::config::{ClipVisionConfig, HtcConfig, LlamaConfig, MgvqConfig};
 
+use super::{peak_rss_mib, Out};
 use crate::backend::{self, Backend};
 use crate::formats::Loader;
 use crate::models::htc::{Htc, ImageTensors};
@@ -63,14 +64,9 @@ fn mgvq() -> MgvqConfig {
     .expect("a valid MGVQ config")
 }
 
-/// Peak resident memory of this process in MiB (Linux `VmHWM`), if known.
-pub fn peak_rss_mib() -> Option<f64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb: f64 = s.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
-}
-
-pub fn run(shape: &str, steps: usize, threads: usize) -> Result<()> {
+/// Two warm-up steps and `steps` timed ones of the shape named `shape`, the batch split into
+/// `threads` micro-batches differentiated at once; one report line.
+pub fn run(out: Out, shape: &str, steps: usize, threads: usize) -> Result<()> {
     let Some(s) = SHAPES.iter().find(|s| s.name == shape) else {
         bail!("unknown --shape `{shape}` (tiny, mid)")
     };
@@ -155,7 +151,8 @@ pub fn run(shape: &str, steps: usize, threads: usize) -> Result<()> {
         loss = r.loss;
     }
     let dt = t.elapsed().as_secs_f64() / steps as f64;
-    outln!(
+    writeln!(
+        out,
         "train {} [{}, {threads} thread(s)]: batch {} x {} tokens, {:.1} ms/step, {:.2} samples/s, {:.0} tokens/s, peak RSS {:.0} MiB (after warm-up {:.0}), loss {:.3}",
         s.name,
         backend::name(),
@@ -167,6 +164,6 @@ pub fn run(shape: &str, steps: usize, threads: usize) -> Result<()> {
         peak_rss_mib().unwrap_or(f64::NAN),
         after_warmup.unwrap_or(f64::NAN),
         loss
-    );
+    )?;
     Ok(())
 }

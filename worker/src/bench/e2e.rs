@@ -2,7 +2,8 @@
 //! paper's Table 11), for vanilla LLaVA (mode `none`: every patch visible to the text),
 //! VoCo-LLaMA (`voco`) and HTC (`htc`) on one randomly initialised model of a named shape, plus
 //! the answer to a follow-up question on the cached image and the decoding speed; then the
-//! process's peak memory. `bench/gpu-bench.sh` runs it on a GPU next to transformers'
+//! process's peak memory. `--suite memory` ([`memory`]) builds the same model and reports the
+//! memory one answer takes. `bench/gpu-bench.sh` runs it on a GPU next to transformers'
 //! LLaVA-1.5 (`bench/bench_gpu_peer.py`) and prints the ratios.
 
 use std::io::Write;
@@ -13,6 +14,7 @@ use burn::tensor::{backend::Backend as _, Distribution, Tensor};
 use htc_shared::config::{ClipVisionConfig, HtcConfig, HtcMode, LlamaConfig};
 use serde_json::json;
 
+use super::{bench_ids, clip336, peak_rss_mib, time_synced, Out};
 use crate::backend::{self, Backend};
 use crate::models::htc::{Htc, ImageTensors};
 use crate::models::llama::Step;
@@ -56,53 +58,26 @@ fn shape(name: &str, llm_layers: Option<usize>, vision_layers: Option<usize>) ->
     Ok(Shape { vision, text, mgvq, discrete_hidden })
 }
 
-/// A CLIP ViT-/14 at 336 px (576 patches) of `width` and `layers`, 64-wide heads.
-pub(super) fn clip336(width: usize, layers: usize) -> ClipVisionConfig {
-    ClipVisionConfig {
-        hidden_size: width,
-        intermediate_size: 4 * width,
-        num_hidden_layers: layers,
-        num_attention_heads: width / 64,
-        num_channels: 3,
-        image_size: 336,
-        patch_size: 14,
-        layer_norm_eps: 1e-5,
-    }
-}
-
-/// Seconds per call of `f`, after one warm-up call, waiting for the device after each call.
-fn time<F: FnMut() -> Result<()>>(reps: usize, mut f: F) -> Result<f64> {
-    let device = backend::device();
-    let sync = || Backend::sync(&device).map_err(|e| anyhow::anyhow!("device sync failed: {e:?}"));
-    f()?;
-    sync()?;
-    let t = Instant::now();
-    for _ in 0..reps {
-        f()?;
-        sync()?;
-    }
-    Ok(t.elapsed().as_secs_f64() / reps.max(1) as f64)
-}
-
-/// The process's peak resident memory in MiB (Linux `VmHWM`), when the system reports it.
-pub fn peak_rss_mib() -> Option<f64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb: f64 = s.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
-}
-
-pub struct E2eArgs<'a> {
+/// What `htc bench --suite e2e` and `--suite memory` build and time.
+pub struct Args<'a> {
+    /// `7b` or `tiny`.
     pub shape: &'a str,
+    /// LLM layers (default: the shape's).
     pub llm_layers: Option<usize>,
+    /// CLIP layers (default: the shape's).
     pub vision_layers: Option<usize>,
+    /// Timed repetitions per measurement.
     pub reps: usize,
+    /// Tokens decoded after the question.
     pub new_tokens: usize,
+    /// Tokens in the question.
     pub question_tokens: usize,
+    /// Where to write the JSON lines, if anywhere.
     pub json: Option<&'a std::path::Path>,
 }
 
 /// The randomly initialised model of `a`'s shape, its text config, and the seconds it took.
-fn build(a: &E2eArgs) -> Result<(Htc<Backend>, LlamaConfig, f64)> {
+fn build(out: Out, a: &Args) -> Result<(Htc<Backend>, LlamaConfig, f64)> {
     let device = backend::device();
     let s = shape(a.shape, a.llm_layers, a.vision_layers)?;
     let text = LlamaConfig::from_json(&s.text)?;
@@ -121,7 +96,8 @@ fn build(a: &E2eArgs) -> Result<(Htc<Backend>, LlamaConfig, f64)> {
         .with_kv_dtype(crate::runtime::kv_dtype());
     Backend::sync(&device).map_err(|e| anyhow::anyhow!("device sync failed: {e:?}"))?;
     let init_s = t.elapsed().as_secs_f64();
-    outln!(
+    writeln!(
+        out,
         "model: {} shape (CLIP {}w/{}L @336, LLM {}w/{}L, vocab {}), random weights, {}, backend {}, built in {:.1} s",
         a.shape,
         s.vision.hidden_size,
@@ -132,7 +108,7 @@ fn build(a: &E2eArgs) -> Result<(Htc<Backend>, LlamaConfig, f64)> {
         backend::dtype().name(),
         backend::name(),
         init_s
-    );
+    )?;
     Ok((model, text, init_s))
 }
 
@@ -159,16 +135,16 @@ fn random_image(device: &burn::tensor::Device<Backend>) -> ImageTensors<Backend>
 /// model built at random, then one new image compressed (vision tower, MGVQ, the prefix through
 /// the LLM), the question and `new_tokens` greedy steps; prints the parameters' stored size (each
 /// in its own dtype) and the peak resident memory after building and after answering.
-pub fn memory(a: E2eArgs) -> Result<()> {
+pub fn memory(out: Out, a: Args) -> Result<()> {
     let device = backend::device();
-    let (model, text, init_s) = build(&a)?;
+    let (model, text, init_s) = build(out, &a)?;
     let params = burn::module::Module::num_params(&model);
     let mut bytes = StoredBytes(0);
     burn::module::Module::visit(&model, &mut bytes);
     let stored = bytes.0 as f64 / (1u64 << 30) as f64;
     let built = peak_rss_mib();
     let m = model.with_mode(HtcMode::Htc, true)?;
-    let question = super::bench::bench_ids(a.question_tokens.max(1), text.vocab_size);
+    let question = bench_ids(a.question_tokens.max(1), text.vocab_size);
     let t = Instant::now();
     let c = m.compress(&random_image(&device))?;
     let p = m.answer_prompt(&c, &question)?;
@@ -183,7 +159,8 @@ pub fn memory(a: E2eArgs) -> Result<()> {
     let answer_s = t.elapsed().as_secs_f64();
     let peak = peak_rss_mib();
     let mib = |x: Option<f64>| x.map_or("unknown".to_string(), |v| format!("{v:.0} MiB"));
-    outln!(
+    writeln!(
+        out,
         "dtype {}: {:.2} B parameters, {stored:.2} GiB stored; peak resident memory {} after building, {} after one \
          answer (a new image compressed, {} question tokens, {} new tokens; {answer_s:.1} s)",
         backend::dtype().name(),
@@ -192,7 +169,7 @@ pub fn memory(a: E2eArgs) -> Result<()> {
         mib(peak),
         question.len(),
         ids.len()
-    );
+    )?;
     if let Some(path) = a.json {
         let line = json!({
             "side": "htc", "suite": "memory", "backend": backend::name(), "dtype": backend::dtype().name(),
@@ -204,21 +181,23 @@ pub fn memory(a: E2eArgs) -> Result<()> {
     Ok(())
 }
 
-pub fn run(a: E2eArgs) -> Result<()> {
+/// The stage table of every mode, then the peak memory; the same as JSON lines with `a.json`.
+pub fn run(out: Out, a: Args) -> Result<()> {
     let device = backend::device();
-    let (model, text, init_s) = build(&a)?;
+    let (model, text, init_s) = build(out, &a)?;
     let img = random_image(&device);
     // The ids `bench/bench_gpu_peer.py` feeds transformers, where the image token's id
     // would be taken for an image: it moves one up on both sides.
     let ids = |n: usize| -> Vec<u32> {
-        super::bench::bench_ids(n.max(1), text.vocab_size)
+        bench_ids(n.max(1), text.vocab_size)
             .into_iter()
             .map(|i| if i as usize == IMAGE_TOKEN { i + 1 } else { i })
             .collect()
     };
     let (question, feed) = (ids(a.question_tokens), ids(a.new_tokens));
-    let mut out = a.json.map(std::fs::File::create).transpose()?;
-    outln!(
+    let mut json_out = a.json.map(std::fs::File::create).transpose()?;
+    writeln!(
+        out,
         "{:<6} {:>7} {:>9} {:>8} {:>10} {:>10} {:>11} {:>9} {:>12} {:>10}",
         "mode",
         "prefix",
@@ -230,31 +209,31 @@ pub fn run(a: E2eArgs) -> Result<()> {
         "ttft cached",
         "decode ms/tok",
         "tok/s"
-    );
+    )?;
     for mode in [HtcMode::None, HtcMode::Voco, HtcMode::Htc] {
         let m = model.clone().with_mode(mode, true)?;
         let llava = &m.llava;
         let feats = llava.vision.patch_features(img.clip.clone(), llava.select_layer());
-        let vision = time(a.reps, || {
+        let vision = time_synced(a.reps, || {
             let _ = llava.vision.patch_features(img.clip.clone(), llava.select_layer());
             Ok(())
         })?;
-        let mut projection = time(a.reps, || {
+        let mut projection = time_synced(a.reps, || {
             let _ = llava.projector.forward(feats.clone());
             Ok(())
         })?;
         let mut mgvq = 0.0;
         if let (HtcMode::Htc, Some(enc), Some(p)) = (mode, &m.mgvq, &m.discrete) {
             let px = img.mgvq.clone().expect("set above");
-            mgvq = time(a.reps, || Ok(enc.encode(px.clone()).map(|_| ())?))?;
+            mgvq = time_synced(a.reps, || Ok(enc.encode(px.clone()).map(|_| ())?))?;
             let q = enc.encode(px)?.q;
-            projection += time(a.reps, || {
+            projection += time_synced(a.reps, || {
                 let _ = p.forward(q.clone());
                 Ok(())
             })?;
         }
         let embeds = m.prefix_embeds(&img)?;
-        let prefill = time(a.reps, || m.compress_embeds(embeds.clone()).map(|_| ()))?;
+        let prefill = time_synced(a.reps, || m.compress_embeds(embeds.clone()).map(|_| ()))?;
         let c = m.compress(&img)?;
         let answer = |c: &crate::models::htc::CompressedImage<Backend>| -> Result<Vec<f32>> {
             let p = m.answer_prompt(c, &question)?;
@@ -262,8 +241,8 @@ pub fn run(a: E2eArgs) -> Result<()> {
                 crate::runtime::decode::Sequence::prefill(&llava.llm, p, Default::default(), vec![], false)?;
             Ok(row)
         };
-        let ttft_cached = time(a.reps, || answer(&c).map(|_| ()))?;
-        let ttft_new = time(a.reps, || answer(&m.compress(&img)?).map(|_| ()))?;
+        let ttft_cached = time_synced(a.reps, || answer(&c).map(|_| ()))?;
+        let ttft_new = time_synced(a.reps, || answer(&m.compress(&img)?).map(|_| ()))?;
         // Decoding after the question: fixed ids, the logits of every step read back.
         let p = m.answer_prompt(&c, &question)?;
         let start = p.first_position + question.len();
@@ -292,7 +271,8 @@ pub fn run(a: E2eArgs) -> Result<()> {
         };
         let prefix_len = m.layout(0).len();
         let ms = |x: f64| format!("{:.1}", x * 1e3);
-        outln!(
+        writeln!(
+            out,
             "{:<6} {:>7} {:>9} {:>8} {:>10} {:>10} {:>11} {:>9} {:>12} {:>10.1}",
             name,
             prefix_len,
@@ -304,8 +284,8 @@ pub fn run(a: E2eArgs) -> Result<()> {
             ms(ttft_cached),
             format!("{:.2}", decode * 1e3),
             1.0 / decode
-        );
-        if let Some(f) = out.as_mut() {
+        )?;
+        if let Some(f) = json_out.as_mut() {
             writeln!(
                 f,
                 "{}",
@@ -320,18 +300,19 @@ pub fn run(a: E2eArgs) -> Result<()> {
             )?;
         }
     }
-    outln!(
+    writeln!(
+        out,
         "columns: ms per call; prefix = tokens before the question; llm prefill = the prefix's embeddings through the LLM \
          into the kept cache (with the <voco> attention maps); ttft new = the image from its pixels (encoders, projection, prefill) + {} question tokens + first logits; \
          ttft cached = the same on the compressed image; decode = {} steps after the question, logits read back",
         question.len(),
         feed.len()
-    );
+    )?;
     let peak = peak_rss_mib();
     if let Some(p) = peak {
-        outln!("peak resident memory: {p:.0} MiB");
+        writeln!(out, "peak resident memory: {p:.0} MiB")?;
     }
-    if let Some(f) = out.as_mut() {
+    if let Some(f) = json_out.as_mut() {
         writeln!(f, "{}", json!({"side": "htc", "peak_rss_mib": peak, "init_s": init_s}))?;
     }
     Ok(())
