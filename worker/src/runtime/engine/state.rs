@@ -153,6 +153,9 @@ impl EngineState {
             codebook_size: model.config.mgvq.as_ref().map(|m| m.codebook_size),
             mgvq: model.config.mgvq.clone(),
             modes: std::iter::once(model.config.mode).chain(alternates.iter().map(|a| a.0)).collect(),
+            // Filled by `Engine::start` from the model directory's `about.json`.
+            about: None,
+            samples: Vec::new(),
         };
         let cap = NonZeroUsize::new(cfg.cache_capacity.max(1)).expect("max(1)");
         Ok(Self {
