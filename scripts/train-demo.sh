@@ -133,5 +133,6 @@ for f in config.json model.safetensors metrics.jsonl loss.png recon.png; do
   cp "$work/mgvq/$f" "$dest.tmp/tokenizer/$f"
 done
 [ -f "$dest/README.md" ] && cp "$dest/README.md" "$dest.tmp/README.md"
+[ -f "$dest/about.json" ] && cp "$dest/about.json" "$dest.tmp/about.json"
 rm -rf "$dest" && mv "$dest.tmp" "$dest"
 log "done in $(elapsed): $dest"

@@ -7,6 +7,8 @@
 //!   one-token cache, stop, and get a clear error for a file that is not an image; the page
 //!   fits a 375-px-wide screen; the keyboard alone asks and regenerates, and the console
 //!   shows no error;
+//! - a newcomer reads what the model knows, picks one of its sample scenes and a suggested
+//!   question, and reads the answer `htc ask` gives for them;
 //! - the page's Web Worker runs the model's MGVQ encoder on the CPU, its codes go with the
 //!   image and the worker accepts them (it refuses codes that differ from its own); the
 //!   encoder's weights come from the browser's cache after a reload (no weight bytes served).
@@ -1028,6 +1030,88 @@ async fn the_widget_works_on_another_site_and_the_allowlist_holds() {
     client.goto(&format!("http://{refused_addr}/")).await.unwrap();
     let status = in_widget(&client, "#status[data-connection='retrying']").await.text().await.unwrap();
     assert!(status.contains("does not allow this site"), "{status}");
+    client.close().await.unwrap();
+    let _ = std::fs::remove_dir_all(profile);
+}
+
+/// A newcomer's first minute: before any question the page says what the model knows and
+/// offers its sample scenes; choosing one takes its picture as a chosen file would be (the
+/// preview, the page's own MGVQ codes), a suggested question fills the question box, and
+/// asking it streams the answer `htc ask` gives for that picture and question.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium, chromedriver and a trunk build in dist/; run by scripts/test.sh"]
+async fn a_newcomer_tries_a_sample_scene_and_a_suggested_question() {
+    use htc_worker::backend::{self, Backend};
+    use htc_worker::formats::checkpoint::Snapshot;
+    use htc_worker::runtime::ask::{ask as ask_cli, AskRequest, ImageSource, PromptInput};
+    use htc_worker::runtime::sampling::Sampling;
+
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let demo = root.join("models/shapes-demo");
+    let (url, port, _driver) = server(Some(demo.clone())).await;
+    let profile = tempdir();
+    let client = open(port, &profile, false).await;
+    client.set_window_size(1280, 1100).await.unwrap();
+    client.goto(&url).await.unwrap();
+    wait_for(&client, "#status[data-connection='ready']").await;
+
+    // What the model knows, in its own words, before the first question.
+    let about = wait_for(&client, "#model-about").await.text().await.unwrap();
+    assert!(about.contains("ShapesVQA") && about.contains("86 words"), "{about}");
+    let scenes = client.find_all(Locator::Css("button.sample-scene")).await.unwrap();
+    assert_eq!(scenes.len(), 4, "the demo's about.json names 4 samples");
+
+    // Choosing a sample selects its picture as a chosen file would.
+    let first = client.find(Locator::Css("button[aria-label='Sample scene 1']")).await.unwrap();
+    first.click().await.unwrap();
+    wait_for(&client, "button[aria-label='Sample scene 1'][aria-pressed='true']").await;
+    let info = wait_for(&client, "#image-info").await.text().await.unwrap();
+    assert!(info.contains("sample-1.png") && info.contains("336×336"), "{info}");
+    let codes = wait_for(&client, "#browser-codes[data-image]").await.text().await.unwrap();
+    assert!(codes.contains("36×4 codes"), "the page encoded the sample itself: {codes}");
+
+    // A suggested question fills the question box; asking it streams the answer.
+    let suggested =
+        client.find(Locator::Css("li.sample[data-sample='0'] button.suggested-question")).await.unwrap();
+    let question = suggested.text().await.unwrap();
+    suggested.click().await.unwrap();
+    let boxed = client
+        .find(Locator::Css("textarea[aria-label='Question']"))
+        .await
+        .unwrap()
+        .prop("value")
+        .await
+        .unwrap()
+        .unwrap_or_default();
+    assert_eq!(boxed, question, "the suggested question fills the question box");
+    client.find(Locator::XPath("//button[normalize-space()='Ask']")).await.unwrap().click().await.unwrap();
+    wait_for(&client, ".turn:nth-child(1) .turn-status").await;
+    let answer = wait_for(&client, "#answer[data-state='done']").await.text().await.unwrap();
+    let turn = client.find(Locator::Css(".turn:nth-child(1) .question")).await.unwrap().text().await.unwrap();
+    assert_eq!(turn, question);
+
+    // The answer `htc ask` gives for the served picture and the question.
+    let addr: std::net::SocketAddr = url.trim_start_matches("http://").trim_end_matches('/').parse().unwrap();
+    let (_, png) = http::http_get_bytes(addr, "/api/samples/0.png").await;
+    let path = profile.join("sample-1.png");
+    std::fs::write(&path, png).unwrap();
+    let snap = Snapshot::<Backend>::open(&demo, &backend::device()).unwrap();
+    let req = AskRequest {
+        image: Some(ImageSource::File(path)),
+        prompt: PromptInput::Text(question.clone()),
+        sampling: Sampling::greedy(64),
+        no_template: false,
+        dump_logits: None,
+        attention: None,
+    };
+    let mut out = Vec::new();
+    ask_cli(&snap, &req, &backend::device(), &mut out).unwrap();
+    let want = String::from_utf8(out).unwrap();
+    assert!(!want.trim().is_empty());
+    assert_eq!(answer.trim(), want.trim(), "{question}");
+    eprintln!("sample scene 1: {question} -> {}", answer.trim());
+    screenshot(&client, "sample-scene").await;
+    assert!(console_errors(&client).await.is_empty(), "console errors");
     client.close().await.unwrap();
     let _ = std::fs::remove_dir_all(profile);
 }

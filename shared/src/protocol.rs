@@ -152,6 +152,31 @@ pub struct ModelCard {
     /// the upper bound the compressed mode is compared with).
     #[serde(default)]
     pub modes: Vec<crate::config::HtcMode>,
+    /// What the model knows, in one plain paragraph for the people who ask it (the model
+    /// directory's `about.json`; a randomly initialised model says its answers are noise).
+    #[serde(default)]
+    pub about: Option<String>,
+    /// Images to try the model with, served at their `path`, each with suggested questions.
+    #[serde(default)]
+    pub samples: Vec<SampleImage>,
+}
+
+/// A sample image the worker serves for its model, with questions to ask about it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SampleImage {
+    /// Its index among the card's samples, from 0.
+    pub id: usize,
+    /// The PNG's path on the worker: `/api/samples/<id>.png`.
+    pub path: String,
+    /// Questions the model was made to answer about this image.
+    pub questions: Vec<String>,
+}
+
+impl SampleImage {
+    /// Sample `id` with these suggested questions.
+    pub fn new(id: usize, questions: Vec<String>) -> Self {
+        Self { id, path: format!("/api/samples/{id}.png"), questions }
+    }
 }
 
 /// Where a page gets the model's MGVQ encoder to run it itself: `GET /api/encoder` answers
@@ -427,6 +452,26 @@ mod tests {
         assert!(e.message.contains("`dance`"));
         let e = decode_client(r#"{"type":"ask","request_id":"x"}"#).unwrap_err();
         assert_eq!(e.code, ErrorCode::BadRequest);
+    }
+
+    /// A card from a server without `about` and `samples` reads as saying nothing extra, and a
+    /// card with them round-trips.
+    #[test]
+    fn cards_with_and_without_about_and_samples_interoperate() {
+        let old = serde_json::json!({
+            "name": "m", "architecture": "htc", "random_init": false, "backend": "candle", "mode": "htc",
+            "n_discrete": 4, "n_voco": 1, "image_size": 168, "image_tokens": 9, "hidden_size": 192,
+            "layers": 4, "vocab_size": 86, "has_tokenizer": true, "mgvq": null, "codebook_size": null,
+        });
+        let card: ModelCard = serde_json::from_value(old.clone()).unwrap();
+        assert_eq!((card.about.as_deref(), card.samples.len()), (None, 0));
+        let mut card = card;
+        card.about = Some("Shapes.".into());
+        card.samples = vec![SampleImage::new(3, vec!["What color is the star?".into()])];
+        assert_eq!(card.samples[0].path, "/api/samples/3.png");
+        let v = serde_json::to_value(&card).unwrap();
+        assert_eq!(v["samples"][0]["questions"][0], "What color is the star?");
+        assert_eq!(serde_json::from_value::<ModelCard>(v).unwrap(), card);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The page: the [`App`] component. It provides the [`Session`] to the components (status,
-//! image input, conversation, attention, settings), connects to the worker and probes the
-//! compute path once at mount, and keeps the paper's sequence layout in an "About" section.
+//! image input, conversation, the model's own words and sample scenes, attention, settings),
+//! connects to the worker and probes the compute path once at mount, and keeps the paper's
+//! sequence layout in an "About" section.
 
 use leptos::prelude::*;
 use leptos::task::spawn_local;
@@ -14,6 +15,7 @@ use crate::image_input::ImageInput;
 use crate::layout::{
     describe, describe_question_view, model_layout, topology_name, PAPER_LAYOUT, PAPER_TOPOLOGY,
 };
+use crate::samples::Samples;
 use crate::session::Session;
 use crate::settings::SettingsPanel;
 use crate::state::BackendChoice;
@@ -61,6 +63,7 @@ pub fn shell(session: Session) -> impl IntoView {
             </div>
             <div class="column">
                 <Chat />
+                <Samples />
                 <SettingsPanel />
                 <details class="about">
                     <summary>"About the model"</summary>

@@ -81,7 +81,7 @@ fn TurnView(turn: Turn) -> impl IntoView {
 #[component]
 pub fn Chat() -> impl IntoView {
     let session = expect_context::<Session>();
-    let question = RwSignal::new(String::new());
+    let question = session.question;
     let error = RwSignal::new(None::<String>);
     let busy = move || session.conversation.with(|c| c.open_turn().is_some());
 

@@ -63,7 +63,7 @@ async fn scale(img: &HtmlImageElement, w: u32, h: u32) -> Result<Blob, String> {
 }
 
 /// Reads, checks and (if large) scales one file, then hands it to the session.
-async fn take_file(session: Session, file: File) -> Result<(), String> {
+pub(crate) async fn take_file(session: Session, file: File) -> Result<(), String> {
     check_image_file(&file.type_(), file.size() as usize, MAX_INPUT_BYTES)?;
     let original_url = web_sys::Url::create_object_url_with_blob(&file).map_err(|e| js_text(&e))?;
     let img = match load(&original_url).await {

@@ -2,7 +2,7 @@
 //! binary (`main.rs`) and `wasm_bindgen_test` tests mount the same components.
 //!
 //! - [`app`]: the page ([`App`]), composing one component per concern:
-//!   [`status`], [`image_input`], [`chat`], [`attention`], [`settings`];
+//!   [`status`], [`image_input`], [`chat`], [`samples`], [`attention`], [`settings`];
 //! - [`session`]: the shared reactive state and the actions (connect, ask, stop);
 //! - [`client`]: the worker client (the WebSocket protocol of `htc_shared::protocol`);
 //! - [`runner`]: the in-browser model runner: the MGVQ encoder on its encoder thread (a Web
@@ -20,6 +20,7 @@ pub mod compute;
 pub mod image_input;
 pub mod layout;
 pub mod runner;
+pub mod samples;
 pub mod session;
 pub mod settings;
 pub mod state;

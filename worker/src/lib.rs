@@ -9,7 +9,8 @@
 //! - [`text`]: chat templates, the tokenizer and its stop ids, streaming detokenisation.
 //! - [`data`]: data sets the project generates (ShapesVQA).
 //! - [`formats`]: safetensors and GGUF weight sources, checkpoint opening, random weights,
-//!   checkpoint writing.
+//!   checkpoint writing, and a model's `about.json` with its sample images (drawn by a
+//!   generator of [`data`]).
 //! - [`runtime`]: sampling, the decoding core, image tensors, one-shot asking and the
 //!   server's engine.
 //! - [`server`]: HTTP, WebSocket and OpenAI front ends over the engine.

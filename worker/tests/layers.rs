@@ -14,7 +14,7 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
         ("models", &["kernels"][..]),
         ("text", &[][..]),
         ("data", &[][..]),
-        ("formats", &["models", "kernels", "text", "backend"][..]),
+        ("formats", &["models", "kernels", "text", "data", "backend"][..]),
         ("runtime", &["formats", "models", "kernels", "text", "backend"][..]),
         ("server", &["runtime", "formats", "models", "kernels", "text", "backend"][..]),
         ("train", &["runtime", "formats", "models", "kernels", "text", "data", "backend"][..]),

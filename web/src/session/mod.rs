@@ -59,6 +59,8 @@ pub struct Session {
     pub model: RwSignal<Option<ModelCard>>,
     pub image: RwSignal<Option<ChosenImage>>,
     pub image_error: RwSignal<Option<String>>,
+    /// The question box's text (a suggested question fills it).
+    pub question: RwSignal<String>,
     /// Problems that belong to no turn (a refused image, an unreadable frame).
     pub notice: RwSignal<Option<String>>,
     pub conversation: RwSignal<Conversation>,
@@ -142,6 +144,7 @@ impl Session {
             model: RwSignal::new(None),
             image: RwSignal::new(None),
             image_error: RwSignal::new(None),
+            question: RwSignal::new(String::new()),
             notice: RwSignal::new(None),
             conversation: RwSignal::new(Conversation::default()),
             compute: RwSignal::new(ComputePath::Probing),

@@ -45,17 +45,14 @@ pub fn write_shapes(
     }
     let dir = out.join(split);
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let mut rng = shapes::rng_for(seed, split);
     let mut records = Vec::new();
     let mut scenes = Vec::new();
     let mut per_family = BTreeMap::new();
-    for i in 0..images {
-        let scene = shapes::Scene::sample(&mut rng);
+    for (i, (scene, qs)) in shapes::split_scenes(seed, split, per_image).take(images).enumerate() {
         let file = format!("{split}/{i:06}.png");
         let path = out.join(&file);
         scene.render().save(&path).with_context(|| format!("cannot write {}", path.display()))?;
         scenes.push(json!({"image": file, "objects": scene.objects}));
-        let qs = shapes::questions(&scene, per_image, &mut rng);
         if grouped {
             let mut turns = Vec::new();
             for (k, q) in qs.iter().enumerate() {

@@ -386,6 +386,21 @@ pub fn questions(scene: &Scene, per_image: usize, rng: &mut StdRng) -> Vec<Quest
     out
 }
 
+/// The scenes of split `split` for `seed`, each with `per_image` questions, in the order
+/// [`super::write_shapes`] writes them: scene `i` here is image `i` of `htc data shapes --split
+/// SPLIT --seed SEED --questions-per-image PER_IMAGE` (the questions draw from the same RNG as
+/// the scenes, so the scenes after the first depend on `per_image` too).
+pub fn split_scenes(
+    seed: u64, split: &str, per_image: usize,
+) -> impl Iterator<Item = (Scene, Vec<Question>)> {
+    let mut rng = rng_for(seed, split);
+    std::iter::from_fn(move || {
+        let scene = Scene::sample(&mut rng);
+        let qs = questions(&scene, per_image, &mut rng);
+        Some((scene, qs))
+    })
+}
+
 /// A generator for one split: the RNG is seeded by the seed and the split's name, so the
 /// splits of one seed differ.
 pub fn rng_for(seed: u64, split: &str) -> StdRng {

@@ -8,9 +8,12 @@
 //! - [`random`]: random weights in the llava-hf key layout (demo model, benchmarks, tests).
 //! - [`write`]: streaming safetensors writer.
 //! - [`encoder`]: the MGVQ encoder's weights as one file for pages that run it themselves.
+//! - [`about`]: a model directory's optional `about.json` (what the model knows, and the
+//!   sample images to try it with, rendered by the generator of [`crate::data`] it names).
 //!
 //! Reading and writing files only: no decoding, serving or command-line parsing here.
 
+pub mod about;
 pub mod checkpoint;
 pub mod encoder;
 pub mod gguf;

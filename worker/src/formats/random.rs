@@ -218,6 +218,11 @@ fn random_mgvq_into(g: &mut Gen, c: &MgvqConfig, p: &str) {
 /// The demo model's name on its model card.
 pub const DEMO_NAME: &str = "htc-demo-random";
 
+/// What the demo model's card says about it.
+pub const DEMO_ABOUT: &str = "This model has random weights (the worker was started without a \
+    model): it has learnt nothing, so its answers are noise, whatever the picture or the question. \
+    It is here to show how the page and the worker work.";
+
 /// The demo model's shapes: LLaVA-shaped (CLIP at 336 px with 576 patches) with MGVQ
 /// f16c32_g8's geometry at reduced width, mode `htc`.
 pub fn demo_configs() -> (Config, HtcConfig) {

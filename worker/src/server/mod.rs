@@ -1,6 +1,7 @@
 //! The server: one port for the WebSocket protocol (`/ws`, see `htc_shared::protocol`), the
-//! built web app (static files), `/healthz`, `/api/model` (the model card), Prometheus
-//! `/metrics` and an OpenAI-compatible `POST /v1/chat/completions`.
+//! built web app (static files), `/healthz`, `/api/model` (the model card), the card's sample
+//! images (`/api/samples/<i>.png`), Prometheus `/metrics` and an OpenAI-compatible
+//! `POST /v1/chat/completions`.
 //!
 //! - [`args`]: settings and limits; [`auth`]: the token middleware and the Origin allowlist;
 //! - [`ws`]: the WebSocket connection, one handler per message; [`upload`]: image uploads;
@@ -96,6 +97,7 @@ pub fn router(app: App) -> Router {
         .route("/api/model", get(model_card))
         .route("/api/encoder", get(encoder_manifest))
         .route("/api/encoder/{file}", get(encoder_weights))
+        .route("/api/samples/{file}", get(sample_image))
         .route("/metrics", get(metrics))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/ws", get(ws_upgrade))
@@ -165,6 +167,30 @@ async fn encoder_weights(State(app): State<App>, Path(file): Path<String>) -> Re
                 .into_response()
         }
         _ => (StatusCode::NOT_FOUND, format!("no encoder weights named {file}")).into_response(),
+    }
+}
+
+/// Sample `<i>.png` of the model card's `samples` (rendered when the model was opened).
+async fn sample_image(State(app): State<App>, Path(file): Path<String>) -> Response {
+    let png = file
+        .strip_suffix(".png")
+        .and_then(|i| i.parse::<usize>().ok())
+        .and_then(|i| app.engine.samples.get(i));
+    match png {
+        // The same model always serves the same bytes, but another model may be served at this
+        // address after a restart: the browser asks again each time.
+        Some(png) => {
+            ([("content-type", "image/png"), ("cache-control", "no-cache")], png.clone()).into_response()
+        }
+        None => {
+            let n = app.engine.samples.len();
+            let have = match n {
+                0 => "this model has no sample images".to_string(),
+                1 => "this model has one sample image: 0.png".to_string(),
+                n => format!("this model has sample images 0.png to {}.png", n - 1),
+            };
+            (StatusCode::NOT_FOUND, format!("no sample image named {file}: {have}")).into_response()
+        }
     }
 }
 

@@ -23,7 +23,10 @@ use std::sync::Arc;
 use anyhow::{anyhow, Result};
 use sha2::{Digest, Sha256};
 
-use htc_shared::protocol::ModelCard;
+use htc_shared::protocol::{ModelCard, SampleImage};
+
+use crate::formats::about::About;
+use crate::formats::random;
 
 pub use job::{EngineConfig, ImageData, Job, Question, UploadedImage};
 pub use metrics::Metrics;
@@ -35,6 +38,8 @@ pub struct Engine {
     /// Jobs to admit together: one for a client's question, a whole group from [`Engine::submit_all`].
     tx: SyncSender<Vec<Job>>,
     pub card: ModelCard,
+    /// The PNGs of the card's `samples`, in order (the model directory's `about.json`).
+    pub samples: Arc<Vec<Vec<u8>>>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -68,6 +73,12 @@ impl Engine {
     }
 
     fn start_inner(cfg: EngineConfig) -> Result<Self> {
+        // What the model says about itself, read (and its samples rendered) before the
+        // weights load, so a mistake in it is reported at once.
+        let about = match &cfg.model {
+            Some(dir) if dir.is_dir() => About::read(dir)?,
+            _ => None,
+        };
         let (tx, rx) = sync_channel::<Vec<Job>>(cfg.queue.max(1));
         let metrics = Arc::new(Metrics::new()?);
         let m = metrics.clone();
@@ -83,8 +94,18 @@ impl Engine {
                 }
             }
         })?;
-        let card = ready_rx.recv().map_err(|_| anyhow!("the engine thread stopped while loading"))??;
-        Ok(Self { tx, card, metrics })
+        let mut card = ready_rx.recv().map_err(|_| anyhow!("the engine thread stopped while loading"))??;
+        let mut samples = Vec::new();
+        if card.random_init {
+            card.about = Some(random::DEMO_ABOUT.into());
+        } else if let Some(about) = about {
+            card.about = Some(about.text);
+            for (id, s) in about.samples.into_iter().enumerate() {
+                card.samples.push(SampleImage::new(id, s.questions));
+                samples.push(s.png);
+            }
+        }
+        Ok(Self { tx, card, samples: Arc::new(samples), metrics })
     }
 
     /// Queues a job, or gives it back when the queue is full.

@@ -728,6 +728,9 @@ fn card(served: &Served, name: String, random_init: bool, has_tokenizer: bool) -
         codebook_size: None,
         mgvq: None,
         modes: vec![],
+        // Filled by `Engine::start` from the model directory's `about.json`.
+        about: None,
+        samples: Vec::new(),
     };
     match served {
         Served::Htc { model, alternates, preprocess } => {
