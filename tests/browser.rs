@@ -1041,8 +1041,6 @@ async fn the_widget_works_on_another_site_and_the_allowlist_holds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs chromium, chromedriver and a trunk build in dist/; run by scripts/test.sh"]
 async fn a_newcomer_tries_a_sample_scene_and_a_suggested_question() {
-    use htc_worker::backend::{self, Backend};
-    use htc_worker::formats::checkpoint::Snapshot;
     use htc_worker::runtime::ask::{ask as ask_cli, AskRequest, ImageSource, PromptInput};
     use htc_worker::runtime::sampling::Sampling;
 
@@ -1095,7 +1093,6 @@ async fn a_newcomer_tries_a_sample_scene_and_a_suggested_question() {
     let (_, png) = http::http_get_bytes(addr, "/api/samples/0.png").await;
     let path = profile.join("sample-1.png");
     std::fs::write(&path, png).unwrap();
-    let snap = Snapshot::<Backend>::open(&demo, &backend::device()).unwrap();
     let req = AskRequest {
         image: Some(ImageSource::File(path)),
         prompt: PromptInput::Text(question.clone()),
@@ -1105,7 +1102,7 @@ async fn a_newcomer_tries_a_sample_scene_and_a_suggested_question() {
         attention: None,
     };
     let mut out = Vec::new();
-    ask_cli(&snap, &req, &backend::device(), &mut out).unwrap();
+    ask_cli(&demo, &req, &mut out).unwrap();
     let want = String::from_utf8(out).unwrap();
     assert!(!want.trim().is_empty());
     assert_eq!(answer.trim(), want.trim(), "{question}");
