@@ -17,6 +17,5 @@ if [ -f "$WASM_FALLBACK_MARKER" ]; then
 else
   log "trunk build"
   trunk build "$@"
-  cargo build --quiet -p htc-shared --target wasm32-unknown-unknown
 fi
 ls -l dist/*.wasm >&2

@@ -54,14 +54,19 @@ else
   touch "$WASM_FALLBACK_MARKER"
 fi
 
-# 3. Host tools, pinned. Skipped when the installed version already matches.
+# 3. Host tools, pinned. Skipped when the installed version already matches. Built without
+# their own release profiles' link-time optimisation and single codegen unit (trunk's: fat LTO,
+# one unit), which make the build several times longer and a build tool no faster to use.
+tool_install() {
+  CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 cargo install "$@"
+}
 if [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$WASM_BINDGEN_VERSION" ]; then
   log "cargo install wasm-bindgen-cli $WASM_BINDGEN_VERSION"
-  cargo install wasm-bindgen-cli --version "$WASM_BINDGEN_VERSION" --quiet
+  tool_install wasm-bindgen-cli --version "$WASM_BINDGEN_VERSION" --quiet
 fi
 if [ "$(trunk --version 2>/dev/null | awk '{print $2}')" != "$TRUNK_VERSION" ]; then
   log "cargo install trunk $TRUNK_VERSION (slow, once per machine)"
-  cargo install trunk --version "$TRUNK_VERSION" --locked --ignore-rust-version --quiet
+  tool_install trunk --version "$TRUNK_VERSION" --locked --ignore-rust-version --quiet
 fi
 if [ "$("$HTC_ROOT/node_modules/.bin/wasm-opt" --version 2>/dev/null | awk '{print $3}')" != 132 ] \
   || [ ! -f "$HTC_ROOT/node_modules/axe-core/axe.min.js" ]; then
