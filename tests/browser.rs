@@ -1101,8 +1101,16 @@ async fn a_newcomer_tries_a_sample_scene_and_a_suggested_question() {
         dump_logits: None,
         attention: None,
     };
-    let mut out = Vec::new();
-    ask_cli(&demo, &req, &mut out).unwrap();
+    // On a thread of its own: `ask` waits for the engine's replies, which a runtime's thread
+    // may not do.
+    let model = demo.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        ask_cli(&model, &req, &mut out).map(|_| out)
+    })
+    .await
+    .unwrap()
+    .unwrap();
     let want = String::from_utf8(out).unwrap();
     assert!(!want.trim().is_empty());
     assert_eq!(answer.trim(), want.trim(), "{question}");
