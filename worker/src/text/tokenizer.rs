@@ -113,12 +113,7 @@ impl TextTokenizer {
         if let Template::Jinja(_) = self.template {
             return self.encode(&self.template.render_jinja(chat, "", "")?, false);
         }
-        let turns: Vec<(&str, Option<&str>)> = chat
-            .exchanges
-            .iter()
-            .map(|(q, a)| (q.as_str(), Some(a.as_str())))
-            .chain([(chat.question.as_str(), None)])
-            .collect();
+        let turns = chat_turns(chat);
         Ok(self
             .turn_ids(chat.system.as_deref(), &turns)?
             .into_iter()
@@ -169,12 +164,7 @@ impl TextTokenizer {
             let rendered = self.template.render_jinja(&chat, &self.token_str(bos), &self.token_str(eos))?;
             return self.encode_prompt(&rendered, false, marker);
         }
-        let turns: Vec<(&str, Option<&str>)> = chat
-            .exchanges
-            .iter()
-            .map(|(q, a)| (q.as_str(), Some(a.as_str())))
-            .chain([(chat.question.as_str(), None)])
-            .collect();
+        let turns = chat_turns(chat);
         let laid = self.turn_ids(chat.system.as_deref(), &turns)?;
         let first = self.template.render_with_system(turns[0].0, image, chat.system.as_deref(), "", "")?;
         let mut ids = self.encode_prompt(&first, true, marker)?;
@@ -211,6 +201,15 @@ pub fn stop_ids(config_eos: &[u32], tok: &Tokenizer) -> Vec<u32> {
         }
     }
     ids
+}
+
+/// A conversation's turns in order: each earlier exchange with its answer, then the question.
+fn chat_turns(chat: &Chat) -> Vec<(&str, Option<&str>)> {
+    chat.exchanges
+        .iter()
+        .map(|(q, a)| (q.as_str(), Some(a.as_str())))
+        .chain([(chat.question.as_str(), None)])
+        .collect()
 }
 
 #[cfg(test)]
