@@ -1,6 +1,6 @@
 //! The `htc` command line: one file per subcommand, each an `Args` struct and a `run`
 //! ([`ask`], [`init`], [`data`], [`train`], [`train_tokenizer`], [`pretrain_vision`],
-//! [`tokenize`], [`eval`],
+//! [`tokenize`], [`eval`], [`score`], [`retention`],
 //! [`merge_lora`], [`serve`], [`load`], [`bench`]). Parsing and dispatch only; the work
 //! happens in `runtime`, `train`, `server`, `formats`, `eval`, `loadtest` and `bench`.
 
@@ -31,6 +31,8 @@ pub mod init;
 pub mod load;
 pub mod merge_lora;
 pub mod pretrain_vision;
+pub mod retention;
+pub mod score;
 pub mod serve;
 pub mod tokenize;
 pub mod train;
@@ -74,6 +76,10 @@ enum Cmd {
     Tokenize(tokenize::TokenizeArgs),
     /// Answer a question set with an HTC model and score exact match.
     Eval(eval::EvalArgs),
+    /// Score a LLaVA answer file on a benchmark, as its official scorer does.
+    Score(score::ScoreArgs),
+    /// The paper's retention: (model - lower) / (upper - lower) per benchmark, and the mean.
+    Retention(retention::RetentionArgs),
     /// Fold a checkpoint's LoRA adapters into its weights (a plain servable checkpoint).
     MergeLora(merge_lora::MergeLoraArgs),
     /// Serve the web UI, the WebSocket protocol, the OpenAI endpoint and metrics.
@@ -116,6 +122,8 @@ impl Cli {
             Cmd::PretrainVision(a) => pretrain_vision::run(a),
             Cmd::MergeLora(a) => merge_lora::run(a),
             Cmd::Eval(a) => eval::run(a),
+            Cmd::Score(a) => score::run(a),
+            Cmd::Retention(a) => retention::run(a),
             Cmd::Serve(a) => serve::run(a),
             Cmd::Load(a) => load::run(a),
             Cmd::Bench(a) => bench::run(a),
