@@ -4,6 +4,7 @@
 //! the first gpt turn the reference) or LLaVA's question-file JSONL (`question_id`, `image`,
 //! `text`; answered, not scored). Uses runtime, formats, models and text; serves nothing.
 
+pub mod questions;
 pub mod retention;
 pub mod score;
 
@@ -156,15 +157,42 @@ impl Score {
     }
 }
 
-/// Answers `items` greedily with the model in `model` through the same engine the server
+/// Where a question's image comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ImageRef {
+    File(PathBuf),
+    /// Encoded image bytes carried by the question file itself (MMBench's base64 column).
+    Bytes(Arc<Vec<u8>>),
+}
+
+/// One question to answer: what the model is asked, about which image (none for a
+/// text-only question), and a label for error messages.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ask {
+    pub label: String,
+    pub image: Option<ImageRef>,
+    pub question: String,
+}
+
+impl Item {
+    pub fn ask(&self) -> Ask {
+        Ask {
+            label: format!("question `{}`", self.id),
+            image: Some(ImageRef::File(self.image.clone())),
+            question: self.question.clone(),
+        }
+    }
+}
+
+/// Answers `asks` greedily with the model in `model` through the same engine the server
 /// uses (its prompt, its LRU of compressed images, its micro-batched decoding): up to `batch`
 /// questions are in flight at once, every answer advancing one token per batched step. Each
 /// group of `batch` questions is admitted together and answered before the next, so a run's
 /// batches, and with them its answers, do not depend on timing.
-/// `on_answer` sees each item with its answer text (as a client would see it), in order.
+/// `on_answer` sees each question's index with its answer text (as a client would see it), in order.
 pub fn answer_all(
-    model: &Path, mode: Option<HtcMode>, items: &[Item], batch: usize, max_new_tokens: usize,
-    mut on_answer: impl FnMut(&Item, &str) -> Result<()>,
+    model: &Path, mode: Option<HtcMode>, asks: &[Ask], batch: usize, max_new_tokens: usize,
+    mut on_answer: impl FnMut(usize, &str) -> Result<()>,
 ) -> Result<()> {
     let sampling = Sampling::greedy(max_new_tokens);
     sampling.validate().map_err(|e| anyhow!(e))?;
@@ -179,49 +207,56 @@ pub fn answer_all(
         mode,
         require_images: true,
     })?;
-    for chunk in items.chunks(batch) {
+    for (c, chunk) in asks.chunks(batch).enumerate() {
         let mut replies = Vec::with_capacity(chunk.len());
         let mut jobs = Vec::with_capacity(chunk.len());
-        for (i, item) in chunk.iter().enumerate() {
-            let named = || format!("question `{}`", item.id);
-            let bytes = std::fs::read(&item.image)
-                .with_context(|| format!("cannot read image {}", item.image.display()))
-                .with_context(named)?;
-            let image = decode_image(&bytes, DecodeLimits::default())
-                .with_context(|| format!("{}", item.image.display()))
-                .with_context(named)?;
-            let question = Question::new(Some(item.question.clone()), None, usize::MAX)
+        for (i, ask) in chunk.iter().enumerate() {
+            let named = || ask.label.clone();
+            let image = match &ask.image {
+                None => None,
+                Some(source) => {
+                    let (bytes, what) = match source {
+                        ImageRef::File(p) => (
+                            Arc::new(
+                                std::fs::read(p)
+                                    .with_context(|| format!("cannot read image {}", p.display()))
+                                    .with_context(named)?,
+                            ),
+                            p.display().to_string(),
+                        ),
+                        ImageRef::Bytes(b) => (b.clone(), "its image".to_string()),
+                    };
+                    let image = decode_image(&bytes, DecodeLimits::default()).with_context(|| what).with_context(named)?;
+                    Some(UploadedImage { image: image.into(), codes: None, key: engine.image_key(&bytes) })
+                }
+            };
+            let question = Question::new(Some(ask.question.clone()), None, usize::MAX)
                 .map_err(|e| anyhow!("{}: {}", named(), e.message))?;
             let (reply, rx) = tokio::sync::mpsc::unbounded_channel();
-            let job = Job {
+            jobs.push(Job {
                 request_id: i as u32,
-                image: Some(UploadedImage {
-                    image: image.into(),
-                    codes: None,
-                    key: engine.image_key(&bytes),
-                }),
+                image,
                 question,
                 sampling,
                 mode: None,
                 cancel: Arc::new(AtomicBool::new(false)),
                 reply,
-            };
-            jobs.push(job);
+            });
             replies.push(rx);
         }
         engine.submit_all(jobs).map_err(|_| anyhow!("the engine's queue is full"))?;
-        for (item, mut rx) in chunk.iter().zip(replies) {
+        for (i, (ask, mut rx)) in chunk.iter().zip(replies).enumerate() {
             let mut text = String::new();
             loop {
                 match rx.blocking_recv() {
                     Some(ServerMessage::Token { text: t, .. }) => text.push_str(&t),
                     Some(ServerMessage::Done { .. }) => break,
-                    Some(ServerMessage::Error { message, .. }) => bail!("question `{}`: {message}", item.id),
+                    Some(ServerMessage::Error { message, .. }) => bail!("{}: {message}", ask.label),
                     Some(_) => {}
-                    None => bail!("question `{}`: the engine stopped", item.id),
+                    None => bail!("{}: the engine stopped", ask.label),
                 }
             }
-            on_answer(item, text.trim())?;
+            on_answer(c * batch + i, text.trim())?;
         }
     }
     Ok(())

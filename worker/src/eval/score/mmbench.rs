@@ -8,7 +8,8 @@
 //! report says how many there were.
 //!
 //! Predictions pass through LLaVA's xlsx conversion in the official pipeline, where a missing
-//! answer and any pandas NA token (`NA`, `None`, ``...) become the text "nan"; the same here.
+//! answer, any pandas NA token (`NA`, `None`, the empty text ...) and a text Excel takes for a
+//! formula (a leading `=`) become the text "nan"; the same here.
 //!
 //! `annotations`: the dev TSV (`mmbench_dev_20230712.tsv`).
 
@@ -27,6 +28,21 @@ const NA: [&str; 19] = [
 ];
 
 const MAIN: i64 = 1_000_000;
+
+/// Whether pandas reads the cell `s` as missing.
+pub fn is_na(s: &str) -> bool {
+    NA.contains(&s)
+}
+
+/// The prediction text as the official pipeline sees it after LLaVA's xlsx conversion: NA
+/// tokens, and text that Excel takes for a formula (a leading `=`), come back as "nan".
+fn through_xlsx(text: &str) -> &str {
+    if is_na(text) || text.starts_with('=') {
+        "nan"
+    } else {
+        text
+    }
+}
 
 struct Row {
     index: i64,
@@ -54,7 +70,7 @@ fn read_tsv(path: &Path) -> Result<Vec<Row>> {
         let idx: i64 = pytext::strip(cell(index))
             .parse()
             .with_context(|| format!("{} line {line}: index `{}` is not an integer", path.display(), cell(index)))?;
-        let na = |s: &str| NA.contains(&s);
+        let na = is_na;
         let options = letters.iter().filter(|(_, i)| !na(cell(*i))).map(|(c, i)| (*c, cell(*i).to_string())).collect();
         let text = |i: usize| if na(cell(i)) { "nan".to_string() } else { cell(i).to_string() };
         rows.push(Row { index: idx, options, answer: text(answer), category: text(category), l2: text(l2) });
@@ -125,8 +141,8 @@ pub fn score(preds: &Predictions, annotations: &Path) -> Result<Report> {
     let mut unmatched = 0;
     for r in &rows {
         let text = match lookup.get(preds, &Id::Int(r.index)) {
-            Some(p) if !NA.contains(&p.text.as_str()) => p.text.as_str(),
-            _ => "nan",
+            Some(p) => through_xlsx(&p.text),
+            None => "nan",
         };
         let letter = infer(text, &r.options);
         unmatched += usize::from(letter.is_none());

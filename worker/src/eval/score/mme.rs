@@ -4,14 +4,15 @@
 //! (the question key recovered from the prompt) and MME's `calculation.py` (the label read
 //! from the answer's first four characters, lowercased).
 //!
-//! The official script pairs each task's answers two by two in answer-file order. Here an
-//! image's questions are grouped by its ground-truth file, which gives the same pairs when an
-//! image's two questions are adjacent (as LLaVA's question file has them). A missing
-//! prediction is counted as a wrong answer.
+//! As in the official script, each task's answer lines (repeats included: an image's two
+//! questions share its id) are taken in answer-file order and paired two by two into images:
+//! LLaVA's question file keeps an image's two questions adjacent. Ground-truth questions
+//! without an answer are counted and named in the report (the official script scores only the
+//! lines it is given); a task without any answer scores 0 (where the official script stops).
 //!
 //! `annotations`: `MME_Benchmark_release_version/` with its 14 task folders.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -101,16 +102,17 @@ pub fn score(preds: &Predictions, annotations: &Path) -> Result<Report> {
     for task in &tasks {
         truth.insert(*task, read_task(annotations, task)?);
     }
-    // (task, file, question) -> the answer's text.
-    let mut answers: HashMap<(String, String, String), String> = HashMap::new();
+    // Per task, each answer line's (is it right), in file order.
+    let mut lines: HashMap<&str, Vec<bool>> = HashMap::new();
+    let mut asked: HashSet<(String, String, String)> = HashSet::new();
     let mut extra = Vec::new();
-    for p in &preds.list {
+    for p in &preds.lines {
         let at = || format!("{} line {}", preds.path.display(), p.line);
         let Id::Str(qid) = &p.id else {
             bail!("{}: MME's question_id is `<task>/<image file>`, not {}", at(), p.id);
         };
         let task = qid.split('/').next().unwrap_or("");
-        let Some(images) = truth.get(task) else {
+        let Some((&task, images)) = truth.get_key_value(task) else {
             extra.push(p.id.clone());
             continue;
         };
@@ -121,37 +123,36 @@ pub fn score(preds: &Predictions, annotations: &Path) -> Result<Report> {
         };
         let Some(prompt) = &p.prompt else { bail!("{}: no `prompt` (MME finds the question by it)", at()) };
         let key = question_key(prompt, |k| image.qa.iter().any(|(q, _)| q == k));
-        if !image.qa.iter().any(|(q, _)| *q == key) {
+        let Some((_, answer)) = image.qa.iter().find(|(q, _)| *q == key) else {
             bail!("{}: {task}/{file} has no question {key:?} (from the prompt)", at());
+        };
+        if p.text.contains(['\t', '\n', '\r']) {
+            bail!("{}: the answer holds a tab or a line break, which MME's result files cannot carry", at());
         }
-        if p.text.contains(['\t', '\n']) {
-            bail!("{}: the answer holds a tab or a newline, which MME's result files cannot carry", at());
-        }
-        answers.insert((task.to_string(), file, key), p.text.clone());
+        lines.entry(task).or_default().push(label(&p.text) == answer);
+        asked.insert((task.to_string(), file, key));
     }
     let mut tasks_json = Map::new();
     let (mut perception, mut cognition) = (0.0, 0.0);
     let mut missing = 0;
+    let mut notes = Vec::new();
     for task in &tasks {
-        let (mut correct, mut questions, mut both, mut images) = (0.0, 0.0, 0.0, 0.0);
         for (file, image) in &truth[task] {
-            let mut all = true;
-            for (q, a) in &image.qa {
-                let ok = match answers.get(&(task.to_string(), file.clone(), q.clone())) {
-                    Some(text) => label(text) == a,
-                    None => {
-                        missing += 1;
-                        false
-                    }
-                };
-                correct += f64::from(u8::from(ok));
-                questions += 1.0;
-                all &= ok;
-            }
-            both += f64::from(u8::from(all));
-            images += 1.0;
+            missing += image.qa.iter().filter(|(q, _)| !asked.contains(&(task.to_string(), file.clone(), q.clone()))).count();
         }
-        let (acc, acc_plus) = (pct(correct, questions), pct(both, images));
+        let right = lines.get(task).map(Vec::as_slice).unwrap_or(&[]);
+        if right.is_empty() {
+            notes.push(format!("task `{task}` has no answers; it scores 0"));
+        }
+        if right.len() % 2 == 1 {
+            bail!(
+                "task `{task}` has {} answer lines; MME pairs an image's two questions, so it needs an even number",
+                right.len()
+            );
+        }
+        let correct = right.iter().filter(|&&r| r).count() as f64;
+        let both = right.chunks(2).filter(|c| c.iter().all(|&r| r)).count() as f64;
+        let (acc, acc_plus) = (pct(correct, right.len() as f64), pct(both, (right.len() / 2) as f64));
         let score = acc + acc_plus;
         if PERCEPTION.contains(task) {
             perception += score;
@@ -166,15 +167,14 @@ pub fn score(preds: &Predictions, annotations: &Path) -> Result<Report> {
     metrics.insert("tasks".into(), tasks_json.into());
     metrics.insert("missing".into(), json!(missing));
     metrics.insert("extra".into(), json!(extra.len()));
-    let mut notes = Vec::new();
     if missing > 0 {
         notes.push(format!(
-            "{missing} ground-truth questions have no prediction; each is counted wrong (the official \
-             scorer needs every question answered)"
+            "{missing} ground-truth questions have no answer; they are left out of their task's \
+             accuracy, as the official script leaves them"
         ));
     }
     if !extra.is_empty() {
-        notes.push(format!("{} predictions name no MME task (first: {}); they are ignored", extra.len(), extra[0]));
+        notes.push(format!("{} answers name no MME task (first: {}); they are ignored", extra.len(), extra[0]));
     }
     Ok(Report { benchmark: Benchmark::Mme, score: perception, metrics, notes })
 }

@@ -176,6 +176,15 @@ impl fmt::Display for Id {
 }
 
 impl Id {
+    /// The id a JSON `question_id` holds (an integer or a string).
+    pub fn from_value(v: &Value) -> Option<Id> {
+        match v {
+            Value::String(s) => Some(Id::Str(s.clone())),
+            Value::Number(n) => n.as_i64().map(Id::Int),
+            _ => None,
+        }
+    }
+
     /// The same id with the other JSON type, for the hint when a lookup misses by type.
     fn retyped(&self) -> Option<Id> {
         match self {
@@ -200,7 +209,11 @@ pub struct Prediction {
 #[derive(Debug, Clone, Default)]
 pub struct Predictions {
     pub path: PathBuf,
+    /// One per id.
     pub list: Vec<Prediction>,
+    /// Every line, repeats included, in file order (POPE and MME read the file this way:
+    /// MME's id names an image, shared by its two questions).
+    pub lines: Vec<Prediction>,
     index: HashMap<Id, usize>,
     /// Lines whose id an earlier line already had.
     pub repeated: usize,
@@ -238,6 +251,7 @@ impl Predictions {
                 Some(other) => bail!("{}: `prompt` must be a string, not {other}", at()),
             };
             let pred = Prediction { id: id.clone(), text, prompt, line: n + 1 };
+            p.lines.push(pred.clone());
             match p.index.get(&id) {
                 Some(&i) => {
                     p.list[i] = pred;

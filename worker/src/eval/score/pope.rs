@@ -3,22 +3,23 @@
 //! LLaVA's `eval_pope.py`: the text up to its first period, commas removed, split on single
 //! spaces: "no" if a word is exactly `No`, `no` or `not`, else "yes".
 //!
-//! The official script pairs the category's predictions with the label lines by position in
-//! the answer file. Here the k-th question of a category in `llava_pope_test.jsonl` is paired
-//! with the k-th label line, and its prediction is found by id: the same pairs when the answer
-//! file is in question order (as LLaVA writes it), and still right when it is not. A missing
-//! prediction is counted as a wrong answer.
+//! As in the official script, a category's answer lines (every line whose id
+//! `llava_pope_test.jsonl` puts in the category, repeats included, in answer-file order) are
+//! paired by position with the category's label lines: LLaVA writes answers in question order,
+//! and then each answer meets its own label. A missing or repeated answer shifts every later
+//! pair; the report counts them and says so. An answer for an id the question file lacks
+//! (where the official script stops with an error) is left out and counted.
 //!
 //! `annotations`: a folder with `llava_pope_test.jsonl` and `coco/coco_pope_*.json`.
 
-use std::collections::BTreeMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use serde_json::{json, Map};
 
-use super::{Benchmark, Id, Lookup, Predictions, Report};
+use super::{Benchmark, Id, Predictions, Report};
 
 #[derive(Deserialize)]
 struct LlavaQuestion {
@@ -73,34 +74,50 @@ pub fn score(preds: &Predictions, annotations: &Path) -> Result<Report> {
     if label_files.is_empty() {
         bail!("{} holds no coco_pope_<category>.json", coco.display());
     }
-    let mut lookup = Lookup::default();
+    let category: HashMap<i64, &str> = questions.iter().map(|q| (q.question_id, q.category.as_str())).collect();
+    let answered: HashSet<&Id> = preds.lines.iter().map(|p| &p.id).collect();
+    let mut extra = 0;
+    let mut by_category: HashMap<&str, Vec<bool>> = HashMap::new();
+    for p in &preds.lines {
+        match &p.id {
+            Id::Int(i) if category.contains_key(i) => by_category.entry(category[i]).or_default().push(says_yes(&p.text)),
+            _ => extra += 1,
+        }
+    }
     let mut metrics = Map::new();
     let mut f1_sum = 0.0;
+    let mut missing = 0;
+    let mut notes = Vec::new();
     for (cat, file) in &label_files {
         let labels: Vec<Label> = json_lines(file)?;
-        let ids: Vec<i64> = questions.iter().filter(|q| q.category == *cat).map(|q| q.question_id).collect();
-        if ids.len() != labels.len() {
+        let n_questions = questions.iter().filter(|q| q.category == *cat).count();
+        if n_questions != labels.len() {
             bail!(
-                "{} has {} questions of category `{cat}` but {} has {} labels",
+                "{} has {n_questions} questions of category `{cat}` but {} has {} labels",
                 questions_path.display(),
-                ids.len(),
                 file.display(),
                 labels.len()
             );
         }
+        let absent = questions.iter().filter(|q| q.category == *cat && !answered.contains(&Id::Int(q.question_id))).count();
+        missing += absent;
+        let said = by_category.get(cat.as_str()).map(Vec::as_slice).unwrap_or(&[]);
+        if said.is_empty() {
+            bail!("no answer is for a question of category `{cat}` ({})", file.display());
+        }
+        if absent > 0 || said.len() != labels.len() {
+            notes.push(format!(
+                "category `{cat}`: {} answer lines for {} labels ({absent} questions unanswered); answers \
+                 are paired with labels by position, as the official script pairs them, so every answer \
+                 after a gap or a repeat meets another question's label",
+                said.len(),
+                labels.len()
+            ));
+        }
         let mut c = Counts::default();
-        let mut yes = 0;
-        for (id, label) in ids.iter().zip(&labels) {
-            let truth = match label.label.as_str() {
-                "no" => false,
-                _ => true, // eval_pope.py: anything but "no" is a positive
-            };
-            let said = match lookup.get(preds, &Id::Int(*id)) {
-                Some(p) => says_yes(&p.text),
-                None => !truth,
-            };
-            yes += usize::from(said);
-            match (said, truth) {
+        for (&yes, label) in said.iter().zip(&labels) {
+            let truth = label.label != "no"; // eval_pope.py: anything but "no" is a positive
+            match (yes, truth) {
                 (true, true) => c.tp += 1,
                 (true, false) => c.fp += 1,
                 (false, false) => c.tn += 1,
@@ -111,24 +128,24 @@ pub fn score(preds: &Predictions, annotations: &Path) -> Result<Report> {
         let precision = ratio(c.tp, c.tp + c.fp);
         let recall = ratio(c.tp, c.tp + c.fn_);
         let f1 = if precision + recall == 0.0 { 0.0 } else { 2.0 * precision * recall / (precision + recall) };
-        let n = labels.len();
+        let yes = said.iter().filter(|&&y| y).count();
         f1_sum += f1;
         metrics.insert(
             cat.clone(),
             json!({
-                "accuracy": ratio(c.tp + c.tn, n), "precision": precision, "recall": recall, "f1": f1,
-                "yes_ratio": ratio(yes, n), "tp": c.tp, "fp": c.fp, "tn": c.tn, "fn": c.fn_,
+                "accuracy": ratio(c.tp + c.tn, c.tp + c.tn + c.fp + c.fn_), "precision": precision,
+                "recall": recall, "f1": f1, "yes_ratio": ratio(yes, said.len()),
+                "tp": c.tp, "fp": c.fp, "tn": c.tn, "fn": c.fn_,
             }),
         );
     }
-    let in_questions: BTreeMap<i64, ()> = questions.iter().map(|q| (q.question_id, ())).collect();
-    let extra = lookup.extra(preds).iter().filter(|id| !matches!(id, Id::Int(i) if in_questions.contains_key(i))).count();
-    metrics.insert("missing".into(), json!(lookup.missing.len()));
+    metrics.insert("missing".into(), json!(missing));
     metrics.insert("extra".into(), json!(extra));
-    let mut notes = lookup.notes(preds, "as a wrong answer");
-    notes.retain(|n| !n.contains("do not have"));
     if extra > 0 {
-        notes.push(format!("{extra} predictions are for questions llava_pope_test.jsonl does not have; they are ignored"));
+        notes.push(format!(
+            "{extra} answer lines are for ids llava_pope_test.jsonl does not have; they are left out \
+             (the official script stops with an error)"
+        ));
     }
     Ok(Report { benchmark: Benchmark::Pope, score: 100.0 * f1_sum / label_files.len() as f64, metrics, notes })
 }
