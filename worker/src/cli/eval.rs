@@ -1,12 +1,18 @@
-//! `htc eval`: answers a question set with an HTC model and scores it (see `eval`).
+//! `htc eval`: answers a question set with an HTC (or LLaVA) model into a LLaVA answer file,
+//! resuming where an earlier run stopped; ShapesVQA sets with reference answers are scored
+//! (see `eval`; the real benchmarks are scored by `htc score`).
 
+use std::collections::HashMap;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
-use serde_json::json;
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
 
-use crate::eval::{answer_all, read_items, Score};
+use crate::eval::questions::{self, BenchQuestion};
+use crate::eval::score::{Benchmark, Id};
+use crate::eval::{answer_all, read_items, Item, Score};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct EvalArgs {
@@ -15,15 +21,25 @@ pub struct EvalArgs {
     /// HTC (or LLaVA) checkpoint directory.
     #[arg(long)]
     pub model: PathBuf,
-    /// Questions: LLaVA conversation JSON (scored) or a LLaVA question file `.jsonl` (answered).
+    /// Questions: LLaVA conversation JSON (scored) or a LLaVA question file `.jsonl`
+    /// (answered); with --benchmark, that benchmark's LLaVA question file (MMBench: its TSV).
     #[arg(long)]
     pub data: PathBuf,
     /// Folder the questions' image paths are relative to.
     #[arg(long)]
     pub images: PathBuf,
-    /// Answers, one JSON line per question (LLaVA's answer-file format).
+    /// Read --data as this benchmark's question file and ask as LLaVA-1.5's evaluation
+    /// scripts do (their answer-format suffixes; ScienceQA's `<image>` prompts; MMBench's
+    /// options).
+    #[arg(long, value_enum)]
+    pub benchmark: Option<Benchmark>,
+    /// Answers, one JSON line per question (LLaVA's answer-file format). Answers already in
+    /// the file are kept and their questions skipped.
     #[arg(long)]
     pub out: PathBuf,
+    /// Start over: replace --out instead of resuming it.
+    #[arg(long)]
+    pub restart: bool,
     /// Questions answered together (one batched decoding step for all of them).
     #[arg(long, default_value_t = 16)]
     pub batch: usize,
@@ -38,34 +54,149 @@ pub struct EvalArgs {
     pub quiet: bool,
 }
 
+/// A question to answer, with what its answer line carries.
+struct Entry {
+    q: BenchQuestion,
+    /// The ShapesVQA record, when the question set has reference answers.
+    item: Option<Item>,
+}
+
+fn entries(a: &EvalArgs) -> Result<Vec<Entry>> {
+    let conversations = !a.data.extension().is_some_and(|e| e == "jsonl" || e == "tsv");
+    match a.benchmark {
+        Some(b) if b != Benchmark::Shapes => {
+            Ok(questions::read(b, &a.data, &a.images)?.into_iter().map(|q| Entry { q, item: None }).collect())
+        }
+        _ if !conversations => Ok(questions::read_jsonl(&a.data, &a.images)?
+            .into_iter()
+            .map(|q| Entry { q, item: None })
+            .collect()),
+        _ => Ok(read_items(&a.data, &a.images)?
+            .into_iter()
+            .map(|item| {
+                let mut extra = Map::new();
+                extra.insert(
+                    "metadata".into(),
+                    json!({"reference": item.reference, "family": item.family, "kind": item.kind}),
+                );
+                let q = BenchQuestion { id: json!(item.id), prompt: item.question.clone(), extra, ask: item.ask() };
+                Entry { q, item: Some(item) }
+            })
+            .collect()),
+    }
+}
+
+/// The answers an earlier run wrote to `path`, by id. A last line cut short (a run stopped
+/// mid-write) is dropped from the file; a bad line elsewhere is an error.
+fn answered(path: &Path) -> Result<HashMap<Id, String>> {
+    let raw = match std::fs::read_to_string(path) {
+        Ok(r) => r,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let mut done = HashMap::new();
+    let mut kept = 0;
+    let lines: Vec<&str> = raw.split_inclusive('\n').collect();
+    for (n, line) in lines.iter().enumerate() {
+        let parsed: Option<(Id, String)> = serde_json::from_str::<Value>(line).ok().and_then(|v| {
+            Some((Id::from_value(v.get("question_id")?)?, v.get("text")?.as_str()?.to_string()))
+        });
+        match parsed {
+            Some((id, text)) if line.ends_with('\n') => {
+                done.insert(id, text);
+                kept += line.len();
+            }
+            _ if line.trim().is_empty() => kept += line.len(),
+            _ if n + 1 == lines.len() => {
+                tracing::warn!("{} ends in a partial line; it is dropped and its question answered again", path.display());
+                let f = std::fs::OpenOptions::new().write(true).open(path)?;
+                f.set_len(kept as u64)?;
+            }
+            _ => bail!(
+                "{} line {}: not an answer line (question_id, text); fix the file or pass --restart",
+                path.display(),
+                n + 1
+            ),
+        }
+    }
+    Ok(done)
+}
+
 pub fn run(a: EvalArgs) -> Result<()> {
     let mode = a.mode.map(Into::into);
-    let items = read_items(&a.data, &a.images)?;
+    let all = entries(&a)?;
     let model_id = a.model.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    if a.restart {
+        std::fs::remove_file(&a.out).or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })?;
+    }
+    let done = answered(&a.out)?;
+    let todo: Vec<&Entry> = all.iter().filter(|e| Id::from_value(&e.q.id).is_none_or(|id| !done.contains_key(&id))).collect();
     let mut out = std::io::BufWriter::new(
-        std::fs::File::create(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?,
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&a.out)
+            .with_context(|| format!("cannot write {}", a.out.display()))?,
     );
     let bar = if a.quiet {
         indicatif::ProgressBar::hidden()
     } else {
-        indicatif::ProgressBar::new(items.len() as u64)
+        let bar = indicatif::ProgressBar::new(all.len() as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{wide_bar} {pos}/{len} questions · {per_sec} · {eta} left")
+                .expect("a valid template"),
+        );
+        bar
     };
-    let mut score = Score::default();
-    answer_all(&a.model, mode, &items, a.batch, a.max_new_tokens, |item, answer| {
-        score.add(item, answer);
-        let line = json!({
-            "question_id": item.id, "prompt": item.question, "text": answer, "model_id": model_id,
-            "metadata": {"reference": item.reference, "family": item.family, "kind": item.kind},
-        });
-        writeln!(out, "{line}")?;
+    bar.set_position((all.len() - todo.len()) as u64);
+    bar.reset_eta();
+    let asks: Vec<_> = todo.iter().map(|e| e.q.ask.clone()).collect();
+    let mut answers: HashMap<usize, String> = HashMap::new();
+    answer_all(&a.model, mode, &asks, a.batch, a.max_new_tokens, |i, text| {
+        let q = &todo[i].q;
+        let mut line = Map::new();
+        line.insert("question_id".into(), q.id.clone());
+        line.insert("prompt".into(), json!(q.prompt));
+        line.insert("text".into(), json!(text));
+        line.insert("answer_id".into(), json!(answer_id(&model_id, &q.id, text)));
+        line.insert("model_id".into(), json!(model_id));
+        line.insert("metadata".into(), json!({}));
+        for (k, v) in &q.extra {
+            line.insert(k.clone(), v.clone());
+        }
+        writeln!(out, "{}", Value::Object(line))?;
+        out.flush()?;
+        answers.insert(i, text.to_string());
         bar.inc(1);
         Ok(())
     })?;
-    out.flush()?;
     bar.finish_and_clear();
-    outln!("answered {} questions into {}", items.len(), a.out.display());
+    outln!(
+        "answered {} questions into {} ({} were already there)",
+        answers.len(),
+        a.out.display(),
+        all.len() - todo.len()
+    );
+    if answers.len() < todo.len() {
+        outln!("{} questions without an image are left unanswered (the model answers only about images)", todo.len() - answers.len());
+    }
+    let mut score = Score::default();
+    let new: HashMap<&Value, &String> = answers.iter().map(|(i, t)| (&todo[*i].q.id, t)).collect();
+    for e in &all {
+        let Some(item) = &e.item else { continue };
+        let text = new.get(&e.q.id).map(|t| t.as_str()).or_else(|| {
+            Id::from_value(&e.q.id).and_then(|id| done.get(&id)).map(String::as_str)
+        });
+        score.add(item, text.unwrap_or(""));
+    }
     if score.total > 0 {
         out!("{}", score.report());
     }
     Ok(())
+}
+
+/// A stable id for one answer line (LLaVA writes a random one; nothing reads it).
+fn answer_id(model: &str, id: &Value, text: &str) -> String {
+    let h = Sha256::digest(format!("{model}\u{0}{id}\u{0}{text}").as_bytes());
+    h.iter().take(11).map(|b| format!("{b:02x}")).collect()
 }

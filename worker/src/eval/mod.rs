@@ -189,7 +189,9 @@ impl Item {
 /// questions are in flight at once, every answer advancing one token per batched step. Each
 /// group of `batch` questions is admitted together and answered before the next, so a run's
 /// batches, and with them its answers, do not depend on timing.
-/// `on_answer` sees each question's index with its answer text (as a client would see it), in order.
+/// `on_answer` sees each question's index with its answer text (as a client would see it), in
+/// order. Text-only questions are left out (with a warning) when the model answers only about
+/// images, as an HTC model does.
 pub fn answer_all(
     model: &Path, mode: Option<HtcMode>, asks: &[Ask], batch: usize, max_new_tokens: usize,
     mut on_answer: impl FnMut(usize, &str) -> Result<()>,
@@ -207,10 +209,20 @@ pub fn answer_all(
         mode,
         require_images: true,
     })?;
-    for (c, chunk) in asks.chunks(batch).enumerate() {
+    let asked: Vec<usize> =
+        (0..asks.len()).filter(|&i| engine.answers_text_only || asks[i].image.is_some()).collect();
+    if asked.len() < asks.len() {
+        tracing::warn!(
+            "{} questions have no image and this model ({}) answers only about images: they are left unanswered",
+            asks.len() - asked.len(),
+            engine.card.name
+        );
+    }
+    for chunk in asked.chunks(batch) {
         let mut replies = Vec::with_capacity(chunk.len());
         let mut jobs = Vec::with_capacity(chunk.len());
-        for (i, ask) in chunk.iter().enumerate() {
+        for (i, &at) in chunk.iter().enumerate() {
+            let ask = &asks[at];
             let named = || ask.label.clone();
             let image = match &ask.image {
                 None => None,
@@ -245,7 +257,8 @@ pub fn answer_all(
             replies.push(rx);
         }
         engine.submit_all(jobs).map_err(|_| anyhow!("the engine's queue is full"))?;
-        for (i, (ask, mut rx)) in chunk.iter().zip(replies).enumerate() {
+        for (&at, mut rx) in chunk.iter().zip(replies) {
+            let ask = &asks[at];
             let mut text = String::new();
             loop {
                 match rx.blocking_recv() {
@@ -256,7 +269,7 @@ pub fn answer_all(
                     None => bail!("{}: the engine stopped", ask.label),
                 }
             }
-            on_answer(c * batch + i, text.trim())?;
+            on_answer(at, text.trim())?;
         }
     }
     Ok(())

@@ -57,7 +57,10 @@ fn with_suffix(text: &str, suffix: &str) -> String {
 }
 
 fn label(id: &Value) -> String {
-    format!("question {id}")
+    match id {
+        Value::String(s) => format!("question `{s}`"),
+        other => format!("question `{other}`"),
+    }
 }
 
 #[derive(Deserialize)]
@@ -81,7 +84,7 @@ fn jsonl(data: &Path, images: &Path, suffix: Option<&str>) -> Result<Vec<BenchQu
     let mut out = Vec::new();
     for (n, line) in raw.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let q: Line = serde_json::from_str(line).with_context(|| {
-            format!("{} line {}: not a LLaVA question (question_id, image, text)", data.display(), n + 1)
+            format!("{} line {}: not a question record (question_id, image, text)", data.display(), n + 1)
         })?;
         if !(q.question_id.is_string() || q.question_id.is_i64()) {
             bail!("{} line {}: `question_id` must be an integer or a string", data.display(), n + 1);

@@ -153,6 +153,12 @@ fn mode_key(key: &[u8; 32], mode: HtcMode) -> [u8; 32] {
 }
 
 impl EngineState {
+    /// Whether the served model answers a question without an image (an HTC model always
+    /// compresses one into its prompt).
+    pub(super) fn answers_text_only(&self) -> bool {
+        !matches!(self.served, Served::Htc { .. })
+    }
+
     pub(super) fn load(cfg: &EngineConfig, metrics: Arc<Metrics>) -> Result<Self> {
         let device = backend::device();
         let (model, tokenizer, name, random) = match &cfg.model {
