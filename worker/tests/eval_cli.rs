@@ -92,7 +92,11 @@ fn eval_scores_answers_batches_and_reads_question_files() {
     assert!(ok, "{err}");
     assert!(!stdout.contains("overall"), "a question file is answered, not scored: {stdout}");
     let q = lines(&root.join("q-out.jsonl"));
-    assert_eq!((&q[0]["question_id"], q[0]["text"].as_str()), (&serde_json::json!(7), Some("blue")), "ids keep their JSON type");
+    assert_eq!(
+        (&q[0]["question_id"], q[0]["text"].as_str()),
+        (&serde_json::json!(7), Some("blue")),
+        "ids keep their JSON type"
+    );
     assert_eq!((q[1]["question_id"].as_str(), q[1]["text"].as_str()), (Some("x"), Some("red")));
 
     std::fs::write(&qfile, "{\"question_id\": 1, \"image\": \"a.png\", \"text\": \"?\"}\n{oops\n").unwrap();
@@ -164,11 +168,24 @@ fn benchmark_question_files_are_asked_as_llava_asks_them_and_resume() {
     .unwrap();
     let out = root.join("sqa-answers.jsonl");
     let (ok, stdout, err) = eval_args(&[
-        "eval", "--model", s(&model), "--data", s(&sqa), "--images", s(&images), "--out", s(&out), "--benchmark", "sqa",
+        "eval",
+        "--model",
+        s(&model),
+        "--data",
+        s(&sqa),
+        "--images",
+        s(&images),
+        "--out",
+        s(&out),
+        "--benchmark",
+        "sqa",
         "--quiet",
     ]);
     assert!(ok, "{err}");
-    assert!(stdout.contains("1 questions without an image are left unanswered"), "an HTC model needs an image: {stdout}");
+    assert!(
+        stdout.contains("1 questions without an image are left unanswered"),
+        "an HTC model needs an image: {stdout}"
+    );
     let a = lines(&out);
     assert_eq!(a.len(), 1);
     assert_eq!(a[0]["question_id"], "1");
@@ -181,16 +198,32 @@ fn benchmark_question_files_are_asked_as_llava_asks_them_and_resume() {
     )
     .unwrap();
     std::fs::write(ann.join("pid_splits.json"), r#"{"test": ["1", "2"]}"#).unwrap();
-    let (ok, stdout, err) =
-        eval_args(&["score", "--benchmark", "sqa", "--predictions", s(&out), "--annotations", s(&ann), "--json"]);
+    let (ok, stdout, err) = eval_args(&[
+        "score",
+        "--benchmark",
+        "sqa",
+        "--predictions",
+        s(&out),
+        "--annotations",
+        s(&ann),
+        "--json",
+    ]);
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     let m = &v["metrics"];
-    assert_eq!((m["total"].as_u64(), m["img_total"].as_u64(), m["missing"].as_u64()), (Some(2), Some(1), Some(1)), "{v}");
-    assert!(err.contains("1 annotated questions have no prediction"), "the unanswered one is reported: {err}");
+    assert_eq!(
+        (m["total"].as_u64(), m["img_total"].as_u64(), m["missing"].as_u64()),
+        (Some(2), Some(1), Some(1)),
+        "{v}"
+    );
+    assert!(
+        err.contains("1 annotated questions have no prediction"),
+        "the unanswered one is reported: {err}"
+    );
 
     // MMBench: a question in two rotations, its image in the TSV.
-    let png = base64::engine::general_purpose::STANDARD.encode(std::fs::read(images.join("red-4.png")).unwrap());
+    let png =
+        base64::engine::general_purpose::STANDARD.encode(std::fs::read(images.join("red-4.png")).unwrap());
     let tsv = root.join("mmbench.tsv");
     std::fs::write(
         &tsv,
@@ -203,8 +236,18 @@ fn benchmark_question_files_are_asked_as_llava_asks_them_and_resume() {
     .unwrap();
     let out = root.join("mmb-answers.jsonl");
     let (ok, _, err) = eval_args(&[
-        "eval", "--model", s(&model), "--data", s(&tsv), "--images", s(&images), "--out", s(&out), "--benchmark",
-        "mmbench", "--quiet",
+        "eval",
+        "--model",
+        s(&model),
+        "--data",
+        s(&tsv),
+        "--images",
+        s(&images),
+        "--out",
+        s(&out),
+        "--benchmark",
+        "mmbench",
+        "--quiet",
     ]);
     assert!(ok, "{err}");
     let a = lines(&out);
@@ -213,7 +256,16 @@ fn benchmark_question_files_are_asked_as_llava_asks_them_and_resume() {
     assert_eq!(a[0]["prompt"], "A plain square.\nWhat color is it?\nA. red\nB. blue");
     assert_eq!(a[1]["options"], serde_json::json!(["blue", "red"]));
     assert_eq!(a[1]["option_char"], serde_json::json!(["A", "B"]));
-    let (ok, stdout, err) = eval_args(&["score", "--benchmark", "mmbench", "--predictions", s(&out), "--annotations", s(&tsv), "--json"]);
+    let (ok, stdout, err) = eval_args(&[
+        "score",
+        "--benchmark",
+        "mmbench",
+        "--predictions",
+        s(&out),
+        "--annotations",
+        s(&tsv),
+        "--json",
+    ]);
     assert!(ok, "{err}");
     assert!(stdout.contains("\"questions\":1"), "{stdout}");
 
@@ -228,7 +280,17 @@ fn benchmark_question_files_are_asked_as_llava_asks_them_and_resume() {
     .unwrap();
     let run = |out: &Path, extra: &[&str]| {
         let mut args = vec![
-            "eval", "--model", s(&model), "--data", s(&q), "--images", s(&images), "--out", s(out), "--benchmark", "vqav2",
+            "eval",
+            "--model",
+            s(&model),
+            "--data",
+            s(&q),
+            "--images",
+            s(&images),
+            "--out",
+            s(out),
+            "--benchmark",
+            "vqav2",
             "--quiet",
         ];
         args.extend_from_slice(extra);
@@ -239,7 +301,10 @@ fn benchmark_question_files_are_asked_as_llava_asks_them_and_resume() {
     assert!(ok && stdout.contains("answered 3 questions"), "{stdout}{err}");
     let w = lines(&whole);
     for l in &w {
-        assert_eq!(l["prompt"], "What color is it?\nAnswer the question using a single word or phrase.", "{l}");
+        assert_eq!(
+            l["prompt"], "What color is it?\nAnswer the question using a single word or phrase.",
+            "{l}"
+        );
     }
     // A run stopped after one answer and in the middle of writing the second.
     let raw = std::fs::read_to_string(&whole).unwrap();
@@ -247,7 +312,10 @@ fn benchmark_question_files_are_asked_as_llava_asks_them_and_resume() {
     let resumed = root.join("resumed.jsonl");
     std::fs::write(&resumed, format!("{first}\n{{\"question_id\": 2, \"te")).unwrap();
     let (ok, stdout, err) = run(&resumed, &[]);
-    assert!(ok && stdout.contains("answered 2 questions") && stdout.contains("(1 were already there)"), "{stdout}{err}");
+    assert!(
+        ok && stdout.contains("answered 2 questions") && stdout.contains("(1 were already there)"),
+        "{stdout}{err}"
+    );
     assert!(err.contains("partial line"), "{err}");
     assert_eq!(std::fs::read_to_string(&resumed).unwrap(), raw, "the resumed file equals the whole run's");
     let (ok, stdout, _) = run(&resumed, &[]);

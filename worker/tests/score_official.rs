@@ -85,7 +85,10 @@ fn the_binary_prints_one_json_object_and_a_table() {
         let preds = fixtures().join(b.name()).join("predictions.jsonl");
         let run = |json: bool| {
             let mut c = Command::new(env!("CARGO_BIN_EXE_htc"));
-            c.args(["score", "--benchmark", b.name(), "--predictions"]).arg(&preds).arg("--annotations").arg(annotations(b));
+            c.args(["score", "--benchmark", b.name(), "--predictions"])
+                .arg(&preds)
+                .arg("--annotations")
+                .arg(annotations(b));
             if json {
                 c.arg("--json");
             }

@@ -79,7 +79,12 @@ fn entries(a: &EvalArgs) -> Result<Vec<Entry>> {
                     "metadata".into(),
                     json!({"reference": item.reference, "family": item.family, "kind": item.kind}),
                 );
-                let q = BenchQuestion { id: json!(item.id), prompt: item.question.clone(), extra, ask: item.ask() };
+                let q = BenchQuestion {
+                    id: json!(item.id),
+                    prompt: item.question.clone(),
+                    extra,
+                    ask: item.ask(),
+                };
                 Entry { q, item: Some(item) }
             })
             .collect()),
@@ -108,7 +113,10 @@ fn answered(path: &Path) -> Result<HashMap<Id, String>> {
             }
             _ if line.trim().is_empty() => kept += line.len(),
             _ if n + 1 == lines.len() => {
-                tracing::warn!("{} ends in a partial line; it is dropped and its question answered again", path.display());
+                tracing::warn!(
+                    "{} ends in a partial line; it is dropped and its question answered again",
+                    path.display()
+                );
                 let f = std::fs::OpenOptions::new().write(true).open(path)?;
                 f.set_len(kept as u64)?;
             }
@@ -127,10 +135,17 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let all = entries(&a)?;
     let model_id = a.model.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
     if a.restart {
-        std::fs::remove_file(&a.out).or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })?;
+        std::fs::remove_file(&a.out).or_else(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        })?;
     }
     let done = answered(&a.out)?;
-    let todo: Vec<&Entry> = all.iter().filter(|e| Id::from_value(&e.q.id).is_none_or(|id| !done.contains_key(&id))).collect();
+    let todo: Vec<&Entry> =
+        all.iter().filter(|e| Id::from_value(&e.q.id).is_none_or(|id| !done.contains_key(&id))).collect();
     let mut out = std::io::BufWriter::new(
         std::fs::OpenOptions::new()
             .create(true)
@@ -143,8 +158,10 @@ pub fn run(a: EvalArgs) -> Result<()> {
     } else {
         let bar = indicatif::ProgressBar::new(all.len() as u64);
         bar.set_style(
-            indicatif::ProgressStyle::with_template("{wide_bar} {pos}/{len} questions · {per_sec} · {eta} left")
-                .expect("a valid template"),
+            indicatif::ProgressStyle::with_template(
+                "{wide_bar} {pos}/{len} questions · {per_sec} · {eta} left",
+            )
+            .expect("a valid template"),
         );
         bar
     };
@@ -178,15 +195,19 @@ pub fn run(a: EvalArgs) -> Result<()> {
         all.len() - todo.len()
     );
     if answers.len() < todo.len() {
-        outln!("{} questions without an image are left unanswered (the model answers only about images)", todo.len() - answers.len());
+        outln!(
+            "{} questions without an image are left unanswered (the model answers only about images)",
+            todo.len() - answers.len()
+        );
     }
     let mut score = Score::default();
     let new: HashMap<&Value, &String> = answers.iter().map(|(i, t)| (&todo[*i].q.id, t)).collect();
     for e in &all {
         let Some(item) = &e.item else { continue };
-        let text = new.get(&e.q.id).map(|t| t.as_str()).or_else(|| {
-            Id::from_value(&e.q.id).and_then(|id| done.get(&id)).map(String::as_str)
-        });
+        let text = new
+            .get(&e.q.id)
+            .map(|t| t.as_str())
+            .or_else(|| Id::from_value(&e.q.id).and_then(|id| done.get(&id)).map(String::as_str));
         score.add(item, text.unwrap_or(""));
     }
     if score.total > 0 {

@@ -238,7 +238,9 @@ pub fn answer_all(
                         ),
                         ImageRef::Bytes(b) => (b.clone(), "its image".to_string()),
                     };
-                    let image = decode_image(&bytes, DecodeLimits::default()).with_context(|| what).with_context(named)?;
+                    let image = decode_image(&bytes, DecodeLimits::default())
+                        .with_context(|| what)
+                        .with_context(named)?;
                     Some(UploadedImage { image: image.into(), codes: None, key: engine.image_key(&bytes) })
                 }
             };

@@ -35,7 +35,9 @@ pub struct BenchQuestion {
 /// Reads `data` as `benchmark`'s LLaVA question file; image paths are relative to `images`.
 pub fn read(benchmark: Benchmark, data: &Path, images: &Path) -> Result<Vec<BenchQuestion>> {
     let qs = match benchmark {
-        Benchmark::Vqav2 | Benchmark::Gqa | Benchmark::Pope | Benchmark::Mme => jsonl(data, images, Some(SINGLE_WORD))?,
+        Benchmark::Vqav2 | Benchmark::Gqa | Benchmark::Pope | Benchmark::Mme => {
+            jsonl(data, images, Some(SINGLE_WORD))?
+        }
         Benchmark::Seed => jsonl(data, images, Some(LETTER))?,
         Benchmark::Sqa => science_qa(data, images)?,
         Benchmark::Mmbench => mmbench(data)?,
@@ -133,7 +135,11 @@ fn science_qa(data: &Path, images: &Path) -> Result<Vec<BenchQuestion>> {
         let asked = format!("{question}\n{LETTER}");
         let prompt = if r.image.is_some() { format!("<image>\n{asked}") } else { asked.clone() };
         out.push(BenchQuestion {
-            ask: Ask { label: label(&r.id), image: r.image.map(|p| ImageRef::File(images.join(p))), question: asked },
+            ask: Ask {
+                label: label(&r.id),
+                image: r.image.map(|p| ImageRef::File(images.join(p))),
+                question: asked,
+            },
             id: r.id,
             prompt,
             extra: Map::new(),
@@ -163,7 +169,8 @@ fn mmbench(data: &Path) -> Result<Vec<BenchQuestion>> {
         let record = record.with_context(at)?;
         let cell = |i: usize| record.get(i).unwrap_or("");
         let absent = |s: &str| super::score::mmbench::is_na(s);
-        let idx: i64 = cell(index).trim().parse().with_context(|| format!("{}: index is not an integer", at()))?;
+        let idx: i64 =
+            cell(index).trim().parse().with_context(|| format!("{}: index is not an integer", at()))?;
         let mut text = cell(question).to_string();
         if let Some(h) = hint.map(cell).filter(|h| !absent(h)) {
             text = format!("{h}\n{text}");

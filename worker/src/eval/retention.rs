@@ -23,18 +23,24 @@ pub fn read_scores(path: &Path) -> Result<BTreeMap<String, f64>> {
     let values: Vec<Value> = match serde_json::from_str::<Value>(&raw) {
         Ok(Value::Array(v)) => v,
         Ok(obj @ Value::Object(_)) => vec![obj],
-        Ok(other) => bail!("{}: expected a list of `htc score --json` outputs, found {other}", path.display()),
+        Ok(other) => {
+            bail!("{}: expected a list of `htc score --json` outputs, found {other}", path.display())
+        }
         Err(_) => raw
             .lines()
             .enumerate()
             .filter(|(_, l)| !l.trim().is_empty())
-            .map(|(n, l)| serde_json::from_str(l).with_context(|| format!("{} line {}: not JSON", path.display(), n + 1)))
+            .map(|(n, l)| {
+                serde_json::from_str(l)
+                    .with_context(|| format!("{} line {}: not JSON", path.display(), n + 1))
+            })
             .collect::<Result<_>>()?,
     };
     let mut out = BTreeMap::new();
     for (i, v) in values.into_iter().enumerate() {
-        let s: Scored = serde_json::from_value(v)
-            .with_context(|| format!("{}: entry {i} is not an `htc score --json` output (benchmark, score)", path.display()))?;
+        let s: Scored = serde_json::from_value(v).with_context(|| {
+            format!("{}: entry {i} is not an `htc score --json` output (benchmark, score)", path.display())
+        })?;
         if !s.score.is_finite() {
             bail!("{}: entry {i} ({}): the score is not a finite number", path.display(), s.benchmark);
         }
@@ -69,7 +75,10 @@ impl Retention {
     }
 
     pub fn table(&self) -> String {
-        let mut s = format!("{:<10} {:>10} {:>10} {:>10} {:>10}\n", "benchmark", "upper", "lower", "model", "retention");
+        let mut s = format!(
+            "{:<10} {:>10} {:>10} {:>10} {:>10}\n",
+            "benchmark", "upper", "lower", "model", "retention"
+        );
         for (b, (u, l, m, r)) in &self.per_benchmark {
             s += &format!("{b:<10} {u:>10.4} {l:>10.4} {m:>10.4} {:>9.2}%\n", 100.0 * r);
         }
@@ -106,7 +115,10 @@ pub fn retention(
         per_benchmark.insert(b.clone(), (u, l, m, (m - l) / (u - l)));
     }
     if per_benchmark.is_empty() {
-        bail!("no benchmark is in all three inputs (left out: {})", left_out.keys().cloned().collect::<Vec<_>>().join(", "));
+        bail!(
+            "no benchmark is in all three inputs (left out: {})",
+            left_out.keys().cloned().collect::<Vec<_>>().join(", ")
+        );
     }
     let average = per_benchmark.values().map(|v| v.3).sum::<f64>() / per_benchmark.len() as f64;
     Ok(Retention { per_benchmark, average, left_out })

@@ -62,7 +62,8 @@ pub fn score(preds: &Predictions, annotations: &Path) -> Result<Report> {
     }
     // Predictions for unbalanced questions are expected (LLaVA answers every testdev
     // question); only ids the file lacks altogether are extra.
-    let extra = lookup.extra(preds).into_iter().filter(|id| !matches!(id, Id::Str(s) if questions.contains_key(s)));
+    let extra =
+        lookup.extra(preds).into_iter().filter(|id| !matches!(id, Id::Str(s) if questions.contains_key(s)));
     let extra = extra.count();
     let mut metrics = Map::new();
     metrics.insert("binary".into(), json!(pct(binary.0, binary.1)));
@@ -88,7 +89,9 @@ pub fn score(preds: &Predictions, annotations: &Path) -> Result<Report> {
         ));
     }
     if extra > 0 {
-        notes.push(format!("{extra} predictions are for questions the annotations do not have; they are ignored"));
+        notes.push(format!(
+            "{extra} predictions are for questions the annotations do not have; they are ignored"
+        ));
     }
     Ok(Report { benchmark: Benchmark::Gqa, score: pct(correct, total), metrics, notes })
 }
@@ -99,7 +102,9 @@ mod tests {
 
     #[test]
     fn only_trailing_periods_and_case_change() {
-        for (t, want) in [("Yes.", "yes"), ("No..", "no"), ("LEFT", "left"), (" yes", " yes"), ("no\n", "no\n")] {
+        for (t, want) in
+            [("Yes.", "yes"), ("No..", "no"), ("LEFT", "left"), (" yes", " yes"), ("no\n", "no\n")]
+        {
             assert_eq!(answer(t), want);
         }
     }

@@ -23,8 +23,8 @@ use super::{pct_map, pytext, Benchmark, Id, Lookup, Predictions, Report};
 
 /// The strings pandas reads as a missing value (its default `na_values`).
 const NA: [&str; 19] = [
-    "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A", "NA",
-    "NULL", "NaN", "None", "n/a", "nan", "null",
+    "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A",
+    "NA", "NULL", "NaN", "None", "n/a", "nan", "null",
 ];
 
 const MAIN: i64 = 1_000_000;
@@ -60,18 +60,21 @@ fn read_tsv(path: &Path) -> Result<Vec<Row>> {
     let headers = reader.headers().with_context(|| format!("{}: no header line", path.display()))?.clone();
     let col = |name: &str| headers.iter().position(|h| h == name);
     let need = |name: &str| col(name).with_context(|| format!("{}: no `{name}` column", path.display()));
-    let (index, answer, category, l2) = (need("index")?, need("answer")?, need("category")?, need("l2-category")?);
-    let letters: Vec<(char, usize)> = ['A', 'B', 'C', 'D'].into_iter().filter_map(|c| Some((c, col(&c.to_string())?))).collect();
+    let (index, answer, category, l2) =
+        (need("index")?, need("answer")?, need("category")?, need("l2-category")?);
+    let letters: Vec<(char, usize)> =
+        ['A', 'B', 'C', 'D'].into_iter().filter_map(|c| Some((c, col(&c.to_string())?))).collect();
     let mut rows = Vec::new();
     for (n, record) in reader.records().enumerate() {
         let line = n + 2;
         let record = record.with_context(|| format!("{} line {line}", path.display()))?;
         let cell = |i: usize| record.get(i).unwrap_or("");
-        let idx: i64 = pytext::strip(cell(index))
-            .parse()
-            .with_context(|| format!("{} line {line}: index `{}` is not an integer", path.display(), cell(index)))?;
+        let idx: i64 = pytext::strip(cell(index)).parse().with_context(|| {
+            format!("{} line {line}: index `{}` is not an integer", path.display(), cell(index))
+        })?;
         let na = is_na;
-        let options = letters.iter().filter(|(_, i)| !na(cell(*i))).map(|(c, i)| (*c, cell(*i).to_string())).collect();
+        let options =
+            letters.iter().filter(|(_, i)| !na(cell(*i))).map(|(c, i)| (*c, cell(*i).to_string())).collect();
         let text = |i: usize| if na(cell(i)) { "nan".to_string() } else { cell(i).to_string() };
         rows.push(Row { index: idx, options, answer: text(answer), category: text(category), l2: text(l2) });
     }
@@ -94,7 +97,9 @@ fn infer_option(text: &str) -> Option<char> {
     }
     let words = pytext::split(text);
     let wrapped = |pre: &str, c: char, suf: &str| format!("{pre}{c}{suf}");
-    let count = |pre: &str, suf: &str| LETTERS.iter().filter(|&&c| words.contains(&wrapped(pre, c, suf).as_str())).count();
+    let count = |pre: &str, suf: &str| {
+        LETTERS.iter().filter(|&&c| words.contains(&wrapped(pre, c, suf).as_str())).count()
+    };
     if count("", "") == 1 {
         // A lone "A" in an answer of more than three words may be the article: go on to the
         // wrapped forms.
@@ -127,7 +132,8 @@ fn infer_option(text: &str) -> Option<char> {
 
 fn infer_text(text: &str, options: &[(char, String)]) -> Option<char> {
     let lower = text.to_lowercase();
-    let hits: Vec<char> = options.iter().filter(|(_, o)| lower.contains(&o.to_lowercase())).map(|(c, _)| *c).collect();
+    let hits: Vec<char> =
+        options.iter().filter(|(_, o)| lower.contains(&o.to_lowercase())).map(|(c, _)| *c).collect();
     match hits[..] {
         [one] => Some(one),
         _ => None,

@@ -20,9 +20,20 @@ use serde_json::{json, Map};
 
 use super::{pct, pytext, Benchmark, Id, Predictions, Report};
 
-pub const PERCEPTION: [&str; 10] =
-    ["existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark", "artwork", "OCR"];
-pub const COGNITION: [&str; 4] = ["commonsense_reasoning", "numerical_calculation", "text_translation", "code_reasoning"];
+pub const PERCEPTION: [&str; 10] = [
+    "existence",
+    "count",
+    "position",
+    "color",
+    "posters",
+    "celebrity",
+    "scene",
+    "landmark",
+    "artwork",
+    "OCR",
+];
+pub const COGNITION: [&str; 4] =
+    ["commonsense_reasoning", "numerical_calculation", "text_translation", "code_reasoning"];
 
 const SINGLE_WORD: &str = "Answer the question using a single word or phrase.";
 const YES_NO: &str = "Please answer yes or no.";
@@ -52,7 +63,8 @@ struct Image {
 fn read_task(root: &Path, task: &str) -> Result<BTreeMap<String, Image>> {
     let dir = root.join(task);
     let qa_dir = if dir.join("images").is_dir() { dir.join("questions_answers_YN") } else { dir.clone() };
-    let entries = std::fs::read_dir(&qa_dir).with_context(|| format!("cannot read {} (MME task `{task}`)", qa_dir.display()))?;
+    let entries = std::fs::read_dir(&qa_dir)
+        .with_context(|| format!("cannot read {} (MME task `{task}`)", qa_dir.display()))?;
     let mut images = BTreeMap::new();
     for e in entries {
         let path = e?.path();
@@ -60,7 +72,8 @@ fn read_task(root: &Path, task: &str) -> Result<BTreeMap<String, Image>> {
         if !name.ends_with(".txt") {
             continue;
         }
-        let raw = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let raw =
+            std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
         let mut qa = Vec::new();
         for (n, line) in raw.lines().enumerate() {
             let fields: Vec<&str> = pytext::strip(line).split('\t').collect();
@@ -138,7 +151,11 @@ pub fn score(preds: &Predictions, annotations: &Path) -> Result<Report> {
     let mut notes = Vec::new();
     for task in &tasks {
         for (file, image) in &truth[task] {
-            missing += image.qa.iter().filter(|(q, _)| !asked.contains(&(task.to_string(), file.clone(), q.clone()))).count();
+            missing += image
+                .qa
+                .iter()
+                .filter(|(q, _)| !asked.contains(&(task.to_string(), file.clone(), q.clone())))
+                .count();
         }
         let right = lines.get(task).map(Vec::as_slice).unwrap_or(&[]);
         if right.is_empty() {
@@ -174,7 +191,11 @@ pub fn score(preds: &Predictions, annotations: &Path) -> Result<Report> {
         ));
     }
     if !extra.is_empty() {
-        notes.push(format!("{} answers name no MME task (first: {}); they are ignored", extra.len(), extra[0]));
+        notes.push(format!(
+            "{} answers name no MME task (first: {}); they are ignored",
+            extra.len(),
+            extra[0]
+        ));
     }
     Ok(Report { benchmark: Benchmark::Mme, score: perception, metrics, notes })
 }
@@ -211,7 +232,10 @@ mod tests {
         assert_eq!(question_key("Is it red?", has), "Is it red?  Please answer yes or no.");
         let has = |k: &str| k == "Is it red? Please answer yes or no.";
         assert_eq!(
-            question_key("Is it red? Please answer yes or no.\nAnswer the question using a single word or phrase.", has),
+            question_key(
+                "Is it red? Please answer yes or no.\nAnswer the question using a single word or phrase.",
+                has
+            ),
             "Is it red? Please answer yes or no."
         );
         assert_eq!(question_key("Is it red?", has), "Is it red? Please answer yes or no.");

@@ -109,7 +109,8 @@ impl Report {
 
     /// A readable table: the headline, then every metric, nested ones indented.
     pub fn table(&self) -> String {
-        let mut s = format!("{:<34} {:>10.4}   ({})\n", self.benchmark.name(), self.score, self.benchmark.headline());
+        let mut s =
+            format!("{:<34} {:>10.4}   ({})\n", self.benchmark.name(), self.score, self.benchmark.headline());
         fn walk(s: &mut String, m: &Map<String, Value>, depth: usize) {
             for (k, v) in m {
                 let name = format!("{}{}", "  ".repeat(depth + 1), k);
@@ -427,7 +428,13 @@ mod tests {
         assert_eq!(l.extra(&p), vec![Id::Str("1".into()), Id::Int(9)]);
         let notes = l.notes(&p, "wrong").join("\n");
         assert!(notes.contains("2 annotated questions have no prediction"), "{notes}");
-        assert!(notes.contains("1 of them have a prediction whose question_id has the other JSON type"), "{notes}");
-        assert!(notes.contains("2 predictions are for questions the annotations do not have (\"1\", 9)"), "{notes}");
+        assert!(
+            notes.contains("1 of them have a prediction whose question_id has the other JSON type"),
+            "{notes}"
+        );
+        assert!(
+            notes.contains("2 predictions are for questions the annotations do not have (\"1\", 9)"),
+            "{notes}"
+        );
     }
 }

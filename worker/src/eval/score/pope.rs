@@ -74,13 +74,16 @@ pub fn score(preds: &Predictions, annotations: &Path) -> Result<Report> {
     if label_files.is_empty() {
         bail!("{} holds no coco_pope_<category>.json", coco.display());
     }
-    let category: HashMap<i64, &str> = questions.iter().map(|q| (q.question_id, q.category.as_str())).collect();
+    let category: HashMap<i64, &str> =
+        questions.iter().map(|q| (q.question_id, q.category.as_str())).collect();
     let answered: HashSet<&Id> = preds.lines.iter().map(|p| &p.id).collect();
     let mut extra = 0;
     let mut by_category: HashMap<&str, Vec<bool>> = HashMap::new();
     for p in &preds.lines {
         match &p.id {
-            Id::Int(i) if category.contains_key(i) => by_category.entry(category[i]).or_default().push(says_yes(&p.text)),
+            Id::Int(i) if category.contains_key(i) => {
+                by_category.entry(category[i]).or_default().push(says_yes(&p.text))
+            }
             _ => extra += 1,
         }
     }
@@ -99,7 +102,10 @@ pub fn score(preds: &Predictions, annotations: &Path) -> Result<Report> {
                 labels.len()
             );
         }
-        let absent = questions.iter().filter(|q| q.category == *cat && !answered.contains(&Id::Int(q.question_id))).count();
+        let absent = questions
+            .iter()
+            .filter(|q| q.category == *cat && !answered.contains(&Id::Int(q.question_id)))
+            .count();
         missing += absent;
         let said = by_category.get(cat.as_str()).map(Vec::as_slice).unwrap_or(&[]);
         if said.is_empty() {
@@ -127,7 +133,8 @@ pub fn score(preds: &Predictions, annotations: &Path) -> Result<Report> {
         let ratio = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
         let precision = ratio(c.tp, c.tp + c.fp);
         let recall = ratio(c.tp, c.tp + c.fn_);
-        let f1 = if precision + recall == 0.0 { 0.0 } else { 2.0 * precision * recall / (precision + recall) };
+        let f1 =
+            if precision + recall == 0.0 { 0.0 } else { 2.0 * precision * recall / (precision + recall) };
         let yes = said.iter().filter(|&&y| y).count();
         f1_sum += f1;
         metrics.insert(
@@ -147,7 +154,12 @@ pub fn score(preds: &Predictions, annotations: &Path) -> Result<Report> {
              (the official script stops with an error)"
         ));
     }
-    Ok(Report { benchmark: Benchmark::Pope, score: 100.0 * f1_sum / label_files.len() as f64, metrics, notes })
+    Ok(Report {
+        benchmark: Benchmark::Pope,
+        score: 100.0 * f1_sum / label_files.len() as f64,
+        metrics,
+        notes,
+    })
 }
 
 #[cfg(test)]

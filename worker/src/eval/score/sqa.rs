@@ -25,7 +25,8 @@ struct Problem {
 
 const OPTIONS: [char; 5] = ['A', 'B', 'C', 'D', 'E'];
 
-static ANSWER_IS: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"The answer is ([A-Z]).").expect("a valid pattern"));
+static ANSWER_IS: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"The answer is ([A-Z]).").expect("a valid pattern"));
 
 /// The letter an answer gives, or `None` ("FAILED").
 pub fn letter(text: &str) -> Option<char> {
@@ -90,9 +91,12 @@ pub fn score(preds: &Predictions, annotations: &Path) -> Result<Report> {
     metrics.insert("missing".into(), json!(lookup.missing.len()));
     let mut notes = lookup.notes(preds, "wrong and not an image question");
     notes.retain(|n| !n.contains("do not have"));
-    let extra = lookup.extra(preds).iter().filter(|id| !matches!(id, Id::Str(s) if problems.contains_key(s))).count();
+    let extra =
+        lookup.extra(preds).iter().filter(|id| !matches!(id, Id::Str(s) if problems.contains_key(s))).count();
     if extra > 0 {
-        notes.push(format!("{extra} predictions are for problems problems.json does not have; they are ignored"));
+        notes.push(format!(
+            "{extra} predictions are for problems problems.json does not have; they are ignored"
+        ));
     }
     metrics.insert("extra".into(), json!(extra));
     Ok(Report { benchmark: Benchmark::Sqa, score: pct(img_correct as f64, img_total as f64), metrics, notes })

@@ -42,7 +42,9 @@ fn annotation_file(path: &Path) -> Result<PathBuf> {
     let mut found: Vec<PathBuf> = std::fs::read_dir(path)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
-            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.contains("annotations") && n.ends_with(".json"))
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.contains("annotations") && n.ends_with(".json"))
         })
         .collect();
     found.sort();
@@ -119,15 +121,17 @@ pub fn submission_answer(text: &str) -> String {
     digits_articles(&punctuation(pytext::strip(&t)))
 }
 
-const PUNCT: [char; 21] =
-    [';', '/', '[', ']', '"', '{', '}', '(', ')', '=', '+', '\\', '_', '-', '>', '<', '@', '`', ',', '?', '!'];
+const PUNCT: [char; 21] = [
+    ';', '/', '[', ']', '"', '{', '}', '(', ')', '=', '+', '\\', '_', '-', '>', '<', '@', '`', ',', '?', '!',
+];
 
 /// `processPunctuation`: each mark is deleted where it touches a space somewhere in the text
 /// (or the text has a digit-comma-digit), else replaced by a space; then the first 32 periods
 /// not followed by a digit are deleted.
 pub fn punctuation(s: &str) -> String {
     let chars: Vec<char> = s.chars().collect();
-    let comma_number = chars.windows(3).any(|w| pytext::is_digit(w[0]) && w[1] == ',' && pytext::is_digit(w[2]));
+    let comma_number =
+        chars.windows(3).any(|w| pytext::is_digit(w[0]) && w[1] == ',' && pytext::is_digit(w[2]));
     let mut out = s.to_string();
     for p in PUNCT {
         let touches = s.contains(&format!("{p} ")) || s.contains(&format!(" {p}"));

@@ -97,7 +97,8 @@ impl Engine {
                 }
             }
         })?;
-        let (mut card, answers_text_only) = ready_rx.recv().map_err(|_| anyhow!("the engine thread stopped while loading"))??;
+        let (mut card, answers_text_only) =
+            ready_rx.recv().map_err(|_| anyhow!("the engine thread stopped while loading"))??;
         let mut samples = Vec::new();
         if card.random_init {
             card.about = Some(random::DEMO_ABOUT.into());
