@@ -67,6 +67,20 @@ fn eval_scores_answers_batches_and_reads_question_files() {
         assert_eq!(l["text"], l["metadata"]["reference"], "{l}");
         assert_eq!(l["model_id"], "checkpoint-60");
     }
+    // The same answers scored by `htc score --benchmark shapes` against the question set.
+    let o = htc(&[
+        "score",
+        "--benchmark",
+        "shapes",
+        "--predictions",
+        s(&root.join("a.jsonl")),
+        "--annotations",
+        s(&data),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((v["score"].as_f64(), v["metrics"]["questions"].as_u64()), (Some(100.0), Some(3)), "{v}");
     let (ok, _, err) = eval(&model, &data, &images, &root.join("b.jsonl"), "1");
     assert!(ok, "{err}");
     let b = lines(&root.join("b.jsonl"));
@@ -80,6 +94,18 @@ fn eval_scores_answers_batches_and_reads_question_files() {
     let (ok, stdout, err) = eval(&untrained, &data, &images, &root.join("u.jsonl"), "16");
     assert!(ok, "{err}");
     assert!(stdout.contains("0.0%  (0/3)"), "the untrained model names no colour: {stdout}");
+    let o = htc(&[
+        "score",
+        "--benchmark",
+        "shapes",
+        "--predictions",
+        s(&root.join("u.jsonl")),
+        "--annotations",
+        s(&data),
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["score"].as_f64(), Some(0.0), "{v}");
 
     let qfile = root.join("q.jsonl");
     std::fs::write(
