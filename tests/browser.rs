@@ -454,11 +454,14 @@ async fn a_person_asks_about_an_image_and_reads_the_answer() {
     eprintln!("in the page:{codes}");
     let answer = ask(&client, "What color is the star?").await;
     assert_eq!(answer.trim(), "red");
-    // The worker took the page's codes: it checks them against its own and refuses any that
-    // differ (the page would then say so and send the image alone).
+    // The worker took the page's codes as sent and did not run its own encoder.
     let by = client.find(Locator::Css("#tokenised-by")).await.unwrap().text().await.unwrap();
     assert!(by.contains("image tokenised by: browser, backend: cpu"), "{by}");
     assert!(!by.contains("differed"), "{by}");
+    let addr: std::net::SocketAddr = url.trim_start_matches("http://").trim_end_matches('/').parse().unwrap();
+    let m = http::http_get(addr, "/metrics").await;
+    assert!(m.contains("htc_client_codes_used_total 1\n"), "the page's codes were used: {m}");
+    assert!(m.contains("htc_mgvq_encodes_total 0\n"), "the worker's encoder did not run: {m}");
 
     // The attention view is drawn: the heatmap canvas holds the image with a red overlay,
     // and the bars show 4 anchors and the patches.
@@ -931,6 +934,41 @@ async fn the_pages_codes_equal_the_workers_on_fresh_test_scenes() {
         client.close().await.unwrap();
         let _ = std::fs::remove_dir_all(profile);
     }
+}
+
+/// A person who asks at once, before the page's encoder has its weights or its codes: the
+/// question waits for the codes, and the worker compresses every image from the page's codes
+/// without running its own encoder (its `/metrics` say so), near-ties or not, on fresh
+/// ShapesVQA test scenes (the first asked while the encoder is still loading).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium, chromedriver and a trunk build in dist/; run by scripts/test.sh"]
+async fn questions_asked_at_once_wait_for_the_pages_codes_and_the_worker_uses_them() {
+    use htc_worker::data::shapes::{rng_for, Scene};
+    const SCENES: usize = 6;
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let (url, port, _driver) = server(Some(root.join("models/shapes-demo"))).await;
+    let profile = tempdir();
+    let client = open(port, &profile, false).await;
+    client.goto(&url).await.unwrap();
+    wait_for(&client, "#status[data-connection='ready']").await;
+    let mut rng = rng_for(91, "test");
+    for i in 0..SCENES {
+        let path = profile.join(format!("scene-{i}.png"));
+        Scene::sample(&mut rng).render().save(&path).unwrap();
+        let input = client.find(Locator::Css("input[type='file'][aria-label='Image']")).await.unwrap();
+        input.send_keys(path.to_str().unwrap()).await.unwrap();
+        // No wait for the codes: the question goes as soon as the image is chosen.
+        let answer = ask(&client, "How many objects are there?").await;
+        assert!(!answer.trim().is_empty(), "scene {i}");
+        let by = client.find(Locator::Css("#tokenised-by")).await.unwrap().text().await.unwrap();
+        assert!(by.contains("image tokenised by: browser"), "scene {i}: {by}");
+    }
+    let addr: std::net::SocketAddr = url.trim_start_matches("http://").trim_end_matches('/').parse().unwrap();
+    let m = http::http_get(addr, "/metrics").await;
+    assert!(m.contains(&format!("htc_client_codes_used_total {SCENES}\n")), "{m}");
+    assert!(m.contains("htc_mgvq_encodes_total 0\n"), "the worker's encoder never ran: {m}");
+    client.close().await.unwrap();
+    let _ = std::fs::remove_dir_all(profile);
 }
 
 /// Serves one HTML page at `/` on a loopback port of its own: a host site for the widget.

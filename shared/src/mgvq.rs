@@ -555,6 +555,99 @@ impl<B: Backend> Mgvq<B> {
     }
 }
 
+/// Where sent codes disagree with an image's latent: position (row-major, images one after
+/// another), group, the code sent, the nearest code, and their squared distances to the
+/// normalised latent (unit vectors: `2 − 2 z·e`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CodeDisagreement {
+    pub position: usize,
+    pub group: usize,
+    pub sent: u16,
+    pub nearest: u16,
+    pub sent_distance: f32,
+    pub nearest_distance: f32,
+}
+
+/// The result of [`Mgvq::check_codes`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CodeCheck {
+    /// Codes that are not the nearest but within the tolerance of it (near-ties: another
+    /// device's arithmetic may round either way).
+    pub near_ties: usize,
+    /// Codes farther than the tolerance from the nearest.
+    pub disagreements: Vec<CodeDisagreement>,
+}
+
+impl<B: Backend> Mgvq<B> {
+    /// Checks codes `[b*h*w][G]` computed elsewhere against `latent` `[b, C, h, w]` (from
+    /// [`Mgvq::latent`]): a code is accepted when it is the nearest, or when its squared
+    /// distance exceeds the nearest's by at most `rel_tol` of it (plus 1e-6, for latents that
+    /// sit on a code). Distances on the host in f32, as [`Mgvq::quantize`] compares them.
+    pub fn check_codes(&self, latent: Tensor<B, 4>, codes: &[Vec<u16>], rel_tol: f32) -> Result<CodeCheck> {
+        let [b, c, hh, ww] = latent.dims();
+        let (g, gd, per) = (self.config.groups, self.config.group_dim(), self.config.codes_per_group());
+        let n = b * hh * ww;
+        if codes.len() != n || codes.iter().any(|r| r.len() != g) {
+            return Err(Error::Config(format!(
+                "{} code rows of {} groups for a latent of {n} positions and {g} groups",
+                codes.len(),
+                codes.first().map_or(0, Vec::len)
+            )));
+        }
+        let lat = latent
+            .cast(DType::F32)
+            .into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .map_err(|e| Error::Tensor(format!("cannot read the MGVQ latent: {e:?}")))?;
+        let mut book = self.codebook_host()?;
+        for row in book.chunks_mut(gd) {
+            let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+            row.iter_mut().for_each(|x| *x /= norm);
+        }
+        let mut check = CodeCheck::default();
+        let mut z = vec![0f32; gd];
+        for (pos, row) in codes.iter().enumerate() {
+            let (img, at) = (pos / (hh * ww), pos % (hh * ww));
+            for (grp, &sent) in row.iter().enumerate() {
+                for (k, zk) in z.iter_mut().enumerate() {
+                    *zk = lat[((img * c + grp * gd + k) * hh * ww) + at];
+                }
+                let norm = z.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+                z.iter_mut().for_each(|x| *x /= norm);
+                let dist = |code: usize| {
+                    let e = &book[(grp * per + code) * gd..(grp * per + code + 1) * gd];
+                    z.iter().zip(e).map(|(a, b)| (a - b) * (a - b)).sum::<f32>()
+                };
+                let (mut nearest, mut best) = (0usize, f32::INFINITY);
+                for code in 0..per {
+                    let d = dist(code);
+                    if d < best {
+                        (nearest, best) = (code, d);
+                    }
+                }
+                if sent as usize == nearest {
+                    continue;
+                }
+                let d = if (sent as usize) < per { dist(sent as usize) } else { f32::INFINITY };
+                if d <= best * (1.0 + rel_tol) + 1e-6 {
+                    check.near_ties += 1;
+                } else {
+                    check.disagreements.push(CodeDisagreement {
+                        position: pos,
+                        group: grp,
+                        sent,
+                        nearest: nearest as u16,
+                        sent_distance: d,
+                        nearest_distance: best,
+                    });
+                }
+            }
+        }
+        Ok(check)
+    }
+}
+
 /// The result of [`Mgvq::quantize`].
 pub struct Quantized<B: Backend> {
     /// The L2-normalised latent, per group `[b, C, h, w]`.
@@ -627,4 +720,77 @@ pub fn preprocess(img: &RgbImage, size: u32) -> Vec<f32> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::NdArray;
+    use burn::tensor::TensorData;
+
+    type B = NdArray;
+
+    /// A tiny encoder whose codebook has, in every group, code 0 along the group's first axis,
+    /// code 1 along its second, and every other code pointing away from both.
+    fn designed() -> Mgvq<B> {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/mgvq-tiny/config.json");
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        let cfg = Config::from_json(&v).unwrap();
+        let mut m = cfg.init::<B>(&Default::default()).unwrap();
+        let (gd, n, per) = (cfg.group_dim(), cfg.codebook_size, cfg.codes_per_group());
+        assert!(gd >= 2, "the test needs two axes per group");
+        let rows: Vec<f32> = (0..n)
+            .flat_map(|i| {
+                (0..gd).map(move |k| match i % per {
+                    0 => f32::from(k == 0),
+                    1 => f32::from(k == 1),
+                    _ => -1.0,
+                })
+            })
+            .collect();
+        m.set_codebook(rows);
+        m
+    }
+
+    /// A one-position latent: group 0 along `(1, y)`, the other groups along their first axis.
+    fn latent(m: &Mgvq<B>, y: f32) -> Tensor<B, 4> {
+        let c = m.config();
+        let (g, gd) = (c.groups, c.group_dim());
+        let data: Vec<f32> = (0..g * gd)
+            .map(|i| match (i / gd, i % gd) {
+                (0, 0) => 1.0,
+                (0, 1) => y,
+                (_, 0) => 1.0,
+                _ => 0.0,
+            })
+            .collect();
+        Tensor::from_data(TensorData::new(data, [1, g * gd, 1, 1]), &Default::default())
+    }
+
+    #[test]
+    fn near_ties_are_accepted_and_real_disagreements_named() {
+        let m = designed();
+        let g = m.config().groups;
+        let sent = |first: u16| vec![std::iter::once(first).chain(std::iter::repeat_n(0, g - 1)).collect::<Vec<u16>>()];
+        // The nearest code sent: nothing to report.
+        assert_eq!(m.check_codes(latent(&m, 0.5), &sent(0), 1e-3).unwrap(), CodeCheck::default());
+        // An exact tie and a near one (distances 0.58578 and 0.58583): either code is accepted.
+        for y in [1.0, 0.99995] {
+            let c = m.check_codes(latent(&m, y), &sent(1), 1e-3).unwrap();
+            assert_eq!((c.near_ties, c.disagreements.len()), (1, 0), "y = {y}");
+        }
+        // Code 1 for a latent much nearer code 0: refused, with both distances.
+        let c = m.check_codes(latent(&m, 0.5), &sent(1), 1e-3).unwrap();
+        assert_eq!(c.near_ties, 0);
+        let d = &c.disagreements[0];
+        assert_eq!((d.position, d.group, d.sent, d.nearest), (0, 0, 1, 0));
+        let z = [1.0 / 1.25f32.sqrt(), 0.5 / 1.25f32.sqrt()];
+        assert!((d.nearest_distance - ((z[0] - 1.0).powi(2) + z[1].powi(2))).abs() < 1e-6);
+        assert!((d.sent_distance - (z[0].powi(2) + (z[1] - 1.0).powi(2))).abs() < 1e-6);
+        // A tie beyond a zero tolerance is still a disagreement only when the distances differ.
+        assert_eq!(m.check_codes(latent(&m, 1.0), &sent(1), 0.0).unwrap().disagreements.len(), 0);
+        assert_eq!(m.check_codes(latent(&m, 0.99), &sent(1), 0.0).unwrap().disagreements.len(), 1);
+        // Rows of the wrong shape are an error, not a panic.
+        assert!(m.check_codes(latent(&m, 1.0), &[vec![0]], 1e-3).is_err());
+    }
 }

@@ -207,7 +207,8 @@ async fn every_bad_input_gets_an_error_frame_and_the_connection_stays_up() {
     let codes: Vec<u8> = (0..441 * 8).flat_map(|i| if i == 17 { 5000u16 } else { 0 }.to_le_bytes()).collect();
     ws.send(Message::Binary(encode_binary(BinaryKind::Codes, 5, &codes).into())).await.unwrap();
     expect_error(&mut ws, ErrorCode::BadCodes, "out of range").await;
-    // In-range codes that are not the image's: the worker recomputes and refuses them.
+    // In-range codes that are not the image's are used as sent (by default nothing checks
+    // them): they shape only this client's compression (see `client_codes_*` below).
     send(&mut ws, json!({"type": "image", "request_id": 6, "image_id": "c", "byte_len": p.len(), "codes": {"positions": 441, "groups": 8}})).await;
     ws.send(Message::Binary(encode_binary(BinaryKind::ImageBytes, 6, &p).into())).await.unwrap();
     ws.send(Message::Binary(encode_binary(BinaryKind::Codes, 6, &vec![0u8; 441 * 8 * 2]).into()))
@@ -218,7 +219,8 @@ async fn every_bad_input_gets_an_error_frame_and_the_connection_stays_up() {
         json!({"type": "ask", "request_id": 7, "image_id": "c", "prompt_ids": [1], "max_new_tokens": 2}),
     )
     .await;
-    expect_error(&mut ws, ErrorCode::CodesMismatch, "differ").await;
+    let (ids, _, _) = answer(&mut ws, 7).await;
+    assert!(!ids.is_empty());
     // Oversized frame, bad binary header, a question without a tokenizer, bad sampling.
     ws.send(Message::Binary(vec![1u8; 100 * 1024].into())).await.unwrap();
     expect_error(&mut ws, ErrorCode::FrameTooLarge, "exceeds the limit").await;
@@ -314,34 +316,98 @@ async fn a_disconnect_frees_its_work_at_once() {
     panic!("generation did not stop after the disconnect");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn trusted_client_codes_are_used_as_sent() {
-    let addr = start(|a| a.trust_client_codes = true).await;
-    let mut ws = connect(addr, &[], "").await.unwrap();
-    hello(&mut ws).await;
+/// Uploads the test image as `id` with `codes` (none: the worker encodes it) and asks about it;
+/// returns whether the compressed image came from the cache, and the answer's ids.
+async fn ask_with_codes(ws: &mut Ws, rid: u32, id: &str, codes: Option<&[u16]>) -> (bool, Vec<u32>) {
     let p = png();
-    let layout = json!({"bos": true, "n_discrete": 4, "n_visual": 576, "n_voco": 1, "n_text": 0});
-    send(&mut ws, json!({"type": "image", "request_id": 1, "image_id": "c", "byte_len": p.len(), "codes": {"positions": 441, "groups": 8}, "mask_layout": layout})).await;
-    ws.send(Message::Binary(encode_binary(BinaryKind::ImageBytes, 1, &p).into())).await.unwrap();
-    ws.send(Message::Binary(encode_binary(BinaryKind::Codes, 1, &vec![0u8; 441 * 8 * 2]).into()))
-        .await
-        .unwrap();
-    send(
-        &mut ws,
-        json!({"type": "ask", "request_id": 2, "image_id": "c", "prompt_ids": [5], "max_new_tokens": 3}),
-    )
-    .await;
-    let (ids, att, done) = answer(&mut ws, 2).await;
+    let mut frame = json!({"type": "image", "request_id": rid, "image_id": id, "byte_len": p.len()});
+    if codes.is_some() {
+        frame["codes"] = json!({"positions": 441, "groups": 8});
+    }
+    send(ws, frame).await;
+    ws.send(Message::Binary(encode_binary(BinaryKind::ImageBytes, rid, &p).into())).await.unwrap();
+    if let Some(c) = codes {
+        let payload: Vec<u8> = c.iter().flat_map(|c| c.to_le_bytes()).collect();
+        ws.send(Message::Binary(encode_binary(BinaryKind::Codes, rid, &payload).into())).await.unwrap();
+    }
+    send(ws, json!({"type": "ask", "request_id": rid + 1, "image_id": id, "prompt_ids": [5], "max_new_tokens": 3})).await;
+    let (ids, att, done) = answer(ws, rid + 1).await;
     assert!(!ids.is_empty() && att.is_some());
-    assert!(matches!(done, ServerMessage::Done { cached: false, .. }));
+    let ServerMessage::Done { cached, .. } = done else { panic!("{done:?}") };
+    (cached, ids)
+}
+
+/// A page's codes are used as sent by default, and the compression made from them is cached
+/// under a key that covers them: a second client sending other codes for the same image gets
+/// its own compression, never the first client's; the first client's codes find theirs again.
+/// The worker runs its encoder only for the image sent without codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_codes_are_used_as_sent_and_shape_only_their_senders_compression() {
+    let addr = start(|_| {}).await;
+    let zeros = vec![0u16; 441 * 8];
+    let ones = vec![1u16; 441 * 8];
+    let mut a = connect(addr, &[], "").await.unwrap();
+    hello(&mut a).await;
+    let mut b = connect(addr, &[], "").await.unwrap();
+    hello(&mut b).await;
+    let (cached, first) = ask_with_codes(&mut a, 1, "img", Some(&zeros)).await;
+    assert!(!cached);
+    let (cached, _) = ask_with_codes(&mut b, 1, "img", Some(&ones)).await;
+    assert!(!cached, "other codes for the same image: a compression of their own");
+    let (cached, again) = ask_with_codes(&mut b, 3, "img2", Some(&zeros)).await;
+    assert!(cached, "the same image with the same codes is the same compression");
+    assert_eq!(again, first);
+    let (cached, _) = ask_with_codes(&mut a, 3, "img3", None).await;
+    assert!(!cached, "the worker-encoded image is not any client's");
+    let m = common::http::http_get(addr, "/metrics").await;
+    assert_eq!(metric(&m, "htc_client_codes_used_total "), 2.0, "{m}");
+    assert_eq!(metric(&m, "htc_mgvq_encodes_total "), 1.0, "only the image sent without codes: {m}");
+    assert_eq!(metric(&m, "htc_client_codes_verified_total "), 0.0);
     // A mask layout that does not fit the model is refused.
+    let p = png();
     let bad = json!({"bos": true, "n_discrete": 2, "n_visual": 576, "n_voco": 1, "n_text": 0});
     send(
-        &mut ws,
-        json!({"type": "image", "request_id": 3, "image_id": "d", "byte_len": p.len(), "mask_layout": bad}),
+        &mut a,
+        json!({"type": "image", "request_id": 9, "image_id": "d", "byte_len": p.len(), "mask_layout": bad}),
     )
     .await;
-    expect_error(&mut ws, ErrorCode::BadRequest, "mask layout").await;
+    expect_error(&mut a, ErrorCode::BadRequest, "mask layout").await;
+}
+
+/// `--verify-client-codes all`: the worker's own codes pass, a flipped code is refused with
+/// its position named and counted in /metrics; `sample:0` checks nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verified_client_codes_pass_or_are_refused_with_positions_named() {
+    use htc_worker::backend::Backend;
+    let addr = start(|a| a.verify_client_codes = htc_worker::runtime::engine::VerifyCodes::All).await;
+    // The worker's own codes for the test image (the random demo model, seeded as served).
+    let (model, _) = htc_worker::formats::random::demo_model::<Backend>(&htc_worker::backend::device()).unwrap();
+    let img = htc_shared::preprocess::decode_image(&png(), Default::default()).unwrap();
+    let ours: Vec<u16> = model.mgvq.as_ref().unwrap().codes_of(&img).unwrap().concat();
+    let mut ws = connect(addr, &[], "").await.unwrap();
+    hello(&mut ws).await;
+    let (cached, _) = ask_with_codes(&mut ws, 1, "mine", Some(&ours)).await;
+    assert!(!cached);
+    let mut flipped = ours.clone();
+    flipped[17 * 8 + 3] = (flipped[17 * 8 + 3] + 1) % 2;
+    let p = png();
+    send(&mut ws, json!({"type": "image", "request_id": 3, "image_id": "f", "byte_len": p.len(), "codes": {"positions": 441, "groups": 8}})).await;
+    ws.send(Message::Binary(encode_binary(BinaryKind::ImageBytes, 3, &p).into())).await.unwrap();
+    let payload: Vec<u8> = flipped.iter().flat_map(|c| c.to_le_bytes()).collect();
+    ws.send(Message::Binary(encode_binary(BinaryKind::Codes, 3, &payload).into())).await.unwrap();
+    send(&mut ws, json!({"type": "ask", "request_id": 4, "image_id": "f", "prompt_ids": [5], "max_new_tokens": 2})).await;
+    expect_error(&mut ws, ErrorCode::CodesMismatch, "position 17 group 3").await;
+    let m = common::http::http_get(addr, "/metrics").await;
+    assert_eq!(metric(&m, "htc_client_codes_verified_total "), 2.0, "{m}");
+    assert_eq!(metric(&m, "htc_client_codes_refused_total "), 1.0, "{m}");
+    assert_eq!(metric(&m, "htc_client_codes_used_total "), 1.0, "{m}");
+
+    let addr = start(|a| a.verify_client_codes = htc_worker::runtime::engine::VerifyCodes::Sample(0.0)).await;
+    let mut ws = connect(addr, &[], "").await.unwrap();
+    hello(&mut ws).await;
+    ask_with_codes(&mut ws, 1, "f", Some(&flipped)).await;
+    let m = common::http::http_get(addr, "/metrics").await;
+    assert_eq!(metric(&m, "htc_client_codes_verified_total "), 0.0, "{m}");
 }
 
 /// Connects, uploads the test image and asks request 2 for `tokens` tokens; returns once the

@@ -1,5 +1,6 @@
 //! Asking: a question (in the model's own mode or the settings' choice, with the compare
-//! switch's mode beside it), sending the image once per connection with the page's codes,
+//! switch's mode beside it), sending the image once per connection with the page's codes
+//! (waiting for the in-browser encoder when it is still loading or encoding the image),
 //! asking again without them when the worker refuses them, stopping and regenerating.
 
 use htc_shared::config::HtcMode;
@@ -41,6 +42,9 @@ impl Session {
         if self.conversation.with_untracked(|c| c.open_turn().is_some()) {
             return Err("an answer is still coming; Stop it first".into());
         }
+        if self.waiting.with_value(Option::is_some) {
+            return Err("the last question is waiting for the in-browser encoder".into());
+        }
         // The mode chosen in the settings, where this model offers it (`None`: its own).
         let chosen = self.settings.with_untracked(|s| s.mode);
         let asked =
@@ -53,9 +57,63 @@ impl Session {
             Some(other) => vec![Some(other), own],
             None => vec![asked],
         };
-        let result = self.send_turns(question, modes);
         self.notice.set(None);
-        result
+        if self.codes_coming() {
+            let wait = self.waits.get_value() + 1;
+            self.waits.set_value(wait);
+            self.waiting.set_value(Some((wait, question.to_string(), modes)));
+            self.notice.set(Some(format!(
+                "waiting for the in-browser encoder's codes (up to {} s) before sending the image",
+                super::ENCODER_WAIT_MS / 1000
+            )));
+            leptos::prelude::set_timeout(
+                move || self.send_waiting(Some(wait)),
+                std::time::Duration::from_millis(super::ENCODER_WAIT_MS),
+            );
+            return Ok(());
+        }
+        self.send_turns(question, modes)
+    }
+
+    /// Whether the current image's codes are still to come from the in-browser encoder: the
+    /// model takes them, this connection has not been sent the image, and the encoder is
+    /// loading, or encoding this image.
+    fn codes_coming(self) -> bool {
+        let Some(image) = self.image.get_untracked() else { return false };
+        if !self.wants_encoder.get_value()
+            || self.sent_image.get_value().as_deref() == Some(image.id.as_str())
+            || self.codes.with_untracked(|k| k.as_ref().is_some_and(|k| k.image_id == image.id))
+            || self.refused.with_value(|r| r.contains(&image.id))
+        {
+            return false;
+        }
+        match self.encoder.get_untracked() {
+            crate::state::EncoderState::Loading { .. } => true,
+            crate::state::EncoderState::Ready { .. } => {
+                self.encoding.get_value().is_some_and(|(_, id)| id == image.id)
+            }
+            _ => false,
+        }
+    }
+
+    /// Sends the question that waits for the encoder, if any: when the codes came or the
+    /// encoder failed (`timer: None`), or when wait `timer`'s time is up (then the image goes
+    /// without codes, and the notice says so).
+    pub(super) fn send_waiting(self, timer: Option<u32>) {
+        let Some((wait, question, modes)) = self.waiting.get_value() else { return };
+        if timer.is_some_and(|t| t != wait) {
+            return;
+        }
+        self.waiting.set_value(None);
+        let result = self.send_turns(&question, modes);
+        self.notice.set(match (result, timer) {
+            (Err(why), _) => Some(why),
+            (Ok(()), Some(_)) => Some(format!(
+                "the in-browser encoder had no codes after {} s: the image went without them, and the worker tokenised it",
+                super::ENCODER_WAIT_MS / 1000
+            )),
+            (Ok(()), None) => None,
+        });
     }
 
     /// Sends the image if this connection does not hold it yet, then `question` once per mode

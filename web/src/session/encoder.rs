@@ -75,6 +75,7 @@ impl Session {
                 Ok(r) => self.runner.set_value(Some(r)),
                 Err(why) => {
                     self.encoder.set(EncoderState::Failed(why));
+                    self.send_waiting(None);
                     return;
                 }
             }
@@ -85,6 +86,7 @@ impl Session {
             .with_value(|r| r.as_ref().map(|r| r.send(&Request::Load { manifest_url: url, backend }, None)));
         if let Some(Err(why)) = sent {
             self.encoder.set(EncoderState::Failed(why));
+            self.send_waiting(None);
         }
     }
 
@@ -135,6 +137,7 @@ impl Session {
                 let payload = bytes.unwrap_or_default();
                 let backend = backend.name().into();
                 self.codes.set(Some(ImageCodes { image_id, payload, shape, backend, ms }));
+                self.send_waiting(None);
             }
             Reply::Failed { message, device: true, .. }
                 if self.runner.with_value(|r| r.as_ref().is_some_and(|r| r.backend().on_webgpu())) =>
@@ -144,12 +147,14 @@ impl Session {
             Reply::Failed { id: Some(id), message, .. } => {
                 if self.encoding.get_value().is_some_and(|(want, _)| want == id) {
                     self.encoding.set_value(None);
+                    self.send_waiting(None);
                     self.notice.set(Some(format!("the in-browser encoder could not read this image ({message}); the worker tokenises it")));
                 }
             }
             Reply::Failed { id: None, message, .. } => {
                 self.encoding.set_value(None);
                 self.encoder.set(EncoderState::Failed(message));
+                self.send_waiting(None);
             }
         }
     }
@@ -166,6 +171,7 @@ impl Session {
         if let Some(Err(why)) = sent {
             self.encoding.set_value(None);
             self.encoder.set(EncoderState::Failed(why));
+            self.send_waiting(None);
         }
     }
 }

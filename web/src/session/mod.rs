@@ -84,6 +84,11 @@ pub struct Session {
     encoding: StoredValue<Option<(u32, String)>>,
     /// Images whose codes the worker refused (they differ from its own): sent without codes.
     refused: StoredValue<Vec<String>>,
+    /// A question asked while the encoder was still loading or encoding its image: it goes
+    /// once the codes come (or the encoder fails, or [`ENCODER_WAIT_MS`] pass). The counter
+    /// tells a stale timer from the current wait.
+    waiting: StoredValue<Option<(u32, String, Vec<Option<htc_shared::config::HtcMode>>)>>,
+    waits: StoredValue<u32>,
     image_bytes: StoredValue<Option<Vec<u8>>, LocalStorage>,
     /// The image id the current connection already holds.
     sent_image: StoredValue<Option<String>>,
@@ -100,6 +105,10 @@ pub struct Session {
 
 /// What the widget does with a finished answer.
 pub type AnswerHook = Box<dyn Fn(&str, &str, u32)>;
+
+/// How long a question waits for the in-browser encoder's codes before its image is sent
+/// without them (the worker then tokenises it).
+pub const ENCODER_WAIT_MS: u64 = 15_000;
 
 fn now_ms() -> f64 {
     web_sys::window().and_then(|w| w.performance()).map(|p| p.now()).unwrap_or(0.0)
@@ -159,6 +168,8 @@ impl Session {
             codes: RwSignal::new(None),
             encoding: StoredValue::new(None),
             refused: StoredValue::new(Vec::new()),
+            waiting: StoredValue::new(None),
+            waits: StoredValue::new(0),
             image_bytes: StoredValue::new_local(None),
             sent_image: StoredValue::new(None),
             next_id: StoredValue::new(1),

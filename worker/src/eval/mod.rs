@@ -203,7 +203,7 @@ pub fn answer_all(
         model: Some(model.to_path_buf()),
         queue: batch,
         cache_capacity: 64,
-        trust_client_codes: false,
+        verify_client_codes: crate::runtime::engine::VerifyCodes::Off,
         max_batch: batch,
         max_compress_batch: batch,
         mode,
@@ -241,7 +241,7 @@ pub fn answer_all(
                     let image = decode_image(&bytes, DecodeLimits::default())
                         .with_context(|| what)
                         .with_context(named)?;
-                    Some(UploadedImage { image: image.into(), codes: None, key: engine.image_key(&bytes) })
+                    Some(UploadedImage { image: image.into(), codes: None, key: engine.image_key(&bytes, None) })
                 }
             };
             let question = Question::new(Some(ask.question.clone()), None, usize::MAX)

@@ -153,7 +153,7 @@ pub fn ask(model: &Path, req: &AskRequest, out: &mut dyn Write) -> Result<()> {
         model: Some(model.to_path_buf()),
         queue: 1,
         cache_capacity: 1,
-        trust_client_codes: false,
+        verify_client_codes: crate::runtime::engine::VerifyCodes::Off,
         max_batch: 1,
         max_compress_batch: 1,
         mode: None,
@@ -177,7 +177,7 @@ pub fn ask(model: &Path, req: &AskRequest, out: &mut dyn Write) -> Result<()> {
         }
     }
     let image =
-        image.map(|(bytes, image)| UploadedImage { image, codes: None, key: engine.image_key(&bytes) });
+        image.map(|(bytes, image)| UploadedImage { image, codes: None, key: engine.image_key(&bytes, None) });
     let (reply, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let cancel = Arc::new(AtomicBool::new(false));
     let job = Job {

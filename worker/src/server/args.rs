@@ -29,9 +29,11 @@ pub struct ServeArgs {
     /// always may), and the CORS policy of /api/*, /metrics and /v1/*; none means any.
     #[arg(long = "allow-origin")]
     pub allow_origins: Vec<String>,
-    /// Use client-sent MGVQ codes without recomputing them.
-    #[arg(long)]
-    pub trust_client_codes: bool,
+    /// Check pages' MGVQ codes against the worker's encoder: `off` (use them as sent: a
+    /// page's codes shape only the answers of whoever sent them), `sample:P` (a fraction P of
+    /// the images) or `all`. Near-ties are accepted; real disagreements are refused.
+    #[arg(long, default_value = "off", value_parser = clap::value_parser!(crate::runtime::engine::VerifyCodes))]
+    pub verify_client_codes: crate::runtime::engine::VerifyCodes,
     /// Compressed images kept in the LRU cache.
     #[arg(long, default_value_t = 64)]
     pub cache_capacity: usize,
@@ -74,7 +76,7 @@ impl ServeArgs {
             api_only: false,
             auth_token: None,
             allow_origins: vec![],
-            trust_client_codes: false,
+            verify_client_codes: crate::runtime::engine::VerifyCodes::Off,
             cache_capacity: 64,
             queue: 16,
             max_batch: 8,

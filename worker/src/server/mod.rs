@@ -59,7 +59,7 @@ impl App {
             model: args.model.clone(),
             queue: args.queue,
             cache_capacity: args.cache_capacity,
-            trust_client_codes: args.trust_client_codes,
+            verify_client_codes: args.verify_client_codes,
             max_batch: args.max_batch,
             max_compress_batch: args.max_compress_batch,
         })?;

@@ -29,7 +29,7 @@ pub async fn decode_upload(
         max_height: side,
         max_alloc_bytes: (side as u64) * (side as u64) * 4,
     };
-    let key = engine.image_key(&bytes);
+    let key = engine.image_key(&bytes, codes.as_deref());
     match tokio::task::spawn_blocking(move || decode_image(&bytes, limits)).await {
         Ok(Ok(img)) => Ok(UploadedImage { image: img.into(), codes: codes.map(Arc::new), key }),
         Ok(Err(e)) => Err(ProtocolError::new(ErrorCode::BadImage, e.to_string())),

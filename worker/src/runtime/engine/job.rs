@@ -13,6 +13,59 @@ use htc_shared::protocol::{ErrorCode, ProtocolError, ServerMessage};
 use crate::runtime::image::PixelValues;
 use crate::runtime::sampling::Sampling;
 
+/// Which client MGVQ codes are checked. Codes are part of a compressed image's cache key, so
+/// unchecked codes shape only the answers of whoever sent them; checking costs the worker the
+/// encoder it would otherwise skip.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum VerifyCodes {
+    /// Use every client's codes as sent.
+    #[default]
+    Off,
+    /// Check this fraction of the images (chosen by the image's cache key, so an image is
+    /// always checked or never).
+    Sample(f64),
+    /// Check every image's codes.
+    All,
+}
+
+impl VerifyCodes {
+    /// Relative tolerance of a near-tie: a sent code whose squared distance to the latent is
+    /// within 0.1% of the nearest code's is accepted (two devices' arithmetic round such
+    /// positions either way).
+    pub const NEAR_TIE: f32 = 1e-3;
+
+    /// Whether the image with cache key `key` is checked.
+    pub fn checks(self, key: &[u8; 32]) -> bool {
+        match self {
+            VerifyCodes::Off => false,
+            VerifyCodes::All => true,
+            VerifyCodes::Sample(p) => {
+                let x = u64::from_le_bytes(key[..8].try_into().expect("8 bytes"));
+                (x as f64) < p * (u64::MAX as f64)
+            }
+        }
+    }
+}
+
+impl std::str::FromStr for VerifyCodes {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "off" => Ok(VerifyCodes::Off),
+            "all" => Ok(VerifyCodes::All),
+            _ => {
+                let p = s.strip_prefix("sample:").ok_or_else(|| format!("`{s}`: expected off, all or sample:P"))?;
+                let p: f64 = p.parse().map_err(|_| format!("`{s}`: P must be a number in [0, 1]"))?;
+                if !(0.0..=1.0).contains(&p) {
+                    return Err(format!("`{s}`: P must be in [0, 1]"));
+                }
+                Ok(VerifyCodes::Sample(p))
+            }
+        }
+    }
+}
+
 /// How the engine is set up.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -22,8 +75,9 @@ pub struct EngineConfig {
     pub queue: usize,
     /// Compressed images kept.
     pub cache_capacity: usize,
-    /// Use client MGVQ codes without recomputing them.
-    pub trust_client_codes: bool,
+    /// Which client MGVQ codes the worker checks against its own encoder before using them
+    /// (unchecked codes are used as sent; see [`VerifyCodes`]).
+    pub verify_client_codes: VerifyCodes,
     /// Answers decoded together, one token each per batched step.
     pub max_batch: usize,
     /// New images compressed together in one batch, at most.
@@ -122,4 +176,29 @@ pub struct Job {
     pub mode: Option<htc_shared::config::HtcMode>,
     pub cancel: Arc<AtomicBool>,
     pub reply: UnboundedSender<ServerMessage>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verification_settings_parse_and_sample_their_fraction_by_key() {
+        assert_eq!("off".parse::<VerifyCodes>(), Ok(VerifyCodes::Off));
+        assert_eq!("all".parse::<VerifyCodes>(), Ok(VerifyCodes::All));
+        assert_eq!("sample:0.25".parse::<VerifyCodes>(), Ok(VerifyCodes::Sample(0.25)));
+        for bad in ["some", "sample:", "sample:x", "sample:1.5", "sample:-0.1"] {
+            assert!(bad.parse::<VerifyCodes>().is_err(), "{bad}");
+        }
+        use sha2::Digest;
+        let keys: Vec<[u8; 32]> = (0..20_000u32).map(|i| sha2::Sha256::digest(i.to_le_bytes()).into()).collect();
+        for p in [0.0, 0.1, 0.5, 1.0] {
+            let n = keys.iter().filter(|k| VerifyCodes::Sample(p).checks(k)).count();
+            let rate = n as f64 / keys.len() as f64;
+            // Binomial standard deviation at 20,000 keys is at most 0.0036: four of them.
+            assert!((rate - p).abs() <= 0.015, "sample:{p} checked {rate}");
+        }
+        assert!(keys.iter().all(|k| VerifyCodes::All.checks(k) && !VerifyCodes::Off.checks(k)));
+        assert_eq!(VerifyCodes::Sample(0.5).checks(&keys[7]), VerifyCodes::Sample(0.5).checks(&keys[7]), "stable per image");
+    }
 }

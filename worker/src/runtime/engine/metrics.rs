@@ -21,6 +21,13 @@ pub struct Metrics {
     pub answer_seconds: prometheus::Histogram,
     /// Images per compression batch (new images admitted together are compressed at once).
     pub compression_batch: prometheus::Histogram,
+    /// Images whose MGVQ codes the worker computed (its encoder ran, unverified or not).
+    pub mgvq_encodes: prometheus::IntCounter,
+    /// Images compressed from the codes a client sent.
+    pub client_codes_used: prometheus::IntCounter,
+    /// Client codes checked against the worker's encoder, and those refused.
+    pub client_codes_verified: prometheus::IntCounter,
+    pub client_codes_refused: prometheus::IntCounter,
 }
 
 impl Metrics {
@@ -54,7 +61,32 @@ impl Metrics {
             HistogramOpts::new("htc_compression_batch_images", "Images compressed together in one batch")
                 .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0]),
         )?;
-        for c in [&questions, &cache_hits, &compressions, &tokens, &cancelled, &encoder_bytes] {
+        let mgvq_encodes = IntCounter::new(
+            "htc_mgvq_encodes_total",
+            "Images the worker ran the MGVQ encoder on to compute their codes (none sent, or mode without them)",
+        )?;
+        let client_codes_used =
+            IntCounter::new("htc_client_codes_used_total", "Images compressed from MGVQ codes their page sent")?;
+        let client_codes_verified = IntCounter::new(
+            "htc_client_codes_verified_total",
+            "Client MGVQ codes checked against the worker's encoder (--verify-client-codes)",
+        )?;
+        let client_codes_refused = IntCounter::new(
+            "htc_client_codes_refused_total",
+            "Client MGVQ codes refused: some differ from the worker's beyond a near-tie",
+        )?;
+        for c in [
+            &questions,
+            &cache_hits,
+            &compressions,
+            &tokens,
+            &cancelled,
+            &encoder_bytes,
+            &mgvq_encodes,
+            &client_codes_used,
+            &client_codes_verified,
+            &client_codes_refused,
+        ] {
             registry.register(Box::new(c.clone()))?;
         }
         registry.register(Box::new(errors.clone()))?;
@@ -77,6 +109,10 @@ impl Metrics {
             active,
             answer_seconds,
             compression_batch,
+            mgvq_encodes,
+            client_codes_used,
+            client_codes_verified,
+            client_codes_refused,
         })
     }
 

@@ -28,7 +28,7 @@ use htc_shared::protocol::{ModelCard, SampleImage};
 use crate::formats::about::About;
 use crate::formats::random;
 
-pub use job::{EngineConfig, ImageData, Job, Question, UploadedImage};
+pub use job::{EngineConfig, ImageData, Job, Question, UploadedImage, VerifyCodes};
 pub use metrics::Metrics;
 use state::EngineState;
 
@@ -136,12 +136,27 @@ impl Engine {
         }
     }
 
-    /// The cache key of an image for this model.
-    pub fn image_key(&self, bytes: &[u8]) -> [u8; 32] {
+    /// The cache key of an image for this model: the model, the image bytes, and the MGVQ
+    /// codes a client sent with it (or none, for codes the worker computes). A compression
+    /// made from a client's codes is found again only by someone who sends the same codes.
+    pub fn image_key(&self, bytes: &[u8], codes: Option<&[Vec<u16>]>) -> [u8; 32] {
         let mut h = Sha256::new();
         h.update(self.card.name.as_bytes());
         h.update([0u8]);
+        h.update((bytes.len() as u64).to_le_bytes());
         h.update(bytes);
+        match codes {
+            None => h.update(b"worker-encoded"),
+            Some(rows) => {
+                h.update(b"client-codes");
+                for row in rows {
+                    h.update((row.len() as u32).to_le_bytes());
+                    for c in row {
+                        h.update(c.to_le_bytes());
+                    }
+                }
+            }
+        }
         h.finalize().into()
     }
 }
@@ -178,7 +193,7 @@ mod tests {
             model: None,
             queue: 4,
             cache_capacity: 8,
-            trust_client_codes: false,
+            verify_client_codes: VerifyCodes::Off,
             max_batch: 3,
             max_compress_batch: 3,
             mode: None,

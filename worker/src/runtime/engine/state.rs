@@ -18,7 +18,7 @@ use htc_shared::config::HtcMode;
 use htc_shared::preprocess::ClipPreprocess;
 use htc_shared::protocol::{ErrorCode, ModelCard, ProtocolError, ServerMessage, Timings};
 
-use super::job::{EngineConfig, ImageData, Job, Question, UploadedImage};
+use super::job::{EngineConfig, ImageData, Job, Question, UploadedImage, VerifyCodes};
 use super::metrics::Metrics;
 use crate::backend::{self, Backend};
 use crate::formats::checkpoint::{AnyModel, Snapshot};
@@ -83,7 +83,7 @@ pub(super) struct EngineState {
     served: Served,
     tokenizer: Option<TextTokenizer>,
     cache: LruCache<[u8; 32], Arc<ReadyImage>>,
-    trust_client_codes: bool,
+    verify_client_codes: VerifyCodes,
     max_compress_batch: usize,
     pub(super) card: ModelCard,
     metrics: Arc<Metrics>,
@@ -219,7 +219,7 @@ impl EngineState {
             served,
             tokenizer,
             cache: LruCache::new(cap),
-            trust_client_codes: cfg.trust_client_codes,
+            verify_client_codes: cfg.verify_client_codes,
             max_compress_batch: cfg.max_compress_batch,
             card,
             metrics,
@@ -336,23 +336,42 @@ impl EngineState {
         let mut inputs = image_tensors(model, preprocess, decoded, &device).coded(internal)?;
         let timings = timed();
         if let (Some(client), Some(m), true) = (&img.codes, &model.mgvq, uses_codes) {
-            if self.trust_client_codes {
-                inputs.codes = Some(client.as_ref().clone());
-            } else {
+            if self.verify_client_codes.checks(&img.key) {
+                self.metrics.client_codes_verified.inc();
+                self.metrics.mgvq_encodes.inc();
                 let px = inputs.mgvq.clone().context("no MGVQ input").coded(internal)?;
-                let ours = m.encode(px).coded(internal)?.codes;
-                let differ = ours.iter().zip(client.iter()).filter(|(a, b)| a != b).count();
-                if ours.len() != client.len() || differ > 0 {
+                let check = m.check_codes(m.latent(px), client, VerifyCodes::NEAR_TIE).coded(internal)?;
+                if !check.disagreements.is_empty() {
+                    self.metrics.client_codes_refused.inc();
+                    let shown: Vec<String> = check
+                        .disagreements
+                        .iter()
+                        .take(4)
+                        .map(|d| {
+                            format!(
+                                "position {} group {}: sent {} (distance {:.4}), nearest {} ({:.4})",
+                                d.position, d.group, d.sent, d.sent_distance, d.nearest, d.nearest_distance
+                            )
+                        })
+                        .collect();
                     return Err(ProtocolError::new(
                         ErrorCode::CodesMismatch,
                         format!(
-                            "client MGVQ codes differ from the worker's at {differ} of {} positions (start \
-                             the worker with --trust-client-codes to use them anyway)",
-                            ours.len()
+                            "client MGVQ codes differ from the worker's at {} of {} codes beyond a near-tie \
+                             ({} near-ties accepted): {}{}",
+                            check.disagreements.len(),
+                            client.len() * client.first().map_or(0, Vec::len),
+                            check.near_ties,
+                            shown.join("; "),
+                            if check.disagreements.len() > shown.len() { "; ..." } else { "" }
                         ),
                     ));
                 }
             }
+            inputs.codes = Some(client.as_ref().clone());
+            self.metrics.client_codes_used.inc();
+        } else if uses_codes {
+            self.metrics.mgvq_encodes.inc();
         }
         Ok((inputs, timings))
     }
