@@ -174,15 +174,17 @@ def report(a):
 
     htc, hextra = load(a.htc)
     peer, pextra = load(a.peer) if a.peer else ({}, {})
-    names = {"none": "htc, vanilla (576 patches)", "voco": "htc, VoCo-LLaMA (1 token)", "htc": "htc, HTC (1 token)"}
+    names = {"none": "htc, vanilla (576 patches)", "voco": "htc, VoCo-LLaMA (1 token)", "htc": "htc, HTC (1 token)",
+             "htc+page": "htc, HTC, codes from the page"}
+    shown = [m for m in ("none", "voco", "htc", "htc+page") if m in htc]
     cols = [(k, n) for k, n in COLS]
-    head = ["stage (ms)"] + [names[m] for m in ("none", "voco", "htc") if m in htc]
+    head = ["stage (ms)"] + [names[m] for m in shown]
     if "none" in peer:
         head.append("transformers LLaVA-1.5")
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for k, label in cols:
-        row = [label] + [f"{htc[m][k]:.1f}" for m in ("none", "voco", "htc") if m in htc]
+        row = [label] + [f"{htc[m][k]:.1f}" for m in shown]
         if "none" in peer:
             row.append(f"{peer['none'][k]:.1f}")
         print("| " + " | ".join(row) + " |")

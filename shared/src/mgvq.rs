@@ -771,7 +771,9 @@ mod tests {
     fn near_ties_are_accepted_and_real_disagreements_named() {
         let m = designed();
         let g = m.config().groups;
-        let sent = |first: u16| vec![std::iter::once(first).chain(std::iter::repeat_n(0, g - 1)).collect::<Vec<u16>>()];
+        let sent = |first: u16| {
+            vec![std::iter::once(first).chain(std::iter::repeat_n(0, g - 1)).collect::<Vec<u16>>()]
+        };
         // The nearest code sent: nothing to report.
         assert_eq!(m.check_codes(latent(&m, 0.5), &sent(0), 1e-3).unwrap(), CodeCheck::default());
         // An exact tie and a near one (distances 0.58578 and 0.58583): either code is accepted.

@@ -49,13 +49,13 @@ fn gpu_bench_script_runs_the_tiny_shape_on_the_cpu_and_reports_every_stage() {
     let rows = lines(&dir.join("htc.jsonl"));
     let modes: BTreeMap<String, &Value> =
         rows.iter().filter_map(|r| Some((r["mode"].as_str()?.to_string(), r))).collect();
-    assert_eq!(modes.keys().collect::<Vec<_>>(), ["htc", "none", "voco"]);
+    assert_eq!(modes.keys().collect::<Vec<_>>(), ["htc", "htc+page", "none", "voco"]);
     for (mode, r) in &modes {
         for f in FIELDS {
             let v = r[f].as_f64().unwrap_or(-1.0);
             assert!(v > 0.0 && v.is_finite(), "{mode} {f} = {v}");
         }
-        // Only HTC runs the MGVQ encoder.
+        // Only HTC runs the MGVQ encoder; with the page's codes, the worker does not.
         assert_eq!(r["mgvq_ms"].as_f64().unwrap() > 0.0, mode == "htc", "{mode}");
         assert_eq!(r["question_tokens"], 32);
     }
@@ -63,6 +63,7 @@ fn gpu_bench_script_runs_the_tiny_shape_on_the_cpu_and_reports_every_stage() {
     assert_eq!(modes["none"]["prefix_tokens"], 577);
     assert_eq!(modes["voco"]["prefix_tokens"], 578);
     assert_eq!(modes["htc"]["prefix_tokens"], 582);
+    assert_eq!(modes["htc+page"]["prefix_tokens"], 582);
     let peak = rows.iter().find_map(|r| r["peak_rss_mib"].as_f64()).expect("peak memory line");
     assert!(peak > 1.0);
 
@@ -83,7 +84,12 @@ fn gpu_bench_script_runs_the_tiny_shape_on_the_cpu_and_reports_every_stage() {
     let want = |mode: &str, f: &str| format!("{:.1}", modes[mode][f].as_f64().unwrap());
     assert_eq!(
         row("first token, new image"),
-        [want("none", "ttft_new_ms"), want("voco", "ttft_new_ms"), want("htc", "ttft_new_ms")]
+        [
+            want("none", "ttft_new_ms"),
+            want("voco", "ttft_new_ms"),
+            want("htc", "ttft_new_ms"),
+            want("htc+page", "ttft_new_ms")
+        ]
     );
     assert_eq!(row("MGVQ encoder")[0], "0.0");
     assert!(report.contains("htc peak rss"), "{report}");

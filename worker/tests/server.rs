@@ -330,7 +330,11 @@ async fn ask_with_codes(ws: &mut Ws, rid: u32, id: &str, codes: Option<&[u16]>) 
         let payload: Vec<u8> = c.iter().flat_map(|c| c.to_le_bytes()).collect();
         ws.send(Message::Binary(encode_binary(BinaryKind::Codes, rid, &payload).into())).await.unwrap();
     }
-    send(ws, json!({"type": "ask", "request_id": rid + 1, "image_id": id, "prompt_ids": [5], "max_new_tokens": 3})).await;
+    send(
+        ws,
+        json!({"type": "ask", "request_id": rid + 1, "image_id": id, "prompt_ids": [5], "max_new_tokens": 3}),
+    )
+    .await;
     let (ids, att, done) = answer(ws, rid + 1).await;
     assert!(!ids.is_empty() && att.is_some());
     let ServerMessage::Done { cached, .. } = done else { panic!("{done:?}") };
@@ -381,7 +385,8 @@ async fn verified_client_codes_pass_or_are_refused_with_positions_named() {
     use htc_worker::backend::Backend;
     let addr = start(|a| a.verify_client_codes = htc_worker::runtime::engine::VerifyCodes::All).await;
     // The worker's own codes for the test image (the random demo model, seeded as served).
-    let (model, _) = htc_worker::formats::random::demo_model::<Backend>(&htc_worker::backend::device()).unwrap();
+    let (model, _) =
+        htc_worker::formats::random::demo_model::<Backend>(&htc_worker::backend::device()).unwrap();
     let img = htc_shared::preprocess::decode_image(&png(), Default::default()).unwrap();
     let ours: Vec<u16> = model.mgvq.as_ref().unwrap().codes_of(&img).unwrap().concat();
     let mut ws = connect(addr, &[], "").await.unwrap();
@@ -395,7 +400,11 @@ async fn verified_client_codes_pass_or_are_refused_with_positions_named() {
     ws.send(Message::Binary(encode_binary(BinaryKind::ImageBytes, 3, &p).into())).await.unwrap();
     let payload: Vec<u8> = flipped.iter().flat_map(|c| c.to_le_bytes()).collect();
     ws.send(Message::Binary(encode_binary(BinaryKind::Codes, 3, &payload).into())).await.unwrap();
-    send(&mut ws, json!({"type": "ask", "request_id": 4, "image_id": "f", "prompt_ids": [5], "max_new_tokens": 2})).await;
+    send(
+        &mut ws,
+        json!({"type": "ask", "request_id": 4, "image_id": "f", "prompt_ids": [5], "max_new_tokens": 2}),
+    )
+    .await;
     expect_error(&mut ws, ErrorCode::CodesMismatch, "position 17 group 3").await;
     let m = common::http::http_get(addr, "/metrics").await;
     assert_eq!(metric(&m, "htc_client_codes_verified_total "), 2.0, "{m}");

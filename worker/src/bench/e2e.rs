@@ -198,7 +198,7 @@ pub fn run(out: Out, a: Args) -> Result<()> {
     let mut json_out = a.json.map(std::fs::File::create).transpose()?;
     writeln!(
         out,
-        "{:<6} {:>7} {:>9} {:>8} {:>10} {:>10} {:>11} {:>9} {:>12} {:>10}",
+        "{:<8} {:>7} {:>9} {:>8} {:>10} {:>10} {:>11} {:>9} {:>12} {:>10}",
         "mode",
         "prefix",
         "vision",
@@ -210,7 +210,22 @@ pub fn run(out: Out, a: Args) -> Result<()> {
         "decode ms/tok",
         "tok/s"
     )?;
-    for mode in [HtcMode::None, HtcMode::Voco, HtcMode::Htc] {
+    // The page's codes: what a browser that ran the MGVQ encoder sends with the image (the
+    // worker then skips its encoder); computed once here, as the page would.
+    let page_codes = match &model.mgvq {
+        Some(enc) => Some(enc.encode(img.mgvq.clone().expect("set above"))?.codes),
+        None => None,
+    };
+    let rows = [(HtcMode::None, false), (HtcMode::Voco, false), (HtcMode::Htc, false), (HtcMode::Htc, true)];
+    for (mode, from_page) in rows {
+        if from_page && page_codes.is_none() {
+            continue;
+        }
+        let img = ImageTensors {
+            clip: img.clip.clone(),
+            mgvq: img.mgvq.clone(),
+            codes: if from_page { page_codes.clone() } else { None },
+        };
         let m = model.clone().with_mode(mode, true)?;
         let llava = &m.llava;
         let feats = llava.vision.patch_features(img.clip.clone(), llava.select_layer());
@@ -225,7 +240,9 @@ pub fn run(out: Out, a: Args) -> Result<()> {
         let mut mgvq = 0.0;
         if let (HtcMode::Htc, Some(enc), Some(p)) = (mode, &m.mgvq, &m.discrete) {
             let px = img.mgvq.clone().expect("set above");
-            mgvq = time_synced(a.reps, || Ok(enc.encode(px.clone()).map(|_| ())?))?;
+            if !from_page {
+                mgvq = time_synced(a.reps, || Ok(enc.encode(px.clone()).map(|_| ())?))?;
+            }
             let q = enc.encode(px)?.q;
             projection += time_synced(a.reps, || {
                 let _ = p.forward(q.clone());
@@ -264,16 +281,17 @@ pub fn run(out: Out, a: Args) -> Result<()> {
             let _ = llava.llm.logits(o.hidden).into_data();
         }
         let decode = t.elapsed().as_secs_f64() / feed.len() as f64;
-        let name = match mode {
-            HtcMode::None => "none",
-            HtcMode::Voco => "voco",
-            _ => "htc",
+        let name = match (mode, from_page) {
+            (HtcMode::None, _) => "none",
+            (HtcMode::Voco, _) => "voco",
+            (_, false) => "htc",
+            (_, true) => "htc+page",
         };
         let prefix_len = m.layout(0).len();
         let ms = |x: f64| format!("{:.1}", x * 1e3);
         writeln!(
             out,
-            "{:<6} {:>7} {:>9} {:>8} {:>10} {:>10} {:>11} {:>9} {:>12} {:>10.1}",
+            "{:<8} {:>7} {:>9} {:>8} {:>10} {:>10} {:>11} {:>9} {:>12} {:>10.1}",
             name,
             prefix_len,
             ms(vision),
@@ -304,7 +322,8 @@ pub fn run(out: Out, a: Args) -> Result<()> {
         out,
         "columns: ms per call; prefix = tokens before the question; llm prefill = the prefix's embeddings through the LLM \
          into the kept cache (with the <voco> attention maps); ttft new = the image from its pixels (encoders, projection, prefill) + {} question tokens + first logits; \
-         ttft cached = the same on the compressed image; decode = {} steps after the question, logits read back",
+         ttft cached = the same on the compressed image; decode = {} steps after the question, logits read back; \
+         htc+page = htc with the MGVQ codes a page computed sent along (the worker runs no MGVQ encoder)",
         question.len(),
         feed.len()
     )?;

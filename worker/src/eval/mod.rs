@@ -241,7 +241,11 @@ pub fn answer_all(
                     let image = decode_image(&bytes, DecodeLimits::default())
                         .with_context(|| what)
                         .with_context(named)?;
-                    Some(UploadedImage { image: image.into(), codes: None, key: engine.image_key(&bytes, None) })
+                    Some(UploadedImage {
+                        image: image.into(),
+                        codes: None,
+                        key: engine.image_key(&bytes, None),
+                    })
                 }
             };
             let question = Question::new(Some(ask.question.clone()), None, usize::MAX)

@@ -55,7 +55,9 @@ impl std::str::FromStr for VerifyCodes {
             "off" => Ok(VerifyCodes::Off),
             "all" => Ok(VerifyCodes::All),
             _ => {
-                let p = s.strip_prefix("sample:").ok_or_else(|| format!("`{s}`: expected off, all or sample:P"))?;
+                let p = s
+                    .strip_prefix("sample:")
+                    .ok_or_else(|| format!("`{s}`: expected off, all or sample:P"))?;
                 let p: f64 = p.parse().map_err(|_| format!("`{s}`: P must be a number in [0, 1]"))?;
                 if !(0.0..=1.0).contains(&p) {
                     return Err(format!("`{s}`: P must be in [0, 1]"));
@@ -191,7 +193,8 @@ mod tests {
             assert!(bad.parse::<VerifyCodes>().is_err(), "{bad}");
         }
         use sha2::Digest;
-        let keys: Vec<[u8; 32]> = (0..20_000u32).map(|i| sha2::Sha256::digest(i.to_le_bytes()).into()).collect();
+        let keys: Vec<[u8; 32]> =
+            (0..20_000u32).map(|i| sha2::Sha256::digest(i.to_le_bytes()).into()).collect();
         for p in [0.0, 0.1, 0.5, 1.0] {
             let n = keys.iter().filter(|k| VerifyCodes::Sample(p).checks(k)).count();
             let rate = n as f64 / keys.len() as f64;
@@ -199,6 +202,10 @@ mod tests {
             assert!((rate - p).abs() <= 0.015, "sample:{p} checked {rate}");
         }
         assert!(keys.iter().all(|k| VerifyCodes::All.checks(k) && !VerifyCodes::Off.checks(k)));
-        assert_eq!(VerifyCodes::Sample(0.5).checks(&keys[7]), VerifyCodes::Sample(0.5).checks(&keys[7]), "stable per image");
+        assert_eq!(
+            VerifyCodes::Sample(0.5).checks(&keys[7]),
+            VerifyCodes::Sample(0.5).checks(&keys[7]),
+            "stable per image"
+        );
     }
 }

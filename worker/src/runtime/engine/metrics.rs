@@ -65,8 +65,10 @@ impl Metrics {
             "htc_mgvq_encodes_total",
             "Images the worker ran the MGVQ encoder on to compute their codes (none sent, or mode without them)",
         )?;
-        let client_codes_used =
-            IntCounter::new("htc_client_codes_used_total", "Images compressed from MGVQ codes their page sent")?;
+        let client_codes_used = IntCounter::new(
+            "htc_client_codes_used_total",
+            "Images compressed from MGVQ codes their page sent",
+        )?;
         let client_codes_verified = IntCounter::new(
             "htc_client_codes_verified_total",
             "Client MGVQ codes checked against the worker's encoder (--verify-client-codes)",
