@@ -643,3 +643,76 @@ async fn a_burst_of_new_images_answers_as_asked_one_at_a_time() {
     // However the questions fell into batches, the batches hold the 4 images.
     assert_eq!(metric(&m, "htc_compression_batch_images_sum "), 4.0, "{m}");
 }
+
+/// `htc load --page-codes 0.5`: half the images go with codes computed as a page computes them
+/// (the served model's encoder), the other half without; every answer is checked as usual, and
+/// the report gives the worker's compression time both ways. The worker used the sent codes for
+/// the first half and ran its encoder for the second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_load_test_sends_page_codes_for_half_its_images() {
+    let demo = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/shapes-demo");
+    let addr = start(|a| a.model = Some(demo.clone())).await;
+    let data = common::tmp("load-codes", "data");
+    let _ = std::fs::remove_dir_all(&data);
+    let run = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            let o = std::process::Command::new(env!("CARGO_BIN_EXE_htc")).args(&args).output().unwrap();
+            (
+                o.status.success(),
+                String::from_utf8_lossy(&o.stdout).to_string(),
+                String::from_utf8_lossy(&o.stderr).to_string(),
+            )
+        })
+    };
+    let s = |p: &std::path::Path| p.display().to_string();
+    let (ok, _, err) = run(vec![
+        "data".into(),
+        "shapes".into(),
+        "--out".into(),
+        s(&data),
+        "--split".into(),
+        "test".into(),
+        "--images".into(),
+        "4".into(),
+        "--seed".into(),
+        "3".into(),
+        "--questions-per-image".into(),
+        "2".into(),
+    ])
+    .await
+    .unwrap();
+    assert!(ok, "{err}");
+    let (ok, out, err) = run(vec![
+        "load".into(),
+        "--url".into(),
+        format!("ws://{addr}"),
+        "--data".into(),
+        s(&data.join("test.json")),
+        "--images".into(),
+        s(&data),
+        "--clients".into(),
+        "2".into(),
+        "--questions".into(),
+        "4".into(),
+        "--per-image".into(),
+        "2".into(),
+        "--revisits".into(),
+        "1".into(),
+        "--max-new-tokens".into(),
+        "4".into(),
+        "--page-codes".into(),
+        "0.5".into(),
+        "--encoder-model".into(),
+        s(&demo),
+    ])
+    .await
+    .unwrap();
+    assert!(ok, "{out}\n{err}");
+    assert!(err.contains("2 images go with MGVQ codes computed here"), "{err}");
+    assert!(out.contains("compressing a new image, with the page's codes:"), "{out}");
+    assert!(out.contains("compressing a new image, worker-encoded:"), "{out}");
+    let m = common::http::http_get(addr, "/metrics").await;
+    assert!(metric(&m, "htc_client_codes_used_total ") >= 2.0, "{m}");
+    assert!(metric(&m, "htc_mgvq_encodes_total ") >= 2.0, "{m}");
+    assert!(!m.contains("codes_mismatch"), "no codes refused: {m}");
+}

@@ -122,6 +122,17 @@ impl burn::module::ModuleVisitor<Backend> for StoredBytes {
     }
 }
 
+/// Floating-point operations of the vision tower up to LLaVA's feature layer (the second to
+/// last): patch embedding, then per layer the projections, the MLP and attention's two
+/// products (a multiply-add counts two).
+fn vit_flops(v: &ClipVisionConfig) -> f64 {
+    let (p, d, i) = (v.patch_size, v.hidden_size as f64, v.intermediate_size as f64);
+    let n = ((v.image_size / p) * (v.image_size / p) + 1) as f64;
+    let layers = v.num_hidden_layers.saturating_sub(1) as f64;
+    2.0 * (n - 1.0) * (3 * p * p) as f64 * d
+        + layers * (2.0 * n * (4.0 * d * d + 2.0 * d * i) + 4.0 * n * n * d)
+}
+
 /// A random image for both encoders.
 fn random_image(device: &burn::tensor::Device<Backend>) -> ImageTensors<Backend> {
     ImageTensors {
@@ -217,6 +228,8 @@ pub fn run(out: Out, a: Args) -> Result<()> {
         None => None,
     };
     let rows = [(HtcMode::None, false), (HtcMode::Voco, false), (HtcMode::Htc, false), (HtcMode::Htc, true)];
+    // The HTC row's vision and MGVQ times, for the arithmetic rates below.
+    let mut htc_times = (0.0, 0.0);
     for (mode, from_page) in rows {
         if from_page && page_codes.is_none() {
             continue;
@@ -281,6 +294,9 @@ pub fn run(out: Out, a: Args) -> Result<()> {
             let _ = llava.llm.logits(o.hidden).into_data();
         }
         let decode = t.elapsed().as_secs_f64() / feed.len() as f64;
+        if (mode, from_page) == (HtcMode::Htc, false) {
+            htc_times = (vision, mgvq);
+        }
         let name = match (mode, from_page) {
             (HtcMode::None, _) => "none",
             (HtcMode::Voco, _) => "voco",
@@ -326,6 +342,19 @@ pub fn run(out: Out, a: Args) -> Result<()> {
          htc+page = htc with the MGVQ codes a page computed sent along (the worker runs no MGVQ encoder)",
         question.len(),
         feed.len()
+    )?;
+    let s = shape(a.shape, a.llm_layers, a.vision_layers)?;
+    let (vit, mg) = (vit_flops(&s.vision), s.mgvq.encoder_flops());
+    writeln!(
+        out,
+        "arithmetic: vision tower {:.0} GFLOP at {:.0} GFLOP/s, MGVQ encoder {:.0} GFLOP at {:.0} GFLOP/s \
+         (MGVQ/vision: {:.2}x the work, {:.2}x the time)",
+        vit / 1e9,
+        vit / htc_times.0 / 1e9,
+        mg / 1e9,
+        mg / htc_times.1 / 1e9,
+        mg / vit,
+        htc_times.1 / htc_times.0
     )?;
     let peak = peak_rss_mib();
     if let Some(p) = peak {

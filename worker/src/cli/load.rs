@@ -7,7 +7,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use crate::eval::read_items;
-use crate::loadtest::{plan, reference, run as run_load, summarise, LoadConfig};
+use crate::loadtest::{plan, reference, run as run_load, summarise, with_page_codes, LoadConfig, PageCodes};
+use htc_shared::protocol::CodesShape;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct LoadArgs {
@@ -47,11 +48,36 @@ pub struct LoadArgs {
     #[arg(long)]
     pub reference_url: Option<String>,
     /// Bearer token for the service.
+    /// Send this fraction of the images with MGVQ codes computed here, as pages that run the
+    /// encoder send them (0: the worker encodes every image).
+    #[arg(long, default_value_t = 0.0)]
+    pub page_codes: f64,
+    /// The HTC checkpoint the service serves, whose MGVQ encoder computes those codes.
+    #[arg(long)]
+    pub encoder_model: Option<PathBuf>,
     #[arg(long, env = "HTC_TOKEN")]
     pub token: Option<String>,
     /// Also write the report as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+}
+
+/// Codes as the page computes them: the MGVQ encoder of the HTC checkpoint in `dir` (the model
+/// the service serves) on each image.
+fn page_encoder(dir: &std::path::Path) -> Result<impl FnMut(&[u8]) -> Result<PageCodes>> {
+    use crate::backend::Backend;
+    use crate::formats::checkpoint::{AnyModel, Snapshot};
+    let snap = Snapshot::<Backend>::open(dir, &crate::backend::device())?;
+    let AnyModel::Htc { model, .. } = snap.model else {
+        bail!("{} is not an HTC model: it has no MGVQ encoder to compute codes with", dir.display());
+    };
+    let Some(mgvq) = model.mgvq else { bail!("{} has no MGVQ encoder", dir.display()) };
+    Ok(move |bytes: &[u8]| -> Result<PageCodes> {
+        let img = htc_shared::preprocess::decode_image(bytes, Default::default())?;
+        let rows = mgvq.codes_of(&img)?;
+        let shape = CodesShape { positions: rows.len(), groups: rows.first().map_or(0, Vec::len) };
+        Ok(PageCodes { codes: rows.concat(), shape })
+    })
 }
 
 pub fn run(a: LoadArgs) -> Result<()> {
@@ -70,7 +96,14 @@ pub fn run(a: LoadArgs) -> Result<()> {
         timeout: Duration::from_secs_f64(a.timeout),
     };
     let items = read_items(&a.data, &a.images)?;
-    let plan = plan(&items, &cfg)?;
+    let mut plan = plan(&items, &cfg)?;
+    if a.page_codes > 0.0 {
+        let Some(dir) = &a.encoder_model else {
+            bail!("--page-codes needs --encoder-model, the served HTC checkpoint, to compute the codes with");
+        };
+        let n = with_page_codes(&mut plan, a.page_codes, page_encoder(dir)?)?;
+        eprintln!("{n} images go with MGVQ codes computed here, as a page computes them");
+    }
     let rt = tokio::runtime::Runtime::new()?;
     eprintln!("running: {} clients × {} questions against {}", cfg.clients, cfg.questions, cfg.url);
     let done = rt.block_on(run_load(&cfg, plan.clone()));
@@ -100,6 +133,14 @@ pub fn run(a: LoadArgs) -> Result<()> {
         r.wall_s,
         r.cache_hit_rate * 100.0
     );
+    for (what, ms, n) in [
+        ("with the page's codes", r.compress_ms_page_codes, r.compressions_page_codes),
+        ("worker-encoded", r.compress_ms_worker_encoded, r.compressions_worker_encoded),
+    ] {
+        if let Some(ms) = ms {
+            outln!("  compressing a new image, {what}: {ms:.1} ms on average ({n} images)");
+        }
+    }
     let mut errors: Vec<_> = r.errors.iter().collect();
     errors.sort();
     for (what, n) in errors {

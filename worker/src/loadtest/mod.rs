@@ -20,7 +20,9 @@ use serde::Serialize;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
-use htc_shared::protocol::{encode_binary, sha256_hex, BinaryKind, ClientMessage, ErrorCode, ServerMessage};
+use htc_shared::protocol::{
+    encode_binary, sha256_hex, BinaryKind, ClientMessage, CodesShape, ErrorCode, ServerMessage,
+};
 
 use crate::eval::Item;
 
@@ -45,12 +47,51 @@ pub struct LoadConfig {
     pub timeout: Duration,
 }
 
-/// One image and the questions asked about it.
+/// One image and the questions asked about it, with the MGVQ codes a page would send along
+/// (when the run sends some: see [`with_page_codes`]).
 #[derive(Debug, Clone)]
 pub struct Visit {
     pub image: Arc<Vec<u8>>,
     pub session: String,
     pub questions: Vec<String>,
+    pub codes: Option<Arc<PageCodes>>,
+}
+
+/// An image's MGVQ codes, `positions × groups`, row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PageCodes {
+    pub codes: Vec<u16>,
+    pub shape: CodesShape,
+}
+
+/// Gives a `fraction` of the plan's images (every image alike wherever it is visited, spread
+/// evenly over the images in plan order) the codes `encode` computes for them, as pages that
+/// run the encoder would send them. Returns how many images got codes.
+pub fn with_page_codes(
+    plan: &mut [Vec<Visit>], fraction: f64, mut encode: impl FnMut(&[u8]) -> Result<PageCodes>,
+) -> Result<usize> {
+    if !(0.0..=1.0).contains(&fraction) {
+        bail!("the fraction of images sent with codes must be in [0, 1], got {fraction}");
+    }
+    let mut order: Vec<String> = Vec::new();
+    for v in plan.iter().flatten() {
+        if !order.contains(&v.session) {
+            order.push(v.session.clone());
+        }
+    }
+    let chosen = |i: usize| ((i + 1) as f64 * fraction).floor() > (i as f64 * fraction).floor();
+    let mut codes: HashMap<String, Arc<PageCodes>> = HashMap::new();
+    for visit in plan.iter_mut().flatten() {
+        let Some(i) = order.iter().position(|s| *s == visit.session) else { continue };
+        if !chosen(i) {
+            continue;
+        }
+        if !codes.contains_key(&visit.session) {
+            codes.insert(visit.session.clone(), Arc::new(encode(&visit.image)?));
+        }
+        visit.codes = codes.get(&visit.session).cloned();
+    }
+    Ok(codes.len())
 }
 
 /// The plan: per client, the images it visits in order. Images are taken from `items` (grouped
@@ -77,7 +118,7 @@ pub fn plan(items: &[Item], cfg: &LoadConfig) -> Result<Vec<Vec<Visit>>> {
     for (path, qs) in by_image.into_iter().take(pool) {
         let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
         let session = sha256_hex(&bytes)[..16].to_string();
-        images.push(Visit { image: Arc::new(bytes), session, questions: qs });
+        images.push(Visit { image: Arc::new(bytes), session, questions: qs, codes: None });
     }
     Ok((0..cfg.clients)
         .map(|c| {
@@ -108,6 +149,10 @@ pub struct Outcome {
     pub attempts: usize,
     /// Frames about another request arrived while this one was answered.
     pub crossed: bool,
+    /// The image went with the page's codes.
+    pub page_codes: bool,
+    /// The worker's time to compress the image, for an answer that did not find it cached.
+    pub compress_ms: Option<f64>,
 }
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -167,21 +212,33 @@ async fn open(cfg: &LoadConfig, visit: &Visit) -> Result<Ws, Failure> {
         request_id: 0,
         image_id: "img".into(),
         byte_len: visit.image.len(),
-        codes: None,
+        codes: visit.codes.as_ref().map(|c| c.shape),
         mask_layout: None,
     };
     send(&mut ws, &img).await?;
     ws.send(Message::Binary(encode_binary(BinaryKind::ImageBytes, 0, &visit.image).into()))
         .await
         .map_err(|e| Failure::Connection(e.to_string()))?;
+    if let Some(c) = &visit.codes {
+        let payload: Vec<u8> = c.codes.iter().flat_map(|c| c.to_le_bytes()).collect();
+        ws.send(Message::Binary(encode_binary(BinaryKind::Codes, 0, &payload).into()))
+            .await
+            .map_err(|e| Failure::Connection(e.to_string()))?;
+    }
     Ok(ws)
 }
 
-/// Asks one question on `ws`: the answer text and whether the image came from the cache, and
-/// whether frames of another request came in between.
-async fn ask(
-    ws: &mut Ws, cfg: &LoadConfig, rid: u32, question: &str,
-) -> Result<(String, bool, bool), Failure> {
+/// One answer: its text, whether the image came from the cache (and if not, the worker's time
+/// to compress it), and whether frames of another request came in between.
+struct Answered {
+    text: String,
+    cached: bool,
+    compress_ms: f64,
+    crossed: bool,
+}
+
+/// Asks one question on `ws`.
+async fn ask(ws: &mut Ws, cfg: &LoadConfig, rid: u32, question: &str) -> Result<Answered, Failure> {
     let m = ClientMessage::Ask {
         request_id: rid,
         image_id: "img".into(),
@@ -198,8 +255,8 @@ async fn ask(
     loop {
         match next(ws, cfg.timeout).await? {
             ServerMessage::Token { request_id, text: t, .. } if request_id == rid => text.push_str(&t),
-            ServerMessage::Done { request_id, cached, .. } if request_id == rid => {
-                return Ok((text, cached, crossed))
+            ServerMessage::Done { request_id, cached, timings, .. } if request_id == rid => {
+                return Ok(Answered { text, cached, compress_ms: timings.compress_ms, crossed })
             }
             ServerMessage::Error { request_id, code, message }
                 if request_id.is_none_or(|r| r == rid || r == 0) =>
@@ -266,9 +323,9 @@ async fn client(
                     }
                 }
             }
-            let (answer, cached, crossed) = match result {
-                Some((a, c, x)) => (Some(a), c, x),
-                None => (None, false, false),
+            let (answer, cached, crossed, compress_ms) = match result {
+                Some(a) => (Some(a.text), a.cached, a.crossed, (!a.cached).then_some(a.compress_ms)),
+                None => (None, false, false, None),
             };
             out.push(Outcome {
                 session: visit.session.clone(),
@@ -278,6 +335,8 @@ async fn client(
                 latency: t.elapsed(),
                 attempts,
                 crossed,
+                page_codes: visit.codes.is_some(),
+                compress_ms,
             });
         }
         if let Some(mut w) = ws {
@@ -320,6 +379,13 @@ pub struct Report {
     pub cache_hit_rate: f64,
     /// Failed attempts by kind (all retried).
     pub errors: HashMap<String, usize>,
+    /// The worker's mean time to compress a new image sent with the page's MGVQ codes, and the
+    /// number of such compressions (answers that did not find the image cached).
+    pub compress_ms_page_codes: Option<f64>,
+    pub compressions_page_codes: usize,
+    /// The same for images the worker encoded itself.
+    pub compress_ms_worker_encoded: Option<f64>,
+    pub compressions_worker_encoded: usize,
 }
 
 /// What the clients saw.
@@ -371,6 +437,10 @@ pub fn summarise(
     let mut lat: Vec<f64> = answered.iter().map(|o| o.latency.as_secs_f64() * 1e3).collect();
     lat.sort_by(f64::total_cmp);
     let pct = |p: f64| if lat.is_empty() { 0.0 } else { lat[((lat.len() - 1) as f64 * p).round() as usize] };
+    let compress = |page: bool| -> Vec<f64> {
+        answered.iter().filter(|o| o.page_codes == page).filter_map(|o| o.compress_ms).collect()
+    };
+    let mean = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
     Report {
         clients: cfg.clients,
         questions: outcomes.len(),
@@ -385,6 +455,10 @@ pub fn summarise(
         answers_per_s: answered.len() as f64 / wall.max(1e-9),
         cache_hit_rate: answered.iter().filter(|o| o.cached).count() as f64 / answered.len().max(1) as f64,
         errors: run.errors.clone(),
+        compress_ms_page_codes: mean(&compress(true)),
+        compressions_page_codes: compress(true).len(),
+        compress_ms_worker_encoded: mean(&compress(false)),
+        compressions_worker_encoded: compress(false).len(),
     }
 }
 
@@ -453,7 +527,36 @@ mod tests {
             latency: Duration::from_millis(ms),
             attempts: 1,
             crossed: false,
+            page_codes: session == "b",
+            compress_ms: (ms <= 10).then_some(ms as f64 * 2.0),
         }
+    }
+
+    #[test]
+    fn page_codes_go_to_an_even_share_of_the_images_and_to_every_visit_of_each() {
+        let visit = |s: &str| Visit {
+            image: Arc::new(s.as_bytes().to_vec()),
+            session: s.into(),
+            questions: vec![],
+            codes: None,
+        };
+        let mut plan =
+            vec![vec![visit("a"), visit("b"), visit("c")], vec![visit("d"), visit("a"), visit("b")]];
+        let mut encoded = Vec::new();
+        let n = with_page_codes(&mut plan, 0.5, |img| {
+            encoded.push(String::from_utf8(img.to_vec()).unwrap());
+            Ok(PageCodes { codes: vec![img[0] as u16], shape: CodesShape { positions: 1, groups: 1 } })
+        })
+        .unwrap();
+        assert_eq!(
+            (n, encoded),
+            (2, vec!["b".to_string(), "d".to_string()]),
+            "half of a, b, c, d, each once"
+        );
+        let with: Vec<(String, bool)> =
+            plan.iter().flatten().map(|v| (v.session.clone(), v.codes.is_some())).collect();
+        assert!(with.iter().all(|(s, c)| *c == (s == "b" || s == "d")), "{with:?}");
+        assert!(with_page_codes(&mut plan, 1.5, |_| unreachable!()).is_err());
     }
 
     #[test]
@@ -507,6 +610,9 @@ mod tests {
         assert_eq!(r.max_ms, 50.0);
         assert_eq!(r.answers_per_s, 2.0);
         assert_eq!(r.cache_hit_rate, 0.75);
+        // The one uncached answer (5 ms, image "a", worker-encoded) compressed in 10 ms.
+        assert_eq!((r.compress_ms_worker_encoded, r.compressions_worker_encoded), (Some(10.0), 1));
+        assert_eq!((r.compress_ms_page_codes, r.compressions_page_codes), (None, 0));
         let want: HashMap<(String, String), String> =
             [(("a".into(), "q".into()), "blue".into()), (("b".into(), "q2".into()), "2".into())].into();
         let r = summarise(&cfg(), &run, Some(&want));
