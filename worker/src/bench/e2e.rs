@@ -347,7 +347,7 @@ pub fn run(out: Out, a: Args) -> Result<()> {
     let (vit, mg) = (vit_flops(&s.vision), s.mgvq.encoder_flops());
     writeln!(
         out,
-        "arithmetic: vision tower {:.0} GFLOP at {:.0} GFLOP/s, MGVQ encoder {:.0} GFLOP at {:.0} GFLOP/s \
+        "arithmetic: vision tower {:.1} GFLOP at {:.0} GFLOP/s, MGVQ encoder {:.1} GFLOP at {:.0} GFLOP/s \
          (MGVQ/vision: {:.2}x the work, {:.2}x the time)",
         vit / 1e9,
         vit / htc_times.0 / 1e9,
