@@ -383,10 +383,16 @@ async fn server(model: Option<PathBuf>) -> (String, u16, Driver) {
 
 /// [`server`] with these settings.
 async fn server_with(args: htc_worker::server::ServeArgs) -> (String, u16, Driver) {
+    server_on(args, tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()).await
+}
+
+/// [`server_with`] on this listener.
+async fn server_on(
+    args: htc_worker::server::ServeArgs, listener: tokio::net::TcpListener,
+) -> (String, u16, Driver) {
     let dist = dist();
     assert!(dist.join("index.html").is_file(), "no trunk build at {} (run trunk build)", dist.display());
     let app = htc_worker::server::App::new(args).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         htc_worker::server::serve_on(listener, app, std::future::pending()).await.unwrap()
@@ -969,6 +975,68 @@ async fn questions_asked_at_once_wait_for_the_pages_codes_and_the_worker_uses_th
     assert!(m.contains("htc_mgvq_encodes_total 0\n"), "the worker's encoder never ran: {m}");
     client.close().await.unwrap();
     let _ = std::fs::remove_dir_all(profile);
+}
+
+/// The UI dev loop as docs/browser.md#running-it gives it: the worker on 8080 and `trunk serve`
+/// on 8081 (its own build, into a scratch folder). The page on 8081 reaches the worker through
+/// trunk's proxies: it connects, loads the in-page encoder (its manifest and weights come
+/// through `/api/`), and the worker answers from the page's codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium, chromedriver, trunk and ports 8080 and 8081; run by scripts/test.sh"]
+async fn the_dev_loop_under_trunk_serve_keeps_the_pages_encoder() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut args = htc_worker::server::ServeArgs::local(dist());
+    args.model = Some(root.join("models/shapes-demo"));
+    let listener =
+        tokio::net::TcpListener::bind("127.0.0.1:8080").await.expect("port 8080 free for the worker");
+    let (worker_url, port, _driver) = server_on(args, listener).await;
+    let out = tempdir();
+    let log = std::fs::File::create(out.join("trunk.log")).unwrap();
+    let mut trunk = Command::new(std::env::var("TRUNK").unwrap_or_else(|_| "trunk".into()));
+    trunk.current_dir(&root).args(["serve", "--no-autoreload", "--dist"]).arg(out.join("dist"));
+    // The same toolchain as scripts/build-web.sh where rustup has no wasm32 std.
+    if root.join(".cache/wasm-fallback").exists() {
+        let target =
+            std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| root.join("target").display().to_string());
+        trunk
+            .env("CARGO_TARGET_DIR", format!("{target}/wasm-fallback"))
+            .env("PATH", format!("/usr/bin:{}", std::env::var("PATH").unwrap_or_default()))
+            .env("RUSTC_BOOTSTRAP", "1")
+            .env("CARGO_UNSTABLE_BUILD_STD", "std,panic_abort");
+    }
+    let _trunk = Driver(trunk.stdout(log.try_clone().unwrap()).stderr(log).spawn().expect("trunk on PATH"));
+    let dev: std::net::SocketAddr = "127.0.0.1:8081".parse().unwrap();
+    let mut up = false;
+    for _ in 0..600 {
+        if std::net::TcpStream::connect(dev).is_ok() && http::http_get(dev, "/").await.contains("<html") {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let trunk_log = || std::fs::read_to_string(out.join("trunk.log")).unwrap_or_default();
+    assert!(up, "trunk serve did not come up on 8081 in 5 minutes:\n{}", trunk_log());
+    let profile = tempdir();
+    let client = open(port, &profile, false).await;
+    client.goto("http://127.0.0.1:8081/").await.unwrap();
+    let status = wait_for(&client, "#status[data-connection='ready']").await.text().await.unwrap();
+    assert!(status.contains("model: shapes-demo"), "{status}");
+    let ready = wait_for(&client, "#encoder[data-encoder='ready']").await.text().await.unwrap();
+    assert!(ready.contains("ready on cpu"), "{ready}");
+    let input = client.find(Locator::Css("input[type='file'][aria-label='Image']")).await.unwrap();
+    input.send_keys(root.join("docs/demo-star.png").to_str().unwrap()).await.unwrap();
+    wait_for(&client, "#browser-codes[data-image]").await;
+    let answer = ask(&client, "What color is the star?").await;
+    assert_eq!(answer.trim(), "red");
+    let by = client.find(Locator::Css("#tokenised-by")).await.unwrap().text().await.unwrap();
+    assert!(by.contains("image tokenised by: browser, backend: cpu"), "{by}");
+    let addr: std::net::SocketAddr =
+        worker_url.trim_start_matches("http://").trim_end_matches('/').parse().unwrap();
+    let m = http::http_get(addr, "/metrics").await;
+    assert!(m.contains("htc_mgvq_encodes_total 0\n"), "{m}");
+    client.close().await.unwrap();
+    let _ = std::fs::remove_dir_all(profile);
+    let _ = std::fs::remove_dir_all(out);
 }
 
 /// Serves one HTML page at `/` on a loopback port of its own: a host site for the widget.
