@@ -87,7 +87,7 @@ pub struct Session {
     /// A question asked while the encoder was still loading or encoding its image: it goes
     /// once the codes come (or the encoder fails, or [`ENCODER_WAIT_MS`] pass). The counter
     /// tells a stale timer from the current wait.
-    waiting: StoredValue<Option<(u32, String, Vec<Option<htc_shared::config::HtcMode>>)>>,
+    waiting: StoredValue<Option<WaitingAsk>>,
     waits: StoredValue<u32>,
     image_bytes: StoredValue<Option<Vec<u8>>, LocalStorage>,
     /// The image id the current connection already holds.
@@ -105,6 +105,9 @@ pub struct Session {
 
 /// What the widget does with a finished answer.
 pub type AnswerHook = Box<dyn Fn(&str, &str, u32)>;
+
+/// A question waiting for the encoder: its wait's number, the question, and its modes.
+type WaitingAsk = (u32, String, Vec<Option<htc_shared::config::HtcMode>>);
 
 /// How long a question waits for the in-browser encoder's codes before its image is sent
 /// without them (the worker then tokenises it).
