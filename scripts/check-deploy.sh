@@ -28,13 +28,18 @@ fi
 "$venv/bin/python" deploy/check.py "$htc"
 "$venv/bin/kubernetes-validate" --strict --kubernetes-version 1.37.0 deploy/k8s/*.yaml
 promcopy=$(mktemp --suffix .yml)
-trap 'rm -f "$promcopy"' EXIT
+trap 'rm -f "$promcopy" "$promcopy.token"' EXIT
 "$venv/bin/python" - deploy/prometheus/prometheus.yml "$promcopy" <<'PY'
 import sys, yaml
 cfg = yaml.safe_load(open(sys.argv[1]))
 for job in cfg["scrape_configs"]:
     if job.pop("kubernetes_sd_configs", None) is not None:
         job["static_configs"] = [{"targets": ["pod.example:8080"]}]
+    # The token file is mounted in a real deployment; promtool wants it to exist.
+    auth = job.get("authorization", {})
+    if "credentials_file" in auth:
+        open(sys.argv[2] + ".token", "w").write("token\n")
+        auth["credentials_file"] = sys.argv[2] + ".token"
 yaml.safe_dump(cfg, open(sys.argv[2], "w"))
 PY
 promtool check config "$promcopy"
