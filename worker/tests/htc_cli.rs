@@ -134,12 +134,9 @@ fn bad_init_and_ask_inputs_are_named() {
     );
     let out = tmp("ckpt-errors");
     assert!(init("llava-hf-tiny", "htc", &out, &["--dtype", "f16"]).status.success());
-    let r = htc(&["ask", "--model", s(&out), "--prompt-ids", "5,6"]);
-    assert!(
-        String::from_utf8_lossy(&r.stderr).contains("needs an image"),
-        "{}",
-        String::from_utf8_lossy(&r.stderr)
-    );
+    // Without an image the LLM alone answers (as a LLaVA answers a text-only question).
+    let r = htc(&["ask", "--model", s(&out), "--prompt-ids", "5,6", "--max-new-tokens", "2"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let pv = fixtures().join("llava-expected.safetensors");
     let r = htc(&["ask", "--model", s(&out), "--pixel-values", s(&pv), "--prompt-ids", "5,6"]);
     assert!(

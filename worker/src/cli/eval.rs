@@ -194,12 +194,6 @@ pub fn run(a: EvalArgs) -> Result<()> {
         a.out.display(),
         all.len() - todo.len()
     );
-    if answers.len() < todo.len() {
-        outln!(
-            "{} questions without an image are left unanswered (the model answers only about images)",
-            todo.len() - answers.len()
-        );
-    }
     let mut score = Score::default();
     let new: HashMap<&Value, &String> = answers.iter().map(|(i, t)| (&todo[*i].q.id, t)).collect();
     for e in &all {

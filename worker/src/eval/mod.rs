@@ -190,8 +190,7 @@ impl Item {
 /// group of `batch` questions is admitted together and answered before the next, so a run's
 /// batches, and with them its answers, do not depend on timing.
 /// `on_answer` sees each question's index with its answer text (as a client would see it), in
-/// order. Text-only questions are left out (with a warning) when the model answers only about
-/// images, as an HTC model does.
+/// order. A question without an image is answered by the LLM alone.
 pub fn answer_all(
     model: &Path, mode: Option<HtcMode>, asks: &[Ask], batch: usize, max_new_tokens: usize,
     mut on_answer: impl FnMut(usize, &str) -> Result<()>,
@@ -209,15 +208,7 @@ pub fn answer_all(
         mode,
         require_images: true,
     })?;
-    let asked: Vec<usize> =
-        (0..asks.len()).filter(|&i| engine.answers_text_only || asks[i].image.is_some()).collect();
-    if asked.len() < asks.len() {
-        tracing::warn!(
-            "{} questions have no image and this model ({}) answers only about images: they are left unanswered",
-            asks.len() - asked.len(),
-            engine.card.name
-        );
-    }
+    let asked: Vec<usize> = (0..asks.len()).collect();
     for chunk in asked.chunks(batch) {
         let mut replies = Vec::with_capacity(chunk.len());
         let mut jobs = Vec::with_capacity(chunk.len());

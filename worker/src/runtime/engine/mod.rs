@@ -38,9 +38,6 @@ pub struct Engine {
     /// Jobs to admit together: one for a client's question, a whole group from [`Engine::submit_all`].
     tx: SyncSender<Vec<Job>>,
     pub card: ModelCard,
-    /// Whether the model answers questions without an image (a LLaVA or a LLaMA does; an HTC
-    /// model does not).
-    pub answers_text_only: bool,
     /// The PNGs of the card's `samples`, in order (the model directory's `about.json`).
     pub samples: Arc<Vec<Vec<u8>>>,
     pub metrics: Arc<Metrics>,
@@ -85,11 +82,11 @@ impl Engine {
         let (tx, rx) = sync_channel::<Vec<Job>>(cfg.queue.max(1));
         let metrics = Arc::new(Metrics::new()?);
         let m = metrics.clone();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(ModelCard, bool)>>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<ModelCard>>();
         std::thread::Builder::new().name("htc-engine".into()).spawn(move || {
             match EngineState::load(&cfg, m) {
                 Ok(state) => {
-                    let _ = ready_tx.send(Ok((state.card.clone(), state.answers_text_only())));
+                    let _ = ready_tx.send(Ok(state.card.clone()));
                     state.run(rx, cfg.max_batch);
                 }
                 Err(e) => {
@@ -97,8 +94,7 @@ impl Engine {
                 }
             }
         })?;
-        let (mut card, answers_text_only) =
-            ready_rx.recv().map_err(|_| anyhow!("the engine thread stopped while loading"))??;
+        let mut card = ready_rx.recv().map_err(|_| anyhow!("the engine thread stopped while loading"))??;
         let mut samples = Vec::new();
         if card.random_init {
             card.about = Some(random::DEMO_ABOUT.into());
@@ -109,7 +105,7 @@ impl Engine {
                 samples.push(s.png);
             }
         }
-        Ok(Self { tx, card, answers_text_only, samples: Arc::new(samples), metrics })
+        Ok(Self { tx, card, samples: Arc::new(samples), metrics })
     }
 
     /// Queues a job, or gives it back when the queue is full.

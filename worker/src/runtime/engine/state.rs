@@ -153,12 +153,6 @@ fn mode_key(key: &[u8; 32], mode: HtcMode) -> [u8; 32] {
 }
 
 impl EngineState {
-    /// Whether the served model answers a question without an image (an HTC model always
-    /// compresses one into its prompt).
-    pub(super) fn answers_text_only(&self) -> bool {
-        !matches!(self.served, Served::Htc { .. })
-    }
-
     pub(super) fn load(cfg: &EngineConfig, metrics: Arc<Metrics>) -> Result<Self> {
         let device = backend::device();
         let (model, tokenizer, name, random) = match &cfg.model {
@@ -524,7 +518,6 @@ impl EngineState {
         }
         let bad = |m: String| ProtocolError::new(ErrorCode::BadRequest, m);
         match (&self.served, &job.image) {
-            (Served::Htc { .. }, None) => return Err(bad("this HTC model needs an image".into())),
             (Served::Llama(_), Some(_)) => {
                 return Err(bad("this model (llama) takes no images: ask about text only".into()))
             }
@@ -554,8 +547,9 @@ impl EngineState {
     }
 
     /// The checked token ids of a question: the text after the compressed image for an HTC
-    /// model; the whole prompt, with its image token expanded, for a plain LLaVA or LLaMA
-    /// (laid out as `htc ask` lays it out, `TextTokenizer::prompt_ids`).
+    /// model with an image; the whole prompt, with its image token expanded, for a plain LLaVA,
+    /// a LLaMA, or an HTC model asked without an image (its LLM alone, as LLaVA answers a
+    /// text-only question; laid out as `htc ask` lays it out, `TextTokenizer::prompt_ids`).
     fn prompt_ids(&self, question: &Question, image: bool) -> Result<PromptIds, ProtocolError> {
         let bad = ErrorCode::BadRequest;
         let tok = || {
@@ -567,7 +561,7 @@ impl EngineState {
             })
         };
         let llm = self.served.llm();
-        if let Served::Htc { .. } = self.served {
+        if let (Served::Htc { .. }, true) = (&self.served, image) {
             let ids: Vec<u32> = match question {
                 Question::Ids(ids) => llm.checked_ids(ids).coded(bad)?,
                 Question::Text(q) => tok()?.question_ids(q, true).coded(ErrorCode::Internal)?,
