@@ -517,11 +517,8 @@ impl EngineState {
             return Ok(None);
         }
         let bad = |m: String| ProtocolError::new(ErrorCode::BadRequest, m);
-        match (&self.served, &job.image) {
-            (Served::Llama(_), Some(_)) => {
-                return Err(bad("this model (llama) takes no images: ask about text only".into()))
-            }
-            _ => {}
+        if let (Served::Llama(_), Some(_)) = (&self.served, &job.image) {
+            return Err(bad("this model (llama) takes no images: ask about text only".into()));
         }
         let ids = self.prompt_ids(&job.question, job.image.is_some())?;
         // The model in the asked mode; a compressed image is cached per mode.
