@@ -114,6 +114,16 @@ fn liuhaotian_snapshots_convert_to_the_hub_layout() {
 
 #[test]
 fn bad_init_and_ask_inputs_are_named() {
+    // Flags clap checks: the mask topology and the stored dtype.
+    let r = htc(&["init", "--topology", "ring", "--out", s(&tmp("bad-topology"))]);
+    let e = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        !r.status.success() && e.contains("unknown mask topology `ring` (expected star, causal or full)"),
+        "{e}"
+    );
+    let r = htc(&["init", "--dtype", "f8", "--out", s(&tmp("bad-dtype"))]);
+    let e = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success() && e.contains("possible values: f16, f32"), "{e}");
     // MGVQ weights that do not fit the (default f16c32_g8) config.
     let r = htc(&[
         "init",

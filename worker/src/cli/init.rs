@@ -57,13 +57,14 @@ pub struct InitArgs {
     pub n_discrete: usize,
     #[arg(long, default_value_t = 1)]
     pub n_voco: usize,
-    #[arg(long, default_value = "star")]
-    pub topology: String,
+    /// The disentanglement mask: star (the paper), causal (VoCo-LLaMA's code) or full.
+    #[arg(long, default_value = "star", value_parser = parse_topology)]
+    pub topology: Topology,
     #[arg(long, default_value_t = 8192)]
     pub discrete_hidden: usize,
-    /// Storage dtype of model.safetensors: f16 or f32 (default f16 from LLaVA, f32 from scratch).
-    #[arg(long)]
-    pub dtype: Option<String>,
+    /// Storage dtype of model.safetensors (default f16 from LLaVA, f32 from scratch).
+    #[arg(long, value_enum)]
+    pub dtype: Option<StoreDtype>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
 }
@@ -101,18 +102,27 @@ fn hub_name(layout: Layout, name: &str) -> Option<String> {
     })
 }
 
+/// `--dtype` of `htc init`: how model.safetensors stores the weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreDtype {
+    F16,
+    F32,
+}
+
+fn parse_topology(s: &str) -> std::result::Result<Topology, String> {
+    s.parse().map_err(|e: htc_shared::Error| e.to_string())
+}
+
 pub fn run(a: InitArgs) -> Result<()> {
-    let half = match a.dtype.as_deref() {
-        Some("f16") => true,
-        Some("f32") => false,
+    let half = match a.dtype {
+        Some(d) => d == StoreDtype::F16,
         None => a.llava.is_some(),
-        Some(other) => bail!("--dtype must be f16 or f32, got `{other}`"),
     };
     let (Some(llava_dir), Some(mgvq_path)) = (&a.llava, &a.mgvq) else {
         return scratch(&a, half);
     };
     let mode: HtcMode = a.mode.into();
-    let topology: Topology = a.topology.parse()?;
+    let topology = a.topology;
     let mgvq_cfg = if a.mgvq_config == "f16c32_g8" {
         mgvq::Config::f16c32_g8()
     } else {
