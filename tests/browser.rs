@@ -647,7 +647,7 @@ async fn stop_ends_an_answer_mid_stream() {
         mode: htc_worker::cli::Mode::Htc,
         n_discrete: 4,
         n_voco: 1,
-        topology: "star".into(),
+        topology: htc_shared::mask::Topology::Star,
         discrete_hidden: 256,
         dtype: None,
         seed: 0,
