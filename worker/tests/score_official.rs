@@ -28,15 +28,10 @@ fn annotations(b: Benchmark) -> PathBuf {
     }
 }
 
-const OFFICIAL: [Benchmark; 7] = [
-    Benchmark::Vqav2,
-    Benchmark::Gqa,
-    Benchmark::Pope,
-    Benchmark::Mme,
-    Benchmark::Sqa,
-    Benchmark::Seed,
-    Benchmark::Mmbench,
-];
+/// The benchmarks with an official scorer (all but the project's own ShapesVQA).
+fn official() -> impl Iterator<Item = Benchmark> {
+    Benchmark::ALL.into_iter().filter(|b| *b != Benchmark::Shapes)
+}
 
 /// Every leaf of `want` is in `got` and equal (numbers within 1e-6; integers exactly).
 fn compare(path: &str, want: &Value, got: &Value, errors: &mut Vec<String>) {
@@ -69,7 +64,7 @@ fn expected(b: Benchmark) -> Value {
 #[test]
 fn every_benchmark_scores_as_its_official_code() {
     let mut errors = Vec::new();
-    for b in OFFICIAL {
+    for b in official() {
         let preds = fixtures().join(b.name()).join("predictions.jsonl");
         match score(b, &preds, &annotations(b)) {
             Ok(r) => compare(b.name(), &expected(b), &r.to_json(), &mut errors),
@@ -81,7 +76,7 @@ fn every_benchmark_scores_as_its_official_code() {
 
 #[test]
 fn the_binary_prints_one_json_object_and_a_table() {
-    for b in OFFICIAL {
+    for b in official() {
         let preds = fixtures().join(b.name()).join("predictions.jsonl");
         let run = |json: bool| {
             let mut c = Command::new(env!("CARGO_BIN_EXE_htc"));
@@ -270,6 +265,14 @@ fn retention_reads_score_outputs_and_names_what_it_leaves_out() {
         assert!(ok, "{err}");
         upper += &out;
     }
+    let retention = |u: &Path, l: &Path, m: &Path, json: bool| {
+        let mut args = vec!["retention", "--upper", u.to_str().unwrap(), "--lower", l.to_str().unwrap()];
+        args.extend(["--model", m.to_str().unwrap()]);
+        if json {
+            args.push("--json");
+        }
+        run(&args)
+    };
     let u = write(&d.join("upper.jsonl"), &upper);
     let l = write(
         &d.join("lower.json"),
@@ -279,16 +282,7 @@ fn retention_reads_score_outputs_and_names_what_it_leaves_out() {
         &d.join("model.json"),
         r#"[{"benchmark": "gqa", "score": 50.0}, {"benchmark": "seed", "score": 35.0}]"#,
     );
-    let (ok, out, err) = run(&[
-        "retention",
-        "--upper",
-        u.to_str().unwrap(),
-        "--lower",
-        l.to_str().unwrap(),
-        "--model",
-        m.to_str().unwrap(),
-        "--json",
-    ]);
+    let (ok, out, err) = retention(&u, &l, &m, true);
     assert!(ok, "{err}");
     let v: Value = serde_json::from_str(out.trim()).unwrap();
     let gqa_upper = 100.0 * 25.0 / 41.0; // expected.json: 25 of 41 balanced questions right
@@ -299,36 +293,12 @@ fn retention_reads_score_outputs_and_names_what_it_leaves_out() {
     assert!((v["average"].as_f64().unwrap() - (gqa + seed) / 2.0).abs() < 1e-12, "{v}");
     assert_eq!(v["left_out"]["pope"], serde_json::json!(["lower"]));
     assert!(err.contains("pope is left out of the average: only in lower"), "{err}");
-    let (ok, table, _) = run(&[
-        "retention",
-        "--upper",
-        u.to_str().unwrap(),
-        "--lower",
-        l.to_str().unwrap(),
-        "--model",
-        m.to_str().unwrap(),
-    ]);
+    let (ok, table, _) = retention(&u, &l, &m, false);
     assert!(ok && table.contains("average") && table.contains("left out: pope"), "{table}");
     let same = write(&d.join("same.json"), r#"[{"benchmark": "gqa", "score": 50.0}]"#);
-    let (ok, _, err) = run(&[
-        "retention",
-        "--upper",
-        same.to_str().unwrap(),
-        "--lower",
-        same.to_str().unwrap(),
-        "--model",
-        m.to_str().unwrap(),
-    ]);
+    let (ok, _, err) = retention(&same, &same, &m, false);
     assert!(!ok && err.contains("gqa: the upper and lower bounds are equal (50)"), "{err}");
     let bad = write(&d.join("bad.json"), r#"[{"benchmark": "gqa"}]"#);
-    let (ok, _, err) = run(&[
-        "retention",
-        "--upper",
-        bad.to_str().unwrap(),
-        "--lower",
-        l.to_str().unwrap(),
-        "--model",
-        m.to_str().unwrap(),
-    ]);
+    let (ok, _, err) = retention(&bad, &l, &m, false);
     assert!(!ok && err.contains("bad.json: entry 0 is not an `htc score --json` output"), "{err}");
 }
