@@ -13,6 +13,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
+use super::score::mmbench::{is_na, Tsv};
 use super::score::Benchmark;
 use super::{Ask, ImageRef};
 use crate::data::llava::strip_placeholder;
@@ -151,35 +152,25 @@ fn science_qa(data: &Path, images: &Path) -> Result<Vec<BenchQuestion>> {
 /// MMBench as `model_vqa_mmbench.py --single-pred-prompt` asks it: the hint, the question,
 /// one `X. option` line per option present, the letter suffix; the image from the TSV.
 fn mmbench(data: &Path) -> Result<Vec<BenchQuestion>> {
-    let mut reader = csv::ReaderBuilder::new()
-        .delimiter(b'\t')
-        .from_path(data)
-        .with_context(|| format!("cannot read {}", data.display()))?;
-    let headers = reader.headers().with_context(|| format!("{}: no header line", data.display()))?.clone();
-    let col = |name: &str| headers.iter().position(|h| h == name);
-    let need = |name: &str| col(name).with_context(|| format!("{}: no `{name}` column", data.display()));
-    let (index, question, image) = (need("index")?, need("question")?, need("image")?);
-    let hint = col("hint");
+    let tsv = Tsv::read(data)?;
+    let (index, question, image) = (tsv.need("index")?, tsv.need("question")?, tsv.need("image")?);
+    let hint = tsv.col("hint");
     let letters: Vec<(String, usize)> =
-        ["A", "B", "C", "D"].into_iter().filter_map(|c| Some((c.to_string(), col(c)?))).collect();
+        ["A", "B", "C", "D"].into_iter().filter_map(|c| Some((c.to_string(), tsv.col(c)?))).collect();
     let mut out = Vec::new();
-    for (n, record) in reader.records().enumerate() {
-        let line = n + 2;
+    for (line, record) in &tsv.records {
         let at = || format!("{} line {line}", data.display());
-        let record = record.with_context(at)?;
         let cell = |i: usize| record.get(i).unwrap_or("");
-        let absent = |s: &str| super::score::mmbench::is_na(s);
-        let idx: i64 =
-            cell(index).trim().parse().with_context(|| format!("{}: index is not an integer", at()))?;
+        let idx = tsv.index(*line, cell(index))?;
         let mut text = cell(question).to_string();
-        if let Some(h) = hint.map(cell).filter(|h| !absent(h)) {
+        if let Some(h) = hint.map(cell).filter(|h| !is_na(h)) {
             text = format!("{h}\n{text}");
         }
         // LLaVA stops at the first absent option.
         let options: Vec<(String, String)> = letters
             .iter()
             .map(|(c, i)| (c.clone(), cell(*i).to_string()))
-            .take_while(|(_, o)| !absent(o))
+            .take_while(|(_, o)| !is_na(o))
             .collect();
         for (c, o) in &options {
             text = format!("{text}\n{c}. {o}");

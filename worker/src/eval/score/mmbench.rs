@@ -52,30 +52,66 @@ struct Row {
     l2: String,
 }
 
+/// The MMBench TSV as pandas' `read_csv(sep='\t')` reads it (a header line, quoted fields
+/// allowed): its columns by name and its records with their file lines. The scorer and
+/// `htc eval --benchmark mmbench` both read it through this.
+pub struct Tsv {
+    pub path: std::path::PathBuf,
+    headers: csv::StringRecord,
+    /// Each record with its 1-based line in the file.
+    pub records: Vec<(usize, csv::StringRecord)>,
+}
+
+impl Tsv {
+    pub fn read(path: &Path) -> Result<Tsv> {
+        let mut reader = csv::ReaderBuilder::new()
+            .delimiter(b'\t')
+            .from_path(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let headers =
+            reader.headers().with_context(|| format!("{}: no header line", path.display()))?.clone();
+        let records = reader
+            .records()
+            .enumerate()
+            .map(|(n, r)| r.map(|r| (n + 2, r)).with_context(|| format!("{} line {}", path.display(), n + 2)))
+            .collect::<Result<_>>()?;
+        Ok(Tsv { path: path.to_path_buf(), headers, records })
+    }
+
+    /// The column named `name`, if the header has it.
+    pub fn col(&self, name: &str) -> Option<usize> {
+        self.headers.iter().position(|h| h == name)
+    }
+
+    /// The column named `name`, or an error naming the file and the column.
+    pub fn need(&self, name: &str) -> Result<usize> {
+        self.col(name).with_context(|| format!("{}: no `{name}` column", self.path.display()))
+    }
+
+    /// The `index` cell of the record on `line` as an integer (pandas reads the column as one).
+    pub fn index(&self, line: usize, cell: &str) -> Result<i64> {
+        pytext::strip(cell)
+            .parse()
+            .with_context(|| format!("{} line {line}: index `{cell}` is not an integer", self.path.display()))
+    }
+}
+
 fn read_tsv(path: &Path) -> Result<Vec<Row>> {
-    let mut reader = csv::ReaderBuilder::new()
-        .delimiter(b'\t')
-        .from_path(path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    let headers = reader.headers().with_context(|| format!("{}: no header line", path.display()))?.clone();
-    let col = |name: &str| headers.iter().position(|h| h == name);
-    let need = |name: &str| col(name).with_context(|| format!("{}: no `{name}` column", path.display()));
+    let tsv = Tsv::read(path)?;
     let (index, answer, category, l2) =
-        (need("index")?, need("answer")?, need("category")?, need("l2-category")?);
+        (tsv.need("index")?, tsv.need("answer")?, tsv.need("category")?, tsv.need("l2-category")?);
     let letters: Vec<(char, usize)> =
-        ['A', 'B', 'C', 'D'].into_iter().filter_map(|c| Some((c, col(&c.to_string())?))).collect();
+        ['A', 'B', 'C', 'D'].into_iter().filter_map(|c| Some((c, tsv.col(&c.to_string())?))).collect();
     let mut rows = Vec::new();
-    for (n, record) in reader.records().enumerate() {
-        let line = n + 2;
-        let record = record.with_context(|| format!("{} line {line}", path.display()))?;
+    for (line, record) in &tsv.records {
         let cell = |i: usize| record.get(i).unwrap_or("");
-        let idx: i64 = pytext::strip(cell(index)).parse().with_context(|| {
-            format!("{} line {line}: index `{}` is not an integer", path.display(), cell(index))
-        })?;
-        let na = is_na;
-        let options =
-            letters.iter().filter(|(_, i)| !na(cell(*i))).map(|(c, i)| (*c, cell(*i).to_string())).collect();
-        let text = |i: usize| if na(cell(i)) { "nan".to_string() } else { cell(i).to_string() };
+        let idx = tsv.index(*line, cell(index))?;
+        let options = letters
+            .iter()
+            .filter(|(_, i)| !is_na(cell(*i)))
+            .map(|(c, i)| (*c, cell(*i).to_string()))
+            .collect();
+        let text = |i: usize| if is_na(cell(i)) { "nan".to_string() } else { cell(i).to_string() };
         rows.push(Row { index: idx, options, answer: text(answer), category: text(category), l2: text(l2) });
     }
     if rows.is_empty() {
