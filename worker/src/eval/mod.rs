@@ -208,12 +208,10 @@ pub fn answer_all(
         mode,
         require_images: true,
     })?;
-    let asked: Vec<usize> = (0..asks.len()).collect();
-    for chunk in asked.chunks(batch) {
+    for (c, chunk) in asks.chunks(batch).enumerate() {
         let mut replies = Vec::with_capacity(chunk.len());
         let mut jobs = Vec::with_capacity(chunk.len());
-        for (i, &at) in chunk.iter().enumerate() {
-            let ask = &asks[at];
+        for (i, ask) in chunk.iter().enumerate() {
             let named = || ask.label.clone();
             let image = match &ask.image {
                 None => None,
@@ -254,8 +252,7 @@ pub fn answer_all(
             replies.push(rx);
         }
         engine.submit_all(jobs).map_err(|_| anyhow!("the engine's queue is full"))?;
-        for (&at, mut rx) in chunk.iter().zip(replies) {
-            let ask = &asks[at];
+        for (i, (ask, mut rx)) in chunk.iter().zip(replies).enumerate() {
             let mut text = String::new();
             loop {
                 match rx.blocking_recv() {
@@ -266,7 +263,7 @@ pub fn answer_all(
                     None => bail!("{}: the engine stopped", ask.label),
                 }
             }
-            on_answer(at, text.trim())?;
+            on_answer(c * batch + i, text.trim())?;
         }
     }
     Ok(())
