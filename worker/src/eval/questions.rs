@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::score::mmbench::{is_na, Tsv};
-use super::score::Benchmark;
+use super::score::{read_json, Benchmark};
 use super::{Ask, ImageRef};
 use crate::data::llava::strip_placeholder;
 
@@ -123,10 +123,7 @@ struct Record {
 /// its `<image>`, the letter suffix, and `<image>\n` before the prompt of an image question
 /// (the scorer tells image questions by it). Text-only questions are asked without an image.
 fn science_qa(data: &Path, images: &Path) -> Result<Vec<BenchQuestion>> {
-    let raw = std::fs::read_to_string(data).with_context(|| format!("cannot read {}", data.display()))?;
-    let de = &mut serde_json::Deserializer::from_str(&raw);
-    let records: Vec<Record> = serde_path_to_error::deserialize(de)
-        .map_err(|e| anyhow::anyhow!("{}: at `{}`: {}", data.display(), e.path(), e.inner()))?;
+    let records: Vec<Record> = read_json(data)?;
     let mut out = Vec::new();
     for (i, r) in records.into_iter().enumerate() {
         let Some(first) = r.conversations.first() else {
