@@ -11,7 +11,7 @@ use anyhow::{bail, Result};
 use serde::Deserialize;
 use serde_json::{json, Map};
 
-use super::{file_in, pct, pct_map, read_json, Benchmark, Id, Lookup, Predictions, Report};
+use super::{file_in, pct, pct_map, read_json, tally, Benchmark, Id, Lookup, Predictions, Report, Tally};
 
 #[derive(Deserialize)]
 struct Question {
@@ -39,8 +39,8 @@ pub fn score(preds: &Predictions, annotations: &Path) -> Result<Report> {
     let (mut correct, mut total) = (0.0, 0.0);
     let mut binary = (0.0, 0.0);
     let mut open = (0.0, 0.0);
-    let mut structural: BTreeMap<String, (f64, f64)> = BTreeMap::new();
-    let mut semantic: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    let mut structural: Tally = Tally::new();
+    let mut semantic: Tally = Tally::new();
     for (qid, q) in questions.iter().filter(|(_, q)| q.is_balanced) {
         let ok = match lookup.get(preds, &Id::Str(qid.clone())) {
             Some(p) => f64::from(u8::from(answer(&p.text) == q.answer)),
@@ -52,9 +52,7 @@ pub fn score(preds: &Predictions, annotations: &Path) -> Result<Report> {
         kind.0 += ok;
         kind.1 += 1.0;
         for (map, key) in [(&mut structural, &q.types.structural), (&mut semantic, &q.types.semantic)] {
-            let e = map.entry(key.clone()).or_default();
-            e.0 += ok;
-            e.1 += 1.0;
+            tally(map, key, ok);
         }
     }
     if total == 0.0 {

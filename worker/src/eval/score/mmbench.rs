@@ -19,7 +19,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Map};
 
-use super::{pct_map, pytext, Benchmark, Id, Lookup, Predictions, Report};
+use super::{pct_map, pytext, tally, Benchmark, Id, Lookup, Predictions, Report, Tally};
 
 /// The strings pandas reads as a missing value (its default `na_values`).
 const NA: [&str; 19] = [
@@ -192,8 +192,8 @@ pub fn score(preds: &Predictions, annotations: &Path) -> Result<Report> {
         rounds.entry(r.index % MAIN).or_default().push((r.index, ok));
     }
     let mut hits = 0.0;
-    let mut per_cat: BTreeMap<String, (f64, f64)> = BTreeMap::new();
-    let mut per_l2: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    let mut per_cat: Tally = Tally::new();
+    let mut per_l2: Tally = Tally::new();
     let main: Vec<&Row> = rows.iter().filter(|r| r.index < MAIN).collect();
     if main.is_empty() {
         bail!("{}: no main questions (index below 1000000)", annotations.display());
@@ -202,9 +202,7 @@ pub fn score(preds: &Predictions, annotations: &Path) -> Result<Report> {
         let hit = f64::from(u8::from(rounds[&r.index].iter().all(|(_, ok)| *ok)));
         hits += hit;
         for (map, k) in [(&mut per_cat, &r.category), (&mut per_l2, &r.l2)] {
-            let e = map.entry(k.clone()).or_default();
-            e.0 += hit;
-            e.1 += 1.0;
+            tally(map, k, hit);
         }
     }
     let mut metrics = Map::new();

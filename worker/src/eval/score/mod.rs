@@ -346,6 +346,17 @@ impl Lookup {
     }
 }
 
+/// Per category, the sum of the questions' results (1 right, 0 wrong, or VQA's partial
+/// credit) and their count.
+pub(crate) type Tally = std::collections::BTreeMap<String, (f64, f64)>;
+
+/// Adds one question's `result` to `key`'s sum and count.
+pub(crate) fn tally(map: &mut Tally, key: &str, result: f64) {
+    let e = map.entry(key.to_string()).or_default();
+    e.0 += result;
+    e.1 += 1.0;
+}
+
 /// `100 * correct / total` (0 for an empty set).
 pub(crate) fn pct(correct: f64, total: f64) -> f64 {
     if total == 0.0 {

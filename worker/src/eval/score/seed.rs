@@ -6,14 +6,14 @@
 //!
 //! `annotations`: `SEED-Bench.json`, or the folder holding it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{bail, Result};
 use serde::Deserialize;
 use serde_json::{json, Map};
 
-use super::{file_in, pct, pct_map, read_json, Benchmark, Id, Lookup, Predictions, Report};
+use super::{file_in, pct, pct_map, read_json, tally, Benchmark, Id, Lookup, Predictions, Report, Tally};
 
 #[derive(Deserialize)]
 struct File {
@@ -46,8 +46,8 @@ pub fn score(preds: &Predictions, annotations: &Path) -> Result<Report> {
     }
     let names: HashMap<i64, &String> = file.question_type.iter().map(|(n, id)| (*id, n)).collect();
     let mut lookup = Lookup::default();
-    let mut per_type: BTreeMap<String, (f64, f64)> = BTreeMap::new();
-    let mut per_data: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    let mut per_type: Tally = Tally::new();
+    let mut per_data: Tally = Tally::new();
     let mut correct = 0.0;
     for (i, q) in file.questions.iter().enumerate() {
         let Some(name) = names.get(&q.question_type_id) else {
@@ -62,9 +62,7 @@ pub fn score(preds: &Predictions, annotations: &Path) -> Result<Report> {
         let ok = f64::from(u8::from(ok));
         correct += ok;
         for (map, k) in [(&mut per_type, (*name).clone()), (&mut per_data, q.data_type.clone())] {
-            let e = map.entry(k).or_default();
-            e.0 += ok;
-            e.1 += 1.0;
+            tally(map, &k, ok);
         }
     }
     let total = file.questions.len();

@@ -4,14 +4,13 @@
 //!
 //! `annotations`: the question set (LLaVA conversation JSON, as `htc data shapes` writes it).
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{bail, Result};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::{pct, pct_map, read_json, Benchmark, Id, Lookup, Predictions, Report};
+use super::{pct, pct_map, read_json, tally, Benchmark, Id, Lookup, Predictions, Report, Tally};
 use crate::eval::normalize;
 
 #[derive(Deserialize)]
@@ -35,8 +34,8 @@ pub fn score(preds: &Predictions, annotations: &Path) -> Result<Report> {
     }
     let mut lookup = Lookup::default();
     let mut correct = 0.0;
-    let mut per_family: BTreeMap<String, (f64, f64)> = BTreeMap::new();
-    let mut per_kind: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    let mut per_family: Tally = Tally::new();
+    let mut per_kind: Tally = Tally::new();
     for (i, r) in records.iter().enumerate() {
         let id = match &r.id {
             Value::String(s) => Id::Str(s.clone()),
@@ -51,9 +50,7 @@ pub fn score(preds: &Predictions, annotations: &Path) -> Result<Report> {
         correct += ok;
         for (map, key) in [(&mut per_family, &r.family), (&mut per_kind, &r.kind)] {
             if let Some(k) = key {
-                let e = map.entry(k.clone()).or_default();
-                e.0 += ok;
-                e.1 += 1.0;
+                tally(map, k, ok);
             }
         }
     }

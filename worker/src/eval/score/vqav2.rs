@@ -7,14 +7,13 @@
 //! `annotations`: the `v2_mscoco_val2014_annotations.json` file, or the folder holding it
 //! (its one `*annotations*.json`).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 use serde::Deserialize;
 use serde_json::{json, Map};
 
-use super::{pct_map, pytext, read_json, Benchmark, Id, Lookup, Predictions, Report};
+use super::{pct_map, pytext, read_json, tally, Benchmark, Id, Lookup, Predictions, Report, Tally};
 
 #[derive(Deserialize)]
 struct File {
@@ -63,8 +62,8 @@ pub fn score(preds: &Predictions, annotations: &Path) -> Result<Report> {
     }
     let mut lookup = Lookup::default();
     let mut sum = 0.0;
-    let mut per_answer: BTreeMap<String, (f64, f64)> = BTreeMap::new();
-    let mut per_question: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    let mut per_answer: Tally = Tally::new();
+    let mut per_question: Tally = Tally::new();
     for (i, a) in file.annotations.iter().enumerate() {
         if a.answers.is_empty() {
             bail!("{}: at `annotations[{i}]` (question {}): no answers", path.display(), a.question_id);
@@ -74,9 +73,7 @@ pub fn score(preds: &Predictions, annotations: &Path) -> Result<Report> {
         let acc = accuracy(&submission_answer(text), &gts);
         sum += acc;
         for (map, key) in [(&mut per_answer, &a.answer_type), (&mut per_question, &a.question_type)] {
-            let e = map.entry(key.clone()).or_default();
-            e.0 += acc;
-            e.1 += 1.0;
+            tally(map, key, acc);
         }
     }
     let n = file.annotations.len();
