@@ -963,7 +963,19 @@ async fn questions_asked_at_once_wait_for_the_pages_codes_and_the_worker_uses_th
         Scene::sample(&mut rng).render().save(&path).unwrap();
         let input = client.find(Locator::Css("input[type='file'][aria-label='Image']")).await.unwrap();
         input.send_keys(path.to_str().unwrap()).await.unwrap();
-        // No wait for the codes: the question goes as soon as the image is chosen.
+        // No wait for the codes: the question goes as soon as the page shows the new image
+        // (the file input's change is handled asynchronously; before it, Ask would ask about
+        // the previous image).
+        let name = format!("scene-{i}.png");
+        for _ in 0..600 {
+            let info = client.find(Locator::Css("#image-info")).await.ok();
+            if let Some(el) = info {
+                if el.text().await.unwrap_or_default().starts_with(&name) {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let answer = ask(&client, "How many objects are there?").await;
         assert!(!answer.trim().is_empty(), "scene {i}");
         let by = client.find(Locator::Css("#tokenised-by")).await.unwrap().text().await.unwrap();
