@@ -24,6 +24,10 @@
 # Sizes can be overridden for a quick look: IMAGES, VAL_IMAGES, TOK_STEPS, VISION_STEPS,
 # LLAVA_STEPS, QA_STEPS, PROBE_STEPS, STEPS, SCENE_LOSS, TEST_IMAGES; HTC_BIN runs that `htc` binary instead of building
 # the release one (the CI test of this script runs it at toy sizes that way).
+# For scripts/experiments.sh, which reuses stages 1-5b: SEED (the seed of the tokenizer, the
+# initial weights and every stage's data order; the data's own seeds stay fixed), RECIPE (a
+# folder with model.json and mgvq.json instead of recipes/shapes-demo) and STOP_AFTER=qa (stop
+# after stage 5b).
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 cd "$HTC_ROOT"
@@ -39,7 +43,8 @@ probe_steps=${PROBE_STEPS:-400}
 steps=${STEPS:-2000}
 scene_loss=${SCENE_LOSS:-0.5}
 test_images=${TEST_IMAGES:-2000}
-recipe=recipes/shapes-demo
+recipe=${RECIPE:-recipes/shapes-demo}
+seed=${SEED:-0}
 start=$(date +%s)
 elapsed() { echo "$(( $(date +%s) - start )) s"; }
 
@@ -70,15 +75,15 @@ done_ "$work/tokenizer.json" || "$htc" data vocab --data "$data/train.json" --ou
 log "3. MGVQ tokenizer, a VQ-VAE ($tok_steps steps) [$(elapsed)]"
 done_ "$work/mgvq/model.safetensors" || "$htc" train-tokenizer --images "$data/train" --val-images "$data/val" \
   --config "$recipe/mgvq.json" --decoder-widths 64,64,32,16,16 --out "$work/mgvq" --steps "$tok_steps" --batch 16 \
-  --lr 1e-3 --warmup-steps 20 --restart-every 25 --foreground-weight 20 --val-count 8 --seed 0 --quiet
+  --lr 1e-3 --warmup-steps 20 --restart-every 25 --foreground-weight 20 --val-count 8 --seed "$seed" --quiet
 
 log "4. HTC model from scratch around the tokenizer; vision tower pretrained on scene labels [$(elapsed)]"
 if ! done_ "$work/vision/model.safetensors"; then
   rm -rf "$work/init" "$work/vision"
   "$htc" init --config "$recipe/model.json" --tokenizer "$work/tokenizer.json" \
-    --mgvq "$work/mgvq/model.safetensors" --out "$work/init" --seed 0
+    --mgvq "$work/mgvq/model.safetensors" --out "$work/init" --seed "$seed"
   "$htc" pretrain-vision --model "$work/init" --scenes "$data/train.scenes.json" --images "$data" \
-    --val-scenes "$data/val.scenes.json" --out "$work/vision" --steps "$vision_steps" --batch 32 --lr 1e-3 --quiet
+    --val-scenes "$data/val.scenes.json" --out "$work/vision" --steps "$vision_steps" --batch 32 --lr 1e-3 --seed "$seed" --quiet
 fi
 
 # stage NAME FROM MODE DATA_DIR TRAIN STEPS [OPTIONS…]: one `htc train` run into $work/NAME
@@ -92,7 +97,7 @@ stage() {
   "$htc" train --model "$from" --mode "$mode" --data "$dir/train.json" --images "$dir" --out "$work/$name" \
     --train "$train" --lr "${STAGE_LR:-1e-3}" --warmup-steps 30 --global-batch "${STAGE_BATCH:-32}" --micro-batch "$(( ${STAGE_BATCH:-32} / 2 ))" \
     --max-steps "$n" \
-    --save-every "$n" --keep 1 --seed 0 --quiet "$@"
+    --save-every "$n" --keep 1 --seed "$seed" --quiet "$@"
 }
 
 log "5. stage 1, LLaVA-style: all patches visible, descriptions ($llava_steps steps) [$(elapsed)]"
@@ -101,6 +106,11 @@ stage llava "$work/vision" none "$work/describe-data" projector,llm "$llava_step
 log "5b. stage 1b: all patches visible, the conversations, questions scored too ($qa_steps steps) [$(elapsed)]"
 STAGE_BATCH=16 STAGE_LR=2e-3 stage qa "$work/llava/checkpoint-$llava_steps" none "$data" projector,llm "$qa_steps" \
   --train-on-inputs
+
+if [ "${STOP_AFTER:-}" = qa ]; then
+  log "stopped after stage 1b in $(elapsed): $work/qa/checkpoint-$qa_steps"
+  exit 0
+fi
 
 log "6a. stage 2, HTC: the compression alone, on the scene probe ($probe_steps steps) [$(elapsed)]"
 STAGE_BATCH=64 stage compress "$work/qa/checkpoint-$qa_steps" htc "$data" voco,projector,discrete,llm \

@@ -192,3 +192,96 @@ fn skipping_the_star_masks_self_only_rows_changes_nothing() {
     let causal = model(HtcMode::Htc, Topology::Causal, 1);
     assert_eq!(causal.self_only(&causal.layout(4)), 0, "only the star mask has self-only rows");
 }
+
+fn model_with(f: impl FnOnce(&mut htc_shared::config::HtcConfig)) -> Htc<Backend> {
+    let lc = llava_config();
+    let mut hc = htc_config(HtcMode::Htc, Topology::Star, 1);
+    f(&mut hc);
+    let src = htc_worker::formats::random::random_htc(&lc, &hc, 7);
+    let vb = Loader::new(&src, &backend::device());
+    Htc::load(&vb, Llava::load(&vb, &lc).unwrap(), &hc).unwrap()
+}
+
+/// Rows `r` of a prefix `[1, len, d]`.
+fn rows(t: &Tensor<Backend, 3>, r: std::ops::Range<usize>) -> Vec<f32> {
+    let d = t.dims()[2];
+    to_vec(t.clone().slice([0..1, r, 0..d]))
+}
+
+#[test]
+fn the_fusion_order_places_or_averages_the_anchors() {
+    use htc_shared::config::Fusion;
+    let img = image(3);
+    let before = model_with(|_| {});
+    let (nd, nv) = (4, before.layout(0).n_visual);
+    let p = before.prefix_embeds(&img).unwrap();
+    let (bos, anchors, patches, voco) = (
+        rows(&p, 0..1),
+        rows(&p, 1..1 + nd),
+        rows(&p, 1 + nd..1 + nd + nv),
+        rows(&p, 1 + nd + nv..2 + nd + nv),
+    );
+
+    // After: the same tokens, the patches first; the layout keeps its sizes.
+    let after = model_with(|c| c.fusion = Fusion::After);
+    assert_eq!(after.layout(3), before.layout(3));
+    let q = after.prefix_embeds(&img).unwrap();
+    assert_eq!(rows(&q, 0..1), bos);
+    assert_eq!(rows(&q, 1..1 + nv), patches);
+    assert_eq!(rows(&q, 1 + nv..1 + nv + nd), anchors);
+    assert_eq!(rows(&q, 1 + nv + nd..2 + nd + nv), voco);
+
+    // Mean: no anchor positions; every patch plus the anchors' mean.
+    let mean = model_with(|c| c.fusion = Fusion::Mean);
+    assert_eq!(mean.layout(0).n_discrete, 0);
+    assert_eq!(mean.layout(0).n_visual, nv);
+    let r = mean.prefix_embeds(&img).unwrap();
+    assert_eq!(r.dims()[1], 2 + nv);
+    let d = p.dims()[2];
+    let avg: Vec<f32> =
+        (0..d).map(|j| (0..nd).map(|a| anchors[a * d + j]).sum::<f32>() / nd as f32).collect();
+    let want: Vec<f32> = patches.iter().enumerate().map(|(i, v)| v + avg[i % d]).collect();
+    assert_close("mean-fused patches", &rows(&r, 1..1 + nv), &want, 1e-6);
+    assert_eq!(rows(&r, 1 + nv..2 + nv), voco);
+    // Each order still compresses once and answers as one full forward does.
+    for m in [after, mean] {
+        let full = to_vec(m.full_text_logits(&img, &TEXT).unwrap());
+        let cached = to_vec(m.answer_logits(&m.compress(&img).unwrap(), &TEXT).unwrap());
+        assert_close("compressed vs full", &cached, &full, 1e-5);
+    }
+}
+
+#[test]
+fn the_anchor_mlp_has_the_configured_depth() {
+    use burn::module::Module;
+    let img = image(4);
+    let mut sizes = Vec::new();
+    for layers in [1, 2, 3] {
+        let m = model_with(|c| c.discrete_layers = layers);
+        let p = m.discrete.as_ref().unwrap();
+        sizes.push(p.num_params());
+        assert!(m.prefix_embeds(&img).is_ok());
+    }
+    // q_len → 4·d (linear); q_len → 48 → 4·d; and a second 48 → 48 layer.
+    let lc = llava_config();
+    let d = lc.text.hidden_size;
+    let q = htc_config(HtcMode::Htc, Topology::Star, 1).mgvq.unwrap().q_len();
+    assert_eq!(
+        sizes,
+        vec![
+            q * 4 * d + 4 * d,
+            q * 48 + 48 + 48 * 4 * d + 4 * d,
+            q * 48 + 48 + 48 * 48 + 48 + 48 * 4 * d + 4 * d
+        ]
+    );
+    // One layer is a plain linear map: no activation, so P(x) + P(-x) = 2 b.
+    let m = model_with(|c| c.discrete_layers = 1);
+    let p = m.discrete.as_ref().unwrap();
+    let dev = backend::device();
+    let x = Tensor::<Backend, 4>::random([1, q, 1, 1], burn::tensor::Distribution::Normal(0.0, 1.0), &dev);
+    let zero = to_vec(p.forward(Tensor::zeros([1, q, 1, 1], &dev)));
+    let sum: Vec<f32> =
+        to_vec(p.forward(x.clone())).iter().zip(to_vec(p.forward(x.neg()))).map(|(a, b)| a + b).collect();
+    let twice: Vec<f32> = zero.iter().map(|b| 2.0 * b).collect();
+    assert_close("linear P_d", &sum, &twice, 1e-5);
+}

@@ -223,3 +223,41 @@ fn a_word_level_vocabulary_covers_every_question_answer_and_the_template() {
     let o = htc(&["data", "vocab", "--data", s(&out.join("bad.json")), "--out", s(&tok_path)]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("is not a JSON list of LLaVA conversation records"));
 }
+
+#[test]
+fn a_blank_copy_keeps_the_records_and_points_every_one_at_one_background_image() {
+    let dir = tmp("shapes", "blank");
+    let o = htc(&["data", "shapes", "--out", s(&dir), "--split", "test", "--images", "5", "--seed", "3"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = dir.join("blank");
+    let o =
+        htc(&["data", "blank", "--data", s(&dir.join("test.json")), "--images", s(&dir), "--out", s(&out)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let read = |p: &std::path::Path| -> Vec<serde_json::Value> {
+        serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+    };
+    let (orig, blank) = (read(&dir.join("test.json")), read(&out.join("test.json")));
+    assert_eq!(orig.len(), blank.len());
+    for (a, b) in orig.iter().zip(&blank) {
+        assert_eq!(b["image"], "blank.png");
+        let mut a = a.clone();
+        a["image"] = "blank.png".into();
+        assert_eq!(&a, b, "everything but the image is kept");
+    }
+    let first = image::open(dir.join(orig[0]["image"].as_str().unwrap())).unwrap().to_rgb8();
+    let img = image::open(out.join("blank.png")).unwrap().to_rgb8();
+    assert_eq!(img.dimensions(), first.dimensions());
+    assert!(img.pixels().all(|p| p.0 == BACKGROUND));
+
+    // Bad input: records without images, and an image that is not there.
+    let none = dir.join("none.json");
+    std::fs::write(&none, r#"[{"id": "a", "conversations": []}]"#).unwrap();
+    let o = htc(&["data", "blank", "--data", s(&none), "--images", s(&dir), "--out", s(&out)]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && e.contains("no record has an `image`"), "{e}");
+    let gone = dir.join("gone.json");
+    std::fs::write(&gone, r#"[{"id": "a", "image": "nowhere.png", "conversations": []}]"#).unwrap();
+    let o = htc(&["data", "blank", "--data", s(&gone), "--images", s(&dir), "--out", s(&out)]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && e.contains("nowhere.png"), "{e}");
+}

@@ -324,3 +324,36 @@ fn lora_training_learns_resumes_and_merges_into_a_plain_checkpoint() {
     let b = std::fs::read(cut.join("checkpoint-60/model.safetensors")).unwrap();
     assert!(a == b, "the resumed LoRA run ends with the same bytes");
 }
+
+#[test]
+fn the_kl_term_on_voco_is_logged_moves_the_weights_and_is_refused_without_voco() {
+    let root = common::tmp("train-cli", "kl");
+    let (data, images) = color_data(&root);
+    let model = model_dir(&root);
+    let run = |name: &str, extra: &[&str]| {
+        let out = root.join(name);
+        let mut args = train_args(&model, &data, &images, &out, "6");
+        args.extend_from_slice(extra);
+        let o = htc(&args);
+        (o, out)
+    };
+    let (o, plain) = run("plain", &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (o, strong) = run("strong", &["--kl-weight", "50"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (p, k) = (metrics(&plain), metrics(&strong));
+    assert!(p.iter().all(|l| l.get("kl").is_none()), "no KL logged without --kl-weight");
+    let kl: Vec<f64> = k.iter().map(|l| l["kl"].as_f64().expect("a kl field on every step")).collect();
+    // The first step's answer loss is measured before any update: the same with and without the
+    // term; the term then moves the weights, and a heavy weight pulls ½ z² down.
+    assert_eq!(p[0]["loss"], k[0]["loss"]);
+    assert_ne!(p[5]["loss"], k[5]["loss"]);
+    assert!(kl[0] > 0.0 && kl[5] < 0.5 * kl[0], "KL per step under β = 50: {kl:?}");
+
+    let (o, _) = run("none", &["--kl-weight", "1", "--mode", "none"]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && e.contains("--kl-weight") && e.contains("<voco>"), "{e}");
+    let (o, _) = run("negative", &["--kl-weight", "-1"]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && e.contains("--kl-weight must be a number of at least 0"), "{e}");
+}

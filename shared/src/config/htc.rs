@@ -50,6 +50,20 @@ pub enum ProjectorKind {
     Mlp2xGelu,
 }
 
+/// Where the anchors join the patches before `<voco>` compresses them (the paper's Table 4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fusion {
+    /// `[BOS][v_d][V][<voco>]`: the anchors first (the paper).
+    #[default]
+    Before,
+    /// `[BOS][V][v_d][<voco>]`: the anchors after the patches.
+    After,
+    /// `[BOS][V + mean(v_d)][<voco>]`: the anchors averaged into one vector added to every
+    /// patch token; no anchor positions of their own.
+    Mean,
+}
+
 fn default_n_discrete() -> usize {
     4
 }
@@ -64,6 +78,9 @@ fn default_projector() -> ProjectorKind {
 }
 fn default_discrete_hidden() -> usize {
     8192
+}
+fn default_discrete_layers() -> usize {
+    2
 }
 
 /// The `htc` section of an HTC checkpoint's config.json.
@@ -83,6 +100,13 @@ pub struct HtcConfig {
     /// Hidden width of the discrete projector P_d (8192 in the paper's Eq. 4).
     #[serde(default = "default_discrete_hidden")]
     pub discrete_hidden: usize,
+    /// Layers of P_d: 1 (one linear map, no activation: the paper's Table 10 "Linear"), 2 (the
+    /// paper's Eq. 4) or 3 (a second hidden layer of the same width).
+    #[serde(default = "default_discrete_layers")]
+    pub discrete_layers: usize,
+    /// Where the anchors join the patches.
+    #[serde(default)]
+    pub fusion: Fusion,
     /// The MGVQ tokenizer (required by `htc` and `discrete`).
     #[serde(default)]
     pub mgvq: Option<MgvqConfig>,
@@ -101,6 +125,8 @@ impl HtcConfig {
             topology: Topology::Star,
             continuous_projector: ProjectorKind::Mlp2xGelu,
             discrete_hidden,
+            discrete_layers: 2,
+            fusion: Fusion::Before,
             mgvq: Some(mgvq),
             chat_format: ChatFormat::VicunaV1,
         }
@@ -126,6 +152,12 @@ impl HtcConfig {
                 return Err(Error::Config(format!(
                     "n_discrete must be 1, 2, 4 or 8, got {}",
                     self.n_discrete
+                )));
+            }
+            if !(1..=3).contains(&self.discrete_layers) {
+                return Err(Error::Config(format!(
+                    "discrete_layers must be 1, 2 or 3, got {}",
+                    self.discrete_layers
                 )));
             }
             let m = self

@@ -23,7 +23,7 @@ mod llava;
 mod mgvq;
 
 pub use clip::ClipVisionConfig;
-pub use htc::{ChatFormat, HtcConfig, HtcMode, LoraConfig, ProjectorKind, LORA_TARGETS};
+pub use htc::{ChatFormat, Fusion, HtcConfig, HtcMode, LoraConfig, ProjectorKind, LORA_TARGETS};
 pub use llama::LlamaConfig;
 pub use llava::{LlavaConfig, LlavaLayout, LIUHAOTIAN_IMAGE_TOKEN};
 pub use mgvq::{BlockType, MgvqConfig};
@@ -101,6 +101,22 @@ mod tests {
         assert_eq!(e, "config: invalid `htc` section: `mgvq`: missing field `groups`");
         let e = err(LoraConfig::from_htc_json(&json!({"lora": {"rank": 8, "alpha": 16}})));
         assert_eq!(e, "config: invalid `htc.lora` section: missing field `targets`");
+    }
+
+    #[test]
+    fn fusion_and_discrete_depth_default_to_the_paper_and_are_checked() {
+        let mgvq = serde_json::to_value(MgvqConfig::f16c32_g8()).unwrap();
+        let h = HtcConfig::from_json(&json!({"mode": "htc", "mgvq": mgvq})).unwrap();
+        assert_eq!((h.fusion, h.discrete_layers), (Fusion::Before, 2));
+        let h = HtcConfig::from_json(
+            &json!({"mode": "htc", "mgvq": mgvq, "fusion": "mean", "discrete_layers": 3}),
+        )
+        .unwrap();
+        assert_eq!((h.fusion, h.discrete_layers), (Fusion::Mean, 3));
+        let e = err(HtcConfig::from_json(&json!({"mode": "htc", "mgvq": mgvq, "discrete_layers": 4})));
+        assert_eq!(e, "config: discrete_layers must be 1, 2 or 3, got 4");
+        let e = err(HtcConfig::from_json(&json!({"mode": "htc", "mgvq": mgvq, "fusion": "middle"})));
+        assert!(e.starts_with("config: invalid `htc` section: `fusion`: unknown variant `middle`"), "{e}");
     }
 
     #[test]

@@ -14,6 +14,23 @@ pub enum DataCmd {
     /// A word-level tokenizer.json over the words of LLaVA conversation files and the chat
     /// template (for models trained on a closed vocabulary).
     Vocab(VocabArgs),
+    /// A copy of a LLaVA conversation file whose every image is one blank image (ShapesVQA's
+    /// background colour, the size of the first record's image): the question-only lower
+    /// bound of an experiment, trained and evaluated like any other data.
+    Blank(BlankArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct BlankArgs {
+    /// LLaVA conversation JSON.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Folder the records' image paths are relative to (the blank takes the first one's size).
+    #[arg(long)]
+    pub images: PathBuf,
+    /// Output folder: `blank.png` and the records, under --data's file name.
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -74,6 +91,11 @@ pub fn run(cmd: DataCmd) -> Result<()> {
                 a.out.join(format!("{}.json", a.split)).display(),
                 families.join(", ")
             );
+            Ok(())
+        }
+        DataCmd::Blank(a) => {
+            let n = data::write_blank(&a.data, &a.images, &a.out)?;
+            outln!("wrote {n} records over one blank image to {}", a.out.display());
             Ok(())
         }
         DataCmd::Vocab(a) => {

@@ -5,14 +5,18 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
+use crate::backend::{self, Backend};
 use crate::eval::questions::{self, BenchQuestion};
 use crate::eval::score::{Benchmark, Id};
-use crate::eval::{answer_all, read_items, Item, Score};
+use crate::eval::{answer_all, read_items, ImageRef, Item, Score};
+use crate::runtime::image::read_image_file;
+use crate::train::tokenizer::load_tokenizer;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct EvalArgs {
@@ -49,9 +53,39 @@ pub struct EvalArgs {
     /// (an ablation: the weights are the checkpoint's, trained in its own mode).
     #[arg(long, value_enum)]
     pub mode: Option<super::Mode>,
+    /// A control for the anchors: each question's MGVQ codes are those of another image of
+    /// the question set (a derangement of its images drawn from this seed), the patches its own.
+    /// Shows whether a model's anchors carry their own image or only a learnt bias.
+    #[arg(long, value_name = "SEED")]
+    pub anchors_of_other_images: Option<u64>,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+}
+
+/// `--anchors-of-other-images`: the MGVQ codes of another image for every question with an
+/// image file. The set's distinct images are shuffled with `seed` and each takes the codes of
+/// the next one in that order (a cycle, so no image keeps its own).
+fn other_images_codes(
+    model: &Path, mut images: Vec<PathBuf>, seed: u64,
+) -> Result<HashMap<PathBuf, Arc<Vec<Vec<u16>>>>> {
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    images.sort();
+    images.dedup();
+    if images.len() < 2 {
+        bail!("--anchors-of-other-images needs at least two distinct image files in the question set");
+    }
+    let device = backend::device();
+    let (enc, _) = load_tokenizer::<Backend>(model, &device)
+        .with_context(|| format!("--anchors-of-other-images: {} has no MGVQ tokenizer", model.display()))?;
+    images.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
+    let mut codes = Vec::with_capacity(images.len());
+    for p in &images {
+        let img = read_image_file(p)?;
+        codes.push(Arc::new(enc.encode(enc.pixels_of(&img))?.codes));
+    }
+    Ok((0..images.len()).map(|i| (images[i].clone(), codes[(i + 1) % images.len()].clone())).collect())
 }
 
 /// A question to answer, with what its answer line carries.
@@ -167,7 +201,26 @@ pub fn run(a: EvalArgs) -> Result<()> {
     };
     bar.set_position((all.len() - todo.len()) as u64);
     bar.reset_eta();
-    let asks: Vec<_> = todo.iter().map(|e| e.q.ask.clone()).collect();
+    let files = || {
+        all.iter()
+            .filter_map(|e| match &e.q.ask.image {
+                Some(ImageRef::File(p)) => Some(p.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let others =
+        a.anchors_of_other_images.map(|seed| other_images_codes(&a.model, files(), seed)).transpose()?;
+    let asks: Vec<_> = todo
+        .iter()
+        .map(|e| {
+            let mut ask = e.q.ask.clone();
+            if let (Some(others), Some(ImageRef::File(p))) = (&others, &ask.image) {
+                ask.codes = others.get(p).cloned();
+            }
+            ask
+        })
+        .collect();
     let mut answers: HashMap<usize, String> = HashMap::new();
     answer_all(&a.model, mode, &asks, a.batch, a.max_new_tokens, |i, text| {
         let q = &todo[i].q;
@@ -214,4 +267,38 @@ pub fn run(a: EvalArgs) -> Result<()> {
 fn answer_id(model: &str, id: &Value, text: &str) -> String {
     let h = Sha256::digest(format!("{model}\u{0}{id}\u{0}{text}").as_bytes());
     h.iter().take(11).map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_image_takes_the_codes_of_another_and_every_image_gives_its_codes_once() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures");
+        let model = root.join("htc-train-tiny");
+        let images: Vec<PathBuf> = ["red-1.png", "green-1.png", "blue-1.png"]
+            .iter()
+            .map(|n| root.join("colors/images").join(n))
+            .collect();
+        let device = backend::device();
+        let (enc, _) = load_tokenizer::<Backend>(&model, &device).unwrap();
+        let own: Vec<Vec<Vec<u16>>> = images
+            .iter()
+            .map(|p| enc.encode(enc.pixels_of(&read_image_file(p).unwrap())).unwrap().codes)
+            .collect();
+        let others = other_images_codes(&model, images.clone(), 7).unwrap();
+        let mut givers = Vec::new();
+        for (i, p) in images.iter().enumerate() {
+            let got = others[p].as_ref();
+            let from = own.iter().position(|c| c == got).expect("the codes of an image of the set");
+            assert_ne!(from, i, "{} kept its own codes", p.display());
+            givers.push(from);
+        }
+        givers.sort();
+        assert_eq!(givers, vec![0, 1, 2], "each image's codes go to exactly one other image");
+        // Repeated paths count once; one image alone cannot be given another's codes.
+        let e = other_images_codes(&model, vec![images[0].clone(), images[0].clone()], 7).unwrap_err();
+        assert!(e.to_string().contains("at least two distinct image files"), "{e}");
+    }
 }

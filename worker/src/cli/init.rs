@@ -17,12 +17,13 @@ use anyhow::{bail, Context, Result};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde_json::{json, Value};
 
-use htc_shared::config::{HtcConfig, HtcMode, ProjectorKind};
+use htc_shared::config::{Fusion, HtcConfig, HtcMode, ProjectorKind};
 use htc_shared::mask::Topology;
 use htc_shared::mgvq::{self, Mgvq};
 
 use crate::formats::write::{write_safetensors, Entry};
 use crate::formats::{HostTensor, Loader, WeightSource};
+use crate::models::htc::discrete_widths;
 use crate::models::llava::{self, Layout};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -62,11 +63,36 @@ pub struct InitArgs {
     pub topology: Topology,
     #[arg(long, default_value_t = 8192)]
     pub discrete_hidden: usize,
+    /// Layers of the anchors' MLP P_d: 1 (linear), 2 (the paper) or 3.
+    #[arg(long, default_value_t = 2)]
+    pub discrete_layers: usize,
+    /// Where the anchors join the patches: before (the paper), after, or mean (averaged into
+    /// every patch token).
+    #[arg(long, value_enum, default_value_t = FusionArg::Before)]
+    pub fusion: FusionArg,
     /// Storage dtype of model.safetensors (default f16 from LLaVA, f32 from scratch).
     #[arg(long, value_enum)]
     pub dtype: Option<StoreDtype>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+}
+
+/// `--fusion`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FusionArg {
+    Before,
+    After,
+    Mean,
+}
+
+impl From<FusionArg> for Fusion {
+    fn from(f: FusionArg) -> Self {
+        match f {
+            FusionArg::Before => Fusion::Before,
+            FusionArg::After => Fusion::After,
+            FusionArg::Mean => Fusion::Mean,
+        }
+    }
 }
 
 /// Maps a LLaVA tensor name of any supported layout to the llava-hf hub layout.
@@ -137,8 +163,12 @@ pub fn run(a: InitArgs) -> Result<()> {
         .with_context(|| format!("missing config.json in {}", llava_dir.display()))?;
     let src_cfg: Value = serde_json::from_slice(&raw).context("LLaVA config.json is not valid JSON")?;
     let tower = crate::formats::checkpoint::vision_tower_config(&src_cfg, llava_dir)?;
-    let lc = llava::Config::from_json(&src_cfg, tower.as_ref())
+    let mut lc = llava::Config::from_json(&src_cfg, tower.as_ref())
         .with_context(|| llava_dir.join("config.json").display().to_string())?;
+    // An HTC checkpoint as the source: its P_v is what its `htc` section says.
+    if let Some(kind) = src_cfg.pointer("/htc/continuous_projector").and_then(Value::as_str) {
+        lc.projector_mlp = kind != "linear";
+    }
     let htc = HtcConfig {
         mode,
         n_discrete: a.n_discrete,
@@ -146,8 +176,15 @@ pub fn run(a: InitArgs) -> Result<()> {
         topology,
         continuous_projector: if lc.projector_mlp { ProjectorKind::Mlp2xGelu } else { ProjectorKind::Linear },
         discrete_hidden: a.discrete_hidden,
+        discrete_layers: a.discrete_layers,
+        fusion: a.fusion.into(),
         mgvq: Some(mgvq_cfg.clone()),
-        chat_format: Default::default(),
+        // An HTC checkpoint used as the LLaVA keeps the chat format it was trained with.
+        chat_format: match src_cfg.pointer("/htc/chat_format") {
+            Some(v) => serde_json::from_value(v.clone())
+                .with_context(|| format!("{}: invalid `htc.chat_format`", llava_dir.display()))?,
+            None => Default::default(),
+        },
     };
     htc.validate()?;
     let src = WeightSource::open_dir(llava_dir)?;
@@ -182,16 +219,14 @@ pub fn run(a: InitArgs) -> Result<()> {
         (0..n).map(|_| rng.random_range(-b..b)).collect()
     };
     if htc.uses_discrete() {
-        let (q, hdim, out) = (mgvq_cfg.q_len(), a.discrete_hidden, a.n_discrete * d);
-        let (w1, b1, w2, b2) =
-            (uniform(hdim * q, q), uniform(hdim, q), uniform(out * hdim, hdim), uniform(out, hdim));
-        for (name, shape, data) in [
-            ("htc.discrete_projector.linear_1.weight", vec![hdim, q], w1),
-            ("htc.discrete_projector.linear_1.bias", vec![hdim], b1),
-            ("htc.discrete_projector.linear_2.weight", vec![out, hdim], w2),
-            ("htc.discrete_projector.linear_2.bias", vec![out], b2),
-        ] {
-            entries.push((name.into(), shape, Box::new(move || Ok(data.clone()))));
+        let widths =
+            discrete_widths(mgvq_cfg.q_len(), a.discrete_hidden, a.discrete_layers, a.n_discrete * d);
+        for (i, w) in widths.windows(2).enumerate() {
+            let (fan_in, out) = (w[0], w[1]);
+            let (weight, bias) = (uniform(out * fan_in, fan_in), uniform(out, fan_in));
+            let name = format!("htc.discrete_projector.linear_{}", i + 1);
+            entries.push((format!("{name}.weight"), vec![out, fan_in], Box::new(move || Ok(weight.clone()))));
+            entries.push((format!("{name}.bias"), vec![out], Box::new(move || Ok(bias.clone()))));
         }
     }
     let emb_name = src

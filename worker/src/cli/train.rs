@@ -124,6 +124,11 @@ pub struct TrainArgs {
     /// (a stage that teaches `<voco>` to carry the scene before the text learns to read it).
     #[arg(long, requires = "scene_loss")]
     pub probe_only: bool,
+    /// Add the KL term of the paper's Eq. 10 on `<voco>`, weighted by this β: `½ z²` per
+    /// dimension of the `<voco>` state after the LLM's last layer (a unit-variance Gaussian
+    /// posterior around z against N(0, I); see docs/training.md). 0: none.
+    #[arg(long, default_value_t = 0.0)]
+    pub kl_weight: f64,
     /// Stop at the first unusable record instead of skipping it.
     #[arg(long)]
     pub strict: bool,
@@ -189,6 +194,7 @@ impl TrainArgs {
                 layer: self.scene_layer,
                 probe_only: self.probe_only,
             }),
+            kl_weight: self.kl_weight,
             global_batch: self.global_batch,
             micro_batch: self.micro_batch,
             threads: if self.threads == 0 {

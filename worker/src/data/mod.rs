@@ -106,3 +106,29 @@ pub fn write_shapes(
         .with_context(|| format!("cannot write {}", json_path.display()))?;
     Ok(SplitSummary { images, records: n, per_family })
 }
+
+/// Writes `out/blank.png`, one image of ShapesVQA's background colour the size of the first
+/// record's image, and `out/<file name of data>`: the records of `data` with every `image`
+/// replaced by `blank.png` (everything else kept). Returns the number of records.
+pub fn write_blank(data: &Path, images: &Path, out: &Path) -> Result<usize> {
+    let raw = std::fs::read(data).with_context(|| format!("cannot read {}", data.display()))?;
+    let mut records: Vec<serde_json::Value> = serde_json::from_slice(&raw)
+        .with_context(|| format!("{} is not a JSON list of LLaVA conversation records", data.display()))?;
+    let first = records
+        .iter()
+        .find_map(|r| r["image"].as_str())
+        .with_context(|| format!("{}: no record has an `image`", data.display()))?;
+    let (w, h) = image::image_dimensions(images.join(first))
+        .with_context(|| format!("cannot read the size of {}", images.join(first).display()))?;
+    let name = data.file_name().with_context(|| format!("{} has no file name", data.display()))?;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    image::RgbImage::from_pixel(w, h, image::Rgb(shapes::BACKGROUND))
+        .save(out.join("blank.png"))
+        .with_context(|| format!("cannot write {}", out.join("blank.png").display()))?;
+    for r in records.iter_mut().filter(|r| r.get("image").is_some()) {
+        r["image"] = json!("blank.png");
+    }
+    std::fs::write(out.join(name), serde_json::to_vec(&records)?)
+        .with_context(|| format!("cannot write {}", out.join(name).display()))?;
+    Ok(records.len())
+}

@@ -172,6 +172,9 @@ pub struct Ask {
     pub label: String,
     pub image: Option<ImageRef>,
     pub question: String,
+    /// MGVQ codes to use in place of the image's own (`htc eval --anchors-of-other-images`, a
+    /// control: the anchors of another image), sent as a page sends its codes.
+    pub codes: Option<Arc<Vec<Vec<u16>>>>,
 }
 
 impl Item {
@@ -180,6 +183,7 @@ impl Item {
             label: format!("question `{}`", self.id),
             image: Some(ImageRef::File(self.image.clone())),
             question: self.question.clone(),
+            codes: None,
         }
     }
 }
@@ -232,8 +236,8 @@ pub fn answer_all(
                         .with_context(named)?;
                     Some(UploadedImage {
                         image: image.into(),
-                        codes: None,
-                        key: engine.image_key(&bytes, None),
+                        codes: ask.codes.clone(),
+                        key: engine.image_key(&bytes, ask.codes.as_deref().map(Vec::as_slice)),
                     })
                 }
             };

@@ -96,6 +96,7 @@ fn jsonl(data: &Path, images: &Path, suffix: Option<&str>) -> Result<Vec<BenchQu
         out.push(BenchQuestion {
             ask: Ask {
                 label: label(&q.question_id),
+                codes: None,
                 image: Some(ImageRef::File(images.join(&q.image))),
                 question: strip_placeholder(&prompt),
             },
@@ -137,6 +138,7 @@ fn science_qa(data: &Path, images: &Path) -> Result<Vec<BenchQuestion>> {
                 label: label(&r.id),
                 image: r.image.map(|p| ImageRef::File(images.join(p))),
                 question: asked,
+                codes: None,
             },
             id: r.id,
             prompt,
@@ -185,6 +187,7 @@ fn mmbench(data: &Path) -> Result<Vec<BenchQuestion>> {
                 label: label(&id),
                 image: Some(ImageRef::Bytes(Arc::new(bytes))),
                 question: format!("{text}\n{LETTER}"),
+                codes: None,
             },
             id,
             prompt: text,

@@ -146,8 +146,15 @@ pub fn htc_weights(llava: &Config, htc: &HtcConfig, seed: u64, init: Init) -> We
         g.init = Init::UnitScale;
         random_mgvq_into(&mut g, m, "mgvq");
         g.init = init;
-        g.linear("htc.discrete_projector.linear_1", m.q_len(), htc.discrete_hidden, true);
-        g.linear("htc.discrete_projector.linear_2", htc.discrete_hidden, htc.n_discrete * d, true);
+        let widths = crate::models::htc::discrete_widths(
+            m.q_len(),
+            htc.discrete_hidden,
+            htc.discrete_layers,
+            htc.n_discrete * d,
+        );
+        for (i, w) in widths.windows(2).enumerate() {
+            g.linear(&format!("htc.discrete_projector.linear_{}", i + 1), w[0], w[1], true);
+        }
     }
     WeightSource::Memory(g.map)
 }

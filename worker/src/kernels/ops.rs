@@ -78,6 +78,15 @@ impl<B: Backend> Residual<B> {
         Self::Host { x: host::values(x), dims, device }
     }
 
+    /// The stream itself when it is a tensor (always under autodiff, where the fused host
+    /// kernels do not run); `None` when its values live on the host.
+    pub fn tensor(&self) -> Option<Tensor<B, 3>> {
+        match self {
+            Self::Tensor(x) => Some(x.clone()),
+            Self::Host { .. } => None,
+        }
+    }
+
     /// Adds `delta` to the stream (when given) and returns the stream normed by `norm`.
     pub fn add_norm(&mut self, delta: Option<Tensor<B, 3>>, norm: &RmsNorm<B>) -> Tensor<B, 3> {
         match self {

@@ -17,7 +17,7 @@ use burn::nn::Linear;
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 use rayon::prelude::*;
 
-use htc_shared::config::{HtcConfig, HtcMode};
+use htc_shared::config::{Fusion, HtcConfig, HtcMode};
 use htc_shared::loader::Loader;
 use htc_shared::mask::MaskLayout;
 use htc_shared::mgvq::Mgvq;
@@ -25,30 +25,44 @@ use htc_shared::mgvq::Mgvq;
 use super::llama::{self, KvCache, Prompt, Step};
 use super::llava::{self, gelu_erf, Llava};
 
-/// P_d: `q_len → hidden → N_d · d_model` with GELU after each layer.
+/// The widths from input to output of a P_d of `layers` layers.
+pub fn discrete_widths(q_len: usize, hidden: usize, layers: usize, out: usize) -> Vec<usize> {
+    std::iter::once(q_len).chain(std::iter::repeat_n(hidden, layers.saturating_sub(1))).chain([out]).collect()
+}
+
+/// P_d: `q_len → hidden → N_d · d_model` with GELU after each layer (Eq. 4); one layer is a
+/// plain linear map `q_len → N_d · d_model` (Table 10's "Linear"), three layers add a second
+/// hidden layer of the same width. Layers are stored as `linear_1`, `linear_2`, ….
 #[derive(Module, Debug)]
 pub struct DiscreteProjector<B: Backend> {
-    linear_1: Linear<B>,
-    linear_2: Linear<B>,
+    layers: Vec<Linear<B>>,
     n_tokens: usize,
 }
 
 impl<B: Backend> DiscreteProjector<B> {
     pub fn load(
-        vb: &Loader<B>, q_len: usize, hidden: usize, n_tokens: usize, d_model: usize,
+        vb: &Loader<B>, q_len: usize, hidden: usize, layers: usize, n_tokens: usize, d_model: usize,
     ) -> Result<Self> {
-        Ok(Self {
-            linear_1: vb.linear("linear_1", q_len, hidden, true)?,
-            linear_2: vb.linear("linear_2", hidden, n_tokens * d_model, true)?,
-            n_tokens,
-        })
+        let widths = discrete_widths(q_len, hidden, layers, n_tokens * d_model);
+        let layers = widths
+            .windows(2)
+            .enumerate()
+            .map(|(i, w)| vb.linear(&format!("linear_{}", i + 1), w[0], w[1], true))
+            .collect::<Result<_, _>>()?;
+        Ok(Self { layers, n_tokens })
     }
 
     /// `q: [b, C, h, w]` → anchors `[b, N_d, d_model]`.
     pub fn forward(&self, q: Tensor<B, 4>) -> Tensor<B, 3> {
         let [b, c, h, w] = q.dims();
-        let x = gelu_erf(self.linear_1.forward(q.reshape([b, c * h * w])));
-        let x = gelu_erf(self.linear_2.forward(x));
+        let mut x = q.reshape([b, c * h * w]);
+        let linear = self.layers.len() == 1;
+        for l in &self.layers {
+            x = l.forward(x);
+            if !linear {
+                x = gelu_erf(x);
+            }
+        }
         let [_, nd] = x.dims();
         x.reshape([b, self.n_tokens, nd / self.n_tokens])
     }
@@ -113,6 +127,7 @@ impl<B: Backend> Htc<B> {
                 &vb.pp("htc.discrete_projector"),
                 mc.q_len(),
                 config.discrete_hidden,
+                config.discrete_layers,
                 config.n_discrete,
                 d,
             )?;
@@ -164,7 +179,8 @@ impl<B: Backend> Htc<B> {
         let c = &self.config;
         MaskLayout {
             bos: true,
-            n_discrete: if c.uses_discrete() { c.n_discrete } else { 0 },
+            // Mean fusion adds the anchors into the patches: no positions of their own.
+            n_discrete: if c.uses_discrete() && !self.mean_fused() { c.n_discrete } else { 0 },
             n_visual: self.n_visual(),
             n_voco: if matches!(c.mode, HtcMode::None | HtcMode::Avgpool) { 0 } else { c.n_voco },
             n_text,
@@ -181,6 +197,11 @@ impl<B: Backend> Htc<B> {
         }
     }
 
+    /// Whether the anchors are averaged into the patches ([`Fusion::Mean`] with both channels).
+    fn mean_fused(&self) -> bool {
+        self.config.fusion == Fusion::Mean && self.config.mode == HtcMode::Htc
+    }
+
     fn bottleneck(&self) -> bool {
         !matches!(self.config.mode, HtcMode::None | HtcMode::Avgpool)
     }
@@ -192,6 +213,7 @@ impl<B: Backend> Htc<B> {
         let bos = llm.config().bos_token_id.unwrap_or(1);
         let b = img.clip.dims()[0];
         let mut parts = vec![llm.embed(&[bos]).repeat_dim(0, b)];
+        let mut anchors = None;
         if let (true, Some(m), Some(p)) = (self.config.uses_discrete(), &self.mgvq, &self.discrete) {
             let q = match (&img.codes, &img.mgvq) {
                 (Some(codes), _) if codes.len() != b * m.config().latent_side().pow(2) => bail!(
@@ -203,13 +225,27 @@ impl<B: Backend> Htc<B> {
                 (None, Some(px)) => m.encode(px.clone())?.q,
                 (None, None) => bail!("mode {:?} needs MGVQ pixel values", self.config.mode),
             };
-            parts.push(p.forward(q.cast(parts[0].dtype())));
+            anchors = Some(p.forward(q.cast(parts[0].dtype())));
         }
-        if self.config.uses_continuous() {
+        let patches = if self.config.uses_continuous() {
             let v = self.llava.image_features(img.clip.clone());
-            let v =
-                if self.config.mode == HtcMode::Avgpool { avg_pool_tokens(v, self.config.n_voco) } else { v };
-            parts.push(v);
+            Some(if self.config.mode == HtcMode::Avgpool {
+                avg_pool_tokens(v, self.config.n_voco)
+            } else {
+                v
+            })
+        } else {
+            None
+        };
+        // The hybrid sequence in the configured fusion order (the mask treats anchors and
+        // patches alike, so only the positions differ).
+        match (anchors, patches, self.config.fusion) {
+            (Some(a), Some(v), Fusion::After) => parts.extend([v, a]),
+            (Some(a), Some(v), Fusion::Mean) => {
+                let n = v.dims()[1];
+                parts.push(v + a.mean_dim(1).repeat_dim(1, n))
+            }
+            (a, v, _) => parts.extend(a.into_iter().chain(v)),
         }
         if self.bottleneck() {
             parts.push(self.voco.val().unsqueeze::<3>().repeat_dim(0, b));

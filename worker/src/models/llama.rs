@@ -222,6 +222,9 @@ pub struct Output<B: Backend> {
     /// Per layer, its normalised input `[b, t, d]`: what that layer's keys and values are
     /// computed from (training probes read them; holding them costs no copy).
     pub layer_inputs: Vec<Tensor<B, 3>>,
+    /// The residual stream after the last layer, before the final norm `[b, t, d]`, when it is
+    /// a tensor (always in training; `None` when the fused host kernels hold it).
+    pub residual: Option<Tensor<B, 3>>,
 }
 
 #[derive(Module, Debug)]
@@ -372,7 +375,13 @@ impl<B: Backend> Llama<B> {
             let m = layer.mlp.forward(stream.add_norm(Some(h), &layer.post_attention_layernorm));
             normed = stream.add_norm(Some(m), self.input_norm(li + 1));
         }
-        Output { hidden: normed, attention, attention_from: self_only, layer_inputs }
+        Output {
+            hidden: normed,
+            attention,
+            attention_from: self_only,
+            layer_inputs,
+            residual: stream.tensor(),
+        }
     }
 
     /// The norm before layer `i`'s attention; past the last layer, the final norm.

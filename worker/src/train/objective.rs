@@ -43,7 +43,7 @@ impl<B: Backend> Batch<B> {
 /// `[len, len]` mask serves all of them and real tokens never see padding (it comes after
 /// them). Only the hidden states that predict an answer token go through the LM head.
 pub fn nll_sum<B: Backend>(model: &Htc<B>, batch: &Batch<B>) -> Result<Tensor<B, 1>> {
-    Ok(losses(model, None, batch)?.nll_sum)
+    Ok(losses(model, None, false, batch)?.nll_sum)
 }
 
 /// What one forward pass of a batch gives the objective.
@@ -54,12 +54,25 @@ pub struct Losses<B: Backend> {
     /// the mean cross-entropy over the nine cells), and how many cell properties it named
     /// right (of `rows × 9 × 4`).
     pub scene: Option<(Tensor<B, 1>, usize)>,
+    /// When asked: the sum over rows of the KL term [`kl_sum`] on the `<voco>` tokens (`[1]`).
+    pub kl: Option<Tensor<B, 1>>,
+}
+
+/// The KL term of the paper's Eq. 10, `KL(q(z | V_hy) ‖ p(z))`, under this interpretation (the
+/// paper leaves both distributions unspecified): `z` is a `<voco>` token's state after the
+/// LLM's last layer (the residual stream, before the final norm), the posterior is a Gaussian
+/// of unit variance around it and the prior `N(0, I)`, so the KL is `½‖z‖²`. It is taken per
+/// dimension (`½ mean z²` over the `<voco>` tokens and the model width), so that a weight β
+/// means the same at any width. `z: [b, k, d]` → the sum over the `b` rows (`[1]`).
+pub fn kl_sum<B: Backend>(z: Tensor<B, 3>) -> Tensor<B, 1> {
+    let [b, k, d] = z.dims();
+    z.powi_scalar(2).reshape([b, k * d]).mean_dim(1).sum().mul_scalar(0.5)
 }
 
 /// [`nll_sum`], and the scene probe's loss when `probe` is given with the layer whose input it
 /// reads (the batch must then carry scene labels).
 pub fn losses<B: Backend>(
-    model: &Htc<B>, probe: Option<(&SceneProbe<B>, usize)>, batch: &Batch<B>,
+    model: &Htc<B>, probe: Option<(&SceneProbe<B>, usize)>, kl: bool, batch: &Batch<B>,
 ) -> Result<Losses<B>> {
     let llm = &model.llava.llm;
     let b = batch.ids.len();
@@ -125,9 +138,20 @@ pub fn losses<B: Backend>(
         }
         None => None,
     };
+    let kl = match kl {
+        false => None,
+        true => {
+            if layout.n_voco == 0 {
+                bail!("the KL term is on the <voco> token, which this model's mode has not got");
+            }
+            let z = out.residual.clone().context("the KL term needs the residual stream as a tensor")?;
+            let (v, d) = (layout.voco_start(), z.dims()[2]);
+            Some(kl_sum(z.slice([0..b, v..v + layout.n_voco, 0..d])))
+        }
+    };
     if n == 0 {
         // The probe alone learns (`--probe-only`): no answer token to score.
-        return Ok(Losses { nll_sum: Tensor::zeros([1], &device), scene });
+        return Ok(Losses { nll_sum: Tensor::zeros([1], &device), scene, kl });
     }
     let hidden = out.hidden;
     let d = hidden.dims()[2];
@@ -135,7 +159,7 @@ pub fn losses<B: Backend>(
     let hidden = hidden.reshape([b * len, d]).select(0, rows);
     let logits = llm.logits(hidden.unsqueeze::<3>()).squeeze_dim::<2>(0);
     let targets = Tensor::<B, 2, Int>::from_data(TensorData::new(targets, [n, 1]), &device);
-    Ok(Losses { nll_sum: log_softmax(logits, 1).gather(1, targets).sum().neg(), scene })
+    Ok(Losses { nll_sum: log_softmax(logits, 1).gather(1, targets).sum().neg(), scene, kl })
 }
 
 /// A training-only probe (`htc train --scene-loss`): linear heads on the `<voco>` token's
@@ -263,5 +287,22 @@ impl Trainable {
         }
         m.mgvq = m.mgvq.map(Module::no_grad);
         m
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{self, Backend};
+
+    #[test]
+    fn the_kl_term_is_half_the_mean_square_per_row_summed_over_rows() {
+        // Two rows, k = 1, d = 2: ½·mean(1², 3²) = 2.5 and ½·mean(0², 2²) = 1.
+        let z = Tensor::<Backend, 3>::from_data(
+            TensorData::new(vec![1.0f32, 3.0, 0.0, 2.0], [2, 1, 2]),
+            &backend::device(),
+        );
+        let got: f32 = burn::tensor::ElementConversion::elem(kl_sum(z).into_scalar());
+        assert!((got - 3.5).abs() < 1e-6, "{got}");
     }
 }

@@ -51,6 +51,8 @@ pub struct RunConfig {
     /// Add the scene probe's loss on `<voco>` ([`SceneProbe`]), labels from a ShapesVQA
     /// `<split>.scenes.json`.
     pub scene_loss: Option<SceneLoss>,
+    /// β of the KL term on `<voco>` ([`super::objective::kl_sum`]); 0: none.
+    pub kl_weight: f64,
     pub global_batch: usize,
     pub micro_batch: usize,
     /// Micro-batches differentiated at once, each on its own thread (the step is the same
@@ -74,7 +76,7 @@ impl RunConfig {
     /// The settings a resume must share with the run it continues.
     fn settings(&self) -> serde_json::Value {
         let o = &self.optimizer;
-        json!({
+        let mut s = json!({
             "data": self.data, "images": self.images, "trainable": format!("{:?}", self.trainable),
             "lr": o.schedule.base, "warmup": o.schedule.warmup, "weight_decay": o.adamw.weight_decay,
             "betas": [o.adamw.beta1, o.adamw.beta2], "eps": o.adamw.eps, "max_grad_norm": o.max_grad_norm,
@@ -84,7 +86,11 @@ impl RunConfig {
                 .scene_loss
                 .as_ref()
                 .map(|s| json!({"scenes": s.scenes, "weight": s.weight, "layer": s.layer, "probe_only": s.probe_only})),
-        })
+        });
+        if self.kl_weight > 0.0 {
+            s["kl_weight"] = json!(self.kl_weight);
+        }
+        s
     }
 }
 
@@ -416,10 +422,19 @@ fn attach_probe<B: AutodiffBackend>(
         None => None,
     };
     let trained = Probed { model, probe };
-    let probe_weight = cfg
-        .scene_loss
-        .as_ref()
-        .map_or(ProbeWeight { weight: 0.0, layer: 0 }, |s| ProbeWeight { weight: s.weight, layer: s.layer });
+    if !(cfg.kl_weight.is_finite() && cfg.kl_weight >= 0.0) {
+        bail!("--kl-weight must be a number of at least 0, got {}", cfg.kl_weight);
+    }
+    if cfg.kl_weight > 0.0 && trained.model.layout(0).n_voco == 0 {
+        bail!(
+            "--kl-weight: the KL term is on the <voco> token, which mode {:?} has not got",
+            trained.model.config.mode
+        );
+    }
+    let probe_weight =
+        cfg.scene_loss.as_ref().map_or(ProbeWeight { weight: 0.0, layer: 0, kl: cfg.kl_weight }, |s| {
+            ProbeWeight { weight: s.weight, layer: s.layer, kl: cfg.kl_weight }
+        });
     let layers = trained.model.llava.llm.config().num_hidden_layers;
     if trained.probe.is_some() && probe_weight.layer >= layers {
         bail!("--scene-layer {}: the LLM has {layers} layers (0 to {})", probe_weight.layer, layers - 1);
@@ -502,6 +517,9 @@ fn metrics_line(step: usize, epoch: usize, r: &StepReport, tps: f64, elapsed_s: 
     if let Some((l, acc)) = r.scene {
         line["scene_loss"] = json!(l);
         line["scene_accuracy"] = json!(acc);
+    }
+    if let Some(kl) = r.kl {
+        line["kl"] = json!(kl);
     }
     line
 }

@@ -40,6 +40,8 @@ pub struct StepReport {
     /// With a scene probe: its mean loss per image and the share of cell properties it named
     /// right, before the update.
     pub scene: Option<(f64, f64)>,
+    /// With a KL weight: the KL term's mean per image, before the update.
+    pub kl: Option<f64>,
 }
 
 /// The model and, during a run with `--scene-loss`, the training-only probe that learns with
@@ -62,17 +64,19 @@ pub fn train_step<B: AutodiffBackend>(
         names,
         moments,
         opt,
-        ProbeWeight { weight: 0.0, layer: 0 },
+        ProbeWeight { weight: 0.0, layer: 0, kl: 0.0 },
         threads,
     )?;
     Ok((m.model, r))
 }
 
-/// How the scene probe joins the loss: its weight and the LLM layer whose input it reads.
+/// How the scene probe joins the loss (its weight and the LLM layer whose input it reads), and
+/// the weight β of the KL term on `<voco>` ([`super::objective::kl_sum`]; 0: none).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ProbeWeight {
     pub weight: f64,
     pub layer: usize,
+    pub kl: f64,
 }
 
 /// Gives every float parameter a new autodiff leaf over the same value, keeping its id and
@@ -101,6 +105,7 @@ impl<B: AutodiffBackend> ModuleMapper<B> for FreshLeaves {
 struct MicroGrads {
     loss: f64,
     scene: Option<(f64, usize)>,
+    kl: Option<f64>,
     grads: GradientsParams,
 }
 
@@ -109,7 +114,7 @@ struct MicroGrads {
 fn micro_grads<B: AutodiffBackend>(
     m: &Probed<B>, b: &Batch<B>, targets: usize, rows: usize, probe: ProbeWeight,
 ) -> Result<MicroGrads> {
-    let parts = losses(&m.model, m.probe.as_ref().map(|p| (p, probe.layer)), b)?;
+    let parts = losses(&m.model, m.probe.as_ref().map(|p| (p, probe.layer)), probe.kl > 0.0, b)?;
     let mut l = parts.nll_sum.div_scalar(targets.max(1) as f64);
     let loss = l.clone().into_scalar().elem::<f64>();
     let mut scene = None;
@@ -118,8 +123,14 @@ fn micro_grads<B: AutodiffBackend>(
         scene = Some((s.clone().into_scalar().elem::<f64>(), right));
         l = l + s.mul_scalar(probe.weight);
     }
+    let mut kl = None;
+    if let Some(k) = parts.kl {
+        let k = k.div_scalar(rows as f64);
+        kl = Some(k.clone().into_scalar().elem::<f64>());
+        l = l + k.mul_scalar(probe.kl);
+    }
     let grads = GradientsParams::from_grads(l.backward(), m);
-    Ok(MicroGrads { loss, scene, grads })
+    Ok(MicroGrads { loss, scene, kl, grads })
 }
 
 /// [`train_step`] with the scene probe's loss, weighted, added to the answer-token loss (when
@@ -137,8 +148,12 @@ pub fn train_step_probed<B: AutodiffBackend>(
     // `threads` of them are held at once.
     let mut acc = GradientsAccumulator::<Probed<B>>::new();
     let (mut loss, mut scene_loss, mut scene_right) = (0f64, 0f64, 0usize);
+    let mut kl = (probe.kl > 0.0).then_some(0f64);
     let mut add = |o: MicroGrads| {
         loss += o.loss;
+        if let (Some(total), Some(k)) = (kl.as_mut(), o.kl) {
+            *total += k;
+        }
         if let Some((l, right)) = o.scene {
             scene_loss += l;
             scene_right += right;
@@ -184,5 +199,5 @@ pub fn train_step_probed<B: AutodiffBackend>(
         .map(|_| (scene_loss, scene_right as f64 / (rows * SceneProbe::<B>::TARGETS_PER_IMAGE) as f64));
     let m = optim::step(m, grads, names, moments, opt.adamw, lr, scale)?;
     let tokens = micro.iter().map(Batch::tokens).sum();
-    Ok((m, StepReport { loss, grad_norm, lr, targets, tokens, scene }))
+    Ok((m, StepReport { loss, grad_norm, lr, targets, tokens, scene, kl }))
 }

@@ -148,6 +148,8 @@ pub fn htc_config(mode: HtcMode, topology: Topology, n_voco: usize) -> HtcConfig
         topology,
         continuous_projector: ProjectorKind::Mlp2xGelu,
         discrete_hidden: 48,
+        discrete_layers: 2,
+        fusion: Default::default(),
         mgvq: Some(mgvq),
         chat_format: Default::default(),
     }
