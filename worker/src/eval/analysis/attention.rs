@@ -115,11 +115,12 @@ pub fn report<B: Backend>(images: &[(&str, CompressedImage<B>)], heatmaps: usize
 /// Checks that `loaded` has a `<voco>` token to analyse.
 pub fn check_voco<B: Backend>(loaded: &Loaded<B>, model: &std::path::Path) -> Result<()> {
     if loaded.model.layout(0).n_voco == 0 {
+        let mode = serde_json::to_value(loaded.model.config.mode)?;
         bail!(
-            "{} is a {:?}-mode model: it has no <voco> token, so there is no <voco> attention to analyse \
+            "{} is a model of mode {}, which has no <voco> token: no <voco> attention to analyse \
              (modes voco, htc and discrete have one)",
             model.display(),
-            loaded.model.config.mode
+            mode.as_str().unwrap_or("?")
         );
     }
     Ok(())
