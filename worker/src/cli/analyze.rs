@@ -197,9 +197,10 @@ fn cost_cmd(a: CostArgs) -> Result<()> {
             .install(work)?
     };
     write_report(&a.out, &report)?;
+    let mode = serde_json::to_value(report.mode)?;
     outln!(
-        "{:?} mode, {} threads: prefix {} tokens, question {} tokens, {} positions kept",
-        report.mode,
+        "mode {}, {} threads: prefix {} tokens, question {} tokens, {} positions kept",
+        mode.as_str().unwrap_or("?"),
         report.threads,
         report.prefix_tokens,
         report.question_tokens,
