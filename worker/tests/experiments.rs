@@ -47,7 +47,8 @@ const CORE: [&str; 14] = [
     "fusion-after",
     "fusion-mean",
 ];
-const SECONDARY: [&str; 7] = ["htc-anchors-shuffled", "kl-0.01", "kl-0.1", "kl-1", "pd-linear", "pd-3", "pv-linear"];
+const SECONDARY: [&str; 7] =
+    ["htc-anchors-shuffled", "kl-0.01", "kl-0.1", "kl-1", "pd-linear", "pd-3", "pv-linear"];
 
 #[test]
 fn the_quick_experiments_run_every_arm_write_the_page_and_resume_without_redoing_anything() {
@@ -79,7 +80,9 @@ fn the_quick_experiments_run_every_arm_write_the_page_and_resume_without_redoing
     assert_eq!(cfg("pv-linear")["continuous_projector"], "linear");
     assert_eq!(cfg("blank")["data"], "blank");
     assert_eq!(cfg("htc-anchors-shuffled")["anchors"], "shuffled");
-    let arm_cfg = |arm: &str| json(&work.join(format!("arms/{arm}/seed-0/run/checkpoint-2/config.json")))["htc"].clone();
+    let arm_cfg = |arm: &str| {
+        json(&work.join(format!("arms/{arm}/seed-0/run/checkpoint-2/config.json")))["htc"].clone()
+    };
     assert_eq!(arm_cfg("nd8")["n_discrete"], 8);
     assert_eq!(arm_cfg("mask-full")["topology"], "full");
     assert_eq!(arm_cfg("fusion-after")["fusion"], "after");
@@ -106,7 +109,11 @@ fn the_quick_experiments_run_every_arm_write_the_page_and_resume_without_redoing
     assert_eq!(setup["seeds"], serde_json::json!([0, 1]));
     let page = std::fs::read_to_string(work.join("results.md")).unwrap();
     assert!(page.contains("htc") && page.contains("retention"), "{page}");
-    assert!(std::fs::read_dir(&results).unwrap().any(|e| e.unwrap().path().extension().is_some_and(|x| x == "png")));
+    assert!(std::fs::read_dir(&results).unwrap().any(|e| e
+        .unwrap()
+        .path()
+        .extension()
+        .is_some_and(|x| x == "png")));
     assert!(log.contains("[1/") && log.contains("left"), "progress with the time left: {log}");
 
     // A second run redoes nothing, and a subset reruns only its own arms.
@@ -118,7 +125,11 @@ fn the_quick_experiments_run_every_arm_write_the_page_and_resume_without_redoing
     std::fs::remove_file(results.join("runs/nd2/seed-1.json")).unwrap();
     let (ok, log) = run(&work, &["--quick", "--only", "nd"]);
     assert!(ok, "{log}");
-    assert_eq!(log.matches("(already done)").count() + 1, log.matches("] arm ").count() + log.matches("] shared ").count(), "{log}");
+    assert_eq!(
+        log.matches("(already done)").count() + 1,
+        log.matches("] arm ").count() + log.matches("] shared ").count(),
+        "{log}"
+    );
     assert!(results.join("runs/nd2/seed-1.json").is_file());
 
     let (ok, log) = run(&work, &["--quick", "--only", "modes,sizes"]);

@@ -1,6 +1,6 @@
 //! The `htc` command line: one file per subcommand, each an `Args` struct and a `run`
 //! ([`ask`], [`init`], [`data`], [`train`], [`train_tokenizer`], [`pretrain_vision`],
-//! [`tokenize`], [`eval`], [`score`], [`retention`],
+//! [`tokenize`], [`eval`], [`analyze`], [`score`], [`retention`],
 //! [`merge_lora`], [`serve`], [`load`], [`bench`]). Parsing and dispatch only; the work
 //! happens in `runtime`, `train`, `server`, `formats`, `eval`, `loadtest` and `bench`.
 
@@ -23,6 +23,7 @@ macro_rules! out {
     }};
 }
 
+pub mod analyze;
 pub mod ask;
 pub mod bench;
 pub mod data;
@@ -76,6 +77,9 @@ enum Cmd {
     Tokenize(tokenize::TokenizeArgs),
     /// Answer a question set with an HTC model and score exact match.
     Eval(eval::EvalArgs),
+    /// Analyse a trained HTC model: linear probes, <voco> attention, cost per question.
+    #[command(subcommand)]
+    Analyze(analyze::AnalyzeCmd),
     /// Score a LLaVA answer file on a benchmark, as its official scorer does.
     Score(score::ScoreArgs),
     /// The paper's retention: (model - lower) / (upper - lower) per benchmark, and the mean.
@@ -122,6 +126,7 @@ impl Cli {
             Cmd::PretrainVision(a) => pretrain_vision::run(a),
             Cmd::MergeLora(a) => merge_lora::run(a),
             Cmd::Eval(a) => eval::run(a),
+            Cmd::Analyze(c) => analyze::run(c),
             Cmd::Score(a) => score::run(a),
             Cmd::Retention(a) => retention::run(a),
             Cmd::Serve(a) => serve::run(a),

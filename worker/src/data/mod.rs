@@ -1,6 +1,7 @@
-//! Data sets the project generates itself: [`shapes`] (ShapesVQA v1) and the writer that puts
-//! a split on disk in LLaVA's conversation format, plus the [`llava`] format helpers that
-//! training and evaluation share. No models, no tensors.
+//! Data sets the project generates itself: [`shapes`] (ShapesVQA v1), the writer that puts a
+//! split on disk in LLaVA's conversation format and [`read_scenes`], which reads a split's scene
+//! labels back, plus the [`llava`] format helpers that training and evaluation share. No
+//! models, no tensors.
 
 pub mod llava;
 pub mod shapes;
@@ -9,7 +10,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use serde_json::json;
+use serde_json::{json, Value};
+
+use shapes::{COLORS, SHAPES, TEXTURES};
 
 /// The splits a generated data set may have.
 pub const SPLITS: [&str; 3] = ["train", "val", "test"];
@@ -131,4 +134,49 @@ pub fn write_blank(data: &Path, images: &Path, out: &Path) -> Result<usize> {
     std::fs::write(out.join(name), serde_json::to_vec(&records)?)
         .with_context(|| format!("cannot write {}", out.join(name).display()))?;
     Ok(records.len())
+}
+
+/// Per-cell labels of one scene: `[cell][shape, color, size, texture]`, each the 1-based index
+/// into [`SHAPES`], [`COLORS`], small/large and [`TEXTURES`]; 0 for an empty cell.
+pub type CellLabels = [[usize; 4]; 9];
+
+/// Reads the labels of every scene in a `<split>.scenes.json` (from `htc data shapes`).
+pub fn read_scenes(path: &Path) -> Result<Vec<(String, CellLabels)>> {
+    let raw = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let v: Vec<Value> = serde_json::from_slice(&raw).with_context(|| {
+        format!("{} is not a JSON list of scenes (`htc data shapes` writes one)", path.display())
+    })?;
+    let index = |names: &[&str], x: &Value, what: &str| -> Result<usize> {
+        let s = x.as_str().with_context(|| format!("{what} is not a string"))?;
+        names.iter().position(|n| *n == s).map(|i| i + 1).with_context(|| format!("unknown {what} `{s}`"))
+    };
+    let shapes: Vec<&str> = SHAPES.iter().map(|s| s.name()).collect();
+    let colors: Vec<&str> = COLORS.iter().map(|c| c.name()).collect();
+    let textures: Vec<&str> = TEXTURES.iter().map(|t| t.name()).collect();
+    v.iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let ctx = || format!("scene {i} of {}", path.display());
+            let image = s["image"].as_str().with_context(|| format!("{} has no `image`", ctx()))?;
+            let mut labels = [[0usize; 4]; 9];
+            for o in s["objects"].as_array().with_context(|| format!("{} has no `objects`", ctx()))? {
+                let cell = o["cell"]
+                    .as_u64()
+                    .filter(|&c| c < 9)
+                    .with_context(|| format!("{}: bad `cell`", ctx()))?;
+                let size = match o["extent"].as_u64() {
+                    Some(40) => 1,
+                    Some(80) => 2,
+                    _ => bail!("{}: `extent` must be 40 or 80", ctx()),
+                };
+                labels[cell as usize] = [
+                    index(&shapes, &o["shape"], "shape").with_context(ctx)?,
+                    index(&colors, &o["color"], "color").with_context(ctx)?,
+                    size,
+                    index(&textures, &o["texture"], "texture").with_context(ctx)?,
+                ];
+            }
+            Ok((image.to_string(), labels))
+        })
+        .collect()
 }

@@ -477,6 +477,23 @@ impl<B: Backend> Htc<B> {
         ))
     }
 
+    /// Final hidden states `[b, prefix, d]` of a batch of prefixes ([`Self::prefix_embeds`])
+    /// run alone under the model's mask: what [`Self::full_hidden`] gives at the prefix
+    /// positions whatever the text (no prefix position sees the text), without running the
+    /// encoders again. The representation probes read the `<voco>` positions of it.
+    pub fn prefix_hidden(&self, embeds: Tensor<B, 3>) -> Result<Tensor<B, 3>> {
+        let llm = &self.llava.llm;
+        let layout = self.layout(0);
+        if embeds.dims()[1] != layout.len() {
+            bail!("a prefix of {} embeddings for a layout of {} positions", embeds.dims()[1], layout.len());
+        }
+        let positions: Vec<usize> = (0..layout.len()).collect();
+        let self_only = self.self_only(&layout);
+        let step =
+            Step { positions: &positions, mask: Some(self.mask(&layout)), want_attention: false, self_only };
+        Ok(llm.forward(embeds, step, &mut llm.new_cache()).hidden)
+    }
+
     /// Text logits `[1, n_text, vocab]` from a compressed image.
     pub fn answer_logits(&self, c: &CompressedImage<B>, text_ids: &[u32]) -> Result<Tensor<B, 3>> {
         let p = self.answer_prompt(c, text_ids)?;

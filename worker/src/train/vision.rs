@@ -33,57 +33,13 @@ use htc_shared::preprocess::ClipPreprocess;
 use super::checkpoint::write_model_dir;
 use super::optim::{self, AdamW, Moments, WarmupCosine};
 use super::plot;
-use crate::data::shapes::{COLORS, SHAPES, TEXTURES};
+pub use crate::data::{read_scenes, CellLabels};
 use crate::formats::checkpoint::{AnyModel, Snapshot};
 use crate::models::htc::Htc;
 use crate::runtime::image::{clip_pixels, read_image_file};
 
 /// The four properties a cell is labelled with, and their class counts (0 = empty cell).
 pub const HEADS: [(&str, usize); 4] = [("shape", 5), ("color", 7), ("size", 3), ("texture", 4)];
-
-/// Per-cell labels of one scene: `[cell][head]`, 0 for an empty cell.
-pub type CellLabels = [[usize; 4]; 9];
-
-/// Reads the labels of every scene in a `<split>.scenes.json` (from `htc data shapes`).
-pub fn read_scenes(path: &Path) -> Result<Vec<(String, CellLabels)>> {
-    let raw = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let v: Vec<Value> = serde_json::from_slice(&raw).with_context(|| {
-        format!("{} is not a JSON list of scenes (`htc data shapes` writes one)", path.display())
-    })?;
-    let index = |names: &[&str], x: &Value, what: &str| -> Result<usize> {
-        let s = x.as_str().with_context(|| format!("{what} is not a string"))?;
-        names.iter().position(|n| *n == s).map(|i| i + 1).with_context(|| format!("unknown {what} `{s}`"))
-    };
-    let shapes: Vec<&str> = SHAPES.iter().map(|s| s.name()).collect();
-    let colors: Vec<&str> = COLORS.iter().map(|c| c.name()).collect();
-    let textures: Vec<&str> = TEXTURES.iter().map(|t| t.name()).collect();
-    v.iter()
-        .enumerate()
-        .map(|(i, s)| {
-            let ctx = || format!("scene {i} of {}", path.display());
-            let image = s["image"].as_str().with_context(|| format!("{} has no `image`", ctx()))?;
-            let mut labels = [[0usize; 4]; 9];
-            for o in s["objects"].as_array().with_context(|| format!("{} has no `objects`", ctx()))? {
-                let cell = o["cell"]
-                    .as_u64()
-                    .filter(|&c| c < 9)
-                    .with_context(|| format!("{}: bad `cell`", ctx()))?;
-                let size = match o["extent"].as_u64() {
-                    Some(40) => 1,
-                    Some(80) => 2,
-                    _ => bail!("{}: `extent` must be 40 or 80", ctx()),
-                };
-                labels[cell as usize] = [
-                    index(&shapes, &o["shape"], "shape").with_context(ctx)?,
-                    index(&colors, &o["color"], "color").with_context(ctx)?,
-                    size,
-                    index(&textures, &o["texture"], "texture").with_context(ctx)?,
-                ];
-            }
-            Ok((image.to_string(), labels))
-        })
-        .collect()
-}
 
 /// The grid cell (row-major over 3×3) under the centre of patch `p` of a `g×g` patch grid.
 pub fn cell_of_patch(p: usize, g: usize) -> usize {
