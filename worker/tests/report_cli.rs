@@ -138,7 +138,7 @@ fn report_writes_the_computed_numbers_and_figures() {
     // Attention: per anchor − per patch, seed 0: 0.15 − 0.02665, seed 1: 0.15 − 0.0275 → agrees.
     assert!(line(&page, "attends more to anchors").ends_with("**agrees**."), "{page}");
     // Probing: z − max(v_d, V̄) on D = 60 − 62 with one seed.
-    assert!(page.contains("on D, z − max(v_d, V̄) = -2.0 points (one seed)"), "{page}");
+    assert!(page.contains("On D, z − max(v_d, V̄) = -2.0 points (one seed)"), "{page}");
 
     // Probing, attention and cost tables.
     assert!(page.contains("| shape | S | 5 | 31.2 | 55.0 | 40.0 | 50.0 |"), "{page}");

@@ -393,8 +393,8 @@ fn probe_claim(r: &Results) -> Vec<String> {
         }
         let p = Paired::of(&z, &best);
         let said = match &p {
-            Some(p) => format!("on {k}, z − max(v_d, V̄) = {}", p.show(1, " points")),
-            None => format!("on {k}, no probe has z and v_d or V̄"),
+            Some(p) => format!("On {k}, z − max(v_d, V̄) = {}", p.show(1, " points")),
+            None => format!("On {k}, no probe has z and v_d or V̄"),
         };
         out.push(format!(
             "{said} (Table 3: z {pz:.2}, v_d {pd:.2}, V̄ {pv:.2}; z ≥ the better, so within noise agrees): **{}**.",
@@ -448,7 +448,7 @@ fn probing(s: &mut String, r: &Results) {
     w!(
         s,
         "Linear probes of a scene's labels from three representations, top-1 accuracy, %: z, the \
-         `<voco>` output; v_d, the anchors pooled; V̄, the patches pooled (the paper's Table 3).{}\n",
+         `<voco>` output; v_d, the anchors pooled; V̄, the patches pooled (the paper's Table 3).{}",
         match scenes {
             Some((Some(tr), Some(te))) => format!(" Trained on {tr} scenes, tested on {te}."),
             _ => String::new(),
@@ -509,7 +509,7 @@ fn attention(s: &mut String, r: &Results, link: Link) {
         s,
         "The attention mass `<voco>` puts on the anchors and on the patches, summed over each and \
          per token (sum ÷ count), per layer: mean over seeds ± std over seeds (with one seed, ± std \
-         over the images). The paper's Figure 3 shows `<voco>` attending to the anchors.\n"
+         over the images). The paper's Figure 3 shows `<voco>` attending to the anchors."
     );
     type Get = fn(&Layer) -> Option<MeanStd>;
     let getters: [Get; 4] = [|l| l.anchors, |l| l.patches, |l| l.anchor_token, |l| l.patch_token];
@@ -540,7 +540,7 @@ fn attention(s: &mut String, r: &Results, link: Link) {
         }
     }
     figure(s, link, FIG_ATTENTION, "attention per token to anchors and to patches, by layer");
-    figure(s, link, FIG_HEATMAPS, "attention of <voco> in htc over the anchors and the patch grid");
+    figure(s, link, FIG_HEATMAPS, "attention of voco in htc over the anchors and the patch grid");
 }
 
 fn cost(s: &mut String, r: &Results) {
