@@ -158,7 +158,7 @@ mod tests {
         // Deviations ±1 around 61: 2 / 1 = 2, sd √2.
         assert!((sd(&[60.0, 62.0]).unwrap() - 2f64.sqrt()).abs() < 1e-12);
         assert_eq!(Summary::of(&[60.0, 62.0]).show(1), "61.0 ± 1.4");
-        assert_eq!(Summary::of(&[61.25]).show(1), "61.3");
+        assert_eq!(Summary::of(&[61.26]).show(1), "61.3");
         assert_eq!(Summary::of(&[]).show(1), "—");
     }
 
