@@ -1,6 +1,6 @@
 //! The `htc` command line: one file per subcommand, each an `Args` struct and a `run`
 //! ([`ask`], [`init`], [`data`], [`train`], [`train_tokenizer`], [`pretrain_vision`],
-//! [`tokenize`], [`eval`], [`analyze`], [`score`], [`retention`],
+//! [`tokenize`], [`eval`], [`analyze`], [`score`], [`retention`], [`report`],
 //! [`merge_lora`], [`serve`], [`load`], [`bench`]). Parsing and dispatch only; the work
 //! happens in `runtime`, `train`, `server`, `formats`, `eval`, `loadtest` and `bench`.
 
@@ -32,6 +32,7 @@ pub mod init;
 pub mod load;
 pub mod merge_lora;
 pub mod pretrain_vision;
+pub mod report;
 pub mod retention;
 pub mod score;
 pub mod serve;
@@ -84,6 +85,8 @@ enum Cmd {
     Score(score::ScoreArgs),
     /// The paper's retention: (model - lower) / (upper - lower) per benchmark, and the mean.
     Retention(retention::RetentionArgs),
+    /// Regenerate docs/results.md and its figures from the experiments' raw JSON.
+    Report(report::ReportArgs),
     /// Fold a checkpoint's LoRA adapters into its weights (a plain servable checkpoint).
     MergeLora(merge_lora::MergeLoraArgs),
     /// Serve the web UI, the WebSocket protocol, the OpenAI endpoint and metrics.
@@ -129,6 +132,7 @@ impl Cli {
             Cmd::Analyze(c) => analyze::run(c),
             Cmd::Score(a) => score::run(a),
             Cmd::Retention(a) => retention::run(a),
+            Cmd::Report(a) => report::run(a),
             Cmd::Serve(a) => serve::run(a),
             Cmd::Load(a) => load::run(a),
             Cmd::Bench(a) => bench::run(a),

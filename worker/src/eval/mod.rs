@@ -1,12 +1,14 @@
 //! Evaluation: answers a question set greedily through the serving engine (batched, against
 //! compressed images) and scores exact match; [`score`] scores answer files on the real
 //! benchmarks by their official rules, [`retention`] compares scores as the paper does,
-//! [`analysis`] probes, attention maps and timings of a trained HTC model. Reads LLaVA conversation JSON (the first human turn is the question,
+//! [`analysis`] probes, attention maps and timings of a trained HTC model; [`report`] turns the
+//! experiments' raw results into `docs/results.md`. Reads LLaVA conversation JSON (the first human turn is the question,
 //! the first gpt turn the reference) or LLaVA's question-file JSONL (`question_id`, `image`,
 //! `text`; answered, not scored). Uses runtime, formats, models and text; serves nothing.
 
 pub mod analysis;
 pub mod questions;
+pub mod report;
 pub mod retention;
 pub mod score;
 

@@ -10,7 +10,7 @@ use plotters::prelude::*;
 /// One logged step: step, training loss, validation loss when measured.
 pub type Point = (usize, f64, Option<f64>);
 
-fn register_font() {
+pub(crate) fn register_font() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         // The bytes are a valid TTF shipped by the crate; failure would be a packaging bug.
