@@ -649,6 +649,8 @@ async fn stop_ends_an_answer_mid_stream() {
         n_voco: 1,
         topology: htc_shared::mask::Topology::Star,
         discrete_hidden: 256,
+        discrete_layers: 2,
+        fusion: htc_worker::cli::init::FusionArg::Before,
         dtype: None,
         seed: 0,
     })
