@@ -263,6 +263,26 @@ analysis() {
   mv "$out.tmp" "$out"
 }
 
+# The settings and the page, rewritten after every task (a stopped run leaves a page of what
+# is done).
+write_page() {
+  local shared_json
+  shared_json=$(for f in "$work"/seed-*/shared_seconds; do
+    [ -f "$f" ] || continue
+    n=$(basename "$(dirname "$f")"); printf '"%s": %s, ' "${n#seed-}" "$(cat "$f")"
+  done)
+  cat >"$results/setup.json.tmp" <<EOF
+{"quick": $([ $quick = 1 ] && echo true || echo false), "seeds": [$(echo $seeds | sed 's/ /, /g')],
+ "secondary_seeds": [$(echo $secondary_seeds | sed 's/ /, /g')], "steps": $steps, "batch": $batch, "lr": $lr,
+ "train_images": $IMAGES, "test_questions": $TEST_IMAGES, "tokenizer_steps": $TOK_STEPS,
+ "stage1_steps": $LLAVA_STEPS, "stage1b_steps": $QA_STEPS,
+ "model": {"recipe": "$recipe", "llm_width": $(sed -n 's/.*"hidden_size": \([0-9]*\),.*/\1/p' $recipe/model.json | head -1)},
+ "shared_seconds": {${shared_json%, }}, "date": "$(date -u +%F)"}
+EOF
+  mv "$results/setup.json.tmp" "$results/setup.json"
+  "$htc" report --results "$results" --out "$page" >/dev/null
+}
+
 i=0
 for t in "${plan[@]}"; do
   i=$((i + 1))
@@ -280,20 +300,8 @@ for t in "${plan[@]}"; do
     1) total_units=$((total_units - $(units_of "$kind"))); log "   (already done)" ;;
     *) log "failed: $kind $what seed $s"; exit 1 ;;
   esac
+  [ $rc = 0 ] && write_page
 done
+write_page
 
-# The settings, for the page.
-shared_json=$(for f in "$work"/seed-*/shared_seconds; do
-  [ -f "$f" ] || continue
-  n=$(basename "$(dirname "$f")"); printf '"%s": %s, ' "${n#seed-}" "$(cat "$f")"
-done)
-cat >"$results/setup.json" <<EOF
-{"quick": $([ $quick = 1 ] && echo true || echo false), "seeds": [$(echo $seeds | sed 's/ /, /g')],
- "secondary_seeds": [$(echo $secondary_seeds | sed 's/ /, /g')], "steps": $steps, "batch": $batch, "lr": $lr,
- "train_images": $IMAGES, "test_questions": $TEST_IMAGES, "tokenizer_steps": $TOK_STEPS,
- "stage1_steps": $LLAVA_STEPS, "stage1b_steps": $QA_STEPS,
- "model": {"recipe": "$recipe", "llm_width": $(sed -n 's/.*"hidden_size": \([0-9]*\),.*/\1/p' $recipe/model.json | head -1)},
- "shared_seconds": {${shared_json%, }}, "date": "$(date -u +%F)"}
-EOF
-"$htc" report --results "$results" --out "$page"
 log "done in $(mins $(( $(date +%s) - start ))): $page"

@@ -8,6 +8,7 @@
 //! - [`models`]: CLIP, LLaMA, LLaVA-1.5 and HTC: plain forward passes, generic over the backend.
 //! - [`text`]: chat templates, the tokenizer and its stop ids, streaming detokenisation.
 //! - [`data`]: data sets the project generates (ShapesVQA).
+//! - [`figures`]: what the PNG figures share (the compiled-in font).
 //! - [`formats`]: safetensors and GGUF weight sources, checkpoint opening, random weights,
 //!   checkpoint writing, and a model's `about.json` with its sample images (drawn by a
 //!   generator of [`data`]).
@@ -27,6 +28,7 @@ pub mod bench;
 pub mod cli;
 pub mod data;
 pub mod eval;
+pub mod figures;
 pub mod formats;
 pub mod kernels;
 pub mod loadtest;

@@ -14,18 +14,19 @@ fn allowed() -> BTreeMap<&'static str, &'static [&'static str]> {
         ("models", &["kernels"][..]),
         ("text", &[][..]),
         ("data", &[][..]),
+        ("figures", &[][..]),
         ("formats", &["models", "kernels", "text", "data", "backend"][..]),
         ("runtime", &["formats", "models", "kernels", "text", "backend"][..]),
         ("server", &["runtime", "formats", "models", "kernels", "text", "backend"][..]),
-        ("train", &["runtime", "formats", "models", "kernels", "text", "data", "backend"][..]),
-        ("eval", &["runtime", "formats", "models", "kernels", "text", "data", "backend"][..]),
+        ("train", &["runtime", "formats", "models", "kernels", "text", "data", "figures", "backend"][..]),
+        ("eval", &["runtime", "formats", "models", "kernels", "text", "data", "figures", "backend"][..]),
         ("loadtest", &["eval"][..]),
         ("bench", &["train", "runtime", "formats", "models", "kernels", "backend"][..]),
         (
             "cli",
             &[
                 "bench", "loadtest", "eval", "train", "server", "runtime", "formats", "models", "kernels",
-                "text", "data", "backend",
+                "text", "data", "figures", "backend",
             ][..],
         ),
     ])

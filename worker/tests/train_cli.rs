@@ -353,7 +353,7 @@ fn the_kl_term_on_voco_is_logged_moves_the_weights_and_is_refused_without_voco()
     let (o, _) = run("none", &["--kl-weight", "1", "--mode", "none"]);
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && e.contains("--kl-weight") && e.contains("<voco>"), "{e}");
-    let (o, _) = run("negative", &["--kl-weight", "-1"]);
+    let (o, _) = run("negative", &["--kl-weight=-1"]);
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && e.contains("--kl-weight must be a number of at least 0"), "{e}");
 }

@@ -1,22 +1,13 @@
 //! `RUN_DIR/loss.png` (plotters): training loss per step and validation loss, redrawn as a run goes.
-//! Text is drawn with the DejaVu Sans font compiled in, so no system fonts are needed.
+//! Text is drawn with the font [`crate::figures`] registers.
 
 use std::path::Path;
-use std::sync::Once;
 
 use anyhow::{anyhow, Result};
 use plotters::prelude::*;
 
 /// One logged step: step, training loss, validation loss when measured.
 pub type Point = (usize, f64, Option<f64>);
-
-pub(crate) fn register_font() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        // The bytes are a valid TTF shipped by the crate; failure would be a packaging bug.
-        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular());
-    });
-}
 
 /// Draws the loss curve of `points` into a PNG at `path`.
 pub fn draw(points: &[Point], path: &Path) -> Result<()> {
@@ -28,7 +19,7 @@ pub fn draw_labelled(points: &[Point], path: &Path, y_desc: &str) -> Result<()> 
     if points.is_empty() {
         return Ok(());
     }
-    register_font();
+    crate::figures::register_font();
     let e = |e: &dyn std::fmt::Display| anyhow!("cannot draw {}: {e}", path.display());
     let root = BitMapBackend::new(path, (800, 480)).into_drawing_area();
     root.fill(&WHITE).map_err(|x| e(&x))?;

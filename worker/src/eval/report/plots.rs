@@ -65,7 +65,7 @@ fn y_range(ys: impl Iterator<Item = (f64, Option<f64>)>, from_zero: bool) -> (f6
 pub fn bars(
     path: &Path, title: &str, y_desc: &str, items: &[(String, f64, Option<f64>)], bounds: &[(String, f64)],
 ) -> Result<()> {
-    crate::train::plot::register_font();
+    crate::figures::register_font();
     let e = failed(path);
     let root = BitMapBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(|x| e(&x))?;
@@ -126,7 +126,7 @@ pub fn bars(
 pub fn curves(
     path: &Path, title: &str, x_desc: &str, y_desc: &str, series: &[Series], categories: Option<&[String]>,
 ) -> Result<()> {
-    crate::train::plot::register_font();
+    crate::figures::register_font();
     let e = failed(path);
     let root = BitMapBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(|x| e(&x))?;
@@ -197,7 +197,7 @@ fn shade(v: f64, max: f64) -> RGBColor {
 /// each cell shaded by `<voco>`'s attention to it (scaled to the image's largest value) and
 /// labelled with it.
 pub fn heatmaps(path: &Path, title: &str, grid: [usize; 2], maps: &[&Heatmap]) -> Result<()> {
-    crate::train::plot::register_font();
+    crate::figures::register_font();
     let e = failed(path);
     let root = BitMapBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(|x| e(&x))?;
