@@ -127,23 +127,30 @@ wants pv && add secondary_arms pv-linear
 # Secondary arms compare against htc, and retention needs none and blank, on their seed.
 [ ${#secondary_arms[@]} -gt 0 ] && add secondary_arms none blank htc
 
-# The plan: per seed, its shared stages, then its arms, then its analyses. Units weigh the
-# steps for the time-left estimate (shared stages of a seed ≈ 5 arms).
+# The plan: the core groups seed by seed (each seed's shared stages, its arms, its probes and
+# attention maps; the costs on the first seed), then the secondary groups on their seeds. So a
+# stopped run has whole seeds of the core claims first. Units weigh the steps for the
+# time-left estimate (shared stages of a seed ≈ 5 arms).
 plan=()
-for s in $(echo "$seeds $secondary_seeds" | tr ' ' '\n' | sort -un); do
-  arms=()
-  [[ " $seeds " == *" $s "* ]] && add arms "${core_arms[@]}"
-  [[ " $secondary_seeds " == *" $s "* ]] && add arms "${secondary_arms[@]}"
-  [ ${#arms[@]} -eq 0 ] && continue
-  plan+=("shared main $s")
-  [[ " ${arms[*]} " == *" pv-linear "* ]] && plan+=("shared pvlinear $s")
-  for a in "${arms[@]}"; do plan+=("arm $a $s"); done
-  if wants probe; then for a in htc voco; do plan+=("probe $a $s"); done; fi
-  if wants attention; then for a in htc voco; do plan+=("attention $a $s"); done; fi
-  if wants cost && [ "$s" = "${seeds%% *}" ]; then
-    for a in none avgpool voco discrete htc; do plan+=("cost $a $s"); done
-  fi
-done
+first=${seeds%% *}
+if [ ${#core_arms[@]} -gt 0 ] || wants probe || wants attention || wants cost; then
+  for s in $seeds; do
+    plan+=("shared main $s")
+    for a in "${core_arms[@]}"; do plan+=("arm $a $s"); done
+    if wants probe; then for a in htc voco; do plan+=("probe $a $s"); done; fi
+    if wants attention; then for a in htc voco; do plan+=("attention $a $s"); done; fi
+    if wants cost && [ "$s" = "$first" ]; then
+      for a in none avgpool voco discrete htc; do plan+=("cost $a $s"); done
+    fi
+  done
+fi
+if [ ${#secondary_arms[@]} -gt 0 ]; then
+  for s in $secondary_seeds; do
+    plan+=("shared main $s")
+    [[ " ${secondary_arms[*]} " == *" pv-linear "* ]] && plan+=("shared pvlinear $s")
+    for a in "${secondary_arms[@]}"; do plan+=("arm $a $s"); done
+  done
+fi
 
 units_of() { case $1 in shared) echo 5 ;; arm) echo 1 ;; *) echo 0 ;; esac; }
 total_units=0
@@ -277,7 +284,8 @@ write_page() {
  "train_images": $IMAGES, "test_questions": $TEST_IMAGES, "tokenizer_steps": $TOK_STEPS,
  "stage1_steps": $LLAVA_STEPS, "stage1b_steps": $QA_STEPS,
  "model": {"recipe": "$recipe", "llm_width": $(sed -n 's/.*"hidden_size": \([0-9]*\),.*/\1/p' $recipe/model.json | head -1)},
- "shared_seconds": {${shared_json%, }}, "date": "$(date -u +%F)"}
+ "shared_seconds": {${shared_json%, }}, "date": "$(date -u +%F)",
+ "notes": "Every arm trains its compression stage for the same steps from its seed's stage-1b checkpoint, the demo model's size and data for all. The budget (steps per arm, test questions, tokenizer steps) is chosen so that 14 core arms on 3 seeds, 7 secondary arms on one seed and the shared stages of each seed fit a budget of 3 hours on this 2-core CPU; the times measured are listed above. Arms run one after another, each training its two micro-batches on two threads; running two arms at once was not measured and is not done."}
 EOF
   mv "$results/setup.json.tmp" "$results/setup.json"
   "$htc" report --results "$results" --out "$page" >/dev/null
