@@ -233,7 +233,9 @@ arm() {
       --train-on-inputs --kl-weight "$kl" --quiet >>"$dir/log.txt" 2>&1 || { tail -5 "$dir/log.txt" >&2; return 2; }
     train_s=$(( $(date +%s) - t0 ))
     model=$dir/run/checkpoint-$steps
-    rm -f "$model/trainer_state.safetensors"
+    # Only the trained weights are kept (the optimizer moments and the starting point are not
+    # needed again).
+    rm -rf "$model/trainer_state.safetensors" "$dir/init"
   fi
   local d=$data extra=()
   [ "$dset" = blank ] && d=$work/blank
