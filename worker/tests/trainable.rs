@@ -57,7 +57,7 @@ fn trainable_tensors_are_params_with_checkpoint_key_ids() {
         "llava.vision.class_embedding",
         "llava.vision.position_embedding",
         "mgvq.codebook",
-        "discrete.linear_1.weight",
+        "discrete.layers.0.weight",
         "llava.llm.layers.0.self_attn.q_proj.linear.weight",
     ] {
         assert!(paths.contains(&want), "`{want}` is not a parameter: {paths:?}");
@@ -69,6 +69,7 @@ fn trainable_tensors_are_params_with_checkpoint_key_ids() {
     }
     let key = |path: &str| &names[&params.iter().find(|p| p.0 == path).unwrap().1];
     assert_eq!(key("voco").key, "htc.voco_embeddings");
+    assert_eq!(key("discrete.layers.1.weight").key, "htc.discrete_projector.linear_2.weight");
     let q = key("llava.llm.layers.0.self_attn.q_proj.linear.weight");
     assert_eq!(q.key, "language_model.model.layers.0.self_attn.q_proj.weight");
     assert!(q.transposed, "burn's Linear weight is the transpose of the stored one");
