@@ -287,7 +287,7 @@ write_page() {
  "stage1_steps": $LLAVA_STEPS, "stage1b_steps": $QA_STEPS,
  "model": {"recipe": "$recipe", "llm_width": $(sed -n 's/.*"hidden_size": \([0-9]*\),.*/\1/p' $recipe/model.json | head -1)},
  "shared_seconds": {${shared_json%, }}, "date": "$(date -u +%F)",
- "notes": "Every arm trains its compression stage for the same steps from its seed's stage-1b checkpoint, the demo model's size and data for all. The budget (steps per arm, test questions, tokenizer steps) is chosen so that 14 core arms on 3 seeds, 7 secondary arms on one seed and the shared stages of each seed fit a budget of 3 hours on this 2-core CPU; the times measured are listed above. Arms run one after another, each training its two micro-batches on two threads; running two arms at once was not measured and is not done."}
+ "notes": "Every arm trains its compression stage for the same steps from its seed's stage-1b checkpoint, the demo model's size and data for all. The time each arm took is in its raw JSON (train_seconds, eval_seconds), the shared stages' above. Arms run one after another, each training its two micro-batches on two threads; running two arms at once was not measured and is not done."}
 EOF
   mv "$results/setup.json.tmp" "$results/setup.json"
   "$htc" report --results "$results" --out "$page" >/dev/null
